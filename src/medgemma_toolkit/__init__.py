@@ -1,0 +1,23 @@
+"""MedGemma toolkit: run, evaluate, fine-tune and serve Google's MedGemma models, offline by default."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing we do may phone home: the Hub is consulted only when a user opts in to a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import torch
+    if name in ("MedGemma", "Answer", "Query"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(name)
+
+
+__all__ = ["MedGemma", "Answer", "Query", "__version__"]

@@ -1,0 +1,189 @@
+"""The Python API: load a model once, ask many times.
+
+    >>> from medgemma_toolkit import MedGemma
+    >>> mg = MedGemma.load("medgemma-4b-it")            # or a directory, a .gguf, or None for the best found
+    >>> mg.ask("Describe this X-ray.", images=["cxr.dcm"]).text
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from .backends.base import Backend, Completion, GenerationRequest, SamplingParams
+from .backends.torch_setup import LoadOptions
+from .errors import BadInput, CapabilityError
+from .imaging import DEFAULT_IMAGE_SIZE, ImageOptions, load_parts, to_model_image
+from .models.demo import DEMO_NOTICE
+from .models.load import load_backend
+from .models.resolve import ResolvedModel
+from .prompts.messages import ImagePart, Message, Part, Prompt, TextPart
+from .prompts.presets import PromptPreset, get_preset
+from .prompts.thinking import StreamSplitter, split_thought
+
+ImageLike = "str | os.PathLike[str] | Image.Image | Part"
+
+
+@dataclass
+class Answer:
+    text: str
+    thought: str | None
+    raw: str
+    model: str
+    preset: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Query:
+    """One question for `ask_batch`."""
+
+    question: str
+    images: Sequence[Any] = ()
+    system: str | None = None
+
+
+class MedGemma:
+    """A loaded model plus its prompt preset; every call goes through the `Backend` interface."""
+
+    def __init__(self, backend: Backend, resolved: ResolvedModel | None = None, preset: str | None = None,
+                 load_seconds: float = 0.0) -> None:
+        self.backend = backend
+        self.resolved = resolved
+        self.preset: PromptPreset = get_preset(preset or backend.info.default_preset)
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None = None,
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: str = "none",
+        preset: str | None = None,
+        allow_download: bool = False,
+        max_batch_size: int = 8,
+    ) -> "MedGemma":
+        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size)
+        be, resolved, secs = load_backend(model, backend, opts, allow_download)
+        return cls(be, resolved, preset, secs)
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.resolved and self.resolved.is_demo)
+
+    @property
+    def notice(self) -> str | None:
+        return DEMO_NOTICE if self.is_demo else None
+
+    @property
+    def image_size(self) -> int:
+        return self.backend.info.image_size or DEFAULT_IMAGE_SIZE
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+    def media(self, images: Sequence[Any], options: ImageOptions = ImageOptions()) -> list[Part]:
+        """Load image sources (paths, PIL images or parts) into model-ready parts."""
+        parts: list[Part] = []
+        for im in images:
+            if isinstance(im, (ImagePart, TextPart)):
+                parts.append(im)
+            elif isinstance(im, Image.Image):
+                parts.append(ImagePart(to_model_image(im, self.image_size)))
+            else:
+                parts.extend(load_parts(im, options, self.image_size))
+        if parts and any(isinstance(p, ImagePart) for p in parts) and not self.backend.info.multimodal:
+            raise CapabilityError(f"model {self.backend.info.name!r} is text-only and cannot take images")
+        n = sum(isinstance(p, ImagePart) for p in parts)
+        if n > self.backend.info.max_images:
+            raise BadInput(f"{n} images in one prompt; this model takes at most {self.backend.info.max_images}")
+        return parts
+
+    def request(
+        self,
+        question: str,
+        images: Sequence[Any] = (),
+        *,
+        system: str | None = None,
+        think: bool = False,
+        history: list[Message] | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        image_options: ImageOptions = ImageOptions(),
+    ) -> GenerationRequest:
+        media = self.media(images, image_options)
+        prompt = self.preset.build(question, media, system=system, think=think, history=history)
+        has_images = bool(prompt.all_images())
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens or self.preset.max_new_tokens(has_images, think),
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=tuple(stop) + self.preset.stop,
+        )
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise BadInput("--max-new-tokens must be positive")
+        return GenerationRequest(prompt, params)
+
+    def _answer(self, c: Completion, gen_seconds: float) -> Answer:
+        s = split_thought(c.text)
+        tps = c.completion_tokens / gen_seconds if gen_seconds > 0 else 0.0
+        return Answer(
+            text=s.answer,
+            thought=s.thought,
+            raw=c.text,
+            model=self.backend.info.name,
+            preset=f"{self.preset.name}@{self.preset.version}",
+            finish_reason=c.finish_reason,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            timings={"load_s": round(self.load_seconds, 3), "generate_s": round(gen_seconds, 3),
+                     "tokens_per_s": round(tps, 2)},
+        )
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def ask(self, question: str, images: Sequence[Any] = (), **kwargs: Any) -> Answer:
+        """Answer one question (optionally about images); thought and answer come back separated."""
+        req = self.request(question, images, **kwargs)
+        t0 = time.perf_counter()
+        c = self.backend.generate([req])[0]
+        return self._answer(c, time.perf_counter() - t0)
+
+    def ask_batch(self, queries: Sequence[Query | str], **kwargs: Any) -> list[Answer]:
+        """Answer many questions in batches (the backend pads and batches them)."""
+        reqs = []
+        for q in queries:
+            q = Query(q) if isinstance(q, str) else q
+            reqs.append(self.request(q.question, q.images, system=q.system, **kwargs))
+        t0 = time.perf_counter()
+        outs = self.backend.generate(reqs)
+        secs = time.perf_counter() - t0
+        return [self._answer(c, secs) for c in outs]
+
+    def stream(self, request: GenerationRequest) -> Iterator[tuple[str, str] | Answer]:
+        """Yield ("thought" | "answer", text) pieces as decoded, then the final `Answer`."""
+        splitter = StreamSplitter()
+        t0 = time.perf_counter()
+        for item in self.backend.stream(request):
+            if isinstance(item, Completion):
+                yield from splitter.flush()
+                yield self._answer(item, time.perf_counter() - t0)
+                return
+            yield from splitter.feed(item)

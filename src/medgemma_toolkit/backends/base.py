@@ -1,0 +1,112 @@
+"""The one interface every path (ask, chat, eval, serve) generates through.
+
+A backend takes a batch of `GenerationRequest`s and returns one `Completion` each; it may report text deltas as
+they are decoded through `on_delta(index, text)`, which is how streaming and the server's dynamic batching work
+without a second code path. A new backend is one module implementing `generate` plus one registry line.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..prompts.messages import Prompt
+
+FinishReason = Literal["stop", "length", "cancelled"]
+DeltaCallback = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings. Greedy (temperature 0) is MedGemma's documented default for every protocol."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationRequest:
+    prompt: Prompt
+    params: SamplingParams = field(default_factory=SamplingParams)
+    # Polled between decoding steps: lets a server stop work for a client that went away.
+    cancelled: Callable[[], bool] | None = None
+
+
+@dataclass
+class Completion:
+    """Raw generated text: end-of-turn/eos removed, thinking markers kept (split later by `prompts.thinking`)."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What callers need to know about the loaded model to build prompts and images for it."""
+
+    name: str  # variant name, hub id or path as the user gave it
+    path: str  # where the weights were read from
+    multimodal: bool
+    image_size: int | None  # square input side in pixels; None for text-only models
+    tokens_per_image: int | None
+    has_chat_template: bool
+    pretrained: bool  # base (-pt) checkpoint: completion prompts, not chat turns
+    thinking: bool
+    default_preset: str
+    max_images: int = 128  # guard against prompts larger than the context window
+    backend: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Batched generation over one loaded model."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_delta: DeltaCallback | None = None
+    ) -> list[Completion]:
+        """Generate for every request (batched where the engine can), in order."""
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | Completion]:
+        """Yield text deltas as they are decoded, then the final `Completion`."""
+        q: queue.Queue[tuple[str, object]] = queue.Queue()
+
+        def run() -> None:
+            try:
+                done = self.generate([request], on_delta=lambda _i, d: q.put(("delta", d)))
+                q.put(("done", done[0]))
+            except BaseException as e:  # re-raised in the consumer's thread
+                q.put(("error", e))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while True:
+            kind, value = q.get()
+            if kind == "delta":
+                yield str(value)
+            elif kind == "done":
+                assert isinstance(value, Completion)
+                yield value
+                return
+            else:
+                assert isinstance(value, BaseException)
+                raise value
+
+    def close(self) -> None:
+        """Release memory held by the model (optional)."""

@@ -1,0 +1,60 @@
+"""Device, dtype and quantisation choices for torch-based backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import BackendUnavailable, BadInput
+
+Device = Literal["auto", "cpu", "cuda", "mps"] | str
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Quantize = Literal["none", "8bit", "4bit"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"
+    max_batch_size: int = 8
+
+
+def pick_device_dtype(device: str, dtype: str):
+    """bf16 on GPU (MedGemma's native precision); fp32 on CPU, where bf16 matmuls are often slower."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith(("cuda", "mps")) else "float32"
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise BadInput(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return torch.device(device), table[dtype]
+
+
+def quantization_config(quantize: str, device) -> Any:
+    """bitsandbytes 4-bit NF4 (double quant, bf16 compute) or 8-bit; CUDA only."""
+    if quantize in ("none", "", None):
+        return None
+    if quantize not in ("4bit", "8bit"):
+        raise BadInput(f"--quantize must be none, 8bit or 4bit; got {quantize!r}")
+    if device.type != "cuda":
+        raise BackendUnavailable(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this run is on {device.type}")
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise BackendUnavailable("--quantize needs bitsandbytes: pip install 'medgemma-toolkit[gpu]'") from None
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )

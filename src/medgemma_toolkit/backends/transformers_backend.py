@@ -1,0 +1,209 @@
+"""Hugging Face transformers backend: Gemma 3 text (`Gemma3ForCausalLM`) and multimodal
+(`Gemma3ForConditionalGeneration`) checkpoints, real batching with left padding, GGUF files via `gguf_file=`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable, BadInput, CapabilityError
+from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
+from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
+from .decoding import RowState, RowTracker
+from .gemma_format import render_gemma_chat
+from .torch_setup import LoadOptions, pick_device_dtype, quantization_config
+
+log = logging.getLogger(__name__)
+
+
+class TransformersBackend(Backend):
+    """Loads once; `generate` batches requests that share sampling settings."""
+
+    def __init__(self, path: str | Path, info_hint: dict[str, Any], options: LoadOptions | None = None) -> None:
+        import torch
+        from transformers import AutoConfig
+
+        self.torch = torch
+        self.options = options or LoadOptions()
+        self.path = Path(path)
+        gguf_file = None
+        if self.path.is_file():  # a .gguf file: transformers dequantises it
+            gguf_file, load_dir = self.path.name, str(self.path.parent)
+        else:
+            load_dir = str(self.path)
+        self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype)
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        quant = quantization_config(self.options.quantize, self.device)
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+            kwargs["device_map"] = "auto"
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        config = AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(load_dir)
+        self.multimodal = getattr(config, "vision_config", None) is not None
+        try:
+            if self.multimodal:
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                self.model = AutoModelForImageTextToText.from_pretrained(load_dir, **kwargs)
+                self.processor = AutoProcessor.from_pretrained(load_dir)
+                self.tokenizer = self.processor.tokenizer
+                image_size = int(self.processor.image_processor.size["height"])
+                tokens_per_image = int(getattr(config, "mm_tokens_per_image", 256))
+                template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
+            else:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+                self.model = AutoModelForCausalLM.from_pretrained(load_dir, **kwargs)
+                self.tokenizer = AutoTokenizer.from_pretrained(load_dir, **tok_kwargs)
+                self.processor = None
+                image_size = tokens_per_image = None
+                template = self.tokenizer.chat_template
+        except (OSError, ValueError, KeyError) as e:
+            raise BadInput(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        if quant is None:
+            self.model.to(self.device)
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        self.template = template
+        self.stop_ids = self._stop_token_ids()
+        self.max_batch_size = self.options.max_batch_size
+        self.info = ModelInfo(
+            name=str(info_hint.get("name", path)),
+            path=str(path),
+            multimodal=self.multimodal,
+            image_size=image_size,
+            tokens_per_image=tokens_per_image,
+            has_chat_template=bool(template),
+            pretrained=bool(info_hint.get("pretrained", not template)),
+            thinking=bool(info_hint.get("thinking", False)),
+            default_preset=str(info_hint.get("default_preset") or ("medgemma-v1" if template else "pretrained")),
+            backend="transformers",
+            extra={"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")},
+        )
+
+    def _stop_token_ids(self) -> list[int]:
+        ids = set()
+        eos = self.model.generation_config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        eot = self.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(eot, int) and eot != self.tokenizer.unk_token_id:
+            ids.add(eot)
+        return sorted(ids)
+
+    # -- prompt rendering -------------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        """The exact text fed to the tokenizer (images as `<start_of_image>`)."""
+        if prompt.all_images() and not self.multimodal:
+            raise CapabilityError(f"model {self.info.name!r} is text-only and cannot take images")
+        if prompt.is_completion:
+            return prompt.text or ""
+        if not self.template:
+            return render_gemma_chat(prompt.messages, bos=self.tokenizer.bos_token or "")
+        hf = [m.to_hf() for m in prompt.messages]
+        owner = self.processor if self.processor is not None else self.tokenizer
+        return owner.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, prompts: list[Prompt]):
+        texts = [self.render(p) for p in prompts]
+        # Chat-rendered text already starts with <bos>; completion text needs the tokenizer to add it.
+        add_special = prompts[0].is_completion
+        images = [p.all_images() for p in prompts]
+        if self.processor is not None:
+            for t, ims in zip(texts, images):
+                if t.count(IMAGE_PLACEHOLDER) != len(ims):
+                    raise BadInput("prompt text and images disagree: one <start_of_image> per image is needed")
+            has_images = any(images)
+            return self.processor(
+                text=texts,
+                images=images if has_images else None,
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=add_special,
+            )
+        return self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_delta: DeltaCallback | None = None
+    ) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+
+        def key(i: int):
+            r = requests[i]
+            p = r.params
+            return (r.prompt.is_completion, bool(r.prompt.all_images()), p.greedy, p.temperature, p.top_p, p.top_k, p.seed)
+
+        order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
+        for _, group in itertools.groupby(order, key=key):
+            idx = list(group)
+            for start in range(0, len(idx), self.max_batch_size):
+                chunk = idx[start : start + self.max_batch_size]
+                for i, c in zip(chunk, self._generate_batch([RowState(i, requests[i]) for i in chunk], on_delta)):
+                    results[i] = c
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, rows: list[RowState], on_delta: DeltaCallback | None) -> list[Completion]:
+        torch = self.torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        inputs = self._encode([r.request.prompt for r in rows]).to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        prompt_len = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        params = rows[0].request.params
+        tracker = RowTracker(rows, on_delta)
+        stop_ids = set(self.stop_ids)
+        decode = self.tokenizer.decode
+
+        class Track(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = []
+                for row, seq in zip(rows, input_ids[:, prompt_len:].tolist()):
+                    if row.finish is None:
+                        cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
+                        ids = seq if cut is None else seq[:cut]
+                        tracker.update(row, decode(ids, skip_special_tokens=False), len(ids), cut is not None)
+                    done.append(row.finish is not None)
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        gen = GenerationConfig(
+            max_new_tokens=max(r.request.params.max_new_tokens for r in rows),
+            do_sample=not params.greedy,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if not params.greedy:
+            gen.temperature = params.temperature
+            gen.top_p = params.top_p
+            gen.top_k = params.top_k if params.top_k is not None else 0
+        else:
+            gen.temperature, gen.top_p, gen.top_k = None, None, None
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()])
+            )
+        # Rows that never reached the criteria's last call (e.g. max_new_tokens hit on the final step).
+        for row, seq in zip(rows, out[:, prompt_len:].tolist()):
+            if row.finish is None:
+                cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
+                ids = seq if cut is None else seq[:cut]
+                tracker.update(row, decode(ids, skip_special_tokens=False), len(ids), cut is not None)
+                if row.finish is None:
+                    row.finish = "length"
+                    tracker.update(row, row.text, row.tokens, False)
+        return [
+            Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)
+        ]
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]

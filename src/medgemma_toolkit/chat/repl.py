@@ -1,0 +1,78 @@
+"""`medgemma chat`: a line-based multi-turn REPL with streaming. Works on a terminal and on piped stdin."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..errors import MedGemmaError
+from ..prompts.messages import Message, Part, TextPart
+
+HELP = "commands: /image PATH (attach to next question), /think (toggle), /reset, /help, /quit"
+
+
+def run_repl(mg: Any, system: str | None = None, think: bool = False, max_new_tokens: int | None = None,
+             stdin=None, stdout=None) -> None:
+    from ..api import Answer
+
+    inp = stdin or sys.stdin
+    out = stdout or sys.stdout
+    live = out.isatty()
+    history: list[Message] = []
+    pending: list[Part] = []
+    print(f"chatting with {mg.backend.info.name} ({mg.preset.name}); {HELP}", file=out)
+    while True:
+        if live:
+            out.write("> ")
+            out.flush()
+        line = inp.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in ("/quit", "/exit", "/q"):
+                break
+            if cmd == "/help":
+                print(HELP, file=out)
+            elif cmd == "/reset":
+                history, pending = [], []
+                print("(conversation cleared)", file=out)
+            elif cmd == "/think":
+                think = not think
+                print(f"(thinking {'on' if think else 'off'})", file=out)
+            elif cmd == "/image":
+                try:
+                    parts = mg.media([arg.strip()])
+                except MedGemmaError as e:
+                    print(f"error: {e}", file=out)
+                    continue
+                pending.extend(parts)
+                print(f"(attached {arg.strip()}; it goes with your next question)", file=out)
+            else:
+                print(f"unknown command {cmd}; {HELP}", file=out)
+            continue
+        try:
+            req = mg.request(line, pending, system=system, think=think, history=history, max_new_tokens=max_new_tokens)
+        except MedGemmaError as e:
+            print(f"error: {e}", file=out)
+            continue
+        answer = None
+        for item in mg.stream(req):
+            if isinstance(item, Answer):
+                answer = item
+            elif item[0] == "answer" and live:
+                out.write(item[1])
+                out.flush()
+        assert answer is not None
+        if answer.thought and think:
+            print(f"[thought] {answer.thought}", file=out)
+        print(answer.text if not live else "", file=out)
+        # History keeps the user's full turn (with images) and the answer only, never the thought.
+        history = list(req.prompt.messages)
+        if history and history[0].role == "system":
+            pass
+        history.append(Message("assistant", [TextPart(answer.text)]))
+        pending = []

@@ -1,0 +1,35 @@
+"""Options shared by every command that loads a model, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Variant name, hub id, checkpoint directory or .gguf file; default: best found, else the demo model"),
+]
+BackendOpt = Annotated[str, typer.Option(help="auto, transformers, or another registered backend")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+DTypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16")]
+QuantizeOpt = Annotated[str, typer.Option(help="none, 8bit or 4bit (CUDA only)")]
+DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Allow fetching weights from the Hugging Face Hub")]
+PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: the model's own convention)")]
+WindowOpt = Annotated[Optional[str], typer.Option(help="DICOM window: 'voi' (the file's) or 'CENTER,WIDTH'; default full range")]
+FrameOpt = Annotated[Optional[int], typer.Option(help="DICOM multi-frame: frame index (default: middle)")]
+
+
+def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False):
+    """Load and print the demo notice (stderr) when the demo model stands in for MedGemma."""
+    import sys
+
+    from ..api import MedGemma
+
+    mg = MedGemma.load(
+        model, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset,
+        allow_download=allow_download,
+    )
+    if mg.notice and not quiet:
+        print(mg.notice, file=sys.stderr)
+    return mg

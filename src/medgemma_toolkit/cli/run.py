@@ -1,0 +1,221 @@
+"""`ask`, `chat`, `preview` and `models`: running a model on text and images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import (
+    BackendOpt,
+    DeviceOpt,
+    DownloadOpt,
+    DTypeOpt,
+    FrameOpt,
+    ModelOpt,
+    PresetOpt,
+    QuantizeOpt,
+    WindowOpt,
+    load_model,
+)
+
+
+def _image_options(window: str | None, frame: int | None):
+    from ..imaging import ImageOptions, parse_window
+
+    return ImageOptions(window=parse_window(window), frame=frame)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question (use quotes)")],
+    model: ModelOpt = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM); repeat for several")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt (replaces the preset's)")] = None,
+    think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first; the thought is shown apart")] = False,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (MedGemma's default)")] = 0.0,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")] = False,
+    window: WindowOpt = None,
+    frame: FrameOpt = None,
+    preset: PresetOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    allow_download: DownloadOpt = False,
+) -> None:
+    """Ask one question, optionally about images; prints the answer (streamed on a terminal).
+
+    Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
+    """
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    req = mg.request(
+        question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, image_options=_image_options(window, frame),
+    )
+    if as_json:
+        from ..api import Answer
+
+        ans = None
+        for item in mg.stream(req):
+            if isinstance(item, Answer):
+                ans = item
+        assert ans is not None
+        out = ans.to_dict()
+        out["demo_model"] = mg.is_demo
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())
+
+
+def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
+    """Stream the answer to stdout; the thought (only when asked for) goes to stderr, dimmed on a terminal."""
+    from ..api import Answer
+
+    thought_open = False
+    final = None
+    for item in mg.stream(req):
+        if isinstance(item, Answer):
+            final = item
+            break
+        channel, text = item
+        if channel == "thought":
+            if show_thought and live:
+                if not thought_open:
+                    sys.stderr.write("\x1b[2m[thought] ")
+                    thought_open = True
+                sys.stderr.write(text)
+                sys.stderr.flush()
+        elif live:
+            if thought_open:
+                sys.stderr.write("\x1b[0m\n")
+                thought_open = False
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    if thought_open:
+        sys.stderr.write("\x1b[0m\n")
+    assert final is not None
+    if live:
+        # Streamed text is not stripped; close the line.
+        sys.stdout.write("\n")
+    else:
+        if show_thought and final.thought:
+            print(f"[thought] {final.thought}", file=sys.stderr)
+        print(final.text)
+    if final.finish_reason == "length" and not final.text:
+        print("note: the answer was cut off by --max-new-tokens before it began", file=sys.stderr)
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt")] = None,
+    think: Annotated[bool, typer.Option("--think", help="Start with thinking on (/think toggles)")] = False,
+    max_new_tokens: Annotated[Optional[int], typer.Option()] = None,
+    preset: PresetOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    allow_download: DownloadOpt = False,
+) -> None:
+    """Interactive multi-turn chat. Commands: /image PATH, /think, /reset, /help, /quit.
+
+    Example: medgemma chat --model medgemma-4b-it
+    """
+    from ..chat.repl import run_repl
+
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    run_repl(mg, system=system, think=think, max_new_tokens=max_new_tokens)
+
+
+@app.command()
+def preview(
+    image: Annotated[list[str], typer.Argument(help="Image file(s) or other image sources")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Model input size in pixels (default 896, MedGemma's)")] = None,
+    window: WindowOpt = None,
+    frame: FrameOpt = None,
+) -> None:
+    """Write exactly the image(s) the model will receive (padded, resized, windowed) to a PNG.
+
+    Example: medgemma preview cxr.dcm -o what_medgemma_sees.png
+    """
+    from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
+    from ..imaging.montage import save_preview
+
+    px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
+    opts = _image_options(window, frame)
+    parts = [p for src in image for p in load_parts(src, opts, px)]
+    n = save_preview(parts, output)
+    print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")
+
+
+def _model_image_size(model: str | None) -> int | None:
+    """Read the input size from a checkpoint's processor config, without loading weights."""
+    if not model:
+        return None
+    from ..models.resolve import resolve_model
+
+    r = resolve_model(model)
+    if r.variant is not None and r.variant.image_size:
+        return r.variant.image_size
+    cfg = r.path / "processor_config.json" if r.path.is_dir() else None
+    if cfg is not None and cfg.is_file():
+        data = json.loads(cfg.read_text())
+        size = (data.get("image_processor") or data).get("size") or {}
+        if "height" in size:
+            return int(size["height"])
+    pre = r.path / "preprocessor_config.json" if r.path.is_dir() else None
+    if pre is not None and pre.is_file():
+        size = json.loads(pre.read_text()).get("size") or {}
+        if "height" in size:
+            return int(size["height"])
+    return None
+
+
+models_app = typer.Typer(help="Known MedGemma variants and which are on this machine.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """List MedGemma variants (modality, thinking, memory) and where each is found locally — offline.
+
+    Example: medgemma models
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..models.catalog import list_models, print_models
+
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_models(rows)
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Name to use with --model (e.g. medgemma-4b-it)")],
+    directory: Annotated[str, typer.Argument(help="Checkpoint directory or .gguf file")],
+) -> None:
+    """Remember where a checkpoint lives, so `--model NAME` finds it.
+
+    Example: medgemma models register medgemma-4b-it /data/models/medgemma-4b-it
+    """
+    from ..models.local import register
+
+    path = register(name, directory)
+    print(f"registered {name} -> {path}")

@@ -1,0 +1,43 @@
+"""User settings for turning files into model-ready images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+Window = Union[tuple[float, float], Literal["voi"], None]
+
+DEFAULT_IMAGE_SIZE = 896  # every MedGemma image encoder takes 896x896 -> 256 tokens
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold (2x its warning level)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How to read one image.
+
+    window: DICOM only. None = full dynamic range after the modality LUT (as MedGemma's CXR notebooks do);
+    (center, width) = that window; "voi" = the file's own VOI LUT / window.
+    frame: DICOM multi-frame only; None = the middle frame.
+    max_pixels: refuse images (or DICOM frames x rows x columns) above this many pixels.
+    """
+
+    window: Window = None
+    frame: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def parse_window(text: str | None) -> Window:
+    """Parse a CLI window: "voi", "C,W" (e.g. "40,400"), or None."""
+    from ..errors import BadInput
+
+    if text is None or text == "":
+        return None
+    if text.lower() == "voi":
+        return "voi"
+    try:
+        c, w = (float(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"--window must be 'voi' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}") from None
+    if w <= 0:
+        raise BadInput("--window width must be positive")
+    return (c, w)

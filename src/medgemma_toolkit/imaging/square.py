@@ -1,0 +1,42 @@
+"""Make any RGB image what MedGemma's encoder takes: padded to a centred square on black, then resized.
+
+MedGemma was trained on non-square images padded this way; resizing here (with the image processor's own bilinear
+filter) makes the processor's resize a no-op, so `medgemma preview` shows exactly the pixels the model receives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def to_model_image(img: Image.Image, size: int) -> Image.Image:
+    """RGB, square, `size` x `size`."""
+    sq = pad_to_square(img.convert("RGB"))
+    if sq.size != (size, size):
+        sq = sq.resize((size, size), Image.Resampling.BILINEAR)
+    return sq
+
+
+def scale_to_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linearly map [lo, hi] (default: the array's min..max) to 0..255, clipping outside values.
+
+    A constant image maps to 0 rather than dividing by zero.
+    """
+    a = np.asarray(arr, dtype=np.float64)
+    lo = float(a.min()) if lo is None else lo
+    hi = float(a.max()) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    scaled = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    return np.round(scaled * 255.0).astype(np.uint8)

@@ -1,0 +1,127 @@
+"""MedGemma's prompt conventions as named, versioned data.
+
+Each preset turns (question, media parts, optional system prompt and history) into a `Prompt`. Sources: the v1
+model cards' quick-start (system prompt chosen by modality, text before the image), the MedGemma 1.5 model card
+(no system prompt, image before text, long answers), and completion prompts for pretrained (`-pt`, base)
+checkpoints, which have no chat turns and need stop strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import BadInput
+from .messages import IMAGE_PLACEHOLDER, ImagePart, Message, Part, Prompt, TextPart
+from .thinking import THINK_INSTRUCTION
+
+
+@dataclass(frozen=True)
+class PromptPreset:
+    name: str
+    version: str
+    description: str
+    mode: Literal["chat", "completion"] = "chat"
+    system_text: str | None = None  # used when the prompt has no image
+    system_image: str | None = None  # used when it has at least one
+    image_first: bool = False
+    max_new_tokens_text: int = 500
+    max_new_tokens_image: int = 300
+    max_new_tokens_think: int = 1300  # thinking needs room before the answer
+    stop: tuple[str, ...] = ()
+    completion_template: str = "{media}{question}"
+    references: tuple[str, ...] = field(default_factory=tuple)
+
+    def max_new_tokens(self, has_images: bool, think: bool) -> int:
+        if think:
+            return self.max_new_tokens_think
+        return self.max_new_tokens_image if has_images else self.max_new_tokens_text
+
+    def build(
+        self,
+        question: str,
+        media: list[Part] | None = None,
+        system: str | None = None,
+        think: bool = False,
+        history: list[Message] | None = None,
+    ) -> Prompt:
+        """Build the prompt for one user turn. `media` comes from `imaging.load_parts` (images and their labels)."""
+        media = list(media or [])
+        has_images = any(isinstance(p, ImagePart) for p in media)
+        if self.mode == "completion":
+            if history:
+                raise BadInput(f"preset {self.name!r} is for base models and has no multi-turn chat")
+            images = [p.image for p in media if isinstance(p, ImagePart)]
+            media_text = "".join(
+                f"{IMAGE_PLACEHOLDER}\n" if isinstance(p, ImagePart) else f"{p.text}\n" for p in media
+            )
+            prefix = f"{system}\n\n" if system else ""
+            return Prompt(text=prefix + self.completion_template.format(media=media_text, question=question), images=images)
+
+        messages: list[Message] = []
+        sys_text = system if system is not None else (self.system_image if has_images else self.system_text)
+        if think:
+            sys_text = f"{THINK_INSTRUCTION} {sys_text}" if sys_text else THINK_INSTRUCTION
+        if sys_text and not history:
+            messages.append(Message("system", [TextPart(sys_text)]))
+        messages.extend(history or [])
+        text_part: list[Part] = [TextPart(question)] if question else []
+        parts = media + text_part if self.image_first else text_part + media
+        if not parts:
+            raise BadInput("empty prompt: give a question or an image")
+        messages.append(Message("user", parts))
+        return Prompt(messages=messages)
+
+
+PRESETS: dict[str, PromptPreset] = {
+    p.name: p
+    for p in [
+        PromptPreset(
+            name="medgemma-v1",
+            version="1",
+            description="MedGemma v1 quick-start: expert-radiologist / medical-assistant system prompt, text then image",
+            system_text="You are a helpful medical assistant.",
+            system_image="You are an expert radiologist.",
+            image_first=False,
+            max_new_tokens_text=500,
+            max_new_tokens_image=300,
+            references=("google/medgemma-4b-it model card", "google/medgemma-27b-text-it model card"),
+        ),
+        PromptPreset(
+            name="medgemma-1.5",
+            version="1",
+            description="MedGemma 1.5 model card: no system prompt, image(s) before text, long answers",
+            image_first=True,
+            max_new_tokens_text=2000,
+            max_new_tokens_image=2000,
+            max_new_tokens_think=2000,
+            references=("google/medgemma-1.5-4b-it model card",),
+        ),
+        PromptPreset(
+            name="pretrained",
+            version="1",
+            description="Completion prompt for pretrained/base checkpoints: 'Question: ...\\nAnswer:' with stop strings",
+            mode="completion",
+            max_new_tokens_text=64,
+            max_new_tokens_image=128,
+            max_new_tokens_think=128,
+            stop=("\nQuestion:", "\n\n"),
+            completion_template="{media}Question: {question}\nAnswer:",
+            references=("google/medgemma-4b-pt model card",),
+        ),
+        PromptPreset(
+            name="plain",
+            version="1",
+            description="No system prompt, the user's turn exactly as given (text, then images); greedy",
+            max_new_tokens_text=512,
+            max_new_tokens_image=512,
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> PromptPreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise BadInput(f"unknown prompt preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
