@@ -1,0 +1,74 @@
+"""`medgemma serve`: the OpenAI-compatible HTTP server and web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, PresetOpt, QuantizeOpt, load_model
+
+
+def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
+    from ..errors import BadInput
+
+    if api_key and api_key_file:
+        raise BadInput("give --api-key or --api-key-file, not both")
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text().strip()
+        except OSError as e:
+            raise BadInput(f"--api-key-file {api_key_file}: cannot read ({e.strerror})") from None
+        if not key:
+            raise BadInput(f"--api-key-file {api_key_file}: file is empty")
+        return key
+    return api_key or None
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback requires an API key")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="MEDGEMMA_API_KEY", help="Require 'Authorization: Bearer KEY' (or set MEDGEMMA_API_KEY)")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="Read the API key from this file")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send (default: the model's name)")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests decoded together in one batch")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for a batch; more get 429")] = 64,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a batch waits for requests already arriving")] = 10.0,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a request may take, queueing included")] = 300.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB)")] = 32.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image (pixels) before resizing")] = 64_000_000,
+    max_images: Annotated[int, typer.Option(help="Most images per request")] = 16,
+    allow_image_host: Annotated[Optional[list[str]], typer.Option(help="Allow http(s) image URLs from this host (repeat); default none")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Allow local image paths under this directory; default never")] = None,
+    log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Log prompt text (off by default: it may be PHI)")] = False,
+    preset: PresetOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    allow_download: DownloadOpt = False,
+) -> None:
+    """Serve the OpenAI Chat Completions API (text, images, DICOM) and a web page at /.
+
+    Example: medgemma serve --model medgemma-4b-it --port 8000 --api-key-file key.txt
+    """
+    from ..serve.config import ServeConfig
+    from ..serve.server import check_port_free, serve as run
+
+    config = ServeConfig(
+        host=host, port=port, api_key=_read_key(api_key, api_key_file), served_model_name=served_model_name,
+        max_body_bytes=int(max_body_mb * 1024**2), max_pixels=max_pixels, max_images=max_images,
+        max_batch_size=max_batch_size, max_queue=max_queue, batch_window_ms=batch_window_ms,
+        request_timeout_s=request_timeout, allow_image_hosts=tuple(allow_image_host or ()),
+        image_root=image_root, log_prompts=log_prompts,
+    )
+    config.check()  # before the model loads: refusing to start should be instant
+    check_port_free(host, port)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    if hasattr(mg.backend, "max_batch_size"):  # let the engine take the whole batch the batcher forms
+        mg.backend.max_batch_size = max_batch_size
+    run(mg, config)

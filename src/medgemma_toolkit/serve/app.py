@@ -1,0 +1,257 @@
+"""The FastAPI application: OpenAI-compatible chat completions over a `MedGemma`, plus the web page.
+
+    >>> from medgemma_toolkit import MedGemma
+    >>> from medgemma_toolkit.serve import ServeConfig, create_app
+    >>> app = create_app(MedGemma.load("medgemma-4b-it"), ServeConfig())   # then: uvicorn.run(app)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+import uuid
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..api import MedGemma
+from ..backends.base import Completion
+from ..prompts.messages import ImagePart
+from .batcher import Batcher, Job
+from .config import ServeConfig
+from .convert import Converted, to_generation_request
+from .errors import APIError, from_exception, install_error_handlers
+from .images import ImageResolver
+from .metrics import Metrics
+from .middleware import ServeMiddleware
+from .responses import StreamState, completion_body, delta_chunk, final_chunks, sse
+from .schemas import ChatCompletionRequest, PreviewRequest, parse_body
+
+log = logging.getLogger("medgemma_toolkit.serve")
+STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+class Admission:
+    """Counts requests admitted (parsing, queued or generating); beyond the cap new ones get 429."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.active = 0
+
+    def try_enter(self) -> bool:
+        if self.active >= self.cap:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active = max(0, self.active - 1)
+
+
+def model_id(mg: MedGemma, config: ServeConfig) -> str:
+    if config.served_model_name:
+        return config.served_model_name
+    name = mg.backend.info.name
+    return Path(name).name if ("/" in name and Path(name).exists()) else name
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {int(declared):,} bytes; this server accepts at most {limit:,}",
+                       "request_too_large")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise APIError(413, f"request body exceeds {limit:,} bytes", "request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
+    config.check()
+    served = model_id(mg, config)
+    names = {served, mg.backend.info.name}
+    created = int(time.time())
+    batcher: Batcher
+    metrics = Metrics(lambda: batcher.queue_depth, lambda: batcher.running)
+    batcher = Batcher(mg.backend, config.max_batch_size, config.batch_window_ms / 1000.0, on_batch=metrics.batch)
+    admission = Admission(config.max_batch_size + config.max_queue)
+
+    app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher, app.state.metrics, app.state.model_id = batcher, metrics, served
+    install_error_handlers(app)
+    app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        batcher.stop()
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-store"})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": served, "queue_depth": batcher.queue_depth, "running": batcher.running}
+
+    def model_card() -> dict[str, Any]:
+        info = mg.backend.info
+        return {"id": served, "object": "model", "created": created, "owned_by": "medgemma-toolkit",
+                "medgemma": {"multimodal": info.multimodal, "image_size": info.image_size, "thinking": info.thinking,
+                             "preset": f"{mg.preset.name}@{mg.preset.version}", "backend": info.backend,
+                             "demo_model": mg.is_demo, "auth_required": bool(config.api_key)}}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    def model(name: str) -> dict[str, Any]:
+        if name not in names:
+            raise APIError(404, f"model {name[:100]!r} not found; this server serves {served!r}", "model_not_found")
+        return model_card()
+
+    @app.get("/metrics")
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/medgemma/preview")
+    async def preview(request: Request) -> dict[str, Any]:
+        """The exact image the model would receive for one image URL (what `medgemma preview` writes)."""
+        body: PreviewRequest = parse_body(await read_body(request, config.max_body_bytes), PreviewRequest)
+
+        def render() -> dict[str, Any]:
+            parts = ImageResolver(config, mg.image_size, body.window).parts(body.image_url.url)
+            img = next(p.image for p in parts if isinstance(p, ImagePart))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            return {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+                    "width": img.width, "height": img.height}
+
+        return await run_in_threadpool(render)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        if not admission.try_enter():
+            metrics.count_rejected()
+            raise APIError(429, "server is busy: too many requests queued; retry shortly", "rate_limit_exceeded",
+                           headers={"Retry-After": str(batcher.retry_after_s())})
+        rid = request.state.request_id
+        batcher.expect()
+        announced, handed_off = True, False
+        try:
+            body: ChatCompletionRequest = parse_body(await read_body(request, config.max_body_bytes),
+                                                     ChatCompletionRequest)
+            if body.model not in names:
+                raise APIError(404, f"model {body.model[:100]!r} not found; this server serves {served!r}",
+                               "model_not_found", "model")
+            conv: Converted = await run_in_threadpool(to_generation_request, mg, body, config)
+            if config.log_prompts:  # operator opt-in; never images or DICOM headers
+                log.info("request_id=%s prompt_text=%r", rid, conv.request.prompt.messages[-1].text
+                         if conv.request.prompt.messages else conv.request.prompt.text)
+            job = batcher.submit(conv.request, config.request_timeout_s)
+            announced = False
+            meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": served,
+                    "preset": f"{mg.preset.name}@{mg.preset.version}", "demo_model": mg.is_demo}
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                handed_off = True
+                return StreamingResponse(
+                    _stream(job, meta, include_usage, conv, rid), media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+            try:
+                c = await _collect(job, request)
+            except ClientGone:
+                request.state.status_override = 499
+                return Response(status_code=499)
+            _log_done(rid, conv, job, c)
+            return JSONResponse(completion_body(meta, c))
+        finally:
+            if announced:
+                batcher.unexpect()
+            if not handed_off:
+                admission.leave()
+
+    async def _collect(job: Job, request: Request) -> Completion:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    metrics.count_cancelled()
+                    raise ClientGone() from None
+                if job.timed_out and job.started_at is None:
+                    job.cancel()  # still queued: the worker will skip it
+                    raise _timeout() from None
+                continue
+            if kind == "delta":
+                continue
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            if kind == "cancelled" or (kind == "done" and value.finish_reason == "cancelled"):
+                metrics.count_cancelled()
+                raise _timeout()
+            return value  # type: ignore[return-value]
+
+    def _timeout() -> APIError:
+        return APIError(504, f"generation did not finish within the server's {config.request_timeout_s:g} s "
+                             "request timeout", "timeout")
+
+    async def _stream(job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str):
+        state = StreamState(meta)
+        finished = False
+        try:
+            yield sse(delta_chunk(meta, {"role": "assistant", "content": ""}))
+            while True:
+                left = job.deadline - time.monotonic() + 1.0
+                try:
+                    kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.1, left))
+                except asyncio.TimeoutError:
+                    kind, value = "cancelled", None
+                if kind == "delta":
+                    for chunk in state.feed(value):  # type: ignore[arg-type]
+                        yield sse(chunk)
+                    continue
+                finished = True
+                if kind == "done" and value.finish_reason != "cancelled":  # type: ignore[union-attr]
+                    for chunk in final_chunks(state, value, include_usage):  # type: ignore[arg-type]
+                        yield sse(chunk)
+                    _log_done(rid, conv, job, value)  # type: ignore[arg-type]
+                else:
+                    if kind != "error":
+                        metrics.count_cancelled()
+                    err = _timeout() if kind != "error" else from_exception(value)  # type: ignore[arg-type]
+                    yield sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+                break
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:  # client went away mid-stream: stop decoding for it
+                job.cancel()
+                metrics.count_cancelled()
+            admission.leave()
+
+    def _log_done(rid: str, conv: Converted, job: Job, c: Completion) -> None:
+        started = job.started_at or job.enqueued_at
+        metrics.tokens(c.prompt_tokens, c.completion_tokens, started - job.enqueued_at)
+        log.info("request_id=%s images=%d prompt_chars=%d prompt_tokens=%d completion_tokens=%d batch=%d "
+                 "queue_ms=%.1f generate_ms=%.1f finish=%s", rid, conv.n_images, conv.prompt_text_chars,
+                 c.prompt_tokens, c.completion_tokens, job.batch_size, (started - job.enqueued_at) * 1000,
+                 (time.monotonic() - started) * 1000, c.finish_reason)
+
+    return app

@@ -1,0 +1,167 @@
+"""Dynamic batching in front of a `Backend`: many HTTP requests, one model, one worker thread.
+
+The model is not thread-safe, so exactly one thread calls `backend.generate`. Requests wait in a queue; the worker
+takes the first, gathers those already waiting (and, for at most `window_s`, those announced as on their way by
+`expect()`), and runs them as one batch. A lone request therefore never waits for the window, which keeps the
+single-client latency close to a direct call. Deltas and results travel back to each request's event loop as
+`(kind, value)` events. Cancellation (client gone, timeout) is polled by the backend between decoding steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..backends.base import Backend, Completion, GenerationRequest
+
+log = logging.getLogger("medgemma_toolkit.serve")
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    deadline: float  # time.monotonic() after which the job is abandoned
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    batch_size: int = 0
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def timed_out(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_event.is_set() or self.timed_out
+
+    def post(self, kind: str, value: object) -> None:
+        """Thread-safe: hand an event to the job's event loop (dropped if that loop has closed)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:
+            pass
+
+
+BatchHook = Callable[[int, float], None]  # (batch size, seconds) after each batch, for metrics
+
+
+class Batcher:
+    def __init__(self, backend: Backend, max_batch_size: int = 8, window_s: float = 0.01,
+                 on_batch: BatchHook | None = None) -> None:
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.window_s = window_s
+        self.on_batch = on_batch
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._arriving = 0  # requests being parsed that will be submitted soon
+        self._running = 0
+        self._stopped = False
+        self._avg_batch_s = 1.0
+        self._thread = threading.Thread(target=self._loop, name="medgemma-batcher", daemon=True)
+        self._thread.start()
+
+    # -- producer side (event loop threads) ---------------------------------------------------------------------
+    def expect(self) -> None:
+        """Announce a request that is being parsed, so a forming batch waits (briefly) for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def unexpect(self) -> None:
+        with self._cond:
+            self._arriving = max(0, self._arriving - 1)
+            self._cond.notify_all()
+
+    def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True) -> Job:
+        job = Job(request, asyncio.get_running_loop(), time.monotonic() + timeout_s)
+        request.cancelled = job.is_cancelled
+        with self._cond:
+            if announced:
+                self._arriving = max(0, self._arriving - 1)
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def retry_after_s(self) -> int:
+        """A hint for 429 responses: about one batch's duration."""
+        return max(1, round(self._avg_batch_s))
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    # -- worker side ------------------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Job]:
+        with self._cond:
+            while not self._queue and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return []
+            batch = [self._queue.popleft()]
+            window_end = time.monotonic() + self.window_s
+            while len(batch) < self.max_batch_size:
+                if self._queue:
+                    batch.append(self._queue.popleft())
+                    continue
+                left = window_end - time.monotonic()
+                if self._arriving <= 0 or left <= 0:
+                    break
+                self._cond.wait(timeout=left)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            live = []
+            for job in batch:
+                if job.is_cancelled():  # gone or expired while waiting: never reaches the model
+                    job.post("cancelled", None)
+                else:
+                    live.append(job)
+            if live:
+                self._run(live)
+
+    def _run(self, jobs: list[Job]) -> None:
+        t0 = time.monotonic()
+        for j in jobs:
+            j.started_at, j.batch_size = t0, len(jobs)
+        self._running = len(jobs)
+
+        def on_delta(i: int, text: str) -> None:
+            jobs[i].post("delta", text)
+
+        try:
+            results: list[Completion] = self.backend.generate([j.request for j in jobs], on_delta=on_delta)
+            for j, c in zip(jobs, results):
+                j.post("done", c)
+        except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
+            log.error("batch of %d failed: %s", len(jobs), type(e).__name__)
+            for j in jobs:
+                j.post("error", e)
+        finally:
+            self._running = 0
+            secs = time.monotonic() - t0
+            self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
+            if self.on_batch is not None:
+                self.on_batch(len(jobs), secs)

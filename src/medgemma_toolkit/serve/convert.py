@@ -1,0 +1,91 @@
+"""An OpenAI chat request to a `GenerationRequest`, through `MedGemma.request` so the model's preset applies.
+
+The last message is the user's turn (question + images); earlier user/assistant messages become history; system
+and developer messages become the system prompt, replacing the preset's, as `--system` does on the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import MedGemma
+from ..backends.base import GenerationRequest
+from ..prompts.messages import ImagePart, Message, Part, TextPart
+from .config import ServeConfig
+from .errors import APIError
+from .images import ImageResolver
+from .schemas import ChatCompletionRequest, ChatMessage, TextContent
+
+
+@dataclass
+class Converted:
+    request: GenerationRequest
+    think: bool
+    n_images: int
+    prompt_text_chars: int
+
+
+def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[Part]:
+    if msg.content is None:
+        return []
+    if isinstance(msg.content, str):
+        return [TextPart(msg.content)]
+    out: list[Part] = []
+    for c in msg.content:
+        if isinstance(c, TextContent):
+            out.append(TextPart(c.text))
+        else:
+            out.extend(resolver.parts(c.image_url.url))
+    return out
+
+
+def _text(parts: list[Part]) -> str:
+    return "\n".join(p.text for p in parts if isinstance(p, TextPart) and p.text)
+
+
+def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
+    if body.n != 1:
+        raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
+    *earlier, last = body.messages
+    if last.role != "user":
+        raise APIError(400, f"messages: the last message must be from the user, not {last.role!r}",
+                       "invalid_value", "messages")
+    opts = body.medgemma
+    resolver = ImageResolver(config, mg.image_size, opts.window if opts else None)
+    system_texts: list[str] = []
+    history: list[Message] = []
+    for m in earlier:
+        parts = _parts(m, resolver)
+        if m.role in ("system", "developer"):
+            if any(isinstance(p, ImagePart) for p in parts):
+                raise APIError(400, "messages: images are only accepted in user messages", "invalid_value", "messages")
+            system_texts.append(_text(parts))
+        elif parts:
+            history.append(Message(m.role, parts))  # type: ignore[arg-type]
+    last_parts = _parts(last, resolver)
+    question = _text(last_parts)
+    media = [p for p in last_parts if isinstance(p, ImagePart)]
+    system = "\n".join(t for t in system_texts if t) if system_texts else None
+    if history and system is not None:
+        # Presets add the system turn only to a first turn; keep the client's at the head of the history.
+        history.insert(0, Message("system", [TextPart(system)]))
+        system = None
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None and max_tokens > config.max_tokens_limit:
+        raise APIError(400, f"max_tokens: at most {config.max_tokens_limit} on this server", "invalid_value",
+                       "max_tokens")
+    think = bool(opts and opts.think)
+    req = mg.request(
+        question,
+        media,
+        system=system,
+        think=think,
+        history=history or None,
+        max_new_tokens=max_tokens,
+        temperature=body.temperature if body.temperature is not None else 0.0,
+        top_p=body.top_p if body.top_p is not None else 1.0,
+        seed=body.seed,
+        stop=body.stop_list,
+    )
+    chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
+    return Converted(req, think, resolver.count, chars + len(req.prompt.text or ""))

@@ -1,0 +1,123 @@
+"""Image URLs in chat messages to model-ready parts, under the operator's rules.
+
+`data:` URIs (PNG, JPEG, DICOM as `application/dicom`) are always accepted. http(s) URLs only from hosts the
+operator allow-listed (off by default: a server that fetches arbitrary URLs can be turned against the network it
+sits in). Local paths (`file://` or bare) only under the operator's `image_root`, and then through
+`imaging.load_parts`, so every source kind the imaging layer knows (DICOM series folders, ...) works there too.
+Error messages name the image by its position, never by its content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..errors import BadInput
+from ..imaging import ImageOptions, decode_image_bytes, load_parts, to_model_image
+from ..prompts.messages import ImagePart, Part
+from .config import ServeConfig
+from .errors import APIError
+
+DATA_MIME = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+    "image/tiff": ".tif",
+    "image/bmp": ".bmp",
+    "application/dicom": ".dcm",
+    "image/dicom": ".dcm",
+    "application/octet-stream": "",
+}
+
+
+def decode_data_uri(url: str, label: str) -> tuple[bytes, str]:
+    """`data:<mime>;base64,<payload>` -> (bytes, file-name hint used to pick the decoder)."""
+    head, sep, payload = url.partition(",")
+    if not sep:
+        raise APIError(400, f"{label}: malformed data URI (no comma)", "invalid_image")
+    meta = head[5:].split(";")
+    mime = meta[0].strip().lower()
+    if "base64" not in [m.strip().lower() for m in meta[1:]]:
+        raise APIError(400, f"{label}: data URI must be base64-encoded", "invalid_image")
+    if mime not in DATA_MIME:
+        raise APIError(415, f"{label}: unsupported image type {mime[:60]!r}; use image/png, image/jpeg or "
+                            "application/dicom", "unsupported_image_type")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{label}: invalid base64 in data URI", "invalid_image") from None
+    return data, label + DATA_MIME[mime]
+
+
+class ImageResolver:
+    """Turns one request's image URLs into parts; counts images against the per-request limit."""
+
+    def __init__(self, config: ServeConfig, size: int, window=None) -> None:
+        self.config = config
+        self.size = size
+        self.options = ImageOptions(window=window, max_pixels=config.max_pixels)
+        self.count = 0
+
+    def parts(self, url: str) -> list[Part]:
+        self.count += 1
+        label = f"image {self.count}"
+        if self.count > self.config.max_images:
+            raise APIError(400, f"too many images: this server takes at most {self.config.max_images} per request",
+                           "too_many_images")
+        scheme = urlsplit(url).scheme.lower() if ":" in url[:12] else ""
+        if scheme == "data":
+            data, name = decode_data_uri(url, label)
+            return [ImagePart(to_model_image(decode_image_bytes(data, name, self.options), self.size))]
+        if scheme in ("http", "https"):
+            data = self._fetch(url, label)
+            return [ImagePart(to_model_image(decode_image_bytes(data, label, self.options), self.size))]
+        if scheme in ("file", "") or (len(scheme) == 1 and os.name == "nt"):
+            return self._local(url, label, scheme == "file")
+        raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")
+
+    def _local(self, url: str, label: str, is_file_url: bool) -> list[Part]:
+        root = self.config.image_root
+        if root is None:
+            raise APIError(400, f"{label}: local file paths are not accepted by this server; send a data: URI",
+                           "image_source_not_allowed")
+        raw = unquote(urlsplit(url).path) if is_file_url else url
+        base = Path(root).resolve()
+        path = (base / raw).resolve() if not os.path.isabs(raw) else Path(raw).resolve()
+        if path != base and base not in path.parents:
+            raise APIError(400, f"{label}: path is outside the server's image root", "image_source_not_allowed")
+        if not path.exists():
+            raise APIError(400, f"{label}: no such file under the image root", "invalid_image_url")
+        try:
+            return load_parts(path, self.options, self.size)
+        except BadInput as e:
+            # imaging names the file by its path; show the client its own relative path only
+            msg = str(e).replace(str(path), str(path.relative_to(base)))
+            raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+
+    def _fetch(self, url: str, label: str) -> bytes:
+        host = (urlsplit(url).hostname or "").lower()
+        if host not in {h.lower() for h in self.config.allow_image_hosts}:
+            raise APIError(400, f"{label}: image URLs from host {host[:100]!r} are not allowed by this server; "
+                                "send a data: URI", "image_source_not_allowed")
+        import httpx
+
+        limit = self.config.max_fetch_bytes
+        try:
+            # No redirects: a redirect could leave the allow-listed host.
+            with httpx.stream("GET", url, timeout=20.0, follow_redirects=False) as r:
+                if r.status_code != 200:
+                    raise APIError(400, f"{label}: fetching the image URL returned HTTP {r.status_code}",
+                                   "image_fetch_failed")
+                chunks, total = [], 0
+                for chunk in r.iter_bytes():
+                    total += len(chunk)
+                    if total > limit:
+                        raise APIError(413, f"{label}: image URL content exceeds {limit:,} bytes", "image_too_large")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as e:
+            raise APIError(400, f"{label}: cannot fetch image URL ({type(e).__name__})", "image_fetch_failed") from None

@@ -1,0 +1,110 @@
+"""The subset of OpenAI's Chat Completions request the server accepts, validated by pydantic.
+
+Unknown top-level fields (e.g. `user`, `logprobs: false`) are ignored as OpenAI-compatible servers do; anything
+we would have to silently get wrong (n > 1, an unknown content part, a wrong type) is a 400 with the field named.
+MedGemma's extension lives under `medgemma` (the `openai` client sends it via `extra_body`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import APIError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextContent(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str
+    detail: str | None = None  # accepted for compatibility; MedGemma always sees the full 896 px square
+
+
+class ImageContent(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[Union[TextContent, ImageContent], Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. `name`, `refusal` echoed back by clients
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class MedGemmaOptions(_Strict):
+    """The extension: `{"medgemma": {"think": true}}` asks thinking-capable models to reason first; the thought
+    comes back apart (`message.reasoning_content`, `delta.reasoning_content` when streaming)."""
+
+    think: bool = False
+    window: tuple[float, float] | Literal["voi"] | None = None  # DICOM window for this request's images
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    medgemma: MedGemmaOptions | None = None
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return [s for s in stops if s]  # an empty stop string would end every answer before it began
+
+
+class PreviewRequest(_Strict):
+    """Body of `POST /v1/medgemma/preview`: one image URL, answered with the exact model input as a PNG."""
+
+    image_url: ImageURL
+    window: tuple[float, float] | Literal["voi"] | None = None
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """JSON bytes to a validated request, or a 400 that names the offending field."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", "invalid_json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON ({type(e).__name__} at position "
+                            f"{getattr(e, 'pos', 0)})", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", "invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = err.get("msg", "invalid value")
+        # pydantic lists every union branch it tried; the first is the one that matters to the client
+        raise APIError(400, f"{loc}: {msg}" if loc else msg, "invalid_value", loc or None) from None
