@@ -50,3 +50,14 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
 @pytest.fixture
 def cli():
     return run_cli
+
+
+SCRIPT = "<unused94>thought The heart is large.<unused95>Cardiomegaly."
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint rewired so that greedy decoding of any chat prompt yields `SCRIPT` (a thought + answer)."""
+    from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
+
+    return build_scripted_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("scripted") / "scripted", SCRIPT)

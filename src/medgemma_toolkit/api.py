@@ -67,7 +67,7 @@ class MedGemma:
     @classmethod
     def load(
         cls,
-        model: str | None = None,
+        model: str | ResolvedModel | None = None,
         *,
         backend: str = "auto",
         device: str = "auto",

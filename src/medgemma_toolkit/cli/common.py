@@ -18,18 +18,22 @@ DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Allow fetch
 PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: the model's own convention)")]
 WindowOpt = Annotated[Optional[str], typer.Option(help="DICOM window: 'voi' (the file's) or 'CENTER,WIDTH'; default full range")]
 FrameOpt = Annotated[Optional[int], typer.Option(help="DICOM multi-frame: frame index (default: middle)")]
+SlicesOpt = Annotated[int, typer.Option("--max-slices", help="CT/MR series: slices sampled uniformly (MedGemma 1.5: 85)")]
+CTWindowsOpt = Annotated[str, typer.Option("--ct-windows", help="CT series: RGB window preset, 'notebook' or 'server'")]
+PatchesOpt = Annotated[int, typer.Option("--max-patches", help="Whole-slide images: tissue patches sampled")]
+PatchSeedOpt = Annotated[int, typer.Option("--patch-seed", help="Whole-slide images: sampling seed")]
+PatchOrderOpt = Annotated[str, typer.Option("--patch-order", help="Whole-slide images: 'random' or 'spatial'")]
 
 
 def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False):
-    """Load and print the demo notice (stderr) when the demo model stands in for MedGemma."""
+    """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
 
     from ..api import MedGemma
+    from ..models.demo import DEMO_NOTICE
+    from ..models.resolve import resolve_model
 
-    mg = MedGemma.load(
-        model, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset,
-        allow_download=allow_download,
-    )
-    if mg.notice and not quiet:
-        print(mg.notice, file=sys.stderr)
-    return mg
+    resolved = resolve_model(model, allow_download=allow_download)
+    if resolved.is_demo and not quiet:
+        print(DEMO_NOTICE, file=sys.stderr, flush=True)
+    return MedGemma.load(resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset)

@@ -54,13 +54,13 @@ def choose_backend(resolved: ResolvedModel, backend: str) -> str:
 
 
 def load_backend(
-    model: str | None = None,
+    model: str | ResolvedModel | None = None,
     backend: str = "auto",
     options: LoadOptions | None = None,
     allow_download: bool = False,
 ) -> tuple[Backend, ResolvedModel, float]:
     """Return (backend, resolved model, load seconds)."""
-    resolved = resolve_model(model, allow_download=allow_download)
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, allow_download=allow_download)
     name = choose_backend(resolved, backend)
     cls = backend_class(name)
     t0 = time.perf_counter()

@@ -120,13 +120,14 @@ def resolve_model(spec: str | None, allow_download: bool = False) -> ResolvedMod
 
 def _download(hub_id: str) -> Path:
     """Explicit opt-in only: fetch a snapshot from the Hub (needs network and, for MedGemma, an accepted licence)."""
+    import huggingface_hub.constants as hf_constants
     from huggingface_hub import snapshot_download
 
-    prev = os.environ.pop("HF_HUB_OFFLINE", None)
+    prev = hf_constants.HF_HUB_OFFLINE  # read once at import from $HF_HUB_OFFLINE, which we set to 1
+    hf_constants.HF_HUB_OFFLINE = False
     try:
         return Path(snapshot_download(hub_id))
     except Exception as e:
         raise ModelNotFound(f"download of {hub_id} failed ({type(e).__name__}); check login, licence and network") from None
     finally:
-        if prev is not None:
-            os.environ["HF_HUB_OFFLINE"] = prev
+        hf_constants.HF_HUB_OFFLINE = prev

@@ -68,12 +68,20 @@ class StreamSplitter:
         while self._buf:
             marker = THOUGHT_CLOSE if self._in_thought else THOUGHT_OPEN
             idx = self._buf.find(marker)
+            stray = -1 if self._in_thought else self._buf.find(THOUGHT_CLOSE)
+            if stray >= 0 and (idx < 0 or stray < idx):
+                # A close marker with no open one: text already streamed can't be recalled; drop the marker.
+                self._emit(out, self._buf[:stray])
+                self._buf = self._buf[stray + len(THOUGHT_CLOSE) :]
+                continue
             if idx >= 0:
                 self._emit(out, self._buf[:idx])
                 self._buf = self._buf[idx + len(marker) :]
                 self._in_thought = not self._in_thought
                 continue
             keep = _partial_suffix(self._buf, marker)
+            if not self._in_thought:
+                keep = max(keep, _partial_suffix(self._buf, THOUGHT_CLOSE))
             if self._in_thought and not self._seen_label:
                 keep = max(keep, _partial_suffix(self._buf, "thought\n"))
             ready, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
