@@ -17,17 +17,23 @@ from .common import (
     DTypeOpt,
     FrameOpt,
     ModelOpt,
+    CTWindowsOpt,
+    PatchesOpt,
+    PatchOrderOpt,
+    PatchSeedOpt,
     PresetOpt,
     QuantizeOpt,
+    SlicesOpt,
     WindowOpt,
     load_model,
 )
 
 
-def _image_options(window: str | None, frame: int | None):
+def _image_options(window: str | None, frame: int | None, **series_and_slides):
     from ..imaging import ImageOptions, parse_window
+    from ..imaging.options import check_options
 
-    return ImageOptions(window=parse_window(window), frame=frame)
+    return check_options(ImageOptions(window=parse_window(window), frame=frame, **series_and_slides))
 
 
 @app.command()
@@ -44,6 +50,11 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")] = False,
     window: WindowOpt = None,
     frame: FrameOpt = None,
+    max_slices: SlicesOpt = 85,
+    ct_windows: CTWindowsOpt = "notebook",
+    max_patches: PatchesOpt = 125,
+    patch_seed: PatchSeedOpt = 0,
+    patch_order: PatchOrderOpt = "random",
     preset: PresetOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
@@ -58,7 +69,11 @@ def ask(
     mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
     req = mg.request(
         question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, image_options=_image_options(window, frame),
+        temperature=temperature, top_p=top_p, seed=seed,
+        image_options=_image_options(
+            window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
+            patch_seed=patch_seed, patch_order=patch_order,
+        ),
     )
     if as_json:
         from ..api import Answer
@@ -144,6 +159,11 @@ def preview(
     size: Annotated[Optional[int], typer.Option(help="Model input size in pixels (default 896, MedGemma's)")] = None,
     window: WindowOpt = None,
     frame: FrameOpt = None,
+    max_slices: SlicesOpt = 85,
+    ct_windows: CTWindowsOpt = "notebook",
+    max_patches: PatchesOpt = 125,
+    patch_seed: PatchSeedOpt = 0,
+    patch_order: PatchOrderOpt = "random",
 ) -> None:
     """Write exactly the image(s) the model will receive (padded, resized, windowed) to a PNG.
 
@@ -153,7 +173,10 @@ def preview(
     from ..imaging.montage import save_preview
 
     px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
-    opts = _image_options(window, frame)
+    opts = _image_options(
+        window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
+        patch_seed=patch_seed, patch_order=patch_order,
+    )
     parts = [p for src in image for p in load_parts(src, opts, px)]
     n = save_preview(parts, output)
     print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")

@@ -19,11 +19,21 @@ class ImageOptions:
     (center, width) = that window; "voi" = the file's own VOI LUT / window.
     frame: DICOM multi-frame only; None = the middle frame.
     max_pixels: refuse images (or DICOM frames x rows x columns) above this many pixels.
+    max_slices: CT/MR series: sample at most this many slices uniformly (MedGemma 1.5 uses 85).
+    ct_windows: CT series: window preset packed into RGB ("notebook" or "server", see imaging/windows.py).
+    max_patches: whole-slide images: sample at most this many tissue patches.
+    patch_seed: whole-slide images: seed of the patch sampling (same seed, same patches).
+    patch_order: whole-slide images: "random" (sampled order) or "spatial" (row by row).
     """
 
     window: Window = None
     frame: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_slices: int = 85
+    ct_windows: str = "notebook"
+    max_patches: int = 125
+    patch_seed: int = 0
+    patch_order: Literal["random", "spatial"] = "random"
 
 
 def parse_window(text: str | None) -> Window:
@@ -41,3 +51,18 @@ def parse_window(text: str | None) -> Window:
     if w <= 0:
         raise BadInput("--window width must be positive")
     return (c, w)
+
+
+def check_options(options: ImageOptions) -> ImageOptions:
+    """Reject out-of-range series/slide settings up front, with the CLI flag's name."""
+    from ..errors import BadInput
+    from .windows import get_ct_windows
+
+    if options.max_slices < 1:
+        raise BadInput("--max-slices must be at least 1")
+    if options.max_patches < 1:
+        raise BadInput("--max-patches must be at least 1")
+    if options.patch_order not in ("random", "spatial"):
+        raise BadInput(f"--patch-order must be 'random' or 'spatial', got {options.patch_order!r}")
+    get_ct_windows(options.ct_windows)
+    return options
