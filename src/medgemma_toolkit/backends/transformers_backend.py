@@ -110,8 +110,10 @@ class TransformersBackend(Backend):
         owner = self.processor if self.processor is not None else self.tokenizer
         return owner.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, prompts: list[Prompt]):
+    def _encode(self, prompts: list[Prompt], suffixes: Sequence[str] | None = None):
         texts = [self.render(p) for p in prompts]
+        if suffixes is not None:  # log-likelihood scoring: the continuation follows the rendered prompt
+            texts = [t + s for t, s in zip(texts, suffixes)]
         # Chat-rendered text already starts with <bos>; completion text needs the tokenizer to add it.
         add_special = prompts[0].is_completion
         images = [p.all_images() for p in prompts]
@@ -204,6 +206,35 @@ class TransformersBackend(Backend):
         return [
             Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)
         ]
+
+    def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its prompt, one forward pass per batch.
+
+        For log-likelihood multiple choice (lm-eval's way of scoring MCQ), kept apart from `generate`. Left padding
+        puts every continuation at the end of its row, so its tokens are the last k positions.
+        """
+        torch = self.torch
+        scores: list[float] = []
+        for start in range(0, len(pairs), self.max_batch_size):
+            chunk = list(pairs[start : start + self.max_batch_size])
+            prompts = [p for p, _ in chunk]
+            conts = [c for _, c in chunk]
+            lengths = []
+            for p, c in chunk:
+                text = self.render(p)
+                n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                n_full = len(self.tokenizer(text + c, add_special_tokens=False)["input_ids"])
+                lengths.append(max(1, n_full - n_prompt))
+            inputs = self._encode(prompts, conts).to(self.model.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = inputs["input_ids"][:, 1:]
+            token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            scores.extend(float(token_lp[i, -k:].sum()) for i, k in enumerate(lengths))
+        return scores
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -1,0 +1,158 @@
+"""`eval` (run a benchmark task), `eval list`, `eval compare`, and `batch` (plain batch inference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from ..errors import BadInput
+from . import app
+from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, QuantizeOpt, load_model
+
+eval_app = typer.Typer(help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True)
+app.add_typer(eval_app, name="eval")
+
+OnError = Literal["skip", "fail"]
+
+
+def _batch_size(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadInput("--batch-size must be a positive integer or 'auto'") from None
+    if n <= 0:
+        raise BadInput("--batch-size must be a positive integer or 'auto'")
+    return n
+
+
+@eval_app.callback()
+def eval_run(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data file in the task's public format or the generic JSONL/CSV; `hf:NAME[:SPLIT]` for the local datasets cache. Default: the task's shipped sample")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N items")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK")] = None,
+    batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto' (8 on CPU, 32 on GPU)")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")] = False,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the protocol's token budget")] = None,
+    temperature: Annotated[float, typer.Option(help="Override the protocol's greedy decoding (0)")] = 0.0,
+    think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
+    mode: Annotated[str, typer.Option(help="generate (MedGemma's protocol) or loglikelihood (lm-eval style MCQ scoring)")] = "generate",
+    on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
+    conditions: Annotated[Optional[str], typer.Option(help="CXR: condition set (mimic, cxr14) or a comma-separated list")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder that relative image paths are read from (default: beside the data file)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    allow_download: DownloadOpt = False,
+) -> None:
+    """Run a task and write records, summary.json and a report with plots.
+
+    Example: medgemma eval --model medgemma-4b-it --task medqa --data medqa_test.jsonl --out runs/medqa
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..eval.runner import EvalOptions, run_eval
+    from ..eval.spec import get_task
+
+    if task is None:
+        raise BadInput("--task is required (see `medgemma eval list`)")
+    if mode not in ("generate", "loglikelihood"):
+        raise BadInput("--mode must be 'generate' or 'loglikelihood'")
+    if on_error not in ("skip", "fail"):
+        raise BadInput("--on-error must be 'skip' or 'fail'")
+    if limit is not None and limit <= 0:
+        raise BadInput("--limit must be positive")
+    spec = get_task(task)  # fail on an unknown task before loading a model
+    opts = EvalOptions(
+        task=task, data=data, out=out or Path("eval-runs") / spec.name, limit=limit, batch_size=_batch_size(batch_size),
+        resume=resume, max_new_tokens=max_new_tokens, temperature=temperature, think=think, mode=mode,  # type: ignore[arg-type]
+        on_error=on_error, conditions=conditions, image_root=images, use_cache=not no_cache,  # type: ignore[arg-type]
+        n_boot=bootstrap,
+    )
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, None)
+    summary = run_eval(mg, opts)
+    m = summary["metrics"][spec.primary_metric]
+    ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f})"
+    value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
+    t = summary["timing"]
+    print(f"{spec.label} {spec.primary_metric} = {value}{ci} on {summary['counts']['answered']} questions; "
+          f"unparseable {summary['parse_failures']['rate']:.1%}; generated {t['generated']}, resumed {t['resumed']}, "
+          f"cached {t['from_cache']}")
+    print(f"wrote {opts.out}/summary.json, report.md, report.html")
+
+
+@eval_app.command("list")
+def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """List built-in tasks with their protocol versions, metrics and data formats.
+
+    Example: medgemma eval list
+    """
+    from ..eval.spec import builtin_tasks
+
+    rows = [{"task": s.name, "version": s.version, "protocol": s.protocol, "kind": s.kind, "metrics": list(s.metrics),
+             "max_new_tokens": s.max_new_tokens, "format": s.description} for s in builtin_tasks().values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['task'] + '@' + r['version']:<22}{r['kind']:<12}{','.join(r['metrics']):<40}{r['format']}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory")],
+    out: Annotated[Path, typer.Option(help="Where compare.json/.md/.png go")] = Path("eval-compare"),
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples")] = 1000,
+) -> None:
+    """Side-by-side metrics of two runs of a task, with a paired bootstrap and McNemar's test, and a plot.
+
+    Example: medgemma eval compare runs/base runs/finetuned
+    """
+    from ..eval.compare import compare_runs, format_table, write_comparison
+
+    result = compare_runs(run_a, run_b, n_boot=bootstrap)
+    print(format_table(result))
+    write_comparison(result, out)
+    print(f"wrote {out}/compare.json, compare.md, compare.png")
+
+
+@app.command()
+def batch(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL rows: {id, question, images?, system?}")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results JSONL (appended per batch)")],
+    model: ModelOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip rows already in --out")] = False,
+    batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto'")] = "auto",
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
+    think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
+    on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    allow_download: DownloadOpt = False,
+) -> None:
+    """Answer every row of a JSONL file (no scoring), resumable, batched.
+
+    Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
+    """
+    from ..eval.batch import read_batch_rows, run_batch
+
+    if on_error not in ("skip", "fail"):
+        raise BadInput("--on-error must be 'skip' or 'fail'")
+    read_batch_rows(input, on_error)  # report a bad file before loading a model
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, None)
+    stats = run_batch(mg, input, out, resume=resume, batch_size=_batch_size(batch_size),
+                      max_new_tokens=max_new_tokens, think=think, on_error=on_error)
+    print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")

@@ -1,0 +1,100 @@
+"""`medgemma batch`: plain batch inference (no scoring) over a JSONL of questions, on the resumable runner.
+
+Input rows: {"id": ..., "question": ..., "images": [paths] or "image": path, "system": optional}. Output rows are
+appended and flushed per batch: {"id", "answer", "thought", "finish_reason", tokens, "seconds"} (or "error").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput
+from ..prompts.thinking import split_thought
+from .batching import Outcome, auto_batch_size, run_batches
+from .formats import RowError, _images, ReadContext
+from .records import RecordLog
+
+
+@dataclass
+class BatchRow:
+    id: str
+    location: str
+    question: str
+    images: list[str] = field(default_factory=list)
+    system: str | None = None
+
+
+def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
+    if not path.is_file():
+        raise BadInput(f"{path}: input file not found")
+    ctx = ReadContext(path, path.parent)
+    rows: list[BatchRow] = []
+    seen: set[str] = set()
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        loc = f"{path.name}:{i}"
+        try:
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RowError(f"{loc}: not valid JSON ({e.msg})") from None
+            if not isinstance(raw, dict) or not str(raw.get("question") or "").strip():
+                raise RowError(f"{loc}: each row needs a non-empty 'question'")
+            rid = str(raw.get("id", f"row-{i}"))
+            if rid in seen:
+                raise RowError(f"{loc}: duplicate id {rid!r}")
+            row = BatchRow(rid, loc, str(raw["question"]), _images(raw, loc, ctx, "images", "image"),
+                           raw.get("system"))
+        except RowError as e:
+            if on_error == "fail":
+                raise
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        seen.add(rid)
+        rows.append(row)
+    if not rows:
+        raise BadInput(f"{path}: no rows to run")
+    return rows
+
+
+def run_batch(mg, input_path: Path, out_path: Path, *, resume: bool = False, batch_size: int | None = None,
+              max_new_tokens: int | None = None, think: bool = False, on_error: str = "fail",
+              progress: bool = True) -> dict[str, Any]:
+    rows = read_batch_rows(input_path, on_error)
+    if out_path.exists() and out_path.stat().st_size > 0 and not resume:
+        raise BadInput(f"{out_path}: exists; pass --resume to continue it, or choose another --out")
+    log = RecordLog(out_path, resume=resume)
+    pending = [r for r in rows if r.id not in log.done]
+
+    def build(r: BatchRow):
+        return mg.request(r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens)
+
+    def on_batch(outs: list[Outcome[BatchRow]]) -> None:
+        recs = []
+        for o in outs:
+            if o.completion is None:
+                if on_error == "fail":
+                    raise BadInput(f"{o.job.location}: {o.error}")
+                recs.append({"key": o.job.id, "id": o.job.id, "error": o.error})
+                continue
+            s = split_thought(o.completion.text)
+            recs.append({"key": o.job.id, "id": o.job.id, "answer": s.answer, "thought": s.thought,
+                         "finish_reason": o.completion.finish_reason, "prompt_tokens": o.completion.prompt_tokens,
+                         "completion_tokens": o.completion.completion_tokens, "seconds": round(o.seconds, 4)})
+        log.append(recs)
+
+    size = batch_size or auto_batch_size(mg.backend)
+    if hasattr(mg.backend, "max_batch_size"):
+        mg.backend.max_batch_size = max(mg.backend.max_batch_size, size)
+    try:
+        secs = run_batches(mg.backend, pending, build, on_batch, size,
+                           sort_key=lambda r: (len(r.images), len(r.question)), label="rows", progress=progress)
+    finally:
+        log.close()
+    return {"rows": len(rows), "generated": len(pending), "resumed": len(rows) - len(pending),
+            "seconds": round(secs, 3)}

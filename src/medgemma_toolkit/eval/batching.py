@@ -1,0 +1,121 @@
+"""The resumable batched generation loop shared by `medgemma eval` and `medgemma batch`.
+
+Pending work is sorted by length (images first, then prompt length) so each batch pads little; requests (and their
+images) are built one batch at a time so memory stays flat on long runs; every finished batch is handed to
+`on_batch` at once, which appends and flushes it. On a CUDA out-of-memory error the batch is halved and retried.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..backends.base import Completion, GenerationRequest
+from ..errors import BadInput
+
+J = TypeVar("J")
+
+
+@dataclass
+class Outcome(Generic[J]):
+    job: J
+    completion: Completion | None  # None when the request could not be built
+    error: str | None
+    seconds: float  # this job's share of its batch's wall time
+
+
+def auto_batch_size(backend: Any) -> int:
+    """8 on CPU (more only adds padding work on 2-4 cores); 32 on a GPU, halved on out-of-memory."""
+    device = str(getattr(backend, "info", None) and backend.info.extra.get("device", "cpu"))
+    return 32 if device.startswith("cuda") else 8
+
+
+def _is_oom(e: BaseException) -> bool:
+    return "out of memory" in str(e).lower() and type(e).__name__ in ("OutOfMemoryError", "RuntimeError")
+
+
+def run_batches(
+    backend: Any,
+    jobs: Sequence[J],
+    build: Callable[[J], GenerationRequest],
+    on_batch: Callable[[list[Outcome[J]]], None],
+    batch_size: int,
+    sort_key: Callable[[J], Any],
+    label: str = "items",
+    progress: bool = True,
+) -> float:
+    """Generate for every job; return the wall seconds spent generating."""
+    order = sorted(jobs, key=sort_key, reverse=True)  # longest first: an OOM shows up at once, not at 90%
+    bar = _Progress(len(order), label, enabled=progress)
+    total = 0.0
+    pos = 0
+    size = max(1, batch_size)
+    while pos < len(order):
+        chunk = list(order[pos : pos + size])
+        ready: list[tuple[J, GenerationRequest]] = []
+        failed: list[Outcome[J]] = []
+        for job in chunk:
+            try:
+                ready.append((job, build(job)))
+            except BadInput as e:
+                failed.append(Outcome(job, None, str(e), 0.0))
+        t0 = time.perf_counter()
+        try:
+            completions = backend.generate([r for _, r in ready]) if ready else []
+        except Exception as e:
+            if _is_oom(e) and size > 1:
+                size //= 2
+                _free_cuda()
+                print(f"note: out of memory; batch size lowered to {size}", file=sys.stderr)
+                continue
+            raise
+        secs = time.perf_counter() - t0
+        total += secs
+        share = secs / max(1, len(ready))
+        outs = [Outcome(j, c, None, share) for (j, _), c in zip(ready, completions)] + failed
+        on_batch(outs)
+        pos += len(chunk)
+        bar.advance(len(chunk))
+    bar.close()
+    return total
+
+
+def _free_cuda() -> None:
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+class _Progress:
+    """A rich progress bar (items/s and ETA) on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self._p = None
+        if not (enabled and sys.stderr.isatty() and total):
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        class Rate(TextColumn):
+            def render(self, task):  # items per second over the run so far
+                speed = task.finished_speed or task.speed
+                return f"{speed:.2f} {label}/s" if speed else f"-- {label}/s"
+
+        self._p = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), Rate(""), TextColumn("ETA"),
+                           TimeRemainingColumn(), console=Console(stderr=True))
+        self._p.start()
+        self._task = self._p.add_task("eval", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -1,0 +1,263 @@
+"""Metrics over per-item records, with bootstrap 95% confidence intervals and paired tests.
+
+Records are the dicts the runner writes (`parsed`, `gold`, `correct`, `score`, `condition`, `answer_type`,
+`item_id`). An unparseable answer (`parsed` is None) is wrong: it scores 0 and, for F1 over yes/no conditions,
+counts as the label opposite to the truth. Bootstrap resamples *items* (an X-ray with five condition questions is
+one draw), so correlated questions do not shrink the interval.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Record = dict[str, Any]
+
+
+# -- per-answer scores ------------------------------------------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation and articles, squeeze spaces (SQuAD-style, as VQA F1 is usually computed)."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
+
+
+def token_f1(prediction: str | None, reference: str) -> float:
+    """Bag-of-tokens F1 between normalized answers."""
+    if prediction is None:
+        return 0.0
+    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str | None, reference: str) -> bool:
+    if prediction is None:
+        return False
+    p, r = normalize_answer(prediction), normalize_answer(reference)
+    if p == r:
+        return True
+    # Closed questions: "Yes, there is an effusion." answers "yes".
+    return r in ("yes", "no") and p.split()[:1] == [r]
+
+
+_rouge_scorer = None
+
+
+def rouge_l(prediction: str | None, reference: str) -> float:
+    """ROUGE-L F-measure (rouge-score, Porter stemming)."""
+    global _rouge_scorer
+    if prediction is None:
+        return 0.0
+    if _rouge_scorer is None:
+        from rouge_score import rouge_scorer
+
+        _rouge_scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_rouge_scorer.score(reference, prediction)["rougeL"].fmeasure)
+
+
+# -- aggregate metrics -------------------------------------------------------------------------------------------
+def binary_f1(gold: Sequence[bool], pred: Sequence[bool]) -> float:
+    tp = sum(g and p for g, p in zip(gold, pred))
+    fp = sum(p and not g for g, p in zip(gold, pred))
+    fn = sum(g and not p for g, p in zip(gold, pred))
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def per_condition_f1(records: Sequence[Record]) -> dict[str, float]:
+    by: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
+    for r in records:
+        gold = r["gold"] == "yes"
+        pred = (r["parsed"] == "yes") if r["parsed"] in ("yes", "no") else not gold  # unparseable = wrong
+        by[r["condition"]][0].append(gold)
+        by[r["condition"]][1].append(pred)
+    return {c: binary_f1(g, p) for c, (g, p) in sorted(by.items())}
+
+
+def macro_f1(records: Sequence[Record]) -> float | None:
+    f1s = per_condition_f1(records)
+    return float(np.mean(list(f1s.values()))) if f1s else None
+
+
+def corpus_bleu(records: Sequence[Record]) -> float | None:
+    """sacrebleu corpus BLEU on a 0-1 scale (sacrebleu's score / 100)."""
+    if not records:
+        return None
+    import sacrebleu
+
+    preds = [r["parsed"] or "" for r in records]
+    refs = [r["gold"] or "" for r in records]
+    return float(sacrebleu.corpus_bleu(preds, [refs]).score) / 100.0
+
+
+def radgraph_f1(records: Sequence[Record]) -> float | None:
+    """RadGraph F1 (partial reward) when the `radgraph` package and its model are available locally."""
+    scorer = _radgraph()
+    preds = [r["parsed"] or "" for r in records]
+    refs = [r["gold"] or "" for r in records]
+    out = scorer(hyps=preds, refs=refs)
+    return float(out[0] if isinstance(out, tuple) else out)
+
+
+def radgraph_unavailable() -> str | None:
+    """Why RadGraph F1 cannot be computed here, or None when it can."""
+    try:
+        _radgraph()
+    except Exception as e:
+        return f"RadGraph F1 skipped: needs `pip install radgraph` and its model in the local cache ({type(e).__name__})"
+    return None
+
+
+_radgraph_scorer = None
+
+
+def _radgraph():
+    global _radgraph_scorer
+    if _radgraph_scorer is None:
+        from radgraph import F1RadGraph  # optional; its model must already be cached (we never download)
+
+        _radgraph_scorer = F1RadGraph(reward_level="partial")
+    return _radgraph_scorer
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    # Mean-type metrics give a per-record value (None = record not counted): bootstrap is then vectorized.
+    unit_value: Callable[[Record], float | None] | None = None
+    aggregate: Callable[[Sequence[Record]], float | None] | None = None
+
+    def compute(self, records: Sequence[Record]) -> float | None:
+        if self.aggregate is not None:
+            return self.aggregate(records)
+        vals = [v for v in map(self.unit_value, records) if v is not None]  # type: ignore[arg-type]
+        return float(np.mean(vals)) if vals else None
+
+
+def _closed(r: Record) -> float | None:
+    return float(bool(r["correct"])) if r.get("answer_type") == "closed" else None
+
+
+def _open_f1(r: Record) -> float | None:
+    return float(r["score"]) if r.get("answer_type") != "closed" else None
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("accuracy", unit_value=lambda r: float(bool(r["correct"]))),
+    "macro_f1": Metric("macro_f1", aggregate=macro_f1),
+    "token_f1": Metric("token_f1", unit_value=lambda r: float(r["score"])),
+    "open_token_f1": Metric("open_token_f1", unit_value=_open_f1),
+    "closed_accuracy": Metric("closed_accuracy", unit_value=_closed),
+    "rouge_l": Metric("rouge_l", unit_value=lambda r: float(r["score"])),
+    "bleu": Metric("bleu", aggregate=corpus_bleu),
+    "radgraph_f1": Metric("radgraph_f1", aggregate=radgraph_f1),
+}
+
+
+# -- bootstrap ----------------------------------------------------------------------------------------------------
+def _groups(records: Sequence[Record], key: str = "item_id") -> list[list[int]]:
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by[str(r[key])].append(i)
+    return list(by.values())
+
+
+def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of `metric`, resampling items with replacement (fixed seed: reproducible)."""
+    groups = _groups(records)
+    if len(groups) < 2:
+        return (None, None)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+    if metric.unit_value is not None:
+        vals = [metric.unit_value(r) for r in records]
+        s = np.array([sum(vals[i] for i in g if vals[i] is not None) for g in groups], dtype=float)
+        n = np.array([sum(vals[i] is not None for i in g) for g in groups], dtype=float)
+        tot_n = n[draws].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stats = s[draws].sum(axis=1) / tot_n
+        stats = stats[tot_n > 0]
+    else:
+        out = []
+        for row in draws:
+            v = metric.compute([records[i] for j in row for i in groups[j]])
+            if v is not None:
+                out.append(v)
+        stats = np.array(out, dtype=float)
+    if stats.size == 0:
+        return (None, None)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(stats, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """{metric: {value, ci_low, ci_high, n}}; a metric that cannot run here gets `value: None` and a `note`."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        m = METRICS[name]
+        if name == "radgraph_f1":
+            why = radgraph_unavailable()
+            if why:
+                out[name] = {"value": None, "ci_low": None, "ci_high": None, "n": len(records), "note": why}
+                continue
+        value = m.compute(records)
+        lo, hi = bootstrap_ci(records, m, n_boot, seed) if value is not None else (None, None)
+        n = len(records) if m.unit_value is None else sum(m.unit_value(r) is not None for r in records)
+        out[name] = {"value": value, "ci_low": lo, "ci_high": hi, "n": n}
+    return out
+
+
+# -- paired comparison --------------------------------------------------------------------------------------------
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, float]:
+    """Exact (binomial) McNemar test on paired right/wrong outcomes: two-sided p-value."""
+    b = sum(x and not y for x, y in zip(a_correct, b_correct))
+    c = sum(y and not x for x, y in zip(a_correct, b_correct))
+    n = b + c
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
+
+
+def paired_bootstrap(a: Sequence[Record], b: Sequence[Record], metric: Metric, n_boot: int = 1000,
+                     seed: int = 0) -> dict[str, float | None]:
+    """Difference A - B on the same items, its 95% interval, and a two-sided bootstrap p-value.
+
+    `a` and `b` must be aligned (same key at the same index).
+    """
+    groups = _groups(a)
+    va, vb = metric.compute(a), metric.compute(b)
+    if va is None or vb is None:
+        return {"diff": None, "ci_low": None, "ci_high": None, "p_value": None}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for row in rng.integers(0, len(groups), size=(n_boot, len(groups))):
+        idx = [i for j in row for i in groups[j]]
+        x, y = metric.compute([a[i] for i in idx]), metric.compute([b[i] for i in idx])
+        if x is not None and y is not None:
+            diffs.append(x - y)
+    d = np.array(diffs)
+    lo, hi = np.quantile(d, [0.025, 0.975]) if d.size else (None, None)
+    # Two-sided: how often the resampled difference falls on the other side of zero, doubled.
+    p = min(1.0, 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))) if d.size else None
+    return {"diff": va - vb, "ci_low": None if lo is None else float(lo), "ci_high": None if hi is None else float(hi),
+            "p_value": p}

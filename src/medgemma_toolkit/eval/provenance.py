@@ -1,0 +1,55 @@
+"""What produced a result: model identity, package versions, machine. Written beside every run's records."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """Config hash (what the model is) and a weights fingerprint (which trained numbers it holds).
+
+    Two fine-tunes share a config, so the cache keys on the fingerprint too: weight file names, sizes and
+    modification times (cheap), plus the first MiB of a GGUF file.
+    """
+    p = Path(path)
+    ident: dict[str, Any] = {"path": str(p)}
+    if p.is_dir():
+        cfg = p / "config.json"
+        ident["config_sha256"] = _sha256_bytes(cfg.read_bytes()) if cfg.is_file() else None
+        weights = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+        stamp = "|".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in weights)
+    elif p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(1 << 20)
+        ident["config_sha256"] = _sha256_bytes(head)  # a GGUF's header holds its configuration
+        stamp = f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+    else:
+        ident["config_sha256"] = None
+        stamp = str(p)
+    ident["fingerprint"] = _sha256_bytes(f"{ident['config_sha256']}|{stamp}".encode())[:20]
+    return ident
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("medgemma-toolkit", "torch", "transformers", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

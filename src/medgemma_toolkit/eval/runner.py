@@ -1,0 +1,232 @@
+"""`medgemma eval`: read a task's data, generate through the `Backend` in batches, score, summarise, report.
+
+Protocol ("medgemma-eval"): zero-shot, greedy, no system prompt (the `plain` preset; base checkpoints keep their
+completion preset since they have no chat turns), the task's own instruction and parser. Every record is appended
+and flushed as its batch finishes; `--resume` picks up where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import BadInput, CapabilityError
+from ..prompts.presets import get_preset
+from ..prompts.thinking import split_thought
+from .batching import Outcome, auto_batch_size, run_batches
+from .formats import read_items
+from .items import Unit, dataset_digest, expand_units, format_options
+from .metrics import exact_match, rouge_l, token_f1
+from .parsers import PARSERS
+from .provenance import model_identity
+from .records import RecordLog, ResultCache, default_cache_dir, read_records
+from .spec import TaskSpec, get_task, sample_path
+
+Mode = Literal["generate", "loglikelihood"]
+LOGLIK_TEMPLATE = "{question}\n{options}\nAnswer:"  # lm-eval style: score each option letter as the continuation
+
+
+@dataclass
+class EvalOptions:
+    task: str
+    data: str | None = None  # None: the task's shipped sample
+    out: Path = Path("eval-out")
+    limit: int | None = None
+    batch_size: int | None = None  # None: auto
+    resume: bool = False
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    think: bool = False
+    mode: Mode = "generate"
+    on_error: Literal["skip", "fail"] = "fail"
+    conditions: str | None = None  # condition set name, or a comma-separated list
+    image_root: str | None = None
+    use_cache: bool = True
+    n_boot: int = 1000
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
+    if spec.kind != "conditions":
+        return ()
+    if opt and "," in opt or (opt and opt not in spec.condition_sets):
+        return tuple(c.strip() for c in opt.split(",") if c.strip())
+    return spec.conditions(opt)
+
+
+def _preset_for(mg) -> str:
+    # Chat checkpoints: no system prompt, the turn as given. Base checkpoints only understand completion prompts.
+    return mg.preset.name if mg.backend.info.pretrained else "plain"
+
+
+def score_unit(spec: TaskSpec, unit: Unit, parsed: str | None) -> tuple[bool | None, float]:
+    """(correct, score) for one parsed answer; unparseable answers are wrong."""
+    if spec.kind in ("mcq", "conditions"):
+        ok = parsed is not None and parsed == unit.gold
+        return ok, float(ok)
+    if spec.kind == "vqa":
+        return exact_match(parsed, unit.gold or ""), token_f1(parsed, unit.gold or "")
+    return None, rouge_l(parsed, unit.gold or "")
+
+
+def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
+    """Run (or resume) one evaluation and write records, summary and reports under `opts.out`."""
+    from .report import write_reports
+
+    spec = get_task(opts.task)
+    if opts.mode == "loglikelihood":
+        if spec.kind != "mcq":
+            raise BadInput(f"--mode loglikelihood is for multiple-choice tasks; {spec.name!r} is {spec.kind}")
+        if not hasattr(mg.backend, "loglikelihood"):
+            raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
+    data_path = Path(opts.data) if opts.data else Path(str(sample_path(spec)))
+    conditions = _conditions(spec, opts.conditions)
+    read = read_items(spec, data_path, opts.on_error, Path(opts.image_root) if opts.image_root else None,
+                      conditions, opts.limit)
+    for msg in read.errors:
+        print(f"skipped: {msg}", file=sys.stderr)
+    if any(it.images for it in read.items) and not mg.backend.info.multimodal:
+        raise CapabilityError(f"task {spec.name!r} has images but model {mg.backend.info.name!r} is text-only")
+    units = expand_units(spec, read.items, conditions)
+    if not units:
+        raise BadInput(f"{data_path}: no questions to ask (no labels for the chosen conditions?)")
+
+    preset = get_preset(_preset_for(mg))
+    mg.preset = preset
+    max_new = opts.max_new_tokens or (spec.think_max_new_tokens if opts.think else spec.max_new_tokens)
+    if max_new <= 0:
+        raise BadInput("--max-new-tokens must be positive")
+    generation = {"mode": opts.mode, "preset": f"{preset.name}@{preset.version}", "max_new_tokens": max_new,
+                  "temperature": opts.temperature, "think": opts.think, "stop": list(preset.stop)}
+    model = {"name": mg.backend.info.name, "backend": mg.backend.info.backend, "demo": mg.is_demo,
+             **model_identity(mg.backend.info.path)}
+    config = {"task": spec.label, "model_fingerprint": model["fingerprint"], "generation": generation,
+              "conditions": list(conditions)}
+
+    out = Path(opts.out)
+    rec_path = out / "records.jsonl"
+    _check_out_dir(out, rec_path, config, opts.resume)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    log = RecordLog(rec_path, resume=opts.resume)
+    cache = ResultCache(default_cache_dir(), config) if opts.use_cache else None
+    n_resumed = sum(u.key in log.done for u in units)
+    pending = [u for u in units if u.key not in log.done]
+    n_cached = 0
+    if cache is not None:
+        hits = [dict(cache.get(u.key, u.prompt_hash), cached=True) for u in pending if cache.get(u.key, u.prompt_hash)]
+        if hits:
+            log.append(hits)
+            n_cached = len(hits)
+        pending = [u for u in pending if u.key not in log.done]
+
+    parser = PARSERS[spec.parser]
+
+    def record(o: Outcome[Unit]) -> dict[str, Any]:
+        u = o.job
+        base = {"key": u.key, "item_id": u.item.id, "condition": u.condition, "prompt_hash": u.prompt_hash,
+                "gold": u.gold, "answer_type": u.item.answer_type, "seconds": round(o.seconds, 4)}
+        if o.completion is None:
+            return {**base, "raw": None, "thought": None, "parsed": None, "correct": None, "score": None,
+                    "error": o.error, "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
+        split = split_thought(o.completion.text)
+        parsed = o.completion.text if opts.mode == "loglikelihood" else parser(split.answer, u.item.options)
+        correct, score = score_unit(spec, u, parsed)
+        return {**base, "raw": o.completion.text, "thought": split.thought, "parsed": parsed, "correct": correct,
+                "score": score, "error": None, "finish_reason": o.completion.finish_reason,
+                "prompt_tokens": o.completion.prompt_tokens, "completion_tokens": o.completion.completion_tokens}
+
+    def on_batch(outs: list[Outcome[Unit]]) -> None:
+        if opts.on_error == "fail":
+            bad = next((o for o in outs if o.error), None)
+            if bad is not None:
+                raise BadInput(f"{bad.job.item.location}: {bad.error}")
+        recs = [record(o) for o in outs]
+        log.append(recs)
+        if cache is not None:
+            cache.put([r for r in recs if r["error"] is None])
+
+    letters_of: dict[int, list[str]] = {}  # request id -> its option letters (log-likelihood mode)
+
+    def build(u: Unit):
+        if opts.mode == "loglikelihood":
+            text = LOGLIK_TEMPLATE.format(question=u.item.question.strip(), options=format_options(u.item.options))
+            req = mg.request(text, u.item.images, max_new_tokens=1)
+            letters_of[id(req)] = list(u.item.options)
+            return req
+        return mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
+                          temperature=opts.temperature)
+
+    backend = _LoglikAdapter(mg.backend, letters_of) if opts.mode == "loglikelihood" else mg.backend
+    batch_size = opts.batch_size or auto_batch_size(mg.backend)
+    if hasattr(mg.backend, "max_batch_size"):
+        mg.backend.max_batch_size = max(mg.backend.max_batch_size, batch_size)
+    t0 = time.perf_counter()
+    try:
+        gen_seconds = run_batches(backend, pending, build, on_batch, batch_size,
+                                  sort_key=lambda u: u.sort_length, progress=opts.progress)
+    finally:
+        log.close()
+        if cache is not None:
+            cache.close()
+    wall = time.perf_counter() - t0
+
+    records, _ = read_records(rec_path)
+    by_key = {r["key"]: r for r in records}
+    ordered = [by_key[u.key] for u in units if u.key in by_key]
+    run_info = {
+        "model": model, "generation": generation, "conditions": list(conditions),
+        "dataset": {"path": str(data_path), "sha256": dataset_digest(data_path), "items": len(read.items),
+                    "questions": len(units), "malformed_rows": len(read.errors), "rows_not_used": read.skipped,
+                    "limit": opts.limit, "sample": opts.data is None},
+        "timing": {"generated": len(pending), "resumed": n_resumed, "from_cache": n_cached,
+                   "generate_seconds": round(gen_seconds, 3), "wall_seconds": round(wall, 3),
+                   "items_per_second": round(len(pending) / gen_seconds, 3) if gen_seconds > 0 else None,
+                   "batch_size": batch_size},
+    }
+    return write_reports(spec, ordered, run_info, out, n_boot=opts.n_boot)
+
+
+def _check_out_dir(out: Path, rec_path: Path, config: dict[str, Any], resume: bool) -> None:
+    if resume:
+        run_json = out / "run.json"
+        if run_json.exists() and json.loads(run_json.read_text()) != config:
+            raise BadInput(f"{out}: --resume with a different model, task or generation settings than the run there")
+    elif rec_path.exists() and rec_path.stat().st_size > 0:
+        raise BadInput(f"{out}: already holds records; pass --resume to continue it, or choose another --out")
+
+
+class _LoglikAdapter:
+    """Presents log-likelihood scoring as `generate`: the "completion" of each request is the best option letter."""
+
+    def __init__(self, backend: Any, letters_of: dict[int, list[str]]) -> None:
+        self.backend = backend
+        self.info = backend.info
+        self._letters_of = letters_of
+
+    def generate(self, requests):
+        from ..backends.base import Completion
+
+        pairs, spans = [], []
+        for r in requests:
+            letters = self._letters_of.pop(id(r))
+            spans.append((len(pairs), letters))
+            pairs.extend((r.prompt, f" {x}") for x in letters)
+        scores = self.backend.loglikelihood(pairs)
+        out = []
+        for start, letters in spans:
+            s = scores[start : start + len(letters)]
+            best = max(range(len(letters)), key=lambda i: s[i])
+            out.append(Completion(letters[best], "stop", 0, 0))
+        return out
+
+
+def asdict_options(opts: EvalOptions) -> dict[str, Any]:
+    d = asdict(opts)
+    d["out"] = str(opts.out)
+    return d
