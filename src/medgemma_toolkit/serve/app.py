@@ -37,6 +37,13 @@ from .schemas import ChatCompletionRequest, PreviewRequest, parse_body
 
 log = logging.getLogger("medgemma_toolkit.serve")
 STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
+# The page loads nothing from elsewhere; previews arrive as data: URIs.
+PAGE_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 class ClientGone(Exception):
@@ -103,7 +110,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-store"})
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
