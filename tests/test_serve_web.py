@@ -1,0 +1,91 @@
+"""The web page at `/` in headless Chromium (the Debian `chromium` package, driven by Playwright; no browser
+download): enter the key, upload a PNG, see the preprocessed image, ask, watch the answer stream in."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+from playwright import sync_api
+from playwright.sync_api import expect
+
+from medgemma_toolkit.serve.launch import ServerProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+KEY = "web-key-0123456789"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def web_server(tiny_model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    with ServerProcess(tiny_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma") as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is not installed (scripts/test.sh installs the Debian package)")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(60_000)
+            yield pg
+        finally:
+            ctx.close()
+
+
+def test_page_upload_ask_stream(web_server, page, tmp_path):
+    png = tmp_path / "cxr.png"
+    Image.new("RGB", (80, 50), (180, 180, 180)).save(png)
+    stream_chunks = []
+    page.on("response", lambda r: stream_chunks.append(r) if r.url.endswith("/v1/chat/completions") else None)
+
+    page.goto(web_server.url + "/")
+    page.fill("#api-key", KEY)
+    page.click("#connect")
+    # (expect() rather than wait_for_function: the page's CSP forbids evaluating strings, as it should)
+    expect(page.locator("#model-name")).to_have_text("tiny-medgemma")
+    # The key field is cleared: the key lives in a script variable only.
+    assert page.input_value("#api-key") == ""
+
+    page.set_input_files("#file", str(png))
+    page.wait_for_selector("#preview-figure:not([hidden])")
+    assert page.text_content("#preview-size") == "64 x 64 px"  # the tiny model's input size, padded square
+    src = page.get_attribute("#preview", "src")
+    shown = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert shown.size == (64, 64)
+    assert shown.getpixel((0, 0)) == (0, 0, 0) and shown.getpixel((32, 32)) == (180, 180, 180)  # padding + image
+
+    page.fill("#question", "Describe this image.")
+    page.fill("#max-tokens", "12")
+    page.click("#ask")
+    expect(page.locator("#status")).to_contain_text("generated tokens", timeout=120_000)
+    answer = page.text_content("#answer")
+    status = page.text_content("#status")
+    assert status.startswith("Done (")
+    assert stream_chunks and stream_chunks[0].headers["content-type"].startswith("text/event-stream")
+    assert answer is not None and len(answer.strip()) > 0
+    # What the page shows is the concatenation of several streamed deltas, not one block.
+    events = [json.loads(line[6:]) for line in stream_chunks[0].text().splitlines()
+              if line.startswith("data: {")]
+    deltas = [c["delta"]["content"] for e in events for c in e["choices"] if c["delta"].get("content")]
+    assert len(deltas) >= 2 and "".join(deltas) == answer
+    assert page.is_hidden("#thought-block")
+
+
+def test_page_without_key_says_so(web_server, page):
+    page.goto(web_server.url + "/")
+    page.fill("#question", "hello")
+    page.click("#ask")
+    expect(page.locator("#status")).to_contain_text("API key")
+    expect(page.locator("#status")).to_have_class("error")
