@@ -1,0 +1,128 @@
+"""The loss log (one JSON line per logged step), its PNG curve, and the progress bar.
+
+The log survives kill -9 (each line is flushed as written); on `--resume` the lines after the checkpoint's step are
+dropped, since those steps are trained again, so the curve continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from .checkpoints import write_atomic
+
+LOG_NAME = "loss_log.jsonl"
+CURVE_NAME = "loss_curve.png"
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by a kill mid-write
+                continue
+    return rows
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep only entries up to `last_step` (the checkpoint being resumed from)."""
+    rows = [r for r in read_log(path) if int(r.get("step", 0)) <= last_step]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def plot_curve(rows: list[dict[str, Any]], out: Path, title: str = "training loss") -> Path:
+    """Draw loss against step as a PNG with Pillow (no plotting library needed)."""
+    pts = [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and math.isfinite(float(r["loss"]))]
+    w, h, m = 640, 400, 50
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    d.text((m, 12), title, fill="black")
+    d.rectangle([m, m, w - m // 2, h - m], outline="black")
+    if pts:
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(0.0, min(p[1] for p in pts)), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+        sx = lambda x: m + (x - x0) / (x1 - x0) * (w - m * 1.5)  # noqa: E731
+        sy = lambda y: h - m - (y - y0) / (y1 - y0) * (h - 2 * m)  # noqa: E731
+        xy = [(sx(x), sy(y)) for x, y in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=(31, 119, 180), width=2)
+        for x, y in xy:
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(31, 119, 180))
+        d.text((m, h - m + 8), f"step {x0}", fill="black")
+        d.text((w - m * 2, h - m + 8), f"step {x1}", fill="black")
+        d.text((4, m), f"{y1:.3g}", fill="black")
+        d.text((4, h - m - 10), f"{y0:.3g}", fill="black")
+    im.save(out)
+    return out
+
+
+def make_callbacks(run_dir: Path, quiet: bool = False) -> list[Any]:
+    """Trainer callbacks: the loss log writer and (unless `quiet`) a progress bar with loss, step time and ETA."""
+    from transformers import TrainerCallback
+
+    class LossLogger(TrainerCallback):
+        def __init__(self) -> None:
+            self.path = run_dir / LOG_NAME
+            self.t_last = time.perf_counter()
+            self.step_last = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t_last, self.step_last = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs and "reward" not in logs:
+                return
+            now = time.perf_counter()
+            steps = max(1, state.global_step - self.step_last)
+            row = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
+                   "step_time_s": round((now - self.t_last) / steps, 4)}
+            for k in ("loss", "grad_norm", "learning_rate", "reward"):
+                if k in logs:
+                    row[k] = float(logs[k])
+            self.t_last, self.step_last = now, state.global_step
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = None
+            self.t0 = 0.0
+            self.first = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            from tqdm.auto import tqdm
+
+            self.first = state.global_step
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="finetune", unit="step",
+                            file=sys.stderr, dynamic_ncols=True)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.bar is not None and logs:
+                done = max(1, state.global_step - self.first)
+                post = {"s/step": f"{(time.perf_counter() - self.t0) / done:.2f}"}
+                for k in ("loss", "reward"):
+                    if k in logs:
+                        post[k] = f"{float(logs[k]):.4f}"
+                self.bar.set_postfix(post, refresh=False)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    return [LossLogger()] + ([] if quiet else [Progress()])

@@ -1,0 +1,85 @@
+"""Load a checkpoint for training and wrap it with a LoRA adapter on the language model only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput
+from .recipe import LANGUAGE_LINEAR_REGEX, Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainModel:
+    model: Any  # the PEFT-wrapped model
+    processor: Any  # Gemma3Processor, or None for text-only checkpoints
+    tokenizer: Any
+    image_size: int | None
+    has_template: bool
+
+
+def is_multimodal(path: Path) -> bool:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        raise BadInput(f"{path}: unreadable config.json") from None
+    return "vision_config" in cfg
+
+
+def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple[Any, Any, Any, int | None]:
+    """(model, processor or None, tokenizer, image size) with weights on `device` in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "eager"}  # eager: Gemma 3's advice for training
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        if is_multimodal(path):
+            model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+            processor = AutoProcessor.from_pretrained(str(path))
+            tokenizer = processor.tokenizer
+            image_size = int(processor.image_processor.size["height"])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            processor, image_size = None, None
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInput(f"{path}: cannot load checkpoint for training ({type(e).__name__})") from None
+    if method != "qlora":
+        model.to(device)
+    return model, processor, tokenizer, image_size
+
+
+def add_lora(model: Any, recipe: Recipe, method: str, gradient_checkpointing: bool) -> Any:
+    """LoRA on the language model's linear layers (attention and MLP); the vision tower and projector stay frozen."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(
+        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, bias="none",
+        target_modules=LANGUAGE_LINEAR_REGEX, task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    if gradient_checkpointing:
+        # Inputs must carry grad for checkpointed blocks when the embeddings are frozen.
+        peft_model.enable_input_require_grads()
+    return peft_model
+
+
+def trainable_summary(model: Any) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": int(trainable), "total_params": int(total)}

@@ -1,0 +1,250 @@
+"""`medgemma finetune`: supervised LoRA/QLoRA fine-tuning with TRL's SFT trainer, crash-safe and with provenance.
+
+Run directory layout (`--out DIR`):
+    provenance.json     resolved settings, model, data hash, package versions, results
+    checkpoints/        checkpoint-N folders, each complete (see `checkpoints.py`)
+    loss_log.jsonl      one line per step;  loss_curve.png  the same, drawn
+    adapter/            the final PEFT adapter (+ processor files), loadable on the base model by plain transformers
+    report.json         before/after scores when --eval-task is given
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends.torch_setup import pick_device_dtype
+from ..errors import BadInput
+from ..models.load import info_hint
+from ..models.resolve import resolve_model
+from ..prompts.presets import PromptPreset, get_preset
+from . import checkpoints as ck
+from .data import Dataset, load_dataset
+from .fit import check_fits
+from .logs import CURVE_NAME, LOG_NAME, make_callbacks, plot_curve, read_log, truncate_log
+from .provenance import data_hash, read_provenance, write_provenance
+from .recipe import METHODS, TASK_SPECS, TASKS, Recipe, check_choice, get_recipe
+
+log = logging.getLogger(__name__)
+EVAL_TASKS = ("val",)
+
+
+@dataclass
+class FinetuneSettings:
+    """What the user asked for; `recipe` + `overrides` resolve to the `Recipe` that is recorded."""
+
+    model: str
+    data: str
+    out: str
+    task: str = "classification"
+    method: str = "lora"
+    recipe: str = "notebook"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    val_data: str | None = None
+    val_fraction: float = 0.1
+    eval_task: str | None = None
+    preset: str | None = None
+    device: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    resumed_from: int | None
+    report: dict[str, Any] | None
+
+
+def _choose_preset(resolved: Any, has_template: bool, name: str | None) -> PromptPreset:
+    if name:
+        return get_preset(name)
+    hint = info_hint(resolved)
+    return get_preset(hint.get("default_preset") or ("medgemma-v1" if has_template else "pretrained"))
+
+
+def _has_template(path: Path) -> bool:
+    """Whether the checkpoint ships a chat template (decides the default preset before any weights load)."""
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    cfg = path / "tokenizer_config.json"
+    return cfg.is_file() and '"chat_template"' in cfg.read_text(errors="ignore")
+
+
+def _prepare_run_dir(s: FinetuneSettings) -> tuple[Path, FinetuneSettings]:
+    """Create the run folder, or reopen it for --resume with the settings it was started with."""
+    run = Path(s.out).expanduser()
+    prov = read_provenance(run) if run.exists() else None
+    if s.resume:
+        if prov is None or "settings" not in prov:
+            raise BadInput(f"--resume: {run} holds no run to resume (no provenance.json)")
+        kept = FinetuneSettings(**{**prov["settings"], "resume": True, "quiet": s.quiet})
+        return run, kept
+    if prov is not None or (run.exists() and any(run.iterdir())):
+        raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    return run, s
+
+
+def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> Any:
+    from trl import SFTConfig
+
+    cuda = device.startswith("cuda")
+    return SFTConfig(
+        output_dir=str(ckpt_root),
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        warmup_steps=recipe.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=recipe.lr_scheduler,
+        max_grad_norm=recipe.max_grad_norm,
+        weight_decay=recipe.weight_decay,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        bf16=cuda,
+        use_cpu=device == "cpu",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=None,  # rotation is done by `checkpoints.publish`, after a save is complete
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},  # our collator builds inputs and labels
+        max_length=None,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        eval_strategy="no",
+    )
+
+
+def _trainer_class() -> type:
+    from trl import SFTTrainer
+
+    class AtomicSFTTrainer(ck.AtomicCheckpointMixin, SFTTrainer):
+        """TRL's SFT trainer whose checkpoints are written atomically."""
+
+    return AtomicSFTTrainer
+
+
+def _save_adapter(model: Any, processor: Any, tokenizer: Any, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    (processor or tokenizer).save_pretrained(str(tmp))
+    ck.fsync_tree(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.replace(dest)
+    ck.fsync_dir(dest.parent)
+
+
+def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
+    """Train (or resume) one adapter; see the module docstring for what lands in the run folder."""
+    from .model import add_lora, load_for_training, trainable_summary
+
+    check_choice(settings.task, TASKS, "--task")
+    check_choice(settings.method, METHODS, "--method")
+    if settings.eval_task is not None:
+        check_choice(settings.eval_task, EVAL_TASKS, "--eval-task")
+    recipe = get_recipe(settings.recipe).with_overrides(**settings.overrides)
+    run, s = _prepare_run_dir(settings)
+    if s.resume:
+        recipe = get_recipe(s.recipe).with_overrides(**s.overrides)
+    resolved = resolve_model(s.model)
+    if resolved.format != "hf":
+        raise BadInput(f"{s.model}: fine-tuning needs a Hugging Face checkpoint directory, not a .gguf file")
+    model_dir = resolved.path
+    ds: Dataset = load_dataset(s.data, s.task, s.val_data, s.val_fraction, recipe.seed)
+    digest = data_hash(ds.train)
+    prov = read_provenance(run) or {}
+    if s.resume and prov.get("data", {}).get("train_sha256") not in (None, digest):
+        raise BadInput(f"--resume: the training data changed since {run} was started (hash differs)")
+    device, dtype = pick_device_dtype(s.device, "auto")
+    dev = str(device)
+    fit = check_fits(model_dir, dev, str(dtype).replace("torch.", ""), s.method)
+    if s.eval_task and not ds.val:
+        raise BadInput("--eval-task needs validation examples: give --val-data or a --val-fraction above 0")
+
+    write_provenance(
+        run, settings={**asdict(s), "resume": False}, recipe=recipe, model={"spec": s.model, "path": model_dir,
+        "variant": resolved.variant.name if resolved.variant else None}, device=dev, dtype=str(dtype), fit=fit,
+        data={"path": str(Path(s.data).expanduser().resolve()), "kind": ds.kind, "train": len(ds.train),
+              "val": len(ds.val), "classes": list(ds.classes), "train_sha256": digest,
+              "val_sha256": data_hash(ds.val)},
+    )
+    preset = _choose_preset(resolved, _has_template(model_dir), s.preset)
+    metric = TASK_SPECS["classification" if ds.classes else s.task].metric
+    report: dict[str, Any] | None = None
+    report_path = run / "report.json"
+    if s.eval_task:
+        from .evaluate import evaluate
+
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        if "before" not in report:  # a resumed run keeps the score measured before any training
+            report = {"eval_task": s.eval_task, "before": evaluate(model_dir, None, preset, ds.val, metric, dev)}
+            ck.write_atomic(report_path, json.dumps(report, indent=2))
+
+    import datasets
+
+    model, processor, tokenizer, image_size = load_for_training(model_dir, dev, dtype, s.method)
+    model = add_lora(model, recipe, s.method, recipe.gradient_checkpointing)
+    from .collator import SFTCollator
+
+    collator = SFTCollator(ds.train, processor, tokenizer, preset, image_size, recipe.max_length)
+    ckpt_root = run / "checkpoints"
+    ckpt_root.mkdir(exist_ok=True)
+    trainer = _trainer_class()(
+        model=model,
+        args=_sft_config(recipe, ckpt_root, dev, s.method),
+        data_collator=collator,
+        train_dataset=datasets.Dataset.from_dict({"index": list(range(len(ds.train)))}),
+        processing_class=processor or tokenizer,
+        callbacks=make_callbacks(run, quiet=s.quiet),
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our logger and progress bar replace the dict printing
+    trainer.keep_checkpoints = recipe.keep_checkpoints
+    ck.discard_incomplete(ckpt_root)
+    resume_from = ck.latest_checkpoint(ckpt_root) if s.resume else None
+    resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    truncate_log(run / LOG_NAME, resumed_step or 0)
+    write_provenance(run, lora=trainable_summary(model), preset=f"{preset.name}@{preset.version}",
+                     resumed_from_step=resumed_step)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    steps = int(trainer.state.global_step)
+    adapter_dir = run / "adapter"
+    _save_adapter(trainer.model, processor, tokenizer, adapter_dir)
+    rows = read_log(run / LOG_NAME)
+    plot_curve(rows, run / CURVE_NAME, title=f"training loss ({s.method}, {len(ds.train)} examples)")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    del trainer, model
+    gc.collect()
+
+    if s.eval_task:
+        from .evaluate import evaluate
+
+        assert report is not None
+        report["after"] = evaluate(model_dir, adapter_dir, preset, ds.val, metric, dev)
+        report["delta"] = round(report["after"]["value"] - report["before"]["value"], 4)
+        ck.write_atomic(report_path, json.dumps(report, indent=2))
+    write_provenance(run, result={"steps": steps, "first_loss": losses[0] if losses else None,
+                                  "last_loss": losses[-1] if losses else None, "adapter": str(adapter_dir),
+                                  "report": report and {k: report[k] for k in ("before", "after", "delta") if k in report}})
+    return FinetuneResult(run, adapter_dir, steps, losses[0] if losses else None, losses[-1] if losses else None,
+                          resumed_step, report)
