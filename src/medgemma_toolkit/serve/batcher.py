@@ -151,17 +151,21 @@ class Batcher:
         def on_delta(i: int, text: str) -> None:
             jobs[i].post("delta", text)
 
+        results: list[Completion] | None = None
+        error: BaseException | None = None
         try:
-            results: list[Completion] = self.backend.generate([j.request for j in jobs], on_delta=on_delta)
-            for j, c in zip(jobs, results):
-                j.post("done", c)
+            results = self.backend.generate([j.request for j in jobs], on_delta=on_delta)
         except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
             log.error("batch of %d failed: %s", len(jobs), type(e).__name__)
-            for j in jobs:
-                j.post("error", e)
-        finally:
-            self._running = 0
-            secs = time.monotonic() - t0
-            self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
-            if self.on_batch is not None:
-                self.on_batch(len(jobs), secs)
+            error = e
+        # Book-keeping first, so that whoever receives a result sees the batch already counted.
+        self._running = 0
+        secs = time.monotonic() - t0
+        self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), secs)
+        for i, j in enumerate(jobs):
+            if results is not None:
+                j.post("done", results[i])
+            else:
+                j.post("error", error)
