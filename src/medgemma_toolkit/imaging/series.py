@@ -247,7 +247,9 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> 
     intercepts = np.zeros(len(slices))
     for i, s in enumerate(slices):
         try:
-            arr = pixel_array(s.ds)
+            arr = _native_pixels(s.ds, rows, cols)
+            if arr is None:
+                arr = pixel_array(s.ds)
         except Exception as e:
             raise BadInput(f"{s.name}: cannot decode DICOM pixel data ({type(e).__name__})") from None
         if arr.shape != (rows, cols):
@@ -261,3 +263,23 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> 
         intercepts[i] = 0.0 if inter is None else inter[0]
     assert stored is not None
     return SeriesVolume(stored, slopes, intercepts, modalities.pop(), positions, ordered_by, dropped)
+
+
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+
+
+def _native_pixels(ds, rows: int, cols: int) -> np.ndarray | None:
+    """Uncompressed 16-bit little-endian frames read straight from the buffer (most CT/MR); None otherwise.
+
+    pydicom's general decoder costs more than the read itself for such data; it stays the path for everything
+    else (compressed syntaxes, BitsStored < BitsAllocated, which needs masking and sign extension).
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _NATIVE_LE or ds.get("BitsAllocated") != 16 or ds.get("BitsStored") != 16:
+        return None
+    data = ds.PixelData
+    if not isinstance(data, (bytes, bytearray)) or len(data) < rows * cols * 2:
+        return None
+    dtype = "<i2" if ds.get("PixelRepresentation") == 1 else "<u2"
+    return np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
