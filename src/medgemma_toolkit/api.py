@@ -76,8 +76,13 @@ class MedGemma:
         preset: str | None = None,
         allow_download: bool = False,
         max_batch_size: int = 8,
+        threads: int | None = None,
+        mmproj: str | None = None,
+        upstream: str | None = None,
+        context_length: int | None = None,
     ) -> "MedGemma":
-        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size)
+        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size,
+                           threads=threads, mmproj=mmproj, upstream=upstream, context_length=context_length)
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)
 

@@ -9,6 +9,8 @@ from .base import Backend
 
 _BACKENDS: dict[str, str] = {
     "transformers": "medgemma_toolkit.backends.transformers_backend:TransformersBackend",
+    "llamacpp": "medgemma_toolkit.backends.llamacpp_backend:LlamaCppBackend",
+    "openai": "medgemma_toolkit.backends.openai_backend:OpenAIBackend",
 }
 
 

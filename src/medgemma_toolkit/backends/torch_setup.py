@@ -18,6 +18,11 @@ class LoadOptions:
     dtype: str = "auto"
     quantize: str = "none"
     max_batch_size: int = 8
+    # Read by the non-torch backends only (llamacpp, openai); torch backends ignore them.
+    threads: int | None = None  # llama.cpp CPU threads (default: physical cores)
+    mmproj: str | None = None  # llama.cpp vision projector GGUF (default: an mmproj*.gguf beside the model)
+    context_length: int | None = None  # llama.cpp context window (default 8192)
+    upstream: str | None = None  # openai backend: base URL of an OpenAI-compatible server
 
 
 def pick_device_dtype(device: str, dtype: str):

@@ -25,7 +25,16 @@ PatchSeedOpt = Annotated[int, typer.Option("--patch-seed", help="Whole-slide ima
 PatchOrderOpt = Annotated[str, typer.Option("--patch-order", help="Whole-slide images: 'random' or 'spatial'")]
 
 
-def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False):
+UpstreamOpt = Annotated[
+    Optional[str],
+    typer.Option(help="OpenAI-compatible server URL (vLLM, SGLang, Ollama, llama.cpp) to forward to; implies --backend openai. Key: $MEDGEMMA_UPSTREAM_API_KEY"),
+]
+MmprojOpt = Annotated[Optional[str], typer.Option(help="llama.cpp: vision projector GGUF (default: an mmproj*.gguf beside the model)")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads (default: physical cores)")]
+
+
+def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False,
+               upstream: str | None = None, mmproj: str | None = None, threads: int | None = None):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
 
@@ -33,7 +42,11 @@ def load_model(model, backend, device, dtype, quantize, allow_download, preset, 
     from ..models.demo import DEMO_NOTICE
     from ..models.resolve import resolve_model
 
+    extra = {"upstream": upstream, "mmproj": mmproj, "threads": threads}
+    if upstream or backend == "openai":  # the model lives upstream; --model is its name there
+        return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
     resolved = resolve_model(model, allow_download=allow_download)
     if resolved.is_demo and not quiet:
         print(DEMO_NOTICE, file=sys.stderr, flush=True)
-    return MedGemma.load(resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset)
+    return MedGemma.load(resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset,
+                         **extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from ..backends.base import Backend
 from ..backends.registry import backend_class
 from ..backends.torch_setup import LoadOptions
 from .resolve import ResolvedModel, resolve_model
-from .variants import BY_NAME, Variant
+from .variants import BY_NAME, Variant, find_variant
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,18 @@ def choose_backend(resolved: ResolvedModel, backend: str) -> str:
     if backend != "auto":
         return backend
     if resolved.format == "gguf":
-        try:
-            backend_class("llamacpp")
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is not None:
             return "llamacpp"
-        except Exception:
-            return "transformers"  # works everywhere, ~50x slower to load a GGUF
+        return "transformers"  # works everywhere, ~50x slower to load a GGUF
     return "transformers"
+
+
+def remote_model(model: str | ResolvedModel | None) -> ResolvedModel:
+    """`--model` for a remote backend is the upstream's model name (empty: the upstream's first model)."""
+    name = model.name if isinstance(model, ResolvedModel) else (model or os.environ.get("MEDGEMMA_MODEL") or "")
+    return ResolvedModel(name, Path(name or "."), "hf", find_variant(name) if name else None, "remote")
 
 
 def load_backend(
@@ -60,7 +67,12 @@ def load_backend(
     allow_download: bool = False,
 ) -> tuple[Backend, ResolvedModel, float]:
     """Return (backend, resolved model, load seconds)."""
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, allow_download=allow_download)
+    if backend == "auto" and options is not None and options.upstream:
+        backend = "openai"
+    if backend != "auto" and getattr(backend_class(backend), "remote", False):
+        resolved = remote_model(model)  # the upstream holds the weights: nothing to find on disk
+    else:
+        resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, allow_download=allow_download)
     name = choose_backend(resolved, backend)
     cls = backend_class(name)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ class ResolvedModel:
     path: Path  # checkpoint directory, or .gguf file
     format: Format
     variant: Variant | None
-    source: Literal["directory", "registered", "hf-cache", "search-path", "download", "demo"]
+    source: Literal["directory", "registered", "hf-cache", "search-path", "download", "demo", "remote"]
 
     @property
     def is_demo(self) -> bool:
