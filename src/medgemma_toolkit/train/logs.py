@@ -65,7 +65,7 @@ def plot_curve(rows: list[dict[str, Any]], out: Path, title: str = "training los
     return out
 
 
-def make_callbacks(run_dir: Path, quiet: bool = False) -> list[Any]:
+def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -> list[Any]:
     """Trainer callbacks: the loss log writer and (unless `quiet`) a progress bar with loss, step time and ETA."""
     from transformers import TrainerCallback
 
@@ -104,7 +104,7 @@ def make_callbacks(run_dir: Path, quiet: bool = False) -> list[Any]:
             from tqdm.auto import tqdm
 
             self.first = state.global_step
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="finetune", unit="step",
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc, unit="step",
                             file=sys.stderr, dynamic_ncols=True)
             self.t0 = time.perf_counter()
 
