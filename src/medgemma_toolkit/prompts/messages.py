@@ -25,6 +25,8 @@ class TextPart:
 @dataclass(frozen=True)
 class ImagePart:
     image: Image.Image
+    # Shown by `medgemma preview` (e.g. a slide patch's coordinates); never sent to the model.
+    label: str = field(default="", compare=False)
 
 
 Part = Union[TextPart, ImagePart]
