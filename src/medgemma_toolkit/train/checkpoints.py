@@ -99,6 +99,8 @@ def publish(staged: Path, root: Path, step: int, keep: int) -> Path:
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(staged, final)
     fsync_dir(root)
+    if staged.parent.name.startswith(STAGING_PREFIX):
+        shutil.rmtree(staged.parent, ignore_errors=True)
     for _, old in complete_checkpoints(root)[:-keep]:
         # Unmark first: a kill during the deletion must not leave a half-deleted folder that looks complete.
         (old / MARKER).unlink(missing_ok=True)

@@ -51,10 +51,12 @@ class SFTCollator:
         self.template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
         # Never-trained-on ids: also masked inside answers, should an answer contain them.
         self.masked_ids = {self.pad_id}
-        for name in ("image_token_id", "boi_token_id", "eoi_token_id"):
-            tid = getattr(processor, name, None) or getattr(tokenizer, name, None)
-            if isinstance(tid, int):
-                self.masked_ids.add(tid)
+        # (transformers 5: the processor's image token is <start_of_image>, the tokenizer's the soft token.)
+        for owner in (processor, tokenizer):
+            for name in ("image_token_id", "boi_token_id", "eoi_token_id"):
+                tid = getattr(owner, name, None)
+                if isinstance(tid, int):
+                    self.masked_ids.add(tid)
         # Decoded model-ready images, kept while they fit the budget: decoding a DICOM every step is wasted work.
         self._cache: OrderedDict[str, list[Part]] = OrderedDict()
         self._cache_budget = cache_bytes
