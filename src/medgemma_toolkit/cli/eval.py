@@ -61,7 +61,7 @@ def eval_run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..eval.runner import EvalOptions, run_eval
+    from ..eval.runner import EvalOptions, load_task_data, run_eval
     from ..eval.spec import get_task
 
     if task is None:
@@ -79,6 +79,7 @@ def eval_run(
         on_error=on_error, conditions=conditions, image_root=images, use_cache=not no_cache,  # type: ignore[arg-type]
         n_boot=bootstrap,
     )
+    load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     mg = load_model(model, backend, device, dtype, quantize, allow_download, None)
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]

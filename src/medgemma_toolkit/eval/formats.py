@@ -98,7 +98,7 @@ def load_rows(path: Path, reader: str) -> Iterator[tuple[str, Row]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise RowError(f"{name}:{i}: not valid JSON ({e.msg})") from None
+            row = RowError(f"{name}:{i}: not valid JSON ({e.msg})")  # raised by the caller, which may skip it
         yield f"{name}:{i}", row
 
 
@@ -389,6 +389,8 @@ def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: P
     skipped = 0
     for loc, row in load_rows(path, spec.reader):
         try:
+            if isinstance(row, RowError):
+                raise row
             if not isinstance(row, dict):
                 raise RowError(f"{loc}: expected an object per row")
             item = cxr(row, loc, ctx, conditions) if spec.reader == "cxr" else conv(row, loc, ctx)

