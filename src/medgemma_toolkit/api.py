@@ -131,17 +131,20 @@ class MedGemma:
         seed: int | None = None,
         stop: Sequence[str] = (),
         image_options: ImageOptions = ImageOptions(),
+        preset: str | None = None,
     ) -> GenerationRequest:
+        """Build one request: images through `imaging`, text through the preset (this call's, else the model's)."""
+        pre = get_preset(preset) if preset else self.preset
         media = self.media(images, image_options)
-        prompt = self.preset.build(question, media, system=system, think=think, history=history)
+        prompt = pre.build(question, media, system=system, think=think, history=history)
         has_images = bool(prompt.all_images())
         params = SamplingParams(
-            max_new_tokens=max_new_tokens or self.preset.max_new_tokens(has_images, think),
+            max_new_tokens=max_new_tokens or pre.max_new_tokens(has_images, think),
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             seed=seed,
-            stop=tuple(stop) + self.preset.stop,
+            stop=tuple(stop) + pre.stop,
         )
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise BadInput("--max-new-tokens must be positive")

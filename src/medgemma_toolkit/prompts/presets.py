@@ -110,6 +110,17 @@ PRESETS: dict[str, PromptPreset] = {
             references=("google/medgemma-4b-pt model card",),
         ),
         PromptPreset(
+            name="completion",
+            version="1",
+            description="Raw text continuation for base models: the text as given, stopping at a blank line",
+            mode="completion",
+            max_new_tokens_text=64,
+            max_new_tokens_image=128,
+            max_new_tokens_think=128,
+            stop=("\n\n",),
+            completion_template="{media}{question}",
+        ),
+        PromptPreset(
             name="plain",
             version="1",
             description="No system prompt, the user's turn exactly as given (text, then images); greedy",
