@@ -5,6 +5,7 @@ from __future__ import annotations
 from .inputs import decode_image_bytes, load_image, load_parts, register_reader
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions, parse_window
 from .square import pad_to_square, to_model_image
+from .dicomweb import read_dicomweb_source
 from .volume import read_series_source
 from .wsi import read_slide_source
 
@@ -12,6 +13,7 @@ from .wsi import read_slide_source
 # series), and each reader imports its optional packages only when a source is its kind.
 register_reader(read_series_source)
 register_reader(read_slide_source)
+register_reader(read_dicomweb_source)
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

@@ -84,9 +84,12 @@ def series_files(source: str) -> list[Path] | None:
 
 def quiet_pydicom() -> None:
     """Stop pydicom's value validation on read: its warnings and log lines quote header values (PHI)."""
+    import logging
+
     import pydicom.config
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def read_instance(path: Path):

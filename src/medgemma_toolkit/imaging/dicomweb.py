@@ -1,0 +1,219 @@
+"""DICOMweb sources: study, series or instance URIs fetched with dicomweb-client (QIDO-RS search, WADO-RS).
+
+Accepted forms (ROOT is the server's DICOMweb root, e.g. ``pacs.example.org/dicom-web``):
+
+- ``dicomweb://ROOT/studies/S[/series/R[/instances/I]]`` (HTTPS), ``dicomweb+http://...`` (plain HTTP, for
+  a PACS on the local network), or the same path as an ``https://`` / ``http://`` URL.
+
+A study becomes its largest series; a CT/MR/PT series with several instances becomes a volume (`volume.py`);
+any other series or an instance becomes one 2D image per instance. Credentials come from the environment, never
+from the command line: ``MEDGEMMA_DICOMWEB_TOKEN`` (bearer) or ``MEDGEMMA_DICOMWEB_USER`` +
+``MEDGEMMA_DICOMWEB_PASSWORD`` (basic). Requests time out, are retried on connection errors and 5xx answers,
+and are capped in count and bytes. Errors name the host and the HTTP status, never UIDs or header values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..errors import BackendUnavailable, BadInput, ImageTooLarge
+from ..prompts.messages import ImagePart, Part
+from .dicom import dicom_to_rgb
+from .options import ImageOptions
+from .series import MAX_SERIES_FILES, assemble_volume, quiet_pydicom
+from .square import to_model_image
+
+TIMEOUT_S = (10.0, 120.0)  # connect, read
+RETRIES = 3
+MAX_INSTANCE_BYTES = 512 * 1024**2
+MAX_TOTAL_BYTES = 4 * 1024**3
+VOLUME_MODALITIES = {"CT", "MR", "PT"}
+MAX_2D_INSTANCES = 16
+
+
+class DicomWebError(BadInput):
+    """The DICOMweb server could not be reached or refused the request."""
+
+    http_status = 502
+    code = "dicomweb_error"
+
+
+@dataclass(frozen=True)
+class DicomWebRef:
+    root: str  # http(s)://host[:port]/path of the DICOMweb service
+    host: str  # for messages
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+
+def parse_dicomweb_uri(source: str) -> DicomWebRef | None:
+    """Split a DICOMweb URI; None when `source` is not one (ordinary paths and non-DICOMweb URLs)."""
+    low = source[:16].lower()
+    if low.startswith("dicomweb+http://"):
+        scheme, rest = "http", source[len("dicomweb+http://") :]
+    elif low.startswith("dicomweb://"):
+        scheme, rest = "https", source[len("dicomweb://") :]
+    elif low.startswith(("http://", "https://")) and "/studies/" in source:
+        scheme, rest = source.split("://", 1)
+        scheme = scheme.lower()
+    else:
+        return None
+    parts = urlsplit(f"{scheme}://{rest}")
+    if parts.query or parts.fragment:
+        raise BadInput("DICOMweb URI must not carry a query or fragment")
+    if parts.username or parts.password:
+        raise BadInput("put DICOMweb credentials in MEDGEMMA_DICOMWEB_USER/PASSWORD or _TOKEN, not in the URI")
+    path = parts.path.rstrip("/")
+    if "/studies/" not in path + "/":
+        raise BadInput(f"DICOMweb URI for {parts.hostname}: expected .../studies/<StudyInstanceUID>[/series/...]")
+    root, _, tail = path.partition("/studies/")
+    segs = [s for s in tail.split("/") if s]
+    study = segs[0] if segs else ""
+    series = instance = None
+    rest_segs = segs[1:]
+    if rest_segs[:1] == ["series"] and len(rest_segs) >= 2:
+        series = rest_segs[1]
+        rest_segs = rest_segs[2:]
+        if rest_segs[:1] == ["instances"] and len(rest_segs) >= 2:
+            instance = rest_segs[1]
+            rest_segs = rest_segs[2:]
+    if not study or rest_segs:
+        raise BadInput(f"DICOMweb URI for {parts.hostname}: expected .../studies/S[/series/R[/instances/I]]")
+    netloc = parts.netloc
+    return DicomWebRef(f"{scheme}://{netloc}{root}", parts.hostname or netloc, study, series, instance)
+
+
+def _session():
+    """A requests session with credentials from the environment, timeouts, retries and a size cap."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    class _Adapter(HTTPAdapter):
+        def send(self, request, **kw):
+            if kw.get("timeout") is None:
+                kw["timeout"] = TIMEOUT_S
+            return super().send(request, **kw)
+
+    s = requests.Session()
+    retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, backoff_factor=0.3,
+                  status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}))
+    s.mount("http://", _Adapter(max_retries=retry))
+    s.mount("https://", _Adapter(max_retries=retry))
+    token = os.environ.get("MEDGEMMA_DICOMWEB_TOKEN")
+    user, password = os.environ.get("MEDGEMMA_DICOMWEB_USER"), os.environ.get("MEDGEMMA_DICOMWEB_PASSWORD")
+    if token:
+        s.headers["Authorization"] = f"Bearer {token}"
+    elif user is not None:
+        s.auth = (user, password or "")
+
+    def _cap(response, *args, **kwargs):
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > MAX_INSTANCE_BYTES:
+            raise ImageTooLarge(f"DICOMweb response of {int(declared):,} bytes is over the limit of {MAX_INSTANCE_BYTES:,}")
+
+    s.hooks["response"].append(_cap)
+    return s
+
+
+def _client(ref: DicomWebRef):
+    try:
+        from dicomweb_client.api import DICOMwebClient
+    except ImportError:
+        raise BackendUnavailable("DICOMweb needs dicomweb-client: pip install 'medgemma-toolkit[imaging]'") from None
+    client = DICOMwebClient(ref.root, session=_session())
+    # The session's urllib3 retries (bounded backoff) replace the client's own, which wait up to a minute.
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
+    """Run one client call; every failure becomes a one-line `DicomWebError` naming the host and status."""
+    import requests
+
+    try:
+        return fn(*args, **kw)
+    except (BadInput, BackendUnavailable):
+        raise
+    except requests.HTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        hint = {401: " (unauthorised: set MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD)", 403: " (forbidden)",
+                404: " (not found)"}.get(status, "")
+        raise DicomWebError(f"DICOMweb {what} on {ref.host} failed: HTTP {status}{hint}") from None
+    except requests.exceptions.RetryError:
+        raise DicomWebError(f"DICOMweb {what} on {ref.host} failed after {RETRIES} retries") from None
+    except requests.Timeout:
+        raise DicomWebError(f"DICOMweb {what} on {ref.host} timed out") from None
+    except requests.ConnectionError:
+        raise DicomWebError(f"cannot connect to the DICOMweb server {ref.host}") from None
+    except Exception as e:  # malformed multipart, JSON or DICOM in the answer
+        raise DicomWebError(f"DICOMweb {what} on {ref.host}: unusable answer ({type(e).__name__})") from None
+
+
+def _value(obj: dict, tag: str):
+    vals = (obj.get(tag) or {}).get("Value") or []
+    return vals[0] if vals else None
+
+
+def fetch_datasets(ref: DicomWebRef) -> list:
+    """Search and retrieve the instances `ref` names (for a study: its largest series), as pydicom datasets."""
+    quiet_pydicom()
+    client = _client(ref)
+    if ref.instance:
+        return [_call(ref, "retrieve", client.retrieve_instance, ref.study, ref.series, ref.instance)]
+    series = ref.series
+    if series is None:
+        found = _call(ref, "search", client.search_for_series, ref.study,
+                      fields=["0020000E", "00201209", "00080060"])
+        if not found:
+            raise DicomWebError(f"DICOMweb study on {ref.host} has no series")
+
+        def size(s: dict) -> int:
+            n = _value(s, "00201209")
+            return int(n) if isinstance(n, (int, float, str)) and str(n).isdigit() else 0
+
+        series = _value(max(found, key=size), "0020000E")
+        if not series:
+            raise DicomWebError(f"DICOMweb search on {ref.host}: series without SeriesInstanceUID")
+    instances = _call(ref, "search", client.search_for_instances, ref.study, series,
+                      fields=["00080018"], limit=MAX_SERIES_FILES + 1)
+    if not instances:
+        raise DicomWebError(f"DICOMweb series on {ref.host} has no instances")
+    if len(instances) > MAX_SERIES_FILES:
+        raise BadInput(f"DICOMweb series on {ref.host} has more than {MAX_SERIES_FILES:,} instances")
+    datasets, total = [], 0
+    for inst in instances:
+        sop = _value(inst, "00080018")
+        if not sop:
+            continue
+        ds = _call(ref, "retrieve", client.retrieve_instance, ref.study, series, sop)
+        total += len(getattr(ds, "PixelData", b"") or b"")
+        if total > MAX_TOTAL_BYTES:
+            raise ImageTooLarge(f"DICOMweb series on {ref.host} is over {MAX_TOTAL_BYTES:,} bytes of pixel data")
+        datasets.append(ds)
+    return datasets
+
+
+def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[Part]:
+    from .volume import volume_parts
+
+    datasets = fetch_datasets(ref)
+    items = [(f"{ref.host} instance {k + 1}", ds) for k, ds in enumerate(datasets)]
+    modality = str(datasets[0].get("Modality", "")).upper()
+    if len(items) > 1 and modality in VOLUME_MODALITIES:
+        return volume_parts(assemble_volume(items, source=f"DICOMweb series on {ref.host}"), options, size)
+    if len(items) > MAX_2D_INSTANCES:
+        raise BadInput(f"DICOMweb series on {ref.host}: {len(items)} {modality or 'non-volume'} images; "
+                       f"at most {MAX_2D_INSTANCES} are sent as separate images")
+    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size)) for name, ds in items]
+
+
+def read_dicomweb_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:
+    """`load_parts` reader for DICOMweb URIs (None for anything else)."""
+    ref = parse_dicomweb_uri(source)
+    if ref is None:
+        return None
+    return dicomweb_parts(ref, options, size)
