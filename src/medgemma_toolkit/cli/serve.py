@@ -9,6 +9,7 @@ import typer
 
 from . import app
 from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, PresetOpt, QuantizeOpt, load_model
+from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
 
 
 def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
@@ -37,7 +38,7 @@ def serve(
     served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send (default: the model's name)")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Requests decoded together in one batch")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait for a batch; more get 429")] = 64,
-    batch_window_ms: Annotated[float, typer.Option(help="How long a batch waits for requests already arriving")] = 10.0,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a forming batch waits for more requests under concurrent load")] = 25.0,
     request_timeout: Annotated[float, typer.Option(help="Seconds a request may take, queueing included")] = 300.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB)")] = 32.0,
     max_pixels: Annotated[int, typer.Option(help="Largest image (pixels) before resizing")] = 64_000_000,
@@ -51,6 +52,9 @@ def serve(
     dtype: DTypeOpt = "auto",
     quantize: QuantizeOpt = "none",
     allow_download: DownloadOpt = False,
+    upstream: UpstreamOpt = None,
+    mmproj: MmprojOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Serve the OpenAI Chat Completions API (text, images, DICOM) and a web page at /.
 
@@ -68,7 +72,8 @@ def serve(
     )
     config.check()  # before the model loads: refusing to start should be instant
     check_port_free(host, port)
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
+                    upstream=upstream, mmproj=mmproj, threads=threads)
     if hasattr(mg.backend, "max_batch_size"):  # let the engine take the whole batch the batcher forms
         mg.backend.max_batch_size = max_batch_size
     run(mg, config)

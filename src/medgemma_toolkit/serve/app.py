@@ -171,7 +171,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             if config.log_prompts:  # operator opt-in; never images or DICOM headers
                 log.info("request_id=%s prompt_text=%r", rid, conv.request.prompt.messages[-1].text
                          if conv.request.prompt.messages else conv.request.prompt.text)
-            job = batcher.submit(conv.request, config.request_timeout_s)
+            job = batcher.submit(conv.request, config.request_timeout_s, stream=body.stream)
             announced = False
             meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": served,
                     "preset": f"{mg.preset.name}@{mg.preset.version}", "demo_model": mg.is_demo}

@@ -2,8 +2,8 @@
 
 The model is not thread-safe, so exactly one thread calls `backend.generate`. Requests wait in a queue; the worker
 takes the first, gathers those already waiting (and, for at most `window_s`, those announced as on their way by
-`expect()`), and runs them as one batch. A lone request therefore never waits for the window, which keeps the
-single-client latency close to a direct call. Deltas and results travel back to each request's event loop as
+`expect()`, or any that come while the previous batch had several requests), and runs them as one batch. A lone
+client therefore never waits for the window, which keeps its latency close to a direct call. Deltas and results travel back to each request's event loop as
 `(kind, value)` events. Cancellation (client gone, timeout) is polled by the backend between decoding steps.
 """
 
@@ -32,6 +32,7 @@ class Job:
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     batch_size: int = 0
+    stream: bool = True  # False: only the final result is wanted, so no per-token events cross threads
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -67,6 +68,7 @@ class Batcher:
         self._running = 0
         self._stopped = False
         self._avg_batch_s = 1.0
+        self._last_batch_size = 0
         self._thread = threading.Thread(target=self._loop, name="medgemma-batcher", daemon=True)
         self._thread.start()
 
@@ -81,8 +83,9 @@ class Batcher:
             self._arriving = max(0, self._arriving - 1)
             self._cond.notify_all()
 
-    def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True) -> Job:
-        job = Job(request, asyncio.get_running_loop(), time.monotonic() + timeout_s)
+    def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True,
+               stream: bool = True) -> Job:
+        job = Job(request, asyncio.get_running_loop(), time.monotonic() + timeout_s, stream=stream)
         request.cancelled = job.is_cancelled
         with self._cond:
             if announced:
@@ -123,7 +126,9 @@ class Batcher:
                     batch.append(self._queue.popleft())
                     continue
                 left = window_end - time.monotonic()
-                if self._arriving <= 0 or left <= 0:
+                # Wait only for requests known to be on their way, or while clients are evidently concurrent
+                # (the last batch had company: they re-send as soon as their answers arrive).
+                if left <= 0 or (self._arriving <= 0 and self._last_batch_size <= 1):
                     break
                 self._cond.wait(timeout=left)
             return batch
@@ -149,17 +154,20 @@ class Batcher:
         self._running = len(jobs)
 
         def on_delta(i: int, text: str) -> None:
-            jobs[i].post("delta", text)
+            if jobs[i].stream:
+                jobs[i].post("delta", text)
 
         results: list[Completion] | None = None
         error: BaseException | None = None
         try:
-            results = self.backend.generate([j.request for j in jobs], on_delta=on_delta)
+            streaming = any(j.stream for j in jobs)
+            results = self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None)
         except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
             log.error("batch of %d failed: %s", len(jobs), type(e).__name__)
             error = e
         # Book-keeping first, so that whoever receives a result sees the batch already counted.
         self._running = 0
+        self._last_batch_size = len(jobs)
         secs = time.monotonic() - t0
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
         if self.on_batch is not None:

@@ -25,7 +25,7 @@ class ServeConfig:
     max_images: int = 16  # per request, all messages together
     max_batch_size: int = 8
     max_queue: int = 64  # admitted requests waiting for a batch slot; beyond it: 429
-    batch_window_ms: float = 10.0  # how long a batch waits for requests already on their way
+    batch_window_ms: float = 25.0  # how long a forming batch waits for requests on their way
     request_timeout_s: float = 300.0
     max_tokens_limit: int = 8192  # the largest max_tokens a client may ask for
     allow_image_hosts: tuple[str, ...] = ()  # http(s) image URLs only from these hosts; empty = none

@@ -1,0 +1,155 @@
+"""Benchmark `medgemma serve`: (a) p50 latency through HTTP vs a direct call of the same backend, (b) throughput
+with 8 concurrent clients vs 1 (what dynamic batching buys). Prints both ratios side by side.
+
+    python benchmarks/serve_latency.py                      # a small random MedGemma-architecture checkpoint
+    python benchmarks/serve_latency.py --model medgemma-4b-it --max-tokens 64 --samples 20
+
+Direct and HTTP requests are interleaved (direct, HTTP, direct, ...) so background load hits both alike. The server
+runs as a child process (the real `medgemma serve` command) with the same model, preset and prompt; it holds its
+own copy of the weights, so a real model needs memory for two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+QUESTIONS = [
+    "Is the heart enlarged on this chest radiograph?",
+    "Is there a pleural effusion on this chest radiograph?",
+    "Are the lungs clear on this chest radiograph?",
+    "Is there pulmonary edema on this chest radiograph?",
+    "Is there consolidation on this chest radiograph?",
+    "Is there atelectasis on this chest radiograph?",
+    "Is the mediastinum widened on this chest radiograph?",
+    "Is there a pneumothorax on this chest radiograph?",
+]
+
+
+def p50(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="model to serve (default: build a small random checkpoint)")
+    ap.add_argument("--hidden-size", type=int, default=128, help="size of the built checkpoint")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the built checkpoint")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=15, help="latency samples per side")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--per-client", type=int, default=4, help="requests per client in the throughput run")
+    ap.add_argument("--json", dest="json_out", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    import httpx
+
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.serve.launch import ServerProcess
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    model = args.model
+    if model is None:
+        from medgemma_toolkit.testing.tiny_checkpoint import build_tiny_medgemma
+
+        model = str(build_tiny_medgemma(tmp / "bench-medgemma", hidden_size=args.hidden_size, layers=args.layers))
+    mg = MedGemma.load(model, max_batch_size=args.clients)
+    question = QUESTIONS[0]
+
+    def direct_once(q: str = question) -> tuple[float, int]:
+        req = mg.request(q, max_new_tokens=args.max_tokens)
+        t0 = time.perf_counter()
+        c = mg.backend.generate([req])[0]
+        return time.perf_counter() - t0, c.completion_tokens
+
+    with ServerProcess(model, tmp / "server.log", "--served-model-name", "bench", "--max-batch-size",
+                       str(args.clients), "--max-queue", str(args.clients * args.per_client)) as srv:
+        url = srv.url + "/v1/chat/completions"
+
+        def body(q: str) -> dict:
+            return {"model": "bench", "max_tokens": args.max_tokens, "messages": [{"role": "user", "content": q}]}
+
+        def http_once(client: httpx.Client, q: str = question) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            r = client.post(url, json=body(q), timeout=600)
+            dt = time.perf_counter() - t0
+            r.raise_for_status()
+            return dt, r.json()["usage"]["completion_tokens"]
+
+        with httpx.Client() as client:
+            for _ in range(2):  # warm-up both paths
+                direct_once()
+                http_once(client)
+            direct, http, toks = [], [], set()
+            for _ in range(args.samples):
+                d, nd = direct_once()
+                h, nh = http_once(client)
+                direct.append(d)
+                http.append(h)
+                toks.update((nd, nh))
+        # The same model ran at both ends: the server must have generated exactly as many tokens.
+        assert len(toks) == 1, f"token counts differ between direct and HTTP: {toks}"
+
+        def throughput(clients: int, total_requests: int) -> tuple[float, float]:
+            per = total_requests // clients
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                outs = list(pool.map(lambda k: _run_n(k, per), range(clients)))
+            secs = time.perf_counter() - t0
+            return sum(o[0] for o in outs) / secs, sum(o[1] for o in outs) / secs
+
+        def _run_n(k: int, n: int) -> tuple[int, int]:
+            n_tok = 0
+            with httpx.Client() as c:
+                for i in range(n):
+                    _, t = http_once(c, QUESTIONS[(k + i) % len(QUESTIONS)])
+                    n_tok += t
+            return n, n_tok
+
+        total = args.clients * args.per_client
+        one_rps, one_tps = throughput(1, total)
+        many_rps, many_tps = throughput(args.clients, total)
+        metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+
+    batch_line = [ln for ln in metrics.splitlines() if ln.startswith("medgemma_batch_size_sum")
+                  or ln.startswith("medgemma_batch_size_count")]
+    sums = {ln.split()[0]: float(ln.split()[1]) for ln in batch_line}
+    mean_batch = sums.get("medgemma_batch_size_sum", 0) / max(1.0, sums.get("medgemma_batch_size_count", 1))
+    res = {
+        "model": args.model or f"random MedGemma-architecture checkpoint (hidden {args.hidden_size}, "
+                               f"{args.layers} layers)",
+        "max_tokens": args.max_tokens,
+        "completion_tokens_per_request": toks.pop(),
+        "samples": args.samples,
+        "p50_direct_ms": round(p50(direct) * 1000, 2),
+        "p50_http_ms": round(p50(http) * 1000, 2),
+        "http_overhead_ratio": round(p50(http) / p50(direct) - 1.0, 4),
+        "throughput_1_client_rps": round(one_rps, 3),
+        f"throughput_{args.clients}_clients_rps": round(many_rps, 3),
+        "throughput_ratio": round(many_rps / one_rps, 2),
+        "tokens_per_s_1_client": round(one_tps, 1),
+        f"tokens_per_s_{args.clients}_clients": round(many_tps, 1),
+        "mean_batch_size": round(mean_batch, 2),
+        "cpu_threads": __import__("torch").get_num_threads(),
+    }
+    print(f"model: {res['model']}; {res['completion_tokens_per_request']} tokens per request")
+    print(f"(a) p50 latency  direct {res['p50_direct_ms']:.1f} ms  HTTP {res['p50_http_ms']:.1f} ms  "
+          f"overhead {res['http_overhead_ratio'] * 100:+.2f}%  (target <= +5%)")
+    print(f"(b) throughput   1 client {one_rps:.2f} req/s  {args.clients} clients {many_rps:.2f} req/s  "
+          f"ratio {res['throughput_ratio']:.2f}x  (target >= 3x; mean batch {mean_batch:.2f})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
