@@ -28,6 +28,9 @@ def read_dataset(data: bytes, name: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from .series import quiet_pydicom
+
+    quiet_pydicom()  # pydicom's validation warnings quote header values (PHI)
     try:
         return pydicom.dcmread(io.BytesIO(data), force=not looks_like_dicom(data))
     except InvalidDicomError:
