@@ -70,6 +70,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         self._lc = llama_cpp
+        llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
         self.path = Path(path)
         check_gguf(self.path, "model")
         threads = getattr(options, "threads", None) or physical_cores()
@@ -94,6 +95,7 @@ class LlamaCppBackend(Backend):
         self.threads = threads
         self._lock = threading.Lock()  # one llama.cpp context: requests must not interleave
         self._vocab = self.llama._model.vocab
+        self._buf = ctypes.create_string_buffer(256)
         self.template = self.llama.metadata.get("tokenizer.chat_template") or None
         self.bos = self._piece(self.llama.token_bos())
         self._mtmd = None
@@ -130,6 +132,9 @@ class LlamaCppBackend(Backend):
         size = _field(meta, "clip.vision.image_size")
         patch = _field(meta, "clip.vision.patch_size")
         scale = _field(meta, "clip.vision.projector.scale_factor") or 4  # Gemma 3: 64x64 patches pooled 4x4
+        # libmtmd logs every image it encodes to stderr; route it to our logger like llama.cpp's own lines.
+        mtmd_cpp.mtmd_log_set(_log_callback(), ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(_log_callback(), ctypes.c_void_p(0))
         with suppress_stdout_stderr(disable=False):
             params = mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = False
@@ -148,7 +153,15 @@ class LlamaCppBackend(Backend):
         return (int(size) if size else None), tokens
 
     def _piece(self, token: int) -> str:
-        return self.llama._model.token_to_piece(token, special=True).decode("utf-8", errors="ignore")
+        return self._piece_bytes(token).decode("utf-8", errors="ignore")
+
+    def _piece_bytes(self, token: int) -> bytes:
+        """Raw bytes of one token, special tokens spelled out (thinking markers must survive decoding)."""
+        n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, True)
+        if n < 0:  # longer than the buffer: grow once and retry
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, True)
+        return self._buf.raw[:n]
 
     # -- prompt rendering -------------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -209,7 +222,7 @@ class LlamaCppBackend(Backend):
                     tracker.update(row, out.decode("utf-8", errors="replace"), n, True)
                     break
                 n += 1
-                out += self.llama._model.token_to_piece(tok, special=True)
+                out += self._piece_bytes(tok)
                 tracker.update(row, out.decode("utf-8", errors="replace"), n, False)
                 if row.finish is None and n >= room:
                     row.finish = "length"  # context full
@@ -288,6 +301,28 @@ class LlamaCppBackend(Backend):
         llama = getattr(self, "llama", None)
         if llama is not None:
             llama.close()
+
+
+_CALLBACK: Any = None
+
+
+def _log_callback() -> Any:
+    """llama.cpp/libmtmd log lines -> Python logging at DEBUG (visible with --debug), never raw stderr.
+
+    llama-cpp-python's own callback maps ggml's current log levels wrongly and prints warnings to stderr, which
+    would break the CLI's one-line errors and clutter answers. Kept in a global: ctypes must not free it.
+    """
+    global _CALLBACK
+    if _CALLBACK is None:
+        import llama_cpp
+
+        @llama_cpp.llama_log_callback
+        def cb(level: int, text: bytes, user_data: Any) -> None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", text.decode("utf-8", errors="replace").rstrip())
+
+        _CALLBACK = cb
+    return _CALLBACK
 
 
 def _field(fields: dict, key: str) -> Any:

@@ -133,35 +133,42 @@ class OpenAIBackend(Backend):
         models = self._list_models()
         requested = str(info_hint.get("name") or "")
         if requested and requested not in models and models:
-            raise BadInput(f"upstream serves {', '.join(models[:5])}; it has no model {requested!r}")
-        self.model = requested or (models[0] if models else "")
+            raise BadInput(f"upstream serves {', '.join(list(models)[:5])}; it has no model {requested!r}")
+        self.model = requested or next(iter(models), "")
         if not self.model:
             raise BadInput("upstream lists no models; give --model with the name it serves")
-        text_only = "text" in self.model.lower()  # medgemma-27b-text-it and friends
+        # A `medgemma serve` upstream describes itself; for vLLM & co. assume MedGemma's conventions.
+        card = models.get(self.model) or {}
+        text_only = not card.get("multimodal", "text" not in self.model.lower())  # e.g. medgemma-27b-text-it
+        image_size = None if text_only else int(card.get("image_size") or 896)
         pretrained = bool(info_hint.get("pretrained", False))
         self.info = ModelInfo(
             name=self.model,
             path=self.settings.base_url,
             multimodal=not text_only,
-            image_size=None if text_only else 896,  # MedGemma's input size; the upstream resizes anyway
+            image_size=image_size,  # images are sent at the size the upstream model takes
             tokens_per_image=None if text_only else 256,
             has_chat_template=True,
             pretrained=pretrained,
-            thinking=bool(info_hint.get("thinking", False)),
+            thinking=bool(info_hint.get("thinking", card.get("thinking", False))),
             default_preset=str(info_hint.get("default_preset") or ("pretrained" if pretrained else "medgemma-v1")),
             backend="openai",
             extra={"upstream": self.settings.base_url, "concurrency": str(self.settings.concurrency)},
         )
 
     # -- HTTP with retries ----------------------------------------------------------------------------------
-    def _list_models(self) -> list[str]:
+    def _list_models(self) -> dict[str, dict[str, Any]]:
+        """Model id -> our `medgemma` card extension (empty for other servers)."""
         with self._request("GET", "/models") as r:
             r.read()
             try:
                 data = r.json().get("data") or []
-            except ValueError:
+            except (ValueError, AttributeError):
                 raise UpstreamError(f"{self.settings.base_url}/models did not answer JSON; is it an OpenAI API?") from None
-        return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
+        return {
+            str(m["id"]): (m.get("medgemma") if isinstance(m.get("medgemma"), dict) else {})
+            for m in data if isinstance(m, dict) and m.get("id")
+        }
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, stream: bool = False):
         """Send with retries on 429/5xx and connection errors; returns an open response (a context manager)."""

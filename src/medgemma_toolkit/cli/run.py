@@ -27,6 +27,7 @@ from .common import (
     WindowOpt,
     load_model,
 )
+from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
 
 
 def _image_options(window: str | None, frame: int | None, **series_and_slides):
@@ -61,12 +62,16 @@ def ask(
     dtype: DTypeOpt = "auto",
     quantize: QuantizeOpt = "none",
     allow_download: DownloadOpt = False,
+    upstream: UpstreamOpt = None,
+    mmproj: MmprojOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
     Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
     """
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
+                    upstream=upstream, mmproj=mmproj, threads=threads)
     req = mg.request(
         question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, seed=seed,
@@ -140,6 +145,9 @@ def chat(
     dtype: DTypeOpt = "auto",
     quantize: QuantizeOpt = "none",
     allow_download: DownloadOpt = False,
+    upstream: UpstreamOpt = None,
+    mmproj: MmprojOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Interactive multi-turn chat. Commands: /image PATH, /think, /reset, /help, /quit.
 
@@ -147,7 +155,8 @@ def chat(
     """
     from ..chat.repl import run_repl
 
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
+                    upstream=upstream, mmproj=mmproj, threads=threads)
     run_repl(mg, system=system, think=think, max_new_tokens=max_new_tokens)
 
 

@@ -7,6 +7,7 @@ The conversion itself is llama.cpp's (see `llama_source`), run on a staged copy 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
         ) from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANT_TYPES[outtype]
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
         raise ConversionFailed(f"llama.cpp quantizer failed for {outtype} (code {rc})")
 

