@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class OpenAIBackend(Backend):
     # -- HTTP with retries ----------------------------------------------------------------------------------
     def _list_models(self) -> dict[str, dict[str, Any]]:
         """Model id -> our `medgemma` card extension (empty for other servers)."""
-        with self._request("GET", "/models") as r:
+        with closing(self._request("GET", "/models")) as r:
             r.read()
             try:
                 data = r.json().get("data") or []
@@ -170,8 +171,8 @@ class OpenAIBackend(Backend):
             for m in data if isinstance(m, dict) and m.get("id")
         }
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, stream: bool = False):
-        """Send with retries on 429/5xx and connection errors; returns an open response (a context manager)."""
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None):
+        """Send with retries on 429/5xx and connection errors; returns an open streaming response (close it)."""
         httpx = self._httpx
         s = self.settings
         for attempt in range(s.retries + 1):
@@ -200,6 +201,17 @@ class OpenAIBackend(Backend):
             resp.close()
             raise self._error_for(resp)
         raise BackendUnavailable(f"upstream {s.base_url} failed")  # not reached
+
+    def _lines(self, resp: Any) -> Iterator[str]:
+        """The response's lines; a stall or dropped connection mid-answer becomes our error, not httpx's."""
+        try:
+            yield from resp.iter_lines()
+        except self._httpx.TimeoutException:
+            raise BackendUnavailable(
+                f"upstream {self.settings.base_url} stalled mid-answer for over {self.settings.timeout_s:g} s"
+            ) from None
+        except self._httpx.TransportError:
+            raise BackendUnavailable(f"upstream {self.settings.base_url} dropped the connection mid-answer") from None
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = min(20.0, self.settings.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
@@ -270,8 +282,8 @@ class OpenAIBackend(Backend):
     def _one(self, row: RowState, tracker: RowTracker) -> Completion:
         path, body = self._body(row.request, stream=True)
         text, n_prompt, n_out, n_deltas, finish = "", 0, 0, 0, None
-        with self._request("POST", path, body, stream=True) as resp:
-            for event in _sse_events(resp.iter_lines()):
+        with closing(self._request("POST", path, body)) as resp:
+            for event in _sse_events(self._lines(resp)):
                 if event.get("usage"):
                     n_prompt = int(event["usage"].get("prompt_tokens") or n_prompt)
                     n_out = int(event["usage"].get("completion_tokens") or n_out)
