@@ -49,6 +49,20 @@ def _gold(task: str) -> list[str]:
     return [i.answer for i in read_items(spec, Path(str(sample_path(spec)))).items]
 
 
+def cli_inproc(capsys, *args: str) -> tuple[int, str, str]:
+    """The real `medgemma` entry point, in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from medgemma_toolkit.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
 
@@ -131,13 +145,13 @@ def test_scripted_answers_give_exact_scores(scripted, tmp_path):
         assert f1 == pytest.approx(2 * pos / (pos + n))  # precision pos/n, recall 1
 
 
-def test_compare_two_runs(scripted, tmp_path):
+def test_compare_two_runs(scripted, tmp_path, capsys):
     runs = {}
     for letter in "CB":
         out = tmp_path / letter
-        r = run_cli("eval", "--model", str(scripted(f"Final Answer: {letter}")), "--task", "medqa",
-                    "--max-new-tokens", "10", "--out", str(out), "--bootstrap", "200")
-        assert r.returncode == 0, r.stderr
+        code, _, err = cli_inproc(capsys, "eval", "--model", str(scripted(f"Final Answer: {letter}")), "--task", "medqa",
+                                  "--max-new-tokens", "10", "--out", str(out), "--bootstrap", "200")
+        assert code == 0, err
         runs[letter] = out
     r = run_cli("eval", "compare", str(runs["C"]), str(runs["B"]), "--out", str(tmp_path / "cmp"), "--bootstrap", "200")
     assert r.returncode == 0, r.stderr
@@ -152,8 +166,8 @@ def test_compare_two_runs(scripted, tmp_path):
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path):
-    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "40",
+def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path, capsys):
+    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "16",
             "--batch-size", "1", "--no-cache", "--bootstrap", "200"]
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -170,11 +184,12 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_
     done_at_kill = rec.read_text().count("\n")
     assert 3 <= done_at_kill < 12, "the run must be killed in the middle"
 
-    r = run_cli(*args, "--out", str(killed), "--resume")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli_inproc(capsys, *args, "--out", str(killed), "--resume")
+    assert code == 0, err
     full = tmp_path / "full"
-    r2 = run_cli(*args, "--out", str(full))
-    assert r2.returncode == 0, r2.stderr
+    cached_args = [a for a in args if a != "--no-cache"]
+    code, _, err = cli_inproc(capsys, *cached_args, "--out", str(full))  # fills the result cache
+    assert code == 0, err
 
     a, b = _records(killed), _records(full)
     assert len(a) == 12 and len({x["key"] for x in a}) == 12  # no duplicates
@@ -185,51 +200,50 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_
     assert sa["metrics"] == sb["metrics"] and sa["parse_failures"] == sb["parse_failures"]
     assert sa["timing"]["resumed"] >= done_at_kill and sa["timing"]["generated"] == 12 - sa["timing"]["resumed"]
 
-    # the same configuration again elsewhere: everything from the result cache, nothing regenerated
-    again = run_cli(*args[:-3], "--bootstrap", "200", "--out", str(tmp_path / "again"))  # cache on
-    assert again.returncode == 0
-    cached = run_cli(*args[:-3], "--bootstrap", "200", "--out", str(tmp_path / "again2"))
-    assert "generated 0" in cached.stdout and "cached 12" in cached.stdout
+    # the same configuration again elsewhere: everything comes from the result cache
+    code, out, _ = cli_inproc(capsys, *cached_args, "--out", str(tmp_path / "again2"))
+    assert code == 0 and "generated 0" in out and "cached 12" in out
+    assert strip(_records(tmp_path / "again2")) == strip(b)
 
 
-def test_resume_guards(tiny_text_model_dir, tmp_path):
+def test_resume_guards(tiny_text_model_dir, tmp_path, capsys):
     out = tmp_path / "r"
     base = ["eval", "--model", str(tiny_text_model_dir), "--task", "pubmedqa", "--limit", "2", "--max-new-tokens", "2",
             "--out", str(out)]
-    assert run_cli(*base).returncode == 0
-    r = run_cli(*base)
-    assert r.returncode == 2 and "pass --resume" in r.stderr
-    r = run_cli(*base[:-4], "--max-new-tokens", "3", "--out", str(out), "--resume")
-    assert r.returncode == 2 and "different model, task or generation settings" in r.stderr
+    assert cli_inproc(capsys, *base)[0] == 0
+    code, _, err = cli_inproc(capsys, *base)
+    assert code == 2 and "pass --resume" in err
+    code, _, err = cli_inproc(capsys, *base[:-4], "--max-new-tokens", "3", "--out", str(out), "--resume")
+    assert code == 2 and "different model, task or generation settings" in err
 
 
-def test_bad_input_is_one_line(tiny_text_model_dir, tmp_path):
+def test_bad_input_is_one_line(tiny_text_model_dir, tmp_path, capsys):
     m = str(tiny_text_model_dir)
     (tmp_path / "bad.jsonl").write_text('{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n{oops\n')
     (tmp_path / "img.jsonl").write_text('{"question": "q", "answer": "yes", "image": "missing.png"}\n')
     (tmp_path / "empty.jsonl").write_text("")
     cases = [
-        (["--task", "nope"], "unknown task 'nope'"),
         (["--task", "medqa", "--data", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
         (["--task", "vqa_rad", "--data", str(tmp_path / "img.jsonl")], "img.jsonl:1: image file not found"),
         (["--task", "medqa", "--data", str(tmp_path / "empty.jsonl")], "no usable items"),
         (["--task", "medqa", "--batch-size", "zero"], "--batch-size"),
+        (["--task", "vqa_rad", "--limit", "1"], "text-only"),  # a text-only model cannot take an image task
     ]
     for extra, msg in cases:
-        r = run_cli("eval", "--model", m, *extra, "--out", str(tmp_path / "o"))
-        assert r.returncode == 2, (extra, r.stderr)
-        assert r.stderr.strip().startswith("error:") and msg in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        code, _, err = cli_inproc(capsys, "eval", "--model", m, *extra, "--out", str(tmp_path / "o"))
+        assert code == 2 and err.startswith("error:") and msg in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
     # --on-error skip keeps going and names the skipped line
-    r = run_cli("eval", "--model", m, "--task", "medqa", "--data", str(tmp_path / "bad.jsonl"), "--on-error", "skip",
-                "--max-new-tokens", "2", "--out", str(tmp_path / "skip"))
-    assert r.returncode == 0 and "skipped: bad.jsonl:2" in r.stderr
-    # a text-only model cannot take an image task
-    r = run_cli("eval", "--model", m, "--task", "vqa_rad", "--limit", "1", "--out", str(tmp_path / "v"))
-    assert r.returncode == 2 and "text-only" in r.stderr
+    code, _, err = cli_inproc(capsys, "eval", "--model", m, "--task", "medqa", "--data", str(tmp_path / "bad.jsonl"),
+                              "--on-error", "skip", "--max-new-tokens", "2", "--out", str(tmp_path / "skip"))
+    assert code == 0 and "skipped: bad.jsonl:2" in err
+    # and the real process: one line, exit 2, no traceback
+    r = run_cli("eval", "--task", "nope")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown task 'nope'; choose one of: afrimedqa")
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-def test_batch_command_resumes(tiny_model_dir, tmp_path):
+def test_batch_command_resumes(tiny_model_dir, tmp_path, capsys):
     img = Path(str(sample_path(get_task("image_mcq")))).parent / "lesion_00.png"
     rows = [{"id": "a", "question": "What is shown?", "images": [str(img)]}, {"id": "b", "question": "Hello"}]
     inp = tmp_path / "rows.jsonl"
@@ -240,9 +254,9 @@ def test_batch_command_resumes(tiny_model_dir, tmp_path):
     first = _lines(out)
     assert {x["id"] for x in first} == {"a", "b"} and all("answer" in x for x in first)
     inp.write_text(inp.read_text() + json.dumps({"id": "c", "question": "Third"}) + "\n")
-    r = run_cli("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3",
-                "--resume")
-    assert r.returncode == 0 and "1 rows answered, 2 already done" in r.stdout
+    code, stdout, err = cli_inproc(capsys, "batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out),
+                                   "--max-new-tokens", "3", "--resume")
+    assert code == 0 and "1 rows answered, 2 already done" in stdout, err
     assert [x["id"] for x in _lines(out)][:2] == [x["id"] for x in first] and len(_lines(out)) == 3
 
 

@@ -64,10 +64,21 @@ def rouge_l(prediction: str | None, reference: str) -> float:
     if prediction is None:
         return 0.0
     if _rouge_scorer is None:
-        from rouge_score import rouge_scorer
+        rouge_scorer = _need("rouge_score.rouge_scorer", "ROUGE-L")
 
         _rouge_scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return float(_rouge_scorer.score(reference, prediction)["rougeL"].fmeasure)
+
+
+def _need(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"{what} needs {module.split('.')[0]}: pip install 'medgemma-toolkit[eval]'") from None
 
 
 # -- aggregate metrics -------------------------------------------------------------------------------------------
@@ -98,8 +109,7 @@ def corpus_bleu(records: Sequence[Record]) -> float | None:
     """sacrebleu corpus BLEU on a 0-1 scale (sacrebleu's score / 100)."""
     if not records:
         return None
-    import sacrebleu
-
+    sacrebleu = _need("sacrebleu", "BLEU")
     preds = [r["parsed"] or "" for r in records]
     refs = [r["gold"] or "" for r in records]
     return float(sacrebleu.corpus_bleu(preds, [refs]).score) / 100.0

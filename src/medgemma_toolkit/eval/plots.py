@@ -9,7 +9,12 @@ from typing import Any
 
 
 def _fig():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable("eval reports need matplotlib: pip install 'medgemma-toolkit[eval]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
