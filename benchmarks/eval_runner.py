@@ -1,0 +1,115 @@
+"""Throughput of `medgemma eval`'s batched runner against a transformers `pipeline` called once per item.
+
+The baseline is how MedGemma's quick-start notebook runs a model: one pipeline call per question. Both sides use the
+same loaded model (same weights and dtype), the same 64 MCQ prompts (rendered by our preset, so the token streams
+are identical), greedy decoding and the same max new tokens. Our side is the whole runner: reading the data,
+length-sorted batches through `Backend.generate`, parsing, flushed records and the summary with bootstrap CIs.
+
+    python benchmarks/eval_runner.py                      # the demo model (Gemma 3 270M, through transformers)
+    python benchmarks/eval_runner.py --model PATH --batch-size 16 --max-new-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_items(path: Path, n: int, seed: int = 0) -> None:
+    """n MedQA-format items: our sample questions with their options shuffled (so every prompt differs)."""
+    from medgemma_toolkit.eval.samples.generate import LETTERS, QUESTIONS
+
+    rnd = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            q, opts, gold = QUESTIONS[i % len(QUESTIONS)]
+            answer = opts[LETTERS.index(gold)]
+            shuffled = opts[:]
+            rnd.shuffle(shuffled)
+            options = dict(zip("ABCD", shuffled))
+            f.write(json.dumps({"id": f"b{i}", "question": q, "options": options,
+                                "answer_idx": "ABCD"[shuffled.index(answer)]}) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo", help="demo, a checkpoint directory, a .gguf, or 'tiny' (random tiny MedGemma)")
+    ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+
+    work = Path(tempfile.mkdtemp(prefix="mg-bench-"))
+    model = args.model
+    if model == "tiny":
+        from medgemma_toolkit.testing.tiny_checkpoint import build_tiny_medgemma
+
+        model = str(build_tiny_medgemma(work / "tiny", text_only=True))
+    data = work / "items.jsonl"
+    make_items(data, args.items)
+
+    t0 = time.perf_counter()
+    mg = MedGemma.load(model, backend="transformers", device=args.device, max_batch_size=args.batch_size)
+    print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+
+    # -- ours: the full runner (records, parsing, summary, report) -------------------------------------------------
+    t0 = time.perf_counter()
+    summary = run_eval(mg, EvalOptions(task="medqa", data=str(data), out=work / "run", batch_size=args.batch_size,
+                                       max_new_tokens=args.max_new_tokens, use_cache=False, progress=False, n_boot=1000))
+    ours_wall = time.perf_counter() - t0
+    ours_gen = summary["timing"]["generate_seconds"]
+    recs = [json.loads(x) for x in (work / "run" / "records.jsonl").read_text().splitlines()]
+    ours_tokens = sum(r["completion_tokens"] for r in recs)
+
+    # -- baseline: a transformers pipeline, one call per item, same prompts --------------------------------------------
+    from transformers import pipeline
+
+    be = mg.backend
+    pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
+    texts = []
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        from medgemma_toolkit.eval.items import format_options
+        from medgemma_toolkit.eval.spec import get_task
+
+        prompt_text = get_task("medqa").prompt.format(question=row["question"], options=format_options(row["options"]),
+                                                      condition="").strip()
+        texts.append(be.render(mg.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
+    t0 = time.perf_counter()
+    base_tokens = 0
+    add_special = mg.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
+    for text in texts:
+        out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
+                   add_special_tokens=add_special)
+        n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
+    base_wall = time.perf_counter() - t0
+
+    n = args.items
+    result = {
+        "model": mg.backend.info.name, "device": mg.backend.info.extra.get("device"), "items": n,
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "runner_items_per_s": round(n / ours_wall, 3), "runner_generate_only_items_per_s": round(n / ours_gen, 3),
+        "pipeline_items_per_s": round(n / base_wall, 3), "runner_tokens": ours_tokens, "pipeline_tokens": base_tokens,
+        "speedup": round(base_wall / ours_wall, 2),
+    }
+    print(json.dumps(result, indent=2))
+    print(f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
+          f"items/s: {base_wall / ours_wall:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
