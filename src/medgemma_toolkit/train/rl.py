@@ -160,6 +160,9 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
+    from transformers import set_seed
+
+    set_seed(s.seed)  # LoRA's random init happens below, before the trainer seeds anything
     model, processor, tokenizer, _ = load_for_training(resolved.path, dev, dtype, "lora")
     model = add_lora(model, recipe, "lora", False)
     ds = datasets.Dataset.from_dict({

@@ -201,6 +201,9 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
 
     import datasets
 
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # LoRA's random init happens below, before the trainer seeds anything
     model, processor, tokenizer, image_size = load_for_training(model_dir, dev, dtype, s.method)
     model = add_lora(model, recipe, s.method, recipe.gradient_checkpointing)
     from .collator import SFTCollator
