@@ -23,6 +23,7 @@ from PIL import Image
 
 from medgemma_toolkit.serve.launch import ServerProcess, free_port
 from conftest import run_cli
+from test_imaging_dicomweb import CT_SERIES, PASSWORD, STUDY, USER, orthanc, series_dir, uri  # noqa: F401
 
 KEY = "test-key-0123456789"
 MODEL = "tiny-medgemma"
@@ -87,6 +88,7 @@ def server(tiny_model_dir, tmp_path_factory, image_root):
         tiny_model_dir, log, "--api-key", KEY, "--served-model-name", MODEL, "--max-batch-size", "4",
         "--max-queue", "4", "--max-images", "3", "--max-body-mb", "1", "--max-pixels", "1000000",
         "--allow-image-host", "127.0.0.1", "--image-root", str(image_root),
+        env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD},
     )
     with srv:
         yield srv
@@ -208,6 +210,21 @@ def test_allow_listed_url_and_image_root(client, image_host):
     assert r2.usage.prompt_tokens == r.usage.prompt_tokens
 
 
+def test_dicomweb_reference(client, orthanc):
+    """DICOMweb references (the imaging layer's reader) under the host allow-list; a series counts every slice."""
+    one_png = client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
+        text("Findings?"), image(data_uri(png_bytes(), "image/png"))))
+    instance = uri(orthanc, "studies", STUDY, "series", CT_SERIES, "instances", f"{CT_SERIES}.1.3")
+    r = client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(text("Findings?"), image(instance)))
+    assert r.usage.prompt_tokens == one_png.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="too many images"):  # 10 slices, the server takes 3
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
+            text("Findings?"), image(uri(orthanc, "studies", STUDY, "series", CT_SERIES))))
+    with pytest.raises(openai.BadRequestError, match="not allowed"):
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
+            text("Findings?"), image(f"dicomweb://pacs.example.org/dicom-web/studies/{STUDY}")))
+
+
 def test_stop_seed_and_sampling_params(client):
     r = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0.8, top_p=0.9, seed=7,
                                        messages=[{"role": "user", "content": "Hello"}])
@@ -223,6 +240,21 @@ def test_stop_seed_and_sampling_params(client):
                                              messages=[{"role": "user", "content": "Hello"}])
         assert cut.choices[0].message.content == content[: content.find(stop)].strip()
         assert cut.choices[0].finish_reason == "stop"
+
+
+def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
+    def preview(url: str, **extra) -> Image.Image:
+        r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": url}, **extra},
+                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        return Image.open(io.BytesIO(base64.b64decode(r.json()["image"].split(",", 1)[1])))
+
+    wide = preview(data_uri(png_bytes(40, 20, (250, 250, 250)), "image/png"))
+    assert wide.size == (64, 64)
+    assert wide.getpixel((32, 2)) == (0, 0, 0) and wide.getpixel((32, 32)) == (250, 250, 250)  # padded square
+    dcm = data_uri(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom")
+    full, soft = preview(dcm), preview(dcm, window=[40, 400])
+    assert full.size == soft.size == (64, 64) and full.tobytes() != soft.tobytes()
 
 
 # -- auth, page, metrics ------------------------------------------------------------------------------------------

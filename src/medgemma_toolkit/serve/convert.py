@@ -25,17 +25,19 @@ class Converted:
     prompt_text_chars: int
 
 
-def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[Part]:
+def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[tuple[Part, bool]]:
+    """The message's parts in order, each flagged True when it came from an image source (a CT series yields
+    images and their "SLICE n" labels, which stay with the images rather than joining the question)."""
     if msg.content is None:
         return []
     if isinstance(msg.content, str):
-        return [TextPart(msg.content)]
-    out: list[Part] = []
+        return [(TextPart(msg.content), False)]
+    out: list[tuple[Part, bool]] = []
     for c in msg.content:
         if isinstance(c, TextContent):
-            out.append(TextPart(c.text))
+            out.append((TextPart(c.text), False))
         else:
-            out.extend(resolver.parts(c.image_url.url))
+            out.extend((p, True) for p in resolver.parts(c.image_url.url))
     return out
 
 
@@ -55,7 +57,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     system_texts: list[str] = []
     history: list[Message] = []
     for m in earlier:
-        parts = _parts(m, resolver)
+        parts = [p for p, _ in _parts(m, resolver)]
         if m.role in ("system", "developer"):
             if any(isinstance(p, ImagePart) for p in parts):
                 raise APIError(400, "messages: images are only accepted in user messages", "invalid_value", "messages")
@@ -63,8 +65,8 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         elif parts:
             history.append(Message(m.role, parts))  # type: ignore[arg-type]
     last_parts = _parts(last, resolver)
-    question = _text(last_parts)
-    media = [p for p in last_parts if isinstance(p, ImagePart)]
+    question = _text([p for p, from_image in last_parts if not from_image])
+    media = [p for p, from_image in last_parts if from_image]
     system = "\n".join(t for t in system_texts if t) if system_texts else None
     if history and system is not None:
         # Presets add the system turn only to a first turn; keep the client's at the head of the history.

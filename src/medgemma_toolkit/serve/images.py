@@ -4,6 +4,8 @@
 operator allow-listed (off by default: a server that fetches arbitrary URLs can be turned against the network it
 sits in). Local paths (`file://` or bare) only under the operator's `image_root`, and then through
 `imaging.load_parts`, so every source kind the imaging layer knows (DICOM series folders, ...) works there too.
+DICOMweb references (`dicomweb://`, `dicomweb+http://`, or http(s) URLs with `/studies/`) go to the imaging
+layer's DICOMweb reader, under the same host allow-list; its credentials come from the server's environment.
 Error messages name the image by its position, never by its content.
 """
 
@@ -60,22 +62,41 @@ class ImageResolver:
         self.config = config
         self.size = size
         self.options = ImageOptions(window=window, max_pixels=config.max_pixels)
-        self.count = 0
+        self.count = 0  # images so far (a series counts each slice)
+        self.urls = 0
 
     def parts(self, url: str) -> list[Part]:
-        self.count += 1
-        label = f"image {self.count}"
+        self.urls += 1
+        label = f"image {self.urls}"
+        if self.count >= self.config.max_images:
+            raise self._too_many()
+        parts = self._resolve(url, label)
+        self.count += sum(isinstance(p, ImagePart) for p in parts)
         if self.count > self.config.max_images:
-            raise APIError(400, f"too many images: this server takes at most {self.config.max_images} per request",
-                           "too_many_images")
-        scheme = urlsplit(url).scheme.lower() if ":" in url[:12] else ""
+            raise self._too_many()
+        return parts
+
+    def _too_many(self) -> APIError:
+        return APIError(400, f"too many images: this server takes at most {self.config.max_images} per request "
+                             "(a series counts each slice)", "too_many_images")
+
+    def _host_allowed(self, url: str) -> bool:
+        parts = urlsplit(url.replace("dicomweb+http://", "http://", 1).replace("dicomweb://", "https://", 1))
+        host = (parts.hostname or "").lower()
+        allowed = {h.lower() for h in self.config.allow_image_hosts}
+        return bool(host) and (host in allowed or f"{host}:{parts.port}" in allowed)
+
+    def _resolve(self, url: str, label: str) -> list[Part]:
+        scheme = urlsplit(url).scheme.lower() if ":" in url[:20] else ""
+        if scheme in ("dicomweb", "dicomweb+http") or (scheme in ("http", "https") and "/studies/" in url):
+            return self._dicomweb(url, label)
         if scheme == "data":
             data, name = decode_data_uri(url, label)
             return [ImagePart(to_model_image(decode_image_bytes(data, name, self.options), self.size))]
         if scheme in ("http", "https"):
             data = self._fetch(url, label)
             return [ImagePart(to_model_image(decode_image_bytes(data, label, self.options), self.size))]
-        if scheme in ("file", "") or (len(scheme) == 1 and os.name == "nt"):
+        if scheme in ("file", ""):
             return self._local(url, label, scheme == "file")
         raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")
 
@@ -98,11 +119,24 @@ class ImageResolver:
             msg = str(e).replace(str(path), str(path.relative_to(base)))
             raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
 
+    def _refuse_host(self, url: str, label: str) -> APIError:
+        host = urlsplit(url).hostname or ""
+        return APIError(400, f"{label}: image URLs from host {host[:100]!r} are not allowed by this server; "
+                             "send a data: URI", "image_source_not_allowed")
+
+    def _dicomweb(self, url: str, label: str) -> list[Part]:
+        """A DICOMweb study/series/instance, read by the imaging layer; the same host allow-list applies."""
+        if not self._host_allowed(url):
+            raise self._refuse_host(url, label)
+        try:
+            return load_parts(url, self.options, self.size)
+        except BadInput as e:  # imaging's messages name the host and status, never UIDs or header values
+            raise APIError(e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else
+                           "invalid_image") from None
+
     def _fetch(self, url: str, label: str) -> bytes:
-        host = (urlsplit(url).hostname or "").lower()
-        if host not in {h.lower() for h in self.config.allow_image_hosts}:
-            raise APIError(400, f"{label}: image URLs from host {host[:100]!r} are not allowed by this server; "
-                                "send a data: URI", "image_source_not_allowed")
+        if not self._host_allowed(url):
+            raise self._refuse_host(url, label)
         import httpx
 
         limit = self.config.max_fetch_bytes

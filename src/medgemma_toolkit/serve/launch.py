@@ -23,15 +23,17 @@ def free_port() -> int:
 class ServerProcess:
     """`with ServerProcess(model_dir, log_path, "--api-key", K) as srv: srv.url ...`; stderr goes to `log_path`."""
 
-    def __init__(self, model: str | Path, log_path: str | Path, *args: str, startup_timeout: float = 180.0) -> None:
+    def __init__(self, model: str | Path, log_path: str | Path, *args: str, startup_timeout: float = 180.0,
+                 env: dict[str, str] | None = None) -> None:
         self.model, self.log_path, self.args = str(model), Path(log_path), list(args)
+        self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "medgemma_toolkit", "serve", "--model", self.model, "--port", str(self.port),
