@@ -11,6 +11,7 @@ import typer
 from ..errors import BadInput
 from . import app
 from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, QuantizeOpt, load_model
+from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
 
 eval_app = typer.Typer(help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True)
 app.add_typer(eval_app, name="eval")
@@ -54,6 +55,9 @@ def eval_run(
     dtype: DTypeOpt = "auto",
     quantize: QuantizeOpt = "none",
     allow_download: DownloadOpt = False,
+    upstream: UpstreamOpt = None,
+    mmproj: MmprojOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Run a task and write records, summary.json and a report with plots.
 
@@ -80,7 +84,8 @@ def eval_run(
         n_boot=bootstrap,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, None)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, None,
+                    upstream=upstream, mmproj=mmproj, threads=threads)
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
     ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f})"
@@ -143,6 +148,9 @@ def batch(
     dtype: DTypeOpt = "auto",
     quantize: QuantizeOpt = "none",
     allow_download: DownloadOpt = False,
+    upstream: UpstreamOpt = None,
+    mmproj: MmprojOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Answer every row of a JSONL file (no scoring), resumable, batched.
 
@@ -153,7 +161,8 @@ def batch(
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
     read_batch_rows(input, on_error)  # report a bad file before loading a model
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, None)
+    mg = load_model(model, backend, device, dtype, quantize, allow_download, None,
+                    upstream=upstream, mmproj=mmproj, threads=threads)
     stats = run_batch(mg, input, out, resume=resume, batch_size=_batch_size(batch_size),
                       max_new_tokens=max_new_tokens, think=think, on_error=on_error)
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
