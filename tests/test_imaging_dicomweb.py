@@ -148,6 +148,7 @@ def test_errors_are_one_line_without_uids_or_phi(orthanc, creds, monkeypatch):
         assert all(v not in err for v in FAKE_PHI.values())
 
 
+@pytest.mark.slow
 def test_cli_ask_and_preview_on_orthanc_series(orthanc, tmp_path, cli, tiny_model_dir):
     env = {"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD}
     src = uri(orthanc, "studies", STUDY, "series", CT_SERIES)

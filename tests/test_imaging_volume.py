@@ -261,6 +261,7 @@ def test_cli_preview_series(tmp_path, cli):
     assert r.returncode == 2 and r.stderr.startswith("error: unknown CT window preset")
 
 
+@pytest.mark.slow
 def test_cli_ask_on_ct_and_mr_series(tmp_path, cli, tiny_model_dir):
     write_series(tmp_path / "ct", SeriesSpec(slices=12, rows=32, cols=32))
     write_series(tmp_path / "mr", SeriesSpec(slices=12, rows=24, cols=32, modality="MR", intercept=0.0))

@@ -135,6 +135,7 @@ def test_dicom_wsi_matches_the_tiff(dicom_wsi, slide_img):
     assert diff.mean() < 3  # re-encoded (lossy JPEG) by the converter
 
 
+@pytest.mark.slow
 def test_cli_preview_and_ask_on_slides(tiff_10x, dicom_wsi, tmp_path, cli, tiny_model_dir):
     out = tmp_path / "slide.png"
     r = cli("preview", str(tiff_10x), "-o", str(out), "--size", "64", "--patch-order", "spatial")
