@@ -231,3 +231,19 @@ def test_serve_in_front_of_upstream(upstream, tiny_model, tmp_path, ct_dicom):
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text == tiny_model.ask("Describe the lungs.", max_new_tokens=12).text
+
+
+@pytest.mark.slow
+def test_eval_against_upstream_matches_local(upstream, tiny_model_dir, tmp_path):
+    """`medgemma eval --upstream URL` scores the deployed model with the same protocol as a local run."""
+    import json
+
+    runs = {}
+    for name, args in (("remote", ["--upstream", upstream.url]), ("local", ["--model", str(tiny_model_dir)])):
+        out = tmp_path / name
+        r = run_cli("eval", *args, "--task", "medqa", "--limit", "3", "--max-new-tokens", "6", "--out", str(out),
+                    "--no-cache", "--bootstrap", "50")
+        assert r.returncode == 0, r.stderr
+        runs[name] = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["raw"] for r in runs["remote"]] == [r["raw"] for r in runs["local"]]
+    assert len(runs["remote"]) == 3

@@ -140,6 +140,7 @@ class OpenAIBackend(Backend):
             raise BadInput("upstream lists no models; give --model with the name it serves")
         # A `medgemma serve` upstream describes itself; for vLLM & co. assume MedGemma's conventions.
         card = models.get(self.model) or {}
+        self.chained = bool(card)  # the upstream is another `medgemma serve`
         text_only = not card.get("multimodal", "text" not in self.model.lower())  # e.g. medgemma-27b-text-it
         image_size = None if text_only else int(card.get("image_size") or 896)
         pretrained = bool(info_hint.get("pretrained", False))
@@ -152,7 +153,9 @@ class OpenAIBackend(Backend):
             has_chat_template=True,
             pretrained=pretrained,
             thinking=bool(info_hint.get("thinking", card.get("thinking", False))),
-            default_preset=str(info_hint.get("default_preset") or ("pretrained" if pretrained else "medgemma-v1")),
+            # The upstream's own convention when it is a `medgemma serve`; MedGemma v1's otherwise.
+            default_preset=str(info_hint.get("default_preset") or str(card.get("preset") or "").split("@")[0]
+                               or ("pretrained" if pretrained else "medgemma-v1")),
             backend="openai",
             extra={"upstream": self.settings.base_url, "concurrency": str(self.settings.concurrency)},
         )
@@ -266,7 +269,12 @@ class OpenAIBackend(Backend):
             return "/completions", body
         if prompt.all_images() and not self.info.multimodal:
             raise CapabilityError(f"model {self.model!r} is text-only and cannot take images")
-        body["messages"] = to_openai_messages(prompt)
+        messages = to_openai_messages(prompt)
+        if self.chained and not any(m["role"] == "system" for m in messages):
+            # A `medgemma serve` upstream applies its preset's default system prompt to a bare user turn; an
+            # explicit empty one keeps our prompt (e.g. eval's no-system protocol) exactly as built here.
+            messages.insert(0, {"role": "system", "content": ""})
+        body["messages"] = messages
         return "/chat/completions", body
 
     def generate(

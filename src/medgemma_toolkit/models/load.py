@@ -33,7 +33,7 @@ def _sniff_variant(path: Path) -> Variant | None:
 
 
 def info_hint(resolved: ResolvedModel) -> dict[str, Any]:
-    v = resolved.variant or _sniff_variant(resolved.path)
+    v = resolved.variant or (None if resolved.source == "remote" else _sniff_variant(resolved.path))
     hint: dict[str, Any] = {"name": resolved.name}
     if resolved.is_demo:
         hint.update(pretrained=True, thinking=False, default_preset="pretrained")
