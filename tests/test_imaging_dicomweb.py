@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -163,3 +164,55 @@ def test_cli_ask_and_preview_on_orthanc_series(orthanc, tmp_path, cli, tiny_mode
                                                                 "MEDGEMMA_DICOMWEB_PASSWORD": "wrong"})
     assert r.returncode == 2 and r.stderr.startswith("error: DICOMweb") and "401" in r.stderr, r.stderr
     assert PASSWORD not in r.stderr
+
+
+def test_size_caps(orthanc, creds, monkeypatch):
+    import medgemma_toolkit.imaging.dicomweb as dw
+    from medgemma_toolkit.errors import ImageTooLarge
+
+    src = uri(orthanc, "studies", STUDY, "series", CT_SERIES)
+    monkeypatch.setattr(dw, "MAX_TOTAL_BYTES", 5 * 32 * 32 * 2)  # five slices' worth of pixels
+    with pytest.raises(ImageTooLarge, match="over"):
+        load_parts(src, ImageOptions(), 32)
+    monkeypatch.setattr(dw, "MAX_TOTAL_BYTES", 10**9)
+    monkeypatch.setattr(dw, "MAX_INSTANCE_BYTES", 500)  # smaller than one instance's response
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        load_parts(src, ImageOptions(), 32)
+
+
+def test_silent_server_times_out(monkeypatch, caplog):
+    """A server that accepts connections but never answers: a timeout error, not a hang."""
+    import threading
+
+    import medgemma_toolkit.imaging.dicomweb as dw
+
+    monkeypatch.setattr(dw, "TIMEOUT_S", (0.5, 0.5))
+    monkeypatch.setattr(dw, "RETRIES", 1)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        port = srv.getsockname()[1]
+        caplog.set_level(logging.DEBUG)
+        with pytest.raises(DicomWebError, match="timed out"):
+            load_parts(f"dicomweb+http://127.0.0.1:{port}/dicom-web/studies/{STUDY}", ImageOptions(), 32)
+        assert STUDY not in caplog.text  # retries are not logged with the request path
+    finally:
+        stop.set()
+        t.join(2)
+        for c in conns:
+            c.close()
+        srv.close()

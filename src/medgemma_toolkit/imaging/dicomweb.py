@@ -14,6 +14,7 @@ and are capped in count and bytes. Errors name the host and the HTTP status, nev
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -98,6 +99,9 @@ def _session():
                 kw["timeout"] = TIMEOUT_S
             return super().send(request, **kw)
 
+    # dicomweb-client and urllib3 log request paths, which hold study and series UIDs.
+    for name in ("urllib3", "dicomweb_client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     s = requests.Session()
     retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, backoff_factor=0.3,
                   status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}))
@@ -147,7 +151,9 @@ def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
         raise DicomWebError(f"DICOMweb {what} on {ref.host} failed after {RETRIES} retries") from None
     except requests.Timeout:
         raise DicomWebError(f"DICOMweb {what} on {ref.host} timed out") from None
-    except requests.ConnectionError:
+    except requests.ConnectionError as e:
+        if "timed out" in repr(e.args[0] if e.args else e).lower():  # read timeouts after the last retry
+            raise DicomWebError(f"DICOMweb {what} on {ref.host} timed out") from None
         raise DicomWebError(f"cannot connect to the DICOMweb server {ref.host}") from None
     except Exception as e:  # malformed multipart, JSON or DICOM in the answer
         raise DicomWebError(f"DICOMweb {what} on {ref.host}: unusable answer ({type(e).__name__})") from None
