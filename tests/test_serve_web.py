@@ -1,5 +1,7 @@
 """The web page at `/` in headless Chromium (the Debian `chromium` package, driven by Playwright; no browser
-download): enter the key, upload a PNG, see the preprocessed image, ask, watch the answer stream in."""
+download): enter the key, upload a PNG, see the preprocessed image, ask, watch the answer stream in, with the
+thought in its own collapsible block. The server runs the scripted tiny checkpoint, whose greedy output is a
+known thought + answer, so the page's split can be checked exactly (the API-level split is checked here too)."""
 
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 @pytest.fixture(scope="module")
-def web_server(tiny_model_dir, tmp_path_factory):
+def web_server(scripted_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "server.log"
-    with ServerProcess(tiny_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma") as srv:
+    with ServerProcess(scripted_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma") as srv:
         yield srv
 
 
@@ -67,20 +69,25 @@ def test_page_upload_ask_stream(web_server, page, tmp_path):
     assert shown.getpixel((0, 0)) == (0, 0, 0) and shown.getpixel((32, 32)) == (180, 180, 180)  # padding + image
 
     page.fill("#question", "Describe this image.")
-    page.fill("#max-tokens", "12")
+    page.fill("#max-tokens", "40")
+    page.check("#think")
     page.click("#ask")
     expect(page.locator("#status")).to_contain_text("generated tokens", timeout=120_000)
     answer = page.text_content("#answer")
     status = page.text_content("#status")
     assert status.startswith("Done (")
     assert stream_chunks and stream_chunks[0].headers["content-type"].startswith("text/event-stream")
-    assert answer is not None and len(answer.strip()) > 0
+    assert answer == "Cardiomegaly."
     # What the page shows is the concatenation of several streamed deltas, not one block.
     events = [json.loads(line[6:]) for line in stream_chunks[0].text().splitlines()
               if line.startswith("data: {")]
     deltas = [c["delta"]["content"] for e in events for c in e["choices"] if c["delta"].get("content")]
     assert len(deltas) >= 2 and "".join(deltas) == answer
-    assert page.is_hidden("#thought-block")
+    # The thought is in its collapsible block (closed until clicked), never in the answer.
+    expect(page.locator("#thought-block")).to_be_visible()
+    assert page.get_attribute("#thought-block", "open") is None
+    page.click("#thought-block summary")
+    expect(page.locator("#thought")).to_have_text("The heart is large.")
 
 
 def test_page_without_key_says_so(web_server, page):
@@ -89,3 +96,22 @@ def test_page_without_key_says_so(web_server, page):
     page.click("#ask")
     expect(page.locator("#status")).to_contain_text("API key")
     expect(page.locator("#status")).to_have_class("error")
+
+
+def test_thought_comes_back_apart_through_the_api(web_server):
+    import openai
+
+    client = openai.OpenAI(base_url=web_server.url + "/v1", api_key=KEY, max_retries=0)
+    msgs = [{"role": "user", "content": "Is the heart enlarged?"}]
+    r = client.chat.completions.create(model="tiny-medgemma", messages=msgs, max_tokens=40,
+                                       extra_body={"medgemma": {"think": True}})
+    msg = r.choices[0].message
+    assert msg.content == "Cardiomegaly." and r.choices[0].finish_reason == "stop"
+    assert msg.model_extra["reasoning_content"] == "The heart is large."
+    assert r.model_extra["medgemma"]["thought"] == "The heart is large."
+    thought, answer = [], []
+    for chunk in client.chat.completions.create(model="tiny-medgemma", messages=msgs, max_tokens=40, stream=True):
+        for c in chunk.choices:
+            thought.append((c.delta.model_extra or {}).get("reasoning_content") or "")
+            answer.append(c.delta.content or "")
+    assert "".join(answer) == "Cardiomegaly." and "".join(thought).strip() == "The heart is large."

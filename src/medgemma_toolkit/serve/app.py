@@ -50,6 +50,20 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
+class _EventStream(StreamingResponse):
+    """A streaming response that always runs `on_close` once it ends, normally or not."""
+
+    def __init__(self, *args: Any, on_close: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 class Admission:
     """Counts requests admitted (parsing, queued or generating); beyond the cap new ones get 429."""
 
@@ -178,9 +192,18 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_off = True
-                return StreamingResponse(
-                    _stream(job, meta, include_usage, conv, rid), media_type="text/event-stream",
-                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                progress = {"finished": False}
+
+                def close() -> None:  # runs however the response ends, even if the stream never started
+                    if not progress["finished"]:  # client went away: stop decoding for it
+                        progress["finished"] = True
+                        job.cancel()
+                        metrics.count_cancelled()
+                    admission.leave()
+
+                return _EventStream(
+                    _stream(job, meta, include_usage, conv, rid, progress), on_close=close,
+                    media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
             try:
                 c = await _collect(job, request)
             except ClientGone:
@@ -220,38 +243,35 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
         return APIError(504, f"generation did not finish within the server's {config.request_timeout_s:g} s "
                              "request timeout", "timeout")
 
-    async def _stream(job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str):
+    async def _stream(job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str,
+                      progress: dict[str, bool]):
+        """SSE events for one job. Cleanup (cancel, admission) lives in the response's `on_close`, which also
+        runs when the client leaves before this generator starts."""
         state = StreamState(meta)
-        finished = False
-        try:
-            yield sse(delta_chunk(meta, {"role": "assistant", "content": ""}))
-            while True:
-                left = job.deadline - time.monotonic() + 1.0
-                try:
-                    kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.1, left))
-                except asyncio.TimeoutError:
-                    kind, value = "cancelled", None
-                if kind == "delta":
-                    for chunk in state.feed(value):  # type: ignore[arg-type]
-                        yield sse(chunk)
-                    continue
-                finished = True
-                if kind == "done" and value.finish_reason != "cancelled":  # type: ignore[union-attr]
-                    for chunk in final_chunks(state, value, include_usage):  # type: ignore[arg-type]
-                        yield sse(chunk)
-                    _log_done(rid, conv, job, value)  # type: ignore[arg-type]
-                else:
-                    if kind != "error":
-                        metrics.count_cancelled()
-                    err = _timeout() if kind != "error" else from_exception(value)  # type: ignore[arg-type]
-                    yield sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
-                break
-            yield "data: [DONE]\n\n"
-        finally:
-            if not finished:  # client went away mid-stream: stop decoding for it
-                job.cancel()
-                metrics.count_cancelled()
-            admission.leave()
+        yield sse(delta_chunk(meta, {"role": "assistant", "content": ""}))
+        while True:
+            left = job.deadline - time.monotonic() + 1.0
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.1, left))
+            except asyncio.TimeoutError:
+                kind, value = "cancelled", None
+            if kind == "delta":
+                for chunk in state.feed(value):  # type: ignore[arg-type]
+                    yield sse(chunk)
+                continue
+            progress["finished"] = True
+            if kind == "done" and value.finish_reason != "cancelled":  # type: ignore[union-attr]
+                for chunk in final_chunks(state, value, include_usage):  # type: ignore[arg-type]
+                    yield sse(chunk)
+                _log_done(rid, conv, job, value)  # type: ignore[arg-type]
+            else:
+                if kind != "error":
+                    job.cancel()
+                    metrics.count_cancelled()
+                err = _timeout() if kind != "error" else from_exception(value)  # type: ignore[arg-type]
+                yield sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+            break
+        yield "data: [DONE]\n\n"
 
     def _log_done(rid: str, conv: Converted, job: Job, c: Completion) -> None:
         started = job.started_at or job.enqueued_at

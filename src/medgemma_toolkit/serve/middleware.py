@@ -75,7 +75,7 @@ class ServeMiddleware:
 
         async def tagged_send(msg):
             if msg["type"] == "http.response.start":
-                info["status"] = msg["status"]
+                info["status"], info["started"] = msg["status"], 1
                 msg = {**msg, "headers": list(msg.get("headers", [])) + [(b"x-request-id", rid.encode())]}
             elif msg["type"] == "http.response.body":
                 info["out"] += len(msg.get("body", b""))
@@ -90,7 +90,15 @@ class ServeMiddleware:
                     (b"www-authenticate", b"Bearer")]})
                 await tagged_send({"type": "http.response.body", "body": body})
                 return
-            await self.app(scope, counting_receive, tagged_send)
+            try:
+                await self.app(scope, counting_receive, tagged_send)
+            except Exception as e:  # noqa: BLE001 - swallowed here so no traceback (with input-derived text) is logged
+                log.error("request_id=%s unhandled %s", rid, type(e).__name__)
+                if not info.get("started"):  # otherwise the response is under way and cannot change
+                    body = json.dumps(error_body(500, "internal server error", "internal_error")).encode()
+                    await tagged_send({"type": "http.response.start", "status": 500, "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    await tagged_send({"type": "http.response.body", "body": body})
         finally:
             secs = time.perf_counter() - t0
             status = scope["state"].get("status_override", info["status"])
