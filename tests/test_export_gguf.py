@@ -160,3 +160,19 @@ def test_converter_is_fetched_from_the_sdist_cache(gguf_dir):
     script = converter_script()  # the export above populated the cache (pip download on first use)
     assert script.name == "convert_hf_to_gguf.py" and (script.parent / "gguf-py").is_dir()
     assert os.access(script, os.R_OK)
+
+
+@pytest.mark.slow
+def test_q4_k_m_text_only_export_answers(tmp_path_factory, tiny_text_model_dir):
+    """A text-only checkpoint, quantised by llama.cpp's quantizer: no mmproj, and it still answers."""
+    from medgemma_toolkit import MedGemma
+
+    out = tmp_path_factory.mktemp("q4")
+    r = run_cli("export", "gguf", str(tiny_text_model_dir), "-o", str(out), "--outtype", "q4_k_m", "--name", "t",
+                timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export.json", "t-q4_k_m.gguf"]
+    assert "FROM ./t-q4_k_m.gguf" in (out / "Modelfile").read_text()
+    mg = MedGemma.load(str(out / "t-q4_k_m.gguf"), threads=2)
+    assert not mg.backend.info.multimodal
+    assert mg.ask("Is there cardiomegaly?", max_new_tokens=6).completion_tokens > 0
