@@ -216,3 +216,8 @@ def test_silent_server_times_out(monkeypatch, caplog):
         for c in conns:
             c.close()
         srv.close()
+
+
+def test_plain_http_url_form(orthanc, creds):
+    parts = load_parts(f"{orthanc}/dicom-web/studies/{STUDY}/series/{SMALL_SERIES}", ImageOptions(), 32)
+    assert [p.text for p in parts if isinstance(p, TextPart)] == ["SLICE 1", "SLICE 2", "SLICE 3"]

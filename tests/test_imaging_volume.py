@@ -273,3 +273,23 @@ def test_cli_ask_on_ct_and_mr_series(tmp_path, cli, tiny_model_dir):
 
         out = json.loads(r.stdout)
         assert out["prompt_tokens"] > 5 * 16  # five slices of 16 image tokens each reached the model
+
+
+def test_folder_of_radiographs_is_separate_images(tmp_path):
+    write_series(tmp_path, SeriesSpec(slices=1, rows=16, cols=12, modality="CR", series_uid="1.2.3.7"))
+    write_series(tmp_path, SeriesSpec(slices=1, rows=20, cols=20, modality="CR", series_uid="1.2.3.7", acquisition=2))
+    parts = load_parts(str(tmp_path), ImageOptions(), 16)
+    assert len(parts) == 2 and all(isinstance(p, ImagePart) for p in parts)
+
+
+def test_explicit_file_list(tmp_path):
+    from medgemma_toolkit.imaging.volume import load_series_parts
+
+    paths = write_series(tmp_path, SeriesSpec(slices=6, rows=8, cols=8))
+    parts = load_series_parts(list(reversed(paths[1:])), ImageOptions(), 8)
+    imgs, labels = images_and_labels(parts)
+    assert labels == [f"SLICE {n}" for n in range(1, 6)]
+    for img, i in zip(imgs, range(1, 6)):
+        np.testing.assert_array_equal(img, expected_ct_rgb(slice_pixels(i, 8, 8), 1, -1024, "notebook"))
+    with pytest.raises(BadInput):
+        load_series_parts([])

@@ -23,15 +23,13 @@ from ..errors import BackendUnavailable, BadInput, ImageTooLarge
 from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb
 from .options import ImageOptions
-from .series import MAX_SERIES_FILES, assemble_volume, quiet_pydicom
+from .series import MAX_SERIES_FILES, quiet_pydicom
 from .square import to_model_image
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read
 RETRIES = 3
 MAX_INSTANCE_BYTES = 512 * 1024**2
 MAX_TOTAL_BYTES = 4 * 1024**3
-VOLUME_MODALITIES = {"CT", "MR", "PT"}
-MAX_2D_INSTANCES = 16
 
 
 class DicomWebError(BadInput):
@@ -204,17 +202,13 @@ def fetch_datasets(ref: DicomWebRef) -> list:
 
 
 def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[Part]:
-    from .volume import volume_parts
+    from .volume import instances_parts
 
     datasets = fetch_datasets(ref)
     items = [(f"{ref.host} instance {k + 1}", ds) for k, ds in enumerate(datasets)]
-    modality = str(datasets[0].get("Modality", "")).upper()
-    if len(items) > 1 and modality in VOLUME_MODALITIES:
-        return volume_parts(assemble_volume(items, source=f"DICOMweb series on {ref.host}"), options, size)
-    if len(items) > MAX_2D_INSTANCES:
-        raise BadInput(f"DICOMweb series on {ref.host}: {len(items)} {modality or 'non-volume'} images; "
-                       f"at most {MAX_2D_INSTANCES} are sent as separate images")
-    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size)) for name, ds in items]
+    if ref.instance:  # one instance is one 2D image, like a single local file
+        return [ImagePart(to_model_image(dicom_to_rgb(datasets[0], items[0][0], options), size))]
+    return instances_parts(items, options, size, f"DICOMweb series on {ref.host}")
 
 
 def read_dicomweb_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:

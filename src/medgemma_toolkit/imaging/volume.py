@@ -7,17 +7,22 @@ Slices are sampled uniformly over the ordered stack; labels count the sampled sl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from ..errors import BadInput
 from ..prompts.messages import ImagePart, Part, TextPart
-from .options import ImageOptions
-from .series import SeriesVolume, load_series, series_files
-from .square import scale_to_uint8
+from .dicom import dicom_to_rgb
+from .options import DEFAULT_IMAGE_SIZE, ImageOptions
+from .series import MAX_SERIES_FILES, SeriesVolume, assemble_volume, read_instance, series_files
+from .square import scale_to_uint8, to_model_image
 from .windows import get_ct_windows, window_lut, windows_to_rgb
 
 DEFAULT_MAX_SLICES = 85  # MedGemma 1.5's CT/MR protocol
+VOLUME_MODALITIES = {"CT", "MR", "PT"}
+MAX_2D_INSTANCES = 16  # a folder of radiographs, not a series: each file is one image
 
 
 def sample_indices(n: int, k: int) -> list[int]:
@@ -115,9 +120,36 @@ def volume_parts(vol: SeriesVolume, options: ImageOptions, size: int) -> list[Pa
     return parts
 
 
+def instances_parts(items: list[tuple[str, object]], options: ImageOptions, size: int, source: str) -> list[Part]:
+    """Parts for a set of (name, Dataset): one volume for CT/MR/PT, else one 2D image per instance.
+
+    A folder of radiographs (e.g. PA and lateral) is several images, not a stack of slices.
+    """
+    modalities = {str(ds.get("Modality", "") or "").upper() for _, ds in items}
+    if modalities & VOLUME_MODALITIES:
+        return volume_parts(assemble_volume(items, source=source), options, size)
+    if len(items) > MAX_2D_INSTANCES:
+        raise BadInput(f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as "
+                       "separate images")
+    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size)) for name, ds in items]
+
+
+def load_series_parts(files: list[str] | list[Path], options: ImageOptions = ImageOptions(),
+                      size: int = DEFAULT_IMAGE_SIZE) -> list[Part]:
+    """Parts for an explicit list of DICOM files (the Python API's way to pass "a list of files").
+
+    Example: `mg.ask("Findings?", images=load_series_parts(sorted(Path("ct").glob("*.dcm"))))`
+    """
+    if len(files) > MAX_SERIES_FILES:
+        raise BadInput(f"{len(files):,} files given; at most {MAX_SERIES_FILES:,} per series")
+    if not files:
+        raise BadInput("no DICOM files given")
+    return instances_parts([(str(f), read_instance(Path(f))) for f in files], options, size, "series")
+
+
 def read_series_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:
     """`load_parts` reader for a series directory or a glob of DICOM files (None for anything else)."""
     files = series_files(source)
     if files is None:
         return None
-    return volume_parts(load_series(files), options, size)
+    return instances_parts([(str(f), read_instance(f)) for f in files], options, size, source)
