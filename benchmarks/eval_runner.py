@@ -41,11 +41,12 @@ def make_items(path: Path, n: int, seed: int = 0) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="demo, a checkpoint directory, a .gguf, or 'tiny' (random tiny MedGemma)")
+    ap.add_argument("--model", default="demo", help="demo, a checkpoint directory, a .gguf, or 'tiny' (random 4-layer, 256-wide MedGemma-architecture text model)")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--backend", default="transformers", help="the baseline needs a transformers model")
     args = ap.parse_args()
 
     from medgemma_toolkit import MedGemma
@@ -56,12 +57,12 @@ def main() -> None:
     if model == "tiny":
         from medgemma_toolkit.testing.tiny_checkpoint import build_tiny_medgemma
 
-        model = str(build_tiny_medgemma(work / "tiny", text_only=True))
+        model = str(build_tiny_medgemma(work / "tiny", text_only=True, hidden_size=256, layers=4))
     data = work / "items.jsonl"
     make_items(data, args.items)
 
     t0 = time.perf_counter()
-    mg = MedGemma.load(model, backend="transformers", device=args.device, max_batch_size=args.batch_size)
+    mg = MedGemma.load(model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
     print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
 
@@ -78,6 +79,10 @@ def main() -> None:
     from transformers import pipeline
 
     be = mg.backend
+    from medgemma_toolkit.eval.runner import eval_preset_name
+    from medgemma_toolkit.prompts.presets import get_preset
+
+    mg.preset = get_preset(eval_preset_name(mg))  # the prompts the runner built
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     texts = []
     for line in data.read_text().splitlines():
@@ -91,9 +96,11 @@ def main() -> None:
     t0 = time.perf_counter()
     base_tokens = 0
     add_special = mg.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
+    # The same stop strings as the runner's preset (base models stop at a blank line), so both do the same work.
+    stop = {"stop_strings": list(mg.preset.stop), "tokenizer": be.tokenizer} if mg.preset.stop else {}
     for text in texts:
         out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
-                   add_special_tokens=add_special)
+                   add_special_tokens=add_special, **stop)
         n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
         base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
     base_wall = time.perf_counter() - t0

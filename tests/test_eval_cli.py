@@ -123,6 +123,13 @@ def test_scripted_answers_give_exact_scores(scripted, tmp_path):
     assert s["confusion"]["labels"] == ["A", "B", "C", "D"]
     assert sum(row[2] for row in s["confusion"]["matrix"]) == len(gold)  # every answer parsed as C
 
+    # --think: the thought is recorded apart and never parsed (it names B; the answer says C)
+    mg = MedGemma.load(str(scripted("<unused94>thought maybe B<unused95>Final Answer: C")))
+    s = run_eval(mg, EvalOptions(task="medqa", out=tmp_path / "t", think=True, max_new_tokens=20, progress=False,
+                                 n_boot=100, limit=4))
+    assert s["generation"]["think"] is True
+    assert all(r["thought"] == "maybe B" and r["parsed"] == "C" for r in _records(tmp_path / "t"))
+
     # image MCQ protocol phrase, on an image task (with two DICOM files among the images)
     gold_img = _gold("image_mcq")
     mg = MedGemma.load(str(scripted("The most likely diagnosis is: B")))

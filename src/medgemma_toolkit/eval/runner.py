@@ -59,7 +59,7 @@ def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
     return spec.conditions(opt)
 
 
-def _preset_for(mg) -> str:
+def eval_preset_name(mg) -> str:
     # Chat checkpoints: no system prompt, the turn as given. Base checkpoints only understand completion prompts.
     return mg.preset.name if mg.backend.info.pretrained else "plain"
 
@@ -102,8 +102,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     if not units:
         raise BadInput(f"{data_path}: no questions to ask (no labels for the chosen conditions?)")
 
-    preset = get_preset(_preset_for(mg))
-    mg.preset = preset
+    preset = get_preset(eval_preset_name(mg))
     max_new = opts.max_new_tokens or (spec.think_max_new_tokens if opts.think else spec.max_new_tokens)
     if max_new <= 0:
         raise BadInput("--max-new-tokens must be positive")
@@ -173,10 +172,12 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     if hasattr(mg.backend, "max_batch_size"):
         mg.backend.max_batch_size = max(mg.backend.max_batch_size, batch_size)
     t0 = time.perf_counter()
+    user_preset, mg.preset = mg.preset, preset  # restored below: the caller's MedGemma keeps its own preset
     try:
         gen_seconds = run_batches(backend, pending, build, on_batch, batch_size,
                                   sort_key=lambda u: u.sort_length, progress=opts.progress)
     finally:
+        mg.preset = user_preset
         log.close()
         if cache is not None:
             cache.close()
