@@ -167,3 +167,12 @@ def test_result_cache_keys_on_configuration(tmp_path):
     assert ResultCache(tmp_path, {"model": "m", "task": "t@1"}).get("k", "h")["raw"] == "x"
     assert ResultCache(tmp_path, {"model": "m", "task": "t@1"}).get("k", "other") is None
     assert ResultCache(tmp_path, {"model": "m", "task": "t@2"}).get("k", "h") is None
+
+
+def test_parquet_from_a_hub_dataset_repository(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame([{"question": "Which organ secretes insulin?", "subject": "anatomy",
+                   "choices": ["Liver", "Pancreas", "Spleen", "Kidney"], "answer": 1}]).to_parquet(tmp_path / "test.parquet")
+    item = read_items(get_task("mmlu_med"), tmp_path / "test.parquet").items[0]
+    assert item.options["B"] == "Pancreas" and item.answer == "B"  # 0-based index in the HF copy

@@ -65,6 +65,12 @@ def load_rows(path: Path, reader: str) -> Iterator[tuple[str, Row]]:
                 yield f"{name}:{i}", {"question": cols[0], "options": cols[1:-1], "answer": cols[-1].strip(),
                                       "subject": subject}
         return
+    if suffix == ".parquet":  # a file from a Hugging Face dataset repository
+        import pandas as pd
+
+        for i, row in enumerate(pd.read_parquet(path).to_dict(orient="records")):
+            yield f"{name}[{i}]", {**_plain(row), "_hf": True}
+        return
     if suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             rdr = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
@@ -100,6 +106,16 @@ def load_rows(path: Path, reader: str) -> Iterator[tuple[str, Row]]:
         except json.JSONDecodeError as e:
             row = RowError(f"{name}:{i}: not valid JSON ({e.msg})")  # raised by the caller, which may skip it
         yield f"{name}:{i}", row
+
+
+def _plain(row: Row) -> Row:
+    """numpy arrays and scalars from parquet -> lists and Python values."""
+    out = {}
+    for k, v in row.items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        out[k] = v
+    return out
 
 
 def _has_header(path: Path) -> bool:

@@ -7,13 +7,15 @@ and flushed as its batch finishes; `--resume` picks up where a killed run stoppe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..backends.base import Completion
 from ..errors import BadInput, CapabilityError
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
@@ -48,7 +50,6 @@ class EvalOptions:
     use_cache: bool = True
     n_boot: int = 1000
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
@@ -110,7 +111,9 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
                   "temperature": opts.temperature, "think": opts.think, "stop": list(preset.stop)}
     model = {"name": mg.backend.info.name, "backend": mg.backend.info.backend, "demo": mg.is_demo,
              **model_identity(mg.backend.info.path)}
-    config = {"task": spec.label, "model_fingerprint": model["fingerprint"], "generation": generation,
+    # Everything that could change an answer: the cache and --resume refuse to mix runs that differ in any of it.
+    config = {"task": spec.label, "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
+              "model_fingerprint": model["fingerprint"], "generation": generation,
               "conditions": list(conditions)}
 
     out = Path(opts.out)
@@ -122,14 +125,6 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     cache = ResultCache(default_cache_dir(), config) if opts.use_cache else None
     n_resumed = sum(u.key in log.done for u in units)
     pending = [u for u in units if u.key not in log.done]
-    n_cached = 0
-    if cache is not None:
-        hits = [dict(cache.get(u.key, u.prompt_hash), cached=True) for u in pending if cache.get(u.key, u.prompt_hash)]
-        if hits:
-            log.append(hits)
-            n_cached = len(hits)
-        pending = [u for u in pending if u.key not in log.done]
-
     parser = PARSERS[spec.parser]
 
     def record(o: Outcome[Unit]) -> dict[str, Any]:
@@ -145,6 +140,20 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
         return {**base, "raw": o.completion.text, "thought": split.thought, "parsed": parsed, "correct": correct,
                 "score": score, "error": None, "finish_reason": o.completion.finish_reason,
                 "prompt_tokens": o.completion.prompt_tokens, "completion_tokens": o.completion.completion_tokens}
+
+    # Cached answers are raw model text: parse and score them again, so a parser fix applies to them too.
+    n_cached = 0
+    if cache is not None:
+        hits = []
+        for u in pending:
+            c = cache.get(u.key, u.prompt_hash)
+            if c is not None:
+                done = Completion(c["raw"], c["finish_reason"], c["prompt_tokens"], c["completion_tokens"])
+                hits.append({**record(Outcome(u, done, None, c["seconds"])), "cached": True})
+        if hits:
+            log.append(hits)
+            n_cached = len(hits)
+        pending = [u for u in pending if u.key not in log.done]
 
     def on_batch(outs: list[Outcome[Unit]]) -> None:
         if opts.on_error == "fail":
@@ -217,8 +226,6 @@ class _LoglikAdapter:
         self._letters_of = letters_of
 
     def generate(self, requests):
-        from ..backends.base import Completion
-
         pairs, spans = [], []
         for r in requests:
             letters = self._letters_of.pop(id(r))
@@ -231,9 +238,3 @@ class _LoglikAdapter:
             best = max(range(len(letters)), key=lambda i: s[i])
             out.append(Completion(letters[best], "stop", 0, 0))
         return out
-
-
-def asdict_options(opts: EvalOptions) -> dict[str, Any]:
-    d = asdict(opts)
-    d["out"] = str(opts.out)
-    return d
