@@ -139,3 +139,28 @@ def test_demo_model_runs_through_llamacpp():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["demo_model"] is True and out["completion_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_serve_and_eval_run_on_llamacpp(gguf_dir, xray, tmp_path):
+    """The same GGUF behind `medgemma serve` (official client, image as data URI) and `medgemma eval`."""
+    import base64
+
+    import openai
+
+    from medgemma_toolkit.serve.launch import ServerProcess
+
+    model = gguf_dir / "tiny-f32.gguf"
+    direct = MedGemma.load(str(model), threads=2)
+    with ServerProcess(model, tmp_path / "serve.log", "--served-model-name", "g", "--threads", "2") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        uri = "data:image/png;base64," + base64.b64encode(xray.read_bytes()).decode()
+        r = client.chat.completions.create(model="g", max_tokens=8, temperature=0, messages=[
+            {"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": uri}}]}])
+        assert r.choices[0].message.content == direct.ask(QUESTION, images=[str(xray)], max_new_tokens=8).text
+        assert srv.url and client.models.list().data[0].medgemma["backend"] == "llamacpp"
+    out = tmp_path / "eval"
+    r = run_cli("eval", "--model", str(model), "--task", "medqa", "--limit", "2", "--max-new-tokens", "4",
+                "--out", str(out), "--no-cache", "--bootstrap", "50", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["counts"]["answered"] == 2

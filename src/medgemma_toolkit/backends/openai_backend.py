@@ -146,7 +146,7 @@ class OpenAIBackend(Backend):
         pretrained = bool(info_hint.get("pretrained", False))
         self.info = ModelInfo(
             name=self.model,
-            path=self.settings.base_url,
+            path=f"{self.settings.base_url}#{self.model}",  # identity for eval provenance and its result cache
             multimodal=not text_only,
             image_size=image_size,  # images are sent at the size the upstream model takes
             tokens_per_image=None if text_only else 256,
