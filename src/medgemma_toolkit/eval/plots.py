@@ -68,10 +68,11 @@ def confusion_plot(labels: list[str], matrix: list[list[int]]) -> str:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("parsed answer")
     ax.set_ylabel("gold")
+    top = max((v for row in matrix for v in row), default=0)
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
     ax.set_title("confusion matrix")
     return _png(fig)
 
