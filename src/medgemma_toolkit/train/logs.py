@@ -77,15 +77,19 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
 
         def on_train_begin(self, args, state, control, **kw):
             self.t_last, self.step_last = time.perf_counter(), state.global_step
+            self.cpu_last = time.process_time()
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             if "loss" not in logs and "reward" not in logs:
                 return
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.process_time()
             steps = max(1, state.global_step - self.step_last)
+            # CPU seconds beside wall seconds: on a shared machine the difference is time spent waiting for a core.
             row = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
-                   "step_time_s": round((now - self.t_last) / steps, 4)}
+                   "step_time_s": round((now - self.t_last) / steps, 4),
+                   "step_cpu_s": round((cpu - self.cpu_last) / steps, 4)}
+            self.cpu_last = cpu
             for k in ("loss", "grad_norm", "learning_rate", "reward"):
                 if k in logs:
                     row[k] = float(logs[k])
