@@ -176,3 +176,15 @@ def test_parquet_from_a_hub_dataset_repository(tmp_path):
                    "choices": ["Liver", "Pancreas", "Spleen", "Kidney"], "answer": 1}]).to_parquet(tmp_path / "test.parquet")
     item = read_items(get_task("mmlu_med"), tmp_path / "test.parquet").items[0]
     assert item.options["B"] == "Pancreas" and item.answer == "B"  # 0-based index in the HF copy
+
+
+def test_image_paths_resolve_beside_the_file_before_release_folders(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    rows = [{"id": "1", "question": "q", "answer": "yes", "image": "images/a.png"},  # path relative to the file
+            {"id": "2", "question": "q", "answer": "no", "image": "a.png"}]  # inside the release's image folder
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = read_items(get_task("vqa_rad"), tmp_path / "d.jsonl").items
+    assert [Path(i.images[0]).resolve() for i in items] == [(tmp_path / "images" / "a.png").resolve()] * 2

@@ -31,7 +31,7 @@ class BatchRow:
 def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
     if not path.is_file():
         raise BadInput(f"{path}: input file not found")
-    ctx = ReadContext(path, path.parent)
+    ctx = ReadContext(path, [path.parent])
     rows: list[BatchRow] = []
     seen: set[str] = set()
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

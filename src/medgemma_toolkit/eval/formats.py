@@ -27,7 +27,7 @@ class RowError(BadInput):
 @dataclass
 class ReadContext:
     path: Path  # the data file (or dataset directory)
-    image_root: Path  # where relative image paths are resolved
+    image_roots: list[Path]  # where relative image paths are looked up, in order
     from_hf: bool = False  # Hugging Face datasets use 0-based answer indices where the JSON releases use 1-based
 
 
@@ -208,8 +208,9 @@ def _images(row: Row, loc: str, ctx: ReadContext, *keys: str) -> list[str]:
     for p in raw:
         if not isinstance(p, str):
             raise RowError(f"{loc}: image paths must be strings")
-        full = Path(p) if Path(p).is_absolute() else ctx.image_root / p
-        if not full.exists():
+        candidates = [Path(p)] if Path(p).is_absolute() else [root / p for root in ctx.image_roots]
+        full = next((c for c in candidates if c.exists()), None)
+        if full is None:
             raise RowError(f"{loc}: image file not found: {p}")
         out.append(str(full))
     return out
@@ -379,12 +380,10 @@ READERS: dict[str, Converter] = {
 IMAGE_DIR_NAMES = ("VQA_RAD Image Folder", "imgs", "images")
 
 
-def default_image_root(path: Path) -> Path:
+def default_image_roots(path: Path) -> list[Path]:
+    """Beside the data file first, then the releases' image folders (VQA-RAD's, SLAKE's imgs/, images/)."""
     base = path if path.is_dir() else path.parent
-    for name in IMAGE_DIR_NAMES:
-        if (base / name).is_dir():
-            return base / name
-    return base
+    return [base] + [base / name for name in IMAGE_DIR_NAMES if (base / name).is_dir()]
 
 
 @dataclass
@@ -397,7 +396,7 @@ class ReadResult:
 def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: Path | None = None,
                conditions: tuple[str, ...] = (), limit: int | None = None) -> ReadResult:
     """Every usable row of a data file as `EvalItem`s; malformed rows fail or are listed (`on_error`)."""
-    ctx = ReadContext(path, image_root or default_image_root(path))
+    ctx = ReadContext(path, [image_root] if image_root else default_image_roots(path))
     conv = READERS[spec.reader]
     items: list[EvalItem] = []
     errors: list[str] = []
