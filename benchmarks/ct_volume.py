@@ -4,11 +4,11 @@ Ours: `imaging.load_parts(series_dir)` (one header pass, slices stacked, all thr
 lookup table indexed by stored value, one RGB resize per slice). Naive: what a notebook loop does, per slice
 and per window: pydicom read, float HU, numpy windowing, one PIL image and resize per window, merge to RGB.
 
-Both paths are warmed up once on a 2-slice series first (imports), then each runs `--repeat` times (default 3,
+Both paths are warmed up once on a 2-slice series first (imports), then each runs `--repeat` times (default 5,
 alternating) on the 85 slices and the best time of each is compared: the machine's CPUs are shared, and the
 best run is the least disturbed one.
 
-Run: .venv/bin/python benchmarks/ct_volume.py [--slices 85] [--size 512] [--repeat 3]
+Run: .venv/bin/python benchmarks/ct_volume.py [--slices 85] [--size 512] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=85)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--model-size", type=int, default=896)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per path; the best time of each is compared")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per path; the best time of each is compared")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         series = Path(d) / "ct"
