@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import time
@@ -112,15 +113,17 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     batcher = Batcher(mg.backend, config.max_batch_size, config.batch_window_ms / 1000.0, on_batch=metrics.batch)
     admission = Admission(config.max_batch_size + config.max_queue)
 
-    app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.model_id = batcher, metrics, served
     install_error_handlers(app)
     app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        batcher.stop()
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
