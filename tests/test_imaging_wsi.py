@@ -148,3 +148,18 @@ def test_cli_preview_and_ask_on_slides(tiff_10x, dicom_wsi, tmp_path, cli, tiny_
         assert json.loads(r.stdout)["prompt_tokens"] > 2 * 16
     r = cli("preview", str(tiff_10x), "-o", str(out), "--patch-order", "sideways")
     assert r.returncode == 2 and "--patch-order" in r.stderr
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+def test_damaged_tiles_give_documented_errors(tiff_10x, tmp_path, where):
+    from medgemma_toolkit.errors import MedGemmaError
+
+    data = bytearray(tiff_10x.read_bytes())
+    pos = int(len(data) * where)
+    data[pos : pos + 4096] = bytes(range(256)) * 16  # garbage inside compressed tile data
+    bad = tmp_path / "damaged.tif"
+    bad.write_bytes(bytes(data))
+    try:
+        load_parts(str(bad), ImageOptions(), 32)
+    except MedGemmaError as e:
+        assert "\n" not in str(e)

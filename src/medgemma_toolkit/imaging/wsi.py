@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from ..errors import BackendUnavailable, BadInput
+from ..errors import BackendUnavailable, BadInput, MedGemmaError
 from ..prompts.messages import ImagePart, Part
 from .options import ImageOptions
 from .square import to_model_image
@@ -255,8 +255,13 @@ def _open_dicom_wsi(directory: Path) -> Slide | None:
         raise BadInput(f"{directory}: cannot open as a DICOM whole-slide image ({type(e).__name__})") from None
 
 
-def slide_parts(slide: Slide, options: ImageOptions, size: int) -> list[Part]:
-    result = tile_slide(slide, options)
+def slide_parts(slide: Slide, options: ImageOptions, size: int, source: str = "slide") -> list[Part]:
+    try:
+        result = tile_slide(slide, options)
+    except MedGemmaError:
+        raise
+    except Exception as e:  # corrupt tiles or metadata surface from the slide libraries as many types
+        raise BadInput(f"{source}: cannot read the whole-slide image ({type(e).__name__})") from None
     return [ImagePart(to_model_image(p.image, size), label=p.label) for p in result.patches]
 
 
@@ -265,4 +270,4 @@ def read_slide_source(source: str, options: ImageOptions, size: int) -> list[Par
     slide = open_slide(source)
     if slide is None:
         return None
-    return slide_parts(slide, options, size)
+    return slide_parts(slide, options, size, source)
