@@ -126,3 +126,15 @@ def test_short_prefixes(n):
     _load_dir([VALID[0][:n], VALID[1]])
     _decode_one(VALID[0][:n])
 
+
+
+@FUZZ
+@given(source=st.one_of(st.text(min_size=1, max_size=5000), st.text(alphabet="/.*?[]\x00a", max_size=300)))
+def test_any_source_string(source):
+    """Whatever string arrives as an image source (CLI flag, eval row, API call), only documented errors."""
+    if source.lower().startswith(("http", "dicomweb")):
+        source = "x" + source  # URLs would try the network
+    try:
+        load_parts(source, ImageOptions(), 16)
+    except MedGemmaError as e:
+        assert "\n" not in str(e)

@@ -51,7 +51,11 @@ def decode_image_bytes(data: bytes, name: str, options: ImageOptions = ImageOpti
 
 def read_file_bytes(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with NUL
+        raise BadInput(f"{str(p)[:60]}...: not a usable file path") from None
+    if not exists:
         raise BadInput(f"{p}: file not found")
     if p.is_dir():
         raise BadInput(f"{p}: is a directory, not an image file")

@@ -60,7 +60,11 @@ class SeriesVolume:
 def series_files(source: str) -> list[Path] | None:
     """The DICOM files a source names: a directory's files, or a glob's matches; None if it is neither."""
     p = Path(source)
-    if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except (OSError, ValueError):  # a name too long to be a path, or with NUL: not ours to judge
+        return None
+    if is_dir:
         files = []
         with os.scandir(p) as it:
             for entry in it:
@@ -72,13 +76,19 @@ def series_files(source: str) -> list[Path] | None:
         if not files:
             raise BadInput(f"{source}: directory holds no files")
         return sorted(files)
-    if any(ch in source for ch in "*?[") and not p.exists():
-        matches = sorted(Path(m) for m in glob.iglob(source) if Path(m).is_file())
+    if any(ch in source for ch in "*?[") and not os.path.lexists(source):
+        matches: list[Path] = []
+        try:
+            for m in glob.iglob(source):
+                if os.path.isfile(m):
+                    matches.append(Path(m))
+                    if len(matches) > MAX_SERIES_FILES:  # stop early: the pattern may span a whole disk
+                        raise BadInput(f"{source}: more than {MAX_SERIES_FILES:,} files match; give one series")
+        except (OSError, ValueError):
+            raise BadInput(f"{source[:60]}: not a usable file pattern") from None
         if not matches:
             raise BadInput(f"{source}: no files match this pattern")
-        if len(matches) > MAX_SERIES_FILES:
-            raise BadInput(f"{source}: more than {MAX_SERIES_FILES:,} files match; give one series")
-        return matches
+        return sorted(matches)
     return None
 
 

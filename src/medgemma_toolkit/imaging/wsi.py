@@ -201,9 +201,13 @@ def tile_slide(slide: Slide, options: ImageOptions, patch_px: int = PATCH_PX, ta
 def open_slide(source: str) -> Slide | None:
     """A slide reader for `source`, or None when it is not a whole-slide image."""
     p = Path(source)
-    if p.is_dir():
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError):  # a name too long to be a path, or with NUL
+        return None
+    if is_dir:
         return _open_dicom_wsi(p)
-    if not p.is_file():
+    if not is_file:
         return None
     suffix = p.suffix.lower()
     if suffix in OPENSLIDE_ONLY:
