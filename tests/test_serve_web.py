@@ -27,7 +27,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 @pytest.fixture(scope="module")
 def web_server(scripted_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "server.log"
-    with ServerProcess(scripted_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma") as srv:
+    # --log-prompts here (and only here): the opt-in must work; tests/test_serve.py checks the default keeps it out.
+    with ServerProcess(scripted_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma",
+                       "--log-prompts") as srv:
         yield srv
 
 
@@ -115,3 +117,4 @@ def test_thought_comes_back_apart_through_the_api(web_server):
             thought.append((c.delta.model_extra or {}).get("reasoning_content") or "")
             answer.append(c.delta.content or "")
     assert "".join(answer) == "Cardiomegaly." and "".join(thought).strip() == "The heart is large."
+    assert "prompt_text='Is the heart enlarged?'" in web_server.log_text()  # operator opted in
