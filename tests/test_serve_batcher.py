@@ -107,3 +107,31 @@ def test_worker_survives_a_failing_batch(tiny_model, batcher):
     (kind, err, _), (kind2, c, _) = asyncio.run(main())
     assert kind == "error" and isinstance(err, BadInput)
     assert kind2 == "done" and c.completion_tokens >= 1
+
+
+def test_request_timeout_is_a_504_and_the_app_stays_usable(tiny_model):
+    """The whole app in-process (ASGI transport): a request over its time budget is stopped and answered 504."""
+    import httpx
+
+    from medgemma_toolkit.serve import ServeConfig, create_app
+
+    app = create_app(tiny_model, ServeConfig(request_timeout_s=2.0))  # 3000 tokens take far longer; 2 do not
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            slow = await c.post("/v1/chat/completions", timeout=120, json={
+                "model": app.state.model_id, "max_tokens": 3000, "messages": [{"role": "user", "content": "Go on."}]})
+            quick = await c.post("/v1/chat/completions", timeout=120, json={
+                "model": app.state.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi."}]})
+            metrics = (await c.get("/metrics")).text
+        return slow, quick, metrics
+
+    try:
+        slow, quick, metrics = asyncio.run(main())
+    finally:
+        app.state.batcher.stop()
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+    assert "timeout" in slow.json()["error"]["message"]
+    assert quick.status_code == 200 and quick.json()["usage"]["completion_tokens"] <= 2
+    assert "medgemma_requests_cancelled_total 1" in metrics
