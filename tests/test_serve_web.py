@@ -70,6 +70,15 @@ def test_page_upload_ask_stream(web_server, page, tmp_path):
     assert shown.size == (64, 64)
     assert shown.getpixel((0, 0)) == (0, 0, 0) and shown.getpixel((32, 32)) == (180, 180, 180)  # padding + image
 
+    # A DICOM file shows its preprocessed image too (the browser itself cannot display DICOM).
+    import pydicom
+
+    page.set_input_files("#file", pydicom.data.get_testdata_file("CT_small.dcm"))
+    expect(page.locator("#status")).to_have_text("Image ready.")
+    assert page.get_attribute("#preview", "src") != src
+    page.set_input_files("#file", str(png))
+    expect(page.locator("#preview")).to_have_attribute("src", src)  # back to the PNG, same pixels as before
+
     page.fill("#question", "Describe this image.")
     page.fill("#max-tokens", "40")
     page.check("#think")
