@@ -192,3 +192,18 @@ def test_cli_deid_errors(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert pydicom.dcmread(tmp_path / "one.dcm").PatientName == ""
     assert (tmp_path / "one.dcm.deid.json").is_file()
+
+
+def test_uid_key_links_runs_only_when_given(tmp_path, cli):
+    paths = write_series(tmp_path / "in", SeriesSpec(slices=2, rows=8, cols=8))
+    key = tmp_path / "key.bin"
+    key.write_bytes(b"k" * 32)
+    outs = []
+    for run in ("a", "b"):
+        r = cli("deid", str(tmp_path / "in"), str(tmp_path / run), "--uid-key", str(key))
+        assert r.returncode == 0, r.stderr
+        outs.append(pydicom.dcmread(tmp_path / run / paths[0].name).StudyInstanceUID)
+    assert outs[0] == outs[1] and outs[0].startswith("2.25.")
+    key.write_bytes(b"short")
+    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "c"), "--uid-key", str(key))
+    assert r.returncode == 2 and "16 bytes" in r.stderr

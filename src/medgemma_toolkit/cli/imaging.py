@@ -16,6 +16,7 @@ def deid(
     dst: Annotated[Path, typer.Argument(metavar="OUT", help="Output file or directory (the input tree is mirrored)")],
     report: Annotated[Optional[Path], typer.Option(help="Report JSON path (default: OUT/deid_report.json)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty OUT")] = False,
+    uid_key: Annotated[Optional[Path], typer.Option("--uid-key", help="File with a secret (16+ bytes): same UID mapping across runs")] = None,
 ) -> None:
     """De-identify DICOM with the PS3.15 Annex E Basic Profile; the report names changed attributes, never values.
 
@@ -28,7 +29,15 @@ def deid(
 
     from ..deid import deidentify_path
 
-    rep = deidentify_path(src, dst, overwrite=overwrite, report_path=report)
+    from ..errors import BadInput
+
+    key = None
+    if uid_key is not None:
+        try:
+            key = uid_key.read_bytes()
+        except OSError:
+            raise BadInput(f"{uid_key}: cannot read the UID key file") from None
+    rep = deidentify_path(src, dst, overwrite=overwrite, report_path=report, uid_key=key)
     skipped = len(rep["files_skipped"])
     print(f"de-identified {rep['files_written']} file(s) into {dst}; skipped {skipped}; report: {rep['report_path']}")
     if rep["warnings"]:

@@ -33,11 +33,13 @@ def _inputs(src: Path) -> list[tuple[Path, Path]]:
 
 
 def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], overwrite: bool = False,
-                    report_path: str | os.PathLike[str] | None = None) -> dict:
+                    report_path: str | os.PathLike[str] | None = None, uid_key: bytes | None = None) -> dict:
     """De-identify `src` (file or directory) into `dst`; write and return the report.
 
     A file goes to `dst` (or into it, when `dst` is an existing directory); a directory's tree is mirrored under
     `dst`. The report goes to `report_path`, by default `dst/deid_report.json` (or beside an output file).
+    `uid_key`: a secret that makes the UID mapping the same across runs (e.g. a study sent in several batches);
+    without it each run draws a random one, so runs cannot be linked.
     """
     from ..imaging.series import read_instance
 
@@ -54,7 +56,9 @@ def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], ov
         raise BadInput(f"{dst}: output directory is not empty (use --overwrite)")
     if single and dst_p.exists() and not overwrite:
         raise BadInput(f"{dst}: exists (use --overwrite)")
-    uids = UIDMap()
+    if uid_key is not None and len(uid_key) < 16:
+        raise BadInput("the UID key must hold at least 16 bytes")
+    uids = UIDMap(salt=uid_key)
     files: list[dict] = []
     skipped: list[dict] = []
     warnings = 0
@@ -81,7 +85,9 @@ def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], ov
     report = {
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
         "profile_table_version": profile.version,
-        "options": {"private_tags": "removed", "uids": "remapped (2.25 form, consistent within this run)"},
+        "options": {"private_tags": "removed",
+                    "uids": "remapped (2.25 form, " + ("consistent across runs with the same key)" if uid_key
+                                                       else "consistent within this run)")},
         "toolkit_version": __version__,
         "files_written": len(files),
         "files_skipped": skipped,
