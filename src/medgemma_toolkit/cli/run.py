@@ -176,7 +176,11 @@ def preview(
 ) -> None:
     """Write exactly the image(s) the model will receive (padded, resized, windowed) to a PNG.
 
+    A CT/MR series (directory, glob or DICOMweb URI) gives a grid of the sampled slices labelled "SLICE n"; a
+    whole-slide image gives its sampled patches labelled with their level-0 coordinates.
+
     Example: medgemma preview cxr.dcm -o what_medgemma_sees.png
+    Example: medgemma preview ct_series/ -o slices.png --max-slices 16
     """
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
     from ..imaging.montage import save_preview
