@@ -41,7 +41,7 @@ def _image_options(window: str | None, frame: int | None, **series_and_slides):
 def ask(
     question: Annotated[str, typer.Argument(help="The question (use quotes)")],
     model: ModelOpt = None,
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM); repeat for several")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM), DICOM series directory, whole-slide image or dicomweb:// URI; repeat for several")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt (replaces the preset's)")] = None,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first; the thought is shown apart")] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
