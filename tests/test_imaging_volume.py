@@ -266,6 +266,8 @@ def test_cli_ask_on_ct_and_mr_series(tmp_path, cli, tiny_model_dir):
     write_series(tmp_path / "ct", SeriesSpec(slices=12, rows=32, cols=32))
     write_series(tmp_path / "mr", SeriesSpec(slices=12, rows=24, cols=32, modality="MR", intercept=0.0))
     for d in ("ct", "mr"):
+        r = cli("preview", str(tmp_path / d), "-o", str(tmp_path / f"{d}.png"), "--max-slices", "5", "--size", "64")
+        assert r.returncode == 0 and "5 images" in r.stdout, r.stderr
         r = cli("ask", "--model", str(tiny_model_dir), "--image", str(tmp_path / d), "--max-slices", "5",
                 "--max-new-tokens", "4", "--json", "What do you see?")
         assert r.returncode == 0, r.stderr

@@ -141,6 +141,8 @@ def test_cli_preview_and_ask_on_slides(tiff_10x, dicom_wsi, tmp_path, cli, tiny_
     r = cli("preview", str(tiff_10x), "-o", str(out), "--size", "64", "--patch-order", "spatial")
     assert r.returncode == 0, r.stderr
     assert "4 images" in r.stdout
+    r = cli("preview", str(dicom_wsi), "-o", str(tmp_path / "dicom_wsi.png"), "--size", "64")
+    assert r.returncode == 0 and "1 image " in r.stdout, r.stderr
     for src in (tiff_10x, dicom_wsi):
         r = cli("ask", "--model", str(tiny_model_dir), "--image", str(src), "--max-patches", "2",
                 "--max-new-tokens", "3", "--json", "Describe the tissue.")
