@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pydicom
-import pytest
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from medgemma_toolkit.errors import BadInput, MedGemmaError
+from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.dicomweb import DicomWebError, DicomWebRef, _session, parse_dicomweb_uri
 from medgemma_toolkit.prompts.messages import ImagePart, TextPart

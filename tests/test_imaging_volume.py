@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import warnings
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from medgemma_toolkit.errors import BadInput, MedGemmaError
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.series import MAX_SERIES_FILES, load_series, series_files
-from medgemma_toolkit.imaging.volume import sample_indices, volume_parts
+from medgemma_toolkit.imaging.volume import sample_indices
 from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS
 from medgemma_toolkit.prompts.messages import ImagePart, TextPart
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, make_slice, slice_pixels, write_series
