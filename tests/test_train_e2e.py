@@ -236,3 +236,25 @@ def test_device_and_input_errors_are_one_line(trainable_model, class_data, tmp_p
     assert p.returncode == 2 and "line 2: missing 'answer'" in p.stderr and p.stderr.count("\n") == 1
     p = run_cli("finetune", "--out", str(tmp_path / "nothing"), "--resume")
     assert p.returncode == 2 and "no run to resume" in p.stderr
+
+
+def test_eval_task_from_the_harness_scores_before_and_after(trainable_model, class_data, tmp_path):
+    """--eval-task with a harness task: its runner scores the base and the adapted model (tiny sample, short
+    answers, so only the plumbing is measured here, not accuracy)."""
+    from medgemma_toolkit.train.sft import FinetuneSettings, run_finetune
+
+    out = tmp_path / "run"
+    r = run_finetune(FinetuneSettings(
+        model=str(trainable_model), data=str(class_data[0]), out=str(out), recipe="cpu-small",
+        overrides={"max_steps": 2}, val_fraction=0, eval_task="image_mcq", eval_max_new_tokens=4, device="cpu",
+        quiet=True,
+    ))
+    assert r.report is not None and r.report["eval_task"] == "image_mcq"
+    for phase in ("before", "after"):
+        score = r.report[phase]
+        assert score["task"] == "image_mcq@1" and score["metric"] == "accuracy" and score["n"] > 0
+        assert 0.0 <= score["value"] <= 1.0 and len(score["ci95"]) == 2
+        summary = json.loads((out / f"eval-{phase}" / "summary.json").read_text())
+        assert summary["generation"]["max_new_tokens"] == 4
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["delta"] == pytest.approx(saved["after"]["value"] - saved["before"]["value"], abs=1e-4)

@@ -38,7 +38,9 @@ def finetune(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (recipe decides)")] = None,
     val_data: Annotated[Optional[str], typer.Option(help="Separate validation file/folder (else --val-fraction)")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of the data held out for validation (per class)")] = 0.1,
-    eval_task: Annotated[Optional[str], typer.Option(help="'val': score the validation split before and after training")] = None,
+    eval_task: Annotated[Optional[str], typer.Option(help="Score before and after training: 'val' (the validation split) or an eval task (medgemma eval list)")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Data for an eval task (default: the task's shipped sample)")] = None,
+    eval_max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens for an eval task (default: its protocol's)")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Prompt preset to train with (default: the model's own)")] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")] = False,
@@ -59,7 +61,8 @@ def finetune(
     )
     settings = FinetuneSettings(
         model=model or "", data=data or "", out=out, task=task, method=method, recipe=recipe, overrides=overrides,
-        val_data=val_data, val_fraction=val_fraction, eval_task=eval_task, preset=preset, device=device,
+        val_data=val_data, val_fraction=val_fraction, eval_task=eval_task, eval_data=eval_data,
+        eval_max_new_tokens=eval_max_new_tokens, preset=preset, device=device,
         resume=resume, quiet=quiet,
     )
     r = run_finetune(settings)
@@ -70,7 +73,8 @@ def finetune(
     print(f"run: {r.run_dir} (provenance.json, loss_log.jsonl, loss_curve.png)")
     if r.report and "after" in r.report:
         b, a = r.report["before"], r.report["after"]
-        print(f"{a['metric']} on {a['n']} validation examples: before {b['value']:.3f} {b['ci95']} -> "
+        what = "validation examples" if r.report.get("eval_task") == "val" else f"{r.report['eval_task']} questions"
+        print(f"{a['metric']} on {a['n']} {what}: before {b['value']:.3f} {b['ci95']} -> "
               f"after {a['value']:.3f} {a['ci95']}")
 
 

@@ -107,3 +107,31 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, preset: Any, examples: l
     result = score_answers(preds, examples, metric)
     result["predictions"] = preds[:20]  # a sample for the report; answers are model text, not input data
     return result
+
+
+def harness_task_exists(task: str) -> None:
+    """Raise `BadInput` unless `task` is one of the evaluation harness's tasks."""
+    from ..eval.spec import get_task
+
+    get_task(task)
+
+
+def evaluate_with_harness(task: str, data: str | None, model_dir: Path, adapter_dir: Path | None, device: str,
+                          out: Path, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Run the evaluation harness's task (MedGemma's protocol) and return its primary metric with the 95% CI.
+
+    The result cache is off: base and adapted model share a checkpoint path, so cached base answers would
+    otherwise be served for the adapted model."""
+    from ..api import MedGemma
+    from ..eval.runner import EvalOptions, run_eval
+
+    be = load_backend(model_dir, adapter_dir, device)
+    try:
+        summary = run_eval(MedGemma(be), EvalOptions(task=task, data=data, out=out, use_cache=False, progress=False,
+                                                          max_new_tokens=max_new_tokens))
+    finally:
+        be.close()
+    primary = summary["task"]["primary_metric"]
+    m = summary["metrics"][primary]
+    return {"metric": primary, "value": m["value"], "ci95": [m["ci_low"], m["ci_high"]], "n": m["n"],
+            "task": f"{summary['task']['name']}@{summary['task']['version']}", "harness_report": str(out)}

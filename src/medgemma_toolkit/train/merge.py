@@ -35,6 +35,9 @@ def adapter_base(adapter_dir: Path) -> str:
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None) -> Path:
     """Merge `adapter` into its base (from adapter_config.json unless `base` is given) and save to `out`."""
+    from . import require_train_dependencies
+
+    require_train_dependencies("peft")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer

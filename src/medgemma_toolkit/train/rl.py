@@ -131,6 +131,9 @@ class RLSettings:
 
 
 def run_rl(s: RLSettings) -> dict[str, Any]:
+    from . import require_train_dependencies
+
+    require_train_dependencies()
     from .model import add_lora, load_for_training, trainable_summary
 
     run = Path(s.out).expanduser()

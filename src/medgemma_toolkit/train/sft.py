@@ -31,7 +31,6 @@ from .provenance import data_hash, read_provenance, write_provenance
 from .recipe import METHODS, TASK_SPECS, TASKS, Recipe, check_choice, get_recipe
 
 log = logging.getLogger(__name__)
-EVAL_TASKS = ("val",)
 
 
 @dataclass
@@ -47,7 +46,9 @@ class FinetuneSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     val_data: str | None = None
     val_fraction: float = 0.1
-    eval_task: str | None = None
+    eval_task: str | None = None  # "val" (built-in scorer on the validation split) or a harness task name
+    eval_data: str | None = None  # data for a harness task (default: the task's shipped sample)
+    eval_max_new_tokens: int | None = None  # harness task: cap on generated tokens (default: the task's protocol)
     preset: str | None = None
     device: str = "auto"
     resume: bool = False
@@ -132,6 +133,18 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> An
     )
 
 
+def _score(s: FinetuneSettings, model_dir: Path, adapter: Path | None, preset: PromptPreset, ds: Dataset,
+           metric: str, device: str, run: Path) -> dict[str, Any]:
+    """Before (adapter None) or after score: the built-in validation scorer, or the evaluation harness's task."""
+    from .evaluate import evaluate, evaluate_with_harness
+
+    if s.eval_task == "val":
+        return evaluate(model_dir, adapter, preset, ds.val, metric, device)
+    out = run / f"eval-{'after' if adapter else 'before'}"
+    return evaluate_with_harness(str(s.eval_task), s.eval_data, model_dir, adapter, device, out,
+                                 s.eval_max_new_tokens)
+
+
 def _trainer_class() -> type:
     from trl import SFTTrainer
 
@@ -155,12 +168,17 @@ def _save_adapter(model: Any, processor: Any, tokenizer: Any, dest: Path) -> Non
 
 def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     """Train (or resume) one adapter; see the module docstring for what lands in the run folder."""
+    from . import require_train_dependencies
+
+    require_train_dependencies()
     from .model import add_lora, load_for_training, trainable_summary
 
     check_choice(settings.task, TASKS, "--task")
     check_choice(settings.method, METHODS, "--method")
-    if settings.eval_task is not None:
-        check_choice(settings.eval_task, EVAL_TASKS, "--eval-task")
+    if settings.eval_task not in (None, "val"):
+        from .evaluate import harness_task_exists
+
+        harness_task_exists(settings.eval_task)  # one of `medgemma eval list`, else a one-line error
     recipe = get_recipe(settings.recipe).with_overrides(**settings.overrides)
     run, s = _prepare_run_dir(settings)
     if s.resume:
@@ -177,7 +195,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     device, dtype = pick_device_dtype(s.device, "auto")
     dev = str(device)
     fit = check_fits(model_dir, dev, str(dtype).replace("torch.", ""), s.method)
-    if s.eval_task and not ds.val:
+    if s.eval_task == "val" and not ds.val:
         raise BadInput("--eval-task needs validation examples: give --val-data or a --val-fraction above 0")
 
     write_provenance(
@@ -192,11 +210,9 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     report: dict[str, Any] | None = None
     report_path = run / "report.json"
     if s.eval_task:
-        from .evaluate import evaluate
-
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         if "before" not in report:  # a resumed run keeps the score measured before any training
-            report = {"eval_task": s.eval_task, "before": evaluate(model_dir, None, preset, ds.val, metric, dev)}
+            report = {"eval_task": s.eval_task, "before": _score(s, model_dir, None, preset, ds, metric, dev, run)}
             ck.write_atomic(report_path, json.dumps(report, indent=2))
 
     import datasets
@@ -240,10 +256,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     gc.collect()
 
     if s.eval_task:
-        from .evaluate import evaluate
-
         assert report is not None
-        report["after"] = evaluate(model_dir, adapter_dir, preset, ds.val, metric, dev)
+        report["after"] = _score(s, model_dir, adapter_dir, preset, ds, metric, dev, run)
         report["delta"] = round(report["after"]["value"] - report["before"]["value"], 4)
         ck.write_atomic(report_path, json.dumps(report, indent=2))
     write_provenance(run, result={"steps": steps, "first_loss": losses[0] if losses else None,
