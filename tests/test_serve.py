@@ -26,6 +26,8 @@ from conftest import run_cli
 from test_imaging_dicomweb import CT_SERIES, PASSWORD, STUDY, USER, orthanc, series_dir, uri  # noqa: F401
 
 KEY = "test-key-0123456789"
+# One torch thread: on a shared 2-core CI machine two-thread ops stall on descheduled threads (~10x slower).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MODEL = "tiny-medgemma"
 PHI = {"PatientName": "Zyxwort^Quillamena", "PatientID": "PHI-ID-5550123", "PatientBirthDate": "19230405",
        "InstitutionName": "Saint Phiberta Hospital", "ReferringPhysicianName": "Dr^Vexholm"}
@@ -88,7 +90,7 @@ def server(tiny_model_dir, tmp_path_factory, image_root):
         tiny_model_dir, log, "--api-key", KEY, "--served-model-name", MODEL, "--max-batch-size", "4",
         "--max-queue", "4", "--max-images", "3", "--max-body-mb", "1", "--max-pixels", "1000000",
         "--allow-image-host", "127.0.0.1", "--image-root", str(image_root),
-        env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD},
+        env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD, **ONE_THREAD},
     )
     with srv:
         yield srv
@@ -383,7 +385,7 @@ def test_no_phi_in_logs(server, client, tmp_path):
 
 @pytest.mark.slow
 def test_overload_only_200_or_429_then_recovers(server):
-    body = {"model": MODEL, "max_tokens": 48, "messages": [{"role": "user", "content": "Describe the lungs."}]}
+    body = {"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": "Describe the lungs."}]}
 
     def one(_):
         try:

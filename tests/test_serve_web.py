@@ -29,7 +29,7 @@ def web_server(scripted_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "server.log"
     # --log-prompts here (and only here): the opt-in must work; tests/test_serve.py checks the default keeps it out.
     with ServerProcess(scripted_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma",
-                       "--log-prompts") as srv:
+                       "--log-prompts", env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as srv:
         yield srv
 
 
