@@ -9,8 +9,6 @@ import http.server
 import io
 import json
 import re
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
