@@ -67,7 +67,7 @@ def export_gguf(
     t0 = time.perf_counter()
     src = Path(checkpoint).expanduser()
     if not src.is_dir():
-        raise BadInput(f"{checkpoint}: not a checkpoint directory")
+        src = _resolve(str(checkpoint))
     if outtype not in (*CONVERTER_TYPES, *LLAMA_QUANT_TYPES):
         raise BadInput(f"--outtype must be one of {', '.join((*CONVERTER_TYPES, *LLAMA_QUANT_TYPES))}; got {outtype!r}")
     if mmproj_outtype not in ("f32", "f16"):
@@ -100,6 +100,20 @@ def export_gguf(
     }
     (out / "export.json").write_text(json.dumps(provenance, indent=2))
     return result
+
+
+def _resolve(spec: str) -> Path:
+    """A variant or registered name (e.g. medgemma-4b-it in the HF cache) -> its checkpoint folder."""
+    from ..errors import ModelNotFound
+    from ..models.resolve import resolve_model
+
+    try:
+        r = resolve_model(spec)
+    except (BadInput, ModelNotFound):
+        raise BadInput(f"{spec}: not a checkpoint directory (or a model name found on this machine)") from None
+    if r.format != "hf" or r.is_demo:
+        raise BadInput(f"{spec}: already a GGUF file; export takes a Hugging Face checkpoint folder")
+    return r.path
 
 
 def _run_converter(script: Path, staging: Path, outfile: Path, outtype: str, mmproj: bool) -> None:
