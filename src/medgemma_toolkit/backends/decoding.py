@@ -52,11 +52,14 @@ class RowTracker:
             return
         upto = len(row.text)
         if not final:
-            # Hold back a possible beginning of a stop string, and a trailing replacement char (a split UTF-8 byte).
+            # Hold back a possible beginning of a stop string, and everything from the first replacement char on:
+            # byte-fallback tokens of a split UTF-8 character decode as U+FFFD until the character completes, and
+            # text once streamed cannot be recalled.
             hold = max((_partial_suffix(row.text, s) for s in row.request.params.stop), default=0)
             upto -= hold
-            while upto > row.emitted and row.text[upto - 1] == "\ufffd":
-                upto -= 1
+            bad = row.text.find("\ufffd", row.emitted, upto)
+            if bad >= 0:
+                upto = bad
         if upto > row.emitted:
             self.on_delta(row.index, row.text[row.emitted : upto])
             row.emitted = upto
