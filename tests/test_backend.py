@@ -76,3 +76,13 @@ def test_scripted_stop_strings_and_thought(scripted_model_dir):
     req = mg.request("Anything?", stop=["large"])
     pieces = [x for x in mg.backend.stream(req) if isinstance(x, str)]
     assert "".join(pieces) == cut.raw
+
+
+def test_stream_deltas_add_up_even_with_split_utf8(tiny_model):
+    # The random tiny model emits byte-fallback tokens that often form invalid or split UTF-8 sequences.
+    for q in ["Hello there", "Describe the heart.", "Edema?", "Final Answer", "What is sepsis?", "x"]:
+        req = tiny_model.request(q, max_new_tokens=24)
+        items = list(tiny_model.backend.stream(req))
+        final = items[-1]
+        assert isinstance(final, Completion)
+        assert "".join(i for i in items[:-1] if isinstance(i, str)) == final.text
