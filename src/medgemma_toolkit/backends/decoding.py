@@ -28,7 +28,9 @@ class RowTracker:
     rows: list[RowState]
     on_delta: DeltaCallback | None = None
 
-    def update(self, row: RowState, raw_text: str, n_tokens: int, hit_eos: bool) -> None:
+    def update(self, row: RowState, raw_text: str, n_tokens: int, hit_eos: bool, stable_chars: int | None = None) -> None:
+        """`stable_chars`: how much of `raw_text` later tokens can no longer change (None = all of it); a trailing
+        run of byte-fallback tokens can turn already-decoded characters into U+FFFD, so it is never streamed early."""
         if row.finish is not None:
             return
         row.tokens = n_tokens
@@ -44,13 +46,14 @@ class RowTracker:
         elif row.request.cancelled is not None and row.request.cancelled():
             row.finish = "cancelled"
         row.text = text
-        self._emit(row, final=row.finish is not None)
+        limit = len(text) if stable_chars is None else len(strip_control(raw_text[:stable_chars]))
+        self._emit(row, final=row.finish is not None, limit=limit)
 
-    def _emit(self, row: RowState, final: bool) -> None:
+    def _emit(self, row: RowState, final: bool, limit: int | None = None) -> None:
         if self.on_delta is None:
             row.emitted = len(row.text)
             return
-        upto = len(row.text)
+        upto = len(row.text) if final or limit is None else min(len(row.text), limit)
         if not final:
             # Hold back a possible beginning of a stop string, and everything from the first replacement char on:
             # byte-fallback tokens of a split UTF-8 character decode as U+FFFD until the character completes, and

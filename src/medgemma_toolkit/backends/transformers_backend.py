@@ -71,6 +71,10 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"
         self.template = template
         self.stop_ids = self._stop_token_ids()
+        # SentencePiece byte-fallback pieces ("<0x41>"): a run of them decodes as a group, so it is unstable.
+        self.byte_token_ids = frozenset(
+            i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+        )
         self.max_batch_size = self.options.max_batch_size
         self.info = ModelInfo(
             name=str(info_hint.get("name", path)),
@@ -163,16 +167,27 @@ class TransformersBackend(Backend):
         params = rows[0].request.params
         tracker = RowTracker(rows, on_delta)
         stop_ids = set(self.stop_ids)
-        decode = self.tokenizer.decode
+        byte_ids = self.byte_token_ids
+
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+        def update(row: RowState, seq: list[int]) -> None:
+            cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
+            ids = seq if cut is None else seq[:cut]
+            k = len(ids)
+            while k > 0 and ids[k - 1] in byte_ids:
+                k -= 1
+            text = decode(ids)
+            stable = len(decode(ids[:k])) if k < len(ids) else None
+            tracker.update(row, text, len(ids), cut is not None, stable)
 
         class Track(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 done = []
                 for row, seq in zip(rows, input_ids[:, prompt_len:].tolist()):
                     if row.finish is None:
-                        cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
-                        ids = seq if cut is None else seq[:cut]
-                        tracker.update(row, decode(ids, skip_special_tokens=False), len(ids), cut is not None)
+                        update(row, seq)
                     done.append(row.finish is not None)
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -197,9 +212,7 @@ class TransformersBackend(Backend):
         # Rows that never reached the criteria's last call (e.g. max_new_tokens hit on the final step).
         for row, seq in zip(rows, out[:, prompt_len:].tolist()):
             if row.finish is None:
-                cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
-                ids = seq if cut is None else seq[:cut]
-                tracker.update(row, decode(ids, skip_special_tokens=False), len(ids), cut is not None)
+                update(row, seq)
                 if row.finish is None:
                     row.finish = "length"
                     tracker.update(row, row.text, row.tokens, False)
