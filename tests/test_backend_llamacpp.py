@@ -164,3 +164,11 @@ def test_serve_and_eval_run_on_llamacpp(gguf_dir, xray, tmp_path):
                 "--out", str(out), "--no-cache", "--bootstrap", "50", "--threads", "2")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "summary.json").read_text())["counts"]["answered"] == 2
+
+
+def test_variant_conventions_from_gguf_names():
+    from medgemma_toolkit.backends.llamacpp_backend import variant_from_names
+
+    assert variant_from_names("medgemma-1.5-4b-it-Q4_K_M.gguf").default_preset == "medgemma-1.5"
+    assert variant_from_names("model.gguf", "Medgemma 27b Text It").name == "medgemma-27b-text-it"
+    assert variant_from_names("tiny-f32.gguf", "Tiny") is None

@@ -38,6 +38,18 @@ def find_mmproj(model_path: Path) -> Path | None:
     return (same or cands)[0]
 
 
+def variant_from_names(*names: str):
+    """The MedGemma variant named in a GGUF's file name or `general.name` ("Medgemma 1.5 4b It"), if any."""
+    from ..models.variants import VARIANTS
+
+    for text in names:
+        t = text.lower().replace(" ", "-").replace("_", "-")
+        for v in sorted(VARIANTS, key=lambda v: -len(v.name)):  # longest first: 27b-text-it before 27b-it
+            if v.name in t:
+                return v
+    return None
+
+
 def check_gguf(path: Path, what: str) -> None:
     try:
         with open(path, "rb") as f:
@@ -102,6 +114,11 @@ class LlamaCppBackend(Backend):
         image_size = tokens_per_image = None
         if self.mmproj_path is not None:
             image_size, tokens_per_image = self._init_vision(threads)
+        if "default_preset" not in info_hint:  # a GGUF of a known variant keeps its conventions (1.5: no system)
+            v = variant_from_names(self.path.name, str(self.llama.metadata.get("general.name", "")))
+            if v is not None:
+                info_hint = {**info_hint, "pretrained": not v.instruction_tuned, "thinking": v.thinking,
+                             "default_preset": v.default_preset}
         pretrained = bool(info_hint.get("pretrained", not self.template))
         self.info = ModelInfo(
             name=str(info_hint.get("name", path)),
