@@ -216,7 +216,6 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
             ck.write_atomic(report_path, json.dumps(report, indent=2))
 
     import datasets
-
     from transformers import set_seed
 
     set_seed(recipe.seed)  # LoRA's random init happens below, before the trainer seeds anything
@@ -258,7 +257,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     if s.eval_task:
         assert report is not None
         report["after"] = _score(s, model_dir, adapter_dir, preset, ds, metric, dev, run)
-        report["delta"] = round(report["after"]["value"] - report["before"]["value"], 4)
+        before, after = report["before"]["value"], report["after"]["value"]
+        report["delta"] = round(after - before, 4) if before is not None and after is not None else None
         ck.write_atomic(report_path, json.dumps(report, indent=2))
     write_provenance(run, result={"steps": steps, "first_loss": losses[0] if losses else None,
                                   "last_loss": losses[-1] if losses else None, "adapter": str(adapter_dir),
