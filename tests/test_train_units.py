@@ -141,3 +141,24 @@ def test_default_recipe_is_the_notebooks_and_overrides_validate():
         r.with_overrides(learning_rate=-1.0)
     with pytest.raises(BadInput, match="unknown recipe"):
         get_recipe("nope")
+
+
+# -- device fit ------------------------------------------------------------------------------------------------
+def test_memory_estimate_refuses_a_model_that_cannot_fit(tmp_path):
+    """A checkpoint whose safetensors header declares 10^12 parameters: refused before anything is loaded."""
+    import struct
+
+    from medgemma_toolkit.errors import BackendUnavailable
+    from medgemma_toolkit.train.fit import check_fits, checkpoint_params
+
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert checkpoint_params(tmp_path) == 10**12
+    with pytest.raises(BackendUnavailable, match=r"needs about .* GiB, but only .* GiB available RAM is free"):
+        check_fits(tmp_path, "cpu", "float32", "lora")
+    with pytest.raises(BackendUnavailable, match="qlora needs a CUDA GPU"):
+        check_fits(tmp_path, "cpu", "float32", "qlora")
+    small = json.dumps({"w": {"dtype": "F32", "shape": [10, 10], "data_offsets": [0, 400]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(small)) + small + b"\0" * 400)
+    fit = check_fits(tmp_path, "cpu", "float32", "lora")
+    assert fit["params"] == 100 and fit["free_gib"] > fit["estimated_gib"] > 0
