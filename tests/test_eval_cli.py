@@ -308,3 +308,17 @@ def test_demo_model_runs_a_task(tmp_path):
     assert s["model"]["demo"] and s["generation"]["preset"].startswith("pretrained")
     assert any("demo model" in n for n in s["notes"])
     assert s["counts"]["answered"] == 2
+
+
+def test_every_builtin_task_runs_on_the_tiny_checkpoint(tiny_model_dir, tmp_path):
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+    from medgemma_toolkit.eval.spec import builtin_tasks
+
+    mg = MedGemma.load(str(tiny_model_dir))
+    for name, spec in builtin_tasks().items():
+        s = run_eval(mg, EvalOptions(task=name, out=tmp_path / name, limit=2, max_new_tokens=2, progress=False,
+                                     n_boot=50))
+        assert s["counts"]["complete"] and s["counts"]["errors"] == 0, name
+        assert set(s["metrics"]) == set(spec.metrics), name
+        assert (tmp_path / name / "report.html").stat().st_size > 0
