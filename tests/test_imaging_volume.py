@@ -293,3 +293,32 @@ def test_explicit_file_list(tmp_path):
         np.testing.assert_array_equal(img, expected_ct_rgb(slice_pixels(i, 8, 8), 1, -1024, "notebook"))
     with pytest.raises(BadInput):
         load_series_parts([])
+
+
+def test_output_memory_is_never_shared_between_live_volumes(tmp_path):
+    """Slice images are views of one output block per volume, recycled only once all its images are gone."""
+    import gc
+
+    from medgemma_toolkit.imaging.volume import model_images
+
+    write_series(tmp_path / "a", SeriesSpec(slices=9, rows=16, cols=16, seed=1))
+    write_series(tmp_path / "b", SeriesSpec(slices=9, rows=16, cols=16, seed=2))
+
+    def snapshot(parts):
+        return [np.asarray(p.image).copy() for p in parts if isinstance(p, ImagePart)]
+
+    a = load_parts(str(tmp_path / "a"), ImageOptions(), 24)  # resized: the torch path
+    a_copy = snapshot(a)
+    b = load_parts(str(tmp_path / "b"), ImageOptions(), 24)
+    b_copy = snapshot(b)
+    assert any((x != y).any() for x, y in zip(a_copy, b_copy))
+    assert all((x == y).all() for x, y in zip(snapshot(a), a_copy))  # a untouched by b
+    del a
+    gc.collect()
+    c = load_parts(str(tmp_path / "a"), ImageOptions(), 24)  # may reuse a's block
+    assert all((x == y).all() for x, y in zip(snapshot(c), a_copy))
+    assert all((x == y).all() for x, y in zip(snapshot(b), b_copy))
+    # The images are ordinary RGB images to every consumer.
+    im = next(p.image for p in c if isinstance(p, ImagePart))
+    assert im.mode == "RGB" and im.copy().tobytes() == im.tobytes()
+    assert len(model_images(np.zeros((2, 10, 10, 4), np.uint8), 12)) == 2

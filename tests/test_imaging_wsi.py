@@ -117,12 +117,19 @@ def test_corrupt_slide_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def dicom_wsi(tmp_path_factory, svs_40x):
     """A DICOM WSI written by the test: the SVS converted with wsidicomizer (through tiffslide)."""
-    from wsidicomizer import WsiDicomizer
-    from wsidicomizer.sources import TiffSlideSource
+    import pydicom.config
 
-    out = tmp_path_factory.mktemp("dicomwsi") / "slide"
-    WsiDicomizer.convert(svs_40x, out, workers=1, include_label=False, include_overview=False,
-                         preferred_source=TiffSlideSource)
+    # Importing wsidicomizer switches pydicom to its v4 "future" behaviour for the whole process, which breaks
+    # other code reading pixels the v3 way: switch it back once the slide is written.
+    try:
+        from wsidicomizer import WsiDicomizer
+        from wsidicomizer.sources import TiffSlideSource
+
+        out = tmp_path_factory.mktemp("dicomwsi") / "slide"
+        WsiDicomizer.convert(svs_40x, out, workers=1, include_label=False, include_overview=False,
+                             preferred_source=TiffSlideSource)
+    finally:
+        pydicom.config.future_behavior(False)
     return out
 
 
