@@ -29,7 +29,9 @@ from .records import RecordLog, ResultCache, default_cache_dir, read_records
 from .spec import TaskSpec, get_task, sample_path
 
 Mode = Literal["generate", "loglikelihood"]
-LOGLIK_TEMPLATE = "{question}\n{options}\nAnswer:"  # lm-eval style: score each option letter as the continuation
+# lm-eval style: score each option letter as the continuation. Completion presets already end in "Answer:".
+LOGLIK_TEMPLATE = "{question}\n{options}"
+LOGLIK_CHAT_SUFFIX = "\nAnswer with the letter of the correct option."
 
 
 @dataclass
@@ -126,6 +128,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     n_resumed = sum(u.key in log.done for u in units)
     pending = [u for u in units if u.key not in log.done]
     parser = PARSERS[spec.parser]
+    primed = preset.mode == "completion" and spec.parser != "report"
 
     def record(o: Outcome[Unit]) -> dict[str, Any]:
         u = o.job
@@ -135,7 +138,11 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             return {**base, "raw": None, "thought": None, "parsed": None, "correct": None, "score": None,
                     "error": o.error, "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
         split = split_thought(o.completion.text)
-        parsed = o.completion.text if opts.mode == "loglikelihood" else parser(split.answer, u.item.options)
+        answer = split.answer
+        if primed:
+            # A base model's completion prompt ends in "Answer:", so what it writes *is* its final answer.
+            answer = f"Final Answer: {answer}"
+        parsed = o.completion.text if opts.mode == "loglikelihood" else parser(answer, u.item.options)
         correct, score = score_unit(spec, u, parsed)
         return {**base, "raw": o.completion.text, "thought": split.thought, "parsed": parsed, "correct": correct,
                 "score": score, "error": None, "finish_reason": o.completion.finish_reason,
@@ -170,6 +177,8 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     def build(u: Unit):
         if opts.mode == "loglikelihood":
             text = LOGLIK_TEMPLATE.format(question=u.item.question.strip(), options=format_options(u.item.options))
+            if preset.mode == "chat":
+                text += LOGLIK_CHAT_SUFFIX
             req = mg.request(text, u.item.images, max_new_tokens=1)
             letters_of[id(req)] = list(u.item.options)
             return req
@@ -230,7 +239,8 @@ class _LoglikAdapter:
         for r in requests:
             letters = self._letters_of.pop(id(r))
             spans.append((len(pairs), letters))
-            pairs.extend((r.prompt, f" {x}") for x in letters)
+            # After "Answer:" the letter follows a space; at the start of a model turn it stands alone.
+            pairs.extend((r.prompt, f" {x}" if r.prompt.is_completion else x) for x in letters)
         scores = self.backend.loglikelihood(pairs)
         out = []
         for start, letters in spans:
