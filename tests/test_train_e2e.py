@@ -223,6 +223,13 @@ def test_grpo_steps_run_with_the_final_answer_reward(tiny_text_model_dir, tmp_pa
     assert [s for s, _ in ck.complete_checkpoints(out / "checkpoints")] == [2, 3]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["reward"]["correct"] == 1.0 and prov["result"]["steps"] == 3
+    # --resume reopens the run with its recorded settings and skips a checkpoint whose save never completed.
+    (out / "checkpoints" / "checkpoint-4").mkdir()
+    p = run_cli("rl", "--out", str(out), "--resume", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "trained 3 GRPO steps (resumed from step 3)" in p.stdout
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+    assert [r["step"] for r in read_log(out / "loss_log.jsonl")] == [1, 2, 3]
 
 
 def test_device_and_input_errors_are_one_line(trainable_model, class_data, tmp_path):

@@ -83,3 +83,13 @@ def trainable_summary(model: Any) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable_params": int(trainable), "total_params": int(total)}
+
+
+def load_adapter_weights(model: Any, checkpoint: Any) -> None:
+    """Put a checkpoint's LoRA weights into `model` (a run resumed at its last step has nothing left to train)."""
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))

@@ -134,14 +134,14 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, trainable_summary
+    from .model import add_lora, load_adapter_weights, load_for_training, trainable_summary
 
     run = Path(s.out).expanduser()
     prov = read_provenance(run) if run.exists() else None
     if s.resume:
         if prov is None or "settings" not in prov:
             raise BadInput(f"--resume: {run} holds no run to resume (no provenance.json)")
-        s = RLSettings(**{**prov["settings"], "resume": True, "quiet": s.quiet})
+        s = RLSettings(**{**prov["settings"], "out": str(run), "resume": True, "quiet": s.quiet})
     elif prov is not None or (run.exists() and any(run.iterdir())):
         raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
     if s.num_generations < 2:
@@ -198,7 +198,12 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     step0 = int(resume_from.name.split("-")[1]) if resume_from else 0
     truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), resumed_from_step=step0 or None)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is not None and 0 < s.max_steps <= step0:
+        load_adapter_weights(trainer.model, resume_from)  # finished already; TRL's GRPO would train one more step
+        steps = step0
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        steps = int(trainer.state.global_step)
     from .sft import _save_adapter
 
     adapter = run / "adapter"
@@ -206,7 +211,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     rows = read_log(run / LOG_NAME)
     plot_curve(rows, run / CURVE_NAME, title="GRPO loss")
     rewards = [r["reward"] for r in rows if "reward" in r]
-    result = {"steps": int(trainer.state.global_step), "adapter": str(adapter), "resumed_from": step0 or None,
+    result = {"steps": steps, "adapter": str(adapter), "resumed_from": step0 or None,
               "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
     write_provenance(run, result=result)
     return result

@@ -88,7 +88,7 @@ def _prepare_run_dir(s: FinetuneSettings) -> tuple[Path, FinetuneSettings]:
     if s.resume:
         if prov is None or "settings" not in prov:
             raise BadInput(f"--resume: {run} holds no run to resume (no provenance.json)")
-        kept = FinetuneSettings(**{**prov["settings"], "resume": True, "quiet": s.quiet})
+        kept = FinetuneSettings(**{**prov["settings"], "out": str(run), "resume": True, "quiet": s.quiet})
         return run, kept
     if prov is not None or (run.exists() and any(run.iterdir())):
         raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
@@ -171,7 +171,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, trainable_summary
+    from .model import add_lora, load_adapter_weights, load_for_training, trainable_summary
 
     check_choice(settings.task, TASKS, "--task")
     check_choice(settings.method, METHODS, "--method")
@@ -244,8 +244,12 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     truncate_log(run / LOG_NAME, resumed_step or 0)
     write_provenance(run, lora=trainable_summary(model), preset=f"{preset.name}@{preset.version}",
                      resumed_from_step=resumed_step)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    steps = int(trainer.state.global_step)
+    if resume_from is not None and 0 < recipe.max_steps <= (resumed_step or 0):
+        load_adapter_weights(trainer.model, resume_from)  # finished already; training again would add a step
+        steps = int(resumed_step or 0)
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        steps = int(trainer.state.global_step)
     adapter_dir = run / "adapter"
     _save_adapter(trainer.model, processor, tokenizer, adapter_dir)
     rows = read_log(run / LOG_NAME)
