@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,8 +16,6 @@ from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
 
 eval_app = typer.Typer(help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True)
 app.add_typer(eval_app, name="eval")
-
-OnError = Literal["skip", "fail"]
 
 
 def _batch_size(value: str) -> int | None:
@@ -95,6 +94,8 @@ def eval_run(
           f"unparseable {summary['parse_failures']['rate']:.1%}; generated {t['generated']}, resumed {t['resumed']}, "
           f"cached {t['from_cache']}")
     print(f"wrote {opts.out}/summary.json, report.md, report.html")
+    for note in summary["notes"]:  # e.g. RadGraph F1 skipped, demo model
+        print(f"note: {note}", file=sys.stderr)
 
 
 @eval_app.command("list")
