@@ -240,18 +240,17 @@ class LlamaCppBackend(Backend):
                     break
                 n += 1
                 out += self._piece_bytes(tok)
-                tracker.update(row, out.decode("utf-8", errors="replace"), n, False)
-                if row.finish is None and n >= room:
-                    row.finish = "length"  # context full
-                    tracker.update(row, row.text, n, False)
+                text = out.decode("utf-8", errors="replace")
+                tracker.update(row, text, n, False)
+                if row.finish is None and n >= room:  # context full: finish as if the budget were spent
+                    tracker.update(row, text, row.request.params.max_new_tokens, False)
                 if row.finish is not None:
                     break
         finally:
             gen.close()
-        if row.finish is None:
-            row.finish = "length"
-            tracker.update(row, row.text, n, False)
-        return Completion(row.text, row.finish, n_prompt, row.tokens)
+        if row.finish is None:  # the generator ended on its own (not expected): flush what there is
+            tracker.update(row, out.decode("utf-8", errors="replace"), n, True)
+        return Completion(row.text, row.finish or "length", n_prompt, n)
 
     def _eval_multimodal(self, text: str, images: list, add_bos: bool) -> list[int]:
         """Tokenize text+images with libmtmd and evaluate them; returns the prompt as `generate` expects it."""

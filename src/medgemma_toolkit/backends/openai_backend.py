@@ -304,10 +304,13 @@ class OpenAIBackend(Backend):
                     finish = choice.get("finish_reason") or finish
                 if row.finish is not None:  # a stop string, our token budget or a cancelled client
                     break
-        if row.finish is None:
-            row.finish = "length" if finish == "length" else "stop"
-            tracker.update(row, text, n_out, False)
-        return Completion(row.text, row.finish, n_prompt, n_out or row.tokens)
+        n_out = n_out or n_deltas
+        if row.finish is None:  # the upstream ended the answer: final update, flushing any held-back text
+            if finish == "length":
+                tracker.update(row, text, max(n_out, row.request.params.max_new_tokens), False)
+            else:
+                tracker.update(row, text, n_out, True)
+        return Completion(row.text, row.finish or "stop", n_prompt, n_out)
 
     def close(self) -> None:
         self.client.close()
