@@ -82,15 +82,17 @@ def test_batch_mixing_images_and_text_reuses_nothing_stale(gguf_model, xray):
     assert answers[0].raw == gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=10).raw
 
 
-def test_streaming_deltas_add_up(gguf_model, xray):
-    req = gguf_model.request(QUESTION, [str(xray)], max_new_tokens=16)
+@pytest.mark.parametrize("question,with_image", [(QUESTION, True), ("What is the most likely diagnosis?", False)])
+def test_streaming_deltas_add_up(gguf_model, xray, question, with_image):
+    # The second answer is mostly split byte-fallback characters (U+FFFD): held back, then flushed at the end.
+    req = gguf_model.request(question, [str(xray)] if with_image else [], max_new_tokens=16)
     pieces, final = [], None
     for item in gguf_model.backend.stream(req):
         if isinstance(item, str):
             pieces.append(item)
         else:
             final = item
-    assert final is not None and len(pieces) >= 2
+    assert final is not None and len(pieces) >= 1
     assert "".join(pieces) == final.text
 
 
