@@ -65,6 +65,7 @@ def test_jsonl_rows_and_chat_messages(tmp_path):
     ex = ds.train[0]
     assert ds.kind == "chat" and ex.answer == "Clear lungs."
     assert [t.role for t in ex.turns] == ["system", "user"] and ex.turns[1].parts[1] == "Describe."
+    assert Path(ex.turns[1].parts[0].ref) == tmp_path / "x.png"  # an image part, not text
 
 
 def test_bad_rows_are_reported_with_line_numbers(tmp_path):

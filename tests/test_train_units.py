@@ -162,3 +162,36 @@ def test_memory_estimate_refuses_a_model_that_cannot_fit(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(small)) + small + b"\0" * 400)
     fit = check_fits(tmp_path, "cpu", "float32", "lora")
     assert fit["params"] == 100 and fit["free_gib"] > fit["estimated_gib"] > 0
+
+
+def test_chat_examples_and_base_model_prompts_train_on_the_answer_only(tiny_model_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    from medgemma_toolkit.prompts.presets import get_preset
+    from medgemma_toolkit.train.collator import IGNORE, SFTCollator
+    from medgemma_toolkit.train.data import ChatImage, Example, Turn
+
+    Image.new("RGB", (30, 20), "green").save(tmp_path / "g.png")
+    proc = AutoProcessor.from_pretrained(str(tiny_model_dir))
+    tok = proc.tokenizer
+    chat = Example("", "Clear lungs.", turns=(
+        Turn("system", ("Be brief.",)),
+        Turn("user", (ChatImage(str(tmp_path / "g.png")), "Describe.")),
+        Turn("assistant", ("An X-ray.",)),
+        Turn("user", ("Any effusion?",)),
+    ))
+    col = SFTCollator([chat], proc, tok, get_preset("medgemma-v1"), 64)
+    b = col([{"index": 0}])
+    text = tok.decode(b["input_ids"][0])
+    # The user's own order (image, then text), the earlier turns, and no preset system prompt added.
+    assert text.index("<start_of_image>") < text.index("Describe.") < text.index("An X-ray.") < text.index("Any effusion?")
+    assert "expert radiologist" not in text and "Be brief." in text
+    kept = [t for t in b["labels"][0].tolist() if t != IGNORE]
+    assert tok.decode(kept) == "Clear lungs.<end_of_turn>\n"  # earlier assistant turns are context, not targets
+    # Base (-pt) checkpoints: completion prompt, the answer after "Answer:", ended where the preset's stops cut.
+    base = SFTCollator([Example("Is there cardiomegaly?", "no")], proc, tok, get_preset("pretrained"), 64)
+    b = base([{"index": 0}])
+    kept = [t for t in b["labels"][0].tolist() if t != IGNORE]
+    assert tok.decode(kept) == " no\n\n"
+    # Tokenised with the tokenizer's own special tokens, as the backend does for completion prompts.
+    assert tok.decode(b["input_ids"][0]).removeprefix("<bos>").startswith("Question: Is there cardiomegaly?\nAnswer: no")

@@ -92,7 +92,7 @@ class SFTCollator:
             for t in ex.turns:
                 parts: list[Part] = []
                 for p in t.parts:
-                    parts.extend([TextPart(p)] if isinstance(p, str) else self._media(p, ex.origin))
+                    parts.extend([TextPart(p)] if isinstance(p, str) else self._media(p.ref, ex.origin))
                 messages.append(Message(t.role, parts))  # type: ignore[arg-type]
             return Prompt(messages=messages)
         media = [part for ref in ex.images for part in self._media(ref, ex.origin)]

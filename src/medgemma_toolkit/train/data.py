@@ -26,11 +26,18 @@ MAX_REPORTED = 5
 
 
 @dataclass(frozen=True)
+class ChatImage:
+    """An image inside a chat turn (wrapped, so a path is never mistaken for the turn's text)."""
+
+    ref: ImageRef
+
+
+@dataclass(frozen=True)
 class Turn:
-    """One chat turn; `parts` holds text strings and image references in the user's order."""
+    """One chat turn; `parts` holds text strings and images in the user's order."""
 
     role: str
-    parts: tuple[Union[str, ImageRef], ...]
+    parts: tuple[Union[str, ChatImage], ...]
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def _chat_example(messages: Any, base: Path, where: str) -> Example:
         if role not in ("system", "user", "assistant"):
             raise ValueError(f"unknown role {role!r}")
         content = m.get("content", "")
-        parts: list[Union[str, ImageRef]] = []
+        parts: list[Union[str, ChatImage]] = []
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
@@ -141,7 +148,7 @@ def _chat_example(messages: Any, base: Path, where: str) -> Example:
                     ref = c.get("image", c.get("path", c.get("url")))
                     if not isinstance(ref, str):
                         raise ValueError("image parts need a file path in 'image' or 'path'")
-                    parts.append(_resolve_image(ref, base))
+                    parts.append(ChatImage(_resolve_image(ref, base)))
                 else:
                     raise ValueError(f"unsupported content type {kind!r}")
         else:

@@ -54,7 +54,7 @@ def data_hash(examples: list[Example]) -> str:
         text = {"q": ex.question, "a": ex.answer, "s": ex.system,
                 "t": [[t.role, [p if isinstance(p, str) else "<img>" for p in t.parts]] for t in ex.turns]}
         h.update(json.dumps(text, sort_keys=True).encode())
-        for ref in list(ex.images) + [p for t in ex.turns for p in t.parts if not isinstance(p, str)]:
+        for ref in list(ex.images) + [p.ref for t in ex.turns for p in t.parts if not isinstance(p, str)]:
             _hash_ref(h, ref)
     return h.hexdigest()
 
