@@ -266,3 +266,39 @@ def test_eval_task_from_the_harness_scores_before_and_after(trainable_model, cla
         assert summary["generation"]["max_new_tokens"] == 4
     saved = json.loads((out / "report.json").read_text())
     assert saved["delta"] == pytest.approx(saved["after"]["value"] - saved["before"]["value"], abs=1e-4)
+
+
+def test_dicom_and_ct_series_rows_train_without_leaking_header_values(trainable_model, tmp_path):
+    """CSV rows pointing at a DICOM slice and a CT series folder go through the imaging layer (the series becomes
+    slices with "SLICE n" text parts); nothing the run writes carries a DICOM header value."""
+    from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, write_series
+    from medgemma_toolkit.train.sft import FinetuneSettings, run_finetune
+
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=4))
+    (tmp_path / "rows.csv").write_text(
+        "image,question,answer\n"
+        f"{files[0].relative_to(tmp_path)},What organ is shown?,liver\n"
+        "ct,Any acute findings?,no acute findings\n"
+    )
+    from transformers import AutoProcessor
+
+    from medgemma_toolkit.prompts.presets import get_preset
+    from medgemma_toolkit.train.collator import SFTCollator
+    from medgemma_toolkit.train.data import load_dataset
+
+    rows = load_dataset(tmp_path / "rows.csv", "vqa", val_fraction=0).train
+    proc = AutoProcessor.from_pretrained(str(trainable_model))
+    enc = SFTCollator(rows, proc, proc.tokenizer, get_preset("medgemma-1.5"), 64).encode(rows[1])
+    assert enc.pixel_values.shape[0] == 4 and "SLICE 4" in proc.tokenizer.decode(enc.input_ids)
+    out = tmp_path / "run"
+    r = run_finetune(FinetuneSettings(
+        model=str(trainable_model), data=str(tmp_path / "rows.csv"), out=str(out), task="vqa", recipe="cpu-small",
+        overrides={"max_steps": 2, "batch_size": 2}, val_fraction=0, device="cpu", quiet=True,
+    ))
+    assert r.steps == 2 and r.first_loss is not None
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".txt")]
+    assert written
+    for p in written:
+        text = p.read_text(errors="ignore")
+        for value in FAKE_PHI.values():
+            assert str(value) not in text, (p.name, value)
