@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--model", default="demo", help="demo, a checkpoint directory, a .gguf, or 'tiny' (random 4-layer, 256-wide MedGemma-architecture text model)")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2, help="alternate runner and pipeline over this many item chunks")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="transformers", help="the baseline needs a transformers model")
     args = ap.parse_args()
@@ -60,55 +61,63 @@ def main() -> None:
         model = str(build_tiny_medgemma(work / "tiny", text_only=True, hidden_size=256, layers=4))
     data = work / "items.jsonl"
     make_items(data, args.items)
+    rows = data.read_text().splitlines()
+    per_round = -(-len(rows) // args.rounds)
+    chunks = [rows[k : k + per_round] for k in range(0, len(rows), per_round)]
 
     t0 = time.perf_counter()
     mg = MedGemma.load(model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
     print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
-
-    # -- ours: the full runner (records, parsing, summary, report) -------------------------------------------------
-    t0 = time.perf_counter()
-    summary = run_eval(mg, EvalOptions(task="medqa", data=str(data), out=work / "run", batch_size=args.batch_size,
-                                       max_new_tokens=args.max_new_tokens, use_cache=False, progress=False, n_boot=1000))
-    ours_wall = time.perf_counter() - t0
-    ours_gen = summary["timing"]["generate_seconds"]
-    recs = [json.loads(x) for x in (work / "run" / "records.jsonl").read_text().splitlines()]
-    ours_tokens = sum(r["completion_tokens"] for r in recs)
-
-    # -- baseline: a transformers pipeline, one call per item, same prompts --------------------------------------------
     from transformers import pipeline
 
-    be = mg.backend
+    from medgemma_toolkit.eval.items import format_options
     from medgemma_toolkit.eval.runner import eval_preset_name
+    from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset
 
-    mg.preset = get_preset(eval_preset_name(mg))  # the prompts the runner built
+    be = mg.backend
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
-    texts = []
-    for line in data.read_text().splitlines():
-        row = json.loads(line)
-        from medgemma_toolkit.eval.items import format_options
-        from medgemma_toolkit.eval.spec import get_task
+    eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
+    ours_wall = ours_gen = base_wall = 0.0
+    ours_tokens = base_tokens = 0
+    # Rounds alternate between the two sides, so a change in the (shared) machine's load hits both alike.
+    for k, chunk in enumerate(chunks):
+        part = work / f"items{k}.jsonl"
+        part.write_text("\n".join(chunk) + "\n")
+        # -- ours: the full runner (reading, batches, parsing, flushed records, summary with CIs, report) -----
+        t0 = time.perf_counter()
+        summary = run_eval(mg, EvalOptions(task="medqa", data=str(part), out=work / f"run{k}", batch_size=args.batch_size,
+                                           max_new_tokens=args.max_new_tokens, use_cache=False, progress=False))
+        ours_wall += time.perf_counter() - t0
+        ours_gen += summary["timing"]["generate_seconds"]
+        recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
+        ours_tokens += sum(r["completion_tokens"] for r in recs)
 
-        prompt_text = get_task("medqa").prompt.format(question=row["question"], options=format_options(row["options"]),
-                                                      condition="").strip()
-        texts.append(be.render(mg.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
-    t0 = time.perf_counter()
-    base_tokens = 0
-    add_special = mg.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
-    # The same stop strings as the runner's preset (base models stop at a blank line), so both do the same work.
-    stop = {"stop_strings": list(mg.preset.stop), "tokenizer": be.tokenizer} if mg.preset.stop else {}
-    for text in texts:
-        out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
-                   add_special_tokens=add_special, **stop)
-        n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
-        base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
-    base_wall = time.perf_counter() - t0
+        # -- baseline: a transformers pipeline, one call per item, the same rendered prompts ------------------
+        user_preset, mg.preset = mg.preset, eval_preset
+        texts = []
+        for line in chunk:
+            row = json.loads(line)
+            prompt_text = get_task("medqa").prompt.format(question=row["question"], options=format_options(row["options"]),
+                                                          condition="").strip()
+            texts.append(be.render(mg.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
+        add_special = mg.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
+        stop = {"stop_strings": list(eval_preset.stop), "tokenizer": be.tokenizer} if eval_preset.stop else {}
+        mg.preset = user_preset
+        t0 = time.perf_counter()
+        for text in texts:
+            out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
+                       add_special_tokens=add_special, **stop)
+            n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+            base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
+        base_wall += time.perf_counter() - t0
+        print(f"round {k + 1}/{len(chunks)}: runner {ours_wall:.1f} s, pipeline {base_wall:.1f} s so far", file=sys.stderr)
 
     n = args.items
     result = {
         "model": mg.backend.info.name, "device": mg.backend.info.extra.get("device"), "items": n,
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "rounds": len(chunks),
         "runner_items_per_s": round(n / ours_wall, 3), "runner_generate_only_items_per_s": round(n / ours_gen, 3),
         "pipeline_items_per_s": round(n / base_wall, 3), "runner_tokens": ours_tokens, "pipeline_tokens": base_tokens,
         "speedup": round(base_wall / ours_wall, 2),
