@@ -174,7 +174,7 @@ def test_compare_two_runs(scripted, tmp_path, capsys):
 
 
 def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path, capsys):
-    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "16",
+    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "32",
             "--batch-size", "1", "--no-cache", "--bootstrap", "200"]
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
