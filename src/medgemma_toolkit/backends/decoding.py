@@ -55,14 +55,13 @@ class RowTracker:
             return
         upto = len(row.text) if final or limit is None else min(len(row.text), limit)
         if not final:
-            # Hold back a possible beginning of a stop string, and everything from the first replacement char on:
-            # byte-fallback tokens of a split UTF-8 character decode as U+FFFD until the character completes, and
-            # text once streamed cannot be recalled.
+            # Hold back a possible beginning of a stop string, and trailing replacement chars: a UTF-8 character
+            # split across tokens decodes as U+FFFD until it completes, and text once streamed cannot be recalled.
+            # (Engines whose earlier text can change, like byte-fallback runs, pass `stable_chars` as well.)
             hold = max((_partial_suffix(row.text, s) for s in row.request.params.stop), default=0)
             upto -= hold
-            bad = row.text.find("\ufffd", row.emitted, upto)
-            if bad >= 0:
-                upto = bad
+            while upto > row.emitted and row.text[upto - 1] == "\ufffd":
+                upto -= 1
         if upto > row.emitted:
             self.on_delta(row.index, row.text[row.emitted : upto])
             row.emitted = upto
