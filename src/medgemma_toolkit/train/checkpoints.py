@@ -88,6 +88,25 @@ def discard_incomplete(root: Path) -> list[str]:
     return removed
 
 
+def resume_point(root: Path, resume: bool) -> tuple[Path | None, int]:
+    """Clear half-written saves, then the checkpoint to resume from (None unless `resume`) and its step (0 if none)."""
+    discard_incomplete(root)
+    resume_from = latest_checkpoint(root) if resume else None
+    return resume_from, int(resume_from.name.split("-")[1]) if resume_from else 0
+
+
+def train_or_reuse(trainer: Any, resume_from: Path | None, step: int, max_steps: int) -> int:
+    """Train (from `resume_from` if given) and return the final step. A checkpoint that already reached
+    `max_steps` is loaded instead: resuming a finished run must not train one more step."""
+    if resume_from is not None and 0 < max_steps <= step:
+        from .model import load_adapter_weights
+
+        load_adapter_weights(trainer.model, resume_from)
+        return step
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return int(trainer.state.global_step)
+
+
 def publish(staged: Path, root: Path, step: int, keep: int) -> Path:
     """Make a fully written checkpoint folder visible under `root` as checkpoint-STEP, then rotate old ones."""
     fsync_tree(staged)

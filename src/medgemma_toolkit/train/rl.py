@@ -134,7 +134,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_adapter_weights, load_for_training, trainable_summary
+    from .model import add_lora, load_for_training, trainable_summary
 
     run = Path(s.out).expanduser()
     prov = read_provenance(run) if run.exists() else None
@@ -193,17 +193,10 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)
     ckpt_root = run / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
-    ck.discard_incomplete(ckpt_root)
-    resume_from = ck.latest_checkpoint(ckpt_root) if s.resume else None
-    step0 = int(resume_from.name.split("-")[1]) if resume_from else 0
+    resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
     truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), resumed_from_step=step0 or None)
-    if resume_from is not None and 0 < s.max_steps <= step0:
-        load_adapter_weights(trainer.model, resume_from)  # finished already; TRL's GRPO would train one more step
-        steps = step0
-    else:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        steps = int(trainer.state.global_step)
+    steps = ck.train_or_reuse(trainer, resume_from, step0, s.max_steps)
     from .sft import _save_adapter
 
     adapter = run / "adapter"

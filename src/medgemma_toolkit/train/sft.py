@@ -171,7 +171,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_adapter_weights, load_for_training, trainable_summary
+    from .model import add_lora, load_for_training, trainable_summary
 
     check_choice(settings.task, TASKS, "--task")
     check_choice(settings.method, METHODS, "--method")
@@ -238,18 +238,12 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
 
     trainer.remove_callback(PrinterCallback)  # our logger and progress bar replace the dict printing
     trainer.keep_checkpoints = recipe.keep_checkpoints
-    ck.discard_incomplete(ckpt_root)
-    resume_from = ck.latest_checkpoint(ckpt_root) if s.resume else None
-    resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    truncate_log(run / LOG_NAME, resumed_step or 0)
+    resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
+    resumed_step = step0 or None
+    truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), preset=f"{preset.name}@{preset.version}",
                      resumed_from_step=resumed_step)
-    if resume_from is not None and 0 < recipe.max_steps <= (resumed_step or 0):
-        load_adapter_weights(trainer.model, resume_from)  # finished already; training again would add a step
-        steps = int(resumed_step or 0)
-    else:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        steps = int(trainer.state.global_step)
+    steps = ck.train_or_reuse(trainer, resume_from, step0, recipe.max_steps)
     adapter_dir = run / "adapter"
     _save_adapter(trainer.model, processor, tokenizer, adapter_dir)
     rows = read_log(run / LOG_NAME)
