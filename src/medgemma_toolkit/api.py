@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,11 +21,9 @@ from .imaging import DEFAULT_IMAGE_SIZE, ImageOptions, load_parts, to_model_imag
 from .models.demo import DEMO_NOTICE
 from .models.load import load_backend
 from .models.resolve import ResolvedModel
-from .prompts.messages import ImagePart, Message, Part, Prompt, TextPart
+from .prompts.messages import ImagePart, Message, Part, TextPart
 from .prompts.presets import PromptPreset, get_preset
 from .prompts.thinking import StreamSplitter, split_thought
-
-ImageLike = "str | os.PathLike[str] | Image.Image | Part"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailable, BadInput, CapabilityError
+from ..errors import BadInput, CapabilityError
 from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
 from .decoding import RowState, RowTracker

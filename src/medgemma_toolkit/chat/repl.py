@@ -72,7 +72,5 @@ def run_repl(mg: Any, system: str | None = None, think: bool = False, max_new_to
         print(answer.text if not live else "", file=out)
         # History keeps the user's full turn (with images) and the answer only, never the thought.
         history = list(req.prompt.messages)
-        if history and history[0].role == "system":
-            pass
         history.append(Message("assistant", [TextPart(answer.text)]))
         pending = []

@@ -63,7 +63,7 @@ def dicom_frame(ds, name: str, options: ImageOptions) -> np.ndarray:
 
 def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
     """Apply the grayscale pipeline to one frame and return an RGB image."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     arr = dicom_frame(ds, name, options)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
