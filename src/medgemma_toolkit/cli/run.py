@@ -204,17 +204,16 @@ def _model_image_size(model: str | None) -> int | None:
     r = resolve_model(model)
     if r.variant is not None and r.variant.image_size:
         return r.variant.image_size
-    cfg = r.path / "processor_config.json" if r.path.is_dir() else None
-    if cfg is not None and cfg.is_file():
-        data = json.loads(cfg.read_text())
-        size = (data.get("image_processor") or data).get("size") or {}
-        if "height" in size:
-            return int(size["height"])
-    pre = r.path / "preprocessor_config.json" if r.path.is_dir() else None
-    if pre is not None and pre.is_file():
-        size = json.loads(pre.read_text()).get("size") or {}
-        if "height" in size:
-            return int(size["height"])
+    if not r.path.is_dir():
+        return None
+    # transformers 5 writes processor_config.json (image processor nested); older checkpoints preprocessor_config.json
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        cfg = r.path / name
+        if cfg.is_file():
+            data = json.loads(cfg.read_text())
+            size = (data.get("image_processor") or data).get("size") or {}
+            if "height" in size:
+                return int(size["height"])
     return None
 
 
