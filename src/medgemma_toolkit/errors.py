@@ -49,3 +49,9 @@ class BackendUnavailable(MedGemmaError):
 
 class CapabilityError(BadInput):
     """The model cannot do what was asked (e.g. an image sent to a text-only model)."""
+
+
+class DeviceOutOfMemory(BackendUnavailable):
+    """The accelerator ran out of memory for this work; smaller batches (or a later retry) may fit."""
+
+    code = "out_of_memory"

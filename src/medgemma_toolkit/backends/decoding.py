@@ -5,7 +5,8 @@ Kept apart from any engine so every backend applies stop strings and streaming t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .base import DeltaCallback, FinishReason, GenerationRequest
 from .gemma_format import strip_control
@@ -49,6 +50,12 @@ class RowTracker:
         limit = len(text) if stable_chars is None else len(strip_control(raw_text[:stable_chars]))
         self._emit(row, final=row.finish is not None, limit=limit)
 
+    def close(self, row: RowState, reason: FinishReason) -> None:
+        """Finish a row the engine stopped on its own; everything held back is sent."""
+        if row.finish is None:
+            row.finish = reason
+            self._emit(row, final=True)
+
     def _emit(self, row: RowState, final: bool, limit: int | None = None) -> None:
         if self.on_delta is None:
             row.emitted = len(row.text)
@@ -72,3 +79,37 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-n:]):
             return n
     return 0
+
+
+@dataclass
+class IncrementalDetokenizer:
+    """The text of a growing token list, decoding only the newest tokens at each step.
+
+    A full re-decode per step costs O(length) per row, so a batch of 32 x 512 tokens spends more host time per
+    step than a GPU spends decoding. This keeps two offsets (as TGI and vLLM do): tokens from `prefix` to `read`
+    were decoded already and are decoded again with the new ones, so merges and spacing come out as in a full
+    decode; text is committed only when it grows and does not end in U+FFFD (an unfinished UTF-8 character from
+    byte-fallback tokens), so committed text never changes later. A run of byte-fallback tokens ("<0xE2>") decodes
+    as a group, all of it U+FFFD if any byte is invalid, so nothing is committed while the newest token is one."""
+
+    decode: Callable[[list[int]], str]
+    byte_ids: frozenset[int] = frozenset()
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # committed text: what a full decode of ids[:read] gives
+    prefix: int = 0
+    read: int = 0
+    _prefix_text: str = ""
+
+    def push(self, token: int) -> str:
+        """Append one token; return the newly committed text ("" while it is held back)."""
+        self.ids.append(token)
+        if token in self.byte_ids:
+            return ""
+        new_text = self.decode(self.ids[self.prefix :])
+        if len(new_text) <= len(self._prefix_text) or new_text.endswith("\ufffd"):
+            return ""
+        delta = new_text[len(self._prefix_text) :]
+        self.text += delta
+        self.prefix, self.read = self.read, len(self.ids)
+        self._prefix_text = self.decode(self.ids[self.prefix : self.read])
+        return delta

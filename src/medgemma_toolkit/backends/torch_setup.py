@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import BackendUnavailable, BadInput
+from .placement import bf16_note, cuda_index
+
+log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -38,15 +42,27 @@ def pick_device_dtype(device: str, dtype: str):
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in table:
         raise BadInput(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    if device.startswith("cuda") and dtype == "bfloat16":
+        idx = cuda_index(device) or 0
+        if idx < torch.cuda.device_count():
+            note = bf16_note(torch.cuda.get_device_capability(idx), torch.cuda.get_device_name(idx))
+            if note:
+                log.warning(note)
     return torch.device(device), table[dtype]
+
+
+def check_quantize(quantize: str) -> str:
+    if quantize in ("none", "", None):
+        return "none"
+    if quantize not in ("4bit", "8bit"):
+        raise BadInput(f"--quantize must be none, 8bit or 4bit; got {quantize!r}")
+    return quantize
 
 
 def quantization_config(quantize: str, device) -> Any:
     """bitsandbytes 4-bit NF4 (double quant, bf16 compute) or 8-bit; CUDA only."""
-    if quantize in ("none", "", None):
+    if check_quantize(quantize) == "none":
         return None
-    if quantize not in ("4bit", "8bit"):
-        raise BadInput(f"--quantize must be none, 8bit or 4bit; got {quantize!r}")
     if device.type != "cuda":
         raise BackendUnavailable(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this run is on {device.type}")
     try:

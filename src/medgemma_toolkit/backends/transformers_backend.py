@@ -12,9 +12,11 @@ from typing import Any
 from ..errors import BadInput, CapabilityError
 from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
-from .decoding import RowState, RowTracker
+from .decoding import IncrementalDetokenizer, RowState, RowTracker
 from .gemma_format import render_gemma_chat
-from .torch_setup import LoadOptions, pick_device_dtype, quantization_config
+from .memory import call_or_oom
+from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
+from .torch_setup import LoadOptions, check_quantize, pick_device_dtype, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,19 @@ class TransformersBackend(Backend):
         else:
             load_dir = str(self.path)
         self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype)
+        quantize = check_quantize(self.options.quantize)
+        dtype_name = str(self.dtype).replace("torch.", "")
+        weights = None if gguf_file else model_bytes(checkpoint_params(self.path), dtype_name, quantize)
+        gpus = visible_gpus() if self.device.type == "cuda" else []
+        self.placement = inference_placement(str(self.device), quantize, gpus, weights)
+        if self.placement.note:
+            log.warning(self.placement.note)
         kwargs: dict[str, Any] = {"dtype": self.dtype}
-        quant = quantization_config(self.options.quantize, self.device)
+        quant = quantization_config(quantize, self.device)
         if quant is not None:
             kwargs["quantization_config"] = quant
-            kwargs["device_map"] = "auto"
+        if self.placement.device_map is not None:  # straight onto the GPU(s): no host copy, never moved again
+            kwargs["device_map"] = self.placement.device_map
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         config = AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(load_dir)
@@ -65,9 +75,11 @@ class TransformersBackend(Backend):
                 template = self.tokenizer.chat_template
         except (OSError, ValueError, KeyError) as e:
             raise BadInput(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        if quant is None:
-            self.model.to(self.device)
+        if self.placement.move_to is not None:
+            self.model.to(self.placement.move_to)
         self.model.eval()
+        # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
+        self.input_device = self.model.get_input_embeddings().weight.device
         self.tokenizer.padding_side = "left"
         self.template = template
         self.stop_ids = self._stop_token_ids()
@@ -87,7 +99,9 @@ class TransformersBackend(Backend):
             thinking=bool(info_hint.get("thinking", False)),
             default_preset=str(info_hint.get("default_preset") or ("medgemma-v1" if template else "pretrained")),
             backend="transformers",
-            extra={"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")},
+            extra={"device": str(self.input_device), "dtype": dtype_name,
+                   **({"quantize": quantize} if quantize != "none" else {}),
+                   **({"device_map": "auto"} if self.placement.device_map == "auto" else {})},
         )
 
     def _stop_token_ids(self) -> list[int]:
@@ -151,7 +165,10 @@ class TransformersBackend(Backend):
             idx = list(group)
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start : start + self.max_batch_size]
-                for i, c in zip(chunk, self._generate_batch([RowState(i, requests[i]) for i in chunk], on_delta)):
+                rows = [RowState(i, requests[i]) for i in chunk]
+                done = call_or_oom(lambda: self._generate_batch(rows, on_delta),
+                                   f"out of memory on {self.input_device} generating for {len(rows)} requests")
+                for i, c in zip(chunk, done):
                     results[i] = c
         return [r for r in results if r is not None]
 
@@ -159,7 +176,7 @@ class TransformersBackend(Backend):
         torch = self.torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-        inputs = self._encode([r.request.prompt for r in rows]).to(self.model.device)
+        inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         prompt_len = inputs["input_ids"].shape[1]
@@ -167,29 +184,43 @@ class TransformersBackend(Backend):
         params = rows[0].request.params
         tracker = RowTracker(rows, on_delta)
         stop_ids = set(self.stop_ids)
-        byte_ids = self.byte_token_ids
 
         def decode(ids: list[int]) -> str:
             return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-        def update(row: RowState, seq: list[int]) -> None:
-            cut = next((k for k, t in enumerate(seq) if t in stop_ids), None)
-            ids = seq if cut is None else seq[:cut]
-            k = len(ids)
-            while k > 0 and ids[k - 1] in byte_ids:
-                k -= 1
-            text = decode(ids)
-            stable = len(decode(ids[:k])) if k < len(ids) else None
-            tracker.update(row, text, len(ids), cut is not None, stable)
+        # Text is needed while decoding only to stream it or to look for stop strings; otherwise once at the end.
+        need_text = on_delta is not None or any(r.request.params.stop for r in rows)
+        dets = [IncrementalDetokenizer(decode, self.byte_token_ids) for _ in rows]
+
+        def step(i: int, token: int) -> None:
+            """One new token for row i: stop tokens, per-row limits, stop strings, cancellation, deltas."""
+            row, det = rows[i], dets[i]
+            if token in stop_ids:
+                tracker.update(row, decode(det.ids), len(det.ids), True)
+                return
+            if need_text:
+                det.push(token)
+            else:
+                det.ids.append(token)
+            n = len(det.ids)
+            cancelled = row.request.cancelled is not None and row.request.cancelled()
+            final = n >= row.request.params.max_new_tokens or (cancelled and not need_text)
+            tracker.update(row, decode(det.ids) if final else det.text, n, False)
+
+        done = [False] * len(rows)
+        flags: list[Any] = [None]  # the bool tensor handed back to generate, rebuilt only when a row finishes
 
         class Track(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                done = []
-                for row, seq in zip(rows, input_ids[:, prompt_len:].tolist()):
-                    if row.finish is None:
-                        update(row, seq)
-                    done.append(row.finish is not None)
-                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+                # One small host copy per step (the newest token of each row), not the whole sequence.
+                for i, token in enumerate(input_ids[:, -1].tolist()):
+                    if rows[i].finish is None:
+                        step(i, token)
+                now = [r.finish is not None for r in rows]
+                if flags[0] is None or now != done:
+                    done[:] = now
+                    flags[0] = torch.tensor(now, dtype=torch.bool, device=input_ids.device)
+                return flags[0]
 
         gen = GenerationConfig(
             max_new_tokens=max(r.request.params.max_new_tokens for r in rows),
@@ -209,45 +240,61 @@ class TransformersBackend(Backend):
             out = self.model.generate(
                 **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()])
             )
-        # Rows that never reached the criteria's last call (e.g. max_new_tokens hit on the final step).
-        for row, seq in zip(rows, out[:, prompt_len:].tolist()):
-            if row.finish is None:
-                update(row, seq)
+        # Tokens the criteria did not see (none with current transformers, which calls it every step).
+        for i, (row, seq) in enumerate(zip(rows, out[:, prompt_len:].tolist())):
+            for token in seq[len(dets[i].ids) :]:
                 if row.finish is None:
-                    row.finish = "length"
-                    tracker.update(row, row.text, row.tokens, False)
+                    step(i, token)
+            if row.finish is None:
+                tracker.update(row, decode(dets[i].ids), len(dets[i].ids), False)
+            if row.finish is None:
+                tracker.close(row, "length")
         return [
             Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)
         ]
 
-    def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]]) -> list[float]:
-        """Sum of log-probabilities of each continuation given its prompt, one forward pass per batch.
+    def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
+        """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).
 
-        For log-likelihood multiple choice (lm-eval's way of scoring MCQ), kept apart from `generate`. Left padding
-        puts every continuation at the end of its row, so its tokens are the last k positions.
-        """
-        torch = self.torch
-        scores: list[float] = []
-        for start in range(0, len(pairs), self.max_batch_size):
-            chunk = list(pairs[start : start + self.max_batch_size])
-            prompts = [p for p, _ in chunk]
-            conts = [c for _, c in chunk]
-            lengths = []
-            for p, c in chunk:
-                text = self.render(p)
-                n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                n_full = len(self.tokenizer(text + c, add_special_tokens=False)["input_ids"])
-                lengths.append(max(1, n_full - n_prompt))
-            inputs = self._encode(prompts, conts).to(self.model.device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = inputs["input_ids"][:, 1:]
-            token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            scores.extend(float(token_lp[i, -k:].sum()) for i, k in enumerate(lengths))
+        `batch_size` pairs per forward pass (default `max_batch_size`), longest first so batches pad little.
+        Left padding puts every continuation at the end of its row, so only the last k+1 positions' logits are
+        needed: `logits_to_keep` spares the full-vocabulary logits of every prompt position (262k x tokens x
+        pairs: ~38 GB at 32 pairs of ~450 tokens in fp32)."""
+        size = max(1, batch_size or self.max_batch_size)
+        texts = [self.render(p) for p, _ in pairs]
+        full_len: list[int] = []
+        cont_len: list[int] = []
+        for text, (_, c) in zip(texts, pairs):
+            n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            n_full = len(self.tokenizer(text + c, add_special_tokens=False)["input_ids"])
+            full_len.append(n_full)
+            cont_len.append(max(1, n_full - n_prompt))
+        order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][0].all_images()), -full_len[i], i))
+        scores: list[float] = [0.0] * len(pairs)
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            chunk = [pairs[i] for i in idx]
+            ks = [cont_len[i] for i in idx]
+            sums = call_or_oom(lambda: self._score_continuations(chunk, ks),
+                               f"out of memory on {self.input_device} scoring {len(chunk)} continuations")
+            for i, v in zip(idx, sums):
+                scores[i] = v
         return scores
+
+    def _score_continuations(self, chunk: list[tuple[Prompt, str]], ks: list[int]) -> list[float]:
+        torch = self.torch
+        inputs = self._encode([p for p, _ in chunk], [c for _, c in chunk]).to(self.input_device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        keep = min(max(ks) + 1, inputs["input_ids"].shape[1])
+        with torch.inference_mode():
+            logits = self.model(**inputs, logits_to_keep=keep).logits  # (batch, keep, vocab)
+            # Position j predicts token j+1: the kept logits but the last predict the last keep-1 tokens.
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            target = inputs["input_ids"][:, inputs["input_ids"].shape[1] - keep + 1 :]
+            token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            sums = torch.stack([token_lp[i, -k:].sum() for i, k in enumerate(ks)])
+        return [float(x) for x in sums.tolist()]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -2,7 +2,8 @@
 
 Pending work is sorted by length (images first, then prompt length) so each batch pads little; requests (and their
 images) are built one batch at a time so memory stays flat on long runs; every finished batch is handed to
-`on_batch` at once, which appends and flushes it. On a CUDA out-of-memory error the batch is halved and retried.
+`on_batch` at once, which appends and flushes it. On an out-of-memory error the batch is halved
+and retried (down to one request; an out-of-memory error at one request is the user's to see).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..backends.base import Completion, GenerationRequest
+from ..backends.memory import is_oom, release_memory
 from ..errors import BadInput
 
 J = TypeVar("J")
@@ -31,10 +33,6 @@ def auto_batch_size(backend: Any) -> int:
     """8 on CPU (more only adds padding work on 2-4 cores); 32 on a GPU, halved on out-of-memory."""
     device = str(getattr(backend, "info", None) and backend.info.extra.get("device", "cpu"))
     return 32 if device.startswith("cuda") else 8
-
-
-def _is_oom(e: BaseException) -> bool:
-    return "out of memory" in str(e).lower() and type(e).__name__ in ("OutOfMemoryError", "RuntimeError")
 
 
 def run_batches(
@@ -63,15 +61,14 @@ def run_batches(
             except BadInput as e:
                 failed.append(Outcome(job, None, str(e), 0.0))
         t0 = time.perf_counter()
-        try:
-            completions = backend.generate([r for _, r in ready]) if ready else []
-        except Exception as e:
-            if _is_oom(e) and size > 1:
-                size //= 2
-                _free_cuda()
-                print(f"note: out of memory; batch size lowered to {size}", file=sys.stderr)
-                continue
-            raise
+        completions = _generate_or_none(backend, [r for _, r in ready]) if size > 1 else (
+            backend.generate([r for _, r in ready]) if ready else [])
+        if completions is None:  # out of memory, and the failed batch's tensors are unreachable by now
+            ready.clear()
+            release_memory()
+            size //= 2
+            print(f"note: out of memory; batch size lowered to {size}", file=sys.stderr)
+            continue
         secs = time.perf_counter() - t0
         total += secs
         share = secs / max(1, len(ready))
@@ -83,13 +80,18 @@ def run_batches(
     return total
 
 
-def _free_cuda() -> None:
+def _generate_or_none(backend: Any, requests: list[GenerationRequest]) -> list[Completion] | None:
+    """The batch's completions, or None on out-of-memory. The memory is released by the caller, outside this
+    function: freeing it inside the `except` block would free nothing, the exception's traceback still holding
+    the failed forward pass's frames and tensors."""
+    if not requests:
+        return []
     try:
-        import torch
-
-        torch.cuda.empty_cache()
-    except Exception:
-        pass
+        return backend.generate(requests)
+    except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
+        if not is_oom(e):
+            raise
+    return None
 
 
 class _Progress:

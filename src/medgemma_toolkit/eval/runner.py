@@ -241,7 +241,8 @@ class _LoglikAdapter:
             spans.append((len(pairs), letters))
             # After "Answer:" the letter follows a space; at the start of a model turn it stands alone.
             pairs.extend((r.prompt, f" {x}" if r.prompt.is_completion else x) for x in letters)
-        scores = self.backend.loglikelihood(pairs)
+        # The run's batch size counts forward-pass rows (pairs), so halving it after out-of-memory really shrinks them.
+        scores = self.backend.loglikelihood(pairs, batch_size=len(requests))
         out = []
         for start, letters in spans:
             s = scores[start : start + len(letters)]

@@ -5,6 +5,8 @@ takes the first, gathers those already waiting (and, for at most `window_s`, tho
 `expect()`, or any that come while the previous batch had several requests), and runs them as one batch. A lone
 client therefore never waits for the window, which keeps its latency close to a direct call. Deltas and results travel back to each request's event loop as
 `(kind, value)` events. Cancellation (client gone, timeout) is polled by the backend between decoding steps.
+Out of accelerator memory is an expected outcome: the batch is retried in halves, and a row that cannot be retried
+gets a 503 with Retry-After, never a 500 for the whole batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.base import Backend, Completion, GenerationRequest
+from ..backends.memory import is_oom, release_memory
+from .errors import APIError
 
 log = logging.getLogger("medgemma_toolkit.serve")
 
@@ -33,6 +37,7 @@ class Job:
     started_at: float | None = None
     batch_size: int = 0
     stream: bool = True  # False: only the final result is wanted, so no per-token events cross threads
+    streamed: bool = False  # text already went out for it: an out-of-memory retry could not restart it
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -152,19 +157,7 @@ class Batcher:
         for j in jobs:
             j.started_at, j.batch_size = t0, len(jobs)
         self._running = len(jobs)
-
-        def on_delta(i: int, text: str) -> None:
-            if jobs[i].stream:
-                jobs[i].post("delta", text)
-
-        results: list[Completion] | None = None
-        error: BaseException | None = None
-        try:
-            streaming = any(j.stream for j in jobs)
-            results = self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None)
-        except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
-            log.error("batch of %d failed: %s", len(jobs), type(e).__name__)
-            error = e
+        outcomes = self._attempt(jobs)
         # Book-keeping first, so that whoever receives a result sees the batch already counted.
         self._running = 0
         self._last_batch_size = len(jobs)
@@ -172,8 +165,50 @@ class Batcher:
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
         if self.on_batch is not None:
             self.on_batch(len(jobs), secs)
-        for i, j in enumerate(jobs):
-            if results is not None:
-                j.post("done", results[i])
-            else:
-                j.post("error", error)
+        for j, (kind, value) in zip(jobs, outcomes):
+            j.post(kind, value)
+
+    def _attempt(self, jobs: list[Job]) -> list[tuple[str, object]]:
+        """("done", Completion) or ("error", exception) per job. Out of memory is an expected outcome: the failed
+        batch's tensors are released, the cache emptied, and its rows retried in halves; a row that fails alone,
+        or whose stream already sent text (it cannot restart), gets a 503 with Retry-After."""
+        results, error = self._generate(jobs)
+        if results is not None:
+            return [("done", c) for c in results]
+        if error is not None:
+            return [("error", error)] * len(jobs)
+        release_memory()  # after `_generate` returned: nothing references the failed forward pass any more
+        log.warning("out of memory in a batch of %d; retrying in smaller batches", len(jobs))
+        out: dict[int, tuple[str, object]] = {}
+        retry = [j for j in jobs if not j.streamed] if len(jobs) > 1 else []
+        for j in jobs:
+            if j not in retry:
+                out[id(j)] = ("error", self._oom_error())
+        halves = [retry[: len(retry) // 2], retry[len(retry) // 2 :]] if len(retry) > 1 else [retry]
+        for part in halves:
+            if part:
+                for j, o in zip(part, self._attempt(part)):
+                    out[id(j)] = o
+        return [out[id(j)] for j in jobs]
+
+    def _generate(self, jobs: list[Job]) -> tuple[list[Completion] | None, BaseException | None]:
+        """(results, None), (None, error), or (None, None) for out of memory, whose exception is dropped here so
+        that the frames (and GPU tensors) of the failed forward pass become unreachable."""
+
+        def on_delta(i: int, text: str) -> None:
+            if jobs[i].stream:
+                jobs[i].streamed = True
+                jobs[i].post("delta", text)
+
+        try:
+            streaming = any(j.stream for j in jobs)
+            return self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None), None
+        except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
+            if is_oom(e):
+                return None, None
+            log.error("batch of %d failed: %s", len(jobs), type(e).__name__)
+            return None, e.with_traceback(None)
+
+    def _oom_error(self) -> APIError:
+        return APIError(503, "the model ran out of accelerator memory for this request; retry shortly",
+                        "out_of_memory", headers={"Retry-After": str(self.retry_after_s())})

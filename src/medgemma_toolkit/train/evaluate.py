@@ -83,23 +83,29 @@ def predict(backend: Any, preset: Any, examples: list[Example], batch_size: int 
     return out
 
 
-def load_backend(model_dir: Path, adapter_dir: Path | None, device: str) -> Any:
-    """The toolkit's transformers backend on the base checkpoint, with the adapter merged in memory if given."""
+def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method: str = "lora") -> Any:
+    """The toolkit's transformers backend on the base checkpoint the adapter was trained on, adapter applied.
+
+    LoRA: bf16 base, adapter merged in memory (plain weights, fastest). QLoRA: the same 4-bit NF4 base the adapter
+    was trained against, adapter kept unmerged (merging into 4-bit weights would re-quantise them, and the bf16
+    base is what QLoRA was chosen not to load)."""
     from ..backends.torch_setup import LoadOptions
     from ..backends.transformers_backend import TransformersBackend
 
-    be = TransformersBackend(model_dir, {"name": str(model_dir)}, LoadOptions(device=device))
+    quantize = "4bit" if method == "qlora" else "none"
+    be = TransformersBackend(model_dir, {"name": str(model_dir)}, LoadOptions(device=device, quantize=quantize))
     if adapter_dir is not None:
         from peft import PeftModel
 
-        be.model = PeftModel.from_pretrained(be.model, str(adapter_dir)).merge_and_unload()
+        peft_model = PeftModel.from_pretrained(be.model, str(adapter_dir))
+        be.model = peft_model if method == "qlora" else peft_model.merge_and_unload()
         be.model.eval()
     return be
 
 
 def evaluate(model_dir: Path, adapter_dir: Path | None, preset: Any, examples: list[Example], metric: str,
-             device: str) -> dict[str, Any]:
-    be = load_backend(model_dir, adapter_dir, device)
+             device: str, method: str = "lora") -> dict[str, Any]:
+    be = load_backend(model_dir, adapter_dir, device, method)
     try:
         preds = predict(be, preset, examples)
     finally:
@@ -117,7 +123,7 @@ def harness_task_exists(task: str) -> None:
 
 
 def evaluate_with_harness(task: str, data: str | None, model_dir: Path, adapter_dir: Path | None, device: str,
-                          out: Path, max_new_tokens: int | None = None) -> dict[str, Any]:
+                          out: Path, max_new_tokens: int | None = None, method: str = "lora") -> dict[str, Any]:
     """Run the evaluation harness's task (MedGemma's protocol) and return its primary metric with the 95% CI.
 
     The result cache is off: base and adapted model share a checkpoint path, so cached base answers would
@@ -125,7 +131,7 @@ def evaluate_with_harness(task: str, data: str | None, model_dir: Path, adapter_
     from ..api import MedGemma
     from ..eval.runner import EvalOptions, run_eval
 
-    be = load_backend(model_dir, adapter_dir, device)
+    be = load_backend(model_dir, adapter_dir, device, method)
     try:
         summary = run_eval(MedGemma(be), EvalOptions(task=task, data=data, out=out, use_cache=False, progress=False,
                                                           max_new_tokens=max_new_tokens))

@@ -3,32 +3,15 @@ of an out-of-memory crash minutes later."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..backends.placement import checkpoint_params
 from ..errors import BackendUnavailable
+
+__all__ = ["check_fits", "checkpoint_params", "estimate_bytes"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 1024**3
-
-
-def checkpoint_params(path: Path) -> int | None:
-    """Parameter count from the safetensors headers (no weights read)."""
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for k, v in header.items():
-            if k != "__metadata__":
-                count = 1
-                for s in v.get("shape", []):
-                    count *= int(s)
-                total += count
-    return total
 
 
 def estimate_bytes(params: int, dtype: str, method: str) -> int:

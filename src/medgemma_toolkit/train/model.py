@@ -1,4 +1,4 @@
-"""Load a checkpoint for training and wrap it with a LoRA adapter on the language model only."""
+"""Load a checkpoint for training (on one device) and wrap it with a LoRA adapter."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
         )
+    if device.startswith("cuda"):  # straight onto the one training GPU (see backends.placement): no host copy
         kwargs["device_map"] = {"": device}
     try:
         if is_multimodal(path):
@@ -57,9 +58,34 @@ def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple
             tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(f"{path}: cannot load checkpoint for training ({type(e).__name__})") from None
-    if method != "qlora":
+    if "device_map" not in kwargs:  # a quantised model must never be moved after loading
         model.to(device)
     return model, processor, tokenizer, image_size
+
+
+def one_device(args: Any) -> Any:
+    """Keep the HF Trainer on one GPU: with n_gpu > 1 it wraps the model in `nn.DataParallel`, whose scatter splits
+    the collator's packed `pixel_values` apart from their `input_ids`. Normally CUDA_VISIBLE_DEVICES already shows
+    one GPU (`placement.restrict_for_training`); this covers a process where CUDA started before that."""
+    if args.n_gpu > 1:
+        args._n_gpu = 1  # what the Trainer itself does for a model-parallel model
+    return args
+
+
+def oom_message(device: str, method: str, batch_size: int, grad_accum: int, max_length: int | None) -> str:
+    """What to change after an out-of-memory error in training, with the numbers of this run."""
+    effective = batch_size * grad_accum
+    parts = [f"out of memory on {device} while training (--method {method}, --batch-size {batch_size}, "
+             f"--grad-accum {grad_accum})"]
+    if batch_size > 1:
+        smaller = max(1, batch_size // 2)
+        parts.append(f"try --batch-size {smaller} --grad-accum {max(1, effective // smaller)} (same effective batch "
+                     f"of {effective})")
+    if max_length:
+        parts.append(f"a smaller --max-length than {max_length}")
+    if method == "lora":
+        parts.append("or --method qlora (4-bit base weights)")
+    return "; ".join(parts)
 
 
 def add_lora(model: Any, recipe: Recipe, method: str, gradient_checkpointing: bool) -> Any:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.memory import call_or_oom
+from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
 from ..models.resolve import resolve_model
@@ -134,7 +136,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, trainable_summary
+    from .model import add_lora, load_for_training, one_device, trainable_summary
 
     run = Path(s.out).expanduser()
     prov = read_provenance(run) if run.exists() else None
@@ -150,7 +152,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     resolved = resolve_model(s.model)
     if resolved.format != "hf":
         raise BadInput(f"{s.model}: RL needs a Hugging Face checkpoint directory, not a .gguf file")
-    device, dtype = pick_device_dtype(s.device, "auto")
+    device, dtype = pick_device_dtype(restrict_for_training(s.device), "auto")  # one GPU: see backends.placement
     dev = str(device)
     recipe = get_recipe("notebook").with_overrides(learning_rate=s.learning_rate, lora_r=s.lora_r, seed=s.seed,
                                                    gradient_checkpointing=False)
@@ -186,7 +188,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     class AtomicGRPOTrainer(ck.AtomicCheckpointMixin, GRPOTrainer):
         """TRL's GRPO trainer whose checkpoints are written atomically."""
 
-    trainer = AtomicGRPOTrainer(model=model, reward_funcs=[final_answer_reward], args=args, train_dataset=ds,
+    trainer = AtomicGRPOTrainer(model=model, reward_funcs=[final_answer_reward], args=one_device(args), train_dataset=ds,
                                 processing_class=processor or tokenizer, callbacks=make_callbacks(run, s.quiet, desc="rl"))
     from transformers.trainer_callback import PrinterCallback
 
@@ -196,7 +198,9 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
     truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), resumed_from_step=step0 or None)
-    steps = ck.train_or_reuse(trainer, resume_from, step0, s.max_steps)
+    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, s.max_steps),
+                        f"out of memory on {dev} while training (--num-generations {s.num_generations}, "
+                        f"--max-completion-length {s.max_completion_length}): lower either")
     from .sft import _save_adapter
 
     adapter = run / "adapter"

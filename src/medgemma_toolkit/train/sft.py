@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.memory import call_or_oom
+from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
 from ..models.load import info_hint
@@ -139,10 +141,10 @@ def _score(s: FinetuneSettings, model_dir: Path, adapter: Path | None, preset: P
     from .evaluate import evaluate, evaluate_with_harness
 
     if s.eval_task == "val":
-        return evaluate(model_dir, adapter, preset, ds.val, metric, device)
+        return evaluate(model_dir, adapter, preset, ds.val, metric, device, s.method)
     out = run / f"eval-{'after' if adapter else 'before'}"
     return evaluate_with_harness(str(s.eval_task), s.eval_data, model_dir, adapter, device, out,
-                                 s.eval_max_new_tokens)
+                                 s.eval_max_new_tokens, s.method)
 
 
 def _trainer_class() -> type:
@@ -171,7 +173,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, trainable_summary
+    from .model import add_lora, load_for_training, one_device, oom_message, trainable_summary
 
     check_choice(settings.task, TASKS, "--task")
     check_choice(settings.method, METHODS, "--method")
@@ -192,7 +194,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     prov = read_provenance(run) or {}
     if s.resume and prov.get("data", {}).get("train_sha256") not in (None, digest):
         raise BadInput(f"--resume: the training data changed since {run} was started (hash differs)")
-    device, dtype = pick_device_dtype(s.device, "auto")
+    # One GPU, made the only visible one before CUDA starts (the Trainer trains on cuda:0, data-parallel otherwise).
+    device, dtype = pick_device_dtype(restrict_for_training(s.device), "auto")
     dev = str(device)
     fit = check_fits(model_dir, dev, str(dtype).replace("torch.", ""), s.method)
     if s.eval_task == "val" and not ds.val:
@@ -228,7 +231,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     ckpt_root.mkdir(exist_ok=True)
     trainer = _trainer_class()(
         model=model,
-        args=_sft_config(recipe, ckpt_root, dev, s.method),
+        args=one_device(_sft_config(recipe, ckpt_root, dev, s.method)),
         data_collator=collator,
         train_dataset=datasets.Dataset.from_dict({"index": list(range(len(ds.train)))}),
         processing_class=processor or tokenizer,
@@ -243,7 +246,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), preset=f"{preset.name}@{preset.version}",
                      resumed_from_step=resumed_step)
-    steps = ck.train_or_reuse(trainer, resume_from, step0, recipe.max_steps)
+    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, recipe.max_steps),
+                        oom_message(dev, s.method, recipe.batch_size, recipe.grad_accum, recipe.max_length))
     adapter_dir = run / "adapter"
     _save_adapter(trainer.model, processor, tokenizer, adapter_dir)
     rows = read_log(run / LOG_NAME)
