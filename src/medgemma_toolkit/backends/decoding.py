@@ -113,3 +113,52 @@ class IncrementalDetokenizer:
         self.prefix, self.read = self.read, len(self.ids)
         self._prefix_text = self.decode(self.ids[self.prefix : self.read])
         return delta
+
+
+class TokenStepper:
+    """The host-side work of one decoding batch, called once per generated token with each row's newest token.
+
+    Per step it costs a few small decodes per row (`IncrementalDetokenizer`) and, when nothing streams and no stop
+    string is set, no decoding at all: text is then decoded once, when a row finishes."""
+
+    def __init__(self, rows: list[RowState], on_delta: DeltaCallback | None, decode: Callable[[list[int]], str],
+                 stop_ids: set[int], byte_ids: frozenset[int] = frozenset()) -> None:
+        self.rows = rows
+        self.tracker = RowTracker(rows, on_delta)
+        self.decode = decode
+        self.stop_ids = stop_ids
+        self.need_text = on_delta is not None or any(r.request.params.stop for r in rows)
+        self.dets = [IncrementalDetokenizer(decode, byte_ids) for _ in rows]
+
+    def advance(self, tokens: list[int]) -> list[bool]:
+        """Feed every row its newest token; return which rows are done."""
+        for i, token in enumerate(tokens):
+            if self.rows[i].finish is None:
+                self.step(i, token)
+        return [r.finish is not None for r in self.rows]
+
+    def step(self, i: int, token: int) -> None:
+        """One new token for row i: stop tokens, per-row limits, stop strings, cancellation, deltas."""
+        row, det = self.rows[i], self.dets[i]
+        if token in self.stop_ids:
+            self.tracker.update(row, self.decode(det.ids), len(det.ids), True)
+            return
+        if self.need_text:
+            det.push(token)
+        else:
+            det.ids.append(token)
+        n = len(det.ids)
+        cancelled = row.request.cancelled is not None and row.request.cancelled()
+        final = n >= row.request.params.max_new_tokens or (cancelled and not self.need_text)
+        self.tracker.update(row, self.decode(det.ids) if final else det.text, n, False)
+
+    def finish(self, sequences: list[list[int]]) -> None:
+        """After generation: feed tokens the per-step hook did not see, then close rows still open ("length")."""
+        for i, (row, seq) in enumerate(zip(self.rows, sequences)):
+            for token in seq[len(self.dets[i].ids) :]:
+                if row.finish is None:
+                    self.step(i, token)
+            if row.finish is None:
+                self.tracker.update(row, self.decode(self.dets[i].ids), len(self.dets[i].ids), False)
+            if row.finish is None:
+                self.tracker.close(row, "length")

@@ -140,15 +140,16 @@ def checkpoint_params(path: Path) -> int | None:
     return total
 
 
-def visible_gpus() -> list[GPU]:
-    """What torch sees now (starts CUDA; call only once a CUDA device was asked for)."""
+def visible_gpus(measure: bool = True) -> list[GPU]:
+    """What torch sees now (starts CUDA; call only once a CUDA device was asked for). `measure=False` skips the
+    free-memory query, which creates a CUDA context (~0.5 GB) on every GPU it asks about."""
     import torch
 
     if not torch.cuda.is_available():
         return []
     out = []
     for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
+        free, total = torch.cuda.mem_get_info(i) if measure else (0, 0)
         out.append(GPU(i, int(free), int(total), torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i)))
     return out
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import BadInput, CapabilityError
 from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
-from .decoding import IncrementalDetokenizer, RowState, RowTracker
+from .decoding import RowState, TokenStepper
 from .gemma_format import render_gemma_chat
 from .memory import call_or_oom
 from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
@@ -40,7 +40,8 @@ class TransformersBackend(Backend):
         quantize = check_quantize(self.options.quantize)
         dtype_name = str(self.dtype).replace("torch.", "")
         weights = None if gguf_file else model_bytes(checkpoint_params(self.path), dtype_name, quantize)
-        gpus = visible_gpus() if self.device.type == "cuda" else []
+        # Free memory matters only when choosing between one GPU and several ("cuda" without an index).
+        gpus = visible_gpus(measure=self.device.index is None) if self.device.type == "cuda" else []
         self.placement = inference_placement(str(self.device), quantize, gpus, weights)
         if self.placement.note:
             log.warning(self.placement.note)
@@ -115,6 +116,9 @@ class TransformersBackend(Backend):
             ids.add(eot)
         return sorted(ids)
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
     # -- prompt rendering -------------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
         """The exact text fed to the tokenizer (images as `<start_of_image>`)."""
@@ -182,42 +186,15 @@ class TransformersBackend(Backend):
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         params = rows[0].request.params
-        tracker = RowTracker(rows, on_delta)
-        stop_ids = set(self.stop_ids)
-
-        def decode(ids: list[int]) -> str:
-            return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-        # Text is needed while decoding only to stream it or to look for stop strings; otherwise once at the end.
-        need_text = on_delta is not None or any(r.request.params.stop for r in rows)
-        dets = [IncrementalDetokenizer(decode, self.byte_token_ids) for _ in rows]
-
-        def step(i: int, token: int) -> None:
-            """One new token for row i: stop tokens, per-row limits, stop strings, cancellation, deltas."""
-            row, det = rows[i], dets[i]
-            if token in stop_ids:
-                tracker.update(row, decode(det.ids), len(det.ids), True)
-                return
-            if need_text:
-                det.push(token)
-            else:
-                det.ids.append(token)
-            n = len(det.ids)
-            cancelled = row.request.cancelled is not None and row.request.cancelled()
-            final = n >= row.request.params.max_new_tokens or (cancelled and not need_text)
-            tracker.update(row, decode(det.ids) if final else det.text, n, False)
-
-        done = [False] * len(rows)
+        stepper = TokenStepper(rows, on_delta, self._decode, set(self.stop_ids), self.byte_token_ids)
+        done: list[bool] = []
         flags: list[Any] = [None]  # the bool tensor handed back to generate, rebuilt only when a row finishes
 
         class Track(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 # One small host copy per step (the newest token of each row), not the whole sequence.
-                for i, token in enumerate(input_ids[:, -1].tolist()):
-                    if rows[i].finish is None:
-                        step(i, token)
-                now = [r.finish is not None for r in rows]
-                if flags[0] is None or now != done:
+                now = stepper.advance(input_ids[:, -1].tolist())
+                if now != done:
                     done[:] = now
                     flags[0] = torch.tensor(now, dtype=torch.bool, device=input_ids.device)
                 return flags[0]
@@ -240,15 +217,7 @@ class TransformersBackend(Backend):
             out = self.model.generate(
                 **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()])
             )
-        # Tokens the criteria did not see (none with current transformers, which calls it every step).
-        for i, (row, seq) in enumerate(zip(rows, out[:, prompt_len:].tolist())):
-            for token in seq[len(dets[i].ids) :]:
-                if row.finish is None:
-                    step(i, token)
-            if row.finish is None:
-                tracker.update(row, decode(dets[i].ids), len(dets[i].ids), False)
-            if row.finish is None:
-                tracker.close(row, "length")
+        stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
         return [
             Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)
         ]
