@@ -6,92 +6,11 @@ import json
 
 import numpy as np
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
-from medgemma_toolkit.deid import UIDMap, basic_profile, deidentify_dataset, deidentify_path, safe_header
+from medgemma_toolkit.deid import UIDMap, deidentify_dataset, deidentify_path, safe_header
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, make_slice, write_series
-
-STRING_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE"}
-
-
-def _marker_value(tag: int, i: int):
-    vr = dictionary_VR(tag).split(" or ")[0]
-    if vr in STRING_VRS:
-        return vr, f"PHI{i:03d}"
-    return vr, {
-        "DA": "19870605", "TM": "121314", "DT": "19870605121314", "AS": "042Y", "IS": "4242", "DS": "42.42",
-        "UI": f"1.2.3.4242.{i}", "US": 4242, "SS": 4242, "UL": 4242, "SL": 4242, "FL": 42.5, "FD": 42.5,
-        "OB": b"PHI!", "OW": b"PHI!", "UN": b"PHI!", "AT": 0x00100010,
-    }.get(vr, f"PHI{i:03d}")
-
-
-def phi_everywhere() -> Dataset:
-    """A CT slice with every Basic Profile attribute present and filled with a recognisable value."""
-    ds = make_slice(SeriesSpec(rows=8, cols=8), 0)
-    for i, tag in enumerate(sorted(basic_profile().actions)):
-        if (tag >> 16) in (0x0000, 0x0002):
-            continue  # command elements never occur in files; file meta lives in ds.file_meta
-        vr, value = _marker_value(tag, i)
-        if vr == "SQ":
-            item = Dataset()
-            item.PatientName = f"PHI{i:03d}^SEQ"
-            item.ReferencedSOPInstanceUID = f"1.2.3.4242.{i}.1"
-            item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-            value = [item]
-        ds.add_new(tag, vr, value)
-    ds.add_new(0x60003000, "OW", b"\x01\x02" * 4)  # overlay data
-    ds.add_new(0x60004000, "LT", "PHI-OVERLAY")  # overlay comments
-    return ds
-
-
-def test_table_loads_and_covers_key_attributes():
-    prof = basic_profile()
-    assert prof.version == 1 and len(prof.actions) > 240
-    by_kw = {keyword_for_tag(t): a for t, a in prof.standard_actions.items()}
-    assert by_kw["PatientName"] == "Z" and by_kw["PatientID"] == "Z" and by_kw["PatientBirthDate"] == "Z"
-    assert by_kw["StudyInstanceUID"] == "U" and by_kw["SOPInstanceUID"] == "U"
-    assert by_kw["PatientAddress"] == "X" and by_kw["InstitutionName"] == "X/Z/D"
-
-
-def test_every_basic_profile_attribute_handled():
-    ds = phi_everywhere()
-    original = {int(e.tag): e.value for e in ds}
-    pixels = ds.PixelData
-    rep = deidentify_dataset(ds, UIDMap(salt=b"fixed"))
-    prof = basic_profile()
-    for tag, action in prof.actions.items():
-        if tag not in original:
-            continue
-        kw = keyword_for_tag(tag)
-        if action == "remove":
-            assert tag not in ds, kw
-            assert kw in rep.removed
-        elif action == "empty":
-            assert tag in ds and ds[tag].value in ("", [], None), kw
-        elif action == "dummy":
-            assert tag not in ds or ds[tag].value != original[tag], kw
-        elif action == "uid":
-            assert str(ds[tag].value).startswith("2.25.") and ds[tag].value != original[tag], kw
-        elif action == "recurse":
-            item = ds[tag].value[0]
-            assert item.PatientName == "" and item.ReferencedSOPInstanceUID.startswith("2.25."), kw
-            assert item.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # class UIDs are kept
-    assert 0x60003000 not in ds and 0x60004000 not in ds
-    assert not any(e.tag.is_private for e in ds)
-    assert ds.PixelData == pixels
-    assert ds.PatientIdentityRemoved == "YES"
-    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
-    # Nothing recognisable survives anywhere in the written bytes.
-    from io import BytesIO
-
-    buf = BytesIO()
-    ds.save_as(buf)
-    data = buf.getvalue()
-    for needle in [b"PHI", b"19870605", b"1.2.3.4242"] + [v.encode() for v in FAKE_PHI.values()]:
-        assert needle not in data, needle
-
 
 def test_uids_consistent_within_run_and_references_follow(tmp_path):
     spec = SeriesSpec(slices=3, rows=8, cols=8)
@@ -102,7 +21,11 @@ def test_uids_consistent_within_run_and_references_follow(tmp_path):
     ref = Dataset()
     ref.ReferencedSOPClassUID = a.SOPClassUID
     ref.ReferencedSOPInstanceUID = a.SOPInstanceUID
-    b.SourceImageSequence = [ref]
+    series = Dataset()  # a sequence the table does not list: its items still get the table (UIDs replaced)
+    series.SeriesInstanceUID = a.SeriesInstanceUID
+    series.ReferencedInstanceSequence = [ref]
+    b.ReferencedSeriesSequence = [series]
+    b.SourceImageSequence = [ref]  # X/Z/U*, type 3 in the CT Image IOD: removed
     b.save_as(paths[1])
     deidentify_path(src, tmp_path / "out")
     outs = [pydicom.dcmread(tmp_path / "out" / p.name) for p in paths]
@@ -112,7 +35,11 @@ def test_uids_consistent_within_run_and_references_follow(tmp_path):
     for o in outs:
         assert o.file_meta.MediaStorageSOPInstanceUID == o.SOPInstanceUID
         assert o.SOPClassUID == a.SOPClassUID
-    assert outs[1].SourceImageSequence[0].ReferencedSOPInstanceUID == outs[0].SOPInstanceUID
+    nested = outs[1].ReferencedSeriesSequence[0]
+    assert nested.SeriesInstanceUID == outs[0].SeriesInstanceUID
+    assert nested.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == outs[0].SOPInstanceUID
+    assert nested.ReferencedInstanceSequence[0].ReferencedSOPClassUID == a.SOPClassUID
+    assert "SourceImageSequence" not in outs[1]
     # A second run maps differently (not linkable across runs).
     deidentify_path(src, tmp_path / "out2")
     again = pydicom.dcmread(tmp_path / "out2" / paths[0].name)
@@ -144,7 +71,7 @@ def test_burned_in_annotation_warnings():
 def test_safe_header_is_the_way_to_show_values():
     ds = make_slice(SeriesSpec(rows=8, cols=8), 0)
     out = safe_header(ds, ["Modality", "PatientID", "PatientName", "InstitutionName", "Rows"])
-    assert out == {"Modality": "CT", "PatientID": "", "PatientName": "", "InstitutionName": "ANONYMIZED", "Rows": "8"}
+    assert out == {"Modality": "CT", "PatientID": "", "PatientName": "", "InstitutionName": "", "Rows": "8"}  # X/Z/D, type 3 in CT: removed
     assert ds.PatientID == FAKE_PHI["PatientID"]  # the caller's dataset is untouched
 
 
@@ -157,12 +84,14 @@ def test_cli_deid_directory_report_has_no_values(tmp_path, cli):
     (src / "notes.txt").write_text("Doe^Janet was here")
     r = cli("deid", str(src), str(tmp_path / "clean"))
     assert r.returncode == 0, r.stderr
-    assert "de-identified 4 file(s)" in r.stdout and "skipped 1" in r.stdout
+    assert "de-identified 4 file(s)" in r.stdout and "skipped 1 (not DICOM)" in r.stdout and "failed 0" in r.stdout
     assert "burned into the pixels" in r.stderr
     report_text = (tmp_path / "clean" / "deid_report.json").read_text()
     report = json.loads(report_text)
-    assert report["files_written"] == 4 and report["files_skipped"] == [{"file": "notes.txt", "reason": "not DICOM"}]
-    assert "PatientName" in report["files"][0]["emptied"]
+    assert report["files_written"] == 4 and report["files_skipped"] == 1 and report["files_failed"] == 0
+    assert {"file": "notes.txt", "skipped": "not DICOM"} in report["files"]
+    assert "PatientName" in next(f for f in report["files"] if f["file"].endswith(".dcm"))["emptied"]
+    assert "Table E.1-1" in report["table"] and report["method_codes"][0]["CodeValue"] == "113100"
     for value in FAKE_PHI.values():
         assert value not in report_text and value not in r.stdout + r.stderr
     for f in (tmp_path / "clean" / "series1").iterdir():

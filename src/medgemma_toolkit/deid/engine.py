@@ -1,54 +1,68 @@
-"""Apply the Basic Profile to one pydicom Dataset, in place, and say what was changed (names only, never values).
+"""Apply Table E.1-1 to one pydicom Dataset, in place, at every depth, and say what changed (names, never values).
 
-Beyond the table, three safety nets cover what vendors put where the table does not look: every private
-element is removed, every remaining person name (VR PN) is emptied, and every remaining instance UID outside the
-DICOM standard's own root (1.2.840.10008, i.e. class and transfer-syntax UIDs) is remapped. Pixel data is never
-touched: burned-in text stays, so a warning is raised when BurnedInAnnotation is YES or absent.
+Every element of every sequence item is looked up in the table (a sequence the table does not list is still
+entered). Beyond the table, safety nets cover what vendors put where the table does not look: private elements
+are removed (unless on the safe list with Retain Safe Private), whole curve (50xx) and overlay (60xx) groups go
+(their data and comments are X; an overlay without its data is not valid, and its description and label are free
+text), remaining person names (VR PN) are emptied, remaining instance UIDs outside the standard's root are
+replaced, and the file meta group keeps only its structural elements. Pixel data is never touched: burned-in text
+stays, so a warning is raised when BurnedInAnnotation is YES or absent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 
-from .profile import Profile, basic_profile, is_curve_or_overlay_text
+from .clean import Scrubber, shift_date, shift_datetime
+from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
+from .safe_private import SafePrivate
 
 STANDARD_UID_ROOT = "1.2.840.10008."
 KEEP_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
              "ImplementationClassUID", "CodingSchemeUID", "ReferencedSOPClassUIDInFile"}
-METHOD = "PS3.15 Annex E Basic Profile (medgemma-toolkit table v{v})"  # LO: at most 64 characters
-
+META_KEEP = {0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
+METHOD = "PS3.15 E.1-1 Basic Profile (medgemma-toolkit)"  # LO: at most 64 characters
 _DUMMY = {
     "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "CS": "ANONYMIZED", "LT": "ANONYMIZED",
-    "ST": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "AE": "ANONYMIZED",
+    "ST": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "AE": "ANONYMIZED", "UR": "ANONYMIZED",
     "DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
+    "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0,
+    "OB": b"\x00\x00", "OW": b"\x00\x00", "UN": b"\x00\x00", "OF": b"\x00" * 4, "OD": b"\x00" * 8,
+    "OL": b"\x00" * 4, "OV": b"\x00" * 8,
 }
+TEXT_VRS = {"PN", "LO", "SH", "CS", "LT", "ST", "UT", "UC", "AE", "UR"}
 
 
 class UIDMap:
-    """Old UID -> new UID, the same within a run, not reversible across runs (a random salt per map).
+    """Old UID -> new UID, the same within a run, not linkable across runs unless a key is given.
 
-    New UIDs are "2.25." + a 128-bit number, the UUID-derived form the standard allows without a registered root.
+    New UIDs are "2.25." + 128 bits of HMAC-SHA-256(key, old UID): a pure function, so nothing is stored and
+    memory does not grow with the number of files.
     """
 
     def __init__(self, salt: bytes | None = None) -> None:
-        self._salt = secrets.token_bytes(16) if salt is None else salt
-        self._map: dict[str, str] = {}
+        self._salt = secrets.token_bytes(32) if salt is None else salt
+        self.count = 0
 
     def __call__(self, uid: str) -> str:
         uid = str(uid).strip().rstrip("\x00")
         if not uid:
             return uid
-        new = self._map.get(uid)
-        if new is None:
-            digest = hashlib.sha256(self._salt + uid.encode("ascii", "replace")).digest()
-            new = "2.25." + str(int.from_bytes(digest[:16], "big"))
-            self._map[uid] = new
-        return new
+        self.count += 1
+        digest = hmac.new(self._salt, b"uid:" + uid.encode("ascii", "replace"), hashlib.sha256).digest()
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+    def date_shift(self, patient_id: str) -> int:
+        """Days to add to every date of this patient: the same for a patient within a run (across runs with
+        the same key), between -3650 and -1."""
+        digest = hmac.new(self._salt, b"date:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).digest()
+        return -1 - int.from_bytes(digest[:8], "big") % 3650
 
     def __len__(self) -> int:
-        return len(self._map)
+        return self.count
 
 
 @dataclass
@@ -58,15 +72,19 @@ class FileReport:
     removed: set[str] = field(default_factory=set)
     emptied: set[str] = field(default_factory=set)
     dummied: set[str] = field(default_factory=set)
+    cleaned: set[str] = field(default_factory=set)
+    kept_by_option: set[str] = field(default_factory=set)
     uids_remapped: set[str] = field(default_factory=set)
     private_removed: int = 0
+    private_kept: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "removed": sorted(self.removed), "emptied": sorted(self.emptied), "dummied": sorted(self.dummied),
+            "cleaned": sorted(self.cleaned), "kept_by_option": sorted(self.kept_by_option),
             "uids_remapped": sorted(self.uids_remapped), "private_elements_removed": self.private_removed,
-            "warnings": list(self.warnings),
+            "private_elements_kept": self.private_kept, "warnings": list(self.warnings),
         }
 
 
@@ -74,78 +92,162 @@ def _name(elem) -> str:
     return elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
 
 
-def _dummy(elem, uids: UIDMap):
-    if elem.VR == "UI":
-        return _remap(elem.value, uids)
-    if elem.VR == "SQ":
-        return []
-    return _DUMMY.get(elem.VR)
-
-
-def _remap(value, uids: UIDMap):
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
-        return [uids(v) for v in value]
-    return uids(value)
+@dataclass
+class _Ctx:
+    uids: UIDMap
+    opts: Options
+    rep: FileReport
+    sop_class: str | None
+    shift: int
+    scrub: Scrubber | None
+    safe: SafePrivate | None
 
 
 def _is_instance_uid(elem) -> bool:
     if elem.VR != "UI" or elem.keyword in KEEP_UIDS or elem.value in (None, ""):
         return False
-    values = elem.value if not isinstance(elem.value, str) else [elem.value]
+    values = [elem.value] if isinstance(elem.value, str) else list(elem.value)
     return any(not str(v).startswith(STANDARD_UID_ROOT) for v in values)
 
 
-def _walk(ds, uids: UIDMap, rep: FileReport, profile: Profile) -> None:
+def _remap(value, uids: UIDMap):
+    if isinstance(value, (str, bytes)):
+        return uids(value)
+    return [uids(v) for v in value]
+
+
+def _set_dummy(ds, elem, ctx: _Ctx) -> None:
+    if elem.VR == "SQ":
+        from pydicom.dataset import Dataset
+
+        elem.value = [Dataset()]  # a non-empty sequence whose one item carries nothing
+    elif elem.VR == "UI":
+        elem.value = _remap(elem.value, ctx.uids) if elem.value else ctx.uids("dummy")
+    else:
+        vr = elem.VR.split(" or ")[0] if " or " in elem.VR else elem.VR
+        value = _DUMMY.get(vr)
+        if value is None:  # no dummy for this VR: removing keeps nothing of the value
+            del ds[elem.tag]
+            ctx.rep.removed.add(_name(elem))
+            return
+        elem.value = value
+    ctx.rep.dummied.add(_name(elem))
+
+
+def _clean(ds, elem, ctx: _Ctx, basic: str) -> None:
+    """C: dates shifted (Modified Dates), free text scrubbed of the file's identifiers, sequences entered."""
+    name = _name(elem)
+    if elem.VR == "SQ":
+        for item in elem.value:
+            _walk(item, ctx, top=False)
+        ctx.rep.cleaned.add(name)
+    elif elem.VR in ("DA", "DT", "TM") and ctx.opts.retain_modified_dates:
+        if elem.VR != "TM" and elem.value not in (None, ""):
+            fn = shift_date if elem.VR == "DA" else shift_datetime
+            vals = [elem.value] if isinstance(elem.value, str) else list(elem.value)
+            new = [fn(str(v), ctx.shift) for v in vals]
+            if any(v is None for v in new):  # a date we cannot parse cannot be shifted: a dummy instead
+                _set_dummy(ds, elem, ctx)
+                return
+            elem.value = new[0] if len(new) == 1 else new
+        ctx.rep.cleaned.add(name)
+    elif elem.VR in TEXT_VRS and ctx.scrub is not None:
+        if elem.value not in (None, ""):
+            vals = [elem.value] if isinstance(elem.value, str) else list(elem.value)
+            new = [ctx.scrub(str(v)) for v in vals]
+            elem.value = new[0] if len(new) == 1 else new
+        ctx.rep.cleaned.add(name)
+    else:  # nothing we can clean safely (binary): the Basic Profile's own action
+        _apply(ds, elem, ctx, basic if "/" not in basic else "X")
+
+
+def _apply(ds, elem, ctx: _Ctx, action: str, basic: str = "X") -> None:
+    name = _name(elem)
+    if action == "X":
+        del ds[elem.tag]
+        ctx.rep.removed.add(name)
+    elif action == "Z":
+        elem.value = [] if elem.VR == "SQ" else (b"" if elem.VR in ("OB", "OW", "UN") else "")
+        ctx.rep.emptied.add(name)
+    elif action == "D":
+        _set_dummy(ds, elem, ctx)
+    elif action == "U":
+        if elem.VR == "SQ":  # X/Z/U* resolved to U: keep the sequence, its items get the table (UIDs replaced)
+            for item in elem.value:
+                _walk(item, ctx, top=False)
+            ctx.rep.uids_remapped.add(name)
+        elif elem.value not in (None, ""):
+            elem.value = _remap(elem.value, ctx.uids)
+            ctx.rep.uids_remapped.add(name)
+    elif action == "K":
+        if elem.VR == "SQ":  # kept, but what its items hold still goes through the table
+            for item in elem.value:
+                _walk(item, ctx, top=False)
+        ctx.rep.kept_by_option.add(name)
+    elif action == "C":
+        _clean(ds, elem, ctx, basic)
+
+
+def _walk(ds, ctx: _Ctx, top: bool) -> None:
+    tab = table()
+    private_keep = ctx.safe.keep_set(ds) if (ctx.safe is not None and ctx.opts.retain_safe_private) else set()
     for elem in list(ds):
         tag = int(elem.tag)
+        group = tag >> 16
         if elem.tag.is_private:
+            if tag in private_keep:
+                ctx.rep.private_kept += 1
+                continue
             del ds[elem.tag]
-            rep.private_removed += 1
+            ctx.rep.private_removed += 1
             continue
-        if is_curve_or_overlay_text(tag):
+        if is_curve_group(group) or is_overlay_group(group):
             del ds[elem.tag]
-            rep.removed.add(_name(elem))
+            ctx.rep.removed.add(_name(elem))
             continue
-        action = profile.actions.get(tag)
-        if action is None:  # not in the table: safety nets only
+        row = tab.rows.get(tag)
+        if row is None:  # not in the table: safety nets only
             if elem.VR == "SQ":
                 for item in elem.value:
-                    _walk(item, uids, rep, profile)
+                    _walk(item, ctx, top=False)
             elif elem.VR == "PN" and elem.value not in (None, ""):
                 elem.value = ""
-                rep.emptied.add(_name(elem))
-            elif _is_instance_uid(elem):
-                elem.value = _remap(elem.value, uids)
-                rep.uids_remapped.add(_name(elem))
+                ctx.rep.emptied.add(_name(elem))
+            elif not ctx.opts.retain_uids and _is_instance_uid(elem):
+                elem.value = _remap(elem.value, ctx.uids)
+                ctx.rep.uids_remapped.add(_name(elem))
             continue
-        if action == "remove":
-            del ds[elem.tag]
-            rep.removed.add(_name(elem))
-        elif action == "empty":
-            elem.value = [] if elem.VR == "SQ" else ""
-            rep.emptied.add(_name(elem))
-        elif action == "dummy":
-            value = _dummy(elem, uids)
-            if value is None:  # no sensible dummy for this VR (binary): removing is the safe side
-                del ds[elem.tag]
-                rep.removed.add(_name(elem))
-            else:
-                elem.value = value
-                rep.dummied.add(_name(elem))
-        elif action == "uid":
-            if elem.value not in (None, ""):
-                elem.value = _remap(elem.value, uids)
-                rep.uids_remapped.add(_name(elem))
-        elif action == "recurse" and elem.VR == "SQ":
-            for item in elem.value:
-                _walk(item, uids, rep, profile)
+        type_ = tab.type_of(ctx.sop_class, tag) if top else None
+        _apply(ds, elem, ctx, row.action(ctx.opts, type_), row.basic)
 
 
-def deidentify_dataset(ds, uids: UIDMap | None = None, profile: Profile | None = None) -> FileReport:
+def _file_meta(ds, ctx: _Ctx) -> None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    for elem in list(meta):
+        if int(elem.tag) not in META_KEEP:
+            del meta[elem.tag]
+            ctx.rep.removed.add(_name(elem))
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if not ctx.opts.retain_uids:
+            ctx.rep.uids_remapped.add("MediaStorageSOPInstanceUID")
+    elif "MediaStorageSOPInstanceUID" in meta and not ctx.opts.retain_uids:
+        meta.MediaStorageSOPInstanceUID = ctx.uids(meta.MediaStorageSOPInstanceUID)
+
+
+def method_codes(opts: Options) -> list[tuple[str, str]]:
+    """CID 7050 codes (scheme DCM) for the profile and each option used, in the standard's order."""
+    return [BASIC_CODE] + [OPTION_CODES[name] for name in opts.selected()]
+
+
+def deidentify_dataset(ds, uids: UIDMap | None = None, options: Options | None = None,
+                       safe_private: SafePrivate | None = None) -> FileReport:
     """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is."""
     from pydicom.dataset import Dataset
 
-    profile = profile or basic_profile()
+    opts = options or Options()
     uids = uids if uids is not None else UIDMap()
     rep = FileReport()
     burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
@@ -153,17 +255,29 @@ def deidentify_dataset(ds, uids: UIDMap | None = None, profile: Profile | None =
         rep.warnings.append("BurnedInAnnotation is YES: the pixels may show identifying text, which is not removed")
     elif burned != "NO":
         rep.warnings.append("BurnedInAnnotation is absent or unknown: check the pixels for identifying text")
-    _walk(ds, uids, rep, profile)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        _walk(meta, uids, rep, profile)
+    patient = str(ds.get("PatientID", "") or "")
+    scrub = Scrubber.from_dataset(ds) if (opts.clean_descriptors or opts.retain_device_identity
+                                          or opts.retain_patient_characteristics) else None
+    ctx = _Ctx(uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub,
+               safe_private)
+    _walk(ds, ctx, top=True)
+    _file_meta(ds, ctx)
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD.format(v=profile.version)
-    code = Dataset()
-    code.CodeValue = "113100"
-    code.CodingSchemeDesignator = "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    ds.DeidentificationMethodCodeSequence = [code]
+    ds.DeidentificationMethod = METHOD
+    if opts.retain_modified_dates:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    elif opts.retain_full_dates:
+        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    else:
+        ds.LongitudinalTemporalInformationModified = "REMOVED"
+    items = []
+    for value, meaning in method_codes(opts):
+        code = Dataset()
+        code.CodeValue = value
+        code.CodingSchemeDesignator = "DCM"
+        code.CodeMeaning = meaning
+        items.append(code)
+    ds.DeidentificationMethodCodeSequence = items
     return rep
 
 

@@ -1,7 +1,12 @@
 """De-identify a DICOM file or a directory tree into a new location, with a JSON report of what changed.
 
-UIDs are remapped with one map for the whole run, so studies, series and references stay consistent across
-files. Non-DICOM files are skipped (and counted); nothing is written over the input.
+Naming: a directory IN is mirrored under the directory OUT. A file IN goes into OUT/<name of IN> when OUT is an
+existing directory or is written with a trailing slash (`deid a.dcm out/`, created if needed); otherwise OUT is
+the output file's own path. Files are streamed one at a time (memory does not grow with their number); each is
+read fully and checked before anything is written, then written under a temporary name in the target directory
+and renamed, so an output is either complete or absent. UIDs are replaced with one keyed function for the whole
+run, so studies, series and references stay consistent across files. Non-DICOM files are skipped and counted;
+broken DICOM files are errors (counted, named in the report, nothing written for them).
 """
 
 from __future__ import annotations
@@ -9,94 +14,163 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from .. import __version__
-from ..errors import BadInput, MedGemmaError
-from .engine import FileReport, UIDMap, deidentify_dataset
-from .profile import basic_profile
+from ..errors import BadInput, MedGemmaError, UnsupportedFormat
+from .engine import UIDMap, deidentify_dataset, method_codes
+from .profile import Options, edition
+from .read import read_checked
+from .safe_private import SafePrivate
 
 REPORT_NAME = "deid_report.json"
+TEXT_MODALITIES = {"US", "SC", "XA", "OT"}
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _inputs(src: Path) -> list[tuple[Path, Path]]:
-    """(input file, path relative to the output root)."""
+def _inputs(src: Path) -> Iterator[tuple[Path, Path]]:
+    """(input file, path relative to the output root), lazily, in a stable order."""
     if src.is_file():
-        return [(src, Path(src.name))]
-    pairs = []
+        yield src, Path(src.name)
+        return
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             if not f.startswith("."):
                 p = Path(root) / f
-                pairs.append((p, p.relative_to(src)))
-    return pairs
+                yield p, p.relative_to(src)
+
+
+def burned_in_risk(ds) -> bool:
+    """BurnedInAnnotation YES, or absent/unknown in a modality that commonly carries text in its pixels."""
+    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned == "YES":
+        return True
+    text_kind = str(ds.get("Modality", "") or "").upper() in TEXT_MODALITIES or \
+        str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+    return burned != "NO" and text_kind
+
+
+def _write_atomic(ds, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        ds.save_as(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Report:
+    """The JSON report, written as it goes (per-file entries are not kept in memory), renamed when complete."""
+
+    def __init__(self, path: Path, head: dict) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.f = open(self.tmp, "w", encoding="utf-8")
+        self.f.write(json.dumps(head, indent=2)[:-2] + ',\n  "files": [')
+        self.first = True
+
+    def add(self, entry: dict) -> None:
+        self.f.write(("\n    " if self.first else ",\n    ") + json.dumps(entry))
+        self.first = False
+
+    def close(self, tail: dict) -> None:
+        self.f.write("\n  ],\n" + json.dumps(tail, indent=2)[2:] + "\n")
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _targets(src_p: Path, dst: str, overwrite: bool) -> tuple[Path, Path, bool]:
+    """(output file or root, default report path, single file?) by the naming rule of the module docstring."""
+    dst_p = Path(dst)
+    if src_p.resolve() == dst_p.resolve() or (src_p.is_dir() and dst_p.resolve().is_relative_to(src_p.resolve())):
+        raise BadInput(f"{dst}: the output must not be the input or inside it")
+    if src_p.is_file():
+        if dst.endswith(("/", os.sep)) or dst_p.is_dir():
+            dst_p = dst_p / src_p.name
+        if dst_p.exists() and not overwrite:
+            raise BadInput(f"{dst_p}: exists (use --overwrite)")
+        return dst_p, dst_p.with_name(dst_p.name + ".deid.json"), True
+    if dst_p.exists() and not dst_p.is_dir():
+        raise BadInput(f"{dst}: is a file; a directory input needs an output directory")
+    if dst_p.exists() and any(dst_p.iterdir()) and not overwrite:
+        raise BadInput(f"{dst}: output directory is not empty (use --overwrite)")
+    return dst_p, dst_p / REPORT_NAME, False
 
 
 def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], overwrite: bool = False,
-                    report_path: str | os.PathLike[str] | None = None, uid_key: bytes | None = None) -> dict:
-    """De-identify `src` (file or directory) into `dst`; write and return the report.
+                    report_path: str | os.PathLike[str] | None = None, uid_key: bytes | None = None,
+                    options: Options | None = None, safe_private: SafePrivate | None = None,
+                    reject_burned_in: bool = False) -> dict:
+    """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
 
-    A file goes to `dst` (or into it, when `dst` is an existing directory); a directory's tree is mirrored under
-    `dst`. The report goes to `report_path`, by default `dst/deid_report.json` (or beside an output file).
-    `uid_key`: a secret that makes the UID mapping the same across runs (e.g. a study sent in several batches);
-    without it each run draws a random one, so runs cannot be linked.
+    `uid_key`: a secret that makes UIDs and date shifts the same across runs (e.g. a study sent in several
+    batches); without it each run draws a random one, so runs cannot be linked. The summary's `files_failed`
+    counts broken DICOM inputs: the caller should exit non-zero when it is not 0.
     """
-    from ..imaging.series import read_instance
-
-    src_p, dst_p = Path(src), Path(dst)
+    src_p = Path(src)
     if not src_p.exists():
         raise BadInput(f"{src}: not found")
-    if src_p.resolve() == dst_p.resolve() or (src_p.is_dir() and dst_p.resolve().is_relative_to(src_p.resolve())):
-        raise BadInput(f"{dst}: the output must not be the input or inside it")
-    single = src_p.is_file()
-    if single and dst_p.is_dir():
-        dst_p = dst_p / src_p.name
-    out_root = dst_p.parent if single else dst_p
-    if not single and dst_p.exists() and any(dst_p.iterdir()) and not overwrite:
-        raise BadInput(f"{dst}: output directory is not empty (use --overwrite)")
-    if single and dst_p.exists() and not overwrite:
-        raise BadInput(f"{dst}: exists (use --overwrite)")
     if uid_key is not None and len(uid_key) < 16:
         raise BadInput("the UID key must hold at least 16 bytes")
+    opts = options or Options()
+    if opts.retain_safe_private and safe_private is None:
+        raise BadInput("Retain Safe Private needs a list of safe private elements (--safe-private FILE)")
+    out, default_report, single = _targets(src_p, os.fspath(dst), overwrite)
     uids = UIDMap(salt=uid_key)
-    files: list[dict] = []
-    skipped: list[dict] = []
-    warnings = 0
-    for path, rel in _inputs(src_p):
-        target = dst_p if single else dst_p / rel
-        try:
-            ds = read_instance(path)
-        except MedGemmaError as e:
-            skipped.append({"file": str(rel), "reason": "not DICOM" if "not a DICOM" in str(e) else "unreadable"})
-            continue
-        rep: FileReport = deidentify_dataset(ds, uids)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            ds.save_as(target)
-        except Exception as e:  # a value pydicom cannot write back; never leave a half-written file behind
-            target.unlink(missing_ok=True)
-            skipped.append({"file": str(rel), "reason": f"cannot write ({type(e).__name__})"})
-            continue
-        warnings += len(rep.warnings)
-        files.append({"file": str(rel), **rep.to_dict()})
-    if not files:
-        raise BadInput(f"{src}: no DICOM files to de-identify")
-    profile = basic_profile()
-    report = {
+    head = {
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
-        "profile_table_version": profile.version,
-        "options": {"private_tags": "removed",
-                    "uids": "remapped (2.25 form, " + ("consistent across runs with the same key)" if uid_key
-                                                       else "consistent within this run)")},
+        "table": edition(),
+        "options": opts.selected(),
+        "method_codes": [{"CodeValue": v, "CodingSchemeDesignator": "DCM", "CodeMeaning": m}
+                         for v, m in method_codes(opts)],
+        "private_tags": "kept when on the safe list" if opts.retain_safe_private else "removed",
+        "uids": "kept" if opts.retain_uids else "replaced (2.25 form, " + (
+            "the same across runs with the same key)" if uid_key else "consistent within this run)"),
         "toolkit_version": __version__,
-        "files_written": len(files),
-        "files_skipped": skipped,
-        "uids_remapped": len(uids),
-        "warnings": warnings,
-        "files": files,
     }
-    rp = Path(report_path) if report_path else (out_root / REPORT_NAME if not single else dst_p.with_name(dst_p.name + ".deid.json"))
-    rp.parent.mkdir(parents=True, exist_ok=True)
-    rp.write_text(json.dumps(report, indent=2))
-    report["report_path"] = str(rp)
-    return report
+    report = _Report(Path(report_path) if report_path else default_report, head)
+    counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
+    try:
+        for path, rel in _inputs(src_p):
+            entry = _one(path, rel, out if single else out / rel, uids, opts, safe_private, reject_burned_in, counts)
+            report.add(entry)
+    except BaseException:
+        report.abort()
+        raise
+    summary = {**counts, "uids_replaced": len(uids)}
+    report.close(summary)
+    if not counts["files_written"] and not counts["files_failed"] and not counts["files_rejected"]:
+        report.path.unlink(missing_ok=True)
+        raise BadInput(f"{src}: no DICOM files to de-identify")
+    return {**head, **summary, "report_path": str(report.path)}
+
+
+def _one(path: Path, rel: Path, target: Path, uids: UIDMap, opts: Options, safe: SafePrivate | None,
+         reject_burned_in: bool, counts: dict) -> dict:
+    try:
+        ds = read_checked(path)
+    except UnsupportedFormat:
+        counts["files_skipped"] += 1
+        return {"file": str(rel), "skipped": "not DICOM"}
+    except MedGemmaError as e:
+        counts["files_failed"] += 1
+        return {"file": str(rel), "error": str(e).replace(str(path), "").lstrip(": ") or "unreadable"}
+    if reject_burned_in and burned_in_risk(ds):
+        counts["files_rejected"] += 1
+        return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
+    rep = deidentify_dataset(ds, uids, opts, safe)
+    try:
+        _write_atomic(ds, target)
+    except Exception as e:  # a value pydicom cannot write back: nothing is left behind
+        counts["files_failed"] += 1
+        return {"file": str(rel), "error": f"cannot write ({type(e).__name__})"}
+    counts["files_written"] += 1
+    counts["warnings"] += len(rep.warnings)
+    return {"file": str(rel), **rep.to_dict()}

@@ -1,0 +1,118 @@
+"""Read one input fully and check it before anything is written: a truncated or corrupt file is an error.
+
+pydicom reads a file cut short without complaint (it stops at the end), so the checks are ours: the last
+element must be complete, native pixel data must hold rows x columns x frames x samples x bits, encapsulated
+pixel data must be a complete run of items, and an object whose IOD has pixels must have them.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from ..errors import BadInput, UnsupportedFormat
+from .profile import table
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+
+
+class Corrupt(BadInput):
+    """A DICOM file that cannot be de-identified safely (truncated, corrupt); nothing is written for it."""
+
+
+def _looks_dicom(path: Path, head: bytes) -> bool:
+    if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    return len(head) > 0 and not any(head[:128])  # a zero preamble cut short
+
+
+def read_checked(path: Path):
+    """The dataset of `path`, complete and checked. UnsupportedFormat: not DICOM; Corrupt: a broken DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(132)
+            candidate = _looks_dicom(path, head)
+            part10 = head[128:132] == b"DICM"
+            if size < 132 and candidate:
+                raise Corrupt(f"{path}: too short to be a DICOM file ({size} bytes)")
+            f.seek(0)
+            try:
+                ds = pydicom.dcmread(f, force=not part10)
+            except InvalidDicomError:
+                raise (Corrupt(f"{path}: corrupt DICOM") if candidate else UnsupportedFormat(f"{path}: not DICOM")) from None
+            if not part10 and "SOPClassUID" not in ds and "Rows" not in ds:
+                if candidate:
+                    raise Corrupt(f"{path}: corrupt or truncated DICOM (no SOP class)")
+                raise UnsupportedFormat(f"{path}: not DICOM")
+            _check_complete(path, ds, size)
+            return ds
+    except (Corrupt, UnsupportedFormat):
+        raise
+    except OSError as e:
+        raise Corrupt(f"{path}: cannot read file ({e.strerror})") from None
+    except Exception as e:  # truncated or corrupt headers surface as many exception types
+        raise Corrupt(f"{path}: corrupt or truncated DICOM ({type(e).__name__})") from None
+
+
+def _check_complete(path: Path, ds, size: int) -> None:
+    tags = list(ds.keys())
+    if not tags:
+        raise Corrupt(f"{path}: truncated DICOM (no data set after the header)")
+    last = ds.get_item(tags[-1])
+    length = getattr(last, "length", None)
+    value_tell = getattr(last, "value_tell", None)
+    if length is not None and length != 0xFFFFFFFF and value_tell is not None:
+        value = last.value
+        if (value is not None and len(value) < length) or value_tell + length > size:
+            raise Corrupt(f"{path}: truncated DICOM (the last element is cut short)")
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise Corrupt(f"{path}: truncated or incomplete DICOM (no SOP Class or Instance UID)")
+    pixel = next((t for t in PIXEL_TAGS if t in ds), None)
+    if pixel is None:
+        if table().needs_pixels(str(ds.SOPClassUID)) or "Rows" in ds:
+            raise Corrupt(f"{path}: truncated DICOM (an image without pixel data)")
+        return
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    raw = ds.get_item(pixel)
+    data = raw.value if raw is not None else None
+    if data is None:
+        raise Corrupt(f"{path}: truncated DICOM (empty pixel data)")
+    if ts is not None and ts.is_encapsulated and pixel == 0x7FE00010:
+        _check_fragments(path, bytes(data))
+        return
+    _check_native_length(path, ds, pixel, len(data))
+
+
+def _check_native_length(path: Path, ds, pixel: int, have: int) -> None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = {0x7FE00008: 32, 0x7FE00009: 64}.get(pixel) or int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        raise Corrupt(f"{path}: corrupt DICOM (pixel data without a valid size)") from None
+    need = (rows * cols * frames * samples * bits + 7) // 8
+    if have < need:
+        raise Corrupt(f"{path}: truncated pixel data ({have:,} of {need:,} bytes)")
+
+
+def _check_fragments(path: Path, data: bytes) -> None:
+    """Encapsulated pixel data: items (FFFE,E000) back to back, each complete, at least one after the offsets."""
+    pos, items = 0, 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise Corrupt(f"{path}: truncated pixel data (a fragment header is cut short)")
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            break
+        if (group, elem) != (0xFFFE, 0xE000) or pos + 8 + length > len(data):
+            raise Corrupt(f"{path}: truncated or corrupt pixel data (fragment {items})")
+        pos += 8 + length
+        items += 1
+    if items < 2:
+        raise Corrupt(f"{path}: truncated pixel data (no frame after the offset table)")
