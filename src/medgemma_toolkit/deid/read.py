@@ -66,7 +66,7 @@ def _check_complete(path: Path, ds, size: int) -> None:
     last = ds.get_item(tags[-1])
     length = getattr(last, "length", None)
     value_tell = getattr(last, "value_tell", None)
-    if length is not None and length != 0xFFFFFFFF and value_tell is not None:
+    if length is not None and length != 0xFFFFFFFF and value_tell is not None and int(tags[-1]) not in PIXEL_TAGS:
         value = last.value
         if (value is not None and len(value) < length) or value_tell + length > size:
             raise Corrupt(f"{path}: truncated DICOM (the last element is cut short)")
