@@ -2,7 +2,7 @@
 
 Cleaning free text perfectly needs a reader; this removes what can be known to identify: every word of the
 file's person names, IDs, addresses and institution and station names (wherever they occur in the file), every
-run of four or more digits (dates, numbers, phone numbers), and anything shaped like an e-mail address. What is
+run of four or more digits and every date-like group (dates, numbers, phone numbers), and anything shaped like an e-mail address. What is
 left is the descriptor's own vocabulary ("CT CHEST W CONTRAST").
 """
 
@@ -21,14 +21,16 @@ _IDENTIFYING = {
     "PatientBirthName", "OtherPatientNames", "ResponsibleOrganization", "PerformedLocation", "ScheduledStudyLocation",
 }
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_DIGITS = re.compile(r"\d{4,}")
+_DIGITS = re.compile(r"\+?\d[\d ().\-/]{4,}\d|\d{4,}")  # dates, phone numbers, IDs
 _EMAIL = re.compile(r"\S+@\S+")
 
 
 def _values(value) -> list:
-    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        return [] if value is None else [value]
-    return list(value)
+    from pydicom.multival import MultiValue
+
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
 class Scrubber:
