@@ -119,7 +119,7 @@ def test_request_timeout_is_a_504_and_the_app_stays_usable(tiny_model):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             slow = await c.post("/v1/chat/completions", timeout=120, json={
                 "model": app.state.model_id, "max_tokens": 3000, "messages": [{"role": "user", "content": "Go on."}]})
             quick = await c.post("/v1/chat/completions", timeout=120, json={
@@ -135,3 +135,34 @@ def test_request_timeout_is_a_504_and_the_app_stays_usable(tiny_model):
     assert "timeout" in slow.json()["error"]["message"]
     assert quick.status_code == 200 and quick.json()["usage"]["completion_tokens"] <= 2
     assert "medgemma_requests_cancelled_total 1" in metrics
+
+
+def test_a_failing_row_fails_alone_and_its_batch_mates_get_their_answers(tiny_model, batcher):
+    """Batch poisoning: one request the backend refuses, batched with five good ones, fails by itself."""
+    questions = ["Is the heart enlarged?", "Any effusion?", "Describe the lungs.", "Normal?", "Fracture?"]
+    broken = tiny_model.request("fine", max_new_tokens=2)
+    broken.prompt = Prompt(text="<start_of_image> no image given", images=[])  # the backend refuses this
+    b = Batcher(tiny_model.backend, max_batch_size=6, window_s=2.0)
+
+    async def main():
+        reqs = [tiny_model.request(q, max_new_tokens=4) for q in questions]
+        reqs.insert(2, broken)
+        for _ in reqs:
+            b.expect()
+        jobs = [b.submit(r, timeout_s=120) for r in reqs]
+        return [await drain(j) for j in jobs]
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        b.stop()
+    kinds = [k for k, _, _ in results]
+    assert kinds == ["done", "done", "error", "done", "done", "done"]
+    assert isinstance(results[2][1], BadInput)
+    good = [(c, deltas) for k, c, deltas in results if k == "done"]
+    alone = [tiny_model.backend.generate([tiny_model.request(q, max_new_tokens=4)])[0] for q in questions]
+    assert [c.text for c, _ in good] == [c.text for c in alone]
+    # Rows that streamed before the batch failed resume after what they sent: no text twice, none lost.
+    for c, deltas in good:
+        if "\ufffd" not in c.text:
+            assert "".join(deltas) == c.text

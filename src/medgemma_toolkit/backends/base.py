@@ -108,5 +108,14 @@ class Backend(ABC):
                 assert isinstance(value, BaseException)
                 raise value
 
+    def context_length(self) -> int | None:
+        """Tokens the model attends over (prompt plus answer); None when unknown, and then nothing is checked."""
+        return None
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        """Tokens `prompt` takes, images included, without running the model (so a server can refuse a prompt
+        that does not fit before it joins a batch); None when the backend cannot tell."""
+        return None
+
     def close(self) -> None:
         """Release memory held by the model (optional)."""

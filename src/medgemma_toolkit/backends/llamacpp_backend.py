@@ -194,6 +194,15 @@ class LlamaCppBackend(Backend):
             return render_gemma_chat(prompt.messages, bos=self.bos)
         return _render_template(self.template, prompt, self.bos, self._piece(self.llama.token_eos()))
 
+    def context_length(self) -> int | None:
+        return int(self.llama.n_ctx())
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        """Text tokens plus each image's soft tokens (libmtmd's own count may add its two markers)."""
+        text = self.render(prompt)
+        n = len(self.llama.tokenize(text.encode("utf-8"), add_bos=prompt.is_completion, special=True))
+        return n + len(prompt.all_images()) * int(self.info.tokens_per_image or 0)
+
     # -- generation -----------------------------------------------------------------------------------------
     def generate(
         self, requests: Sequence[GenerationRequest], on_delta: DeltaCallback | None = None

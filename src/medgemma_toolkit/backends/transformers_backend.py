@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,8 @@ class TransformersBackend(Backend):
             i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
         )
         self.max_batch_size = self.options.max_batch_size
+        self._count_lock = threading.Lock()
+        self._count_tokenizer: Any = None
         self.info = ModelInfo(
             name=str(info_hint.get("name", path)),
             path=str(path),
@@ -152,6 +156,23 @@ class TransformersBackend(Backend):
                 add_special_tokens=add_special,
             )
         return self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
+
+    def context_length(self) -> int | None:
+        cfg = getattr(self.model.config, "text_config", None) or self.model.config
+        n = getattr(cfg, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        """Exact for text; each image counts as the processor's expansion (boi + soft tokens + eoi). Uses its own
+        copy of the tokenizer: a Rust tokenizer used by two threads at once fails with "Already borrowed"."""
+        text = self.render(prompt)
+        expansion = getattr(self.processor, "full_image_sequence", None) if self.processor is not None else None
+        if expansion and prompt.all_images():
+            text = text.replace(IMAGE_PLACEHOLDER, expansion)
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = copy.deepcopy(self.tokenizer)
+            return len(self._count_tokenizer(text, add_special_tokens=prompt.is_completion)["input_ids"])
 
     # -- generation -----------------------------------------------------------------------------------------
     def generate(

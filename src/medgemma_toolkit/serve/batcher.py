@@ -5,8 +5,9 @@ takes the first, gathers those already waiting (and, for at most `window_s`, tho
 `expect()`, or any that come while the previous batch had several requests), and runs them as one batch. A lone
 client therefore never waits for the window, which keeps its latency close to a direct call. Deltas and results travel back to each request's event loop as
 `(kind, value)` events. Cancellation (client gone, timeout) is polled by the backend between decoding steps.
-Out of accelerator memory is an expected outcome: the batch is retried in halves, and a row that cannot be retried
-gets a 503 with Retry-After, never a 500 for the whole batch.
+A batch that fails is retried, so one row never takes its batch-mates down: after an error, row by row (the bad
+row fails alone, e.g. a prompt the backend refuses); after running out of accelerator memory, in halves, and a row
+that cannot be retried gets a 503 with Retry-After. A retried row that had streamed text resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ class Job:
     started_at: float | None = None
     batch_size: int = 0
     stream: bool = True  # False: only the final result is wanted, so no per-token events cross threads
-    streamed: bool = False  # text already went out for it: an out-of-memory retry could not restart it
+    sent_chars: int = 0  # streamed text its client already has; a retried row resumes after it
+    produced_chars: int = 0  # streamed text the current attempt has produced
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a retry would decode the same text again (greedy or seeded), so its stream can resume."""
+        p = self.request.params
+        return self.sent_chars == 0 or p.greedy or p.seed is not None
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -169,23 +177,33 @@ class Batcher:
             j.post(kind, value)
 
     def _attempt(self, jobs: list[Job]) -> list[tuple[str, object]]:
-        """("done", Completion) or ("error", exception) per job. Out of memory is an expected outcome: the failed
-        batch's tensors are released, the cache emptied, and its rows retried in halves; a row that fails alone,
-        or whose stream already sent text (it cannot restart), gets a 503 with Retry-After."""
+        """("done", Completion) or ("error", exception) per job. A failed batch is retried so that only the rows
+        at fault fail: after an error, one row at a time; after running out of memory (the failed batch's tensors
+        released and the cache emptied first), in halves, a row that fails alone getting a 503 with Retry-After.
+        Rows whose streams already sent text are retried only if the retry repeats that text (`Job.resumable`)."""
         results, error = self._generate(jobs)
         if results is not None:
             return [("done", c) for c in results]
-        if error is not None:
-            return [("error", error)] * len(jobs)
-        release_memory()  # after `_generate` returned: nothing references the failed forward pass any more
-        log.warning("out of memory in a batch of %d; retrying in smaller batches", len(jobs))
+        oom = error is None
+        if len(jobs) == 1:
+            return [("error", self._oom_error() if oom else error)]
+        if oom:
+            release_memory()  # after `_generate` returned: nothing references the failed forward pass any more
+            log.warning("out of memory in a batch of %d; retrying in smaller batches", len(jobs))
+        else:
+            log.warning("batch of %d failed (%s); retrying its rows one by one", len(jobs), type(error).__name__)
         out: dict[int, tuple[str, object]] = {}
-        retry = [j for j in jobs if not j.streamed] if len(jobs) > 1 else []
+        retry: list[Job] = []
         for j in jobs:
-            if j not in retry:
-                out[id(j)] = ("error", self._oom_error())
-        halves = [retry[: len(retry) // 2], retry[len(retry) // 2 :]] if len(retry) > 1 else [retry]
-        for part in halves:
+            if j.is_cancelled():
+                out[id(j)] = ("done", Completion("", "cancelled", 0, 0))
+            elif not j.resumable:
+                out[id(j)] = ("error", self._oom_error() if oom else error)
+            else:
+                retry.append(j)
+        half = (len(retry) + 1) // 2
+        parts = [retry[:half], retry[half:]] if oom else [[j] for j in retry]
+        for part in parts:
             if part:
                 for j, o in zip(part, self._attempt(part)):
                     out[id(j)] = o
@@ -196,10 +214,17 @@ class Batcher:
         that the frames (and GPU tensors) of the failed forward pass become unreachable."""
 
         def on_delta(i: int, text: str) -> None:
-            if jobs[i].stream:
-                jobs[i].streamed = True
-                jobs[i].post("delta", text)
+            job = jobs[i]
+            if not job.stream:
+                return
+            job.produced_chars += len(text)
+            new = job.produced_chars - job.sent_chars  # a retry replays silently up to what was already sent
+            if new > 0:
+                job.post("delta", text[-new:])
+                job.sent_chars = job.produced_chars
 
+        for j in jobs:
+            j.produced_chars = 0
         try:
             streaming = any(j.stream for j in jobs)
             return self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None), None

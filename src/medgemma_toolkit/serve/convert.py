@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api import MedGemma
-from ..backends.base import GenerationRequest
+from ..backends.base import Backend, GenerationRequest
 from ..prompts.messages import ImagePart, Message, Part, TextPart
 from .config import ServeConfig
 from .errors import APIError
@@ -43,6 +43,15 @@ def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[tuple[Part, bool]]
 
 def _text(parts: list[Part]) -> str:
     return "\n".join(p.text for p in parts if isinstance(p, TextPart) and p.text)
+
+
+def check_fits(backend: Backend, req: GenerationRequest) -> None:
+    """A prompt that fills the model's context is a 400 here, before it can join (and fail) a batch."""
+    limit = backend.context_length()
+    n = backend.count_prompt_tokens(req.prompt) if limit else None
+    if limit and n is not None and n >= limit:
+        raise APIError(400, f"messages: the prompt is {n:,} tokens; this model's context holds {limit:,} tokens "
+                            "(prompt and answer together)", "context_length_exceeded", "messages")
 
 
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
@@ -89,5 +98,6 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         seed=body.seed,
         stop=body.stop_list,
     )
+    check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     return Converted(req, think, resolver.count, chars + len(req.prompt.text or ""))
