@@ -45,6 +45,7 @@ def serve(
     max_images: Annotated[int, typer.Option(help="Most images per request")] = 16,
     allow_image_host: Annotated[Optional[list[str]], typer.Option(help="Allow http(s) image URLs from this host (repeat); default none")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Allow local image paths under this directory; default never")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(help="Without an API key, also answer requests whose Host header names this (a reverse proxy's name; repeat; '*' = any). Default: loopback names only")] = None,
     log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Log prompt text (off by default: it may be PHI)")] = False,
     preset: PresetOpt = None,
     backend: BackendOpt = "auto",
@@ -68,7 +69,7 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024**2), max_pixels=max_pixels, max_images=max_images,
         max_batch_size=max_batch_size, max_queue=max_queue, batch_window_ms=batch_window_ms,
         request_timeout_s=request_timeout, allow_image_hosts=tuple(allow_image_host or ()),
-        image_root=image_root, log_prompts=log_prompts,
+        image_root=image_root, log_prompts=log_prompts, allow_hosts=tuple(allow_host or ()),
     )
     config.check()  # before the model loads: refusing to start should be instant
     check_port_free(host, port)

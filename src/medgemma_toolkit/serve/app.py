@@ -32,19 +32,12 @@ from .convert import Converted, to_generation_request
 from .errors import APIError, from_exception, install_error_handlers
 from .images import ImageResolver
 from .metrics import Metrics
-from .middleware import ServeMiddleware
+from .middleware import PAGE_HEADERS, ServeMiddleware
 from .responses import StreamState, completion_body, delta_chunk, final_chunks, sse
-from .schemas import ChatCompletionRequest, PreviewRequest, parse_body
+from .schemas import ChatCompletionRequest, ImageContent, PreviewRequest, parse_body
 
 log = logging.getLogger("medgemma_toolkit.serve")
 STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
-# The page loads nothing from elsewhere; previews arrive as data: URIs.
-PAGE_HEADERS = {
-    "cache-control": "no-store",
-    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-}
 
 
 class ClientGone(Exception):
@@ -89,18 +82,33 @@ def model_id(mg: MedGemma, config: ServeConfig) -> str:
     return Path(name).name if ("/" in name and Path(name).exists()) else name
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout_s` (a client trickling it in gets 408)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body is {int(declared):,} bytes; this server accepts at most {limit:,}",
                        "request_too_large")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise APIError(413, f"request body exceeds {limit:,} bytes", "request_too_large")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    total = 0
+
+    async def collect() -> None:
+        nonlocal total
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise APIError(413, f"request body exceeds {limit:,} bytes", "request_too_large")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s", "request_timeout",
+                       headers={"Connection": "close"}) from None
     return b"".join(chunks)
+
+
+def has_images(body: ChatCompletionRequest) -> bool:
+    return any(isinstance(c, ImageContent) for m in body.messages if isinstance(m.content, list) for c in m.content)
 
 
 def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
@@ -112,6 +120,8 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     metrics = Metrics(lambda: batcher.queue_depth, lambda: batcher.running)
     batcher = Batcher(mg.backend, config.max_batch_size, config.batch_window_ms / 1000.0, on_batch=metrics.batch)
     admission = Admission(config.max_batch_size + config.max_queue)
+    readers = Admission(config.max_body_readers)  # bodies being received: slow senders wait here, not in admission
+    decoders = asyncio.Semaphore(config.max_decoders)  # requests decoding images at once (CPU and memory)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -122,7 +132,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                   lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.model_id = batcher, metrics, served
     install_error_handlers(app)
-    app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics)
+    app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics, allow_hosts=config.allow_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -154,10 +164,27 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def busy() -> APIError:
+        metrics.count_rejected()
+        return APIError(429, "server is busy: too many requests queued; retry shortly", "rate_limit_exceeded",
+                        headers={"Retry-After": str(batcher.retry_after_s())})
+
+    async def read_json(request: Request, model: type) -> Any:
+        """Receive and validate a body. Admission comes after this, so clients that trickle their bodies in
+        hold only a reader slot (bounded, and timed out), never a place in the queue."""
+        if not readers.try_enter():
+            raise busy()
+        try:
+            raw = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+        finally:
+            readers.leave()
+        # Off the event loop: a large body of tiny parts takes seconds to validate and would stall /health.
+        return await run_in_threadpool(parse_body, raw, model, config.max_content_parts)
+
     @app.post("/v1/medgemma/preview")
     async def preview(request: Request) -> dict[str, Any]:
         """The exact image the model would receive for one image URL (what `medgemma preview` writes)."""
-        body: PreviewRequest = parse_body(await read_body(request, config.max_body_bytes), PreviewRequest)
+        body: PreviewRequest = await read_json(request, PreviewRequest)
 
         def render() -> dict[str, Any]:
             parts = ImageResolver(config, mg.image_size, body.window).parts(body.image_url.url)
@@ -167,24 +194,31 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             return {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
                     "width": img.width, "height": img.height}
 
-        return await run_in_threadpool(render)
+        if not admission.try_enter():  # previews decode like chats do: the same admission and decoder turns
+            raise busy()
+        try:
+            async with decoders:
+                return await run_in_threadpool(render)
+        finally:
+            admission.leave()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        body: ChatCompletionRequest = await read_json(request, ChatCompletionRequest)
         if not admission.try_enter():
-            metrics.count_rejected()
-            raise APIError(429, "server is busy: too many requests queued; retry shortly", "rate_limit_exceeded",
-                           headers={"Retry-After": str(batcher.retry_after_s())})
+            raise busy()
         rid = request.state.request_id
         batcher.expect()
         announced, handed_off = True, False
         try:
-            body: ChatCompletionRequest = parse_body(await read_body(request, config.max_body_bytes),
-                                                     ChatCompletionRequest)
             if body.model not in names:
                 raise APIError(404, f"model {body.model[:100]!r} not found; this server serves {served!r}",
                                "model_not_found", "model")
-            conv: Converted = await run_in_threadpool(to_generation_request, mg, body, config)
+            if has_images(body):
+                async with decoders:
+                    conv = await run_in_threadpool(to_generation_request, mg, body, config)
+            else:
+                conv = await run_in_threadpool(to_generation_request, mg, body, config)
             if config.log_prompts:  # operator opt-in; never images or DICOM headers
                 log.info("request_id=%s prompt_text=%r", rid, conv.request.prompt.messages[-1].text
                          if conv.request.prompt.messages else conv.request.prompt.text)

@@ -6,6 +6,7 @@ import errno
 import logging
 import socket
 import sys
+from typing import Any
 
 from ..api import MedGemma
 from ..errors import BadInput
@@ -35,6 +36,42 @@ def check_port_free(host: str, port: int) -> None:
             raise BadInput(f"cannot bind to {host}:{port} ({e.strerror})") from None
 
 
+def header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's HTTP protocol, closing a connection whose request headers are not complete `timeout_s` after it
+    opened or after its previous response (uvicorn has no such timeout: a client sending a header a byte at a
+    time would hold its connection forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            waiting_after = self.cycle  # a new request's headers replace the cycle
+
+            def expire() -> None:
+                if self.cycle is waiting_after and not self.transport.is_closing():
+                    self.transport.close()
+
+            self._header_timer = self.loop.call_later(timeout_s, expire)
+
+    return Protocol
+
+
 def serve(mg: MedGemma, config: ServeConfig) -> None:
     import uvicorn
 
@@ -46,5 +83,6 @@ def serve(mg: MedGemma, config: ServeConfig) -> None:
     log.info("serving %s on http://%s:%d (api key %s, batch %d, queue %d)", app.state.model_id, config.host,
              config.port, "required" if config.api_key else "off", config.max_batch_size, config.max_queue)
     uv = uvicorn.Config(app, host=config.host, port=config.port, access_log=False, log_config=None,
-                        log_level="warning", timeout_graceful_shutdown=5, server_header=False)
+                        log_level="warning", timeout_graceful_shutdown=5, server_header=False,
+                        http=header_timeout_protocol(config.header_timeout_s))
     uvicorn.Server(uv).run()
