@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
-from .options import ImageOptions
+from .deflate import is_deflated, read_deflated
+from .options import DEFAULT_MAX_PIXELS, ImageOptions
 from .square import scale_to_uint8
 
 
@@ -23,14 +24,17 @@ def looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def read_dataset(data: bytes, name: str):
-    """Parse a DICOM file's bytes; any parser failure becomes a one-line `BadInput`."""
+def read_dataset(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Parse a DICOM file's bytes; any parser failure becomes a one-line `BadInput`. A deflated dataset is
+    inflated only as far as its image size needs (`imaging.deflate`), never whole."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     from .series import quiet_pydicom
 
     quiet_pydicom()  # pydicom's validation warnings quote header values (PHI)
+    if is_deflated(data):
+        return read_deflated(data, name, max_pixels)
     try:
         return pydicom.dcmread(io.BytesIO(data), force=not looks_like_dicom(data))
     except InvalidDicomError:

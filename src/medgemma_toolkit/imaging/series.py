@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
+from .deflate import is_deflated, read_deflated
+from .options import DEFAULT_MAX_PIXELS
 
 MAX_SERIES_FILES = 4096  # far above any real CT/MR series (~2,000); a guard against pointing at a whole archive
 MAX_VOLUME_VOXELS = 2048 * 512 * 512
@@ -113,6 +115,10 @@ def read_instance(path: Path):
             head = f.read(132)
             f.seek(0)
             part10 = len(head) >= 132 and head[128:132] == b"DICM"
+            if part10 and is_deflated(f.read(65536)):  # inflated under a bound, never whole
+                f.seek(0)
+                return read_deflated(f.read(), str(path), DEFAULT_MAX_PIXELS)
+            f.seek(0)
             ds = pydicom.dcmread(f, force=not part10)
             # Without the Part 10 preamble pydicom parses almost any bytes; a real image names its SOP class.
             if not part10 and "SOPClassUID" not in ds and "Rows" not in ds:

@@ -1,0 +1,53 @@
+"""Malicious inputs built on demand, for the hostile-input tests and `benchmarks/hostile.py`.
+
+Each builder returns a small byte string whose decoding would, without the imaging layer's bounds, cost far more
+memory or CPU than its size suggests. Nothing here is written to disk unless the caller does so.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _part10(transfer_syntax: str, attrs: dict) -> tuple[bytes, bytes]:
+    """(preamble + file meta, dataset bytes in explicit VR little endian) for a tiny image header."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    head, body = DicomBytesIO(), DicomBytesIO()
+    for f in (head, body):
+        f.is_little_endian, f.is_implicit_VR = True, False
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    write_dataset(body, ds)
+    return head.getvalue(), body.getvalue()
+
+
+def deflate_bomb(inflated_mib: int = 512, rows: int = 16, cols: int = 16) -> bytes:
+    """A Deflated Explicit VR Little Endian DICOM of `rows` x `cols` whose pixel data element holds
+    `inflated_mib` MiB of zeros: about 1 KiB on the wire per MiB inflated."""
+    head, body = _part10(DEFLATED, {"Rows": rows, "Columns": cols})
+    n = inflated_mib * 1024**2
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [c.compress(body + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, n))]
+    chunk = bytes(1024**2)
+    out += [c.compress(chunk) for _ in range(inflated_mib)]
+    out.append(c.flush())
+    return head + b"".join(out)
