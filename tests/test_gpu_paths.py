@@ -263,3 +263,19 @@ def test_server_answers_oom_with_503_and_retries_smaller(tiny_model):
         app.state.batcher.stop()
     gc.collect()
     assert all(r() is None for r in hook.failed)
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_run_passes_on_cpu(tmp_path):
+    """benchmarks/gpu/suite.py --smoke: every row of the GPU suite, on a tiny model on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "suite.py"
+    p = subprocess.run([sys.executable, str(script), "--smoke", "--work", str(tmp_path)], capture_output=True,
+                       text=True, timeout=900)
+    table = [line for line in p.stdout.splitlines() if line.startswith("| ")]
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert len(table) == 9 and not any("FAIL" in line for line in table)
+    assert "QLoRA" in p.stdout and "out-of-memory" in p.stdout

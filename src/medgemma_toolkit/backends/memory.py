@@ -28,7 +28,9 @@ def is_oom(e: BaseException) -> bool:
             return True
     except (ImportError, AttributeError):
         pass
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    # "CUDA error: out of memory" from a kernel launch; cuBLAS/cuDNN failing to get their workspace.
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text.lower() or "_ALLOC_FAILED" in text)
 
 
 def release_memory() -> None:

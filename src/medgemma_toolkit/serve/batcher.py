@@ -185,10 +185,13 @@ class Batcher:
         if results is not None:
             return [("done", c) for c in results]
         oom = error is None
-        if len(jobs) == 1:
-            return [("error", self._oom_error() if oom else error)]
         if oom:
             release_memory()  # after `_generate` returned: nothing references the failed forward pass any more
+        if len(jobs) == 1:
+            if oom:
+                log.warning("out of memory for a single request; answered 503")
+            return [("error", self._oom_error() if oom else error)]
+        if oom:
             log.warning("out of memory in a batch of %d; retrying in smaller batches", len(jobs))
         else:
             log.warning("batch of %d failed (%s); retrying its rows one by one", len(jobs), type(error).__name__)
