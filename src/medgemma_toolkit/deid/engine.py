@@ -188,25 +188,39 @@ def _apply(ds, elem, ctx: _Ctx, action: str, basic: str = "X") -> None:
         _clean(ds, elem, ctx, basic)
 
 
+def _tag_name(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+_NET_VRS = {"SQ", "PN", "UI", None}  # what the safety nets look at outside the table (None: VR not yet known)
+
+
 def _walk(ds, ctx: _Ctx, top: bool) -> None:
+    # Elements are looked at raw (tag and VR) and decoded only when acted on: most of a header is left as read,
+    # and pydicom writes raw elements back as they came.
     tab = table()
     private_keep = ctx.safe.keep_set(ds) if (ctx.safe is not None and ctx.opts.retain_safe_private) else set()
-    for elem in list(ds):
-        tag = int(elem.tag)
-        group = tag >> 16
-        if elem.tag.is_private:
-            if tag in private_keep:
+    for tag in list(ds.keys()):
+        t = int(tag)
+        group = t >> 16
+        if group % 2 == 1:
+            if t in private_keep:
                 ctx.rep.private_kept += 1
                 continue
-            del ds[elem.tag]
+            del ds[tag]
             ctx.rep.private_removed += 1
             continue
         if is_curve_group(group) or is_overlay_group(group):
-            del ds[elem.tag]
-            ctx.rep.removed.add(_name(elem))
+            del ds[tag]
+            ctx.rep.removed.add(_tag_name(t))
             continue
-        row = tab.rows.get(tag)
+        row = tab.rows.get(t)
         if row is None:  # not in the table: safety nets only
+            if ds.get_item(tag).VR not in _NET_VRS:
+                continue
+            elem = ds[tag]
             if elem.VR == "SQ":
                 for item in elem.value:
                     _walk(item, ctx, top=False)
@@ -217,8 +231,8 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
                 elem.value = _remap(elem.value, ctx.uids)
                 ctx.rep.uids_remapped.add(_name(elem))
             continue
-        type_ = tab.type_of(ctx.sop_class, tag) if top else None
-        _apply(ds, elem, ctx, row.action(ctx.opts, type_), row.basic)
+        type_ = tab.type_of(ctx.sop_class, t) if top else None
+        _apply(ds, ds[tag], ctx, row.action(ctx.opts, type_), row.basic)
 
 
 def _file_meta(ds, ctx: _Ctx) -> None:

@@ -50,7 +50,7 @@ class Options:
             raise ValueError("choose one of the full-dates and modified-dates options")
 
     def selected(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name)]
+        return list(_selected(self))
 
     @classmethod
     def from_codes(cls, codes: set[str]) -> "Options":
@@ -72,12 +72,17 @@ class Row:
 
     def action(self, opts: Options, type_: str | None) -> str:
         """One of X, Z, D, U, K, C for this element under `opts`, its type in the IOD (None: unknown)."""
-        chosen = [self.options.get(name, "") for name in opts.selected()]
+        chosen = [self.options.get(name, "") for name in _selected(opts)] if self.options else ()
         if "K" in chosen:
             return "K"
         if "C" in chosen:
             return "C"
         return resolve_compound(self.basic, type_)
+
+
+@lru_cache(maxsize=64)
+def _selected(opts: Options) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(opts) if getattr(opts, f.name))
 
 
 def resolve_compound(code: str, type_: str | None) -> str:
