@@ -1,7 +1,7 @@
 """Conformance with PS3.15 Table E.1-1, checked against the standard's rows, not against our engine's table.
 
-The oracle is tests/data/deid/table_e1_1_rows.json (the standard's rows as innolitics/dicom-standard parsed them;
-source in the file) and pydicom's data dictionary for VRs. A CT file gets a unique canary in every attribute of
+The oracle is tests/data/deid/table_e1_1_rows.json (the standard's rows as innolitics/dicom-standard parsed them,
+edition 2024b, plus the rows new in 2026c; sources in the file) and pydicom's data dictionary for VRs. A CT file gets a unique canary in every attribute of
 the table that pydicom knows a VR for, at the top level and two sequences deep inside sequences the table does not
 list, plus private, curve and overlay data and file meta AE titles; after `medgemma deid` no canary may be left
 anywhere in the output bytes, and the pixels must be byte-identical.
@@ -162,7 +162,9 @@ def leaked(data: bytes, canaries: Canaries) -> list[str]:
 
 
 def test_oracle_covers_the_whole_table():
-    assert len(ROWS) == 621  # 617 single-tag rows + curve, overlay data, overlay comments, private attributes
+    edition_2024b = [r for r in ROWS if "edition" not in r]
+    assert len(edition_2024b) == 621  # 617 single-tag rows + curve, overlay data, overlay comments, private attributes
+    assert len(ROWS) - len(edition_2024b) == 35  # rows new in 2026c
     assert {r["basicProfile"] for r in ROWS} >= {"X", "Z", "D", "U", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*"}
     assert len(single_tag_rows()) >= 600
 
@@ -212,3 +214,24 @@ def test_verify_finds_every_planted_attribute_by_name_only(tmp_path, cli):
         assert nested + kw in names, nested + kw
     assert "(0009,1001)" in names and "(6000,3000)" in names and "(6000,0022)" in names
     assert "FileMeta.SourceApplicationEntityTitle" in names
+
+
+def test_packaged_table_matches_an_independent_parse_of_the_standard():
+    """dicom-anonymizer (PyPI) scrapes the standard itself: its 2024b and 2026c Basic Profile columns must equal
+    our packaged table's, tag for tag."""
+    import importlib
+
+    from medgemma_toolkit.deid import table
+
+    names = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
+             "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+    ours = {tag: row.basic for tag, row in table().rows.items()}
+    for edition in ("2024b", "2026c"):
+        m = importlib.import_module(f"dicomanonymizer.dicom_anonymization_databases.dicomfields_{edition}")
+        theirs = {(g << 16) | e: action for name, action in names.items() for g, e, *rest in getattr(m, name)
+                  if not rest}
+        assert {t: ours.get(t) for t in theirs} == theirs, edition
+        if edition == "2024b":
+            assert len(theirs) == 617 and len(set(ours) - set(theirs)) == 35  # the rows new in 2026c
+        else:
+            assert set(ours) == set(theirs)
