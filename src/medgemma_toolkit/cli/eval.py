@@ -35,7 +35,9 @@ def eval_run(
     ctx: typer.Context,
     model: ModelOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data file in the task's public format or the generic JSONL/CSV; `hf:NAME[:SPLIT]` for the local datasets cache. Default: the task's shipped sample")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data file as its release publishes it (see `medgemma eval list`), a parquet file or save_to_disk folder, or `hf:NAME[:CONFIG][:SPLIT]` from the local datasets cache (never downloaded). Default: the task's shipped sample")] = None,
+    split: Annotated[Optional[str], typer.Option(help="The release's official split (e.g. PubMedQA test, VQA-RAD test, MedXpertQA text/mm), or a Hugging Face split name")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="Keep only these item ids: one per line, a JSON list, or a JSON object's keys (e.g. PubMedQA's test_ground_truth.json)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N items")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK")] = None,
     batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto' (8 on CPU, 32 on GPU)")] = "auto",
@@ -80,19 +82,22 @@ def eval_run(
         task=task, data=data, out=out or Path("eval-runs") / spec.name, limit=limit, batch_size=_batch_size(batch_size),
         resume=resume, max_new_tokens=max_new_tokens, temperature=temperature, think=think, mode=mode,  # type: ignore[arg-type]
         on_error=on_error, conditions=conditions, image_root=images, use_cache=not no_cache,  # type: ignore[arg-type]
-        n_boot=bootstrap,
+        n_boot=bootstrap, split=split, ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     mg = load_model(model, backend, device, dtype, quantize, allow_download, None,
                     upstream=upstream, mmproj=mmproj, threads=threads)
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
-    ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f})"
+    ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, {m.get('ci_method', 'bootstrap')})"
     value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
     t = summary["timing"]
     print(f"{spec.label} {spec.primary_metric} = {value}{ci} on {summary['counts']['answered']} questions; "
           f"unparseable {summary['parse_failures']['rate']:.1%}; generated {t['generated']}, resumed {t['resumed']}, "
           f"cached {t['from_cache']}")
+    skipped = summary["dataset"].get("rows_skipped") or {}
+    if skipped:
+        print("rows skipped: " + "; ".join(f"{n} {why}" for why, n in skipped.items()))
     print(f"wrote {opts.out}/summary.json, report.md, report.html")
     for note in summary["notes"]:  # e.g. RadGraph F1 skipped, demo model
         print(f"note: {note}", file=sys.stderr)
@@ -104,15 +109,19 @@ def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
 
     Example: medgemma eval list
     """
+    from ..eval.formats import READERS
     from ..eval.spec import builtin_tasks
 
     rows = [{"task": s.name, "version": s.version, "protocol": s.protocol, "kind": s.kind, "metrics": list(s.metrics),
-             "max_new_tokens": s.max_new_tokens, "format": s.description} for s in builtin_tasks().values()]
+             "max_new_tokens": s.max_new_tokens, "format": s.description, "reads": READERS[s.reader].releases,
+             "splits": list(s.splits)} for s in builtin_tasks().values()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        print(f"{r['task'] + '@' + r['version']:<22}{r['kind']:<12}{','.join(r['metrics']):<40}{r['format']}")
+        splits = f"  splits: {', '.join(r['splits'])}" if r["splits"] else ""
+        print(f"{r['task'] + '@' + r['version']:<22}{r['kind']:<12}{','.join(r['metrics'])}{splits}\n"
+              f"{'':<22}reads: {r['reads']}")
 
 
 @eval_app.command("compare")

@@ -1,6 +1,8 @@
 """`medgemma batch`: plain batch inference (no scoring) over a JSONL of questions, on the resumable runner.
 
-Input rows: {"id": ..., "question": ..., "images": [paths] or "image": path, "system": optional}. Output rows are
+Input rows: {"id": ..., "question": ..., "options": optional, "images": [paths] or "image": path, "system": optional}.
+Options (a mapping, a list, or a JSON string of either) are listed under the question as `eval` lists them
+("A. ..." lines after a blank line), so a row asks the model the same question in both. Output rows are
 appended and flushed per batch: {"id", "answer", "thought", "finish_reason", tokens, "seconds"} (or "error").
 """
 
@@ -15,7 +17,8 @@ from typing import Any
 from ..errors import BadInput
 from ..prompts.thinking import split_thought
 from .batching import Outcome, auto_batch_size, run_batches
-from .formats import RowError, _images, ReadContext
+from .items import format_options
+from .rows import ReadContext, RowError, image_paths, is_blank, options_of
 from .records import RecordLog
 
 
@@ -26,6 +29,14 @@ class BatchRow:
     question: str
     images: list[str] = field(default_factory=list)
     system: str | None = None
+
+
+def render_question(raw: dict[str, Any], loc: str) -> str:
+    """The question, then its options the way `eval` renders them (blank line, "A. ..." lines)."""
+    question = str(raw["question"]).strip()
+    if is_blank(raw.get("options")) or raw["options"] in ([], {}):
+        return question
+    return f"{question}\n\n{format_options(options_of(raw['options'], loc))}"
 
 
 def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
@@ -48,7 +59,7 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
             rid = str(raw.get("id", f"row-{i}"))
             if rid in seen:
                 raise RowError(f"{loc}: duplicate id {rid!r}")
-            row = BatchRow(rid, loc, str(raw["question"]), _images(raw, loc, ctx, "images", "image"),
+            row = BatchRow(rid, loc, render_question(raw, loc), image_paths(raw, loc, ctx, "images", "image"),
                            raw.get("system"))
         except RowError as e:
             if on_error == "fail":

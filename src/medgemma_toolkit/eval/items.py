@@ -7,6 +7,7 @@ condition, so one image becomes one `Unit` per condition with a known label.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class EvalItem:
     images: list[str] = field(default_factory=list)  # absolute paths
     labels: dict[str, bool] = field(default_factory=dict)  # condition -> present (CXR classification)
     answer_type: str | None = None  # "closed" / "open" (VQA)
+    options_in_question: bool = False  # the release's question text already lists the options (MedXpertQA)
 
 
 @dataclass
@@ -77,7 +79,10 @@ def expand_units(spec: TaskSpec, items: list[EvalItem], conditions: tuple[str, .
                 text = spec.prompt.format(condition=cond.lower(), question=it.question, options="")
                 units.append(Unit(f"{it.id}::{cond}", it, text.strip(), "yes" if it.labels[cond] else "no", cond))
         else:
-            text = spec.prompt.format(question=it.question.strip(), options=format_options(it.options), condition="")
+            opts = "" if it.options_in_question else format_options(it.options)
+            text = spec.prompt.format(question=it.question.strip(), options=opts, condition="")
+            if not opts:
+                text = re.sub(r"\n{3,}", "\n\n", text)  # no empty options block between question and request
             units.append(Unit(it.id, it, text.strip(), it.answer))
     for u in units:
         u.prompt_hash = prompt_hash(u.text, u.item.images, digests)

@@ -1,4 +1,8 @@
-"""Metrics over per-item records, with bootstrap 95% confidence intervals and paired tests.
+"""Metrics over per-item records, with 95% confidence intervals that do not collapse, and paired tests.
+
+Proportions (accuracy: one right/wrong answer per item) get the Wilson score interval, which stays inside [0, 1]
+and keeps a width at 0% and 100% where a bootstrap collapses to a point. Everything else (F1, ROUGE, accuracy over
+several questions per item) gets a percentile bootstrap over items. The summary states which (`ci_method`).
 
 Records are the dicts the runner writes (`parsed`, `gold`, `correct`, `score`, `condition`, `answer_type`,
 `item_id`). An unparseable answer (`parsed` is None) is wrong: it scores 0 and, for F1 over yes/no conditions,
@@ -179,6 +183,32 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# -- intervals ----------------------------------------------------------------------------------------------------
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); 0/n gives [0, >0], n/n gives [<1, 1]."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _proportion(records: Sequence[Record], metric: Metric) -> tuple[int, int] | None:
+    """(successes, n) when `metric` is a 0/1 value with exactly one counted record per item; else None."""
+    if metric.unit_value is None:
+        return None
+    vals = [(str(r["item_id"]), metric.unit_value(r)) for r in records]
+    vals = [(i, v) for i, v in vals if v is not None]
+    if not vals or any(v not in (0.0, 1.0) for _, v in vals) or len({i for i, _ in vals}) != len(vals):
+        return None
+    return int(sum(v for _, v in vals)), len(vals)
+
+
 # -- bootstrap ----------------------------------------------------------------------------------------------------
 def _groups(records: Sequence[Record], key: str = "item_id") -> list[list[int]]:
     by: dict[str, list[int]] = defaultdict(list)
@@ -219,19 +249,28 @@ def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, 
 
 def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int = 1000,
                     seed: int = 0) -> dict[str, dict[str, Any]]:
-    """{metric: {value, ci_low, ci_high, n}}; a metric that cannot run here gets `value: None` and a `note`."""
+    """{metric: {value, ci_low, ci_high, ci_method, n}}; a metric that cannot run here gets `value: None` and a
+    `note`. ci_method is "wilson" (a proportion over independent items) or "bootstrap" (percentile, over items)."""
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         m = METRICS[name]
         if name == "radgraph_f1":
             why = radgraph_unavailable()
             if why:
-                out[name] = {"value": None, "ci_low": None, "ci_high": None, "n": len(records), "note": why}
+                out[name] = {"value": None, "ci_low": None, "ci_high": None, "ci_method": None, "n": len(records),
+                             "note": why}
                 continue
         value = m.compute(records)
-        lo, hi = bootstrap_ci(records, m, n_boot, seed) if value is not None else (None, None)
+        prop = _proportion(records, m) if value is not None else None
+        if prop is not None:
+            (lo, hi), method = wilson_interval(*prop), "wilson"
+        elif value is not None:
+            (lo, hi), method = bootstrap_ci(records, m, n_boot, seed), "bootstrap"
+        else:
+            (lo, hi), method = (None, None), None
         n = len(records) if m.unit_value is None else sum(m.unit_value(r) is not None for r in records)
-        out[name] = {"value": value, "ci_low": lo, "ci_high": hi, "n": n}
+        out[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method if lo is not None else None,
+                     "n": n}
     return out
 
 

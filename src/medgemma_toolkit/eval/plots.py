@@ -61,7 +61,7 @@ def condition_plot(f1: dict[str, float]) -> str:
 def confusion_plot(labels: list[str], matrix: list[list[int]]) -> str:
     """Gold option (rows) against parsed answer (columns, last = unparseable)."""
     plt = _fig()
-    cols = labels + ["none"]
+    cols = labels + ["(unparseable)"]
     fig, ax = plt.subplots(figsize=(0.5 * len(cols) + 2, 0.5 * len(labels) + 1.5))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(cols)), cols)

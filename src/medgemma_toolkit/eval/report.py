@@ -17,14 +17,18 @@ from .spec import TaskSpec
 SUMMARY_VERSION = "1"
 
 
-def confusion(records: list[dict[str, Any]]) -> tuple[list[str], list[list[int]]]:
+UNPARSED = "(unparseable)"
+
+
+def confusion(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[list[int]]]:
+    """(row labels = gold, column labels = answers incl. the unparseable column, counts)."""
     labels = sorted({r["gold"] for r in records if r["gold"]} | {r["parsed"] for r in records if r["parsed"]})
     index = {k: i for i, k in enumerate(labels)}
     matrix = [[0] * (len(labels) + 1) for _ in labels]
     for r in records:
         col = index.get(r["parsed"], len(labels)) if r["parsed"] is not None else len(labels)
         matrix[index[r["gold"]]][col] += 1
-    return labels, matrix
+    return labels, labels + [UNPARSED], matrix
 
 
 def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str, Any], n_boot: int) -> dict[str, Any]:
@@ -47,11 +51,15 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
     if spec.kind == "conditions":
         summary["per_condition_f1"] = per_condition_f1(scored)
     if spec.kind == "mcq" and scored:
-        labels, matrix = confusion(scored)
-        summary["confusion"] = {"labels": labels, "matrix": matrix}
+        labels, columns, matrix = confusion(scored)
+        # rows: the correct option; columns: the parsed answer, the last one for answers that could not be parsed
+        summary["confusion"] = {"labels": labels, "columns": columns, "matrix": matrix}
     for m in summary["metrics"].values():
         if m.get("note"):
             notes.append(m["note"])
+    for reason, n in (run_info["dataset"].get("rows_skipped") or {}).items():
+        notes.append(f"{n} row(s) skipped: {reason}")
+    notes.extend(run_info["dataset"].get("warnings") or [])
     if run_info["model"].get("demo"):
         notes.append("demo model (Gemma 3 270M base): not MedGemma; scores show the pipeline works, nothing more")
     summary["notes"] = notes
@@ -74,8 +82,8 @@ def _plots(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    return [(k, _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", str(m["n"]))
-            for k, m in summary["metrics"].items()]
+    return [(k, _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]" +
+             (f" {m['ci_method']}" if m.get("ci_method") else ""), str(m["n"])) for k, m in summary["metrics"].items()]
 
 
 def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

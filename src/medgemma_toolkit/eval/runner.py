@@ -49,6 +49,8 @@ class EvalOptions:
     on_error: Literal["skip", "fail"] = "fail"
     conditions: str | None = None  # condition set name, or a comma-separated list
     image_root: str | None = None
+    split: str | None = None  # the release's split (see the task's `splits`), or a Hugging Face split name
+    ids: str | None = None  # file of item ids to keep (one per line, a JSON list, or a JSON object's keys)
     use_cache: bool = True
     n_boot: int = 1000
     progress: bool = True
@@ -84,11 +86,17 @@ def load_task_data(opts: EvalOptions, quiet: bool = False):
         raise BadInput(f"--mode loglikelihood is for multiple-choice tasks; {spec.name!r} is {spec.kind}")
     data_path = Path(opts.data) if opts.data else Path(str(sample_path(spec)))
     conditions = _conditions(spec, opts.conditions)
+    from .formats import read_ids
+
     read = read_items(spec, data_path, opts.on_error, Path(opts.image_root) if opts.image_root else None,
-                      conditions, opts.limit)
+                      conditions, opts.limit, split=opts.split, ids=read_ids(Path(opts.ids)) if opts.ids else None)
     if not quiet:
         for msg in read.errors:
             print(f"skipped: {msg}", file=sys.stderr)
+        for reason, n in read.skip_reasons.items():
+            print(f"skipped {n} row(s): {reason}", file=sys.stderr)
+        for msg in read.warnings:
+            print(f"warning: {msg}", file=sys.stderr)
     return spec, data_path, conditions, read
 
 
@@ -208,6 +216,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
         "model": model, "generation": generation, "conditions": list(conditions),
         "dataset": {"path": str(data_path), "sha256": dataset_digest(data_path), "items": len(read.items),
                     "questions": len(units), "malformed_rows": len(read.errors), "rows_not_used": read.skipped,
+                    "rows_skipped": read.skip_reasons, "warnings": read.warnings, **read.selection,
                     "limit": opts.limit, "sample": opts.data is None},
         "timing": {"generated": len(pending), "resumed": n_resumed, "from_cache": n_cached,
                    "generate_seconds": round(gen_seconds, 3), "wall_seconds": round(wall, 3),

@@ -38,6 +38,11 @@ class TaskSpec:
     protocol: str = "medgemma-eval"  # zero-shot, greedy, no system prompt
     condition_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     default_condition_set: str | None = None
+    # --split NAME -> how a release marks it: {ids_file} (eval/splits/), {column, equals|prefix}, {id_prefix},
+    # {file: word in the file name}; hf_split: the split name in Hugging Face copies.
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # CXR: each release's own label names -> the condition names asked (CXR14's "Effusion" = "Pleural Effusion").
+    label_names: dict[str, dict[str, str]] = field(default_factory=dict)
     sample: str | None = None  # file under eval/samples/
     references: tuple[str, ...] = ()
 
@@ -64,11 +69,17 @@ def _spec_from_dict(data: dict[str, Any], origin: str) -> TaskSpec:
         data["metrics"] = tuple(data["metrics"])
         data["references"] = tuple(data.get("references", ()))
         data["condition_sets"] = {k: tuple(v) for k, v in (data.get("condition_sets") or {}).items()}
+        data["splits"] = {str(k): dict(v) for k, v in (data.get("splits") or {}).items()}
+        data["label_names"] = {str(k): {str(a): str(b) for a, b in (v or {}).items()}
+                               for k, v in (data.get("label_names") or {}).items()}
         spec = TaskSpec(**data)
     except (KeyError, TypeError) as e:
         raise BadInput(f"{origin}: invalid task definition ({e})") from None
     if spec.kind not in KINDS:
         raise BadInput(f"{origin}: kind must be one of {', '.join(KINDS)}")
+    for name, rule in spec.splits.items():
+        if not {"ids_file", "column", "id_prefix", "file", "hf_split"} & set(rule):
+            raise BadInput(f"{origin}: split {name!r} needs ids_file, column, id_prefix, file or hf_split")
     if spec.primary_metric not in spec.metrics:
         raise BadInput(f"{origin}: primary_metric {spec.primary_metric!r} is not in metrics")
     return spec
