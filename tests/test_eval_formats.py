@@ -189,3 +189,21 @@ def test_image_paths_resolve_beside_the_file_before_release_folders(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = read_items(get_task("vqa_rad"), tmp_path / "d.jsonl").items
     assert [Path(i.images[0]).resolve() for i in items] == [(tmp_path / "images" / "a.png").resolve()] * 2
+
+
+def test_batch_renders_options_as_eval_does(tmp_path):
+    from medgemma_toolkit.eval.batch import read_batch_rows
+
+    rows = [{"id": "a", "question": "Which organ secretes insulin?", "options": ["Liver", "Pancreas", "Spleen"]},
+            {"id": "b", "question": "Which?", "options": '{"A": "x", "B": "y"}'},
+            {"id": "c", "question": "No options here."}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = {r.id: r.question for r in read_batch_rows(tmp_path / "in.jsonl", "fail")}
+    from dataclasses import replace
+
+    spec = replace(get_task("medqa"), reader="generic")  # eval's prompt: "{question}\n\n{options}\n\n..."
+    (tmp_path / "e.jsonl").write_text(json.dumps({**rows[0], "answer": "B"}) + "\n")
+    unit = expand_units(spec, read_items(spec, tmp_path / "e.jsonl").items)[0]
+    assert got["a"] == "Which organ secretes insulin?\n\nA. Liver\nB. Pancreas\nC. Spleen"
+    assert unit.text.startswith(got["a"] + "\n\n")
+    assert got["b"] == "Which?\n\nA. x\nB. y" and got["c"] == "No options here."

@@ -180,3 +180,48 @@ def test_radgraph_reported_unavailable_without_package():
     except ImportError:
         assert out["radgraph_f1"]["value"] is None
         assert "pip install radgraph" in out["radgraph_f1"]["note"]
+
+
+def _wilson_by_bisection(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Oracle written differently: the Wilson interval is the set of p whose score test |k/n - p| <= z*sd(p)
+    accepts; find its two ends by bisection instead of the closed form."""
+    phat = k / n
+
+    def accepts(p: float) -> bool:
+        return (phat - p) ** 2 <= z * z * p * (1 - p) / n + 1e-15
+
+    def edge(inside: float, outside: float) -> float:
+        for _ in range(200):
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if accepts(mid) else (inside, mid)
+        return inside
+
+    return (0.0 if accepts(0.0) else edge(phat, 0.0)), (1.0 if accepts(1.0) else edge(phat, 1.0))
+
+
+@pytest.mark.parametrize("k,n", [(0, 20), (20, 20), (7, 20), (1, 3), (499, 500), (250, 500)])
+def test_wilson_interval_matches_score_test_inversion(k, n):
+    from medgemma_toolkit.eval.metrics import wilson_interval
+
+    lo, hi = wilson_interval(k, n)
+    olo, ohi = _wilson_by_bisection(k, n)
+    assert lo == pytest.approx(olo, abs=1e-9) and hi == pytest.approx(ohi, abs=1e-9)
+
+
+def test_intervals_do_not_collapse_at_zero_and_one_and_say_their_method():
+    # 0 of 20 right: the issue's "0.000 (95% CI 0.000-0.000)"; Wilson's upper end for 0/20 is 0.1611 (published)
+    recs = [{"item_id": str(i), "gold": "A", "parsed": "B", "correct": False, "score": 0.0, "condition": None,
+             "answer_type": None} for i in range(20)]
+    acc = compute_metrics(recs, ["accuracy"], n_boot=200)["accuracy"]
+    assert acc["ci_method"] == "wilson" and acc["ci_low"] == 0.0 and acc["ci_high"] == pytest.approx(0.16113, abs=1e-5)
+    right = [{**r, "parsed": "A", "correct": True, "score": 1.0} for r in recs]
+    acc = compute_metrics(right, ["accuracy"], n_boot=200)["accuracy"]
+    assert acc["ci_high"] == 1.0 and acc["ci_low"] == pytest.approx(1 - 0.16113, abs=1e-5)
+    # several questions per item (CXR): a clustered bootstrap, and when every resample is 0 the item-count Wilson
+    cxr = [{"item_id": str(i // 5), "condition": f"c{i % 5}", "gold": "yes", "parsed": "no", "correct": False,
+            "score": 0.0, "answer_type": None} for i in range(20)]
+    m = compute_metrics(cxr, ["macro_f1", "accuracy"], n_boot=200)
+    assert m["accuracy"]["ci_method"] == "wilson-items" and m["macro_f1"]["ci_method"] == "wilson-items"
+    assert m["accuracy"]["ci_high"] == pytest.approx(_wilson_by_bisection(0, 4)[1], abs=1e-9)
+    mixed = [{**r, "parsed": "yes", "correct": True, "score": 1.0} if i % 3 == 0 else r for i, r in enumerate(cxr)]
+    assert compute_metrics(mixed, ["accuracy"], n_boot=200)["accuracy"]["ci_method"] == "bootstrap"

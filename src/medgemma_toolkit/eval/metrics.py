@@ -250,7 +250,8 @@ def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, 
 def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int = 1000,
                     seed: int = 0) -> dict[str, dict[str, Any]]:
     """{metric: {value, ci_low, ci_high, ci_method, n}}; a metric that cannot run here gets `value: None` and a
-    `note`. ci_method is "wilson" (a proportion over independent items) or "bootstrap" (percentile, over items)."""
+    `note`. ci_method is "wilson" (a proportion over independent items), "bootstrap" (percentile, over items) or
+    "wilson-items" (a bootstrap that gave one value, 0 or 1, for every resample: Wilson on the item count)."""
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         m = METRICS[name]
@@ -266,6 +267,12 @@ def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int
             (lo, hi), method = wilson_interval(*prop), "wilson"
         elif value is not None:
             (lo, hi), method = bootstrap_ci(records, m, n_boot, seed), "bootstrap"
+            if lo is not None and lo == hi and value in (0.0, 1.0):
+                # Every resample gave the same 0 or 1 (e.g. no item scored at all): the percentile interval is a
+                # point. A [0, 1] score that is 0 (1) on every item is bounded like the proportion 0/n (n/n) of
+                # items, so the Wilson interval on the items stands in, and says so.
+                n_items = len({str(r["item_id"]) for r in records})
+                (lo, hi), method = wilson_interval(round(value * n_items), n_items), "wilson-items"
         else:
             (lo, hi), method = (None, None), None
         n = len(records) if m.unit_value is None else sum(m.unit_value(r) is not None for r in records)

@@ -17,6 +17,8 @@ from .rows import ReadContext, Row, RowError, SkipRow, image_paths, is_blank, re
 def _vqa(row: Row, loc: str, ctx: ReadContext, image_key: str) -> EvalItem:
     answer = req(row, loc, "answer")
     atype = str(row.get("answer_type") or "").strip().lower() or None
+    if atype is None and str(answer).strip().lower() in ("yes", "no"):
+        atype = "closed"  # HF copies (e.g. flaviagiammarino/vqa-rad) drop answer_type: yes/no answers are closed
     return EvalItem(
         id=row_id(row, loc, "qid", "id"),
         location=loc,

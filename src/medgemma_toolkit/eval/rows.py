@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,23 @@ def parse_hf_spec(spec: str, split: str | None = None) -> tuple[str, str | None,
     return name, config, split or sp
 
 
+@contextmanager
+def _offline() -> Iterator[None]:
+    """Hub access off for the datasets library while a dataset is opened (the flags are read at import time, so
+    the environment variable alone is not enough), restored afterwards for whatever the caller does next."""
+    import datasets.config as dc
+    import huggingface_hub.constants as hc
+
+    saved = (dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE)
+    dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE = saved
+
+
 def hf_rows(spec: str, split: str | None = None) -> Iterator[tuple[str, Row]]:
     """A `save_to_disk` folder, or `hf:NAME[:CONFIG][:SPLIT]` from the local datasets cache (offline only)."""
-    import os
-
-    os.environ["HF_DATASETS_OFFLINE"] = "1"  # never download, whatever the caller's environment says
     try:
         import datasets
     except ImportError:
@@ -195,7 +208,8 @@ def hf_rows(spec: str, split: str | None = None) -> Iterator[tuple[str, Row]]:
     if spec.startswith("hf:"):
         name, config, sp = parse_hf_spec(spec, split)
         try:
-            ds = datasets.load_dataset(name, config)
+            with _offline():
+                ds = datasets.load_dataset(name, config)
         except ValueError as e:  # a config or split that the cached dataset does not have: datasets names them
             raise BadInput(f"{spec}: {str(e).splitlines()[0][:300]}") from None
         except Exception:
@@ -313,6 +327,32 @@ def _bare_lookup(ctx: ReadContext, name: str) -> Path | None:
     return ctx._bare_index.get(name)
 
 
+def _embedded_image(obj: Any) -> str:
+    """An image stored inside a Hugging Face dataset (encoded bytes or a decoded PIL image), written once to the
+    eval cache under its content hash, so records and prompt hashes name a file like any other image."""
+    import hashlib
+    import io
+
+    from .records import default_cache_dir
+
+    if hasattr(obj, "save"):
+        buf = io.BytesIO()
+        obj.save(buf, format="PNG")
+        data = buf.getvalue()
+    else:
+        data = bytes(obj["bytes"])
+    digest = hashlib.sha256(data).hexdigest()
+    folder = default_cache_dir() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".jpg" if data[:2] == b"\xff\xd8" else ".png" if data[:4] == b"\x89PNG" else ""
+    path = folder / (digest + ext)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)
+
+
 def image_paths(row: Row, loc: str, ctx: ReadContext, *keys: str) -> list[str]:
     """Absolute image paths for a row, resolved the way the release lays its files out."""
     raw: Any = None
@@ -324,11 +364,14 @@ def image_paths(row: Row, loc: str, ctx: ReadContext, *keys: str) -> list[str]:
         return []
     if isinstance(raw, str):
         raw = [s.strip() for s in raw.split(";") if s.strip()]
-    elif isinstance(raw, dict):
+    elif isinstance(raw, dict) or hasattr(raw, "save"):  # one {"image_path"} / HF Image value / PIL image
         raw = [raw]
     out = []
     for p in raw:
-        if isinstance(p, dict):  # MedXpertQA MM: {"image_path": ...}; HF Image feature: {"path": ..., "bytes"}
+        if isinstance(p, dict) and isinstance(p.get("bytes"), (bytes, bytearray)) or hasattr(p, "save"):
+            out.append(_embedded_image(p))  # a Hugging Face Image feature: the pixels are in the dataset itself
+            continue
+        if isinstance(p, dict):  # MedXpertQA MM: {"image_path": ...}; an HF Image feature left undecoded: {"path"}
             p = p.get("image_path") or p.get("path")
         if not isinstance(p, str) or not p:
             raise RowError(f"{loc}: image paths must be strings")
