@@ -302,3 +302,21 @@ def test_every_release_file_runs_through_medgemma_eval(tiny_model_dir, tmp_path,
             c = s["confusion"]
             assert c["columns"] == c["labels"] + ["(unparseable)"] and all(len(r) == len(c["columns"])
                                                                            for r in c["matrix"])
+
+
+def test_cli_errors_are_one_line_before_the_model_loads(tmp_path):
+    from conftest import run_cli
+
+    cases = [
+        (["--task", "pubmedqa", "--data", "hf:nobody/none:pqa_labeled"], "is not in the local Hugging Face datasets cache"),
+        (["--task", "pubmedqa", "--data", str(REL / "pubmedqa/data/test_ground_truth.json")], "pass it as --ids"),
+        (["--task", "pubmedqa", "--data", str(REL / "pubmedqa/data/ori_pqal.json"), "--ids", str(tmp_path / "no")],
+         "ids file not found"),
+        (["--task", "medmcqa", "--data", str(REL / "medmcqa/test.json")], "2 skipped: unlabelled"),
+    ]
+    for args, msg in cases:  # --model points nowhere: these must fail on the data, before any model is loaded
+        r = run_cli("eval", "--model", str(tmp_path / "no-model"), *args, "--out", str(tmp_path / "o"),
+                    env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and msg in lines[0], r.stderr

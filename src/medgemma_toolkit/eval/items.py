@@ -92,6 +92,9 @@ def expand_units(spec: TaskSpec, items: list[EvalItem], conditions: tuple[str, .
 def dataset_digest(path: Path) -> str:
     """sha256 of the data file (or of every file's name and bytes in a dataset directory)."""
     h = hashlib.sha256()
+    if str(path).startswith("hf:"):  # a dataset in the local HF cache: named, not hashed (its files are datasets')
+        h.update(str(path).encode())
+        return h.hexdigest()
     paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in paths:
         if path.is_dir():
