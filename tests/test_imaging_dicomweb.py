@@ -111,9 +111,14 @@ def test_parse_uris():
             parse_dicomweb_uri(bad)
 
 
-def test_bearer_token_from_environment(monkeypatch):
+def test_bearer_token_from_environment_goes_to_the_dicomweb_origin_only(monkeypatch):
     monkeypatch.setenv("MEDGEMMA_DICOMWEB_TOKEN", "tok-123")
-    assert _session().headers["Authorization"] == "Bearer tok-123"
+    s = _session(parse_dicomweb_uri("dicomweb://pacs.example/dicom-web/studies/1"))
+    same = s.prepare_request(requests.Request("GET", "https://pacs.example/dicom-web/studies/1/series"))
+    assert same.headers["Authorization"] == "Bearer tok-123"
+    for elsewhere in ("https://evil.example/dicom-web/studies/1", "http://pacs.example/dicom-web/studies/1",
+                      "https://pacs.example:8443/dicom-web/studies/1"):
+        assert "Authorization" not in s.prepare_request(requests.Request("GET", elsewhere)).headers
 
 
 def test_search_and_retrieve_series_matches_local(orthanc, series_dir, creds):

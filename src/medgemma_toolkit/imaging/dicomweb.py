@@ -9,11 +9,14 @@ A study becomes its largest series; a CT/MR/PT series with several instances bec
 any other series or an instance becomes one 2D image per instance. Credentials come from the environment, never
 from the command line: ``MEDGEMMA_DICOMWEB_TOKEN`` (bearer) or ``MEDGEMMA_DICOMWEB_USER`` +
 ``MEDGEMMA_DICOMWEB_PASSWORD`` (basic). Requests time out, are retried on connection errors and 5xx answers,
-and are capped in count and bytes; instances are retrieved four at a time. Errors name the host and the HTTP status, never UIDs or header values.
+and are capped in count and bytes; instances are retrieved four at a time. Redirects are never followed (a redirect
+could lead off the operator's allow-list), and credentials go only to the host the URI names. Errors name the host
+and the HTTP status, never UIDs or header values.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from dataclasses import dataclass
@@ -86,11 +89,28 @@ def parse_dicomweb_uri(source: str) -> DicomWebRef | None:
     return DicomWebRef(f"{scheme}://{netloc}{root}", parts.hostname or netloc, study, series, instance)
 
 
-def _session():
-    """A requests session with credentials from the environment, timeouts, retries and a size cap."""
+def _same_origin(url: str, root: str) -> bool:
+    a, b = urlsplit(url), urlsplit(root)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+def _session(ref: DicomWebRef):
+    """A requests session with credentials from the environment (sent to `ref`'s origin only), timeouts, retries,
+    a size cap, and no redirects."""
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
+
+    class _OriginAuth(requests.auth.AuthBase):
+        """Adds the credentials header only to requests for the DICOMweb server's own origin."""
+
+        def __init__(self, header: str) -> None:
+            self.header = header
+
+        def __call__(self, r):
+            if _same_origin(r.url, ref.root):
+                r.headers["Authorization"] = self.header
+            return r
 
     class _Adapter(HTTPAdapter):
         def send(self, request, **kw):
@@ -102,6 +122,7 @@ def _session():
     for name in ("urllib3", "dicomweb_client"):
         logging.getLogger(name).setLevel(logging.ERROR)
     s = requests.Session()
+    s.max_redirects = 0
     retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, backoff_factor=0.3,
                   status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}))
     s.mount("http://", _Adapter(max_retries=retry))
@@ -109,11 +130,14 @@ def _session():
     token = os.environ.get("MEDGEMMA_DICOMWEB_TOKEN")
     user, password = os.environ.get("MEDGEMMA_DICOMWEB_USER"), os.environ.get("MEDGEMMA_DICOMWEB_PASSWORD")
     if token:
-        s.headers["Authorization"] = f"Bearer {token}"
+        s.auth = _OriginAuth(f"Bearer {token}")
     elif user is not None:
-        s.auth = (user, password or "")
+        s.auth = _OriginAuth("Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode())
 
     def _cap(response, *args, **kwargs):
+        if response.is_redirect or 300 <= response.status_code < 400:  # checked before requests would follow it
+            raise DicomWebError(f"DICOMweb server {ref.host} answered with a redirect (HTTP {response.status_code}); "
+                                "redirects are not followed")
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > MAX_INSTANCE_BYTES:
             raise ImageTooLarge(f"DICOMweb response of {int(declared):,} bytes is over the limit of {MAX_INSTANCE_BYTES:,}")
@@ -127,7 +151,7 @@ def _client(ref: DicomWebRef):
         from dicomweb_client.api import DICOMwebClient
     except ImportError:
         raise BackendUnavailable("DICOMweb needs dicomweb-client: pip install 'medgemma-toolkit[imaging]'") from None
-    client = DICOMwebClient(ref.root, session=_session())
+    client = DICOMwebClient(ref.root, session=_session(ref))
     # The session's urllib3 retries (bounded backoff) replace the client's own, which wait up to a minute.
     client.set_http_retry_params(retry=False)
     return client
