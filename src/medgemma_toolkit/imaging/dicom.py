@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
+from .codestreams import check_frame, quiet_decoders
 from .deflate import is_deflated, read_deflated
 from .options import DEFAULT_MAX_PIXELS, ImageOptions
 from .square import scale_to_uint8
@@ -59,6 +60,10 @@ def dicom_frame(ds, name: str, options: ImageOptions) -> np.ndarray:
     index = frames // 2 if options.frame is None else options.frame
     if not 0 <= index < frames:
         raise BadInput(f"{name}: frame {index} requested but the file has {frames} frame(s)")
+    check_frame(ds, name, index, frames, rows, cols, options.max_pixels)  # the codestream's own size, first
+    if options.budget is not None:
+        options.budget.charge(rows * cols, name)
+    quiet_decoders()
     try:
         return pixel_array(ds, index=index if frames > 1 else None)
     except Exception as e:  # missing codec, truncated pixel data, inconsistent attributes

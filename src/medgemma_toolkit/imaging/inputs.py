@@ -41,7 +41,7 @@ def decode_image_bytes(data: bytes, name: str, options: ImageOptions = ImageOpti
     if looks_like_dicom(data):
         return dicom_to_rgb(read_dataset(data, name, options.max_pixels), name, options)
     try:
-        return read_raster(data, name, options.max_pixels)
+        return read_raster(data, name, options.max_pixels, options.budget)
     except BadInput:
         # DICOM without the Part 10 preamble: try once more as DICOM before giving up.
         if name.lower().endswith((".dcm", ".dicom")):

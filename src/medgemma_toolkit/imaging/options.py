@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Union
+
+from .budget import DecodeBudget
 
 Window = Union[tuple[float, float], Literal["voi"], None]
 
@@ -24,6 +26,7 @@ class ImageOptions:
     max_patches: whole-slide images: sample at most this many tissue patches.
     patch_seed: whole-slide images: seed of the patch sampling (same seed, same patches).
     patch_order: whole-slide images: "random" (sampled order) or "spatial" (row by row).
+    budget: pixels and CPU seconds shared by every image read with these options (`imaging.budget`); None = none.
     """
 
     window: Window = None
@@ -34,6 +37,7 @@ class ImageOptions:
     max_patches: int = 125
     patch_seed: int = 0
     patch_order: Literal["random", "spatial"] = "random"
+    budget: DecodeBudget | None = field(default=None, compare=False)
 
 
 def parse_window(text: str | None) -> Window:

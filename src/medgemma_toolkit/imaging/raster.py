@@ -9,13 +9,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
+from .budget import DecodeBudget
 from .square import scale_to_uint8
 
 FORMATS = {"PNG", "JPEG", "TIFF", "BMP", "WEBP", "MPO", "GIF"}
 
 
-def read_raster(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode image bytes to RGB, checking the pixel count before decoding (decompression-bomb guard)."""
+def read_raster(data: bytes, name: str, max_pixels: int, budget: DecodeBudget | None = None) -> Image.Image:
+    """Decode image bytes to RGB, checking the pixel count the header declares before decoding (decompression-bomb
+    guard) and charging it to the request's `budget`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -25,6 +27,8 @@ def read_raster(data: bytes, name: str, max_pixels: int) -> Image.Image:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels:,}")
+            if budget is not None:
+                budget.charge(w * h, name)
             img.load()
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: image exceeds the pixel limit (decompression bomb guard)") from None

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
+from .codestreams import check_frame, quiet_decoders
 from .deflate import is_deflated, read_deflated
 from .options import DEFAULT_MAX_PIXELS
 
@@ -268,7 +269,11 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> 
         try:
             arr = _native_pixels(s.ds, rows, cols)
             if arr is None:
+                check_frame(s.ds, s.name, 0, 1, rows, cols, rows * cols)  # the codestream's own size, first
+                quiet_decoders()
                 arr = pixel_array(s.ds)
+        except BadInput:
+            raise
         except Exception as e:
             raise BadInput(f"{s.name}: cannot decode DICOM pixel data ({type(e).__name__})") from None
         if arr.shape != (rows, cols):

@@ -14,11 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_parts, to_model_image
+from ..imaging.budget import DecodeBudget
+from ..imaging.series import series_files
 from ..prompts.messages import ImagePart, Part
 from .config import ServeConfig
 from .errors import APIError
@@ -61,7 +64,9 @@ class ImageResolver:
     def __init__(self, config: ServeConfig, size: int, window=None) -> None:
         self.config = config
         self.size = size
-        self.options = ImageOptions(window=window, max_pixels=config.max_pixels)
+        # One budget for all of this request's images: declared pixels and decoding CPU, charged before each decode.
+        budget = DecodeBudget(config.max_request_pixels, config.decode_budget_s)
+        self.options = ImageOptions(window=window, max_pixels=config.max_pixels, budget=budget)
         self.count = 0  # images so far (a series counts each slice)
         self.urls = 0
 
@@ -107,17 +112,39 @@ class ImageResolver:
                            "image_source_not_allowed")
         raw = unquote(urlsplit(url).path) if is_file_url else url
         base = Path(root).resolve()
-        path = (base / raw).resolve() if not os.path.isabs(raw) else Path(raw).resolve()
-        if path != base and base not in path.parents:
+        try:
+            if len(raw) > 4096 or "\0" in raw:
+                raise ValueError
+            path = (base / raw).resolve() if not os.path.isabs(raw) else Path(raw).resolve()
+            inside = path == base or base in path.parents
+            exists = inside and path.exists()
+        except (OSError, ValueError):  # NUL bytes, names too long for the file system
+            raise APIError(400, f"{label}: not a usable file path", "invalid_image_url") from None
+        if not inside:
             raise APIError(400, f"{label}: path is outside the server's image root", "image_source_not_allowed")
-        if not path.exists():
+        if not exists:
             raise APIError(400, f"{label}: no such file under the image root", "invalid_image_url")
         try:
+            self._check_folder(path, base, label)
             return load_parts(path, self.options, self.size)
         except BadInput as e:
-            # imaging names the file by its path; show the client its own relative path only
-            msg = str(e).replace(str(path), str(path.relative_to(base)))
+            # imaging names files by their paths: show the client only the path it gave, never a file inside it
+            msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
             raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+
+    def _check_folder(self, path: Path, base: Path, label: str) -> None:
+        """Before anything decodes: a folder (series, slide) must not link outside the root, and the images it
+        will yield (one per file, at most `max_slices`) must fit the request's image limit."""
+        files = series_files(str(path)) if path.is_dir() else None
+        if files is None:
+            return
+        for f in files:
+            real = f.resolve()
+            if base not in real.parents:
+                raise APIError(400, f"{label}: the folder holds a link that leads outside the server's image root",
+                               "image_source_not_allowed")
+        if self.count + min(len(files), self.options.max_slices) > self.config.max_images:
+            raise self._too_many()
 
     def _refuse_host(self, url: str, label: str) -> APIError:
         host = urlsplit(url).hostname or ""

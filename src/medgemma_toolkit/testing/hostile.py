@@ -51,3 +51,32 @@ def deflate_bomb(inflated_mib: int = 512, rows: int = 16, cols: int = 16) -> byt
     out += [c.compress(chunk) for _ in range(inflated_mib)]
     out.append(c.flush())
     return head + b"".join(out)
+
+
+def j2k_frame(rows: int, cols: int, declared: tuple[int, int] | None = None) -> bytes:
+    """A JPEG 2000 codestream of a `rows` x `cols` black image (at least 32 px a side); with `declared`, its SIZ
+    segment is rewritten to claim (width, height) instead: what a decoder trusts when it allocates."""
+    import numpy as np
+    import openjpeg
+
+    data = bytearray(openjpeg.encode(np.zeros((rows, cols), np.uint8), bits_stored=8))
+    if declared is not None:
+        assert data[:4] == b"\xff\x4f\xff\x51"
+        struct.pack_into(">II", data, 8, *declared)  # Xsiz, Ysiz (image offsets stay 0)
+    return bytes(data)
+
+
+def j2k_dicom(rows: int, cols: int, declared: tuple[int, int] | None = None, frame: bytes | None = None) -> bytes:
+    """A JPEG 2000 Lossless DICOM whose header says `rows` x `cols`; its codestream may declare otherwise."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+
+    head, body = _part10("1.2.840.10008.1.2.4.90", {"Rows": rows, "Columns": cols})
+    ds = dcmread(io.BytesIO(head + body))
+    ds.PixelData = encapsulate([frame if frame is not None else j2k_frame(rows, cols, declared)])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
