@@ -225,3 +225,13 @@ def test_intervals_do_not_collapse_at_zero_and_one_and_say_their_method():
     assert m["accuracy"]["ci_high"] == pytest.approx(_wilson_by_bisection(0, 4)[1], abs=1e-9)
     mixed = [{**r, "parsed": "yes", "correct": True, "score": 1.0} if i % 3 == 0 else r for i, r in enumerate(cxr)]
     assert compute_metrics(mixed, ["accuracy"], n_boot=200)["accuracy"]["ci_method"] == "bootstrap"
+
+
+def test_token_f1_is_never_treated_as_a_proportion():
+    recs = [{"item_id": str(i), "gold": "lung", "parsed": "x", "correct": False, "score": 0.0, "condition": None,
+             "answer_type": "open"} for i in range(10)]
+    m = compute_metrics(recs, ["token_f1", "closed_accuracy"], n_boot=100)
+    assert m["token_f1"]["ci_method"] == "wilson-items" and m["token_f1"]["ci_high"] > 0  # all-zero bootstrap
+    assert m["closed_accuracy"]["value"] is None and m["closed_accuracy"]["ci_method"] is None
+    half = [{**r, "score": 0.5} for r in recs]
+    assert compute_metrics(half, ["token_f1"], n_boot=100)["token_f1"]["ci_method"] == "bootstrap"

@@ -297,7 +297,8 @@ def test_every_release_file_runs_through_medgemma_eval(tiny_model_dir, tmp_path,
         assert m["ci_method"] in ("wilson", "bootstrap", "wilson-items") and m["ci_low"] < m["ci_high"], (task, m)
         if task == "afrimedqa":
             assert s["dataset"]["rows_skipped"]["several correct options (single-answer task)"] == 1
-            assert "rows skipped: " in stdout
+            assert "rows skipped: 1 several correct options" in stdout
+            assert "Rows not scored: 1 several correct options" in (out / "report.md").read_text()
         if s.get("confusion"):
             c = s["confusion"]
             assert c["columns"] == c["labels"] + ["(unparseable)"] and all(len(r) == len(c["columns"])

@@ -155,6 +155,7 @@ class Metric:
     # Mean-type metrics give a per-record value (None = record not counted): bootstrap is then vectorized.
     unit_value: Callable[[Record], float | None] | None = None
     aggregate: Callable[[Sequence[Record]], float | None] | None = None
+    binary: bool = False  # each value is right/wrong (0 or 1): a proportion, so the Wilson interval applies
 
     def compute(self, records: Sequence[Record]) -> float | None:
         if self.aggregate is not None:
@@ -172,11 +173,11 @@ def _open_f1(r: Record) -> float | None:
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", unit_value=lambda r: float(bool(r["correct"]))),
+    "accuracy": Metric("accuracy", unit_value=lambda r: float(bool(r["correct"])), binary=True),
     "macro_f1": Metric("macro_f1", aggregate=macro_f1),
     "token_f1": Metric("token_f1", unit_value=lambda r: float(r["score"])),
     "open_token_f1": Metric("open_token_f1", unit_value=_open_f1),
-    "closed_accuracy": Metric("closed_accuracy", unit_value=_closed),
+    "closed_accuracy": Metric("closed_accuracy", unit_value=_closed, binary=True),
     "rouge_l": Metric("rouge_l", unit_value=lambda r: float(r["score"])),
     "bleu": Metric("bleu", aggregate=corpus_bleu),
     "radgraph_f1": Metric("radgraph_f1", aggregate=radgraph_f1),
@@ -200,7 +201,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 def _proportion(records: Sequence[Record], metric: Metric) -> tuple[int, int] | None:
     """(successes, n) when `metric` is a 0/1 value with exactly one counted record per item; else None."""
-    if metric.unit_value is None:
+    if metric.unit_value is None or not metric.binary:
         return None
     vals = [(str(r["item_id"]), metric.unit_value(r)) for r in records]
     vals = [(i, v) for i, v in vals if v is not None]

@@ -57,8 +57,6 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
     for m in summary["metrics"].values():
         if m.get("note"):
             notes.append(m["note"])
-    for reason, n in (run_info["dataset"].get("rows_skipped") or {}).items():
-        notes.append(f"{n} row(s) skipped: {reason}")
     notes.extend(run_info["dataset"].get("warnings") or [])
     if run_info["model"].get("demo"):
         notes.append("demo model (Gemma 3 270M base): not MedGemma; scores show the pipeline works, nothing more")
@@ -98,6 +96,11 @@ def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _skipped(summary: dict[str, Any]) -> str:
+    """Rows the task could not score, by reason (e.g. "3 unlabelled; 1 not English (q_lang)")."""
+    return "; ".join(f"{n} {why}" for why, n in (summary["dataset"].get("rows_skipped") or {}).items())
+
+
 def markdown(summary: dict[str, Any], plot_files: dict[str, str]) -> str:
     t = summary["task"]
     lines = [f"# {t['name']}@{t['version']} - {summary['model']['name']}", ""]
@@ -106,6 +109,8 @@ def markdown(summary: dict[str, Any], plot_files: dict[str, str]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _metric_rows(summary)]
     pf = summary["parse_failures"]
     lines += ["", f"Unparseable answers (counted wrong): {pf['count']} ({pf['rate']:.1%}).", ""]
+    if _skipped(summary):
+        lines += [f"Rows not scored: {_skipped(summary)}.", ""]
     if summary.get("per_condition_f1"):
         lines += ["| condition | F1 |", "|---|---|"]
         lines += [f"| {c} | {v:.3f} |" for c, v in summary["per_condition_f1"].items()] + [""]
@@ -123,6 +128,7 @@ def html_report(summary: dict[str, Any], plots: dict[str, str]) -> str:
     notes = "".join(f"<p class=note>{e(n)}</p>" for n in summary["notes"])
     imgs = "".join(f'<figure><img alt="{e(k)}" src="data:image/png;base64,{v}"><figcaption>{e(k)}</figcaption></figure>'
                    for k, v in plots.items())
+    skipped = f"<p>Rows not scored: {e(_skipped(summary))}</p>" if _skipped(summary) else ""
     pf = summary["parse_failures"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(t['name'])} report</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
@@ -130,7 +136,7 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.note{{backgroun
 figure{{display:inline-block;margin:1em}}</style></head><body>
 <h1>{e(t['name'])}@{e(t['version'])} &middot; {e(summary['model']['name'])}</h1>{notes}
 <table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>{rows}</table>
-<p>Unparseable answers (counted wrong): {pf['count']} ({pf['rate']:.1%})</p>
+<p>Unparseable answers (counted wrong): {pf['count']} ({pf['rate']:.1%})</p>{skipped}
 <h2>Plots</h2>{imgs}<h2>Provenance</h2><table>{prov}</table></body></html>
 """
 

@@ -93,8 +93,6 @@ def load_task_data(opts: EvalOptions, quiet: bool = False):
     if not quiet:
         for msg in read.errors:
             print(f"skipped: {msg}", file=sys.stderr)
-        for reason, n in read.skip_reasons.items():
-            print(f"skipped {n} row(s): {reason}", file=sys.stderr)
         for msg in read.warnings:
             print(f"warning: {msg}", file=sys.stderr)
     return spec, data_path, conditions, read
