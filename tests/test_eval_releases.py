@@ -200,6 +200,19 @@ def test_cxr14_data_entry_with_images_folder_and_effusion_mapping():
     assert full.items[4].labels["Pleural Thickening"] and full.items[4].labels["Hernia"]  # "Pleural_Thickening"
 
 
+def test_cxr14_official_test_list_as_ids_with_only_those_images_downloaded(tmp_path):
+    import shutil
+
+    # CXR14's test_list.txt names test images one per line; only those images need to be on disk
+    (tmp_path / "test_list.txt").write_text("00000001_002.png\n00000003_000.png\n")
+    shutil.copytree(REL / "cxr14/downloads/images_001/images", tmp_path / "images_001/images",
+                    ignore=lambda d, names: [n for n in names if n not in ("00000001_002.png", "00000003_000.png")])
+    res = read("cxr_classification", REL / "cxr14/Data_Entry_2017.csv", image_root=tmp_path,
+               ids=read_ids(tmp_path / "test_list.txt"))[0]
+    assert [i.id for i in res.items] == ["00000001_002.png", "00000003_000.png"]
+    assert res.selection["rows_outside_selection"] == 3 and not res.warnings
+
+
 def test_cxr14_condition_it_does_not_label_is_reported_not_scored():
     res = read("cxr_classification", REL / "cxr14/Data_Entry_2017.csv", "Cardiomegaly, Lung Opacity",
                image_root=REL / "cxr14/downloads")[0]

@@ -120,6 +120,27 @@ def _in_split(rule: dict[str, Any], row: Row, item: EvalItem, loc: str, ids: set
     return True
 
 
+# The fields the releases keep their ids in (each reader takes its item id from one of these).
+_ID_FIELDS = ("id", "qid", "pubid", "sample_id", "Image Index", "dicom_id", "Path")
+
+
+def _may_be_selected(row: Row, rule: dict[str, Any] | None, split_ids: set[str] | None,
+                     wanted: set[str] | None) -> bool:
+    """False when the raw row is already known to fall outside --split / --ids (before reading its images)."""
+    raw_ids = {str(row[k]) for k in _ID_FIELDS if row.get(k) not in (None, "")}
+    if raw_ids:  # conservative: a row leaves only when none of its id fields could be the selected id
+        if wanted is not None and not raw_ids & wanted:
+            return False
+        if rule and "ids_file" in rule and not raw_ids & (split_ids or set()):
+            return False
+        if rule and "id_prefix" in rule and not any(i.startswith(rule["id_prefix"]) for i in raw_ids):
+            return False
+    if rule and "column" in rule and rule["column"] in row:
+        v = str(row[rule["column"]]).strip().lower()
+        return v == rule["equals"] if "equals" in rule else v.startswith(rule["prefix"])
+    return True
+
+
 def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: Path | None = None,
                conditions: tuple[str, ...] = (), limit: int | None = None, split: str | None = None,
                ids: list[str] | None = None) -> ReadResult:
@@ -143,6 +164,9 @@ def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: P
                 raise row
             if not isinstance(row, dict):
                 raise RowError(f"{loc}: expected an object per row")
+            if not _may_be_selected(row, rule, split_ids, wanted):
+                outside += 1  # decided on the raw row: its images need not exist (a partial CXR14 download)
+                continue
             item = img.cxr(row, loc, ctx, labels) if labels is not None else conv(row, loc, ctx)
             if (rule and not _in_split(rule, row, item, loc, split_ids)) or (wanted is not None
                                                                              and item.id not in wanted):
