@@ -279,3 +279,19 @@ def test_gpu_suite_smoke_run_passes_on_cpu(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert len(table) == 9 and not any("FAIL" in line for line in table)
     assert "QLoRA" in p.stdout and "out-of-memory" in p.stdout
+
+
+def test_per_step_hook_and_end_of_generation_reading_agree(tiny_model, scripted_model_dir):
+    """Eval-style batches (nothing streamed, no stop string) skip the per-step hook and read rows once at the end;
+    the result must be what the per-step path gives, eos-stopped and length-stopped rows alike."""
+    from medgemma_toolkit import MedGemma
+
+    scripted = MedGemma.load(str(scripted_model_dir))
+    for mg in (tiny_model, scripted):
+        reqs = [mg.request(q, max_new_tokens=40) for q in ("Anything?", "Heart size?", "Is there an effusion?")]
+        quiet = mg.backend.generate(reqs)
+        streamed = mg.backend.generate(reqs, on_delta=lambda _i, _d: None)
+        assert [(c.text, c.finish_reason, c.completion_tokens) for c in quiet] == [
+            (c.text, c.finish_reason, c.completion_tokens) for c in streamed]
+    assert quiet[0].finish_reason == "stop" and quiet[0].text.endswith("Cardiomegaly.")  # eos inside the budget
+    scripted.backend.close()

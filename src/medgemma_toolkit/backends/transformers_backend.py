@@ -16,7 +16,7 @@ from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
 from .decoding import RowState, TokenStepper
 from .gemma_format import render_gemma_chat
-from .memory import call_or_oom
+from .memory import call_or_oom, release_memory
 from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
 from .torch_setup import LoadOptions, check_quantize, pick_device_dtype, quantization_config
 
@@ -234,9 +234,13 @@ class TransformersBackend(Backend):
             gen.temperature, gen.top_p, gen.top_k = None, None, None
         if params.seed is not None:
             torch.manual_seed(params.seed)
+        # Nothing to stream, no stop string, no cancellation, one token limit: the hook would only count tokens, so
+        # leave generation alone and read the rows once at the end (eval and batch runs).
+        per_step = stepper.need_text or any(r.request.cancelled is not None for r in rows) or len(
+            {r.request.params.max_new_tokens for r in rows}) > 1
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()])
+                **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()] if per_step else [])
             )
         stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
         return [
@@ -288,3 +292,4 @@ class TransformersBackend(Backend):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+        release_memory()  # so the next model (e.g. training after a before-score) finds the GPU memory free
