@@ -295,3 +295,12 @@ def test_per_step_hook_and_end_of_generation_reading_agree(tiny_model, scripted_
             (c.text, c.finish_reason, c.completion_tokens) for c in streamed]
     assert quiet[0].finish_reason == "stop" and quiet[0].text.endswith("Cardiomegaly.")  # eos inside the budget
     scripted.backend.close()
+
+
+def test_qlora_scores_ask_for_the_4bit_base(tiny_model_dir):
+    """QLoRA's before/after scores load the 4-bit base (the bf16 one is what QLoRA avoids): on a CPU that is refused
+    by the quantisation check, which shows what was asked for."""
+    from medgemma_toolkit.train.evaluate import load_backend
+
+    with pytest.raises(BackendUnavailable, match="--quantize 4bit"):
+        load_backend(tiny_model_dir, None, "cpu", method="qlora")
