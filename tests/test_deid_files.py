@@ -133,3 +133,31 @@ def test_verify_exit_codes_and_errors(tmp_path, cli):
     assert r.returncode == 0 and "verified 2 DICOM file(s): 0 with" in r.stdout
     r = cli("deid", "--verify", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+def test_a_dicomdir_is_deidentified_with_its_records(tmp_path, cli):
+    from pydicom.fileset import FileSet
+
+    write_series(tmp_path / "series", SeriesSpec(slices=2, rows=8, cols=8))
+    fs = FileSet()
+    for p in sorted((tmp_path / "series").iterdir()):
+        ds = pydicom.dcmread(p)
+        ds.SeriesNumber = 1
+        fs.add(ds)
+    fs.write(tmp_path / "media")
+    r = cli("deid", str(tmp_path / "media"), str(tmp_path / "out"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "de-identified 3 file(s)" in r.stdout
+    data = (tmp_path / "out" / "DICOMDIR").read_bytes()
+    assert b"Doe" not in data and b"MRN-8675309" not in data
+    out_dir = pydicom.dcmread(tmp_path / "out" / "DICOMDIR")
+    images = [f for f in (tmp_path / "out").rglob("*") if f.is_file() and f.name != "DICOMDIR"
+              and not f.name.endswith(".json")]
+    uids = {pydicom.dcmread(f).SOPInstanceUID for f in images}
+    refs = {rec.ReferencedSOPInstanceUIDInFile for rec in out_dir.DirectoryRecordSequence
+            if "ReferencedSOPInstanceUIDInFile" in rec}
+    assert refs == uids and len(uids) == 2
+    from pydicom.fileset import FileSet as Reader
+
+    media = Reader(out_dir)  # the records' byte offsets were rewritten: pydicom follows them
+    assert len(media) == 2 and {i.SOPInstanceUID for i in media} == uids

@@ -18,6 +18,7 @@ from typing import Iterator
 
 from .. import __version__
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
+from .dicomdir import is_dicomdir, record_links, relink
 from .engine import UIDMap, deidentify_dataset, method_codes
 from .profile import Options, edition
 from .read import read_checked
@@ -165,8 +166,11 @@ def _one(path: Path, rel: Path, target: Path, uids: UIDMap, opts: Options, safe:
     if reject_burned_in and burned_in_risk(ds):
         counts["files_rejected"] += 1
         return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
+    links = record_links(ds) if is_dicomdir(ds) else None
     rep = deidentify_dataset(ds, uids, opts, safe)
     try:
+        if links is not None:
+            relink(ds, links)
         _write_atomic(ds, target)
     except Exception as e:  # a value pydicom cannot write back: nothing is left behind
         counts["files_failed"] += 1

@@ -70,14 +70,16 @@ def _check_complete(path: Path, ds, size: int) -> None:
         value = last.value
         if (value is not None and len(value) < length) or value_tell + length > size:
             raise Corrupt(f"{path}: truncated DICOM (the last element is cut short)")
-    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", None)
+    if sop_class is None or ("SOPClassUID" in ds and "SOPInstanceUID" not in ds):  # (a DICOMDIR has only meta)
         raise Corrupt(f"{path}: truncated or incomplete DICOM (no SOP Class or Instance UID)")
     pixel = next((t for t in PIXEL_TAGS if t in ds), None)
     if pixel is None:
-        if table().needs_pixels(str(ds.SOPClassUID)) or "Rows" in ds:
+        if table().needs_pixels(str(sop_class)) or "Rows" in ds:
             raise Corrupt(f"{path}: truncated DICOM (an image without pixel data)")
         return
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts = getattr(meta, "TransferSyntaxUID", None)
     raw = ds.get_item(pixel)
     data = raw.value if raw is not None else None
     if data is None:
