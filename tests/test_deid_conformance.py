@@ -182,6 +182,7 @@ def test_no_canary_survives_anywhere_and_pixels_are_identical(tmp_path, cli):
     report = (tmp_path / "out" / "deid_report.json").read_bytes()
     assert leaked(report, canaries) == [] and leaked((r.stdout + r.stderr).encode(), canaries) == []
     ds = pydicom.dcmread(out)
+    assert data[128:132] == b"DICM" and ds.file_meta.FileMetaInformationGroupLength > 0  # still a Part 10 file
     assert bytes(ds.PixelData) == pixels
     assert ds.PatientIdentityRemoved == "YES"
     # Binary numeric attributes cannot be grepped: each is gone or no longer holds its canary.
@@ -235,3 +236,31 @@ def test_packaged_table_matches_an_independent_parse_of_the_standard():
             assert len(theirs) == 617 and len(set(ours) - set(theirs)) == 35  # the rows new in 2026c
         else:
             assert set(ours) == set(theirs)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"])  # implicit VR, deflated
+def test_other_transfer_syntaxes(tmp_path, syntax):
+    from pydicom.uid import UID
+
+    from medgemma_toolkit.deid import deidentify_path
+
+    path, canaries, _ = planted_ct(tmp_path / "src")
+    ds = pydicom.dcmread(path)
+    ts = UID(syntax)
+    ds.file_meta.TransferSyntaxUID = ts
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "x.dcm", implicit_vr=ts.is_implicit_VR, little_endian=True)
+    rep = deidentify_path(tmp_path / "in", tmp_path / "out")
+    assert rep["files_written"] == 1 and rep["files_failed"] == 0
+    out = pydicom.dcmread(tmp_path / "out" / "x.dcm")
+    assert out.file_meta.TransferSyntaxUID == ts
+    assert bytes(out.PixelData) == bytes(pydicom.dcmread(tmp_path / "in" / "x.dcm").PixelData)
+    import zlib
+
+    data = (tmp_path / "out" / "x.dcm").read_bytes()
+    if ts.is_deflated:  # the data set is deflated after the file meta group
+        import struct
+
+        meta_end = 132 + 12 + struct.unpack_from("<I", data, 132 + 8)[0]  # after (0002,0000) and its group
+        data = data[:meta_end] + zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    assert leaked(data, canaries) == []

@@ -23,7 +23,7 @@ from .safe_private import SafePrivate
 STANDARD_UID_ROOT = "1.2.840.10008."
 KEEP_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
              "ImplementationClassUID", "CodingSchemeUID", "ReferencedSOPClassUIDInFile"}
-META_KEEP = {0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
+META_KEEP = {0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
 METHOD = "PS3.15 E.1-1 Basic Profile (medgemma-toolkit)"  # LO: at most 64 characters
 _DUMMY = {
     "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "CS": "ANONYMIZED", "LT": "ANONYMIZED",

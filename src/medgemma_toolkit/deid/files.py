@@ -56,7 +56,10 @@ def _write_atomic(ds, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        ds.save_as(tmp)
+        try:  # a standard Part 10 file: preamble, complete file meta group (its length recomputed)
+            ds.save_as(tmp, enforce_file_format=True)
+        except (AttributeError, ValueError):  # a raw data set without what a file meta group needs: as read
+            ds.save_as(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -60,6 +60,10 @@ def read_checked(path: Path):
 
 
 def _check_complete(path: Path, ds, size: int) -> None:
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None)
+    if ts is not None and ts.is_deflated:  # positions are in the inflated stream, not the file
+        size = 1 << 62
     tags = list(ds.keys())
     if not tags:
         raise Corrupt(f"{path}: truncated DICOM (no data set after the header)")
@@ -70,7 +74,6 @@ def _check_complete(path: Path, ds, size: int) -> None:
         value = last.value
         if (value is not None and len(value) < length) or value_tell + length > size:
             raise Corrupt(f"{path}: truncated DICOM (the last element is cut short)")
-    meta = getattr(ds, "file_meta", None)
     sop_class = ds.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", None)
     if sop_class is None or ("SOPClassUID" in ds and "SOPInstanceUID" not in ds):  # (a DICOMDIR has only meta)
         raise Corrupt(f"{path}: truncated or incomplete DICOM (no SOP Class or Instance UID)")
@@ -79,7 +82,6 @@ def _check_complete(path: Path, ds, size: int) -> None:
         if table().needs_pixels(str(sop_class)) or "Rows" in ds:
             raise Corrupt(f"{path}: truncated DICOM (an image without pixel data)")
         return
-    ts = getattr(meta, "TransferSyntaxUID", None)
     raw = ds.get_item(pixel)
     data = raw.value if raw is not None else None
     if data is None:
