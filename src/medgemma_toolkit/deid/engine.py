@@ -303,9 +303,11 @@ def safe_header(ds, keywords: list[str]) -> dict[str, str]:
     """
     import copy
 
-    clone = copy.deepcopy(ds)
-    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if tag in clone:
-            del clone[tag]
+    from pydicom.dataset import Dataset
+
+    clone = Dataset()  # a copy without the pixel data (never copied: it can be gigabytes)
+    for elem in ds:
+        if int(elem.tag) not in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+            clone.add(copy.deepcopy(elem))
     deidentify_dataset(clone, UIDMap())
     return {k: str(clone.get(k, "")) for k in keywords}
