@@ -285,7 +285,8 @@ class TransformersBackend(Backend):
             logits = self.model(**inputs, logits_to_keep=keep).logits  # (batch, keep, vocab)
             # Position j predicts token j+1: the kept logits but the last predict the last keep-1 tokens.
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            target = inputs["input_ids"][:, inputs["input_ids"].shape[1] - keep + 1 :]
+            # .to(): a model sharded over several GPUs returns its logits on the last one.
+            target = inputs["input_ids"][:, inputs["input_ids"].shape[1] - keep + 1 :].to(logp.device)
             token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             sums = torch.stack([token_lp[i, -k:].sum() for i, k in enumerate(ks)])
         return [float(x) for x in sums.tolist()]
