@@ -86,32 +86,36 @@ class IncrementalDetokenizer:
     """The text of a growing token list, decoding only the newest tokens at each step.
 
     A full re-decode per step costs O(length) per row, so a batch of 32 x 512 tokens spends more host time per
-    step than a GPU spends decoding. This keeps two offsets (as TGI and vLLM do): tokens from `prefix` to `read`
-    were decoded already and are decoded again with the new ones, so merges and spacing come out as in a full
-    decode; text is committed only when it grows and does not end in U+FFFD (an unfinished UTF-8 character from
-    byte-fallback tokens), so committed text never changes later. A run of byte-fallback tokens ("<0xE2>") decodes
-    as a group, all of it U+FFFD if any byte is invalid, so nothing is committed while the newest token is one."""
+    step than a GPU spends decoding. Instead a short window, starting at an already-committed token, is decoded
+    with the new ones, so merges and spacing come out as in a full decode (the approach of TGI and vLLM, with one
+    decode per step). Text is committed only when it grows and does not end in U+FFFD (an unfinished UTF-8
+    character), so committed text never changes later. A run of byte-fallback tokens ("<0xE2>") decodes as a group,
+    all of it U+FFFD if any byte is invalid, so nothing is committed while the newest token is one."""
 
     decode: Callable[[list[int]], str]
     byte_ids: frozenset[int] = frozenset()
+    window: int = 8  # tokens decoded per step at most (plus those held back) before the window moves on
     ids: list[int] = field(default_factory=list)
     text: str = ""  # committed text: what a full decode of ids[:read] gives
-    prefix: int = 0
-    read: int = 0
-    _prefix_text: str = ""
+    read: int = 0  # tokens whose text is committed
+    start: int = 0  # window start: a committed token that is not part of a byte-fallback run
+    _done: int = 0  # characters of decode(ids[start:read])
 
     def push(self, token: int) -> str:
         """Append one token; return the newly committed text ("" while it is held back)."""
         self.ids.append(token)
         if token in self.byte_ids:
             return ""
-        new_text = self.decode(self.ids[self.prefix :])
-        if len(new_text) <= len(self._prefix_text) or new_text.endswith("\ufffd"):
+        new_text = self.decode(self.ids[self.start :])
+        if len(new_text) <= self._done or new_text.endswith("\ufffd"):
             return ""
-        delta = new_text[len(self._prefix_text) :]
+        delta = new_text[self._done :]
         self.text += delta
-        self.prefix, self.read = self.read, len(self.ids)
-        self._prefix_text = self.decode(self.ids[self.prefix : self.read])
+        self.read = len(self.ids)
+        self._done = len(new_text)
+        if self.read - self.start > self.window:  # restart the window at the last committed (non-byte) token
+            self.start = self.read - 1
+            self._done = len(self.decode(self.ids[self.start : self.read]))
         return delta
 
 
