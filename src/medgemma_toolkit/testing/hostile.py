@@ -63,6 +63,7 @@ def j2k_frame(rows: int, cols: int, declared: tuple[int, int] | None = None) -> 
     if declared is not None:
         assert data[:4] == b"\xff\x4f\xff\x51"
         struct.pack_into(">II", data, 8, *declared)  # Xsiz, Ysiz (image offsets stay 0)
+        struct.pack_into(">II", data, 24, *declared)  # XTsiz, YTsiz: one tile the size of the claimed image
     return bytes(data)
 
 
