@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from medgemma_toolkit.errors import BadInput
-from medgemma_toolkit.serve.config import ServeConfig, is_loopback
+from medgemma_toolkit.serve.config import ServeConfig, host_allowed, is_loopback
 from medgemma_toolkit.serve.errors import APIError
 from medgemma_toolkit.serve.images import decode_data_uri
-from medgemma_toolkit.serve.middleware import key_matches, route_label
+from medgemma_toolkit.serve.middleware import is_json, key_matches, route_label
 from medgemma_toolkit.serve.schemas import ChatCompletionRequest, parse_body
 
 
@@ -18,6 +18,28 @@ from medgemma_toolkit.serve.schemas import ChatCompletionRequest, parse_body
 ])
 def test_loopback_detection(host, expected):
     assert is_loopback(host) is expected
+
+
+@pytest.mark.parametrize("header,extra,expected", [
+    ("localhost:8000", (), True), ("127.0.0.1", (), True), ("[::1]:8000", (), True), ("LocalHost.", (), True),
+    ("", (), True),  # HTTP/1.0 without Host: no browser sends that
+    ("evil.example", (), False), ("evil.example:8000", (), False), ("localhost.evil.example", (), False),
+    ("127.0.0.1.nip.io", (), False), ("[::ffff:8.8.8.8]:80", (), False),
+    ("proxy.internal", ("proxy.internal",), True), ("proxy.internal:443", ("proxy.internal",), True),
+    ("proxy.internal:443", ("proxy.internal:8443",), False), ("proxy.internal:8443", ("proxy.internal:8443",), True),
+    ("anything.example", ("*",), True),
+])
+def test_host_allow_list(header, extra, expected):
+    assert host_allowed(header, extra) is expected
+
+
+@pytest.mark.parametrize("ctype,expected", [
+    ("application/json", True), ("application/json; charset=utf-8", True), ("Application/JSON", True),
+    ("application/merge-patch+json", True), ("text/plain", False), ("application/x-www-form-urlencoded", False),
+    ("multipart/form-data; boundary=x", False), ("", False), ("text/json", False),
+])
+def test_json_content_types(ctype, expected):
+    assert is_json(ctype) is expected
 
 
 def test_public_bind_needs_a_real_key():
