@@ -288,8 +288,8 @@ class Suite:
         bound = bw * 1e9 / decode_bytes_per_token(mg.backend.model)
         self.decode_fraction = rate / bound
         target = "meets" if rate >= 0.5 * bound else "BELOW"
-        return (f"{rate:.1f} tok/s vs bound {bound:.1f} tok/s ({rate / bound:.0%}, {target} the 50% target; copy "
-                f"bandwidth {bw:.0f} GB/s)")
+        return (f"{rate:.1f} tok/s over {n} tokens vs bound {bound:.1f} tok/s ({rate / bound:.0%}, {target} the "
+                f"50% target; copy bandwidth {bw:.0f} GB/s)")
 
 
 def main() -> None:
