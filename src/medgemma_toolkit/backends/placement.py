@@ -158,15 +158,15 @@ def restrict_for_training(device: str, environ: Mapping[str, str] | None = None)
     """Make the chosen GPU the only visible one (before CUDA starts) and return the device to train on."""
     env = os.environ if environ is None else environ
     world = int(env.get("WORLD_SIZE", "1") or 1)
-    if device == "auto":
-        import torch
-
-        # NVML-based count: does not start CUDA, so the restriction below still takes effect.
-        device = "cuda" if torch.cuda.device_count() > 0 else device
-    visible, dev = training_visible_devices(device, env.get("CUDA_VISIBLE_DEVICES"), world)
-    if visible is None:
-        return dev
     import torch
+
+    # NVML-based count: does not start CUDA, so the restriction below still takes effect.
+    n_gpus = torch.cuda.device_count()
+    if device == "auto":
+        device = "cuda" if n_gpus > 0 else device
+    visible, dev = training_visible_devices(device, env.get("CUDA_VISIBLE_DEVICES"), world)
+    if visible is None or n_gpus == 0:  # no GPU at all: `pick_device_dtype` says so in one line
+        return dev if visible is None else device
 
     if torch.cuda.is_initialized() and visible != env.get("CUDA_VISIBLE_DEVICES"):
         # Too late to hide GPUs from this process: only its first GPU can be honoured.
