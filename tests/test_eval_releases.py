@@ -334,3 +334,24 @@ def test_cli_errors_are_one_line_before_the_model_loads(tmp_path):
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert len(lines) == 1 and msg in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_scripted_answer_scores_release_rows_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    """A checkpoint that always answers "Final Answer: J" on MedXpertQA's own rows (labels J, B, B): 1 of 3 right,
+    landing in the J row and column of the confusion matrix, with the Wilson interval for 1/3."""
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.metrics import wilson_interval
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+    from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
+
+    monkeypatch.setenv("MEDGEMMA_EVAL_CACHE", str(tmp_path / "cache"))
+    mg = MedGemma.load(str(build_scripted_checkpoint(tiny_model_dir, tmp_path / "m", "Final Answer: J")))
+    s = run_eval(mg, EvalOptions(task="medxpertqa", data=str(MXQ / "medxpertqa_text_input.jsonl"),
+                                 out=tmp_path / "run", max_new_tokens=8, progress=False, n_boot=100))
+    acc = s["metrics"]["accuracy"]
+    assert acc["value"] == pytest.approx(1 / 3) and acc["ci_method"] == "wilson"
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx(wilson_interval(1, 3))
+    c = s["confusion"]
+    assert c["labels"] == ["B", "J"] and c["columns"] == ["B", "J", "(unparseable)"]
+    assert c["matrix"] == [[0, 2, 0], [0, 1, 0]]
