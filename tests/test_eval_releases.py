@@ -104,6 +104,15 @@ def test_afrimedqa_multi_answer_na_options_whitespace_and_non_mcq():
     assert [i.id for i in test.items] == ["a1f0"]
 
 
+# -- MedQA ------------------------------------------------------------------------------------------------------------
+def test_medqa_us_4_options_test_file_and_split_by_file():
+    d = REL / "medqa/data_clean/questions/US/4_options"
+    res = read("medqa", d / "phrases_no_exclude_test.jsonl", split="test")[0]
+    assert [(i.answer, i.options[i.answer]) for i in res.items] == [("D", "Nitrofurantoin"), ("C", "Vitamin C")]
+    with pytest.raises(BadInput, match=r"the test split of medqa is its own file \(\*test\*\)"):
+        read("medqa", d / "phrases_no_exclude_dev.jsonl", split="test")
+
+
 # -- MedMCQA ----------------------------------------------------------------------------------------------------------
 def test_medmcqa_json_lines_one_row_file_and_unlabelled_test():
     res = read("medmcqa", REL / "medmcqa/dev.json")[0]
