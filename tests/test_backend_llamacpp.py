@@ -174,3 +174,12 @@ def test_variant_conventions_from_gguf_names():
     assert variant_from_names("medgemma-1.5-4b-it-Q4_K_M.gguf").default_preset == "medgemma-1.5"
     assert variant_from_names("model.gguf", "Medgemma 27b Text It").name == "medgemma-27b-text-it"
     assert variant_from_names("tiny-f32.gguf", "Tiny") is None
+
+
+def test_prompt_token_count_matches_what_llamacpp_evaluates(gguf_model, xray):
+    """The server's pre-batch context check (`count_prompt_tokens`) counts what libmtmd really evaluates."""
+    for images in ([], [xray], [xray, xray]):
+        req = gguf_model.request(QUESTION, [str(p) for p in images], max_new_tokens=1)
+        fed = gguf_model.backend.generate([req])[0].prompt_tokens
+        assert gguf_model.backend.count_prompt_tokens(req.prompt) == fed
+    assert gguf_model.backend.context_length() == 8192

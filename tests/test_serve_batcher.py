@@ -166,3 +166,15 @@ def test_a_failing_row_fails_alone_and_its_batch_mates_get_their_answers(tiny_mo
     for c, deltas in good:
         if "\ufffd" not in c.text:
             assert "".join(deltas) == c.text
+
+
+def test_prompt_token_count_matches_what_the_model_is_fed(tiny_model):
+    """The pre-batch context check counts what the processor really builds (images expanded), not an estimate."""
+    from PIL import Image
+
+    img = Image.effect_noise((80, 64), 70).convert("RGB")
+    for question, images in (("Is the heart enlarged?", []), ("Describe this X-ray.", [img]), ("Both?", [img, img])):
+        req = tiny_model.request(question, images, max_new_tokens=1)
+        fed = tiny_model.backend.generate([req])[0].prompt_tokens
+        assert tiny_model.backend.count_prompt_tokens(req.prompt) == fed
+    assert tiny_model.backend.context_length() == 4096  # the tiny checkpoint's max_position_embeddings

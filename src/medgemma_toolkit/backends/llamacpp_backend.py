@@ -198,10 +198,14 @@ class LlamaCppBackend(Backend):
         return int(self.llama.n_ctx())
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
-        """Text tokens plus each image's soft tokens (libmtmd's own count may add its two markers)."""
+        """As `_eval_multimodal` lays the prompt out: each image is a blank line, <start_of_image>, its soft tokens,
+        <end_of_image> and a blank line."""
         text = self.render(prompt)
+        n_images = len(prompt.all_images())
+        if n_images:
+            text = text.replace(IMAGE_PLACEHOLDER, f"\n\n{IMAGE_PLACEHOLDER}<end_of_image>\n\n")
         n = len(self.llama.tokenize(text.encode("utf-8"), add_bos=prompt.is_completion, special=True))
-        return n + len(prompt.all_images()) * int(self.info.tokens_per_image or 0)
+        return n + n_images * int(self.info.tokens_per_image or 0)
 
     # -- generation -----------------------------------------------------------------------------------------
     def generate(
