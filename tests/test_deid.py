@@ -135,3 +135,36 @@ def test_uid_key_links_runs_only_when_given(tmp_path, cli):
     key.write_bytes(b"short")
     r = cli("deid", str(tmp_path / "in"), str(tmp_path / "c"), "--uid-key", str(key))
     assert r.returncode == 2 and "16 bytes" in r.stderr
+
+
+def test_deflate_bomb_is_corrupt_and_never_inflated(tmp_path):
+    """A 0.5 MB deflated file whose pixel element inflates to 512 MiB: refused, nothing written, and the reading
+    process's peak memory grows by far less than pydicom's whole-stream inflation would take (~1 GiB)."""
+    import subprocess
+    import sys
+
+    from medgemma_toolkit.testing.hostile import deflate_bomb
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "bomb.dcm").write_bytes(deflate_bomb(512))
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from medgemma_toolkit.deid.read import Corrupt, read_checked\n"
+        "def hwm():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+        "before = hwm()\n"
+        "try:\n"
+        "    read_checked(Path(sys.argv[1]))\n"
+        "    print('read')\n"
+        "except Corrupt as e:\n"
+        "    print('corrupt', hwm() - before)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe, str(src / "bomb.dcm")], capture_output=True, text=True,
+                       timeout=300)
+    verdict, grew_kib = r.stdout.split()
+    assert verdict == "corrupt" and int(grew_kib) < 200 * 1024, r.stdout + r.stderr
+    res = deidentify_path(src, out)
+    assert not list(out.rglob("*.dcm"))
+    assert res["files_failed"] == 1 and res["files_written"] == 0

@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 
 from ..errors import BadInput, UnsupportedFormat
+from ..imaging.deflate import is_deflated, read_deflated
+from ..imaging.options import DEFAULT_MAX_PIXELS
 from .profile import table
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
@@ -40,6 +42,16 @@ def read_checked(path: Path):
             part10 = head[128:132] == b"DICM"
             if size < 132 and candidate:
                 raise Corrupt(f"{path}: too short to be a DICOM file ({size} bytes)")
+            f.seek(0)
+            if part10 and is_deflated(f.read(64 * 1024)):
+                # pydicom would inflate the whole stream first: a small file could take GiBs (a deflate bomb).
+                f.seek(0)
+                try:
+                    ds = read_deflated(f.read(), str(path), DEFAULT_MAX_PIXELS)
+                except BadInput as e:
+                    raise Corrupt(f"{path}: {str(e).removeprefix(str(path) + ': ')}") from None
+                _check_complete(path, ds, size)
+                return ds
             f.seek(0)
             try:
                 ds = pydicom.dcmread(f, force=not part10)
