@@ -13,42 +13,26 @@ one draw), so correlated questions do not shrink the interval.
 from __future__ import annotations
 
 import math
-import re
-import string
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..stats import (
+    bootstrap_ratio,
+    bootstrap_statistic,
+    normalize_answer,
+    resample_indices,
+    wilson_interval,
+)
+from ..stats import token_f1 as token_f1  # re-exported: per-answer scores live beside the record metrics
+
 Record = dict[str, Any]
 
 
 # -- per-answer scores ------------------------------------------------------------------------------------------
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """Lowercase, drop punctuation and articles, squeeze spaces (SQuAD-style, as VQA F1 is usually computed)."""
-    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
-
-
-def token_f1(prediction: str | None, reference: str) -> float:
-    """Bag-of-tokens F1 between normalized answers."""
-    if prediction is None:
-        return 0.0
-    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
 def exact_match(prediction: str | None, reference: str) -> bool:
     if prediction is None:
         return False
@@ -185,20 +169,6 @@ METRICS: dict[str, Metric] = {
 
 
 # -- intervals ----------------------------------------------------------------------------------------------------
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927); 0/n gives [0, >0], n/n gives [<1, 1]."""
-    if n <= 0:
-        raise ValueError("n must be positive")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _proportion(records: Sequence[Record], metric: Metric) -> tuple[int, int] | None:
     """(successes, n) when `metric` is a 0/1 value with exactly one counted record per item; else None."""
     if metric.unit_value is None or not metric.binary:
@@ -222,30 +192,13 @@ def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, 
                  level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of `metric`, resampling items with replacement (fixed seed: reproducible)."""
     groups = _groups(records)
-    if len(groups) < 2:
-        return (None, None)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(groups), size=(n_boot, len(groups)))
     if metric.unit_value is not None:
         vals = [metric.unit_value(r) for r in records]
-        s = np.array([sum(vals[i] for i in g if vals[i] is not None) for g in groups], dtype=float)
-        n = np.array([sum(vals[i] is not None for i in g) for g in groups], dtype=float)
-        tot_n = n[draws].sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stats = s[draws].sum(axis=1) / tot_n
-        stats = stats[tot_n > 0]
-    else:
-        out = []
-        for row in draws:
-            v = metric.compute([records[i] for j in row for i in groups[j]])
-            if v is not None:
-                out.append(v)
-        stats = np.array(out, dtype=float)
-    if stats.size == 0:
-        return (None, None)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(stats, [a, 1 - a])
-    return float(lo), float(hi)
+        sums = [sum(vals[i] for i in g if vals[i] is not None) for g in groups]
+        counts = [sum(vals[i] is not None for i in g) for g in groups]
+        return bootstrap_ratio(sums, counts, n_boot, seed, level)
+    return bootstrap_statistic(len(groups), lambda row: metric.compute([records[i] for j in row for i in groups[j]]),
+                               n_boot, seed, level)
 
 
 def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int = 1000,
@@ -305,9 +258,8 @@ def paired_bootstrap(a: Sequence[Record], b: Sequence[Record], metric: Metric, n
     va, vb = metric.compute(a), metric.compute(b)
     if va is None or vb is None:
         return {"diff": None, "ci_low": None, "ci_high": None, "p_value": None}
-    rng = np.random.default_rng(seed)
     diffs = []
-    for row in rng.integers(0, len(groups), size=(n_boot, len(groups))):
+    for row in resample_indices(len(groups), n_boot, seed):
         idx = [i for j in row for i in groups[j]]
         x, y = metric.compute([a[i] for i in idx]), metric.compute([b[i] for i in idx])
         if x is not None and y is not None:

@@ -2,69 +2,32 @@
 
 Prompts are built by the training collator's own `prompt_for` (same preset, same image pipeline), generation is
 greedy, and answers are scored by exact match (classification, VQA) or token F1 (reports, chat), each with a 95%
-interval: Wilson for a proportion, a seeded bootstrap for a mean. This is the fallback for `--eval-task val`; the
-evaluation harness's tasks are used when it provides a runner.
+interval from `stats` (Wilson for a proportion, a seeded bootstrap for a mean), the evaluation harness's own
+statistics. This is the fallback for `--eval-task val`; the harness's tasks are used when it provides a runner.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import re
-import string
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..backends.base import GenerationRequest, SamplingParams
 from ..prompts.thinking import split_thought
+from ..stats import bootstrap_mean, normalize_answer, token_f1, wilson_interval
 from .collator import SFTCollator
 from .data import Example
-
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize(s: str) -> str:
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s.lower().translate(_PUNCT)).split())
-
-
-def token_f1(pred: str, ref: str) -> float:
-    p, r = normalize(pred).split(), normalize(ref).split()
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if not common:
-        return 0.0
-    prec, rec = common / len(p), common / len(r)
-    return 2 * prec * rec / (prec + rec)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
-def bootstrap(values: list[float], seed: int = 0, rounds: int = 1000) -> tuple[float, float]:
-    if not values:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(rounds))
-    return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
 
 
 def score_answers(preds: list[str], examples: list[Example], metric: str) -> dict[str, Any]:
     if metric == "accuracy":
-        hits = [normalize(p) == normalize(ex.answer) for p, ex in zip(preds, examples)]
-        lo, hi = wilson(sum(hits), len(hits))
+        hits = [normalize_answer(p) == normalize_answer(ex.answer) for p, ex in zip(preds, examples)]
+        lo, hi = wilson_interval(sum(hits), len(hits)) if hits else (0.0, 0.0)
         value = sum(hits) / len(hits) if hits else 0.0
     else:
         vals = [token_f1(p, ex.answer) for p, ex in zip(preds, examples)]
-        lo, hi = bootstrap(vals)
+        blo, bhi = bootstrap_mean(vals)
+        # One value (or none) has no spread to resample: the interval is the value itself.
+        lo, hi = (blo, bhi) if blo is not None and bhi is not None else (vals[0], vals[0]) if vals else (0.0, 0.0)
         value = sum(vals) / len(vals) if vals else 0.0
     return {"metric": metric, "value": round(value, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(preds)}
 
