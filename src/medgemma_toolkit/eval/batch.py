@@ -8,7 +8,6 @@ appended and flushed per batch: {"id", "answer", "thought", "finish_reason", tok
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..errors import BadInput
 from ..prompts.thinking import split_thought
+from ..rowfile import read_rows
 from .batching import Outcome, auto_batch_size, run_batches
 from .items import format_options
 from .rows import ReadContext, RowError, image_paths, is_blank, options_of
@@ -45,18 +45,14 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
     ctx = ReadContext(path, [path.parent])
     rows: list[BatchRow] = []
     seen: set[str] = set()
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        loc = f"{path.name}:{i}"
+    for r in read_rows(path, "jsonl"):
+        loc, raw = r.where, r.row
         try:
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RowError(f"{loc}: not valid JSON ({e.msg})") from None
+            if r.error is not None:
+                raise RowError(f"{loc}: {r.error}")
             if not isinstance(raw, dict) or not str(raw.get("question") or "").strip():
                 raise RowError(f"{loc}: each row needs a non-empty 'question'")
-            rid = str(raw.get("id", f"row-{i}"))
+            rid = str(raw.get("id", f"row-{r.line}"))
             if rid in seen:
                 raise RowError(f"{loc}: duplicate id {rid!r}")
             row = BatchRow(rid, loc, render_question(raw, loc), image_paths(raw, loc, ctx, "images", "image"),

@@ -1,8 +1,9 @@
 """Rows out of the files the releases publish, and the small helpers every per-release reader shares.
 
-`load_rows` yields (location, row) pairs from JSON lines, a JSON list or object, CSV/TSV, MMLU's header-less CSVs
-(or their folder), a parquet file, a `save_to_disk` folder or `hf:NAME[:CONFIG][:SPLIT]` from the local Hugging
-Face datasets cache (never downloaded). A reader turns a row into an `EvalItem`, raises `RowError` for a malformed
+`load_rows` yields (location, row) pairs from JSON lines and CSV/TSV (through the toolkit's one row reader,
+`rowfile`) and adapts the release layouts on top of it: a JSON list or object, MMLU's header-less CSVs (or their
+folder), a parquet file, a `save_to_disk` folder or `hf:NAME[:CONFIG][:SPLIT]` from the local Hugging Face datasets
+cache (never downloaded). A reader turns a row into an `EvalItem`, raises `RowError` for a malformed
 row, or `SkipRow` (with a reason) for a row the task cannot score.
 """
 
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..rowfile import Row, read_rows
 from .items import LETTERS
 
-Row = dict[str, Any]
 # The MMLU subjects MedGemma's report groups as medical; in a folder of MMLU CSVs only these files are read.
 MMLU_MED_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                      "professional_medicine")
@@ -79,15 +80,14 @@ def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tup
             yield f"{name}[{i}]", {**_plain(row), "_hf": True}
         return
     if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rdr = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for i, row in enumerate(rdr, 2):  # line 1 is the header
-                yield f"{name}:{i}", {k.strip(): v for k, v in row.items() if k is not None and k.strip()}
+        for r in read_rows(path):
+            yield r.where, r.row
         return
-    text = path.read_text(encoding="utf-8")
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path}: cannot read ({type(e).__name__})") from None
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # MedMCQA's .json files are JSON lines: read them as such below
                 raise BadInput(f"{name}:{e.lineno}: not valid JSON ({e.msg})") from None
@@ -98,14 +98,8 @@ def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tup
         if data is not None:
             yield from _json_rows(name, data)
             return
-    for i, line in enumerate(text.splitlines(), 1):  # JSON lines (any other suffix)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            row = RowError(f"{name}:{i}: not valid JSON ({e.msg})")  # raised by the caller, which may skip it
-        yield f"{name}:{i}", row
+    for r in read_rows(path, "jsonl"):  # JSON lines (any other suffix); a bad line is raised by the caller
+        yield r.where, (r.row if r.error is None else RowError(f"{r.where}: {r.error}"))
 
 
 def _looks_like_row(d: dict[str, Any]) -> bool:

@@ -7,8 +7,6 @@ Bad rows are collected and reported together, each with its line number, before 
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any, Union
 from PIL import Image
 
 from ..errors import BadInput
+from ..rowfile import read_rows, row_format
 from .recipe import TASK_SPECS
 
 ImageRef = Union[str, Image.Image]  # an image source path (2D file, DICOM, series folder...) or a decoded image
@@ -168,39 +167,21 @@ def load_rows(path: Path, task: str) -> tuple[list[Example], str]:
     problems = _Problems(path)
     out: list[Example] = []
     kinds: set[str] = set()
-    base = path.parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read ({type(e).__name__})") from None
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames:
-            raise BadInput(f"{path}: CSV has no header row")
-        for i, row in enumerate(reader, start=2):
-            try:
-                out.append(_row_example({k.strip(): v for k, v in row.items() if k}, base, task, f"{path.name}:{i}"))
+    base, chat_allowed = path.parent, row_format(path) == "jsonl"
+    for r in read_rows(path):
+        try:
+            if r.error is not None:
+                raise ValueError(r.error)
+            if not isinstance(r.row, dict):
+                raise ValueError("not a JSON object")
+            if chat_allowed and "messages" in r.row:
+                out.append(_chat_example(r.row["messages"], base, r.where))
+                kinds.add("chat")
+            else:
+                out.append(_row_example(r.row, base, task, r.where))
                 kinds.add("rows")
-            except ValueError as e:
-                problems.add(f"line {i}", str(e))
-    else:
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                if "messages" in obj:
-                    out.append(_chat_example(obj["messages"], base, f"{path.name}:{i}"))
-                    kinds.add("chat")
-                else:
-                    out.append(_row_example(obj, base, task, f"{path.name}:{i}"))
-                    kinds.add("rows")
-            except json.JSONDecodeError:
-                problems.add(f"line {i}", "not valid JSON")
-            except ValueError as e:
-                problems.add(f"line {i}", str(e))
+        except ValueError as e:
+            problems.add(f"line {r.line}", str(e))
     problems.raise_if_any()
     if not out:
         raise BadInput(f"{path}: no examples")

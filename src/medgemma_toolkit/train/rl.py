@@ -7,7 +7,6 @@ atomic checkpoints, `--resume`, loss/reward log and provenance work exactly as f
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
 from ..models.resolve import resolve_model
+from ..rowfile import read_rows
 from . import checkpoints as ck
 from .fit import check_fits
 from .logs import CURVE_NAME, LOG_NAME, make_callbacks, plot_curve, read_log, truncate_log
@@ -91,11 +91,11 @@ def load_mcq(path: str | Path) -> list[MCQ]:
     if not p.is_file():
         raise BadInput(f"{path}: not found")
     items, bad = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for r in read_rows(p, "jsonl"):
         try:
-            row = json.loads(line)
+            if r.error is not None:
+                raise ValueError(r.error)
+            row = r.row
             opts = row["options"]
             pairs = [(str(k).upper(), str(v)) for k, v in (opts.items() if isinstance(opts, dict) else
                      zip("ABCDEFGHIJ", opts))]
@@ -104,7 +104,7 @@ def load_mcq(path: str | Path) -> list[MCQ]:
                 raise ValueError
             items.append(MCQ(str(row["question"]).strip(), tuple(pairs), ans))
         except (ValueError, KeyError, TypeError, AttributeError):
-            bad.append(i)
+            bad.append(r.line)
     if bad:
         raise BadInput(f"{p}: {len(bad)} bad line(s) (need question, options with >= 2 entries, answer among them): "
                        f"lines {', '.join(map(str, bad[:10]))}")
