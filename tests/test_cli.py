@@ -32,7 +32,7 @@ def ok_json(res):
 
 def test_ask_text_json(tiny_model_dir):
     out = ok_json(run_cli("ask", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--json", "Is the heart enlarged?"))
-    assert out["completion_tokens"] == 6 and out["preset"] == "medgemma-v1@1"
+    assert out["completion_tokens"] == 6 and out["preset"] == "medgemma-v1@2"
     assert set(out) >= {"text", "thought", "model", "preset", "timings", "prompt_tokens", "completion_tokens"}
     assert out["timings"]["load_s"] > 0 and out["demo_model"] is False
 
@@ -110,7 +110,7 @@ def test_hf_cache_snapshot_is_found(tmp_path, tiny_model_dir):
     (snap.parent.parent / "refs" / "main").write_text("abc123")
     env = {"MEDGEMMA_HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     ans = ok_json(run_cli("ask", "-m", "medgemma-1.5-4b-it", "--max-new-tokens", "2", "--json", "Hi", env=env))
-    assert ans["preset"] == "medgemma-1.5@1"
+    assert ans["preset"] == "medgemma-1.5@2"
     # with no --model, the best variant found locally is used instead of the demo model
     ans = ok_json(run_cli("ask", "--max-new-tokens", "2", "--json", "Hi", env=env))
     assert ans["model"] == "medgemma-1.5-4b-it" and not ans["demo_model"]

@@ -114,8 +114,14 @@ def test_ct_small_modality_lut():
 @pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
 def test_mr_small_plain_and_compressed(name):
     ref = pydicom.dcmread(dcm_file("MR_small.dcm")).pixel_array
-    out = np.asarray(load_image(dcm_file(name)))
+    out = np.asarray(load_image(dcm_file(name), ImageOptions(window="full")))
     assert (out[..., 0] == expected_8bit(ref)).all()
+    # By default the file's own window (MR_small has one) is applied, as Google's serving container does.
+    ds = pydicom.dcmread(dcm_file("MR_small.dcm"))
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    lo, hi = c - w // 2, c + w // 2
+    want = np.round((np.clip(ref.astype(np.float64), lo, hi) - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    assert np.abs(np.asarray(load_image(dcm_file(name)))[..., 0].astype(int) - want).max() <= 1
 
 
 def test_jpeg_baseline_colour_and_jpeg2000():
@@ -146,6 +152,16 @@ def test_multiframe_middle_and_chosen_frame(tmp_path):
     assert (first == expected_8bit(frames[0])).all()
     with pytest.raises(BadInput, match="frame 5"):
         load_image(f, ImageOptions(frame=5))
+
+
+def test_file_window_is_the_default_and_full_is_a_flag(tmp_path):
+    px = np.linspace(0, 4000, 64, dtype=np.uint16).reshape(8, 8)
+    f = write_dicom(tmp_path / "w.dcm", px, WindowCenter=1000, WindowWidth=1000)
+    default = np.asarray(load_image(f))[..., 0]
+    assert default[0, 0] == 0 and default[-1, -1] == 255 and (default[px >= 1500] == 255).all()
+    assert (np.asarray(load_image(f, ImageOptions(window="full")))[..., 0] == expected_8bit(px)).all()
+    with pytest.raises(BadInput, match="no WindowCenter"):
+        load_image(write_dicom(tmp_path / "n.dcm", px), ImageOptions(window="file"))
 
 
 def test_voi_window_from_file(tmp_path):

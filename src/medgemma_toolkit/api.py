@@ -129,11 +129,15 @@ class MedGemma:
         stop: Sequence[str] = (),
         image_options: ImageOptions = ImageOptions(),
         preset: str | None = None,
+        instruction: str | None = None,
     ) -> GenerationRequest:
-        """Build one request: images through `imaging`, text through the preset (this call's, else the model's)."""
+        """Build one request: images through `imaging`, text through the preset (this call's, else the model's).
+
+        `instruction`: text before a CT/MR volume's or slide's images, the question after them (see the preset).
+        """
         pre = get_preset(preset) if preset else self.preset
         media = self.media(images, image_options)
-        prompt = pre.build(question, media, system=system, think=think, history=history)
+        prompt = pre.build(question, media, system=system, think=think, history=history, instruction=instruction)
         has_images = bool(prompt.all_images())
         params = SamplingParams(
             max_new_tokens=max_new_tokens or pre.max_new_tokens(has_images, think),

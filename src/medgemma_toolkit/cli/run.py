@@ -23,6 +23,8 @@ from .common import (
     PatchSeedOpt,
     PresetOpt,
     QuantizeOpt,
+    SliceOrderOpt,
+    SliceSamplingOpt,
     SlicesOpt,
     WindowOpt,
     load_model,
@@ -49,9 +51,13 @@ def ask(
     top_p: Annotated[float, typer.Option()] = 1.0,
     seed: Annotated[Optional[int], typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")] = False,
+    instruction: Annotated[Optional[str], typer.Option(help="Text before a CT/MR volume's or slide's images (the question goes after them); default: the preset's")] = None,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact rendered prompt (chat template applied, one <start_of_image> per image) and exit; loads no weights when the processor suffices")] = False,
     window: WindowOpt = None,
     frame: FrameOpt = None,
     max_slices: SlicesOpt = 85,
+    slice_order: SliceOrderOpt = "instance_number",
+    slice_sampling: SliceSamplingOpt = "notebook",
     ct_windows: CTWindowsOpt = "notebook",
     max_patches: PatchesOpt = 125,
     patch_seed: PatchSeedOpt = 0,
@@ -69,17 +75,31 @@ def ask(
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
     Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
+    Example: medgemma ask -m medgemma-1.5-4b-it -i ct/ --show-prompt "Is there a liver lesion?"
     """
+    opts = _image_options(
+        window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
+        patch_seed=patch_seed, patch_order=patch_order, slice_order=slice_order, slice_sampling=slice_sampling,
+    )
+    if show_prompt and not (upstream or backend not in ("auto", "transformers")):
+        from ..prompts.render import show_prompt_offline
+
+        shown = show_prompt_offline(model, question, image or [], opts, system=system, think=think,
+                                    instruction=instruction, preset=preset, allow_download=allow_download)
+        if shown is not None:
+            print(shown)
+            return
     mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
                     upstream=upstream, mmproj=mmproj, threads=threads)
     req = mg.request(
         question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed,
-        image_options=_image_options(
-            window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
-            patch_seed=patch_seed, patch_order=patch_order,
-        ),
+        temperature=temperature, top_p=top_p, seed=seed, image_options=opts, instruction=instruction,
     )
+    if show_prompt:
+        from ..prompts.render import render_for_backend
+
+        print(render_for_backend(mg, req.prompt))
+        return
     if as_json:
         from ..api import Answer
 
@@ -166,9 +186,12 @@ def preview(
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")] = None,
     size: Annotated[Optional[int], typer.Option(help="Model input size in pixels (default 896, MedGemma's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch")] = False,
     window: WindowOpt = None,
     frame: FrameOpt = None,
     max_slices: SlicesOpt = 85,
+    slice_order: SliceOrderOpt = "instance_number",
+    slice_sampling: SliceSamplingOpt = "notebook",
     ct_windows: CTWindowsOpt = "notebook",
     max_patches: PatchesOpt = 125,
     patch_seed: PatchSeedOpt = 0,
@@ -181,18 +204,23 @@ def preview(
 
     Example: medgemma preview cxr.dcm -o what_medgemma_sees.png
     Example: medgemma preview ct_series/ -o slices.png --max-slices 16
+    Example: medgemma preview ct_series/ -o slices.png --json
     """
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
+    from ..imaging.manifest import image_manifest
     from ..imaging.montage import save_preview
 
     px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
     opts = _image_options(
         window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
-        patch_seed=patch_seed, patch_order=patch_order,
+        patch_seed=patch_seed, patch_order=patch_order, slice_order=slice_order, slice_sampling=slice_sampling,
     )
     parts = [p for src in image for p in load_parts(src, opts, px)]
     n = save_preview(parts, output)
-    print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")
+    if as_json:
+        print(json.dumps({"output": str(output), "size": px, "images": image_manifest(parts)}, ensure_ascii=False))
+    else:
+        print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")
 
 
 def _model_image_size(model: str | None) -> int | None:

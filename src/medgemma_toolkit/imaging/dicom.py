@@ -1,8 +1,9 @@
 """Single DICOM images (CR/DX, one CT or MR slice, single- or multi-frame) to 8-bit RGB.
 
-Order of operations follows the DICOM grayscale pipeline and MedGemma's CXR notebooks: stored values -> modality
-LUT (rescale slope/intercept) -> optional VOI window -> dynamic range to 8 bit -> MONOCHROME1 inverted so that
-dense tissue is bright. Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins (pylibjpeg for
+Order of operations follows the DICOM grayscale pipeline and Google's serving container: stored values -> modality
+LUT (rescale slope/intercept) -> the file's own window when it has one (WindowCenter/WindowWidth, applied as the
+container's `window_accurate` does: clip to center +/- width // 2, map linearly to 0..255, round half to even),
+else the dynamic range to 8 bit -> MONOCHROME1 inverted so that dense tissue is bright. Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins (pylibjpeg for
 JPEG, JPEG-LS, JPEG 2000 and RLE). Error messages never quote header values: they may be PHI.
 """
 
@@ -86,7 +87,13 @@ def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
     except Exception as e:
         raise BadInput(f"{name}: invalid modality LUT ({type(e).__name__})") from None
     window = options.window
-    if window == "voi":
+    if window is None:  # the default: the file's own window when it has one, as Google's serving container does
+        window = "file" if _has_window(ds) else "full"
+    if window == "file":
+        grey = file_window(values, ds, name)
+    elif window == "full":
+        grey = scale_to_uint8(values)
+    elif window == "voi":
         grey = _file_voi(values, ds, name)
     elif window is not None:
         center, width = window
@@ -96,6 +103,29 @@ def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         grey = 255 - grey
     return Image.fromarray(grey, "L").convert("RGB")
+
+
+def _has_window(ds) -> bool:
+    return "WindowCenter" in ds and "WindowWidth" in ds and bool(ds.WindowCenter) and bool(ds.WindowWidth)
+
+
+def file_window(values: np.ndarray, ds, name: str) -> np.ndarray:
+    """The file's first WindowCenter/WindowWidth pair, as Google's serving container applies it to CXR.
+
+    Clip to [center - width // 2, center + width // 2], map linearly onto 0..255, round half to even. Several
+    windows in a file: the first (the container passes the attribute through; one window is the common case).
+    """
+    if not _has_window(ds):
+        raise BadInput(f"{name}: --window file asked for, but the file has no WindowCenter/WindowWidth")
+    try:
+        c, w = (float(v[0] if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else v)
+                for v in (ds.WindowCenter, ds.WindowWidth))
+    except (TypeError, ValueError, IndexError):
+        raise BadInput(f"{name}: attribute WindowCenter or WindowWidth is malformed") from None
+    if not (np.isfinite(c) and np.isfinite(w)) or w // 2 <= 0:
+        raise BadInput(f"{name}: attribute WindowCenter or WindowWidth is invalid")
+    lo, hi = c - w // 2, c + w // 2
+    return np.round(np.interp(np.clip(values, lo, hi), (lo, hi), (0, 255)), 0).astype(np.uint8)
 
 
 def _file_voi(values: np.ndarray, ds, name: str) -> np.ndarray:

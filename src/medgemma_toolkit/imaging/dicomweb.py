@@ -252,7 +252,10 @@ def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[P
     datasets = fetch_datasets(ref)
     items = [(f"{ref.host} instance {k + 1}", ds) for k, ds in enumerate(datasets)]
     if ref.instance:  # one instance is one 2D image, like a single local file
-        return [ImagePart(to_model_image(dicom_to_rgb(datasets[0], items[0][0], options), size))]
+        from .manifest import dicom_info
+
+        info = {**dicom_info(items[0][0], datasets[0]), "source": None}  # None: load_parts fills in the URI
+        return [ImagePart(to_model_image(dicom_to_rgb(datasets[0], items[0][0], options), size), info=info)]
     return instances_parts(items, options, size, f"DICOMweb series on {ref.host}")
 
 

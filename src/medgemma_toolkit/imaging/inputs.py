@@ -15,6 +15,7 @@ from PIL import Image
 from ..errors import BadInput
 from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb, looks_like_dicom, read_dataset
+from .manifest import dicom_info, with_source
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions
 from .raster import read_raster
 from .square import to_model_image
@@ -74,7 +75,11 @@ def load_image(path: str | os.PathLike[str], options: ImageOptions = ImageOption
 
 
 def _read_2d_file(source: str, options: ImageOptions, size: int) -> list[Part]:
-    return [ImagePart(to_model_image(load_image(source, options), size))]
+    data = read_file_bytes(source)
+    if looks_like_dicom(data):
+        ds = read_dataset(data, source)
+        return [ImagePart(to_model_image(dicom_to_rgb(ds, source, options), size), info=dicom_info(source, ds))]
+    return [ImagePart(to_model_image(decode_image_bytes(data, source, options), size))]
 
 
 def load_parts(
@@ -85,5 +90,5 @@ def load_parts(
     for reader in _READERS:
         parts = reader(src, options, size)
         if parts is not None:
-            return parts
-    return _read_2d_file(src, options, size)
+            return with_source(parts, src)
+    return with_source(_read_2d_file(src, options, size), src)

@@ -7,7 +7,7 @@ from typing import Literal, Union
 
 from .budget import DecodeBudget
 
-Window = Union[tuple[float, float], Literal["voi"], None]
+Window = Union[tuple[float, float], Literal["voi", "file", "full"], None]
 
 DEFAULT_IMAGE_SIZE = 896  # every MedGemma image encoder takes 896x896 -> 256 tokens
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold (2x its warning level)
@@ -17,11 +17,17 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold (2
 class ImageOptions:
     """How to read one image.
 
-    window: DICOM only. None = full dynamic range after the modality LUT (as MedGemma's CXR notebooks do);
-    (center, width) = that window; "voi" = the file's own VOI LUT / window.
+    window: DICOM only. None (default) = the file's WindowCenter/WindowWidth when it has them, applied as
+        Google's serving container does (`dicom.file_window`), else the full dynamic range after the modality LUT;
+        "file" = that window, required; "full" = always the full range (min-max); (center, width) = that window;
+        "voi" = the DICOM standard's VOI LUT function via pydicom (VOI LUT sequences too).
     frame: DICOM multi-frame only; None = the middle frame.
     max_pixels: refuse images (or DICOM frames x rows x columns) above this many pixels.
     max_slices: CT/MR series: sample at most this many slices uniformly (MedGemma 1.5 uses 85).
+    slice_order: CT/MR series: "instance_number" (Google's CT notebook; falls back to position when numbers are
+        missing or repeated) or "position" (along the slice normal).
+    slice_sampling: CT/MR series: "notebook" (indices round(i/k*(n-1)) for i = 1..k, Google's CT notebook) or
+        "linspace" (k evenly spaced indices, first and last slice included).
     ct_windows: CT series: window preset packed into RGB ("notebook" or "server", see imaging/windows.py).
     max_patches: whole-slide images: sample at most this many tissue patches.
     patch_seed: whole-slide images: seed of the patch sampling (same seed, same patches).
@@ -33,6 +39,8 @@ class ImageOptions:
     frame: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_slices: int = 85
+    slice_order: Literal["instance_number", "position"] = "instance_number"
+    slice_sampling: Literal["notebook", "linspace"] = "notebook"
     ct_windows: str = "notebook"
     max_patches: int = 125
     patch_seed: int = 0
@@ -41,17 +49,17 @@ class ImageOptions:
 
 
 def parse_window(text: str | None) -> Window:
-    """Parse a CLI window: "voi", "C,W" (e.g. "40,400"), or None."""
+    """Parse a CLI window: "voi", "file", "full", "C,W" (e.g. "40,400"), or None (the default choice)."""
     from ..errors import BadInput
 
     if text is None or text == "":
         return None
-    if text.lower() == "voi":
-        return "voi"
+    if text.lower() in ("voi", "file", "full"):
+        return text.lower()  # type: ignore[return-value]
     try:
         c, w = (float(v) for v in text.split(","))
     except ValueError:
-        raise BadInput(f"--window must be 'voi' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}") from None
+        raise BadInput(f"--window must be 'voi', 'file', 'full' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}") from None
     if w <= 0:
         raise BadInput("--window width must be positive")
     return (c, w)
@@ -64,6 +72,10 @@ def check_options(options: ImageOptions) -> ImageOptions:
 
     if options.max_slices < 1:
         raise BadInput("--max-slices must be at least 1")
+    if options.slice_order not in ("instance_number", "position"):
+        raise BadInput(f"--slice-order must be 'instance_number' or 'position', got {options.slice_order!r}")
+    if options.slice_sampling not in ("notebook", "linspace"):
+        raise BadInput(f"--slice-sampling must be 'notebook' or 'linspace', got {options.slice_sampling!r}")
     if options.max_patches < 1:
         raise BadInput("--max-patches must be at least 1")
     if options.patch_order not in ("random", "spatial"):

@@ -9,11 +9,15 @@ Selection rules, in order (each is what a radiologist would expect a viewer to d
    the wrong scan.
 3. DERIVED images (ImageType value 1: localisers, MPRs, MIPs) are dropped when ORIGINAL ones exist.
 4. Only the largest acquisition (AcquisitionNumber) is kept; ties go to the lowest number.
-5. Duplicate InstanceNumbers keep their first instance (files in name order).
-6. Slices are ordered along the slice normal: ImagePositionPatient projected on the cross product of the
-   ImageOrientationPatient row and column cosines, so oblique and feet-first stacks order correctly. When any
-   slice lacks position/orientation, InstanceNumber order is the documented fallback.
-7. Sizes and orientations must agree within what is kept; otherwise an error.
+5. Order (`slice_order`):
+   - "instance_number" (default, Google's CT notebook): ascending InstanceNumber, ties in file-name order.
+     Documented fallback: when any slice lacks an InstanceNumber or two slices share one, the stack is ordered by
+     position instead (`ordered_by` says "normal", `order_fallback` says why), since InstanceNumber then does not
+     define an order.
+   - "position": along the slice normal: ImagePositionPatient projected on the cross product of the
+     ImageOrientationPatient row and column cosines, so oblique and feet-first stacks order correctly.
+   When positions are missing too, duplicate InstanceNumbers keep their first instance (files in name order).
+6. Sizes and orientations must agree within what is kept; otherwise an error.
 
 Error messages name files and attribute keywords, never header values (they may be PHI).
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,10 @@ class SeriesVolume:
     positions: np.ndarray  # (slices,) along the slice normal, or instance numbers in the fallback
     ordered_by: str  # "normal" or "instance_number"
     dropped: dict[str, int]  # reason -> count, for reports (counts only, no values)
+    instance_numbers: list[int | None] = field(default_factory=list)  # per ordered slice
+    sop_instance_uids: list[str | None] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # file name or URL of each ordered slice
+    order_fallback: str | None = None  # why the requested order could not be used, if it could not
 
     @property
     def num_slices(self) -> int:
@@ -133,11 +141,11 @@ def read_instance(path: Path):
         raise BadInput(f"{path}: corrupt or truncated DICOM ({type(e).__name__})") from None
 
 
-def load_series(paths: list[Path] | list[str]) -> SeriesVolume:
+def load_series(paths: list[Path] | list[str], slice_order: str = "instance_number") -> SeriesVolume:
     """Read files and assemble them into one volume (see the module docstring for the rules)."""
     if len(paths) > MAX_SERIES_FILES:
         raise BadInput(f"{len(paths):,} files given; at most {MAX_SERIES_FILES:,} per series")
-    return assemble_volume([(str(p), read_instance(Path(p))) for p in paths])
+    return assemble_volume([(str(p), read_instance(Path(p))) for p in paths], slice_order=slice_order)
 
 
 @dataclass
@@ -203,19 +211,43 @@ def _select(slices: list[_Slice], dropped: dict[str, int]) -> list[_Slice]:
         best = max(sorted(groups), key=lambda k: len(groups[k]))
         dropped["other_acquisitions"] = len(slices) - len(groups[best])
         slices = groups[best]
-    seen: set[int] = set()
+    return slices
+
+
+def _dedupe(slices: list[_Slice], dropped: dict[str, int]) -> list[_Slice]:
+    """Drop repeated instances: same InstanceNumber at the same position (or both without one); first file wins."""
+    seen: set[tuple] = set()
     kept = []
     for s in slices:
         if s.instance is not None:
-            if s.instance in seen:
+            key = (s.instance, None if s.position is None else tuple(np.round(s.position, 3)))
+            if key in seen:
                 dropped["duplicate_instance_number"] = dropped.get("duplicate_instance_number", 0) + 1
                 continue
-            seen.add(s.instance)
+            seen.add(key)
         kept.append(s)
     return kept
 
 
-def _order(slices: list[_Slice], source: str) -> tuple[list[_Slice], np.ndarray, str]:
+SLICE_ORDERS = ("instance_number", "position")
+
+
+def _order(slices: list[_Slice], source: str, mode: str, dropped: dict[str, int]
+           ) -> tuple[list[_Slice], np.ndarray, str, str | None]:
+    """(ordered slices, their sort keys, "instance_number" or "normal", fallback reason or None)."""
+    if mode not in SLICE_ORDERS:
+        raise BadInput(f"--slice-order must be one of {', '.join(SLICE_ORDERS)}, got {mode!r}")
+    slices = _dedupe(slices, dropped)
+    numbers = [s.instance for s in slices]
+    unique = None not in numbers and len(set(numbers)) == len(numbers)
+    if mode == "instance_number" and unique:
+        # Google's CT notebook: sorted(instances, key=InstanceNumber); Python's sort is stable, as is this one.
+        inst = np.array(numbers, dtype=np.float64)
+        order = np.argsort(inst, kind="stable")
+        return [slices[i] for i in order], inst[order], "instance_number", None
+    fallback = None
+    if mode == "instance_number":
+        fallback = "duplicate InstanceNumber" if None not in numbers else "missing InstanceNumber"
     if all(s.position is not None and s.orientation is not None for s in slices):
         ori0 = slices[0].orientation
         if any(not np.allclose(s.orientation, ori0, atol=1e-3) for s in slices):
@@ -225,15 +257,17 @@ def _order(slices: list[_Slice], source: str) -> tuple[list[_Slice], np.ndarray,
             raise BadInput(f"{source}: attribute ImageOrientationPatient has parallel row and column cosines")
         proj = np.array([float(np.dot(s.position, normal)) for s in slices])
         order = np.argsort(proj, kind="stable")
-        return [slices[i] for i in order], proj[order], "normal"
+        return [slices[i] for i in order], proj[order], "normal", fallback
     if all(s.instance is not None for s in slices):
         inst = np.array([s.instance for s in slices], dtype=np.float64)
         order = np.argsort(inst, kind="stable")
-        return [slices[i] for i in order], inst[order], "instance_number"
+        why = None if mode == "instance_number" else "missing ImagePositionPatient/ImageOrientationPatient"
+        return [slices[i] for i in order], inst[order], "instance_number", why
     raise BadInput(f"{source}: cannot order slices: ImagePositionPatient/ImageOrientationPatient and InstanceNumber missing")
 
 
-def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> SeriesVolume:
+def assemble_volume(items: list[tuple[str, object]], source: str = "series",
+                    slice_order: str = "instance_number") -> SeriesVolume:
     """Select, order and stack (name, pydicom Dataset) pairs into one volume."""
     from pydicom.pixels import pixel_array
 
@@ -245,7 +279,7 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> 
         raise BadInput(f"{source}: instances of {len(series_uids)} different series; give one series")
     dropped: dict[str, int] = {}
     slices = _select(slices, dropped)
-    slices, positions, ordered_by = _order(slices, source)
+    slices, positions, ordered_by, fallback = _order(slices, source, slice_order, dropped)
     try:
         shapes = {(int(s.ds.Rows), int(s.ds.Columns), int(s.ds.get("SamplesPerPixel", 1) or 1)) for s in slices}
     except (AttributeError, TypeError, ValueError):
@@ -286,7 +320,9 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series") -> 
         slopes[i] = 1.0 if slope is None else slope[0]
         intercepts[i] = 0.0 if inter is None else inter[0]
     assert stored is not None
-    return SeriesVolume(stored, slopes, intercepts, modalities.pop(), positions, ordered_by, dropped)
+    uids = [str(s.ds.get("SOPInstanceUID", "")) or None for s in slices]
+    return SeriesVolume(stored, slopes, intercepts, modalities.pop(), positions, ordered_by, dropped,
+                        [s.instance for s in slices], uids, [s.name for s in slices], fallback)
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian

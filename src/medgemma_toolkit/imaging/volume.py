@@ -2,7 +2,9 @@
 
 CT slices carry three HU windows in R, G, B (`windows.py`); MR and other modalities are min-max normalised over
 the whole volume (not per slice, so intensities stay comparable between slices), as Google's notebooks do.
-Slices are sampled uniformly over the ordered stack; labels count the sampled slices from 1, as the notebooks do.
+Slices are sampled uniformly over the ordered stack the way Google's CT notebook does (`sample_indices`); labels
+count the sampled slices from 1, as the notebooks do. Each image carries its instance's manifest entry (file,
+InstanceNumber, SOPInstanceUID) for `preview --json`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 from ..errors import BadInput
 from ..prompts.messages import ImagePart, Part, TextPart
 from .dicom import dicom_to_rgb
+from .manifest import dicom_info
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions
 from .series import MAX_SERIES_FILES, SeriesVolume, assemble_volume, read_instance, series_files
 from .square import scale_to_uint8, to_model_image
@@ -29,16 +32,25 @@ MAX_2D_INSTANCES = 16  # a folder of radiographs, not a series: each file is one
 _CHUNK = 8  # slices rendered and resized together
 
 
-def sample_indices(n: int, k: int) -> list[int]:
-    """`k` indices spread evenly over `n` slices, first and last included; all of them when n <= k.
+def sample_indices(n: int, k: int, method: str = "notebook") -> list[int]:
+    """`k` of `n` ordered slices; all of them when n <= k.
 
-    >>> sample_indices(10, 4)
+    "notebook" (default) is Google's CT notebook: index round(i / k * (n - 1)) for i = 1..k, with Python's round
+    (ties to even), so the first slice is never taken. "linspace" spreads k indices evenly, first and last included.
+
+    >>> sample_indices(10, 4, "linspace")
     [0, 3, 6, 9]
+    >>> sample_indices(10, 4)
+    [2, 4, 7, 9]
     """
     if k < 1:
         raise BadInput("the number of slices to sample must be at least 1")
     if n <= k:
         return list(range(n))
+    if method == "notebook":
+        return [int(round(i / k * (n - 1))) for i in range(1, k + 1)]
+    if method != "linspace":
+        raise BadInput(f"--slice-sampling must be 'notebook' or 'linspace', got {method!r}")
     if k == 1:
         return [n // 2]
     return [int(i) for i in np.round(np.linspace(0, n - 1, k)).astype(int)]
@@ -231,7 +243,7 @@ def volume_parts(vol: SeriesVolume, options: ImageOptions, size: int) -> list[Pa
     rows, cols = vol.stored.shape[1:]
     if rows * cols > options.max_pixels:
         raise BadInput(f"slices are {cols}x{rows} pixels, over the limit of {options.max_pixels:,}")
-    indices = sample_indices(vol.num_slices, options.max_slices)
+    indices = sample_indices(vol.num_slices, options.max_slices, options.slice_sampling)
     render = slice_renderer(vol, options)
     images: list[Image.Image] = []
     # A few slices at a time: the working set (about 3 MB per 896-px slice) stays in cache, which is twice as
@@ -240,8 +252,14 @@ def volume_parts(vol: SeriesVolume, options: ImageOptions, size: int) -> list[Pa
     for k in range(0, len(indices), _CHUNK):
         images.extend(resize(render(indices[k : k + _CHUNK])))
     parts: list[Part] = []
-    for n, img in enumerate(images, start=1):
-        parts.append(ImagePart(img))
+    for n, (img, i) in enumerate(zip(images, indices), start=1):
+        info = {
+            "source": vol.names[i] if vol.names else None,
+            "instance_number": vol.instance_numbers[i] if vol.instance_numbers else None,
+            "sop_instance_uid": vol.sop_instance_uids[i] if vol.sop_instance_uids else None,
+            "patch": None,
+        }
+        parts.append(ImagePart(img, info=info))
         parts.append(TextPart(f"SLICE {n}"))
     return parts
 
@@ -253,11 +271,12 @@ def instances_parts(items: list[tuple[str, object]], options: ImageOptions, size
     """
     modalities = {str(ds.get("Modality", "") or "").upper() for _, ds in items}
     if modalities & VOLUME_MODALITIES:
-        return volume_parts(assemble_volume(items, source=source), options, size)
+        return volume_parts(assemble_volume(items, source=source, slice_order=options.slice_order), options, size)
     if len(items) > MAX_2D_INSTANCES:
         raise BadInput(f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as "
                        "separate images")
-    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size)) for name, ds in items]
+    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size), info=dicom_info(name, ds))
+            for name, ds in items]
 
 
 def load_series_parts(files: list[str] | list[Path], options: ImageOptions = ImageOptions(),

@@ -12,6 +12,11 @@ preset         R (wide)          G (soft tissue)       B (brain)
 ``notebook`` (the default) is what Google's CT notebooks use; ``server`` reproduces the constant in the reference
 serving container, whose G window starts at +135 (a known discrepancy upstream). Both are exposed so results can be
 matched to either; the versions let recorded runs say which table produced them.
+
+Each preset also reproduces its source's arithmetic, so pixels match bit for bit (tests compare against vectors
+computed with Google's own functions): the notebook clips HU, converts to float32, subtracts the low end, divides
+by the width, multiplies by 255 and rounds half to even; the serving container rounds HU to integers first, then
+interpolates in float64 and rounds half to even.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class CTWindows:
     red: tuple[float, float]
     green: tuple[float, float]
     blue: tuple[float, float]
-    version: int = 1
+    arithmetic: str = "notebook"  # "notebook" (float32 steps) or "server" (integer HU, float64 interpolation)
+    version: int = 2
 
     @property
     def channels(self) -> tuple[tuple[float, float], ...]:
@@ -40,7 +46,7 @@ class CTWindows:
 
 CT_WINDOW_PRESETS: dict[str, CTWindows] = {
     "notebook": CTWindows("notebook", (-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0)),
-    "server": CTWindows("server", (-1024.0, 1024.0), (135.0, 215.0), (0.0, 80.0)),
+    "server": CTWindows("server", (-1024.0, 1024.0), (135.0, 215.0), (0.0, 80.0), arithmetic="server"),
 }
 DEFAULT_CT_WINDOWS = "notebook"
 
@@ -64,14 +70,18 @@ def window_lut(windows: CTWindows, slope: float, intercept: float, lo: int, hi: 
 
 
 def windows_to_rgb(hu: np.ndarray, windows: CTWindows) -> np.ndarray:
-    """HU array of any shape -> the same shape plus a last axis of 3 uint8 channels.
-
-    Each channel is round-half-up of (HU - low) * 255 / (high - low), clipped to 0..255. Multiplying before
-    dividing keeps integer HU exact in float64, so the result equals the exact rational rounding.
-    """
+    """HU array of any shape -> the same shape plus a last axis of 3 uint8 channels, in the preset's arithmetic."""
     values = np.asarray(hu, dtype=np.float64)
+    if windows.arithmetic == "server":
+        values = np.round(values)
     out = np.empty(values.shape + (3,), dtype=np.uint8)
     for c, (lo, hi) in enumerate(windows.channels):
-        scaled = np.floor((values - lo) * 255.0 / (hi - lo) + 0.5)
-        out[..., c] = np.clip(scaled, 0.0, 255.0).astype(np.uint8)
+        if windows.arithmetic == "server":
+            scaled = np.interp(np.clip(values, lo, hi), (lo, hi), (0.0, 255.0))
+        else:
+            scaled = np.clip(values, lo, hi).astype(np.float32)
+            scaled -= np.float32(lo)
+            scaled /= np.float32(hi - lo)
+            scaled *= np.float32(255.0)
+        out[..., c] = np.round(scaled).astype(np.uint8)
     return out

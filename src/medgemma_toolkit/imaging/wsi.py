@@ -266,7 +266,10 @@ def slide_parts(slide: Slide, options: ImageOptions, size: int, source: str = "s
         raise
     except Exception as e:  # corrupt tiles or metadata surface from the slide libraries as many types
         raise BadInput(f"{source}: cannot read the whole-slide image ({type(e).__name__})") from None
-    return [ImagePart(to_model_image(p.image, size), label=p.label) for p in result.patches]
+    return [ImagePart(to_model_image(p.image, size), label=p.label,
+                      info={"source": source, "instance_number": None, "sop_instance_uid": None,
+                            "patch": [p.x, p.y, p.level]})
+            for p in result.patches]
 
 
 def read_slide_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:

@@ -27,6 +27,9 @@ class ImagePart:
     image: Image.Image
     # Shown by `medgemma preview` (e.g. a slide patch's coordinates); never sent to the model.
     label: str = field(default="", compare=False)
+    # Where the image came from, for "what the model saw" manifests (`imaging.manifest`): source, instance_number,
+    # sop_instance_uid, patch. Never sent to the model.
+    info: dict[str, Any] | None = field(default=None, compare=False)
 
 
 Part = Union[TextPart, ImagePart]

@@ -2,8 +2,9 @@
 
 Each preset turns (question, media parts, optional system prompt and history) into a `Prompt`. Sources: the v1
 model cards' quick-start (system prompt chosen by modality, text before the image), the MedGemma 1.5 model card
-(no system prompt, image before text, long answers), and completion prompts for pretrained (`-pt`, base)
-checkpoints, which have no chat turns and need stop strings.
+(no system prompt, image before text, long answers), Google's CT and pathology notebooks (for a CT/MR volume or a
+slide's patches: the instruction text, then each image with its "SLICE n" label, then the question), and completion
+prompts for pretrained (`-pt`, base) checkpoints, which have no chat turns and need stop strings.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class PromptPreset:
     max_new_tokens_think: int = 1300  # thinking needs room before the answer
     stop: tuple[str, ...] = ()
     completion_template: str = "{media}{question}"
+    # Volumes and slides (media with slice labels, or several patches of one slide): instruction, media, question,
+    # as Google's CT and pathology notebooks lay them out. The question is set off by a blank line, as there.
+    volume_layout: bool = False
+    volume_instruction: str = ""  # used when the caller gives none
     references: tuple[str, ...] = field(default_factory=tuple)
 
     def max_new_tokens(self, has_images: bool, think: bool) -> int:
@@ -44,8 +49,13 @@ class PromptPreset:
         system: str | None = None,
         think: bool = False,
         history: list[Message] | None = None,
+        instruction: str | None = None,
     ) -> Prompt:
-        """Build the prompt for one user turn. `media` comes from `imaging.load_parts` (images and their labels)."""
+        """Build the prompt for one user turn. `media` comes from `imaging.load_parts` (images and their labels).
+
+        `instruction` is text placed before a volume's or slide's images (presets with `volume_layout`); elsewhere
+        it is placed before the question.
+        """
         media = list(media or [])
         has_images = any(isinstance(p, ImagePart) for p in media)
         if self.mode == "completion":
@@ -66,11 +76,25 @@ class PromptPreset:
             messages.append(Message("system", [TextPart(sys_text)]))
         messages.extend(history or [])
         text_part: list[Part] = [TextPart(question)] if question else []
-        parts = media + text_part if self.image_first else text_part + media
+        if self.volume_layout and is_volume(media):
+            head = instruction if instruction is not None else self.volume_instruction
+            tail = [TextPart(question if question[:1].isspace() else f"\n\n{question}")] if question else []
+            parts = ([TextPart(head)] if head else []) + media + tail
+        else:
+            if instruction:
+                text_part = [TextPart(instruction)] + text_part
+            parts = media + text_part if self.image_first else text_part + media
         if not parts:
             raise BadInput("empty prompt: give a question or an image")
         messages.append(Message("user", parts))
         return Prompt(messages=messages)
+
+
+def is_volume(media: list[Part]) -> bool:
+    """A CT/MR volume (images labelled "SLICE n") or a slide's patches: the notebooks' instruction-first layout."""
+    if any(isinstance(p, TextPart) and p.text.startswith("SLICE ") for p in media):
+        return True
+    return any(isinstance(p, ImagePart) and (p.info or {}).get("patch") is not None for p in media)
 
 
 PRESETS: dict[str, PromptPreset] = {
@@ -78,24 +102,30 @@ PRESETS: dict[str, PromptPreset] = {
     for p in [
         PromptPreset(
             name="medgemma-v1",
-            version="1",
+            version="2",
             description="MedGemma v1 quick-start: expert-radiologist / medical-assistant system prompt, text then image",
             system_text="You are a helpful medical assistant.",
             system_image="You are an expert radiologist.",
             image_first=False,
             max_new_tokens_text=500,
             max_new_tokens_image=300,
-            references=("google/medgemma-4b-it model card", "google/medgemma-27b-text-it model card"),
+            max_new_tokens_think=1500,  # the quick-start's budget for thinking text prompts
+            references=("google/medgemma-4b-it model card", "google/medgemma-27b-text-it model card",
+                        "google-health/medgemma notebooks/quick_start_with_hugging_face.ipynb"),
         ),
         PromptPreset(
             name="medgemma-1.5",
-            version="1",
-            description="MedGemma 1.5 model card: no system prompt, image(s) before text, long answers",
+            version="2",
+            description="MedGemma 1.5 model card: no system prompt, image(s) before text, long answers; CT/MR volumes "
+            "and slides as in Google's notebooks: instruction, images each with 'SLICE n', then the question",
             image_first=True,
             max_new_tokens_text=2000,
             max_new_tokens_image=2000,
             max_new_tokens_think=2000,
-            references=("google/medgemma-1.5-4b-it model card",),
+            volume_layout=True,
+            volume_instruction="Please review the slices provided below carefully.",
+            references=("google/medgemma-1.5-4b-it model card",
+                        "google-health/medgemma notebooks/high_dimensional_ct_hugging_face.ipynb"),
         ),
         PromptPreset(
             name="pretrained",
@@ -119,6 +149,13 @@ PRESETS: dict[str, PromptPreset] = {
             max_new_tokens_think=128,
             stop=("\n\n",),
             completion_template="{media}{question}",
+        ),
+        PromptPreset(
+            name="finetune-notebook",
+            version="1",
+            description="Google's fine-tuning notebook's messages: no system prompt, image(s) then the question",
+            image_first=True,
+            references=("google-health/medgemma notebooks/fine_tune_with_hugging_face.ipynb",),
         ),
         PromptPreset(
             name="plain",

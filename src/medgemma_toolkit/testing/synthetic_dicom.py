@@ -62,6 +62,7 @@ class SeriesSpec:
     seed: int = 0
     first_instance: int = 1
     inplane_jitter: float = 0.0  # mm of pseudo-random shift along the column direction (breaks z-only ordering)
+    reverse_instances: bool = False  # InstanceNumber runs opposite to position (common: numbered head to feet)
 
 
 def make_slice(spec: SeriesSpec, index: int, uid_suffix: str = ""):
@@ -93,7 +94,7 @@ def make_slice(spec: SeriesSpec, index: int, uid_suffix: str = ""):
     ds.BurnedInAnnotation = "NO"
     for k, v in spec.phi.items():
         setattr(ds, k, v)
-    ds.InstanceNumber = spec.first_instance + index
+    ds.InstanceNumber = spec.first_instance + (spec.slices - 1 - index if spec.reverse_instances else index)
     ds.AcquisitionNumber = spec.acquisition
     row, col = np.array(spec.orientation[:3]), np.array(spec.orientation[3:])
     normal = np.cross(row, col)

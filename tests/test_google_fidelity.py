@@ -1,0 +1,144 @@
+"""Our pipelines against outputs of Google's own code (tests/data/google_reference/*.json, each naming its source
+repository, file and commit). The reference values were computed by running Google's functions, written out in a
+scratch directory, on the same synthetic inputs these tests build; here we only compare, exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medgemma_toolkit.imaging import ImageOptions, load_parts
+from medgemma_toolkit.imaging.dicom import dicom_to_rgb
+from medgemma_toolkit.imaging.manifest import image_manifest
+from medgemma_toolkit.imaging.series import load_series, series_files
+from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS, windows_to_rgb
+from medgemma_toolkit.prompts.messages import ImagePart
+from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
+
+REF = Path(__file__).parent / "data" / "google_reference"
+
+
+def ref(name: str) -> dict:
+    return json.loads((REF / name).read_text())
+
+
+def sha(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()
+
+
+def shuffled_reversed_series(directory, slices: int, seed: int):
+    """A series whose InstanceNumber runs opposite to z, in files named in random order (as ct_ref.py wrote it)."""
+    spec = SeriesSpec(slices=slices, rows=16, cols=16, reverse_instances=True)
+    names = [f"{k:04d}.dcm" for k in random.Random(seed).sample(range(10000), slices)]
+    return write_series(directory, spec, names=names)
+
+
+CT = ref("ct_notebook.json")
+
+
+@pytest.mark.parametrize("n", sorted(CT["series"], key=int))
+def test_ct_slices_are_the_notebooks_in_its_order(tmp_path, n):
+    e = CT["series"][n]
+    shuffled_reversed_series(tmp_path, e["slices"], e["name_seed"])
+    parts = load_parts(str(tmp_path), ImageOptions(), size=16)
+    manifest = image_manifest(parts)
+    assert [m["instance_number"] for m in manifest] == e["instance_numbers"]
+    assert [m["label"] for m in manifest] == [f"SLICE {k}" for k in range(1, len(manifest) + 1)]
+    if "window_sha256" in e:  # the notebook's float32 windowing, pixel for pixel
+        assert [sha(p.image) for p in parts if isinstance(p, ImagePart)] == e["window_sha256"]
+
+
+def test_position_order_is_a_named_option(tmp_path):
+    e = CT["series"]["200"]
+    shuffled_reversed_series(tmp_path, 200, e["name_seed"])
+    manifest = image_manifest(load_parts(str(tmp_path), ImageOptions(slice_order="position"), size=16))
+    numbers = [m["instance_number"] for m in manifest]
+    assert numbers == sorted(numbers, reverse=True)  # along z, i.e. against the instance numbers here
+    assert numbers != e["instance_numbers"]
+
+
+def test_repeated_instance_numbers_fall_back_to_position(tmp_path):
+    import pydicom
+
+    paths = write_series(tmp_path, SeriesSpec(slices=6, rows=8, cols=8, reverse_instances=True))
+    for p in paths:  # two stacks numbered separately: InstanceNumber no longer defines an order
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = int(ds.InstanceNumber) % 3 + 1
+        ds.save_as(p)
+    vol = load_series(series_files(str(tmp_path)))
+    assert vol.ordered_by == "normal" and vol.order_fallback == "duplicate InstanceNumber"
+    assert np.all(np.diff(vol.positions) > 0)
+
+
+def test_notebook_window_over_the_whole_hu_range():
+    lo, hi = CT["hu_range"]
+    hu = np.arange(lo, hi + 1).astype(np.float64)
+    assert sha(windows_to_rgb(hu, CT_WINDOW_PRESETS["notebook"])) == CT["hu_range_window_sha256"]
+
+
+SERVER = ref("server_windows.json")
+
+
+def test_server_preset_matches_the_serving_container():
+    stored = np.arange(0, 4096, dtype=np.int16).reshape(64, 64)
+    got = windows_to_rgb(stored.astype(np.float64) - 1024, CT_WINDOW_PRESETS["server"])
+    assert sha(got) == SERVER["ct_server_window_sha256"]["sha256"]
+
+
+@pytest.mark.parametrize("case", sorted(SERVER["cxr"]))
+def test_cxr_voi_window_applied_without_any_flag(tmp_path, case):
+    kw = SERVER["cxr"][case]["kwargs"]
+    ds = make_cxr(**kw)
+    path = tmp_path / "cxr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    from medgemma_toolkit.imaging import load_image
+
+    grey = np.asarray(load_image(path))[..., 0]  # default options: no --window
+    assert sha(grey) == SERVER["cxr"][case]["sha256"]
+    # and the default differs from the full-range rescale it replaced
+    full = np.asarray(dicom_to_rgb(ds, "cxr", ImageOptions(window="full")))[..., 0]
+    assert sha(full) != SERVER["cxr"][case]["sha256"]
+
+
+# -- what the model saw: preview --json and ask --show-prompt, through the real CLI --------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct200(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ct200")
+    shuffled_reversed_series(d, 200, CT["series"]["200"]["name_seed"])
+    return d
+
+
+def test_preview_json_lists_the_notebooks_85_instances(ct200, tmp_path):
+    from conftest import run_cli
+
+    res = run_cli("preview", str(ct200), "-o", str(tmp_path / "p.png"), "--size", "16", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [e["instance_number"] for e in out["images"]] == CT["series"]["200"]["instance_numbers"]
+    first = out["images"][0]
+    assert set(first) == {"source", "instance_number", "sop_instance_uid", "label", "patch"}
+    assert first["label"] == "SLICE 1" and first["patch"] is None and Path(first["source"]).parent == ct200
+    assert first["sop_instance_uid"].startswith(SeriesSpec().series_uid)
+    assert (tmp_path / "p.png").is_file()
+
+
+def test_show_prompt_is_the_notebook_layout(ct200, tiny_model_dir):
+    from conftest import run_cli
+
+    want = ref("ct_prompt.json")
+    res = run_cli("ask", "-m", str(tiny_model_dir), "-i", str(ct200), "--preset", "medgemma-1.5",
+                  "--instruction", want["instruction"], "--show-prompt", want["question"])
+    assert res.returncode == 0, res.stderr
+    shown = res.stdout[:-1]  # print's newline
+    assert shown == want["rendered"]
+    assert shown.index(want["instruction"]) < shown.index("<start_of_image>")
+    assert shown.index("SLICE 85") < shown.index(want["question"])
+    assert shown.count("<start_of_image>") == 85
