@@ -80,7 +80,7 @@ def test_sixteen_images_are_learned(trained, trainable_model, class_data):
     # Measured on the 16 training images: the adapter answers the labels better than the base model.
     train = load_dataset(class_data[0], "classification", val_fraction=0).train
     assert len(train) == 16
-    preset = get_preset("medgemma-v1")
+    preset = get_preset("finetune-notebook")  # the layout the notebook recipe trains with
     before = evaluate(trainable_model, None, preset, train, "accuracy", "cpu")
     after = evaluate(trainable_model, r.adapter_dir, preset, train, "accuracy", "cpu")
     assert after["value"] > before["value"], (before, after)
@@ -97,7 +97,7 @@ def test_sixteen_images_are_learned(trained, trainable_model, class_data):
     assert Image.open(r.run_dir / "loss_curve.png").size == (640, 400)
 
 
-def test_adapter_targets_language_model_only_and_loads_in_plain_transformers(trained, trainable_model):
+def test_adapter_is_the_notebooks_and_loads_in_plain_transformers(trained, trainable_model):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -107,10 +107,11 @@ def test_adapter_targets_language_model_only_and_loads_in_plain_transformers(tra
     base = AutoModelForImageTextToText.from_pretrained(str(trainable_model))
     model = PeftModel.from_pretrained(base, str(trained.adapter_dir))
     lora_modules = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
-    assert lora_modules and all("language_model" in n for n in lora_modules)
-    assert not any("vision_tower" in n or "projector" in n for n in lora_modules)
+    # cpu-small is the notebook recipe: all linear layers (vision tower too), lm_head and embed_tokens in full
+    assert any("language_model" in n for n in lora_modules) and any("vision_tower" in n for n in lora_modules)
+    assert sorted(cfg["modules_to_save"]) == ["embed_tokens", "lm_head"]
     proc = AutoProcessor.from_pretrained(str(trained.adapter_dir))
-    msgs = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image"}]}]
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]  # the notebook's layout
     text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     inputs = proc(text=[text], images=[[Image.new("RGB", (50, 40), CLASSES["edema"])]], return_tensors="pt",
                   add_special_tokens=False)
@@ -132,9 +133,11 @@ def test_export_merge_loads_in_medgemma_and_plain_transformers(trained, trainabl
     assert not any("lora" in n for n, _ in merged.named_parameters())
     base = AutoModelForImageTextToText.from_pretrained(str(trainable_model))
     changed = [n for (n, a), (_, b) in zip(merged.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
-    assert changed and all("language_model" in n for n in changed)
+    # the notebook recipe: LoRA on every linear layer (vision tower too) and embed_tokens trained in full
+    assert any("language_model.layers" in n for n in changed) and any("vision_tower" in n for n in changed)
+    assert any(n.endswith("embed_tokens.weight") for n in changed)
     img = next((class_data[1] / "normal").iterdir())
-    p = run_cli("ask", "--model", str(out), "--image", str(img), "--json", QUESTION)
+    p = run_cli("ask", "--model", str(out), "--image", str(img), "--preset", "finetune-notebook", "--json", QUESTION)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["text"] == "normal"
     p = run_cli("export", "--adapter", str(trained.adapter_dir), "--merge", "-o", str(out))
@@ -212,9 +215,10 @@ def test_grpo_steps_run_with_the_final_answer_reward(tiny_text_model_dir, tmp_pa
         {"question": "Fluid around the lung?", "options": ["edema", "effusion"], "answer": "B"},
     ]) + "\n")
     out = tmp_path / "rl"
+    # the notebook recipe (the default) with a batch small enough for two questions
     p = run_cli("rl", "--model", str(tiny_text_model_dir), "--data", str(data), "--out", str(out), "--max-steps", "3",
                 "--num-generations", "2", "--max-completion-length", "12", "--save-steps", "2", "--device", "cpu",
-                "--quiet")
+                "--batch-size", "2", "--grad-accum", "1", "--quiet")
     assert p.returncode == 0, p.stderr
     assert "trained 3 GRPO steps" in p.stdout
     rows = read_log(out / "loss_log.jsonl")
@@ -223,6 +227,8 @@ def test_grpo_steps_run_with_the_final_answer_reward(tiny_text_model_dir, tmp_pa
     assert [s for s, _ in ck.complete_checkpoints(out / "checkpoints")] == [2, 3]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["reward"]["correct"] == 1.0 and prov["result"]["steps"] == 3
+    assert prov["rl_recipe"]["name"] == "notebook" and prov["mcq_prompt"] == "google-rl@1"
+    assert prov["rl_recipe"]["lora_r"] == 64 and prov["recipe"]["lora_alpha"] == 64
     # --resume reopens the run with its recorded settings and skips a checkpoint whose save never completed.
     (out / "checkpoints" / "checkpoint-4").mkdir()
     p = run_cli("rl", "--out", str(out), "--resume", "--quiet")

@@ -135,7 +135,13 @@ def test_default_recipe_is_the_notebooks_and_overrides_validate():
     r = get_recipe("notebook")
     assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.learning_rate, r.warmup_ratio, r.max_grad_norm) == \
         (16, 16, 0.05, 2e-4, 0.03, 0.3)
-    assert r.gradient_checkpointing and set(RECIPES) >= {"notebook", "cpu-small"}
+    assert r.gradient_checkpointing and set(RECIPES) >= {"notebook", "answer-only", "cpu-small"}
+    # the notebook's LoRA and loss; answer-only keeps the toolkit's earlier recipe as a named choice
+    assert (r.target_modules, r.modules_to_save, r.loss_on, r.layout_preset) == \
+        ("all-linear", ("lm_head", "embed_tokens"), "conversation", "finetune-notebook")
+    ao = get_recipe("answer-only")
+    assert ao.loss_on == "answer" and ao.modules_to_save == () and ao.layout_preset is None
+    assert "vision_tower" in ao.target_modules  # a regex that excludes the vision tower
     assert r.with_overrides(lora_r=8, learning_rate=None).lora_r == 8
     with pytest.raises(BadInput):
         r.with_overrides(learning_rate=-1.0)

@@ -24,7 +24,7 @@ def finetune(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpoints, adapter, logs, provenance")] = "finetune-run",
     task: Annotated[str, typer.Option(help="classification, vqa, report or chat")] = "classification",
     method: Annotated[str, typer.Option(help="lora, or qlora (4-bit NF4, CUDA only)")] = "lora",
-    recipe: Annotated[str, typer.Option(help="notebook (Google's recipe, default) or cpu-small")] = "notebook",
+    recipe: Annotated[str, typer.Option(help="notebook (Google's notebook exactly, default), answer-only (LoRA on the language model, loss on the answer) or cpu-small")] = "notebook",
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data (recipe: 1)")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps; overrides --epochs")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (recipe: 2e-4)")] = None,
@@ -83,19 +83,22 @@ def rl(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base checkpoint: variant name, hub id or directory")] = None,
     data: Annotated[Optional[str], typer.Option(help='MCQ JSONL: {"question", "options", "answer": "B"} per line')] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpoints, adapter, logs, provenance")] = "rl-run",
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps")] = 20,
-    num_generations: Annotated[int, typer.Option(help="Completions sampled per question (GRPO group size)")] = 4,
-    max_completion_length: Annotated[int, typer.Option(help="New tokens per completion")] = 256,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (recipe: 2e-4)")] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (recipe: 16)")] = None,
-    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps")] = 10,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature for the completions")] = 1.0,
+    recipe: Annotated[str, typer.Option(help="notebook (Google's RL notebook, default) or toolkit (our earlier recipe)")] = "notebook",
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (notebook: 1700)")] = None,
+    num_generations: Annotated[Optional[int], typer.Option(help="Completions sampled per question, the GRPO group (notebook: 4)")] = None,
+    max_completion_length: Annotated[Optional[int], typer.Option(help="New tokens per completion (notebook: 1024)")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (notebook: 5e-6)")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (notebook: 64)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Prompts per device step (notebook: 3)")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps (notebook: 4)")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (notebook: 100)")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature for the completions (1.0)")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
 ) -> None:
-    """Reinforcement learning (GRPO) on multiple-choice questions, rewarding a correct "Final Answer: X".
+    """Reinforcement learning (GRPO) on multiple-choice questions, rewarding a correct "Final Answer" (Google's RL notebook by default).
 
     Example: medgemma rl --model medgemma-4b-it --data medqa_train.jsonl --out runs/rl1 --max-steps 200
     """
@@ -104,9 +107,10 @@ def rl(
     if not resume and (model is None or data is None):
         raise BadInput("--model and --data are required (unless --resume continues an existing --out)")
     r = run_rl(RLSettings(
-        model=model or "", data=data or "", out=out, max_steps=max_steps, num_generations=num_generations,
-        max_completion_length=max_completion_length, learning_rate=lr, lora_r=lora_r, save_steps=save_steps,
-        temperature=temperature, device=device, resume=resume, quiet=quiet, seed=seed,
+        model=model or "", data=data or "", out=out, recipe=recipe, max_steps=max_steps,
+        num_generations=num_generations, max_completion_length=max_completion_length, learning_rate=lr, lora_r=lora_r,
+        save_steps=save_steps, temperature=temperature, batch_size=batch_size, grad_accum=grad_accum, device=device,
+        resume=resume, quiet=quiet, seed=seed,
     ))
     resumed = f" (resumed from step {r['resumed_from']})" if r["resumed_from"] else ""
     print(f"trained {r['steps']} GRPO steps{resumed}; reward {r['first_reward']} -> {r['last_reward']}")

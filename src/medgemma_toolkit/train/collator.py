@@ -1,9 +1,17 @@
-"""Turn `Example`s into training batches whose loss falls on the answer only.
+"""Turn `Example`s into training batches, with the loss on the whole conversation or on the answer only.
 
 Each example is rendered exactly as inference renders it: the prompt preset builds the messages, images go through
 `imaging.load_parts` / `to_model_image` at the model's input size, and the model's own chat template (or Gemma's turn
-format) renders the text. The prompt (with its image soft tokens) and the answer are tokenised separately and
-concatenated, so the boundary is exact: every prompt position, every image token and all padding get label -100.
+format) renders the text.
+
+`loss_on="conversation"` (the `notebook` recipe) is Google's fine-tuning notebook's collate step: the conversation,
+answer included, rendered with `add_generation_prompt=False` and stripped, is passed to the processor as the
+notebook passes it (its defaults), and every token is a label except padding, `<start_of_image>` and the image soft
+tokens (`<end_of_image>` stays, as in the notebook).
+
+`loss_on="answer"` (the `answer-only` recipe): the prompt (with its image soft tokens) and the answer are tokenised
+separately and concatenated, so the boundary is exact: every prompt position, every image token and all padding get
+label -100.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ class SFTCollator:
 
     def __init__(self, examples: list[Example], processor: Any, tokenizer: Any, preset: PromptPreset,
                  image_size: int | None, max_length: int | None = None,
-                 image_options: ImageOptions = ImageOptions(), cache_bytes: int = 256 * 1024**2) -> None:
+                 image_options: ImageOptions = ImageOptions(), cache_bytes: int = 256 * 1024**2,
+                 loss_on: str = "answer") -> None:
         self.examples = examples
+        self.loss_on = loss_on
         self.processor = processor
         self.tokenizer = tokenizer
         self.preset = preset
@@ -49,6 +59,14 @@ class SFTCollator:
         self.image_options = image_options
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+        # The notebook's masked ids: padding, <start_of_image> and the image soft token.
+        tok = tokenizer
+        self.notebook_masked = {self.pad_id}
+        for name in ("boi_token", "image_token"):
+            t = getattr(tok, name, None)
+            tid = tok.convert_tokens_to_ids(t) if isinstance(t, str) else None
+            if isinstance(tid, int) and tid != getattr(tok, "unk_token_id", None):
+                self.notebook_masked.add(tid)
         # Never-trained-on ids: also masked inside answers, should an answer contain them.
         self.masked_ids = {self.pad_id}
         # (transformers 5: the processor's image token is <start_of_image>, the tokenizer's the soft token.)
@@ -115,7 +133,39 @@ class SFTCollator:
             return head, full[len(head):]
         return head, f"{answer}{END_OF_TURN}\n"
 
+    def render_conversation(self, prompt: Prompt, answer: str) -> str:
+        """The whole conversation as the notebook renders it: template without generation prompt, stripped."""
+        if prompt.is_completion:
+            return f"{prompt.text or ''} {answer}"
+        if not self.template:
+            bos = self.tokenizer.bos_token or ""
+            head = render_gemma_chat(prompt.messages, bos=bos)
+            return f"{head}{answer}{END_OF_TURN}".strip()
+        owner = self.processor if self.processor is not None else self.tokenizer
+        hf = [m.to_hf() for m in prompt.messages]
+        hf.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return owner.apply_chat_template(hf, tokenize=False, add_generation_prompt=False).strip()
+
+    def encode_conversation(self, ex: Example) -> Encoded:
+        prompt = self.prompt_for(ex)
+        text = self.render_conversation(prompt, ex.answer)
+        images = prompt.all_images()
+        if self.processor is not None:
+            enc = self.processor(text=[text], images=[images] if images else None, return_tensors="pt")
+            ids = enc["input_ids"][0].tolist()
+            tt = enc["token_type_ids"][0].tolist() if "token_type_ids" in enc else None
+            pixels = enc.get("pixel_values")
+        else:
+            ids = self.tokenizer(text)["input_ids"]
+            tt, pixels = None, None
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise BadInput(f"{ex.origin}: the conversation is {len(ids)} tokens, over --max-length {self.max_length}")
+        labels = [IGNORE if t in self.notebook_masked else t for t in ids]
+        return Encoded(ids, labels, tt, images, pixels)
+
     def encode(self, ex: Example) -> Encoded:
+        if self.loss_on == "conversation":
+            return self.encode_conversation(ex)
         prompt = self.prompt_for(ex)
         head, tail = self.render(prompt, ex.answer)
         images = prompt.all_images()

@@ -1,4 +1,4 @@
-"""Load a checkpoint for training (on one device) and wrap it with a LoRA adapter."""
+"""Load a checkpoint for training (on one device) and wrap it with the recipe's LoRA adapter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from .recipe import LANGUAGE_LINEAR_REGEX, Recipe
+from .recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,15 @@ def oom_message(device: str, method: str, batch_size: int, grad_accum: int, max_
 
 
 def add_lora(model: Any, recipe: Recipe, method: str, gradient_checkpointing: bool) -> Any:
-    """LoRA on the language model's linear layers (attention and MLP); the vision tower and projector stay frozen."""
+    """LoRA on the recipe's targets (all linear layers, or the language model's), plus its modules_to_save."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, bias="none",
-        target_modules=LANGUAGE_LINEAR_REGEX, task_type="CAUSAL_LM",
+        target_modules=recipe.target_modules, task_type="CAUSAL_LM",
+        modules_to_save=list(recipe.modules_to_save) or None,
     )
     peft_model = get_peft_model(model, config)
     if gradient_checkpointing:

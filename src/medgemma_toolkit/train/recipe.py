@@ -1,7 +1,12 @@
 """Training recipes and task conventions as named, versioned data.
 
-The default recipe is the one Google's MedGemma fine-tuning notebook uses (LoRA r=16, alpha=16, dropout 0.05,
-lr 2e-4, 3% warm-up, gradient-norm clip 0.3, gradient checkpointing, bf16 on GPU, QLoRA = NF4 double quant).
+The default recipe, `notebook`, is exactly Google's MedGemma fine-tuning notebook
+(google-health/medgemma notebooks/fine_tune_with_hugging_face.ipynb): LoRA r=16, alpha=16, dropout 0.05 on every
+linear layer (`all-linear`, vision tower included), `lm_head` and `embed_tokens` trained in full (modules_to_save),
+the notebook's message layout (user: image(s) then the question, assistant: the answer, no system prompt), and the
+loss on the whole rendered conversation except padding and image tokens; lr 2e-4, 3% warm-up, gradient-norm clip
+0.3, gradient checkpointing, bf16 on GPU, QLoRA = NF4 double quant. `answer-only` is the toolkit's earlier recipe,
+useful for classification: language-model-only LoRA, the model's own prompt preset, loss on the answer only.
 Command-line flags override single fields; the resolved recipe is written to the run's provenance file.
 """
 
@@ -13,6 +18,7 @@ from typing import Any, Literal
 from ..errors import BadInput
 
 Task = Literal["classification", "vqa", "report", "chat"]
+LossOn = Literal["conversation", "answer"]
 Method = Literal["lora", "qlora"]
 TASKS: tuple[str, ...] = ("classification", "vqa", "report", "chat")
 METHODS: tuple[str, ...] = ("lora", "qlora")
@@ -49,6 +55,10 @@ class Recipe:
     keep_checkpoints: int = 2
     max_length: int | None = None  # tokens; None = no truncation (the notebook's choice for images)
     seed: int = 42
+    lora_targets: str = "all-linear"  # PEFT's "all-linear", or "language" (the language model's linear layers)
+    modules_to_save: tuple[str, ...] = ("lm_head", "embed_tokens")  # trained in full beside the LoRA
+    loss_on: LossOn = "conversation"  # whole rendered conversation (minus padding/image tokens), or the answer
+    layout_preset: str | None = "finetune-notebook"  # prompt preset that lays out messages; None = the model's
     references: tuple[str, ...] = field(default_factory=tuple)
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
@@ -76,6 +86,15 @@ class Recipe:
             raise BadInput("--save-steps must be positive")
         if self.keep_checkpoints <= 0:
             raise BadInput("--keep-checkpoints must be at least 1")
+        if self.lora_targets not in ("all-linear", "language"):
+            raise BadInput(f"lora_targets must be 'all-linear' or 'language', got {self.lora_targets!r}")
+        if self.loss_on not in ("conversation", "answer"):
+            raise BadInput(f"loss_on must be 'conversation' or 'answer', got {self.loss_on!r}")
+
+    @property
+    def target_modules(self) -> str:
+        """PEFT's `target_modules` for this recipe."""
+        return "all-linear" if self.lora_targets == "all-linear" else LANGUAGE_LINEAR_REGEX
 
 
 RECIPES: dict[str, Recipe] = {
@@ -83,14 +102,25 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe(
             name="notebook",
-            version="1",
-            description="Google's MedGemma fine-tuning notebook: LoRA r16/a16/d0.05, lr 2e-4, warm-up 3%, clip 0.3, "
-            "batch 4 x accumulation 4, gradient checkpointing",
+            version="2",
+            description="Google's MedGemma fine-tuning notebook: all-linear LoRA r16/a16/d0.05 with lm_head and "
+            "embed_tokens trained in full, the notebook's message layout, loss on the whole conversation except "
+            "padding and image tokens; lr 2e-4, warm-up 3%, clip 0.3, batch 4 x accumulation 4, gradient checkpointing",
             references=("google-health/medgemma notebooks/fine_tune_with_hugging_face.ipynb",),
         ),
         Recipe(
-            name="cpu-small",
+            name="answer-only",
             version="1",
+            description="LoRA on the language model only, the model's own prompt preset, loss on the answer only "
+            "(classification, where the prompt is the same for every example); otherwise the notebook's settings",
+            lora_targets="language",
+            modules_to_save=(),
+            loss_on="answer",
+            layout_preset=None,
+        ),
+        Recipe(
+            name="cpu-small",
+            version="2",
             description="The notebook recipe with batch 4, no accumulation and no gradient checkpointing: small models "
             "and data on a CPU, where recomputation costs more than the memory it saves",
             grad_accum=1,

@@ -1,8 +1,13 @@
-"""`medgemma rl`: GRPO on multiple-choice questions with a reward for a correct, well-formed "Final Answer: X".
+"""`medgemma rl`: GRPO on multiple-choice questions, rewarding a correct "Final Answer".
 
-The prompt asks the model to end with "Final Answer: X" (MedGemma's evaluation convention), TRL's GRPO trainer
-samples a group of completions per question, and the reward below scores each one. LoRA on the language model,
-atomic checkpoints, `--resume`, loss/reward log and provenance work exactly as for `finetune`.
+Two recipes, as data (`RL_RECIPES`). `notebook` (the default) is Google's RL notebook
+(google-health/medgemma notebooks/reinforcement_learning_with_hugging_face.ipynb): its prompt (the `google-rl`
+MCQ protocol, with the thinking system instruction), reward 1 when the letter its patterns extract is the gold one
+else 0, lr 5e-6, LoRA r = alpha = 64 on all linear layers, completions up to 1024 tokens, 4 per question, batch 3 x
+accumulation 4, gradient checkpointing, TRL's defaults otherwise (grad-norm clip 1.0, no warm-up). `toolkit` is the
+earlier recipe: our prompt, reward 1 + 0.2 for one well-formed last "Final Answer: X" line, lr 2e-4, LoRA r 16 on
+the language model, 256 tokens. TRL's GRPO trainer samples a group of completions per question and the reward scores
+each one; atomic checkpoints, `--resume`, loss/reward log and provenance work exactly as for `finetune`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from . import checkpoints as ck
 from .fit import check_fits
 from .logs import CURVE_NAME, LOG_NAME, make_callbacks, plot_curve, read_log, truncate_log
 from .provenance import read_provenance, write_provenance
+from ..prompts.mcq import get_mcq_protocol, google_rl_answer
 from .recipe import get_recipe
 
 INSTRUCTION = "Think step by step if needed, then finish with a line of the form \"Final Answer: X\" where X is the letter."
@@ -39,6 +45,65 @@ class RewardSpec:
 
 
 REWARD = RewardSpec()
+GOOGLE_REWARD = RewardSpec(version="google-rl-1", correct=1.0, well_formed=0.0)
+
+
+@dataclass(frozen=True)
+class RLRecipe:
+    """How a GRPO adapter is trained; CLI flags override single fields, the resolved recipe goes to provenance."""
+
+    name: str
+    version: str
+    description: str
+    prompt: str  # MCQ protocol name (prompts/mcq.py)
+    reward: str  # "google-rl" (1/0 on the notebook's extracted letter) or "toolkit" (correct + format bonus)
+    learning_rate: float
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: str  # "all-linear" or "language"
+    max_completion_length: int
+    num_generations: int
+    batch_size: int
+    grad_accum: int
+    max_steps: int
+    save_steps: int
+    max_grad_norm: float
+    warmup_ratio: float
+    gradient_checkpointing: bool
+    temperature: float = 1.0
+    references: tuple[str, ...] = ()
+
+
+RL_RECIPES: dict[str, RLRecipe] = {
+    r.name: r
+    for r in [
+        RLRecipe("notebook", "1", "Google's RL notebook: google-rl prompt, 1/0 reward, lr 5e-6, all-linear LoRA "
+                 "r=alpha=64, 1024-token completions, 4 per question, batch 3 x accumulation 4",
+                 prompt="google-rl", reward="google-rl", learning_rate=5e-6, lora_r=64, lora_alpha=64,
+                 lora_dropout=0.0, lora_targets="all-linear", max_completion_length=1024, num_generations=4,
+                 batch_size=3, grad_accum=4, max_steps=1700, save_steps=100, max_grad_norm=1.0, warmup_ratio=0.0,
+                 gradient_checkpointing=True,
+                 references=("google-health/medgemma notebooks/reinforcement_learning_with_hugging_face.ipynb",)),
+        RLRecipe("toolkit", "1", "The toolkit's earlier recipe: our prompt, reward 1 + 0.2 format bonus, lr 2e-4, "
+                 "language-model LoRA r16, 256-token completions",
+                 prompt="toolkit", reward="toolkit", learning_rate=2e-4, lora_r=16, lora_alpha=16, lora_dropout=0.05,
+                 lora_targets="language", max_completion_length=256, num_generations=4, batch_size=4, grad_accum=1,
+                 max_steps=20, save_steps=10, max_grad_norm=0.3, warmup_ratio=0.03, gradient_checkpointing=False),
+    ]
+}
+
+
+def get_rl_recipe(name: str) -> RLRecipe:
+    try:
+        return RL_RECIPES[name]
+    except KeyError:
+        raise BadInput(f"unknown RL recipe {name!r}; choose one of: {', '.join(RL_RECIPES)}") from None
+
+
+def google_rl_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
+    """Google's RL notebook's reward: 1.0 when its patterns extract the gold letter, else 0.0."""
+    return [1.0 if google_rl_answer(completion_text(c)) == str(gold) else 0.0 for c, gold in zip(completions, answer)]
 
 
 @dataclass(frozen=True)
@@ -115,16 +180,21 @@ def load_mcq(path: str | Path) -> list[MCQ]:
 
 @dataclass
 class RLSettings:
+    """What the user asked for; None fields take the recipe's value."""
+
     model: str
     data: str
     out: str
-    max_steps: int = 20
-    num_generations: int = 4
-    max_completion_length: int = 256
+    recipe: str = "notebook"
+    max_steps: int | None = None
+    num_generations: int | None = None
+    max_completion_length: int | None = None
     learning_rate: float | None = None
     lora_r: int | None = None
-    save_steps: int = 10
-    temperature: float = 1.0
+    save_steps: int | None = None
+    temperature: float | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
     device: str = "auto"
     resume: bool = False
     quiet: bool = False
@@ -146,19 +216,42 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
         s = RLSettings(**{**prov["settings"], "out": str(run), "resume": True, "quiet": s.quiet})
     elif prov is not None or (run.exists() and any(run.iterdir())):
         raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
-    if s.num_generations < 2:
+    rr = get_rl_recipe(s.recipe)
+    picked = {k: getattr(s, k) for k in ("max_steps", "num_generations", "max_completion_length", "learning_rate",
+                                          "lora_r", "save_steps", "temperature", "batch_size", "grad_accum")}
+    from dataclasses import replace
+
+    rr = replace(rr, **{k: v for k, v in picked.items() if v is not None})
+    if rr.num_generations < 2:
         raise BadInput("--num-generations must be at least 2 (GRPO compares completions within a group)")
+    if rr.max_steps <= 0 or rr.save_steps <= 0 or rr.max_completion_length <= 0 or rr.batch_size <= 0 \
+            or rr.grad_accum <= 0:
+        raise BadInput("--max-steps, --save-steps, --max-completion-length, --batch-size and --grad-accum must be positive")
+    if (rr.batch_size * rr.grad_accum) % rr.num_generations:
+        raise BadInput(f"--batch-size x --grad-accum ({rr.batch_size * rr.grad_accum}) must be a multiple of "
+                       f"--num-generations ({rr.num_generations})")
     items = load_mcq(s.data)
+    per_step = rr.batch_size * rr.grad_accum // rr.num_generations  # distinct questions in one optimizer step
+    if len(items) < per_step:
+        raise BadInput(f"{len(items)} question(s), but recipe {rr.name!r} takes {per_step} per step (--batch-size "
+                       f"{rr.batch_size} x --grad-accum {rr.grad_accum} / --num-generations {rr.num_generations}); "
+                       "give more questions or lower --batch-size / --grad-accum")
     resolved = resolve_model(s.model)
     if resolved.format != "hf":
         raise BadInput(f"{s.model}: RL needs a Hugging Face checkpoint directory, not a .gguf file")
     device, dtype = pick_device_dtype(restrict_for_training(s.device), "auto")  # one GPU: see backends.placement
     dev = str(device)
-    recipe = get_recipe("notebook").with_overrides(learning_rate=s.learning_rate, lora_r=s.lora_r, seed=s.seed,
-                                                   gradient_checkpointing=False)
+    # The LoRA part as a fine-tuning Recipe, which `add_lora` takes.
+    recipe = get_recipe("notebook").with_overrides(
+        learning_rate=rr.learning_rate, lora_r=rr.lora_r, lora_alpha=rr.lora_alpha, lora_dropout=rr.lora_dropout,
+        lora_targets=rr.lora_targets, modules_to_save=(), seed=s.seed, max_grad_norm=rr.max_grad_norm,
+        warmup_ratio=rr.warmup_ratio, gradient_checkpointing=rr.gradient_checkpointing)
+    reward_spec = GOOGLE_REWARD if rr.reward == "google-rl" else REWARD
+    protocol = get_mcq_protocol(rr.prompt)
     fit = check_fits(resolved.path, dev, str(dtype).replace("torch.", ""), "lora")
     run.mkdir(parents=True, exist_ok=True)
-    write_provenance(run, settings={**asdict(s), "resume": False}, recipe=recipe, reward=REWARD,
+    write_provenance(run, settings={**asdict(s), "resume": False}, recipe=recipe, rl_recipe=rr, reward=reward_spec,
+                     mcq_prompt=f"{protocol.name}@{protocol.version}",
                      model={"spec": s.model, "path": resolved.path}, device=dev, fit=fit,
                      data={"path": str(Path(s.data).resolve()), "questions": len(items)})
 
@@ -169,21 +262,24 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
 
     set_seed(s.seed)  # LoRA's random init happens below, before the trainer seeds anything
     model, processor, tokenizer, _ = load_for_training(resolved.path, dev, dtype, "lora")
-    model = add_lora(model, recipe, "lora", False)
+    model = add_lora(model, recipe, "lora", rr.gradient_checkpointing)
     ds = datasets.Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": q.prompt()}] for q in items],
+        "prompt": [protocol.messages(q.question, list(q.options)) for q in items],
         "answer": [q.answer for q in items],
         "letters": ["".join(k for k, _ in q.options) for q in items],
     })
     cuda = dev.startswith("cuda")
     args = GRPOConfig(
-        output_dir=str(run / "checkpoints"), max_steps=s.max_steps, learning_rate=recipe.learning_rate,
-        per_device_train_batch_size=s.num_generations, num_generations=s.num_generations,
-        max_completion_length=s.max_completion_length, temperature=s.temperature, max_grad_norm=recipe.max_grad_norm,
-        warmup_steps=recipe.warmup_ratio, logging_steps=1, save_strategy="steps", save_steps=s.save_steps,
-        save_total_limit=None, seed=s.seed, data_seed=s.seed, report_to="none", disable_tqdm=True, use_cpu=dev == "cpu",
-        bf16=cuda, gradient_checkpointing=False, remove_unused_columns=False,
+        output_dir=str(run / "checkpoints"), max_steps=rr.max_steps, learning_rate=rr.learning_rate,
+        per_device_train_batch_size=rr.batch_size, gradient_accumulation_steps=rr.grad_accum,
+        num_generations=rr.num_generations, max_completion_length=rr.max_completion_length,
+        temperature=rr.temperature, max_grad_norm=rr.max_grad_norm, warmup_steps=rr.warmup_ratio, logging_steps=1,
+        save_strategy="steps", save_steps=rr.save_steps, save_total_limit=None, seed=s.seed, data_seed=s.seed,
+        report_to="none", disable_tqdm=True, use_cpu=dev == "cpu", bf16=cuda,
+        gradient_checkpointing=rr.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False,
     )
+    reward_fn = google_rl_reward if rr.reward == "google-rl" else final_answer_reward
 
     class AtomicGRPOTrainer(ck.AtomicCheckpointMixin, GRPOTrainer):
         """TRL's GRPO trainer whose checkpoints are written atomically."""
@@ -198,9 +294,9 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
     truncate_log(run / LOG_NAME, step0)
     write_provenance(run, lora=trainable_summary(model), resumed_from_step=step0 or None)
-    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, s.max_steps),
-                        f"out of memory on {dev} while training (--num-generations {s.num_generations}, "
-                        f"--max-completion-length {s.max_completion_length}): lower either")
+    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, rr.max_steps),
+                        f"out of memory on {dev} while training (--num-generations {rr.num_generations}, "
+                        f"--max-completion-length {rr.max_completion_length}): lower either")
     from .sft import _save_adapter
 
     adapter = run / "adapter"

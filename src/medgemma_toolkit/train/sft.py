@@ -68,11 +68,14 @@ class FinetuneResult:
     report: dict[str, Any] | None
 
 
-def _choose_preset(resolved: Any, has_template: bool, name: str | None) -> PromptPreset:
+def _choose_preset(resolved: Any, has_template: bool, name: str | None, layout: str | None = None) -> PromptPreset:
+    """The user's preset, else the recipe's layout (chat models only: base models keep completion prompts), else
+    the model's own."""
     if name:
         return get_preset(name)
     hint = info_hint(resolved)
-    return get_preset(hint.get("default_preset") or ("medgemma-v1" if has_template else "pretrained"))
+    own = get_preset(hint.get("default_preset") or ("medgemma-v1" if has_template else "pretrained"))
+    return get_preset(layout) if layout and own.mode == "chat" else own
 
 
 def _has_template(path: Path) -> bool:
@@ -208,7 +211,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
               "val": len(ds.val), "classes": list(ds.classes), "train_sha256": digest,
               "val_sha256": data_hash(ds.val)},
     )
-    preset = _choose_preset(resolved, _has_template(model_dir), s.preset)
+    preset = _choose_preset(resolved, _has_template(model_dir), s.preset, recipe.layout_preset)
     metric = TASK_SPECS["classification" if ds.classes else s.task].metric
     report: dict[str, Any] | None = None
     report_path = run / "report.json"
@@ -226,7 +229,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     model = add_lora(model, recipe, s.method, recipe.gradient_checkpointing)
     from .collator import SFTCollator
 
-    collator = SFTCollator(ds.train, processor, tokenizer, preset, image_size, recipe.max_length)
+    collator = SFTCollator(ds.train, processor, tokenizer, preset, image_size, recipe.max_length,
+                           loss_on=recipe.loss_on)
     ckpt_root = run / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
     trainer = _trainer_class()(
