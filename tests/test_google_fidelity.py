@@ -142,3 +142,16 @@ def test_show_prompt_is_the_notebook_layout(ct200, tiny_model_dir):
     assert shown.index(want["instruction"]) < shown.index("<start_of_image>")
     assert shown.index("SLICE 85") < shown.index(want["question"])
     assert shown.count("<start_of_image>") == 85
+
+
+def test_eval_records_keep_the_manifest(tiny_model, tmp_path):
+    from medgemma_toolkit.eval.runner import EvalOptions, run_eval
+
+    run_eval(tiny_model, EvalOptions(task="image_mcq", out=tmp_path / "r", max_new_tokens=2, progress=False, n_boot=50))
+    recs = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
+    assert recs and all(len(r["images"]) == 1 for r in recs)
+    by_source = {r["images"][0]["source"]: r["images"][0] for r in recs}
+    assert "lesion_00.png" in by_source and by_source["lesion_00.png"]["instance_number"] is None
+    dicom = by_source["CT_small.dcm"]
+    assert dicom["instance_number"] is not None and dicom["label"] is None and dicom["patch"] is None
+    assert dicom["sop_instance_uid"].startswith("sha256:")  # identifiers from the files are not written as is

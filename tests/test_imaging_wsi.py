@@ -95,6 +95,11 @@ def test_load_parts_labels_and_blank_slide(tiff_10x, tmp_path):
     parts = load_parts(str(tiff_10x), ImageOptions(patch_order="spatial"), 64)
     assert all(isinstance(p, ImagePart) and p.image.size == (64, 64) for p in parts)
     assert [p.label for p in parts] == [f"x={x} y={y} L0" for x, y in expected_tissue_patches()]
+    from medgemma_toolkit.imaging.manifest import image_manifest
+
+    seen = image_manifest(parts)  # what the model saw: each patch's level-0 [x, y, level], the slide as source
+    assert [e["patch"] for e in seen] == [[x, y, 0] for x, y in expected_tissue_patches()]
+    assert all(e["source"] == str(tiff_10x) and e["label"] is None for e in seen)
     blank = write_pyramid_tiff(tmp_path / "blank.tif", np.full((1024, 1024, 3), 240, np.uint8), mpp=1.0, aperio=False)
     with pytest.raises(BadInput, match="no tissue"):
         load_parts(str(blank), ImageOptions(), 64)

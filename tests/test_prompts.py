@@ -97,3 +97,22 @@ def test_system_override_and_unknown_preset():
     with pytest.raises(BadInput):
         get_preset("nope")
     assert {"medgemma-v1", "medgemma-1.5", "pretrained", "plain"} <= set(PRESETS)
+
+
+def test_15_preset_volume_layout_instruction_slices_question():
+    p = get_preset("medgemma-1.5")
+    media = [_img(), TextPart("SLICE 1"), _img(), TextPart("SLICE 2")]
+    pr = p.build("Any lesion?", media, instruction="Review these.")
+    texts = [x.text if isinstance(x, TextPart) else "<img>" for x in pr.messages[0].parts]
+    assert texts == ["Review these.", "<img>", "SLICE 1", "<img>", "SLICE 2", "\n\nAny lesion?"]
+    default = p.build("Any lesion?", media).messages[0].parts[0].text
+    assert default == p.volume_instruction
+    slide = [ImagePart(Image.new("RGB", (8, 8)), info={"patch": [0, 0, 0]}) for _ in range(2)]
+    parts = p.build("Tumour?", slide).messages[0].parts
+    assert parts[0].text == p.slide_instruction and parts[-1].text == "\n\nTumour?"
+    # single images keep the model card's layout: image, then the text
+    assert [type(x).__name__ for x in p.build("Describe.", [_img()]).messages[0].parts] == ["ImagePart", "TextPart"]
+
+
+def test_v1_thinking_budget_is_the_quick_starts():
+    assert get_preset("medgemma-v1").max_new_tokens(False, True) == 1500

@@ -255,6 +255,12 @@ def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
     dcm = data_uri(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom")
     full, soft = preview(dcm), preview(dcm, window=[40, 400])
     assert full.size == soft.size == (64, 64) and full.tobytes() != soft.tobytes()
+    # the list of what the model saw comes along (one DICOM image here; no data: URI echoed back)
+    r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": dcm}},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    [seen] = r.json()["images"]
+    assert set(seen) == {"source", "instance_number", "sop_instance_uid", "label", "patch"}
+    assert seen["source"] is None and seen["label"] is None and seen["patch"] is None
 
 
 # -- auth, page, metrics ------------------------------------------------------------------------------------------

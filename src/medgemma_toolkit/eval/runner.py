@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ..backends.base import Completion
 from ..errors import BadInput, CapabilityError
+from ..imaging.manifest import for_records, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
 from .batching import Outcome, auto_batch_size, run_batches
@@ -65,8 +66,14 @@ def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
 
 
 def eval_preset_name(mg) -> str:
-    # Chat checkpoints: no system prompt, the turn as given. Base checkpoints only understand completion prompts.
-    return mg.preset.name if mg.backend.info.pretrained else "plain"
+    """Chat checkpoints: no system prompt. A preset that already has none (MedGemma 1.5's: images before the text,
+    a volume's instruction/slices/question layout) is kept; others become `plain` (the turn as given). Base
+    checkpoints only understand completion prompts."""
+    if mg.backend.info.pretrained:
+        return mg.preset.name
+    if mg.preset.mode == "chat" and mg.preset.system_text is None and mg.preset.system_image is None:
+        return mg.preset.name
+    return "plain"
 
 
 def score_unit(spec: TaskSpec, unit: Unit, parsed: str | None) -> tuple[bool | None, float]:
@@ -136,10 +143,13 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     parser = PARSERS[spec.parser]
     primed = preset.mode == "completion" and spec.parser != "report"
 
+    manifests: dict[str, list[dict[str, Any]]] = {}  # unit key -> what the model saw (imaging/manifest.py)
+
     def record(o: Outcome[Unit]) -> dict[str, Any]:
         u = o.job
         base = {"key": u.key, "item_id": u.item.id, "condition": u.condition, "prompt_hash": u.prompt_hash,
-                "gold": u.gold, "answer_type": u.item.answer_type, "seconds": round(o.seconds, 4)}
+                "gold": u.gold, "answer_type": u.item.answer_type, "seconds": round(o.seconds, 4),
+                "images": manifests.pop(u.key, None)}
         if o.completion is None:
             return {**base, "raw": None, "thought": None, "parsed": None, "correct": None, "score": None,
                     "error": o.error, "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
@@ -187,9 +197,11 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
                 text += LOGLIK_CHAT_SUFFIX
             req = mg.request(text, u.item.images, max_new_tokens=1)
             letters_of[id(req)] = list(u.item.options)
-            return req
-        return mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
-                          temperature=opts.temperature)
+        else:
+            req = mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
+                             temperature=opts.temperature)
+        manifests[u.key] = for_records(prompt_manifest(req.prompt), str(Path(data_path).parent))
+        return req
 
     backend = _LoglikAdapter(mg.backend, letters_of) if opts.mode == "loglikelihood" else mg.backend
     batch_size = opts.batch_size or auto_batch_size(mg.backend)

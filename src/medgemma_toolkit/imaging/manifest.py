@@ -58,3 +58,28 @@ def prompt_manifest(prompt: Prompt) -> list[dict[str, Any]]:
     if prompt.is_completion:
         return [{f: None for f in FIELDS} for _ in prompt.images]
     return [e for m in prompt.messages for e in image_manifest(m.parts)]
+
+
+def for_records(entries: list[dict[str, Any]], root: str | None = None) -> list[dict[str, Any]]:
+    """The manifest as written into files that may be shared (evaluation records): `source` relative to `root`
+    when under it, and SOPInstanceUIDs one-way hashed ("sha256:" + 16 hex digits), since a UID can identify a
+    patient's study; hash your own UIDs the same way to match them."""
+    import hashlib
+    import os
+
+    out = []
+    for e in entries:
+        e = dict(e)
+        uid = e.get("sop_instance_uid")
+        if uid:
+            e["sop_instance_uid"] = "sha256:" + hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+        src = e.get("source")
+        if src and root:
+            try:
+                rel = os.path.relpath(src, root)
+                if not rel.startswith(".."):
+                    e["source"] = rel
+            except ValueError:  # another drive (Windows)
+                pass
+        out.append(e)
+    return out

@@ -34,7 +34,8 @@ class PromptPreset:
     # Volumes and slides (media with slice labels, or several patches of one slide): instruction, media, question,
     # as Google's CT and pathology notebooks lay them out. The question is set off by a blank line, as there.
     volume_layout: bool = False
-    volume_instruction: str = ""  # used when the caller gives none
+    volume_instruction: str = ""  # used when the caller gives none (CT/MR slices)
+    slide_instruction: str = ""  # the same for a slide's patches
     references: tuple[str, ...] = field(default_factory=tuple)
 
     def max_new_tokens(self, has_images: bool, think: bool) -> int:
@@ -77,7 +78,9 @@ class PromptPreset:
         messages.extend(history or [])
         text_part: list[Part] = [TextPart(question)] if question else []
         if self.volume_layout and is_volume(media):
-            head = instruction if instruction is not None else self.volume_instruction
+            slices = any(isinstance(p, TextPart) and p.text.startswith("SLICE ") for p in media)
+            own = self.volume_instruction if slices else self.slide_instruction
+            head = instruction if instruction is not None else own
             tail = [TextPart(question if question[:1].isspace() else f"\n\n{question}")] if question else []
             parts = ([TextPart(head)] if head else []) + media + tail
         else:
@@ -123,7 +126,8 @@ PRESETS: dict[str, PromptPreset] = {
             max_new_tokens_image=2000,
             max_new_tokens_think=2000,
             volume_layout=True,
-            volume_instruction="Please review the slices provided below carefully.",
+            volume_instruction="Please review the slices provided below carefully.",  # the CT notebook's last sentence
+            slide_instruction="Please review the patches provided below carefully.",  # ours, in the same form
             references=("google/medgemma-1.5-4b-it model card",
                         "google-health/medgemma notebooks/high_dimensional_ct_hugging_face.ipynb"),
         ),

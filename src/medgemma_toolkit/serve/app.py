@@ -191,8 +191,14 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             img = next(p.image for p in parts if isinstance(p, ImagePart))
             buf = io.BytesIO()
             img.save(buf, format="PNG")
+            from ..imaging.manifest import for_records, image_manifest
+
+            # What the model saw, in order (slices, slide patches); paths relative to the image root, no data: URIs.
+            root = str(config.image_root) if config.image_root else None
+            seen = [{**e, "source": None if str(e.get("source") or "").startswith(("data:", "/")) else e["source"]}
+                    for e in for_records(image_manifest(parts), root)]
             return {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
-                    "width": img.width, "height": img.height}
+                    "width": img.width, "height": img.height, "images": seen}
 
         if not admission.try_enter():  # previews decode like chats do: the same admission and decoder turns
             raise busy()

@@ -81,9 +81,26 @@ async function onFile() {
   const body = await resp.json();
   $("preview").src = body.image;
   $("preview-size").textContent = body.width + " x " + body.height + " px";
+  showManifest(body.images || []);
   $("preview-figure").hidden = false;
   $("clear-image").hidden = false;
   setStatus("Image ready.", false);
+}
+
+// The images the model receives, in order: "SLICE n" with its InstanceNumber, or a slide patch's coordinates.
+function showManifest(images) {
+  const list = $("preview-list");
+  list.replaceChildren();
+  for (const e of images) {
+    const bits = [];
+    if (e.label) bits.push(e.label);
+    if (e.instance_number !== null && e.instance_number !== undefined) bits.push("instance " + e.instance_number);
+    if (e.patch) bits.push("patch x=" + e.patch[0] + " y=" + e.patch[1] + " level " + e.patch[2]);
+    const li = document.createElement("li");
+    li.textContent = bits.join(", ") || "image";
+    list.appendChild(li);
+  }
+  list.hidden = images.length < 2 && !(images[0] && (images[0].label || images[0].patch));
 }
 
 function clearImage() {
