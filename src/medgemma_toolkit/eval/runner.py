@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..backends.base import Completion
-from ..errors import BadInput, CapabilityError
-from ..imaging.manifest import for_records, prompt_manifest
+from ..errors import BadInput, CapabilityError, MedGemmaError
+from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
 from .batching import Outcome, auto_batch_size, run_batches
@@ -144,6 +144,14 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     primed = preset.mode == "completion" and spec.parser != "report"
 
     manifests: dict[str, list[dict[str, Any]]] = {}  # unit key -> what the model saw (imaging/manifest.py)
+    records_root = str(Path(data_path).parent)
+
+    def seen_images(u: Unit) -> list[dict[str, Any]] | None:
+        """The manifest of a cached answer's images (read again; None if they no longer read)."""
+        try:
+            return for_records(image_manifest(mg.media(u.item.images)), records_root) if u.item.images else []
+        except MedGemmaError:
+            return None
 
     def record(o: Outcome[Unit]) -> dict[str, Any]:
         u = o.job
@@ -172,6 +180,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             c = cache.get(u.key, u.prompt_hash)
             if c is not None:
                 done = Completion(c["raw"], c["finish_reason"], c["prompt_tokens"], c["completion_tokens"])
+                manifests[u.key] = seen_images(u)
                 hits.append({**record(Outcome(u, done, None, c["seconds"])), "cached": True})
         if hits:
             log.append(hits)
@@ -200,7 +209,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
         else:
             req = mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
                              temperature=opts.temperature)
-        manifests[u.key] = for_records(prompt_manifest(req.prompt), str(Path(data_path).parent))
+        manifests[u.key] = for_records(prompt_manifest(req.prompt), records_root)
         return req
 
     backend = _LoglikAdapter(mg.backend, letters_of) if opts.mode == "loglikelihood" else mg.backend
