@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +51,56 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
     )
 
 
+def run_cli_inproc(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+                   cwd: str | Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`medgemma ARGS...` through the same `main` in this process: no interpreter and torch start-up per call.
+
+    Same result shape as `run_cli`. Use `run_cli` where the real process matters: the installed entry point,
+    signals, kill -9, environment read at import time (HF_HOME, HF_DATASETS_CACHE)."""
+    from medgemma_toolkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_stdin = dict(os.environ), sys.stdin
+    # Log records reach the captured stderr as they would a process's (the CLI's own format), so tests that look
+    # for PHI or for stray lines on stderr see them in process too.
+    log = logging.StreamHandler(err)
+    log.setLevel(logging.WARNING)
+    log.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log)
+    try:
+        os.environ.update(env or {})
+        if input is not None:
+            sys.stdin = io.StringIO(input)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                (contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        logging.getLogger().removeHandler(log)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(["medgemma", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def cli():
-    return run_cli
+    """`medgemma ARGS...` in this process (see `run_cli_inproc`)."""
+    return run_cli_inproc
+
+
+def wait_until(predicate, timeout: float = 30.0, every: float = 0.05) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False): a condition, not a guessed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
 
 
 SCRIPT = "<unused94>thought The heart is large.<unused95>Cardiomegaly."

@@ -20,6 +20,7 @@ from PIL import Image
 
 from conftest import run_cli
 from medgemma_toolkit import MedGemma
+from medgemma_toolkit.backends.openai_backend import UpstreamError
 from medgemma_toolkit.errors import BackendUnavailable, CapabilityError
 from medgemma_toolkit.serve.launch import ServerProcess, free_port
 
@@ -160,7 +161,7 @@ def test_503_beyond_retries_is_an_error(proxy, monkeypatch):
     handler.fail_first = 10
     monkeypatch.setenv("MEDGEMMA_UPSTREAM_RETRIES", "1")
     mg = MedGemma.load(MODEL, upstream=url)
-    with pytest.raises(Exception) as e:
+    with pytest.raises(UpstreamError) as e:
         mg.ask("Is there an effusion?", max_new_tokens=4)
     assert "503" in str(e.value) and "overloaded" in str(e.value)
     assert handler.posts == 2

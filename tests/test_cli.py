@@ -37,35 +37,35 @@ def test_ask_text_json(tiny_model_dir):
     assert out["timings"]["load_s"] > 0 and out["demo_model"] is False
 
 
-def test_ask_png_dicom_and_multi_image(tiny_model_dir, images):
-    base = ok_json(run_cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "4", "--json", "Describe."))
-    one = ok_json(run_cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "--max-new-tokens", "4", "--json", "Describe."))
+def test_ask_png_dicom_and_multi_image(tiny_model_dir, images, cli):
+    base = ok_json(cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "4", "--json", "Describe."))
+    one = ok_json(cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "--max-new-tokens", "4", "--json", "Describe."))
     # 16 soft tokens + <start_of_image> + <end_of_image> per image (the tiny model's mm_tokens_per_image is 16)
     assert one["prompt_tokens"] - base["prompt_tokens"] >= 18
-    two = ok_json(run_cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "-i", str(images / "prior.jpg"),
+    two = ok_json(cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "-i", str(images / "prior.jpg"),
                           "--max-new-tokens", "4", "--json", "Describe."))
     assert two["prompt_tokens"] - one["prompt_tokens"] >= 18
-    dcm = run_cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "phi.dcm"), "--max-new-tokens", "4", "Describe.")
+    dcm = cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "phi.dcm"), "--max-new-tokens", "4", "Describe.")
     assert dcm.returncode == 0, dcm.stderr
-    ct = run_cli("ask", "-m", str(tiny_model_dir), "-i", get_testdata_file("CT_small.dcm", download=False),
+    ct = cli("ask", "-m", str(tiny_model_dir), "-i", get_testdata_file("CT_small.dcm", download=False),
                  "--window", "40,400", "--max-new-tokens", "3", "--json", "Organ?")
     assert ok_json(ct)["completion_tokens"] == 3
 
 
-def test_thinking_split_end_to_end(scripted_model_dir):
-    out = ok_json(run_cli("ask", "-m", str(scripted_model_dir), "--json", "Is the heart enlarged?"))
+def test_thinking_split_end_to_end(scripted_model_dir, cli):
+    out = ok_json(cli("ask", "-m", str(scripted_model_dir), "--json", "Is the heart enlarged?"))
     assert out["raw"] == SCRIPT
     assert out["thought"] == "The heart is large." and out["text"] == "Cardiomegaly."
-    plain = run_cli("ask", "-m", str(scripted_model_dir), "Is the heart enlarged?")
+    plain = cli("ask", "-m", str(scripted_model_dir), "Is the heart enlarged?")
     assert plain.stdout.strip() == "Cardiomegaly."  # a thought that appears anyway is never shown as the answer
     assert "heart is large" not in plain.stdout + plain.stderr
-    think = run_cli("ask", "-m", str(scripted_model_dir), "--think", "Is the heart enlarged?")
+    think = cli("ask", "-m", str(scripted_model_dir), "--think", "Is the heart enlarged?")
     assert think.stdout.strip() == "Cardiomegaly." and "[thought] The heart is large." in think.stderr
 
 
-def test_chat_repl_multi_turn(scripted_model_dir, images):
+def test_chat_repl_multi_turn(scripted_model_dir, images, cli):
     session = f"/image {images / 'cxr.png'}\nFirst question?\n/think\nSecond question?\n/reset\n/quit\n"
-    res = run_cli("chat", "-m", str(scripted_model_dir), input=session)
+    res = cli("chat", "-m", str(scripted_model_dir), input=session)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert sum(line == "Cardiomegaly." for line in lines) == 2
@@ -73,16 +73,16 @@ def test_chat_repl_multi_turn(scripted_model_dir, images):
     assert "(conversation cleared)" in res.stdout
 
 
-def test_preview_writes_model_input(tiny_model_dir, images, tmp_path):
+def test_preview_writes_model_input(tiny_model_dir, images, tmp_path, cli):
     out = tmp_path / "p.png"
-    res = run_cli("preview", str(images / "cxr.png"), "-o", str(out), "--model", str(tiny_model_dir))
+    res = cli("preview", str(images / "cxr.png"), "-o", str(out), "--model", str(tiny_model_dir))
     assert res.returncode == 0, res.stderr
     got = Image.open(out)
     assert got.size == (64, 64)
     from medgemma_toolkit.imaging import load_image, to_model_image
 
     assert np.array_equal(np.asarray(got), np.asarray(to_model_image(load_image(images / "cxr.png"), 64)))
-    res = run_cli("preview", str(images / "phi.dcm"), "-o", str(tmp_path / "d.png"))
+    res = cli("preview", str(images / "phi.dcm"), "-o", str(tmp_path / "d.png"))
     assert res.returncode == 0 and Image.open(tmp_path / "d.png").size == (896, 896)
 
 
@@ -139,30 +139,51 @@ def _one_line_error(res, *needles):
         assert p not in res.stderr + res.stdout
 
 
-def test_error_cases(tiny_model_dir, tiny_text_model_dir, images, tmp_path):
-    m = ["ask", "-m", str(tiny_model_dir), "--max-new-tokens", "2"]
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "missing.png"), "Q"), "not found")
-    (tmp_path / "notes.txt").write_text("not an image")
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "notes.txt"), "Q"), "not a readable image")
-    png = (images / "cxr.png").read_bytes()
-    (tmp_path / "trunc.png").write_bytes(png[: len(png) // 2])
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "trunc.png"), "Q"), "corrupt or truncated")
-    dcm = (images / "phi.dcm").read_bytes()
-    (tmp_path / "trunc.dcm").write_bytes(dcm[:400])
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "trunc.dcm"), "Q"))
-    write_dicom(tmp_path / "nopix.dcm", np.zeros((4, 4), np.uint16))
+def _image(path, data: bytes) -> list[str]:
+    path.write_bytes(data)
+    return ["-i", str(path)]
+
+
+def _half(path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+def _dicom_without_pixels(tmp_path) -> list[str]:
     import pydicom
 
+    write_dicom(tmp_path / "nopix.dcm", np.zeros((4, 4), np.uint16))
     ds = pydicom.dcmread(tmp_path / "nopix.dcm")
     del ds.PixelData
     ds.save_as(tmp_path / "nopix.dcm")
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "nopix.dcm"), "Q"), "no pixel data")
+    return ["-i", str(tmp_path / "nopix.dcm")]
+
+
+# (extra `ask` arguments built in tmp_path from the module's images, words the one error line must hold)
+ASK_ERRORS = [
+    pytest.param(lambda t, im: ["-i", str(t / "missing.png")], ("not found",), id="missing-image"),
+    pytest.param(lambda t, im: _image(t / "notes.txt", b"not an image"), ("not a readable image",), id="not-an-image"),
+    pytest.param(lambda t, im: _image(t / "trunc.png", _half(im / "cxr.png")), ("corrupt or truncated",),
+                 id="truncated-png"),
+    pytest.param(lambda t, im: _image(t / "trunc.dcm", (im / "phi.dcm").read_bytes()[:400]), (), id="truncated-dicom"),
+    pytest.param(lambda t, im: _dicom_without_pixels(t), ("no pixel data",), id="dicom-without-pixels"),
     # a decompression bomb: a tiny PNG declaring 30000 x 30000 pixels
-    (tmp_path / "bomb.png").write_bytes(png_header_only(30000, 30000))
-    _one_line_error(run_cli(*m, "-i", str(tmp_path / "bomb.png"), "Q"), "pixel")
-    _one_line_error(run_cli("ask", "-m", str(tiny_text_model_dir), "-i", str(images / "cxr.png"), "Q"), "text-only")
-    _one_line_error(run_cli("ask", "-m", "no-such-model", "Q"), "unknown model")
+    pytest.param(lambda t, im: _image(t / "bomb.png", png_header_only(30000, 30000)), ("pixel",),
+                 id="decompression-bomb"),
+    pytest.param(lambda t, im: ["--window", "wide"], ("--window",), id="unknown-window"),
+    pytest.param(lambda t, im: ["--quantize", "4bit"], ("CUDA",), id="4bit-without-cuda"),
+]
+
+
+@pytest.mark.parametrize("setup, needles", ASK_ERRORS)
+def test_ask_bad_input_is_one_line(setup, needles, tiny_model_dir, images, tmp_path, cli):
+    _one_line_error(cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "2", *setup(tmp_path, images), "Q"),
+                    *needles)
+
+
+def test_model_errors_are_one_line(tiny_text_model_dir, images, tmp_path, cli):
+    _one_line_error(cli("ask", "-m", str(tiny_text_model_dir), "-i", str(images / "cxr.png"), "Q"), "text-only")
+    _one_line_error(cli("ask", "-m", "no-such-model", "Q"), "unknown model")
+    # The real process: HF_HOME is read when huggingface_hub is imported.
     _one_line_error(run_cli("ask", "-m", "medgemma-27b-it", "Q", env={"HF_HOME": str(tmp_path / "empty")}),
                     "medgemma-27b-it", "huggingface", "register")
-    _one_line_error(run_cli(*m, "--window", "wide", "Q"), "--window")
-    _one_line_error(run_cli(*m, "--quantize", "4bit", "Q"), "CUDA")
