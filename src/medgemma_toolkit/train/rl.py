@@ -13,22 +13,21 @@ each one; atomic checkpoints, `--resume`, loss/reward log and provenance work ex
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.memory import call_or_oom
 from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
 from ..models.resolve import resolve_model
-from ..rowfile import read_rows
-from . import checkpoints as ck
-from .fit import check_fits
-from .logs import CURVE_NAME, LOG_NAME, make_callbacks, plot_curve, read_log, truncate_log
-from .provenance import read_provenance, write_provenance
 from ..prompts.mcq import get_mcq_protocol, google_rl_answer
+from ..rowfile import read_rows
+from .fit import check_fits
+from .logs import make_callbacks
+from .provenance import write_provenance
 from .recipe import get_recipe
+from .run import atomic_trainer, finish, open_run_dir, recorded_settings, train
 
 INSTRUCTION = "Think step by step if needed, then finish with a line of the form \"Final Answer: X\" where X is the letter."
 _FINAL = re.compile(r"final answer\s*:\s*\(?([A-Z])\)?\s*\.?\s*$", re.IGNORECASE)
@@ -206,16 +205,9 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, one_device, trainable_summary
+    from .model import add_lora, load_for_training, one_device
 
-    run = Path(s.out).expanduser()
-    prov = read_provenance(run) if run.exists() else None
-    if s.resume:
-        if prov is None or "settings" not in prov:
-            raise BadInput(f"--resume: {run} holds no run to resume (no provenance.json)")
-        s = RLSettings(**{**prov["settings"], "out": str(run), "resume": True, "quiet": s.quiet})
-    elif prov is not None or (run.exists() and any(run.iterdir())):
-        raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
+    run, s = open_run_dir(s)
     rr = get_rl_recipe(s.recipe)
     picked = {k: getattr(s, k) for k in ("max_steps", "num_generations", "max_completion_length", "learning_rate",
                                           "lora_r", "save_steps", "temperature", "batch_size", "grad_accum")}
@@ -250,7 +242,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     protocol = get_mcq_protocol(rr.prompt)
     fit = check_fits(resolved.path, dev, str(dtype).replace("torch.", ""), "lora")
     run.mkdir(parents=True, exist_ok=True)
-    write_provenance(run, settings={**asdict(s), "resume": False}, recipe=recipe, rl_recipe=rr, reward=reward_spec,
+    write_provenance(run, settings=recorded_settings(s), recipe=recipe, rl_recipe=rr, reward=reward_spec,
                      mcq_prompt=f"{protocol.name}@{protocol.version}",
                      model={"spec": s.model, "path": resolved.path}, device=dev, fit=fit,
                      data={"path": str(Path(s.data).resolve()), "questions": len(items)})
@@ -281,30 +273,15 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     )
     reward_fn = google_rl_reward if rr.reward == "google-rl" else final_answer_reward
 
-    class AtomicGRPOTrainer(ck.AtomicCheckpointMixin, GRPOTrainer):
-        """TRL's GRPO trainer whose checkpoints are written atomically."""
-
-    trainer = AtomicGRPOTrainer(model=model, reward_funcs=[final_answer_reward], args=one_device(args), train_dataset=ds,
-                                processing_class=processor or tokenizer, callbacks=make_callbacks(run, s.quiet, desc="rl"))
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    ckpt_root = run / "checkpoints"
-    ckpt_root.mkdir(exist_ok=True)
-    resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
-    truncate_log(run / LOG_NAME, step0)
-    write_provenance(run, lora=trainable_summary(model), resumed_from_step=step0 or None)
-    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, rr.max_steps),
-                        f"out of memory on {dev} while training (--num-generations {rr.num_generations}, "
-                        f"--max-completion-length {rr.max_completion_length}): lower either")
-    from .sft import _save_adapter
-
-    adapter = run / "adapter"
-    _save_adapter(trainer.model, processor, tokenizer, adapter)
-    rows = read_log(run / LOG_NAME)
-    plot_curve(rows, run / CURVE_NAME, title="GRPO loss")
+    trainer = atomic_trainer(GRPOTrainer)(model=model, reward_funcs=[final_answer_reward], args=one_device(args),
+                                          train_dataset=ds, processing_class=processor or tokenizer,
+                                          callbacks=make_callbacks(run, s.quiet, desc="rl"))
+    steps, resumed = train(trainer, model, run, s.resume, rr.max_steps,
+                           f"out of memory on {dev} while training (--num-generations {rr.num_generations}, "
+                           f"--max-completion-length {rr.max_completion_length}): lower either")
+    adapter, rows = finish(run, trainer, processor, tokenizer, "GRPO loss")
     rewards = [r["reward"] for r in rows if "reward" in r]
-    result = {"steps": steps, "adapter": str(adapter), "resumed_from": step0 or None,
+    result = {"steps": steps, "adapter": str(adapter), "resumed_from": resumed,
               "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
     write_provenance(run, result=result)
     return result

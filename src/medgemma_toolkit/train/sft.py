@@ -1,11 +1,7 @@
 """`medgemma finetune`: supervised LoRA/QLoRA fine-tuning with TRL's SFT trainer, crash-safe and with provenance.
 
-Run directory layout (`--out DIR`):
-    provenance.json     resolved settings, model, data hash, package versions, results
-    checkpoints/        checkpoint-N folders, each complete (see `checkpoints.py`)
-    loss_log.jsonl      one line per step;  loss_curve.png  the same, drawn
-    adapter/            the final PEFT adapter (+ processor files), loadable on the base model by plain transformers
-    report.json         before/after scores when --eval-task is given
+The run folder (`--out DIR`) is laid out as `train/run.py` says, plus `report.json`: before/after scores when
+--eval-task is given.
 """
 
 from __future__ import annotations
@@ -13,12 +9,10 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.memory import call_or_oom
 from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
@@ -28,9 +22,10 @@ from ..prompts.presets import PromptPreset, get_preset
 from . import checkpoints as ck
 from .data import Dataset, load_dataset
 from .fit import check_fits
-from .logs import CURVE_NAME, LOG_NAME, make_callbacks, plot_curve, read_log, truncate_log
+from .logs import make_callbacks
 from .provenance import data_hash, read_provenance, write_provenance
 from .recipe import METHODS, TASK_SPECS, TASKS, Recipe, check_choice, get_recipe
+from .run import atomic_trainer, finish, open_run_dir, recorded_settings, train
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +81,6 @@ def _has_template(path: Path) -> bool:
     return cfg.is_file() and '"chat_template"' in cfg.read_text(errors="ignore")
 
 
-def _prepare_run_dir(s: FinetuneSettings) -> tuple[Path, FinetuneSettings]:
-    """Create the run folder, or reopen it for --resume with the settings it was started with."""
-    run = Path(s.out).expanduser()
-    prov = read_provenance(run) if run.exists() else None
-    if s.resume:
-        if prov is None or "settings" not in prov:
-            raise BadInput(f"--resume: {run} holds no run to resume (no provenance.json)")
-        kept = FinetuneSettings(**{**prov["settings"], "out": str(run), "resume": True, "quiet": s.quiet})
-        return run, kept
-    if prov is not None or (run.exists() and any(run.iterdir())):
-        raise BadInput(f"{run}: already exists and is not empty; pass --resume to continue it or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    return run, s
-
-
 def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> Any:
     from trl import SFTConfig
 
@@ -150,33 +130,12 @@ def _score(s: FinetuneSettings, model_dir: Path, adapter: Path | None, preset: P
                                  s.eval_max_new_tokens, s.method)
 
 
-def _trainer_class() -> type:
-    from trl import SFTTrainer
-
-    class AtomicSFTTrainer(ck.AtomicCheckpointMixin, SFTTrainer):
-        """TRL's SFT trainer whose checkpoints are written atomically."""
-
-    return AtomicSFTTrainer
-
-
-def _save_adapter(model: Any, processor: Any, tokenizer: Any, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    (processor or tokenizer).save_pretrained(str(tmp))
-    ck.fsync_tree(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.replace(dest)
-    ck.fsync_dir(dest.parent)
-
-
 def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     """Train (or resume) one adapter; see the module docstring for what lands in the run folder."""
     from . import require_train_dependencies
 
     require_train_dependencies()
-    from .model import add_lora, load_for_training, one_device, oom_message, trainable_summary
+    from .model import add_lora, load_for_training, one_device, oom_message
 
     check_choice(settings.task, TASKS, "--task")
     check_choice(settings.method, METHODS, "--method")
@@ -185,7 +144,8 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
 
         harness_task_exists(settings.eval_task)  # one of `medgemma eval list`, else a one-line error
     recipe = get_recipe(settings.recipe).with_overrides(**settings.overrides)
-    run, s = _prepare_run_dir(settings)
+    run, s = open_run_dir(settings)
+    run.mkdir(parents=True, exist_ok=True)
     if s.resume:
         recipe = get_recipe(s.recipe).with_overrides(**s.overrides)
     resolved = resolve_model(s.model)
@@ -205,7 +165,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         raise BadInput("--eval-task needs validation examples: give --val-data or a --val-fraction above 0")
 
     write_provenance(
-        run, settings={**asdict(s), "resume": False}, recipe=recipe, model={"spec": s.model, "path": model_dir,
+        run, settings=recorded_settings(s), recipe=recipe, model={"spec": s.model, "path": model_dir,
         "variant": resolved.variant.name if resolved.variant else None}, device=dev, dtype=str(dtype), fit=fit,
         data={"path": str(Path(s.data).expanduser().resolve()), "kind": ds.kind, "train": len(ds.train),
               "val": len(ds.val), "classes": list(ds.classes), "train_sha256": digest,
@@ -233,7 +193,9 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
                            loss_on=recipe.loss_on)
     ckpt_root = run / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
-    trainer = _trainer_class()(
+    from trl import SFTTrainer
+
+    trainer = atomic_trainer(SFTTrainer)(
         model=model,
         args=one_device(_sft_config(recipe, ckpt_root, dev, s.method)),
         data_collator=collator,
@@ -241,21 +203,12 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         processing_class=processor or tokenizer,
         callbacks=make_callbacks(run, quiet=s.quiet),
     )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our logger and progress bar replace the dict printing
     trainer.keep_checkpoints = recipe.keep_checkpoints
-    resume_from, step0 = ck.resume_point(ckpt_root, s.resume)
-    resumed_step = step0 or None
-    truncate_log(run / LOG_NAME, step0)
-    write_provenance(run, lora=trainable_summary(model), preset=f"{preset.name}@{preset.version}",
-                     resumed_from_step=resumed_step)
-    steps = call_or_oom(lambda: ck.train_or_reuse(trainer, resume_from, step0, recipe.max_steps),
-                        oom_message(dev, s.method, recipe.batch_size, recipe.grad_accum, recipe.max_length))
-    adapter_dir = run / "adapter"
-    _save_adapter(trainer.model, processor, tokenizer, adapter_dir)
-    rows = read_log(run / LOG_NAME)
-    plot_curve(rows, run / CURVE_NAME, title=f"training loss ({s.method}, {len(ds.train)} examples)")
+    steps, resumed_step = train(trainer, model, run, s.resume, recipe.max_steps,
+                                oom_message(dev, s.method, recipe.batch_size, recipe.grad_accum, recipe.max_length),
+                                preset=f"{preset.name}@{preset.version}")
+    adapter_dir, rows = finish(run, trainer, processor, tokenizer,
+                               f"training loss ({s.method}, {len(ds.train)} examples)")
     losses = [r["loss"] for r in rows if "loss" in r]
     del trainer, model
     gc.collect()
