@@ -73,7 +73,7 @@ def test_eval_list():
     rows = json.loads(r.stdout)
     assert {x["task"] for x in rows} >= {"medqa", "medmcqa", "pubmedqa", "mmlu_med", "medxpertqa", "afrimedqa",
                                           "vqa_rad", "slake", "image_mcq", "cxr_classification", "report_generation"}
-    assert all(x["version"] and x["protocol"] == "medgemma-eval" for x in rows)
+    assert all(x["version"] and x["protocol"] in ("medgemma-eval", "google-rl") for x in rows)
 
 
 def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tmp_path):

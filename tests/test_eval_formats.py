@@ -15,7 +15,7 @@ from medgemma_toolkit.eval.runner import _conditions
 from medgemma_toolkit.eval.spec import builtin_tasks, get_task, sample_path
 
 EXPECTED = {  # task: (items, questions, rows deliberately not used)
-    "medqa": (12, 12, 0), "medmcqa": (12, 12, 0), "pubmedqa": (12, 12, 0), "mmlu_med": (12, 12, 0),
+    "medqa": (12, 12, 0), "medqa_google_rl": (12, 12, 0), "medmcqa": (12, 12, 0), "pubmedqa": (12, 12, 0), "mmlu_med": (12, 12, 0),
     "medxpertqa": (12, 12, 0), "afrimedqa": (12, 12, 1), "vqa_rad": (12, 12, 0), "slake": (12, 12, 12),
     "image_mcq": (12, 12, 0), "cxr_classification": (12, 54, 0), "report_generation": (12, 12, 0),
 }

@@ -115,3 +115,22 @@ def test_notebook_lora_learns_on_a_plain_tiny_checkpoint(tiny_dir, tmp_path):
         model=str(tiny_dir), data=str(tmp_path / "data"), out=str(tmp_path / "run"), recipe="cpu-small",
         overrides={"max_steps": 40, "learning_rate": 5e-3}, val_fraction=0, device="cpu", quiet=True))
     assert r.steps == 40 and r.last_loss <= 0.7 * r.first_loss, (r.first_loss, r.last_loss)
+
+
+def test_google_rl_is_an_eval_protocol_too(tiny_dir):
+    """`medgemma eval --task medqa_google_rl --think` asks exactly what the RL notebook asks."""
+    from transformers import AutoProcessor
+
+    from medgemma_toolkit.eval.items import EvalItem, expand_units
+    from medgemma_toolkit.eval.parsers import PARSERS
+    from medgemma_toolkit.eval.spec import get_task
+    from medgemma_toolkit.prompts.presets import get_preset
+    from medgemma_toolkit.prompts.render import render_with
+
+    spec = get_task("medqa_google_rl")
+    q = RL["prompt"]
+    [unit] = expand_units(spec, [EvalItem("x", "x:1", question=q["question"], options=dict(q["options"]), answer="A")])
+    prompt = get_preset("plain").build(unit.text, think=True)  # eval's chat preset; --think adds the system text
+    assert render_with(AutoProcessor.from_pretrained(str(tiny_dir)), prompt) == q["rendered"]
+    for case in RL["reward_parser"]:
+        assert PARSERS[spec.parser](case["response"], dict(q["options"])) == case["extracted"]

@@ -80,7 +80,8 @@ def expand_units(spec: TaskSpec, items: list[EvalItem], conditions: tuple[str, .
                 units.append(Unit(f"{it.id}::{cond}", it, text.strip(), "yes" if it.labels[cond] else "no", cond))
         else:
             opts = "" if it.options_in_question else format_options(it.options)
-            text = spec.prompt.format(question=it.question.strip(), options=opts, condition="")
+            inline = "" if it.options_in_question else " ".join(f"({k}) {v}" for k, v in it.options.items())
+            text = spec.prompt.format(question=it.question.strip(), options=opts, options_inline=inline, condition="")
             if not opts:
                 text = re.sub(r"\n{3,}", "\n\n", text)  # no empty options block between question and request
             units.append(Unit(it.id, it, text.strip(), it.answer))

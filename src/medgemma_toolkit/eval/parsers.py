@@ -96,8 +96,16 @@ def report_text(text: str, options: dict[str, str] | None = None) -> str | None:
     return text.strip() or None
 
 
+def google_rl_letter(text: str, options: dict[str, str] | None = None) -> str | None:
+    """Google's RL notebook's extraction: the first of its ordered "Final Answer" patterns that matches."""
+    from ..prompts.mcq import google_rl_answer
+
+    return google_rl_answer(text)
+
+
 PARSERS: dict[str, Callable[[str, dict[str, str]], str | None]] = {
     "final_answer": final_answer_letter,
+    "google_rl": google_rl_letter,
     "diagnosis": diagnosis_letter,
     "yes_no": yes_no,
     "free_text": free_text,
