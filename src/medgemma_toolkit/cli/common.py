@@ -1,8 +1,18 @@
-"""Options shared by every command that loads a model, declared once."""
+"""Options shared by several commands, declared once: each group is a dataclass whose fields are the options.
+
+`@option_groups(mo=ModelOptions)` on a command with a parameter `mo: ModelOptions = MODEL_DEFAULTS` gives that command
+every field of `ModelOptions` as a CLI option (in the parameter's place in --help) and hands them to it as one
+`ModelOptions`. A new option common to every model-loading command is one field in `ModelOptions`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -52,3 +62,80 @@ def load_model(model, backend, device, dtype, quantize, allow_download, preset, 
         print(DEMO_NOTICE, file=sys.stderr, flush=True)
     return MedGemma.load(resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset,
                          **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Which model, and how it is loaded: the options of `ask`, `chat`, `eval`, `batch` and `serve`."""
+
+    model: ModelOpt = None
+    backend: BackendOpt = "auto"
+    device: DeviceOpt = "auto"
+    dtype: DTypeOpt = "auto"
+    quantize: QuantizeOpt = "none"
+    allow_download: DownloadOpt = False
+    upstream: UpstreamOpt = None
+    mmproj: MmprojOpt = None
+    threads: ThreadsOpt = None
+
+    def load(self, preset: str | None = None, quiet: bool = False, **extra: Any):
+        """The loaded `MedGemma` (see `load_model`); `extra` goes to the backend's load options."""
+        return load_model(self.model, self.backend, self.device, self.dtype, self.quantize, self.allow_download,
+                          preset, quiet, upstream=self.upstream, mmproj=self.mmproj, threads=self.threads, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageArgs:
+    """How image sources become model images: the options of `ask` and `preview`."""
+
+    window: WindowOpt = None
+    frame: FrameOpt = None
+    max_slices: SlicesOpt = 85
+    slice_order: SliceOrderOpt = "instance_number"
+    slice_sampling: SliceSamplingOpt = "notebook"
+    ct_windows: CTWindowsOpt = "notebook"
+    max_patches: PatchesOpt = 125
+    patch_seed: PatchSeedOpt = 0
+    patch_order: PatchOrderOpt = "random"
+
+    def options(self):
+        """The checked `ImageOptions` (a bad value is one `BadInput` line)."""
+        from ..imaging import ImageOptions, parse_window
+        from ..imaging.options import check_options
+
+        rest = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("window", "frame")}
+        return check_options(ImageOptions(window=parse_window(self.window), frame=self.frame, **rest))
+
+
+MODEL_DEFAULTS = ModelOptions()
+IMAGE_DEFAULTS = ImageArgs()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option_groups(**groups: type) -> Callable[[F], F]:
+    """Expand each named parameter whose type is an options dataclass into that dataclass's fields (for typer), and
+    pack them back into one instance when the command runs."""
+
+    def wrap(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        fields = {name: dataclasses.fields(cls) for name, cls in groups.items()}
+        params: list[inspect.Parameter] = []
+        for p in sig.parameters.values():
+            if p.name not in groups:
+                params.append(p)
+                continue
+            hints = typing.get_type_hints(groups[p.name], include_extras=True)
+            params += [inspect.Parameter(f.name, p.kind, default=f.default, annotation=hints[f.name])
+                       for f in fields[p.name]]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            for name, cls in groups.items():
+                kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields[name]})
+            return fn(*args, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return command  # type: ignore[return-value]
+
+    return wrap
+

@@ -11,8 +11,7 @@ import typer
 
 from ..errors import BadInput
 from . import app
-from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, QuantizeOpt, load_model
-from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
+from .common import MODEL_DEFAULTS, ModelOptions, option_groups
 
 eval_app = typer.Typer(help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True)
 app.add_typer(eval_app, name="eval")
@@ -31,9 +30,10 @@ def _batch_size(value: str) -> int | None:
 
 
 @eval_app.callback()
+@option_groups(mo=ModelOptions)
 def eval_run(
     ctx: typer.Context,
-    model: ModelOpt = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")] = None,
     data: Annotated[Optional[str], typer.Option(help="Data file as its release publishes it (see `medgemma eval list`), a parquet file or save_to_disk folder, or `hf:NAME[:CONFIG][:SPLIT]` from the local datasets cache (never downloaded). Default: the task's shipped sample")] = None,
     split: Annotated[Optional[str], typer.Option(help="The release's official split (e.g. PubMedQA test, VQA-RAD test, MedXpertQA text/mm), or a Hugging Face split name")] = None,
@@ -51,14 +51,6 @@ def eval_run(
     images: Annotated[Optional[str], typer.Option(help="Folder that relative image paths are read from (default: beside the data file)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    quantize: QuantizeOpt = "none",
-    allow_download: DownloadOpt = False,
-    upstream: UpstreamOpt = None,
-    mmproj: MmprojOpt = None,
-    threads: ThreadsOpt = None,
 ) -> None:
     """Run a task and write records, summary.json and a report with plots.
 
@@ -85,8 +77,7 @@ def eval_run(
         n_boot=bootstrap, split=split, ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, None,
-                    upstream=upstream, mmproj=mmproj, threads=threads)
+    mg = mo.load()
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
     ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, {m.get('ci_method', 'bootstrap')})"
@@ -144,23 +135,16 @@ def eval_compare(
 
 
 @app.command()
+@option_groups(mo=ModelOptions)
 def batch(
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL rows: {id, question, images?, system?}")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results JSONL (appended per batch)")],
-    model: ModelOpt = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
     resume: Annotated[bool, typer.Option("--resume", help="Skip rows already in --out")] = False,
     batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto'")] = "auto",
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
     on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    quantize: QuantizeOpt = "none",
-    allow_download: DownloadOpt = False,
-    upstream: UpstreamOpt = None,
-    mmproj: MmprojOpt = None,
-    threads: ThreadsOpt = None,
 ) -> None:
     """Answer every row of a JSONL file (no scoring), resumable, batched.
 
@@ -171,8 +155,7 @@ def batch(
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
     read_batch_rows(input, on_error)  # report a bad file before loading a model
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, None,
-                    upstream=upstream, mmproj=mmproj, threads=threads)
+    mg = mo.load()
     stats = run_batch(mg, input, out, resume=resume, batch_size=_batch_size(batch_size),
                       max_new_tokens=max_new_tokens, think=think, on_error=on_error)
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")

@@ -10,39 +10,14 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (
-    BackendOpt,
-    DeviceOpt,
-    DownloadOpt,
-    DTypeOpt,
-    FrameOpt,
-    ModelOpt,
-    CTWindowsOpt,
-    PatchesOpt,
-    PatchOrderOpt,
-    PatchSeedOpt,
-    PresetOpt,
-    QuantizeOpt,
-    SliceOrderOpt,
-    SliceSamplingOpt,
-    SlicesOpt,
-    WindowOpt,
-    load_model,
-)
-from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
-
-
-def _image_options(window: str | None, frame: int | None, **series_and_slides):
-    from ..imaging import ImageOptions, parse_window
-    from ..imaging.options import check_options
-
-    return check_options(ImageOptions(window=parse_window(window), frame=frame, **series_and_slides))
+from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, option_groups
 
 
 @app.command()
+@option_groups(mo=ModelOptions, img=ImageArgs)
 def ask(
     question: Annotated[str, typer.Argument(help="The question (use quotes)")],
-    model: ModelOpt = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM), DICOM series directory, whole-slide image or dicomweb:// URI; repeat for several")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt (replaces the preset's)")] = None,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first; the thought is shown apart")] = False,
@@ -53,44 +28,24 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")] = False,
     instruction: Annotated[Optional[str], typer.Option(help="Text before a CT/MR volume's or slide's images (the question goes after them); default: the preset's")] = None,
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact rendered prompt (chat template applied, one <start_of_image> per image) and exit; loads no weights when the processor suffices")] = False,
-    window: WindowOpt = None,
-    frame: FrameOpt = None,
-    max_slices: SlicesOpt = 85,
-    slice_order: SliceOrderOpt = "instance_number",
-    slice_sampling: SliceSamplingOpt = "notebook",
-    ct_windows: CTWindowsOpt = "notebook",
-    max_patches: PatchesOpt = 125,
-    patch_seed: PatchSeedOpt = 0,
-    patch_order: PatchOrderOpt = "random",
+    img: ImageArgs = IMAGE_DEFAULTS,
     preset: PresetOpt = None,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    quantize: QuantizeOpt = "none",
-    allow_download: DownloadOpt = False,
-    upstream: UpstreamOpt = None,
-    mmproj: MmprojOpt = None,
-    threads: ThreadsOpt = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
     Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
     Example: medgemma ask -m medgemma-1.5-4b-it -i ct/ --show-prompt "Is there a liver lesion?"
     """
-    opts = _image_options(
-        window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
-        patch_seed=patch_seed, patch_order=patch_order, slice_order=slice_order, slice_sampling=slice_sampling,
-    )
-    if show_prompt and not (upstream or backend not in ("auto", "transformers")):
+    opts = img.options()
+    if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from ..prompts.render import show_prompt_offline
 
-        shown = show_prompt_offline(model, question, image or [], opts, system=system, think=think,
-                                    instruction=instruction, preset=preset, allow_download=allow_download)
+        shown = show_prompt_offline(mo.model, question, image or [], opts, system=system, think=think,
+                                    instruction=instruction, preset=preset, allow_download=mo.allow_download)
         if shown is not None:
             print(shown)
             return
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
-                    upstream=upstream, mmproj=mmproj, threads=threads)
+    mg = mo.load(preset)
     req = mg.request(
         question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, seed=seed, image_options=opts, instruction=instruction,
@@ -154,20 +109,13 @@ def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
 
 
 @app.command()
+@option_groups(mo=ModelOptions)
 def chat(
-    model: ModelOpt = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
     system: Annotated[Optional[str], typer.Option(help="System prompt")] = None,
     think: Annotated[bool, typer.Option("--think", help="Start with thinking on (/think toggles)")] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option()] = None,
     preset: PresetOpt = None,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    quantize: QuantizeOpt = "none",
-    allow_download: DownloadOpt = False,
-    upstream: UpstreamOpt = None,
-    mmproj: MmprojOpt = None,
-    threads: ThreadsOpt = None,
 ) -> None:
     """Interactive multi-turn chat. Commands: /image PATH, /think, /reset, /help, /quit.
 
@@ -175,27 +123,19 @@ def chat(
     """
     from ..chat.repl import run_repl
 
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
-                    upstream=upstream, mmproj=mmproj, threads=threads)
+    mg = mo.load(preset)
     run_repl(mg, system=system, think=think, max_new_tokens=max_new_tokens)
 
 
 @app.command()
+@option_groups(img=ImageArgs)
 def preview(
     image: Annotated[list[str], typer.Argument(help="Image file(s) or other image sources")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")] = None,
     size: Annotated[Optional[int], typer.Option(help="Model input size in pixels (default 896, MedGemma's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch")] = False,
-    window: WindowOpt = None,
-    frame: FrameOpt = None,
-    max_slices: SlicesOpt = 85,
-    slice_order: SliceOrderOpt = "instance_number",
-    slice_sampling: SliceSamplingOpt = "notebook",
-    ct_windows: CTWindowsOpt = "notebook",
-    max_patches: PatchesOpt = 125,
-    patch_seed: PatchSeedOpt = 0,
-    patch_order: PatchOrderOpt = "random",
+    img: ImageArgs = IMAGE_DEFAULTS,
 ) -> None:
     """Write exactly the image(s) the model will receive (padded, resized, windowed) to a PNG.
 
@@ -211,10 +151,7 @@ def preview(
     from ..imaging.montage import save_preview
 
     px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
-    opts = _image_options(
-        window, frame, max_slices=max_slices, ct_windows=ct_windows, max_patches=max_patches,
-        patch_seed=patch_seed, patch_order=patch_order, slice_order=slice_order, slice_sampling=slice_sampling,
-    )
+    opts = img.options()
     parts = [p for src in image for p in load_parts(src, opts, px)]
     n = save_preview(parts, output)
     if as_json:

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import BackendOpt, DeviceOpt, DownloadOpt, DTypeOpt, ModelOpt, PresetOpt, QuantizeOpt, load_model
-from .common import MmprojOpt, ThreadsOpt, UpstreamOpt
+from .common import MODEL_DEFAULTS, ModelOptions, PresetOpt, option_groups
 
 
 def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
@@ -29,8 +28,9 @@ def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
 
 
 @app.command()
+@option_groups(mo=ModelOptions)
 def serve(
-    model: ModelOpt = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback requires an API key")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="MEDGEMMA_API_KEY", help="Require 'Authorization: Bearer KEY' (or set MEDGEMMA_API_KEY)")] = None,
@@ -52,14 +52,6 @@ def serve(
     allow_host: Annotated[Optional[list[str]], typer.Option(help="Without an API key, also answer requests whose Host header names this (a reverse proxy's name; repeat; '*' = any). Default: loopback names only")] = None,
     log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Log prompt text (off by default: it may be PHI)")] = False,
     preset: PresetOpt = None,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    quantize: QuantizeOpt = "none",
-    allow_download: DownloadOpt = False,
-    upstream: UpstreamOpt = None,
-    mmproj: MmprojOpt = None,
-    threads: ThreadsOpt = None,
 ) -> None:
     """Serve the OpenAI Chat Completions API (text, images, DICOM) and a web page at /.
 
@@ -78,8 +70,7 @@ def serve(
     )
     config.check()  # before the model loads: refusing to start should be instant
     check_port_free(host, port)
-    mg = load_model(model, backend, device, dtype, quantize, allow_download, preset,
-                    upstream=upstream, mmproj=mmproj, threads=threads)
+    mg = mo.load(preset)
     if hasattr(mg.backend, "max_batch_size"):  # let the engine take the whole batch the batcher forms
         mg.backend.max_batch_size = max_batch_size
     run(mg, config)
