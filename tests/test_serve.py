@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import numpy as np
 import pydicom
 import pytest
 from PIL import Image
@@ -255,6 +256,18 @@ def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
     dcm = data_uri(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom")
     full, soft = preview(dcm), preview(dcm, window=[40, 400])
     assert full.size == soft.size == (64, 64) and full.tobytes() != soft.tobytes()
+    # A file with its own window is windowed by it by default (as Google's serving code does); "full" and "file"
+    # can be asked for by name, as on the CLI.
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    own = data_uri(buf.getvalue(), "application/dicom")
+    by_default, by_file = preview(own), preview(own, window="file")
+    assert by_default.tobytes() == by_file.tobytes()
+    # the file's window uses the serving container's arithmetic, an explicit one the standard's: within one level
+    assert np.abs(np.asarray(by_default, np.int16) - np.asarray(soft, np.int16)).max() <= 1
+    assert preview(own, window="full").tobytes() == full.tobytes()
     # the list of what the model saw comes along (one DICOM image here; no data: URI echoed back)
     r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": dcm}},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)

@@ -55,7 +55,7 @@ class MedGemmaOptions(_Strict):
     comes back apart (`message.reasoning_content`, `delta.reasoning_content` when streaming)."""
 
     think: bool = False
-    window: tuple[float, float] | Literal["voi"] | None = None  # DICOM window for this request's images
+    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None  # DICOM window; None: the file's own
 
 
 class ChatCompletionRequest(BaseModel):
@@ -86,7 +86,7 @@ class PreviewRequest(_Strict):
     """Body of `POST /v1/medgemma/preview`: one image URL, answered with the exact model input as a PNG."""
 
     image_url: ImageURL
-    window: tuple[float, float] | Literal["voi"] | None = None
+    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
 
 
 def count_parts(data: dict) -> int:
