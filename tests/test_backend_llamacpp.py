@@ -18,6 +18,7 @@ from medgemma_toolkit import MedGemma  # noqa: E402
 from medgemma_toolkit.errors import CapabilityError  # noqa: E402
 from test_export_gguf import exported  # noqa: E402
 
+pytestmark = pytest.mark.slow  # converts the tiny checkpoint to GGUF and runs the real llama.cpp engine
 QUESTION = "Describe this X-ray."
 
 
