@@ -248,9 +248,8 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
                      data={"path": str(Path(s.data).resolve()), "questions": len(items)})
 
     import datasets
-    from trl import GRPOConfig, GRPOTrainer
-
     from transformers import set_seed
+    from trl import GRPOConfig, GRPOTrainer
 
     set_seed(s.seed)  # LoRA's random init happens below, before the trainer seeds anything
     model, processor, tokenizer, _ = load_for_training(resolved.path, dev, dtype, "lora")
@@ -273,7 +272,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     )
     reward_fn = google_rl_reward if rr.reward == "google-rl" else final_answer_reward
 
-    trainer = atomic_trainer(GRPOTrainer)(model=model, reward_funcs=[final_answer_reward], args=one_device(args),
+    trainer = atomic_trainer(GRPOTrainer)(model=model, reward_funcs=[reward_fn], args=one_device(args),
                                           train_dataset=ds, processing_class=processor or tokenizer,
                                           callbacks=make_callbacks(run, s.quiet, desc="rl"))
     steps, resumed = train(trainer, model, run, s.resume, rr.max_steps,
