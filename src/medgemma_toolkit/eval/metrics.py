@@ -173,8 +173,7 @@ def _proportion(records: Sequence[Record], metric: Metric) -> tuple[int, int] | 
     """(successes, n) when `metric` is a 0/1 value with exactly one counted record per item; else None."""
     if metric.unit_value is None or not metric.binary:
         return None
-    vals = [(str(r["item_id"]), metric.unit_value(r)) for r in records]
-    vals = [(i, v) for i, v in vals if v is not None]
+    vals = [(str(r["item_id"]), v) for r in records if (v := metric.unit_value(r)) is not None]
     if not vals or any(v not in (0.0, 1.0) for _, v in vals) or len({i for i, _ in vals}) != len(vals):
         return None
     return int(sum(v for _, v in vals)), len(vals)
@@ -194,7 +193,7 @@ def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, 
     groups = _groups(records)
     if metric.unit_value is not None:
         vals = [metric.unit_value(r) for r in records]
-        sums = [sum(vals[i] for i in g if vals[i] is not None) for g in groups]
+        sums = [sum(v for i in g if (v := vals[i]) is not None) for g in groups]
         counts = [sum(vals[i] is not None for i in g) for g in groups]
         return bootstrap_ratio(sums, counts, n_boot, seed, level)
     return bootstrap_statistic(len(groups), lambda row: metric.compute([records[i] for j in row for i in groups[j]]),
@@ -216,6 +215,8 @@ def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int
                              "note": why}
                 continue
         value = m.compute(records)
+        lo: float | None
+        hi: float | None
         prop = _proportion(records, m) if value is not None else None
         if prop is not None:
             (lo, hi), method = wilson_interval(*prop), "wilson"

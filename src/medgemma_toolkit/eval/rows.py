@@ -48,7 +48,7 @@ class ReadContext:
 
 
 # -- rows ---------------------------------------------------------------------------------------------------------
-def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tuple[str, Row]]:
+def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tuple[str, Row | RowError]]:
     """(location, row) pairs from a data file, a folder of MMLU CSVs, a parquet file or a Hugging Face dataset."""
     if str(path).startswith("hf:") or (path.is_dir() and ((path / "dataset_info.json").exists()
                                                            or (path / "state.json").exists()
@@ -128,7 +128,7 @@ def _mmlu_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.glob("*.csv") if f.stem.rsplit("_", 1)[0] in MMLU_MED_SUBJECTS)
 
 
-def _mmlu_rows(path: Path) -> Iterator[tuple[str, Row]]:
+def _mmlu_rows(path: Path) -> Iterator[tuple[str, Row | RowError]]:
     subject = path.stem.removesuffix("_test").removesuffix("_dev").removesuffix("_val")
     with open(path, newline="", encoding="utf-8-sig") as f:
         for i, cols in enumerate(csv.reader(f), 1):
