@@ -22,12 +22,15 @@ app = typer.Typer(
     help="Run, evaluate, fine-tune and serve MedGemma models, offline.",
 )
 
-# Subcommand modules register themselves on `app` when imported: one line per capability.
+# Subcommand modules register themselves on `app` when imported: one line per capability. The order is the
+# order of `medgemma --help`.
+# isort: off
 from . import run as _run  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import imaging as _imaging  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
+# isort: on
 
 
 def _quiet_libraries() -> None:

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import BadInput
 from . import app
 from . import export as _export  # noqa: F401  (registers `export`, whose --merge path lives in train/)
-from ..errors import BadInput
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (CPU works for small models, slowly)")]
 

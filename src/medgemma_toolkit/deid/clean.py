@@ -40,7 +40,7 @@ class Scrubber:
         self.words = {w.casefold() for w in words if len(w) >= 2}
 
     @classmethod
-    def from_dataset(cls, ds) -> "Scrubber":
+    def from_dataset(cls, ds) -> Scrubber:
         words: set[str] = set()
 
         def collect(d) -> None:

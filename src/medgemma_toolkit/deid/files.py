@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .. import __version__
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat

@@ -53,7 +53,7 @@ class Options:
         return list(_selected(self))
 
     @classmethod
-    def from_codes(cls, codes: set[str]) -> "Options":
+    def from_codes(cls, codes: set[str]) -> Options:
         """The options a file declares in its DeidentificationMethodCodeSequence (CID 7050 code values)."""
         by_code = {code: name for name, (code, _) in OPTION_CODES.items()}
         chosen = {by_code[c] for c in codes if c in by_code}

@@ -19,7 +19,7 @@ class SafePrivate:
         self.entries = entries
 
     @classmethod
-    def load(cls, path: str | Path) -> "SafePrivate":
+    def load(cls, path: str | Path) -> SafePrivate:
         entries: set[tuple[str, int, int]] = set()
         try:
             text = Path(path).read_text(encoding="utf-8")

@@ -10,8 +10,8 @@ Values are never read out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import MedGemmaError, UnsupportedFormat
 from .profile import Options, is_curve_group, is_overlay_group, table

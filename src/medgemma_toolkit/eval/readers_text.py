@@ -10,8 +10,19 @@ import re
 from typing import Any
 
 from .items import LETTERS, EvalItem
-from .rows import (MMLU_MED_SUBJECTS, ReadContext, Row, RowError, SkipRow, gold_letter, image_paths, is_blank,
-                   options_of, req, row_id)
+from .rows import (
+    MMLU_MED_SUBJECTS,
+    ReadContext,
+    Row,
+    RowError,
+    SkipRow,
+    gold_letter,
+    image_paths,
+    is_blank,
+    options_of,
+    req,
+    row_id,
+)
 
 
 def generic(row: Row, loc: str, ctx: ReadContext) -> EvalItem:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from .dicomweb import read_dicomweb_source
 from .inputs import decode_image_bytes, load_image, load_parts, register_reader
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions, parse_window
 from .square import pad_to_square, to_model_image
-from .dicomweb import read_dicomweb_source
 from .volume import read_series_source
 from .wsi import read_slide_source
 

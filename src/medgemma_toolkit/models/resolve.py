@@ -14,7 +14,7 @@ from typing import Literal
 from ..errors import BadInput, ModelNotFound
 from .demo import DEMO_NAME, demo_gguf_path
 from .local import hf_cache_snapshot, is_checkpoint_dir, registered, search_path_dirs
-from .variants import PREFERENCE, Variant, find_variant, BY_NAME
+from .variants import BY_NAME, PREFERENCE, Variant, find_variant
 
 Format = Literal["hf", "gguf"]
 

@@ -34,7 +34,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _hash_ref(h: "hashlib._Hash", ref: Any) -> None:
+def _hash_ref(h: hashlib._Hash, ref: Any) -> None:
     if isinstance(ref, Image.Image):
         h.update(ref.tobytes())
         return

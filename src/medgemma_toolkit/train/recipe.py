@@ -61,7 +61,7 @@ class Recipe:
     layout_preset: str | None = "finetune-notebook"  # prompt preset that lays out messages; None = the model's
     references: tuple[str, ...] = field(default_factory=tuple)
 
-    def with_overrides(self, **overrides: Any) -> "Recipe":
+    def with_overrides(self, **overrides: Any) -> Recipe:
         """This recipe with the non-None `overrides` applied (unknown names are a programming error)."""
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known

@@ -115,7 +115,7 @@ def _report(heart: float, effusion: str | None, nodules: int) -> str:
 
 def write_text_tasks() -> None:
     with open(HERE / "medqa.jsonl", "w") as f:
-        for i, (q, opts, gold) in enumerate(QUESTIONS):
+        for q, opts, gold in QUESTIONS:
             f.write(json.dumps({"question": q, "answer": opts[LETTERS.index(gold)],
                                 "options": dict(zip(LETTERS, opts)), "meta_info": "sample", "answer_idx": gold}) + "\n")
     with open(HERE / "medmcqa.json", "w") as f:  # JSON lines, as in the MedMCQA release; cop is 1-based there
@@ -162,7 +162,7 @@ def write_image_tasks() -> None:
     with open(cxr / "labels.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"])
-        for i, (heart, eff, nod, atel, edema) in enumerate(CHEST):
+        for i, (heart, eff, _nod, atel, edema) in enumerate(CHEST):
             w.writerow([f"phantom_{i:02d}.png", atel, int(heart > 0.55), "0", edema, int(eff is not None)])
 
     vqa = HERE / "vqa_rad"
