@@ -171,7 +171,7 @@ def test_serve_and_eval_run_on_llamacpp(gguf_dir, xray, tmp_path):
 
 
 def test_variant_conventions_from_gguf_names():
-    from medgemma_toolkit.backends.llamacpp_backend import variant_from_names
+    from medgemma_toolkit.models.checkpoint import variant_named_in as variant_from_names
 
     assert variant_from_names("medgemma-1.5-4b-it-Q4_K_M.gguf").default_preset == "medgemma-1.5"
     assert variant_from_names("model.gguf", "Medgemma 27b Text It").name == "medgemma-27b-text-it"

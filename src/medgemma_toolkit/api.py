@@ -73,12 +73,13 @@ class MedGemma:
         preset: str | None = None,
         allow_download: bool = False,
         max_batch_size: int = 8,
+        adapter: str | None = None,
         threads: int | None = None,
         mmproj: str | None = None,
         upstream: str | None = None,
         context_length: int | None = None,
     ) -> "MedGemma":
-        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size,
+        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size, adapter=adapter,
                            threads=threads, mmproj=mmproj, upstream=upstream, context_length=context_length)
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)
@@ -128,14 +129,14 @@ class MedGemma:
         seed: int | None = None,
         stop: Sequence[str] = (),
         image_options: ImageOptions = ImageOptions(),
-        preset: str | None = None,
+        preset: str | PromptPreset | None = None,
         instruction: str | None = None,
     ) -> GenerationRequest:
         """Build one request: images through `imaging`, text through the preset (this call's, else the model's).
 
         `instruction`: text before a CT/MR volume's or slide's images, the question after them (see the preset).
         """
-        pre = get_preset(preset) if preset else self.preset
+        pre = (get_preset(preset) if isinstance(preset, str) else preset) if preset else self.preset
         media = self.media(images, image_options)
         prompt = pre.build(question, media, system=system, think=think, history=history, instruction=instruction)
         has_images = bool(prompt.all_images())

@@ -3,6 +3,10 @@
 A backend takes a batch of `GenerationRequest`s and returns one `Completion` each; it may report text deltas as
 they are decoded through `on_delta(index, text)`, which is how streaming and the server's dynamic batching work
 without a second code path. A new backend is one module implementing `generate` plus one registry line.
+
+What a backend can do is declared, not probed: `capabilities` says it, and every optional operation is a method
+here that raises `CapabilityError` unless the backend overrides it. Settings arrive through `LoadOptions` at load
+time; nothing outside a backend changes its attributes afterwards.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from ..errors import CapabilityError
 from ..prompts.messages import Prompt
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -72,10 +77,25 @@ class ModelInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded backend can do; callers read this instead of probing for attributes."""
+
+    max_batch_size: int = 1  # requests decoded together; `generate` splits larger lists into batches of this size
+    loglikelihood: bool = False  # `loglikelihood` scores continuations
+    images: bool = False  # prompts may carry images
+    remote: bool = False  # the weights live on another server (`--model` names the upstream's model)
+    streaming: bool = True  # `on_delta` receives text as it is decoded, not only at the end
+    context_length: int | None = None  # tokens the model attends over; None when unknown
+
+
 class Backend(ABC):
     """Batched generation over one loaded model."""
 
+    # Known before loading (so `load_backend` does not look for weights on disk): the upstream holds them.
+    remote: ClassVar[bool] = False
     info: ModelInfo
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
     def generate(
@@ -110,6 +130,14 @@ class Backend(ABC):
 
     def context_length(self) -> int | None:
         """Tokens the model attends over (prompt plus answer); None when unknown, and then nothing is checked."""
+        return self.capabilities.context_length
+
+    def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
+        """Sum of log-probabilities of each continuation given its prompt (`capabilities.loglikelihood`)."""
+        raise CapabilityError(f"backend {self.info.backend!r} cannot score log-likelihoods")
+
+    def count_text_tokens(self, text: str) -> int | None:
+        """Tokens `text` takes on its own (no special tokens added); None when the backend cannot tell."""
         return None
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:

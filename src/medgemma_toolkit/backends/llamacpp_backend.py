@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, CapabilityError, UnsupportedFormat
-from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
-from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
+from ..prompts.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
+from ..models.checkpoint import ModelHint, variant_named_in
+from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, RowTracker
-from .gemma_format import render_gemma_chat
+from .llamacpp_logging import llama_log_callback, route_llama_logs
+from ..prompts.gemma_format import render_gemma_chat
+from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +41,6 @@ def find_mmproj(model_path: Path) -> Path | None:
     return (same or cands)[0]
 
 
-def variant_from_names(*names: str):
-    """The MedGemma variant named in a GGUF's file name or `general.name` ("Medgemma 1.5 4b It"), if any."""
-    from ..models.variants import VARIANTS
-
-    for text in names:
-        t = text.lower().replace(" ", "-").replace("_", "-")
-        for v in sorted(VARIANTS, key=lambda v: -len(v.name)):  # longest first: 27b-text-it before 27b-it
-            if v.name in t:
-                return v
-    return None
-
-
 def check_gguf(path: Path, what: str) -> None:
     try:
         with open(path, "rb") as f:
@@ -61,38 +52,39 @@ def check_gguf(path: Path, what: str) -> None:
 
 
 def physical_cores() -> int:
-    """llama.cpp decodes fastest with one thread per physical core; hyper-threads only add contention."""
-    try:
-        cores = {
-            (p.split(":")[0], p.split(":")[1])
-            for p in os.popen("lscpu -p=SOCKET,CORE 2>/dev/null").read().splitlines()
-            if p and not p.startswith("#")
-        }
-        if cores:
-            return len(cores)
-    except Exception:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
+    """llama.cpp decodes fastest with one thread per physical core; hyper-threads only add contention.
+
+    Physical cores (psutil), capped by the CPUs this process may run on (a container's or `taskset`'s share)."""
+    import psutil
+
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 2
+    physical = psutil.cpu_count(logical=False) or max(1, logical // 2)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    # With affinity to fewer CPUs than exist, count the physical cores behind them (two threads per core share).
+    per_core = max(1, logical // physical)
+    return max(1, min(physical, -(-allowed // per_core)))
 
 
 class LlamaCppBackend(Backend):
     """One `llama_cpp.Llama` (plus an mtmd context for images); `generate` serves requests in order."""
 
-    def __init__(self, path: str | Path, info_hint: dict[str, Any], options: Any = None) -> None:
+    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
+                 options: LoadOptions | None = None) -> None:
         import llama_cpp
 
+        options = options or LoadOptions()
         self._lc = llama_cpp
-        llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
+        route_llama_logs()
         self.path = Path(path)
         check_gguf(self.path, "model")
-        threads = getattr(options, "threads", None) or physical_cores()
-        mmproj_opt = getattr(options, "mmproj", None)
+        threads = options.threads or physical_cores()
+        mmproj_opt = options.mmproj
         self.mmproj_path = Path(mmproj_opt) if mmproj_opt else find_mmproj(self.path)
         if self.mmproj_path is not None:
             if not self.mmproj_path.is_file():
                 raise BadInput(f"{self.mmproj_path}: mmproj file not found")
             check_gguf(self.mmproj_path, "mmproj")
-        n_ctx = getattr(options, "context_length", None)
+        n_ctx = options.context_length
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(self.path),
@@ -114,29 +106,18 @@ class LlamaCppBackend(Backend):
         image_size = tokens_per_image = None
         if self.mmproj_path is not None:
             image_size, tokens_per_image = self._init_vision(threads)
-        if "default_preset" not in info_hint:  # a GGUF of a known variant keeps its conventions (1.5: no system)
-            v = variant_from_names(self.path.name, str(self.llama.metadata.get("general.name", "")))
-            if v is not None:
-                info_hint = {**info_hint, "pretrained": not v.instruction_tuned, "thinking": v.thinking,
-                             "default_preset": v.default_preset}
-        pretrained = bool(info_hint.get("pretrained", not self.template))
-        self.info = ModelInfo(
-            name=str(info_hint.get("name", path)),
-            path=str(path),
-            multimodal=self._mtmd is not None,
-            image_size=image_size,
-            tokens_per_image=tokens_per_image,
-            has_chat_template=bool(self.template),
-            pretrained=pretrained,
-            thinking=bool(info_hint.get("thinking", False)),
-            default_preset=str(info_hint.get("default_preset") or ("pretrained" if pretrained else "medgemma-v1")),
-            backend="llamacpp",
-            extra={
-                "threads": str(threads),
-                "n_ctx": str(self.llama.n_ctx()),
-                "mmproj": str(self.mmproj_path) if self.mmproj_path else "",
-            },
+        # A GGUF of a known variant keeps its conventions (1.5: no system prompt), named in its file or metadata.
+        hint = ModelHint.of(info_hint).with_variant(
+            variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", ""))))
+        self.info = hint.model_info(
+            path=str(path), backend="llamacpp", multimodal=self._mtmd is not None, image_size=image_size,
+            tokens_per_image=tokens_per_image, has_chat_template=bool(self.template),
+            extra={"threads": str(threads), "n_ctx": str(self.llama.n_ctx()),
+                   "mmproj": str(self.mmproj_path) if self.mmproj_path else ""},
         )
+        # One context: requests are decoded one after another, whatever the list `generate` is given.
+        self.capabilities = Capabilities(max_batch_size=1, loglikelihood=False, images=self._mtmd is not None,
+                                         streaming=True, context_length=int(self.llama.n_ctx()))
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def _init_vision(self, threads: int) -> tuple[int | None, int | None]:
@@ -150,8 +131,8 @@ class LlamaCppBackend(Backend):
         patch = _field(meta, "clip.vision.patch_size")
         scale = _field(meta, "clip.vision.projector.scale_factor") or 4  # Gemma 3: 64x64 patches pooled 4x4
         # libmtmd logs every image it encodes to stderr; route it to our logger like llama.cpp's own lines.
-        mtmd_cpp.mtmd_log_set(_log_callback(), ctypes.c_void_p(0))
-        mtmd_cpp.mtmd_helper_log_set(_log_callback(), ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_log_set(llama_log_callback(), ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(llama_log_callback(), ctypes.c_void_p(0))
         with suppress_stdout_stderr(disable=False):
             params = mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = False
@@ -193,9 +174,6 @@ class LlamaCppBackend(Backend):
         if not self.template:
             return render_gemma_chat(prompt.messages, bos=self.bos)
         return _render_template(self.template, prompt, self.bos, self._piece(self.llama.token_eos()))
-
-    def context_length(self) -> int | None:
-        return int(self.llama.n_ctx())
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
         """As `_eval_multimodal` lays the prompt out: each image is a blank line, <start_of_image>, its soft tokens,
@@ -332,28 +310,6 @@ class LlamaCppBackend(Backend):
             llama.close()
 
 
-_CALLBACK: Any = None
-
-
-def _log_callback() -> Any:
-    """llama.cpp/libmtmd log lines -> Python logging at DEBUG (visible with --debug), never raw stderr.
-
-    llama-cpp-python's own callback maps ggml's current log levels wrongly and prints warnings to stderr, which
-    would break the CLI's one-line errors and clutter answers. Kept in a global: ctypes must not free it.
-    """
-    global _CALLBACK
-    if _CALLBACK is None:
-        import llama_cpp
-
-        @llama_cpp.llama_log_callback
-        def cb(level: int, text: bytes, user_data: Any) -> None:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s", text.decode("utf-8", errors="replace").rstrip())
-
-        _CALLBACK = cb
-    return _CALLBACK
-
-
 def _field(fields: dict, key: str) -> Any:
     f = fields.get(key)
     if f is None:
@@ -375,7 +331,7 @@ def _render_template(template: str, prompt: Prompt, bos: str, eos: str) -> str:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     messages = []
     for m in prompt.messages:
-        content = [{"type": "image"} if not hasattr(p, "text") else {"type": "text", "text": p.text} for p in m.parts]
+        content = [{"type": "image"} if isinstance(p, ImagePart) else {"type": "text", "text": p.text} for p in m.parts]
         messages.append({"role": m.role, "content": content})
     try:
         return env.from_string(template).render(

@@ -25,14 +25,16 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, BadInput, CapabilityError, MedGemmaError
 from ..prompts.messages import ImagePart, Prompt
-from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
+from ..models.checkpoint import ModelHint
+from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, RowTracker
+from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,12 @@ class OpenAIBackend(Backend):
 
     remote = True  # `--model` names the upstream's model; nothing is resolved on local disk
 
-    def __init__(self, path: str | Path, info_hint: dict[str, Any], options: Any = None) -> None:
+    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
+                 options: LoadOptions | None = None) -> None:
         import httpx
 
         self._httpx = httpx
-        url = getattr(options, "upstream", None) or os.environ.get("MEDGEMMA_UPSTREAM_URL")
+        url = (options.upstream if options else None) or os.environ.get("MEDGEMMA_UPSTREAM_URL")
         if not url:
             raise BadInput("the openai backend needs --upstream URL (an OpenAI-compatible server)")
         self.settings = UpstreamSettings.from_env(url)
@@ -130,9 +133,9 @@ class OpenAIBackend(Backend):
             timeout=httpx.Timeout(self.settings.timeout_s, connect=min(10.0, self.settings.timeout_s)),
             limits=httpx.Limits(max_connections=self.settings.concurrency + 2),
         )
-        self.max_batch_size = self.settings.concurrency
         models = self._list_models()
-        requested = str(info_hint.get("name") or "")
+        hint = ModelHint.of(info_hint)
+        requested = hint.name
         if requested and requested not in models and models:
             raise BadInput(f"upstream serves {', '.join(list(models)[:5])}; it has no model {requested!r}")
         self.model = requested or next(iter(models), "")
@@ -143,22 +146,17 @@ class OpenAIBackend(Backend):
         self.chained = bool(card)  # the upstream is another `medgemma serve`
         text_only = not card.get("multimodal", "text" not in self.model.lower())  # e.g. medgemma-27b-text-it
         image_size = None if text_only else int(card.get("image_size") or 896)
-        pretrained = bool(info_hint.get("pretrained", False))
-        self.info = ModelInfo(
-            name=self.model,
+        # A `medgemma serve` upstream says its own thinking and preset; for others assume a chat model.
+        self.info = replace(hint, name=self.model, pretrained=bool(hint.pretrained)).model_info(
             path=f"{self.settings.base_url}#{self.model}",  # identity for eval provenance and its result cache
-            multimodal=not text_only,
+            backend="openai", multimodal=not text_only,
             image_size=image_size,  # images are sent at the size the upstream model takes
-            tokens_per_image=None if text_only else 256,
-            has_chat_template=True,
-            pretrained=pretrained,
-            thinking=bool(info_hint.get("thinking", card.get("thinking", False))),
-            # The upstream's own convention when it is a `medgemma serve`; MedGemma v1's otherwise.
-            default_preset=str(info_hint.get("default_preset") or str(card.get("preset") or "").split("@")[0]
-                               or ("pretrained" if pretrained else "medgemma-v1")),
-            backend="openai",
+            tokens_per_image=None if text_only else 256, has_chat_template=True,
+            thinking=bool(card.get("thinking", False)), default_preset=str(card.get("preset") or "").split("@")[0] or None,
             extra={"upstream": self.settings.base_url, "concurrency": str(self.settings.concurrency)},
         )
+        # Requests in flight at once; the upstream batches them itself. No log-likelihoods over the chat API.
+        self.capabilities = Capabilities(max_batch_size=self.settings.concurrency, images=not text_only, remote=True)
 
     # -- HTTP with retries ----------------------------------------------------------------------------------
     def _list_models(self) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from ..errors import BackendUnavailable, BadInput
 from .placement import bf16_note, cuda_index
@@ -27,6 +27,9 @@ class LoadOptions:
     mmproj: str | None = None  # llama.cpp vision projector GGUF (default: an mmproj*.gguf beside the model)
     context_length: int | None = None  # llama.cpp context window (default 8192)
     upstream: str | None = None  # openai backend: base URL of an OpenAI-compatible server
+    # transformers backend: a PEFT adapter applied on load; merged into the weights unless the base is quantised
+    # (merging into 4-bit weights would re-quantise them; QLoRA adapters stay unmerged over the same 4-bit base).
+    adapter: str | None = None
 
 
 def pick_device_dtype(device: str, dtype: str):
@@ -49,33 +52,3 @@ def pick_device_dtype(device: str, dtype: str):
             if note:
                 log.warning(note)
     return torch.device(device), table[dtype]
-
-
-def check_quantize(quantize: str) -> str:
-    if quantize in ("none", "", None):
-        return "none"
-    if quantize not in ("4bit", "8bit"):
-        raise BadInput(f"--quantize must be none, 8bit or 4bit; got {quantize!r}")
-    return quantize
-
-
-def quantization_config(quantize: str, device) -> Any:
-    """bitsandbytes 4-bit NF4 (double quant, bf16 compute) or 8-bit; CUDA only."""
-    if check_quantize(quantize) == "none":
-        return None
-    if device.type != "cuda":
-        raise BackendUnavailable(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this run is on {device.type}")
-    try:
-        import bitsandbytes  # noqa: F401
-        import torch
-        from transformers import BitsAndBytesConfig
-    except ImportError:
-        raise BackendUnavailable("--quantize needs bitsandbytes: pip install 'medgemma-toolkit[gpu]'") from None
-    if quantize == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )

@@ -13,12 +13,13 @@ from typing import Any
 
 from ..errors import BadInput, CapabilityError
 from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
-from .base import Backend, Completion, DeltaCallback, GenerationRequest, ModelInfo
+from ..models.checkpoint import ModelHint, check_quantize, load_hf_model, load_processing, quantization_config
+from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, TokenStepper
-from .gemma_format import render_gemma_chat
+from ..prompts.gemma_format import render_gemma_chat
 from .memory import call_or_oom, release_memory
 from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
-from .torch_setup import LoadOptions, check_quantize, pick_device_dtype, quantization_config
+from .torch_setup import LoadOptions, pick_device_dtype
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 class TransformersBackend(Backend):
     """Loads once; `generate` batches requests that share sampling settings."""
 
-    def __init__(self, path: str | Path, info_hint: dict[str, Any], options: LoadOptions | None = None) -> None:
+    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
+                 options: LoadOptions | None = None) -> None:
         import torch
         from transformers import AutoConfig
 
@@ -58,28 +60,18 @@ class TransformersBackend(Backend):
         config = AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(load_dir)
         self.multimodal = getattr(config, "vision_config", None) is not None
         try:
-            if self.multimodal:
-                from transformers import AutoModelForImageTextToText, AutoProcessor
-
-                self.model = AutoModelForImageTextToText.from_pretrained(load_dir, **kwargs)
-                self.processor = AutoProcessor.from_pretrained(load_dir)
-                self.tokenizer = self.processor.tokenizer
-                image_size = int(self.processor.image_processor.size["height"])
-                tokens_per_image = int(getattr(config, "mm_tokens_per_image", 256))
-                template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
-            else:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-                self.model = AutoModelForCausalLM.from_pretrained(load_dir, **kwargs)
-                self.tokenizer = AutoTokenizer.from_pretrained(load_dir, **tok_kwargs)
-                self.processor = None
-                image_size = tokens_per_image = None
-                template = self.tokenizer.chat_template
+            self.model = load_hf_model(load_dir, self.multimodal, **kwargs)
+            proc = load_processing(load_dir, self.multimodal, gguf_file)
         except (OSError, ValueError, KeyError) as e:
             raise BadInput(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        self.processor, self.tokenizer = proc.processor, proc.tokenizer
+        image_size = proc.image_size
+        tokens_per_image = int(getattr(config, "mm_tokens_per_image", 256)) if self.multimodal else None
+        template = proc.chat_template
         if self.placement.move_to is not None:
             self.model.to(self.placement.move_to)
+        if self.options.adapter:
+            self.model = _with_adapter(self.model, self.options.adapter, merge=quantize == "none")
         self.model.eval()
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
@@ -90,23 +82,18 @@ class TransformersBackend(Backend):
         self.byte_token_ids = frozenset(
             i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
         )
-        self.max_batch_size = self.options.max_batch_size
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
-        self.info = ModelInfo(
-            name=str(info_hint.get("name", path)),
-            path=str(path),
-            multimodal=self.multimodal,
-            image_size=image_size,
-            tokens_per_image=tokens_per_image,
-            has_chat_template=bool(template),
-            pretrained=bool(info_hint.get("pretrained", not template)),
-            thinking=bool(info_hint.get("thinking", False)),
-            default_preset=str(info_hint.get("default_preset") or ("medgemma-v1" if template else "pretrained")),
-            backend="transformers",
+        self.info = ModelHint.of(info_hint).model_info(
+            path=str(path), backend="transformers", multimodal=self.multimodal, image_size=image_size,
+            tokens_per_image=tokens_per_image, has_chat_template=bool(template),
             extra={"device": str(self.input_device), "dtype": dtype_name,
                    **({"quantize": quantize} if quantize != "none" else {}),
                    **({"device_map": "auto"} if self.placement.device_map == "auto" else {})},
+        )
+        self.capabilities = Capabilities(
+            max_batch_size=max(1, self.options.max_batch_size), loglikelihood=True, images=self.multimodal, streaming=True,
+            context_length=self._context_length(),
         )
 
     def _stop_token_ids(self) -> list[int]:
@@ -157,10 +144,20 @@ class TransformersBackend(Backend):
             )
         return self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
 
-    def context_length(self) -> int | None:
-        cfg = getattr(self.model.config, "text_config", None) or self.model.config
-        n = getattr(cfg, "max_position_embeddings", None)
+    def _context_length(self) -> int | None:
+        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         return int(n) if n else None
+
+    def count_text_tokens(self, text: str) -> int | None:
+        with self._count_lock:
+            return len(self._own_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def _own_tokenizer(self) -> Any:
+        """A copy for counting (call under `_count_lock`): a Rust tokenizer used by two threads at once fails
+        with "Already borrowed"."""
+        if self._count_tokenizer is None:
+            self._count_tokenizer = copy.deepcopy(self.tokenizer)
+        return self._count_tokenizer
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
         """Exact for text; each image counts as the processor's expansion (boi + soft tokens + eoi). Uses its own
@@ -170,9 +167,7 @@ class TransformersBackend(Backend):
         if expansion and prompt.all_images():
             text = text.replace(IMAGE_PLACEHOLDER, expansion)
         with self._count_lock:
-            if self._count_tokenizer is None:
-                self._count_tokenizer = copy.deepcopy(self.tokenizer)
-            return len(self._count_tokenizer(text, add_special_tokens=prompt.is_completion)["input_ids"])
+            return len(self._own_tokenizer()(text, add_special_tokens=prompt.is_completion)["input_ids"])
 
     # -- generation -----------------------------------------------------------------------------------------
     def generate(
@@ -188,8 +183,9 @@ class TransformersBackend(Backend):
         order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
         for _, group in itertools.groupby(order, key=key):
             idx = list(group)
-            for start in range(0, len(idx), self.max_batch_size):
-                chunk = idx[start : start + self.max_batch_size]
+            size = self.capabilities.max_batch_size
+            for start in range(0, len(idx), size):
+                chunk = idx[start : start + size]
                 rows = [RowState(i, requests[i]) for i in chunk]
                 done = call_or_oom(lambda: self._generate_batch(rows, on_delta),
                                    f"out of memory on {self.input_device} generating for {len(rows)} requests")
@@ -250,11 +246,11 @@ class TransformersBackend(Backend):
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).
 
-        `batch_size` pairs per forward pass (default `max_batch_size`), longest first so batches pad little.
+        `batch_size` pairs per forward pass (default `capabilities.max_batch_size`), longest first so batches pad little.
         Left padding puts every continuation at the end of its row, so only the last k+1 positions' logits are
         needed: `logits_to_keep` spares the full-vocabulary logits of every prompt position (262k x tokens x
         pairs: ~38 GB at 32 pairs of ~450 tokens in fp32)."""
-        size = max(1, batch_size or self.max_batch_size)
+        size = max(1, batch_size or self.capabilities.max_batch_size)
         texts = [self.render(p) for p, _ in pairs]
         full_len: list[int] = []
         cont_len: list[int] = []
@@ -294,3 +290,14 @@ class TransformersBackend(Backend):
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
         release_memory()  # so the next model (e.g. training after a before-score) finds the GPU memory free
+
+
+def _with_adapter(model: Any, adapter: str, merge: bool) -> Any:
+    """`model` with the PEFT adapter at `adapter` applied (merged into plain weights when `merge`)."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{adapter}: cannot load adapter ({type(e).__name__})") from None
+    return peft_model.merge_and_unload() if merge else peft_model

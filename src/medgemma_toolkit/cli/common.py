@@ -46,7 +46,8 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads 
 
 
 def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False,
-               upstream: str | None = None, mmproj: str | None = None, threads: int | None = None):
+               upstream: str | None = None, mmproj: str | None = None, threads: int | None = None,
+               max_batch_size: int = 8):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
 
@@ -54,7 +55,7 @@ def load_model(model, backend, device, dtype, quantize, allow_download, preset, 
     from ..models.demo import DEMO_NOTICE
     from ..models.resolve import resolve_model
 
-    extra = {"upstream": upstream, "mmproj": mmproj, "threads": threads}
+    extra = {"upstream": upstream, "mmproj": mmproj, "threads": threads, "max_batch_size": max_batch_size}
     if upstream or backend == "openai":  # the model lives upstream; --model is its name there
         return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
     resolved = resolve_model(model, allow_download=allow_download)

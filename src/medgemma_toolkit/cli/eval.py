@@ -58,6 +58,7 @@ def eval_run(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..eval.batching import AUTO_BATCH_CEILING
     from ..eval.runner import EvalOptions, load_task_data, run_eval
     from ..eval.spec import get_task
 
@@ -77,7 +78,7 @@ def eval_run(
         n_boot=bootstrap, split=split, ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
-    mg = mo.load()
+    mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING)
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
     ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, {m.get('ci_method', 'bootstrap')})"
@@ -151,11 +152,12 @@ def batch(
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
     """
     from ..eval.batch import read_batch_rows, run_batch
+    from ..eval.batching import AUTO_BATCH_CEILING
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
     read_batch_rows(input, on_error)  # report a bad file before loading a model
-    mg = mo.load()
+    mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING)
     stats = run_batch(mg, input, out, resume=resume, batch_size=_batch_size(batch_size),
                       max_new_tokens=max_new_tokens, think=think, on_error=on_error)
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")

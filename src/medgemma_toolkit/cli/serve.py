@@ -70,7 +70,5 @@ def serve(
     )
     config.check()  # before the model loads: refusing to start should be instant
     check_port_free(host, port)
-    mg = mo.load(preset)
-    if hasattr(mg.backend, "max_batch_size"):  # let the engine take the whole batch the batcher forms
-        mg.backend.max_batch_size = max_batch_size
+    mg = mo.load(preset, max_batch_size=max_batch_size)  # the engine takes the whole batch the batcher forms
     run(mg, config)

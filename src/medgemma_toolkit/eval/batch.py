@@ -96,8 +96,6 @@ def run_batch(mg, input_path: Path, out_path: Path, *, resume: bool = False, bat
         log.append(recs)
 
     size = batch_size or auto_batch_size(mg.backend)
-    if hasattr(mg.backend, "max_batch_size"):
-        mg.backend.max_batch_size = max(mg.backend.max_batch_size, size)
     try:
         secs = run_batches(mg.backend, pending, build, on_batch, size,
                            sort_key=lambda r: (len(r.images), len(r.question)), label="rows", progress=progress)

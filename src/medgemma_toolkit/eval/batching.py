@@ -29,10 +29,13 @@ class Outcome(Generic[J]):
     seconds: float  # this job's share of its batch's wall time
 
 
+AUTO_BATCH_CEILING = 32  # the largest batch `auto_batch_size` picks: what `medgemma eval` loads a model for
+
+
 def auto_batch_size(backend: Any) -> int:
     """8 on CPU (more only adds padding work on 2-4 cores); 32 on a GPU, halved on out-of-memory."""
-    device = str(getattr(backend, "info", None) and backend.info.extra.get("device", "cpu"))
-    return 32 if device.startswith("cuda") else 8
+    device = backend.info.extra.get("device", "cpu")
+    return AUTO_BATCH_CEILING if device.startswith("cuda") else 8
 
 
 def run_batches(

@@ -110,7 +110,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     from .report import write_reports
 
     spec, data_path, conditions, read = load_task_data(opts)
-    if opts.mode == "loglikelihood" and not hasattr(mg.backend, "loglikelihood"):
+    if opts.mode == "loglikelihood" and not mg.backend.capabilities.loglikelihood:
         raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
     if any(it.images for it in read.items) and not mg.backend.info.multimodal:
         raise CapabilityError(f"task {spec.name!r} has images but model {mg.backend.info.name!r} is text-only")
@@ -204,25 +204,23 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             text = LOGLIK_TEMPLATE.format(question=u.item.question.strip(), options=format_options(u.item.options))
             if preset.mode == "chat":
                 text += LOGLIK_CHAT_SUFFIX
-            req = mg.request(text, u.item.images, max_new_tokens=1)
+            req = mg.request(text, u.item.images, max_new_tokens=1, preset=preset)
             letters_of[id(req)] = list(u.item.options)
         else:
             req = mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
-                             temperature=opts.temperature)
+                             temperature=opts.temperature, preset=preset)
         manifests[u.key] = for_records(prompt_manifest(req.prompt), records_root)
         return req
 
     backend = _LoglikAdapter(mg.backend, letters_of) if opts.mode == "loglikelihood" else mg.backend
+    # Requests handed to the backend at once; it decodes up to `capabilities.max_batch_size` of them together (set
+    # when the model is loaded: `medgemma eval` loads with its --batch-size).
     batch_size = opts.batch_size or auto_batch_size(mg.backend)
-    if hasattr(mg.backend, "max_batch_size"):
-        mg.backend.max_batch_size = max(mg.backend.max_batch_size, batch_size)
     t0 = time.perf_counter()
-    user_preset, mg.preset = mg.preset, preset  # restored below: the caller's MedGemma keeps its own preset
     try:
         gen_seconds = run_batches(backend, pending, build, on_batch, batch_size,
                                   sort_key=lambda u: u.sort_length, progress=opts.progress)
     finally:
-        mg.preset = user_preset
         log.close()
         if cache is not None:
             cache.close()

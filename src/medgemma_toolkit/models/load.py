@@ -6,40 +6,23 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from ..backends.base import Backend
 from ..backends.registry import backend_class
 from ..backends.torch_setup import LoadOptions
 from .resolve import ResolvedModel, resolve_model
-from .variants import BY_NAME, Variant, find_variant
+from .checkpoint import ModelHint, variant_from_card
+from .variants import find_variant
 
 log = logging.getLogger(__name__)
 
 
-def _sniff_variant(path: Path) -> Variant | None:
-    """A hub snapshot copied under another name still carries its model card: recognise 1.5 vs v1 from it."""
-    card = path / "README.md" if path.is_dir() else None
-    if card is None or not card.is_file():
-        return None
-    try:
-        head = card.read_text(errors="ignore")[:4000].lower()
-    except OSError:
-        return None
-    for name in sorted(BY_NAME, key=len, reverse=True):  # longest first: "medgemma-27b-text-it" before "-27b-it"
-        if name in head:
-            return BY_NAME[name]
-    return None
-
-
-def info_hint(resolved: ResolvedModel) -> dict[str, Any]:
-    v = resolved.variant or (None if resolved.source == "remote" else _sniff_variant(resolved.path))
-    hint: dict[str, Any] = {"name": resolved.name}
+def info_hint(resolved: ResolvedModel) -> ModelHint:
+    """What is known about `resolved` before loading: the demo's, or its variant's (by name, else its model card)."""
     if resolved.is_demo:
-        hint.update(pretrained=True, thinking=False, default_preset="pretrained")
-    elif v is not None:
-        hint.update(pretrained=not v.instruction_tuned, thinking=v.thinking, default_preset=v.default_preset)
-    return hint
+        return ModelHint(resolved.name, pretrained=True, thinking=False, default_preset="pretrained")
+    v = resolved.variant or (None if resolved.source == "remote" else variant_from_card(resolved.path))
+    return ModelHint(resolved.name).with_variant(v)
 
 
 def choose_backend(resolved: ResolvedModel, backend: str) -> str:
@@ -69,7 +52,7 @@ def load_backend(
     """Return (backend, resolved model, load seconds)."""
     if backend == "auto" and options is not None and options.upstream:
         backend = "openai"
-    if backend != "auto" and getattr(backend_class(backend), "remote", False):
+    if backend != "auto" and backend_class(backend).remote:
         resolved = remote_model(model)  # the upstream holds the weights: nothing to find on disk
     else:
         resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, allow_download=allow_download)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import GenerationRequest, SamplingParams
+from ..backends.base import Backend, GenerationRequest, SamplingParams
+from ..models.checkpoint import ModelHint, is_multimodal, load_processing
 from ..prompts.thinking import split_thought
 from ..stats import bootstrap_mean, normalize_answer, token_f1, wilson_interval
 from .collator import SFTCollator
@@ -32,12 +33,12 @@ def score_answers(preds: list[str], examples: list[Example], metric: str) -> dic
     return {"metric": metric, "value": round(value, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(preds)}
 
 
-def predict(backend: Any, preset: Any, examples: list[Example], batch_size: int = 8) -> list[str]:
-    """Greedy answers for `examples`, with room for the longest reference answer."""
-    builder = SFTCollator(examples, getattr(backend, "processor", None), backend.tokenizer, preset,
-                          backend.info.image_size)
-    longest = max((len(backend.tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples),
-                  default=8)
+def predict(backend: Backend, preset: Any, examples: list[Example], model_dir: Path, batch_size: int = 8) -> list[str]:
+    """Greedy answers for `examples`, with room for the longest reference answer. Prompts are built by the
+    training collator over the checkpoint's own processor, exactly as training renders them."""
+    proc = load_processing(str(model_dir), is_multimodal(model_dir))
+    builder = SFTCollator(examples, proc.processor, proc.tokenizer, preset, backend.info.image_size)
+    longest = max((backend.count_text_tokens(ex.answer) or 0 for ex in examples), default=8)
     params = SamplingParams(max_new_tokens=min(512, longest + 8), stop=preset.stop)
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
@@ -46,31 +47,26 @@ def predict(backend: Any, preset: Any, examples: list[Example], batch_size: int 
     return out
 
 
-def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method: str = "lora") -> Any:
+def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method: str = "lora") -> Backend:
     """The toolkit's transformers backend on the base checkpoint the adapter was trained on, adapter applied.
 
     LoRA: bf16 base, adapter merged in memory (plain weights, fastest). QLoRA: the same 4-bit NF4 base the adapter
-    was trained against, adapter kept unmerged (merging into 4-bit weights would re-quantise them, and the bf16
-    base is what QLoRA was chosen not to load)."""
+    was trained against, adapter kept unmerged (see `LoadOptions.adapter`)."""
     from ..backends.torch_setup import LoadOptions
     from ..backends.transformers_backend import TransformersBackend
+    from ..eval.batching import AUTO_BATCH_CEILING
 
     quantize = "4bit" if method == "qlora" else "none"
-    be = TransformersBackend(model_dir, {"name": str(model_dir)}, LoadOptions(device=device, quantize=quantize))
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        peft_model = PeftModel.from_pretrained(be.model, str(adapter_dir))
-        be.model = peft_model if method == "qlora" else peft_model.merge_and_unload()
-        be.model.eval()
-    return be
+    return TransformersBackend(model_dir, ModelHint(str(model_dir)), LoadOptions(
+        device=device, quantize=quantize, max_batch_size=AUTO_BATCH_CEILING,
+        adapter=str(adapter_dir) if adapter_dir is not None else None))
 
 
 def evaluate(model_dir: Path, adapter_dir: Path | None, preset: Any, examples: list[Example], metric: str,
              device: str, method: str = "lora") -> dict[str, Any]:
     be = load_backend(model_dir, adapter_dir, device, method)
     try:
-        preds = predict(be, preset, examples)
+        preds = predict(be, preset, examples, model_dir)
     finally:
         be.close()
     result = score_answers(preds, examples, metric)

@@ -40,7 +40,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
     require_train_dependencies("peft")
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from ..models.checkpoint import is_multimodal, load_hf_model, load_processing
 
     adapter_dir = Path(adapter).expanduser()
     dest = Path(out).expanduser()
@@ -50,10 +51,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
     if resolved.format != "hf":
         raise BadInput(f"{resolved.path}: the base must be a Hugging Face checkpoint directory to merge into")
     base_dir = resolved.path
-    multimodal = "vision_config" in json.loads((base_dir / "config.json").read_text())
-    cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    multimodal = is_multimodal(base_dir)
     # dtype="auto": the base's stored precision (bf16 for MedGemma), so the merged copy is the same size.
-    model = cls.from_pretrained(str(base_dir), dtype="auto")
+    model = load_hf_model(str(base_dir), multimodal, dtype="auto")
     try:
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except (ValueError, KeyError, RuntimeError) as e:
@@ -64,7 +64,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
         merged.save_pretrained(str(tmp))
     has_proc = (adapter_dir / "processor_config.json").is_file() or (adapter_dir / "tokenizer_config.json").is_file()
     src = adapter_dir if has_proc else base_dir
-    (AutoProcessor if multimodal else AutoTokenizer).from_pretrained(str(src)).save_pretrained(str(tmp))
+    proc = load_processing(str(src), multimodal)
+    (proc.processor if multimodal else proc.tokenizer).save_pretrained(str(tmp))
     for name in CARRIED:
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, tmp / name)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..models.checkpoint import is_multimodal, load_hf_model, load_processing, quantization_config
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -23,44 +23,22 @@ class TrainModel:
     has_template: bool
 
 
-def is_multimodal(path: Path) -> bool:
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        raise BadInput(f"{path}: unreadable config.json") from None
-    return "vision_config" in cfg
-
-
 def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple[Any, Any, Any, int | None]:
     """(model, processor or None, tokenizer, image size) with weights on `device` in `dtype`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "eager"}  # eager: Gemma 3's advice for training
     if method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = quantization_config("4bit", device, storage_bf16=True)
     if device.startswith("cuda"):  # straight onto the one training GPU (see backends.placement): no host copy
         kwargs["device_map"] = {"": device}
+    multimodal = is_multimodal(path)
     try:
-        if is_multimodal(path):
-            model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-            processor = AutoProcessor.from_pretrained(str(path))
-            tokenizer = processor.tokenizer
-            image_size = int(processor.image_processor.size["height"])
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-            processor, image_size = None, None
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = load_hf_model(str(path), multimodal, **kwargs)
+        proc = load_processing(str(path), multimodal)
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(f"{path}: cannot load checkpoint for training ({type(e).__name__})") from None
     if "device_map" not in kwargs:  # a quantised model must never be moved after loading
         model.to(device)
-    return model, processor, tokenizer, image_size
+    return model, proc.processor, proc.tokenizer, proc.image_size
 
 
 def one_device(args: Any) -> Any:

@@ -68,8 +68,7 @@ def _choose_preset(resolved: Any, has_template: bool, name: str | None, layout: 
     the model's own."""
     if name:
         return get_preset(name)
-    hint = info_hint(resolved)
-    own = get_preset(hint.get("default_preset") or ("medgemma-v1" if has_template else "pretrained"))
+    own = get_preset(info_hint(resolved).preset(has_template))
     return get_preset(layout) if layout and own.mode == "chat" else own
 
 
