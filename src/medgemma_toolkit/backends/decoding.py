@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import DeltaCallback, FinishReason, GenerationRequest
-from .gemma_format import strip_control
+from ..prompts.gemma_format import strip_control
 
 
 @dataclass

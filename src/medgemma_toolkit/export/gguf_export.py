@@ -137,9 +137,9 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
             f"--outtype {outtype} needs llama-cpp-python (pip install 'medgemma-toolkit[llamacpp]'); "
             "or export f16/q8_0"
         ) from None
-    from ..backends.llamacpp_backend import _log_callback
+    from ..backends.llamacpp_logging import route_llama_logs
 
-    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))  # its progress lines are not for users
+    route_llama_logs()  # its progress lines are not for users
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANT_TYPES[outtype]
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

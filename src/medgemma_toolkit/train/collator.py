@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..backends.gemma_format import render_gemma_chat
+from ..prompts.gemma_format import render_gemma_chat
 from ..errors import BadInput, MedGemmaError
 from ..imaging import ImageOptions, load_parts, to_model_image
 from ..prompts.messages import ImagePart, Message, Part, Prompt, TextPart
