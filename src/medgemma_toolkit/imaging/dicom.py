@@ -26,13 +26,21 @@ def looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def quiet_pydicom() -> None:
+    """Stop pydicom's value validation on read: its warnings and log lines quote header values (PHI)."""
+    import logging
+
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 def read_dataset(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Parse a DICOM file's bytes; any parser failure becomes a one-line `BadInput`. A deflated dataset is
     inflated only as far as its image size needs (`imaging.deflate`), never whole."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-
-    from .series import quiet_pydicom
 
     quiet_pydicom()  # pydicom's validation warnings quote header values (PHI)
     if is_deflated(data):

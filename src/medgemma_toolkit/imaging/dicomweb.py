@@ -26,7 +26,8 @@ from ..errors import BackendUnavailable, BadInput, ImageTooLarge
 from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb
 from .options import ImageOptions
-from .series import MAX_SERIES_FILES, quiet_pydicom
+from .dicom import quiet_pydicom
+from .series import MAX_SERIES_FILES
 from .square import to_model_image
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read

@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
 from .codestreams import check_frame, quiet_decoders
 from .deflate import is_deflated, read_deflated
+from .dicom import quiet_pydicom
 from .options import DEFAULT_MAX_PIXELS
 
 MAX_SERIES_FILES = 4096  # far above any real CT/MR series (~2,000); a guard against pointing at a whole archive
@@ -101,16 +102,6 @@ def series_files(source: str) -> list[Path] | None:
             raise BadInput(f"{source}: no files match this pattern")
         return sorted(matches)
     return None
-
-
-def quiet_pydicom() -> None:
-    """Stop pydicom's value validation on read: its warnings and log lines quote header values (PHI)."""
-    import logging
-
-    import pydicom.config
-
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def read_instance(path: Path):

@@ -237,7 +237,7 @@ def _is_pyramidal_tiff(path: Path) -> bool:
 def _open_dicom_wsi(directory: Path) -> Slide | None:
     import pydicom
 
-    from .series import quiet_pydicom
+    from .dicom import quiet_pydicom
 
     first = next((f for f in sorted(directory.iterdir()) if f.is_file() and not f.name.startswith(".")), None)
     if first is None:
