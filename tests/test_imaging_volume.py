@@ -315,7 +315,7 @@ def test_explicit_file_list(tmp_path):
 
 
 def test_output_memory_is_never_shared_between_live_volumes(tmp_path):
-    """Slice images are views of one output block per volume, recycled only once all its images are gone."""
+    """Slice images never share memory with another volume's images, or with a buffer that is reused."""
     import gc
 
     from medgemma_toolkit.imaging.volume import model_images

@@ -8,11 +8,13 @@ Images go through libmtmd (the projector GGUF written by `medgemma export gguf` 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,7 @@ class LlamaCppBackend(Backend):
             raise UnsupportedFormat(f"{path}: llama.cpp cannot load this GGUF ({str(e).splitlines()[0][:120]})") from None
         self.threads = threads
         self._lock = threading.Lock()  # one llama.cpp context: requests must not interleave
-        self._vocab = self.llama._model.vocab
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._buf = ctypes.create_string_buffer(256)
         self.template = self.llama.metadata.get("tokenizer.chat_template") or None
         self.bos = self._piece(self.llama.token_bos())
@@ -122,7 +124,6 @@ class LlamaCppBackend(Backend):
     # -- setup ----------------------------------------------------------------------------------------------------
     def _init_vision(self, threads: int) -> tuple[int | None, int | None]:
         from llama_cpp import mtmd_cpp
-        from llama_cpp._utils import suppress_stdout_stderr
 
         from gguf import GGUFReader
 
@@ -133,7 +134,7 @@ class LlamaCppBackend(Backend):
         # libmtmd logs every image it encodes to stderr; route it to our logger like llama.cpp's own lines.
         mtmd_cpp.mtmd_log_set(llama_log_callback(), ctypes.c_void_p(0))
         mtmd_cpp.mtmd_helper_log_set(llama_log_callback(), ctypes.c_void_p(0))
-        with suppress_stdout_stderr(disable=False):
+        with _quiet_native_output():
             params = mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = False
             params.print_timings = False
@@ -274,7 +275,9 @@ class LlamaCppBackend(Backend):
             if total >= llama.n_ctx():
                 raise BadInput(f"prompt with images is {total} tokens; this model's context holds {llama.n_ctx()}")
             llama.reset()
-            llama._ctx.kv_cache_clear()
+            memory = self._lc.llama_get_memory(llama.ctx)
+            if memory:  # the whole KV cache: image positions must never be matched as a cached prefix
+                self._lc.llama_memory_clear(memory, True)
             for i in range(m.mtmd_input_chunks_size(chunks)):
                 chunk = m.mtmd_input_chunks_get(chunks, i)
                 if m.mtmd_input_chunk_get_type(chunk) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
@@ -285,7 +288,7 @@ class LlamaCppBackend(Backend):
                     start = llama.n_tokens
                     new_past = self._lc.llama_pos(0)
                     rc = m.mtmd_helper_eval_chunk_single(
-                        self._mtmd, llama._ctx.ctx, chunk, self._lc.llama_pos(start), self._lc.llama_seq_id(0),
+                        self._mtmd, llama.ctx, chunk, self._lc.llama_pos(start), self._lc.llama_seq_id(0),
                         llama.n_batch, False, ctypes.byref(new_past),
                     )
                     if rc != 0:
@@ -308,6 +311,24 @@ class LlamaCppBackend(Backend):
         llama = getattr(self, "llama", None)
         if llama is not None:
             llama.close()
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Silence what C code prints straight to file descriptors 1 and 2 (libmtmd's projector loading)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _field(fields: dict, key: str) -> Any:

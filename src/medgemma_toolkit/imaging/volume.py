@@ -9,8 +9,6 @@ InstanceNumber, SOPInstanceUID) for `preview --json`.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,23 +121,15 @@ def _pad4(rgb: np.ndarray) -> np.ndarray:
 class BatchResizer:
     """(n, h, w, 4) uint8 slices -> n RGB `size` x `size` images: centred black padding to square, then bilinear.
 
-    Slices go through torch's uint8 resize in one call per batch (several times faster than Pillow per slice),
-    written straight into one output block for all `total` slices, of which the images are views (no copy);
-    without torch, Pillow's resize. The two resizes differ by at most 2 grey levels on a few pixels; either way
-    the result is what the model receives (the processor's own resize is then a no-op), and what `preview` shows.
+    Slices go through torch's public uint8 antialiased resize in one call per batch (several times faster than
+    Pillow per slice); without torch, Pillow's resize. The two resizes differ by at most 2 grey levels on a few
+    pixels; either way the result is what the model receives (the processor's own resize is then a no-op), and
+    what `preview` shows. Public APIs only: each image is Pillow's own copy of its slice (`Image.frombytes` with
+    the RGBX raw mode unpacks it in C), so no image shares memory with a buffer that is reused.
     """
 
     def __init__(self, size: int, total: int = 0) -> None:
-        self.size = size
-        self._block = _output_block((total, size, size, 4)) if total > 0 else None
-        self._used = 0
-
-    def _out(self, n: int) -> np.ndarray:
-        """Where the next `n` output slices go: the shared block while it lasts, else new memory."""
-        if self._block is not None and self._used + n <= self._block.shape[0]:
-            self._used += n
-            return self._block[self._used - n : self._used]
-        return np.empty((n, self.size, self.size, 4), dtype=np.uint8)
+        self.size = size  # `total` (slices to come) is accepted for callers that know it; nothing is preallocated
 
     def __call__(self, slices: np.ndarray) -> list[Image.Image]:
         n, h, w, _ = slices.shape
@@ -149,11 +139,7 @@ class BatchResizer:
             top, left = (side - h) // 2, (side - w) // 2
             square[:, top : top + h, left : left + w] = slices
             slices = square
-        if side == size:
-            out = self._out(n)
-            out[...] = slices  # the images are views: never of the caller's (reused) buffer
-            slices = out
-        else:
+        if side != size:
             try:
                 slices = self._resize_torch(slices)
             except ImportError:
@@ -168,69 +154,17 @@ class BatchResizer:
         import torch
         import torch.nn.functional as F
 
+        # NHWC memory seen as NCHW is the channels-last layout torch's fast uint8 kernel wants; its output keeps
+        # that layout, so the permute back is a view.
         x = torch.from_numpy(np.ascontiguousarray(slices)).permute(0, 3, 1, 2)
-        out = self._out(x.shape[0])
-        try:  # NHWC memory seen as NCHW is the channels-last layout torch's fast uint8 kernel wants
-            torch.ops.aten._upsample_bilinear2d_aa.out(x, [self.size, self.size], False, None, None,
-                                                       out=torch.from_numpy(out).permute(0, 3, 1, 2))
-            return out
-        except (AttributeError, RuntimeError, TypeError):  # the out= variant is internal to torch: fall back
-            y = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-            return y.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-_SPARE_BLOCKS: list = []  # at most one freed output block, kept for the next volume of the same size
-_SPARE_LOCK = threading.Lock()
-
-
-def _output_block(shape: tuple[int, ...]) -> np.ndarray:
-    """Memory for all output slices: the spare block of the last volume if it fits, else a new one in 2 MB pages.
-
-    Hundreds of MB of images are written once; with 4 KB pages the page faults alone cost more than the resize
-    (measured: ~1.2 s vs ~0.4 s for 85 slices at 896 px on a 2-core VM), and reusing the block of the previous
-    volume (once all its images are gone) skips even the kernel's zeroing. Every byte handed out is overwritten.
-    """
-    import mmap
-
-    nbytes = int(np.prod(shape))
-    block = None
-    with _SPARE_LOCK:
-        if _SPARE_BLOCKS and len(_SPARE_BLOCKS[0]) == nbytes:
-            block = _SPARE_BLOCKS.pop()
-    try:
-        if block is None:
-            block = mmap.mmap(-1, nbytes)
-            if hasattr(mmap, "MADV_HUGEPAGE"):
-                block.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError):
-        return np.empty(shape, dtype=np.uint8)
-    flat = np.frombuffer(block, dtype=np.uint8)
-    # Every view (the images') keeps `flat` alive, not the reshaped array: numpy points views at the owner.
-    weakref.finalize(flat, _keep_spare, block)
-    return flat.reshape(shape)
-
-
-def _keep_spare(block) -> None:
-    with _SPARE_LOCK:
-        _SPARE_BLOCKS[:] = [block]  # only the latest: a bounded cache, not a pool
+        y = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return y.permute(0, 2, 3, 1).numpy()
 
 
 def _rgb_image(rgbx: np.ndarray) -> Image.Image:
-    """An RGB image over (h, w, 4) uint8 memory without copying (Pillow keeps RGB as 4 bytes per pixel).
-
-    Pillow's public `frombuffer` maps such memory only as mode "RGBX"; its core maps it as "RGB" too. If that
-    internal call is unavailable, the image is converted (copied) instead. The image is read-only: Pillow copies
-    before any change, and the array stays alive as long as the image.
-    """
+    """An RGB image from (h, w, 4) uint8 memory (the 4th byte ignored), copied by Pillow's C unpacker."""
     h, w = rgbx.shape[:2]
-    if rgbx.flags["C_CONTIGUOUS"]:
-        try:
-            im = Image.new("RGB", (0, 0))._new(Image.core.map_buffer(rgbx, (w, h), "raw", 0, ("RGB", w * 4, 1)))
-            im.readonly = 1
-            return im
-        except Exception:  # a Pillow without this core call: copy
-            pass
-    return Image.frombuffer("RGBX", (w, h), np.ascontiguousarray(rgbx), "raw", "RGBX", 0, 1).convert("RGB")
+    return Image.frombytes("RGB", (w, h), np.ascontiguousarray(rgbx), "raw", "RGBX")
 
 
 def model_images(slices: np.ndarray, size: int) -> list[Image.Image]:

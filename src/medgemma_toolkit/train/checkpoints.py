@@ -1,8 +1,9 @@
 """Crash-safe checkpoints: a checkpoint either exists complete or not at all.
 
-The trainer writes each checkpoint into a staging folder; we fsync every file, write a completion marker, fsync
-again and only then rename the folder into place (a rename is atomic on POSIX). `--resume` picks the newest folder
-that carries the marker, and staging leftovers from a kill during a save are deleted, never read.
+A checkpoint counts only once it carries a completion marker, written after every file of it is fsynced. The
+Trainer saves through its public callbacks (`AtomicCheckpoints`): before a save, an older folder of the same step
+loses its marker; after it, the new folder is fsynced, marked, and old ones rotated. `--resume` picks the newest
+marked folder; unmarked folders and staging leftovers from a kill during a save are deleted, never read.
 """
 
 from __future__ import annotations
@@ -113,44 +114,73 @@ def publish(staged: Path, root: Path, step: int, keep: int) -> Path:
     write_atomic(staged / MARKER, json.dumps({"step": step, "time": time.time()}))
     final = root / f"checkpoint-{step}"
     if final.exists():  # a re-run of a step after resuming from an earlier checkpoint
-        trash = root / f"{STAGING_PREFIX}old-{step}"
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        unmark_and_remove(final, root)
     os.replace(staged, final)
     fsync_dir(root)
     if staged.parent.name.startswith(STAGING_PREFIX):
         shutil.rmtree(staged.parent, ignore_errors=True)
+    rotate(root, keep)
+    return final
+
+
+def seal(folder: Path, root: Path, step: int, keep: int) -> Path:
+    """Mark a checkpoint the Trainer has just written in place as complete (after fsyncing it), then rotate."""
+    fsync_tree(folder)
+    write_atomic(folder / MARKER, json.dumps({"step": step, "time": time.time()}))
+    fsync_dir(root)
+    rotate(root, keep)
+    return folder
+
+
+def unmark_and_remove(folder: Path, root: Path) -> None:
+    """Delete a checkpoint folder so that a kill halfway never leaves it looking complete."""
+    (folder / MARKER).unlink(missing_ok=True)
+    trash = root / f"{STAGING_PREFIX}old-{folder.name}"
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def rotate(root: Path, keep: int) -> None:
     for _, old in complete_checkpoints(root)[:-keep]:
         # Unmark first: a kill during the deletion must not leave a half-deleted folder that looks complete.
         (old / MARKER).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _checkpoint_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
 
 
 class AtomicCheckpointMixin:
-    """Mix into a transformers `Trainer` subclass (SFT or GRPO): checkpoints are staged, fsynced and renamed.
-
-    Set `self.keep_checkpoints` after construction (default 2).
-    """
+    """Mix into a transformers `Trainer` subclass (SFT or GRPO): checkpoints become complete-or-absent through the
+    Trainer's public callback API (see the module docstring). Set `self.keep_checkpoints` after construction."""
 
     keep_checkpoints: int = 2
-    _staging_dir: str | None = None
 
-    def _get_output_dir(self, trial: Any) -> str:  # transformers' hook for where checkpoint-N goes
-        if self._staging_dir is not None:
-            return self._staging_dir
-        return super()._get_output_dir(trial)  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(atomic_checkpoints(self))  # type: ignore[attr-defined]
 
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        root = Path(self.args.output_dir)  # type: ignore[attr-defined]
-        step = int(self.state.global_step)  # type: ignore[attr-defined]
-        staging = root / f"{STAGING_PREFIX}{step}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self._staging_dir = str(staging)
-        try:
-            super()._save_checkpoint(model, trial)  # type: ignore[misc]
-        finally:
-            self._staging_dir = None
-        publish(staging / f"checkpoint-{step}", root, step, self.keep_checkpoints)
-        shutil.rmtree(staging, ignore_errors=True)
+
+def atomic_checkpoints(trainer: Any) -> Any:
+    """A `TrainerCallback`: unmark a same-step folder before the save, fsync and mark after it, rotate old ones."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    def folder(args: Any, state: Any) -> Path:
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+    class AtomicCheckpoints(_checkpoint_callback_base()):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # The default flow callback (registered first) has decided whether this step saves.
+            target = folder(args, state)
+            if control.should_save and target.exists():  # a re-run of a step after resuming from an earlier one
+                unmark_and_remove(target, Path(args.output_dir))
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            target = folder(args, state)
+            if target.is_dir() and state.is_world_process_zero:
+                seal(target, Path(args.output_dir), int(state.global_step), trainer.keep_checkpoints)
+
+    return AtomicCheckpoints()
