@@ -132,6 +132,10 @@ class Backend(ABC):
         """Tokens the model attends over (prompt plus answer); None when unknown, and then nothing is checked."""
         return self.capabilities.context_length
 
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model is fed for `prompt` (chat template applied, `<start_of_image>` per image)."""
+        raise CapabilityError(f"backend {self.info.backend!r} does not render prompts locally")
+
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (`capabilities.loglikelihood`)."""
         raise CapabilityError(f"backend {self.info.backend!r} cannot score log-likelihoods")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..backends.gemma_format import render_gemma_chat
+from .gemma_format import render_gemma_chat
 from .messages import Prompt
 from .presets import get_preset
 
@@ -28,10 +28,12 @@ def render_with(owner: Any, prompt: Prompt, bos: str = "") -> str:
 
 def render_for_backend(mg: Any, prompt: Prompt) -> str:
     """A loaded model's rendering, through its backend."""
-    render = getattr(mg.backend, "render", None)
-    if render is None:
+    from ..errors import CapabilityError
+
+    try:
+        return mg.backend.render(prompt)
+    except CapabilityError:  # a backend that renders elsewhere (a remote server): Gemma's own turn format
         return render_gemma_chat(prompt.messages) if not prompt.is_completion else (prompt.text or "")
-    return render(prompt)
 
 
 def _processor_image_size(path: Path) -> int | None:
@@ -50,6 +52,7 @@ def show_prompt_offline(model: str | None, question: str, images: Sequence[str],
                         preset: str | None = None, allow_download: bool = False) -> str | None:
     """The rendered prompt from a checkpoint's processor files alone; None when weights would be needed."""
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
+    from ..models.checkpoint import is_multimodal, load_processing
     from ..models.load import info_hint
     from ..models.resolve import resolve_model
 
@@ -57,22 +60,13 @@ def show_prompt_offline(model: str | None, question: str, images: Sequence[str],
     if resolved.format != "hf" or not resolved.path.is_dir() or resolved.is_demo:
         return None
     path = resolved.path
-    multimodal = "vision_config" in json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else False
     try:
-        if multimodal:
-            from transformers import AutoProcessor
-
-            owner = AutoProcessor.from_pretrained(str(path))
-            bos = owner.tokenizer.bos_token or ""
-        else:
-            from transformers import AutoTokenizer
-
-            owner = AutoTokenizer.from_pretrained(str(path))
-            bos = owner.bos_token or ""
+        proc = load_processing(str(path), is_multimodal(path))
     except (OSError, ValueError, KeyError):
         return None
-    has_template = bool(getattr(owner, "chat_template", None))
-    name = preset or info_hint(resolved).get("default_preset") or ("medgemma-v1" if has_template else "pretrained")
+    owner = proc.processor if proc.processor is not None else proc.tokenizer
+    bos = proc.tokenizer.bos_token or ""
+    name = preset or info_hint(resolved).preset(bool(getattr(owner, "chat_template", None)))
     pre = get_preset(name)
     size = _processor_image_size(path) or (resolved.variant.image_size if resolved.variant else None) or DEFAULT_IMAGE_SIZE
     media = [p for src in images for p in load_parts(src, options, size)]
