@@ -10,21 +10,21 @@ Settings (environment, so secrets stay out of argv and shell history):
   MEDGEMMA_UPSTREAM_API_KEY   bearer key sent upstream (falls back to OPENAI_API_KEY)
   MEDGEMMA_UPSTREAM_CONCURRENCY  requests in flight at once (default 16)
   MEDGEMMA_UPSTREAM_TIMEOUT   seconds per request attempt (default 600)
-  MEDGEMMA_UPSTREAM_RETRIES   retries on 429/5xx/connection errors, exponential back-off (default 4)
+  MEDGEMMA_UPSTREAM_RETRIES   retries on 408/409/429/5xx/connection errors, exponential back-off (default 4)
+
+HTTP, retries with back-off (honouring Retry-After), SSE parsing and typed errors come from the official `openai`
+client; this module maps its errors to ours (one line, no request content) and reads our `medgemma` model cards.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-import json
 import logging
 import os
-import random
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_STOP = 4  # OpenAI's limit; longer stop lists are applied here by RowTracker anyway
 
 
@@ -56,7 +55,6 @@ class UpstreamSettings:
     concurrency: int = 16
     timeout_s: float = 600.0
     retries: int = 4
-    backoff_s: float = 0.5  # first wait; doubles each retry, with jitter, capped at 20 s
 
     @classmethod
     def from_env(cls, base_url: str) -> "UpstreamSettings":
@@ -119,19 +117,19 @@ class OpenAIBackend(Backend):
 
     def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
                  options: LoadOptions | None = None) -> None:
-        import httpx
+        import openai
 
-        self._httpx = httpx
+        self._openai = openai
         url = (options.upstream if options else None) or os.environ.get("MEDGEMMA_UPSTREAM_URL")
         if not url:
             raise BadInput("the openai backend needs --upstream URL (an OpenAI-compatible server)")
         self.settings = UpstreamSettings.from_env(url)
-        headers = {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
-        self.client = httpx.Client(
+        self.client = openai.OpenAI(
             base_url=self.settings.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(self.settings.timeout_s, connect=min(10.0, self.settings.timeout_s)),
-            limits=httpx.Limits(max_connections=self.settings.concurrency + 2),
+            # "EMPTY": the placeholder vLLM documents for servers without a key (the client insists on one).
+            api_key=self.settings.api_key or "EMPTY",
+            timeout=openai.Timeout(self.settings.timeout_s, connect=min(10.0, self.settings.timeout_s)),
+            max_retries=self.settings.retries,
         )
         models = self._list_models()
         hint = ModelHint.of(info_hint)
@@ -158,88 +156,36 @@ class OpenAIBackend(Backend):
         # Requests in flight at once; the upstream batches them itself. No log-likelihoods over the chat API.
         self.capabilities = Capabilities(max_batch_size=self.settings.concurrency, images=not text_only, remote=True)
 
-    # -- HTTP with retries ----------------------------------------------------------------------------------
+    # -- errors ---------------------------------------------------------------------------------------------
     def _list_models(self) -> dict[str, dict[str, Any]]:
         """Model id -> our `medgemma` card extension (empty for other servers)."""
-        with closing(self._request("GET", "/models")) as r:
-            r.read()
+        with self._errors():
             try:
-                data = r.json().get("data") or []
-            except (ValueError, AttributeError):
+                data = [m.to_dict() for m in self.client.models.list()]
+            except self._openai.APIResponseValidationError:
                 raise UpstreamError(f"{self.settings.base_url}/models did not answer JSON; is it an OpenAI API?") from None
         return {
             str(m["id"]): (m.get("medgemma") if isinstance(m.get("medgemma"), dict) else {})
             for m in data if isinstance(m, dict) and m.get("id")
         }
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None):
-        """Send with retries on 429/5xx and connection errors; returns an open streaming response (close it)."""
-        httpx = self._httpx
-        s = self.settings
-        for attempt in range(s.retries + 1):
-            last_attempt = attempt == s.retries
-            try:
-                req = self.client.build_request(method, path, json=body)
-                resp = self.client.send(req, stream=True)
-            except httpx.TimeoutException:
-                if last_attempt:
-                    raise BackendUnavailable(f"upstream {s.base_url} timed out after {s.timeout_s:g} s") from None
-                self._sleep(attempt, None)
-                continue
-            except httpx.TransportError:
-                if last_attempt:
-                    raise BackendUnavailable(f"upstream {s.base_url} is unreachable") from None
-                self._sleep(attempt, None)
-                continue
-            if resp.status_code < 400:
-                return resp
-            resp.read()
-            if resp.status_code in RETRY_STATUS and not last_attempt:
-                retry_after = resp.headers.get("retry-after")
-                resp.close()
-                self._sleep(attempt, retry_after)
-                continue
-            resp.close()
-            raise self._error_for(resp)
-        raise BackendUnavailable(f"upstream {s.base_url} failed")  # not reached
-
-    def _lines(self, resp: Any) -> Iterator[str]:
-        """The response's lines; a stall or dropped connection mid-answer becomes our error, not httpx's."""
+    @contextlib.contextmanager
+    def _errors(self, mid_stream: bool = False) -> Iterator[None]:
+        """The client's typed errors as ours: one line, the upstream's message at most (never our request)."""
+        openai, s = self._openai, self.settings
         try:
-            yield from resp.iter_lines()
-        except self._httpx.TimeoutException:
-            raise BackendUnavailable(
-                f"upstream {self.settings.base_url} stalled mid-answer for over {self.settings.timeout_s:g} s"
-            ) from None
-        except self._httpx.TransportError:
-            raise BackendUnavailable(f"upstream {self.settings.base_url} dropped the connection mid-answer") from None
-
-    def _sleep(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(20.0, self.settings.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
-        if retry_after:
-            try:
-                delay = max(delay, min(60.0, float(retry_after)))
-            except ValueError:
-                pass
-        log.info("upstream busy or failing; retry %d in %.1f s", attempt + 1, delay)
-        time.sleep(delay)
-
-    def _error_for(self, resp: Any) -> MedGemmaError:
-        try:
-            err = resp.json().get("error")
-            msg = err.get("message") if isinstance(err, dict) else str(err or "")
-        except (ValueError, AttributeError):
-            msg = ""
-        msg = " ".join(str(msg).split())[:200]  # one line; upstream messages do not carry our inputs' headers
-        status = resp.status_code
-        if status in (400, 404, 413, 422):
-            e: MedGemmaError = BadInput(f"upstream rejected the request ({status}): {msg or 'no detail'}")
-        elif status in (401, 403):
-            e = BackendUnavailable(f"upstream refused our credentials ({status}); set MEDGEMMA_UPSTREAM_API_KEY")
-        else:
-            e = UpstreamError(f"upstream failed ({status}): {msg or 'no detail'}")
-            e.http_status = 502
-        return e
+            yield
+        except openai.APITimeoutError:
+            what = "stalled mid-answer for over" if mid_stream else "timed out after"
+            raise BackendUnavailable(f"upstream {s.base_url} {what} {s.timeout_s:g} s") from None
+        except openai.APIConnectionError:
+            what = "dropped the connection mid-answer" if mid_stream else "is unreachable"
+            raise BackendUnavailable(f"upstream {s.base_url} {what}") from None
+        except openai.APIStatusError as e:
+            raise _status_error(e.status_code, _message(e.body)) from None
+        except openai.APIError as e:  # an error event inside the stream, or an answer that is not the API's
+            where = "mid-stream" if mid_stream else "with an invalid answer"
+            raise UpstreamError(f"upstream failed {where}: {_message(e.body) or 'no detail'}") from None
 
     # -- generation -----------------------------------------------------------------------------------------
     def _body(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
@@ -256,7 +202,7 @@ class OpenAIBackend(Backend):
         if p.seed is not None:
             body["seed"] = p.seed
         if p.top_k is not None:
-            body["top_k"] = p.top_k  # vLLM, SGLang and llama.cpp accept it as an extension
+            body["extra_body"] = {"top_k": p.top_k}  # vLLM, SGLang and llama.cpp accept it as an extension
         if p.stop:
             body["stop"] = list(p.stop[:MAX_STOP])
         prompt = request.prompt
@@ -287,19 +233,23 @@ class OpenAIBackend(Backend):
 
     def _one(self, row: RowState, tracker: RowTracker) -> Completion:
         path, body = self._body(row.request, stream=True)
+        chat = path != "/completions"
+        create = self.client.chat.completions.create if chat else self.client.completions.create
         text, n_prompt, n_out, n_deltas, finish = "", 0, 0, 0, None
-        with closing(self._request("POST", path, body)) as resp:
-            for event in _sse_events(self._lines(resp)):
-                if event.get("usage"):
-                    n_prompt = int(event["usage"].get("prompt_tokens") or n_prompt)
-                    n_out = int(event["usage"].get("completion_tokens") or n_out)
-                for choice in event.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+        with self._errors():
+            stream = create(**body)
+        with self._errors(mid_stream=True), stream:
+            for event in stream:
+                if event.usage:
+                    n_prompt = int(event.usage.prompt_tokens or n_prompt)
+                    n_out = int(event.usage.completion_tokens or n_out)
+                for choice in event.choices or []:
+                    piece = choice.text if chat is False else choice.delta.content  # completions carry text
                     if piece:
                         text += piece
                         n_deltas += 1  # servers stream about one token per delta: our budget check's count
                         tracker.update(row, text, n_deltas, False)
-                    finish = choice.get("finish_reason") or finish
+                    finish = choice.finish_reason or finish
                 if row.finish is not None:  # a stop string, our token budget or a cancelled client
                     break
         n_out = n_out or n_deltas
@@ -314,20 +264,17 @@ class OpenAIBackend(Backend):
         self.client.close()
 
 
-def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            if event.get("error"):
-                err = event["error"]
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                raise UpstreamError(f"upstream failed mid-stream: {' '.join(str(msg).split())[:200]}")
-            yield event
+def _message(body: object) -> str:
+    """The upstream's error message on one line (upstream messages do not carry our inputs' headers)."""
+    msg = body.get("message") if isinstance(body, dict) else body if isinstance(body, str) else ""
+    return " ".join(str(msg or "").split())[:200]
+
+
+def _status_error(status: int, msg: str) -> MedGemmaError:
+    if status in (400, 404, 413, 422):
+        return BadInput(f"upstream rejected the request ({status}): {msg or 'no detail'}")
+    if status in (401, 403):
+        return BackendUnavailable(f"upstream refused our credentials ({status}); set MEDGEMMA_UPSTREAM_API_KEY")
+    e = UpstreamError(f"upstream failed ({status}): {msg or 'no detail'}")
+    e.http_status = 502
+    return e
