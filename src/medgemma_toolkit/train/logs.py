@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,34 +98,39 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
                 f.flush()
 
     class Progress(TrainerCallback):
+        """A rich progress bar on stderr (the same library as `eval`'s): steps, ETA, seconds per step, loss."""
+
         def __init__(self) -> None:
-            self.bar = None
+            self.bar: Any = None
+            self.task: Any = None
             self.t0 = 0.0
             self.first = 0
 
         def on_train_begin(self, args, state, control, **kw):
-            from tqdm.auto import tqdm
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.first = state.global_step
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc, unit="step",
-                            file=sys.stderr, dynamic_ncols=True)
+            self.bar = Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[post]}"), console=Console(stderr=True))
+            self.task = self.bar.add_task(desc, total=state.max_steps, completed=state.global_step, post="")
+            self.bar.start()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
+                self.bar.update(self.task, completed=state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if self.bar is not None and logs:
                 done = max(1, state.global_step - self.first)
-                post = {"s/step": f"{(time.perf_counter() - self.t0) / done:.2f}"}
-                for k in ("loss", "reward"):
-                    if k in logs:
-                        post[k] = f"{float(logs[k]):.4f}"
-                self.bar.set_postfix(post, refresh=False)
+                post = [f"{(time.perf_counter() - self.t0) / done:.2f} s/step"]
+                post += [f"{k} {float(logs[k]):.4f}" for k in ("loss", "reward") if k in logs]
+                self.bar.update(self.task, post=", ".join(post))
 
         def on_train_end(self, args, state, control, **kw):
             if self.bar is not None:
-                self.bar.close()
+                self.bar.stop()
+                self.bar = None
 
     return [LossLogger()] + ([] if quiet else [Progress()])
