@@ -185,3 +185,19 @@ def test_prompt_token_count_matches_what_llamacpp_evaluates(gguf_model, xray):
         fed = gguf_model.backend.generate([req])[0].prompt_tokens
         assert gguf_model.backend.count_prompt_tokens(req.prompt) == fed
     assert gguf_model.backend.context_length() == 8192
+
+
+def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_error(gguf_model, gguf_dir, tiny_model,
+                                                                                  tmp_path):
+    """What a backend can do is read from `capabilities`, never probed; the operation it lacks is a one-line
+    CapabilityError on the CLI, the same one `eval --mode loglikelihood` reports."""
+    caps = gguf_model.backend.capabilities
+    assert caps.loglikelihood is False and caps.images is True and caps.remote is False
+    assert caps.context_length == gguf_model.backend.context_length() > 0
+    with pytest.raises(CapabilityError, match="cannot score log-likelihoods"):
+        gguf_model.backend.loglikelihood([(gguf_model.request("Q?").prompt, "A")])
+    t = tiny_model.backend.capabilities
+    assert t.loglikelihood is True and t.images == tiny_model.backend.info.multimodal and t.max_batch_size == 8
+    r = run_cli("eval", "--task", "medqa", "--model", str(gguf_dir / "tiny-f32.gguf"),
+                "--backend", "llamacpp", "--mode", "loglikelihood", "--limit", "2", "--out", str(tmp_path / "ll"))
+    assert r.returncode == 2 and "cannot score log-likelihoods" in r.stderr and r.stderr.strip().count("\n") == 0
