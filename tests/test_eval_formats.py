@@ -76,6 +76,22 @@ def test_generic_csv_and_jsonl_for_own_data(tmp_path):
     assert items[0].images == [str(tmp_path / "a.png")]
 
 
+def test_a_task_that_requires_images_skips_rows_without_one_and_text_mcq_does_not(tmp_path):
+    """The requirement is the task's declared `requires_images`, not its name."""
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "a.png")
+    (tmp_path / "own.csv").write_text(
+        'id,question,options,answer,image\n'
+        'q1,Which?,"[""x"", ""y""]",y,a.png\n'
+        'q2,Which?,"[""x"", ""y""]",x,\n'
+    )
+    assert get_task("image_mcq").requires_images and not get_task("medqa").requires_images
+    read = read_items(get_task("image_mcq"), tmp_path / "own.csv", on_error="skip")
+    assert [i.id for i in read.items] == ["q1"]
+    assert any("an image question needs an image path" in e for e in read.errors)
+
+
 def test_mmlu_folder_reads_only_medical_subjects():
     spec = get_task("mmlu_med")
     items = read_items(spec, Path(str(sample_path(spec)))).items

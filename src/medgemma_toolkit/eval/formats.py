@@ -211,7 +211,7 @@ def _check(spec: TaskSpec, item: EvalItem) -> None:
     if spec.kind == "mcq":
         if not item.options or item.answer not in item.options:
             raise RowError(f"{item.location}: a multiple-choice row needs options and the correct option")
-        if spec.name == "image_mcq" and not item.images:
+        if spec.requires_images and not item.images:
             raise RowError(f"{item.location}: an image question needs an image path")
     elif spec.kind == "vqa" and not item.images:
         raise RowError(f"{item.location}: a VQA row needs an image path")

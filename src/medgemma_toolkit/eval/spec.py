@@ -44,6 +44,7 @@ class TaskSpec:
     # CXR: each release's own label names -> the condition names asked (CXR14's "Effusion" = "Pleural Effusion").
     label_names: dict[str, dict[str, str]] = field(default_factory=dict)
     sample: str | None = None  # file under eval/samples/
+    requires_images: bool = False  # every row must carry an image (image MCQ); VQA rows always need one
     references: tuple[str, ...] = ()
 
     @property
