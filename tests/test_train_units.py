@@ -201,3 +201,17 @@ def test_chat_examples_and_base_model_prompts_train_on_the_answer_only(tiny_mode
     assert tok.decode(kept) == " no\n\n"
     # Tokenised with the tokenizer's own special tokens, as the backend does for completion prompts.
     assert tok.decode(b["input_ids"][0]).removeprefix("<bos>").startswith("Question: Is there cardiomegaly?\nAnswer: no")
+
+
+def test_one_device_shim_still_reaches_the_trainers_gpu_count(tmp_path):
+    """`one_device` sets TrainingArguments' private `_n_gpu` (no public setter exists): if a transformers release
+    renames or stops reading it, this fails here rather than a multi-GPU run splitting batches apart."""
+    from transformers import TrainingArguments
+
+    from medgemma_toolkit.train.model import one_device
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert args.n_gpu == 0 and "_n_gpu" in vars(args), "transformers no longer keeps the GPU count in _n_gpu"
+    args._n_gpu = 3  # what a process that saw three GPUs holds
+    assert args.n_gpu == 3, "TrainingArguments.n_gpu no longer reads _n_gpu: revisit train/model.one_device"
+    assert one_device(args).n_gpu == 1

@@ -44,9 +44,13 @@ def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple
 def one_device(args: Any) -> Any:
     """Keep the HF Trainer on one GPU: with n_gpu > 1 it wraps the model in `nn.DataParallel`, whose scatter splits
     the collator's packed `pixel_values` apart from their `input_ids`. Normally CUDA_VISIBLE_DEVICES already shows
-    one GPU (`placement.restrict_for_training`); this covers a process where CUDA started before that."""
+    one GPU (`placement.restrict_for_training`); this covers a process where CUDA started before that.
+
+    The toolkit's one use of a private API outside our code: `TrainingArguments` has no public setter for its GPU
+    count (`n_gpu` is read-only), and assigning `_n_gpu` is exactly what the Trainer itself does for a
+    model-parallel model. tests/test_train_units.py fails loudly if a transformers release renames it."""
     if args.n_gpu > 1:
-        args._n_gpu = 1  # what the Trainer itself does for a model-parallel model
+        args._n_gpu = 1
     return args
 
 
