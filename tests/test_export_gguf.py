@@ -38,6 +38,7 @@ def gguf_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return exported(tmp_path_factory, tiny_model_dir, "tiny")
 
 
+@pytest.mark.slow
 def test_export_writes_model_mmproj_modelfile_and_provenance(gguf_dir):
     from gguf import GGUFReader
 
@@ -154,6 +155,7 @@ def test_unusual_layer_pattern_is_refused():
         check_layer_pattern({"text_config": {"layer_types": ["full_attention", "sliding_attention"]}})
 
 
+@pytest.mark.slow
 def test_converter_is_fetched_from_the_sdist_cache(gguf_dir):
     from medgemma_toolkit.export.llama_source import converter_script
 

@@ -128,6 +128,7 @@ def _full_logits_score(be, prompt, cont: str) -> float:
     return sum(float(logp[j - 1, ids[j]]) for j in range(n - k, n))
 
 
+@pytest.mark.slow
 def test_loglikelihood_with_logits_to_keep_equals_full_logits(tiny_model):
     be = tiny_model.backend
     rng = np.random.default_rng(1)
@@ -281,6 +282,7 @@ def test_gpu_suite_smoke_run_passes_on_cpu(tmp_path):
     assert "QLoRA" in p.stdout and "out-of-memory" in p.stdout
 
 
+@pytest.mark.slow
 def test_per_step_hook_and_end_of_generation_reading_agree(tiny_model, scripted_model_dir):
     """Eval-style batches (nothing streamed, no stop string) skip the per-step hook and read rows once at the end;
     the result must be what the per-step path gives, eos-stopped and length-stopped rows alike."""
