@@ -7,6 +7,11 @@ the user's own path or option, nothing read from inside a file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class MedGemmaError(Exception):
     """Base of every error meant for a user. One line, no PHI."""
@@ -55,3 +60,13 @@ class DeviceOutOfMemory(BackendUnavailable):
     """The accelerator ran out of memory for this work; smaller batches (or a later retry) may fit."""
 
     code = "out_of_memory"
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """`table[name]` from one of the named tables (presets, recipes, protocols), or a one-line `BadInput` naming
+    the choices."""
+    try:
+        return table[name]
+    except KeyError:
+        raise BadInput(f"unknown {what} {name!r}; choose one of: {', '.join(table)}") from None
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import BadInput
+from ..errors import lookup
 from .thinking import THINK_INSTRUCTION
 
 TOOLKIT_INSTRUCTION = (
@@ -71,10 +71,7 @@ MCQ_PROTOCOLS: dict[str, MCQProtocol] = {
 
 
 def get_mcq_protocol(name: str) -> MCQProtocol:
-    try:
-        return MCQ_PROTOCOLS[name]
-    except KeyError:
-        raise BadInput(f"unknown MCQ prompt {name!r}; choose one of: {', '.join(MCQ_PROTOCOLS)}") from None
+    return lookup(MCQ_PROTOCOLS, name, "MCQ prompt")
 
 
 def google_rl_answer(text: str) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import BadInput
+from ..errors import BadInput, lookup
 from .messages import IMAGE_PLACEHOLDER, ImagePart, Message, Part, Prompt, TextPart
 from .thinking import THINK_INSTRUCTION
 
@@ -173,7 +173,4 @@ PRESETS: dict[str, PromptPreset] = {
 
 
 def get_preset(name: str) -> PromptPreset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise BadInput(f"unknown prompt preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    return lookup(PRESETS, name, "prompt preset")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from ..errors import BadInput
+from ..errors import BadInput, lookup
 
 Task = Literal["classification", "vqa", "report", "chat"]
 LossOn = Literal["conversation", "answer"]
@@ -132,10 +132,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise BadInput(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+    return lookup(RECIPES, name, "recipe")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..backends.placement import restrict_for_training
 from ..backends.torch_setup import pick_device_dtype
-from ..errors import BadInput
+from ..errors import BadInput, lookup
 from ..models.resolve import resolve_model
 from ..prompts.mcq import get_mcq_protocol, google_rl_answer
 from ..rowfile import read_rows
@@ -94,10 +94,7 @@ RL_RECIPES: dict[str, RLRecipe] = {
 
 
 def get_rl_recipe(name: str) -> RLRecipe:
-    try:
-        return RL_RECIPES[name]
-    except KeyError:
-        raise BadInput(f"unknown RL recipe {name!r}; choose one of: {', '.join(RL_RECIPES)}") from None
+    return lookup(RL_RECIPES, name, "RL recipe")
 
 
 def google_rl_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
