@@ -171,15 +171,9 @@ def _model_image_size(model: str | None) -> int | None:
         return r.variant.image_size
     if not r.path.is_dir():
         return None
-    # transformers 5 writes processor_config.json (image processor nested); older checkpoints preprocessor_config.json
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        cfg = r.path / name
-        if cfg.is_file():
-            data = json.loads(cfg.read_text())
-            size = (data.get("image_processor") or data).get("size") or {}
-            if "height" in size:
-                return int(size["height"])
-    return None
+    from ..models.checkpoint import processor_image_size
+
+    return processor_image_size(r.path)
 
 
 models_app = typer.Typer(help="Known MedGemma variants and which are on this machine.", invoke_without_command=True)

@@ -29,14 +29,14 @@ class ModelHint:
     default_preset: str | None = None
 
     @classmethod
-    def of(cls, hint: "ModelHint | dict[str, Any] | None") -> "ModelHint":
+    def of(cls, hint: ModelHint | dict[str, Any] | None) -> ModelHint:
         if isinstance(hint, ModelHint):
             return hint
         h = hint or {}
         return cls(str(h.get("name") or ""), h.get("pretrained"), h.get("thinking"), h.get("default_preset"))
 
     @classmethod
-    def from_variant(cls, name: str, v: Variant) -> "ModelHint":
+    def from_variant(cls, name: str, v: Variant) -> ModelHint:
         return cls(name, not v.instruction_tuned, v.thinking, v.default_preset)
 
     @property
@@ -44,7 +44,7 @@ class ModelHint:
         """Whether the conventions come from a known variant (or the demo), not from the checkpoint."""
         return self.default_preset is not None
 
-    def with_variant(self, v: Variant | None) -> "ModelHint":
+    def with_variant(self, v: Variant | None) -> ModelHint:
         """This hint, completed from `v` when it names no conventions of its own."""
         if v is None or self.known:
             return self
@@ -102,6 +102,19 @@ def is_multimodal(path: Path) -> bool:
     except (OSError, ValueError):
         raise BadInput(f"{path}: unreadable config.json") from None
     return "vision_config" in cfg
+
+
+def processor_image_size(path: Path) -> int | None:
+    """The image size a checkpoint's processor expects, read from its config (no weights loaded). transformers 5
+    writes processor_config.json (image processor nested); older checkpoints preprocessor_config.json."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        cfg = path / name
+        if cfg.is_file():
+            data = json.loads(cfg.read_text())
+            size = (data.get("image_processor") or data).get("size") or {}
+            if "height" in size:
+                return int(size["height"])
+    return None
 
 
 def load_hf_model(load_dir: str, multimodal: bool, **kwargs: Any) -> Any:

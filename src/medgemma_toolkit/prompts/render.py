@@ -7,9 +7,8 @@ the loaded backend's own `render`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .gemma_format import render_gemma_chat
 from .messages import Prompt
@@ -36,23 +35,12 @@ def render_for_backend(mg: Any, prompt: Prompt) -> str:
         return render_gemma_chat(prompt.messages) if not prompt.is_completion else (prompt.text or "")
 
 
-def _processor_image_size(path: Path) -> int | None:
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        cfg = path / name
-        if cfg.is_file():
-            data = json.loads(cfg.read_text())
-            size = (data.get("image_processor") or data).get("size") or {}
-            if "height" in size:
-                return int(size["height"])
-    return None
-
-
 def show_prompt_offline(model: str | None, question: str, images: Sequence[str], options: Any, *,
                         system: str | None = None, think: bool = False, instruction: str | None = None,
                         preset: str | None = None, allow_download: bool = False) -> str | None:
     """The rendered prompt from a checkpoint's processor files alone; None when weights would be needed."""
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
-    from ..models.checkpoint import is_multimodal, load_processing
+    from ..models.checkpoint import is_multimodal, load_processing, processor_image_size
     from ..models.load import info_hint
     from ..models.resolve import resolve_model
 
@@ -68,7 +56,7 @@ def show_prompt_offline(model: str | None, question: str, images: Sequence[str],
     bos = proc.tokenizer.bos_token or ""
     name = preset or info_hint(resolved).preset(bool(getattr(owner, "chat_template", None)))
     pre = get_preset(name)
-    size = _processor_image_size(path) or (resolved.variant.image_size if resolved.variant else None) or DEFAULT_IMAGE_SIZE
+    size = processor_image_size(path) or (resolved.variant.image_size if resolved.variant else None) or DEFAULT_IMAGE_SIZE
     media = [p for src in images for p in load_parts(src, options, size)]
     prompt = pre.build(question, media, system=system, think=think, instruction=instruction)
     return render_with(owner, prompt, bos=bos)
