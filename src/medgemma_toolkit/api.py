@@ -78,7 +78,7 @@ class MedGemma:
         mmproj: str | None = None,
         upstream: str | None = None,
         context_length: int | None = None,
-    ) -> "MedGemma":
+    ) -> MedGemma:
         opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size, adapter=adapter,
                            threads=threads, mmproj=mmproj, upstream=upstream, context_length=context_length)
         be, resolved, secs = load_backend(model, backend, opts, allow_download)

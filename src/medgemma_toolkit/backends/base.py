@@ -149,5 +149,5 @@ class Backend(ABC):
         that does not fit before it joins a batch); None when the backend cannot tell."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: a backend that holds nothing keeps the no-op
         """Release memory held by the model (optional)."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import DeltaCallback, FinishReason, GenerationRequest
 from ..prompts.gemma_format import strip_control
+from .base import DeltaCallback, FinishReason, GenerationRequest
 
 
 @dataclass

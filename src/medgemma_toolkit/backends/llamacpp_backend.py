@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, CapabilityError, UnsupportedFormat
-from ..prompts.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
 from ..models.checkpoint import ModelHint, variant_named_in
+from ..prompts.gemma_format import render_gemma_chat
+from ..prompts.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, RowTracker
 from .llamacpp_logging import llama_log_callback, route_llama_logs
-from ..prompts.gemma_format import render_gemma_chat
 from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,8 @@ class LlamaCppBackend(Backend):
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def _init_vision(self, threads: int) -> tuple[int | None, int | None]:
-        from llama_cpp import mtmd_cpp
-
         from gguf import GGUFReader
+        from llama_cpp import mtmd_cpp
 
         meta = GGUFReader(str(self.mmproj_path)).fields
         size = _field(meta, "clip.vision.image_size")

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, BadInput, CapabilityError, MedGemmaError
-from ..prompts.messages import ImagePart, Prompt
 from ..models.checkpoint import ModelHint
+from ..prompts.messages import ImagePart, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, RowTracker
 from .torch_setup import LoadOptions
@@ -57,7 +57,7 @@ class UpstreamSettings:
     retries: int = 4
 
     @classmethod
-    def from_env(cls, base_url: str) -> "UpstreamSettings":
+    def from_env(cls, base_url: str) -> UpstreamSettings:
         def num(name: str, default: float) -> float:
             raw = os.environ.get(name)
             if raw is None or raw == "":

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, CapabilityError
-from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from ..models.checkpoint import ModelHint, check_quantize, load_hf_model, load_processing, quantization_config
+from ..prompts.gemma_format import render_gemma_chat
+from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, TokenStepper
-from ..prompts.gemma_format import render_gemma_chat
 from .memory import call_or_oom, release_memory
 from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
 from .torch_setup import LoadOptions, pick_device_dtype
@@ -187,7 +187,7 @@ class TransformersBackend(Backend):
             for start in range(0, len(idx), size):
                 chunk = idx[start : start + size]
                 rows = [RowState(i, requests[i]) for i in chunk]
-                done = call_or_oom(lambda: self._generate_batch(rows, on_delta),
+                done = call_or_oom(lambda rows=rows: self._generate_batch(rows, on_delta),
                                    f"out of memory on {self.input_device} generating for {len(rows)} requests")
                 for i, c in zip(chunk, done):
                     results[i] = c
@@ -265,7 +265,7 @@ class TransformersBackend(Backend):
             idx = order[start : start + size]
             chunk = [pairs[i] for i in idx]
             ks = [cont_len[i] for i in idx]
-            sums = call_or_oom(lambda: self._score_continuations(chunk, ks),
+            sums = call_or_oom(lambda chunk=chunk, ks=ks: self._score_continuations(chunk, ks),
                                f"out of memory on {self.input_device} scoring {len(chunk)} continuations")
             for i, v in zip(idx, sums):
                 scores[i] = v

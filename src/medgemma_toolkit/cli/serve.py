@@ -58,7 +58,8 @@ def serve(
     Example: medgemma serve --model medgemma-4b-it --port 8000 --api-key-file key.txt
     """
     from ..serve.config import ServeConfig
-    from ..serve.server import check_port_free, serve as run
+    from ..serve.server import check_port_free
+    from ..serve.server import serve as run
 
     config = ServeConfig(
         host=host, port=port, api_key=_read_key(api_key, api_key_file), served_model_name=served_model_name,

@@ -18,8 +18,8 @@ from ..prompts.thinking import split_thought
 from ..rowfile import read_rows
 from .batching import Outcome, auto_batch_size, run_batches
 from .items import format_options
-from .rows import ReadContext, RowError, image_paths, is_blank, options_of
 from .records import RecordLog
+from .rows import ReadContext, RowError, image_paths, is_blank, options_of
 
 
 @dataclass

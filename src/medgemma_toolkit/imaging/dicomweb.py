@@ -24,9 +24,8 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, BadInput, ImageTooLarge
 from ..prompts.messages import ImagePart, Part
-from .dicom import dicom_to_rgb
+from .dicom import dicom_to_rgb, quiet_pydicom
 from .options import ImageOptions
-from .dicom import quiet_pydicom
 from .series import MAX_SERIES_FILES
 from .square import to_model_image
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.registry import backend_class
 from ..backends.torch_setup import LoadOptions
-from .resolve import ResolvedModel, resolve_model
 from .checkpoint import ModelHint, variant_from_card
+from .resolve import ResolvedModel, resolve_model
 from .variants import find_variant
 
 log = logging.getLogger(__name__)
