@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the toolkit with its test extras into .venv (scripts/install.sh) and run the whole test suite (what CI
-# runs), after installing the Debian packages the tests drive for real: Orthanc (DICOMweb) and Chromium.
+# Install the toolkit with its test extras into .venv (scripts/install.sh), check src/ with ruff and mypy, and run
+# the whole test suite (what CI runs), after installing the Debian packages the tests drive for real: Orthanc
+# (DICOMweb) and Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A real DICOMweb server for tests/test_imaging_dicomweb.py (the tests start it themselves on loopback).
@@ -15,4 +16,8 @@ if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 bash scripts/install.sh test
+# The habits before the tests: lint, format and types of src/ (rules and baselines in pyproject.toml).
+.venv/bin/ruff check src
+.venv/bin/ruff format --check src
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
