@@ -1,8 +1,8 @@
 """The Python API: load a model once, ask many times.
 
-    >>> from medgemma_toolkit import MedGemma
-    >>> mg = MedGemma.load("medgemma-4b-it")            # or a directory, a .gguf, or None for the best found
-    >>> mg.ask("Describe this X-ray.", images=["cxr.dcm"]).text
+>>> from medgemma_toolkit import MedGemma
+>>> mg = MedGemma.load("medgemma-4b-it")            # or a directory, a .gguf, or None for the best found
+>>> mg.ask("Describe this X-ray.", images=["cxr.dcm"]).text
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ class Query:
 class MedGemma:
     """A loaded model plus its prompt preset; every call goes through the `Backend` interface."""
 
-    def __init__(self, backend: Backend, resolved: ResolvedModel | None = None, preset: str | None = None,
-                 load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        resolved: ResolvedModel | None = None,
+        preset: str | None = None,
+        load_seconds: float = 0.0,
+    ) -> None:
         self.backend = backend
         self.resolved = resolved
         self.preset: PromptPreset = get_preset(preset or backend.info.default_preset)
@@ -79,8 +84,17 @@ class MedGemma:
         upstream: str | None = None,
         context_length: int | None = None,
     ) -> MedGemma:
-        opts = LoadOptions(device=device, dtype=dtype, quantize=quantize, max_batch_size=max_batch_size, adapter=adapter,
-                           threads=threads, mmproj=mmproj, upstream=upstream, context_length=context_length)
+        opts = LoadOptions(
+            device=device,
+            dtype=dtype,
+            quantize=quantize,
+            max_batch_size=max_batch_size,
+            adapter=adapter,
+            threads=threads,
+            mmproj=mmproj,
+            upstream=upstream,
+            context_length=context_length,
+        )
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)
 
@@ -164,8 +178,11 @@ class MedGemma:
             finish_reason=c.finish_reason,
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
-            timings={"load_s": round(self.load_seconds, 3), "generate_s": round(gen_seconds, 3),
-                     "tokens_per_s": round(tps, 2)},
+            timings={
+                "load_s": round(self.load_seconds, 3),
+                "generate_s": round(gen_seconds, 3),
+                "tokens_per_s": round(tps, 2),
+            },
         )
 
     # -- generation -------------------------------------------------------------------------------------------

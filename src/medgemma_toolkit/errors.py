@@ -69,4 +69,3 @@ def lookup(table: Mapping[str, T], name: str, what: str) -> T:
         return table[name]
     except KeyError:
         raise BadInput(f"unknown {what} {name!r}; choose one of: {', '.join(table)}") from None
-

@@ -69,8 +69,9 @@ def percentile_interval(stats: Sequence[float] | np.ndarray, level: float = 0.95
     return float(lo), float(hi)
 
 
-def bootstrap_ratio(sums: Sequence[float], counts: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                    level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_ratio(
+    sums: Sequence[float], counts: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap of sum(values) / count(values), resampling groups given by their (sum, count).
 
     A mean over items is the case count = 1 per item; resamples that draw only empty groups are dropped."""
@@ -84,8 +85,13 @@ def bootstrap_ratio(sums: Sequence[float], counts: Sequence[float], n_boot: int 
     return percentile_interval(stats[tot_n > 0], level)
 
 
-def bootstrap_statistic(n_groups: int, statistic: Callable[[list[int]], float | None], n_boot: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_statistic(
+    n_groups: int,
+    statistic: Callable[[list[int]], float | None],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap of any statistic of a resample, given as the list of drawn group indices."""
     if n_groups < 2:
         return (None, None)
@@ -93,7 +99,8 @@ def bootstrap_statistic(n_groups: int, statistic: Callable[[list[int]], float | 
     return percentile_interval(out, level)
 
 
-def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                   level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_mean(
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the mean of independent values."""
     return bootstrap_ratio(list(values), [1.0] * len(values), n_boot, seed, level)

@@ -29,7 +29,9 @@ class RowTracker:
     rows: list[RowState]
     on_delta: DeltaCallback | None = None
 
-    def update(self, row: RowState, raw_text: str, n_tokens: int, hit_eos: bool, stable_chars: int | None = None) -> None:
+    def update(
+        self, row: RowState, raw_text: str, n_tokens: int, hit_eos: bool, stable_chars: int | None = None
+    ) -> None:
         """`stable_chars`: how much of `raw_text` later tokens can no longer change (None = all of it); a trailing
         run of byte-fallback tokens can turn already-decoded characters into U+FFFD, so it is never streamed early."""
         if row.finish is not None:
@@ -125,8 +127,14 @@ class TokenStepper:
     Per step it costs a few small decodes per row (`IncrementalDetokenizer`) and, when nothing streams and no stop
     string is set, no decoding at all: text is then decoded once, when a row finishes."""
 
-    def __init__(self, rows: list[RowState], on_delta: DeltaCallback | None, decode: Callable[[list[int]], str],
-                 stop_ids: set[int], byte_ids: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        rows: list[RowState],
+        on_delta: DeltaCallback | None,
+        decode: Callable[[list[int]], str],
+        stop_ids: set[int],
+        byte_ids: frozenset[int] = frozenset(),
+    ) -> None:
         self.rows = rows
         self.tracker = RowTracker(rows, on_delta)
         self.decode = decode

@@ -70,8 +70,9 @@ def physical_cores() -> int:
 class LlamaCppBackend(Backend):
     """One `llama_cpp.Llama` (plus an mtmd context for images); `generate` serves requests in order."""
 
-    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
-                 options: LoadOptions | None = None) -> None:
+    def __init__(
+        self, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions | None = None
+    ) -> None:
         import llama_cpp
 
         options = options or LoadOptions()
@@ -97,7 +98,9 @@ class LlamaCppBackend(Backend):
                 verbose=False,
             )
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
-            raise UnsupportedFormat(f"{path}: llama.cpp cannot load this GGUF ({str(e).splitlines()[0][:120]})") from None
+            raise UnsupportedFormat(
+                f"{path}: llama.cpp cannot load this GGUF ({str(e).splitlines()[0][:120]})"
+            ) from None
         self.threads = threads
         self._lock = threading.Lock()  # one llama.cpp context: requests must not interleave
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
@@ -110,16 +113,29 @@ class LlamaCppBackend(Backend):
             image_size, tokens_per_image = self._init_vision(threads)
         # A GGUF of a known variant keeps its conventions (1.5: no system prompt), named in its file or metadata.
         hint = ModelHint.of(info_hint).with_variant(
-            variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", ""))))
+            variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", "")))
+        )
         self.info = hint.model_info(
-            path=str(path), backend="llamacpp", multimodal=self._mtmd is not None, image_size=image_size,
-            tokens_per_image=tokens_per_image, has_chat_template=bool(self.template),
-            extra={"threads": str(threads), "n_ctx": str(self.llama.n_ctx()),
-                   "mmproj": str(self.mmproj_path) if self.mmproj_path else ""},
+            path=str(path),
+            backend="llamacpp",
+            multimodal=self._mtmd is not None,
+            image_size=image_size,
+            tokens_per_image=tokens_per_image,
+            has_chat_template=bool(self.template),
+            extra={
+                "threads": str(threads),
+                "n_ctx": str(self.llama.n_ctx()),
+                "mmproj": str(self.mmproj_path) if self.mmproj_path else "",
+            },
         )
         # One context: requests are decoded one after another, whatever the list `generate` is given.
-        self.capabilities = Capabilities(max_batch_size=1, loglikelihood=False, images=self._mtmd is not None,
-                                         streaming=True, context_length=int(self.llama.n_ctx()))
+        self.capabilities = Capabilities(
+            max_batch_size=1,
+            loglikelihood=False,
+            images=self._mtmd is not None,
+            streaming=True,
+            context_length=int(self.llama.n_ctx()),
+        )
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def _init_vision(self, threads: int) -> tuple[int | None, int | None]:
@@ -287,8 +303,14 @@ class LlamaCppBackend(Backend):
                     start = llama.n_tokens
                     new_past = self._lc.llama_pos(0)
                     rc = m.mtmd_helper_eval_chunk_single(
-                        self._mtmd, llama.ctx, chunk, self._lc.llama_pos(start), self._lc.llama_seq_id(0),
-                        llama.n_batch, False, ctypes.byref(new_past),
+                        self._mtmd,
+                        llama.ctx,
+                        chunk,
+                        self._lc.llama_pos(start),
+                        self._lc.llama_seq_id(0),
+                        llama.n_batch,
+                        False,
+                        ctypes.byref(new_past),
                     )
                     if rc != 0:
                         raise BadInput(f"libmtmd could not encode an image (code {rc})")
@@ -355,7 +377,10 @@ def _render_template(template: str, prompt: Prompt, bos: str, eos: str) -> str:
         messages.append({"role": m.role, "content": content})
     try:
         return env.from_string(template).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos,
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=bos,
+            eos_token=eos,
             raise_exception=raise_exception,
         )
     except TemplateError as e:

@@ -115,8 +115,9 @@ class OpenAIBackend(Backend):
 
     remote = True  # `--model` names the upstream's model; nothing is resolved on local disk
 
-    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
-                 options: LoadOptions | None = None) -> None:
+    def __init__(
+        self, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions | None = None
+    ) -> None:
         import openai
 
         self._openai = openai
@@ -147,10 +148,13 @@ class OpenAIBackend(Backend):
         # A `medgemma serve` upstream says its own thinking and preset; for others assume a chat model.
         self.info = replace(hint, name=self.model, pretrained=bool(hint.pretrained)).model_info(
             path=f"{self.settings.base_url}#{self.model}",  # identity for eval provenance and its result cache
-            backend="openai", multimodal=not text_only,
+            backend="openai",
+            multimodal=not text_only,
             image_size=image_size,  # images are sent at the size the upstream model takes
-            tokens_per_image=None if text_only else 256, has_chat_template=True,
-            thinking=bool(card.get("thinking", False)), default_preset=str(card.get("preset") or "").split("@")[0] or None,
+            tokens_per_image=None if text_only else 256,
+            has_chat_template=True,
+            thinking=bool(card.get("thinking", False)),
+            default_preset=str(card.get("preset") or "").split("@")[0] or None,
             extra={"upstream": self.settings.base_url, "concurrency": str(self.settings.concurrency)},
         )
         # Requests in flight at once; the upstream batches them itself. No log-likelihoods over the chat API.
@@ -163,10 +167,13 @@ class OpenAIBackend(Backend):
             try:
                 data = [m.to_dict() for m in self.client.models.list()]
             except self._openai.APIResponseValidationError:
-                raise UpstreamError(f"{self.settings.base_url}/models did not answer JSON; is it an OpenAI API?") from None
+                raise UpstreamError(
+                    f"{self.settings.base_url}/models did not answer JSON; is it an OpenAI API?"
+                ) from None
         return {
             str(m["id"]): (m.get("medgemma") if isinstance(m.get("medgemma"), dict) else {})
-            for m in data if isinstance(m, dict) and m.get("id")
+            for m in data
+            if isinstance(m, dict) and m.get("id")
         }
 
     @contextlib.contextmanager

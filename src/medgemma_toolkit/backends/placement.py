@@ -75,7 +75,9 @@ def inference_placement(device: str, quantize: str, gpus: Sequence[GPU], weights
             raise BackendUnavailable(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this run is on {device}")
         return Placement(None, device, device)
     if not gpus:
-        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)")
+        raise BackendUnavailable(
+            "--device cuda asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)"
+        )
     idx = cuda_index(device)
     if idx is not None:
         if idx >= len(gpus):
@@ -86,9 +88,14 @@ def inference_placement(device: str, quantize: str, gpus: Sequence[GPU], weights
     if not fits(weights, sum(g.free_bytes for g in gpus)):
         raise BackendUnavailable(
             f"the model needs about {weights * 1.15 / GIB + 1:.0f} GiB with working memory; the {len(gpus)} GPUs have "
-            f"{sum(g.free_bytes for g in gpus) / GIB:.0f} GiB free together (try --quantize 4bit)")
-    return Placement("auto", None, "cuda:0",
-                     note=f"sharding {weights / GIB:.1f} GiB of weights over {len(gpus)} GPUs (device_map=auto)")
+            f"{sum(g.free_bytes for g in gpus) / GIB:.0f} GiB free together (try --quantize 4bit)"
+        )
+    return Placement(
+        "auto",
+        None,
+        "cuda:0",
+        note=f"sharding {weights / GIB:.1f} GiB of weights over {len(gpus)} GPUs (device_map=auto)",
+    )
 
 
 def training_visible_devices(device: str, visible_env: str | None, world_size: int) -> tuple[str | None, str]:
@@ -98,16 +105,19 @@ def training_visible_devices(device: str, visible_env: str | None, world_size: i
     `world_size` from torchrun/accelerate's WORLD_SIZE. Restricting to one GPU is what keeps the Trainer from
     data-parallel wrapping and makes `cuda:N` honoured (the Trainer always trains on cuda:0)."""
     if world_size > 1:
-        raise BadInput("multi-process training (torchrun / accelerate launch) is not supported: run one process and "
-                       "pick its GPU with --device cuda:N (QLoRA fits MedGemma 27B on one 40 GB GPU)")
+        raise BadInput(
+            "multi-process training (torchrun / accelerate launch) is not supported: run one process and "
+            "pick its GPU with --device cuda:N (QLoRA fits MedGemma 27B on one 40 GB GPU)"
+        )
     if not device.startswith("cuda"):
         return None, device
     idx = cuda_index(device) or 0
     listed = [v.strip() for v in visible_env.split(",") if v.strip()] if visible_env is not None else None
     if listed is not None:
         if idx >= len(listed):
-            raise BadInput(f"--device {device}: CUDA_VISIBLE_DEVICES={visible_env} makes only {len(listed)} GPU(s) "
-                           "visible")
+            raise BadInput(
+                f"--device {device}: CUDA_VISIBLE_DEVICES={visible_env} makes only {len(listed)} GPU(s) visible"
+            )
         return listed[idx], "cuda:0"
     return str(idx), "cuda:0"
 
@@ -116,9 +126,11 @@ def bf16_note(capability: tuple[int, int], name: str) -> str | None:
     """bf16 runs natively from Ampere (compute capability 8.0); older GPUs (T4, V100) emulate it, slowly."""
     if capability >= (8, 0):
         return None
-    return (f"{name or 'this GPU'} (compute capability {capability[0]}.{capability[1]}) has no native bfloat16: it is "
-            "emulated and slow; --dtype float16 is faster but Gemma 3 activations can overflow in float16, and "
-            "--dtype float32 is exact but needs twice the memory")
+    return (
+        f"{name or 'this GPU'} (compute capability {capability[0]}.{capability[1]}) has no native bfloat16: it is "
+        "emulated and slow; --dtype float16 is faster but Gemma 3 activations can overflow in float16, and "
+        "--dtype float32 is exact but needs twice the memory"
+    )
 
 
 def checkpoint_params(path: Path) -> int | None:
@@ -171,8 +183,10 @@ def restrict_for_training(device: str, environ: Mapping[str, str] | None = None)
     if torch.cuda.is_initialized() and visible != env.get("CUDA_VISIBLE_DEVICES"):
         # Too late to hide GPUs from this process: only its first GPU can be honoured.
         if (cuda_index(device) or 0) != 0:
-            raise BadInput(f"--device {device}: CUDA already started in this process; set CUDA_VISIBLE_DEVICES "
-                           "before starting Python, or run training as its own process (the medgemma CLI does)")
+            raise BadInput(
+                f"--device {device}: CUDA already started in this process; set CUDA_VISIBLE_DEVICES "
+                "before starting Python, or run training as its own process (the medgemma CLI does)"
+            )
         return dev
     if environ is None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible

@@ -39,7 +39,9 @@ def pick_device_dtype(device: str, dtype: str):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)")
+        raise BackendUnavailable(
+            "--device cuda asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)"
+        )
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith(("cuda", "mps")) else "float32"
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 class TransformersBackend(Backend):
     """Loads once; `generate` batches requests that share sampling settings."""
 
-    def __init__(self, path: str | Path, info_hint: ModelHint | dict[str, Any],
-                 options: LoadOptions | None = None) -> None:
+    def __init__(
+        self, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions | None = None
+    ) -> None:
         import torch
         from transformers import AutoConfig
 
@@ -57,13 +58,19 @@ class TransformersBackend(Backend):
             kwargs["device_map"] = self.placement.device_map
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
-        config = AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(load_dir)
+        config = (
+            AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file)
+            if gguf_file
+            else AutoConfig.from_pretrained(load_dir)
+        )
         self.multimodal = getattr(config, "vision_config", None) is not None
         try:
             self.model = load_hf_model(load_dir, self.multimodal, **kwargs)
             proc = load_processing(load_dir, self.multimodal, gguf_file)
         except (OSError, ValueError, KeyError) as e:
-            raise BadInput(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise BadInput(
+                f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
         self.processor, self.tokenizer = proc.processor, proc.tokenizer
         image_size = proc.image_size
         tokens_per_image = int(getattr(config, "mm_tokens_per_image", 256)) if self.multimodal else None
@@ -85,14 +92,24 @@ class TransformersBackend(Backend):
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
         self.info = ModelHint.of(info_hint).model_info(
-            path=str(path), backend="transformers", multimodal=self.multimodal, image_size=image_size,
-            tokens_per_image=tokens_per_image, has_chat_template=bool(template),
-            extra={"device": str(self.input_device), "dtype": dtype_name,
-                   **({"quantize": quantize} if quantize != "none" else {}),
-                   **({"device_map": "auto"} if self.placement.device_map == "auto" else {})},
+            path=str(path),
+            backend="transformers",
+            multimodal=self.multimodal,
+            image_size=image_size,
+            tokens_per_image=tokens_per_image,
+            has_chat_template=bool(template),
+            extra={
+                "device": str(self.input_device),
+                "dtype": dtype_name,
+                **({"quantize": quantize} if quantize != "none" else {}),
+                **({"device_map": "auto"} if self.placement.device_map == "auto" else {}),
+            },
         )
         self.capabilities = Capabilities(
-            max_batch_size=max(1, self.options.max_batch_size), loglikelihood=True, images=self.multimodal, streaming=True,
+            max_batch_size=max(1, self.options.max_batch_size),
+            loglikelihood=True,
+            images=self.multimodal,
+            streaming=True,
             context_length=self._context_length(),
         )
 
@@ -178,7 +195,15 @@ class TransformersBackend(Backend):
         def key(i: int):
             r = requests[i]
             p = r.params
-            return (r.prompt.is_completion, bool(r.prompt.all_images()), p.greedy, p.temperature, p.top_p, p.top_k, p.seed)
+            return (
+                r.prompt.is_completion,
+                bool(r.prompt.all_images()),
+                p.greedy,
+                p.temperature,
+                p.top_p,
+                p.top_k,
+                p.seed,
+            )
 
         order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
         for _, group in itertools.groupby(order, key=key):
@@ -187,8 +212,10 @@ class TransformersBackend(Backend):
             for start in range(0, len(idx), size):
                 chunk = idx[start : start + size]
                 rows = [RowState(i, requests[i]) for i in chunk]
-                done = call_or_oom(lambda rows=rows: self._generate_batch(rows, on_delta),
-                                   f"out of memory on {self.input_device} generating for {len(rows)} requests")
+                done = call_or_oom(
+                    lambda rows=rows: self._generate_batch(rows, on_delta),
+                    f"out of memory on {self.input_device} generating for {len(rows)} requests",
+                )
                 for i, c in zip(chunk, done):
                     results[i] = c
         return [r for r in results if r is not None]
@@ -232,16 +259,17 @@ class TransformersBackend(Backend):
             torch.manual_seed(params.seed)
         # Nothing to stream, no stop string, no cancellation, one token limit: the hook would only count tokens, so
         # leave generation alone and read the rows once at the end (eval and batch runs).
-        per_step = stepper.need_text or any(r.request.cancelled is not None for r in rows) or len(
-            {r.request.params.max_new_tokens for r in rows}) > 1
+        per_step = (
+            stepper.need_text
+            or any(r.request.cancelled is not None for r in rows)
+            or len({r.request.params.max_new_tokens for r in rows}) > 1
+        )
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()] if per_step else [])
             )
         stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
-        return [
-            Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)
-        ]
+        return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).
@@ -265,8 +293,10 @@ class TransformersBackend(Backend):
             idx = order[start : start + size]
             chunk = [pairs[i] for i in idx]
             ks = [cont_len[i] for i in idx]
-            sums = call_or_oom(lambda chunk=chunk, ks=ks: self._score_continuations(chunk, ks),
-                               f"out of memory on {self.input_device} scoring {len(chunk)} continuations")
+            sums = call_or_oom(
+                lambda chunk=chunk, ks=ks: self._score_continuations(chunk, ks),
+                f"out of memory on {self.input_device} scoring {len(chunk)} continuations",
+            )
             for i, v in zip(idx, sums):
                 scores[i] = v
         return scores

@@ -11,8 +11,9 @@ from ..prompts.messages import Message, Part, TextPart
 HELP = "commands: /image PATH (attach to next question), /think (toggle), /reset, /help, /quit"
 
 
-def run_repl(mg: Any, system: str | None = None, think: bool = False, max_new_tokens: int | None = None,
-             stdin=None, stdout=None) -> None:
+def run_repl(
+    mg: Any, system: str | None = None, think: bool = False, max_new_tokens: int | None = None, stdin=None, stdout=None
+) -> None:
     from ..api import Answer
 
     inp = stdin or sys.stdin

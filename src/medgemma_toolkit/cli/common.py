@@ -18,7 +18,11 @@ import typer
 
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Variant name, hub id, checkpoint directory or .gguf file; default: best found, else the demo model"),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Variant name, hub id, checkpoint directory or .gguf file; default: best found, else the demo model",
+    ),
 ]
 BackendOpt = Annotated[str, typer.Option(help="auto, transformers, or another registered backend")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
@@ -26,11 +30,30 @@ DTypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fl
 QuantizeOpt = Annotated[str, typer.Option(help="none, 8bit or 4bit (CUDA only)")]
 DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Allow fetching weights from the Hugging Face Hub")]
 PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: the model's own convention)")]
-WindowOpt = Annotated[Optional[str], typer.Option(help="DICOM window: 'voi' (the file's), 'full' (whole range) or 'CENTER,WIDTH'; default: the file's VOI window if it has one, else full range")]
+WindowOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="DICOM window: 'voi' (the file's), 'full' (whole range) or 'CENTER,WIDTH'; default: the file's VOI window if it has one, else full range"
+    ),
+]
 FrameOpt = Annotated[Optional[int], typer.Option(help="DICOM multi-frame: frame index (default: middle)")]
-SlicesOpt = Annotated[int, typer.Option("--max-slices", help="CT/MR series: slices sampled uniformly (MedGemma 1.5: 85)")]
-SliceOrderOpt = Annotated[str, typer.Option("--slice-order", help="CT/MR series: 'instance_number' (Google's notebook; position when numbers are missing or repeated) or 'position'")]
-SliceSamplingOpt = Annotated[str, typer.Option("--slice-sampling", help="CT/MR series: 'notebook' (round(i/k*(n-1)), i=1..k) or 'linspace' (first and last included)")]
+SlicesOpt = Annotated[
+    int, typer.Option("--max-slices", help="CT/MR series: slices sampled uniformly (MedGemma 1.5: 85)")
+]
+SliceOrderOpt = Annotated[
+    str,
+    typer.Option(
+        "--slice-order",
+        help="CT/MR series: 'instance_number' (Google's notebook; position when numbers are missing or repeated) or 'position'",
+    ),
+]
+SliceSamplingOpt = Annotated[
+    str,
+    typer.Option(
+        "--slice-sampling",
+        help="CT/MR series: 'notebook' (round(i/k*(n-1)), i=1..k) or 'linspace' (first and last included)",
+    ),
+]
 CTWindowsOpt = Annotated[str, typer.Option("--ct-windows", help="CT series: RGB window preset, 'notebook' or 'server'")]
 PatchesOpt = Annotated[int, typer.Option("--max-patches", help="Whole-slide images: tissue patches sampled")]
 PatchSeedOpt = Annotated[int, typer.Option("--patch-seed", help="Whole-slide images: sampling seed")]
@@ -39,15 +62,30 @@ PatchOrderOpt = Annotated[str, typer.Option("--patch-order", help="Whole-slide i
 
 UpstreamOpt = Annotated[
     Optional[str],
-    typer.Option(help="OpenAI-compatible server URL (vLLM, SGLang, Ollama, llama.cpp) to forward to; implies --backend openai. Key: $MEDGEMMA_UPSTREAM_API_KEY"),
+    typer.Option(
+        help="OpenAI-compatible server URL (vLLM, SGLang, Ollama, llama.cpp) to forward to; implies --backend openai. Key: $MEDGEMMA_UPSTREAM_API_KEY"
+    ),
 ]
-MmprojOpt = Annotated[Optional[str], typer.Option(help="llama.cpp: vision projector GGUF (default: an mmproj*.gguf beside the model)")]
+MmprojOpt = Annotated[
+    Optional[str], typer.Option(help="llama.cpp: vision projector GGUF (default: an mmproj*.gguf beside the model)")
+]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads (default: physical cores)")]
 
 
-def load_model(model, backend, device, dtype, quantize, allow_download, preset, quiet: bool = False,
-               upstream: str | None = None, mmproj: str | None = None, threads: int | None = None,
-               max_batch_size: int = 8):
+def load_model(
+    model,
+    backend,
+    device,
+    dtype,
+    quantize,
+    allow_download,
+    preset,
+    quiet: bool = False,
+    upstream: str | None = None,
+    mmproj: str | None = None,
+    threads: int | None = None,
+    max_batch_size: int = 8,
+):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
 
@@ -61,8 +99,9 @@ def load_model(model, backend, device, dtype, quantize, allow_download, preset, 
     resolved = resolve_model(model, allow_download=allow_download)
     if resolved.is_demo and not quiet:
         print(DEMO_NOTICE, file=sys.stderr, flush=True)
-    return MedGemma.load(resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset,
-                         **extra)
+    return MedGemma.load(
+        resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset, **extra
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +120,20 @@ class ModelOptions:
 
     def load(self, preset: str | None = None, quiet: bool = False, **extra: Any):
         """The loaded `MedGemma` (see `load_model`); `extra` goes to the backend's load options."""
-        return load_model(self.model, self.backend, self.device, self.dtype, self.quantize, self.allow_download,
-                          preset, quiet, upstream=self.upstream, mmproj=self.mmproj, threads=self.threads, **extra)
+        return load_model(
+            self.model,
+            self.backend,
+            self.device,
+            self.dtype,
+            self.quantize,
+            self.allow_download,
+            preset,
+            quiet,
+            upstream=self.upstream,
+            mmproj=self.mmproj,
+            threads=self.threads,
+            **extra,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +177,9 @@ def option_groups(**groups: type) -> Callable[[F], F]:
                 params.append(p)
                 continue
             hints = typing.get_type_hints(groups[p.name], include_extras=True)
-            params += [inspect.Parameter(f.name, p.kind, default=f.default, annotation=hints[f.name])
-                       for f in fields[p.name]]
+            params += [
+                inspect.Parameter(f.name, p.kind, default=f.default, annotation=hints[f.name]) for f in fields[p.name]
+            ]
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
@@ -139,4 +191,3 @@ def option_groups(**groups: type) -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return wrap
-

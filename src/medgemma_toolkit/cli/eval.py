@@ -13,7 +13,9 @@ from ..errors import BadInput
 from . import app
 from .common import MODEL_DEFAULTS, ModelOptions, option_groups
 
-eval_app = typer.Typer(help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True)
+eval_app = typer.Typer(
+    help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True
+)
 app.add_typer(eval_app, name="eval")
 
 
@@ -34,22 +36,53 @@ def _batch_size(value: str) -> int | None:
 def eval_run(
     ctx: typer.Context,
     mo: ModelOptions = MODEL_DEFAULTS,
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data file as its release publishes it (see `medgemma eval list`), a parquet file or save_to_disk folder, or `hf:NAME[:CONFIG][:SPLIT]` from the local datasets cache (never downloaded). Default: the task's shipped sample")] = None,
-    split: Annotated[Optional[str], typer.Option(help="The release's official split (e.g. PubMedQA test, VQA-RAD test, MedXpertQA text/mm), or a Hugging Face split name")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="Keep only these item ids: one per line, a JSON list, or a JSON object's keys (e.g. PubMedQA's test_ground_truth.json)")] = None,
+    task: Annotated[
+        Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Data file as its release publishes it (see `medgemma eval list`), a parquet file or save_to_disk folder, or `hf:NAME[:CONFIG][:SPLIT]` from the local datasets cache (never downloaded). Default: the task's shipped sample"
+        ),
+    ] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The release's official split (e.g. PubMedQA test, VQA-RAD test, MedXpertQA text/mm), or a Hugging Face split name"
+        ),
+    ] = None,
+    ids: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Keep only these item ids: one per line, a JSON list, or a JSON object's keys (e.g. PubMedQA's test_ground_truth.json)"
+        ),
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N items")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"),
+    ] = None,
     batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto' (8 on CPU, 32 on GPU)")] = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")
+    ] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the protocol's token budget")] = None,
     temperature: Annotated[float, typer.Option(help="Override the protocol's greedy decoding (0)")] = 0.0,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
-    mode: Annotated[str, typer.Option(help="generate (MedGemma's protocol) or loglikelihood (lm-eval style MCQ scoring)")] = "generate",
+    mode: Annotated[
+        str, typer.Option(help="generate (MedGemma's protocol) or loglikelihood (lm-eval style MCQ scoring)")
+    ] = "generate",
     on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
-    conditions: Annotated[Optional[str], typer.Option(help="CXR: condition set (mimic, cxr14) or a comma-separated list")] = None,
-    images: Annotated[Optional[str], typer.Option(help="Folder that relative image paths are read from (default: beside the data file)")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")] = False,
+    conditions: Annotated[
+        Optional[str], typer.Option(help="CXR: condition set (mimic, cxr14) or a comma-separated list")
+    ] = None,
+    images: Annotated[
+        Optional[str],
+        typer.Option(help="Folder that relative image paths are read from (default: beside the data file)"),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")
+    ] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
 ) -> None:
     """Run a task and write records, summary.json and a report with plots.
@@ -72,21 +105,40 @@ def eval_run(
         raise BadInput("--limit must be positive")
     spec = get_task(task)  # fail on an unknown task before loading a model
     opts = EvalOptions(
-        task=task, data=data, out=out or Path("eval-runs") / spec.name, limit=limit, batch_size=_batch_size(batch_size),
-        resume=resume, max_new_tokens=max_new_tokens, temperature=temperature, think=think, mode=mode,  # type: ignore[arg-type]
-        on_error=on_error, conditions=conditions, image_root=images, use_cache=not no_cache,  # type: ignore[arg-type]
-        n_boot=bootstrap, split=split, ids=str(ids) if ids else None,
+        task=task,
+        data=data,
+        out=out or Path("eval-runs") / spec.name,
+        limit=limit,
+        batch_size=_batch_size(batch_size),
+        resume=resume,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        think=think,
+        mode=mode,  # type: ignore[arg-type]
+        on_error=on_error,
+        conditions=conditions,
+        image_root=images,
+        use_cache=not no_cache,  # type: ignore[arg-type]
+        n_boot=bootstrap,
+        split=split,
+        ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING)
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
-    ci = "" if m["ci_low"] is None else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, {m.get('ci_method', 'bootstrap')})"
+    ci = (
+        ""
+        if m["ci_low"] is None
+        else f" (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, {m.get('ci_method', 'bootstrap')})"
+    )
     value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
     t = summary["timing"]
-    print(f"{spec.label} {spec.primary_metric} = {value}{ci} on {summary['counts']['answered']} questions; "
-          f"unparseable {summary['parse_failures']['rate']:.1%}; generated {t['generated']}, resumed {t['resumed']}, "
-          f"cached {t['from_cache']}")
+    print(
+        f"{spec.label} {spec.primary_metric} = {value}{ci} on {summary['counts']['answered']} questions; "
+        f"unparseable {summary['parse_failures']['rate']:.1%}; generated {t['generated']}, resumed {t['resumed']}, "
+        f"cached {t['from_cache']}"
+    )
     skipped = summary["dataset"].get("rows_skipped") or {}
     if skipped:
         print("rows skipped: " + "; ".join(f"{n} {why}" for why, n in skipped.items()))
@@ -104,16 +156,29 @@ def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
     from ..eval.formats import READERS
     from ..eval.spec import builtin_tasks
 
-    rows = [{"task": s.name, "version": s.version, "protocol": s.protocol, "kind": s.kind, "metrics": list(s.metrics),
-             "max_new_tokens": s.max_new_tokens, "format": s.description, "reads": READERS[s.reader].releases,
-             "splits": list(s.splits)} for s in builtin_tasks().values()]
+    rows = [
+        {
+            "task": s.name,
+            "version": s.version,
+            "protocol": s.protocol,
+            "kind": s.kind,
+            "metrics": list(s.metrics),
+            "max_new_tokens": s.max_new_tokens,
+            "format": s.description,
+            "reads": READERS[s.reader].releases,
+            "splits": list(s.splits),
+        }
+        for s in builtin_tasks().values()
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
         splits = f"  splits: {', '.join(r['splits'])}" if r["splits"] else ""
-        print(f"{r['task'] + '@' + r['version']:<22}{r['kind']:<12}{','.join(r['metrics'])}{splits}\n"
-              f"{'':<22}reads: {r['reads']}")
+        print(
+            f"{r['task'] + '@' + r['version']:<22}{r['kind']:<12}{','.join(r['metrics'])}{splits}\n"
+            f"{'':<22}reads: {r['reads']}"
+        )
 
 
 @eval_app.command("compare")
@@ -158,6 +223,14 @@ def batch(
         raise BadInput("--on-error must be 'skip' or 'fail'")
     read_batch_rows(input, on_error)  # report a bad file before loading a model
     mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING)
-    stats = run_batch(mg, input, out, resume=resume, batch_size=_batch_size(batch_size),
-                      max_new_tokens=max_new_tokens, think=think, on_error=on_error)
+    stats = run_batch(
+        mg,
+        input,
+        out,
+        resume=resume,
+        batch_size=_batch_size(batch_size),
+        max_new_tokens=max_new_tokens,
+        think=think,
+        on_error=on_error,
+    )
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")

@@ -21,10 +21,14 @@ app.add_typer(export_app, name="export")
 @export_app.callback()
 def export(
     ctx: typer.Context,
-    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter folder (e.g. RUN/adapter from finetune)")] = None,
+    adapter: Annotated[
+        Optional[Path], typer.Option("--adapter", help="LoRA adapter folder (e.g. RUN/adapter from finetune)")
+    ] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Fold the adapter into the base weights")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the merged checkpoint")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the one named in adapter_config.json)")] = None,
+    base: Annotated[
+        Optional[str], typer.Option(help="Base model (default: the one named in adapter_config.json)")
+    ] = None,
 ) -> None:
     """Export models. With --adapter DIR --merge -o OUT: write a merged checkpoint that loads anywhere.
 
@@ -46,13 +50,22 @@ def export(
 
 @export_app.command("gguf")
 def export_gguf_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="MedGemma(-architecture) checkpoint folder, e.g. a merged fine-tune")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="MedGemma(-architecture) checkpoint folder, e.g. a merged fine-tune")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the GGUF files and the Ollama Modelfile")],
-    outtype: Annotated[str, typer.Option(help="Text model weights: f32, f16, bf16, q8_0 or q4_k_m (q4_k_m needs llama-cpp-python)")] = "f16",
+    outtype: Annotated[
+        str, typer.Option(help="Text model weights: f32, f16, bf16, q8_0 or q4_k_m (q4_k_m needs llama-cpp-python)")
+    ] = "f16",
     mmproj_outtype: Annotated[str, typer.Option(help="Vision projector weights: f16 or f32")] = "f16",
     name: Annotated[Optional[str], typer.Option(help="File name stem (default: the checkpoint folder's name)")] = None,
     text_only: Annotated[bool, typer.Option("--text-only", help="Skip the vision projector (mmproj)")] = False,
-    llama_cpp_source: Annotated[Optional[str], typer.Option(help="llama-cpp-python sdist (.tar.gz) or llama.cpp tree to take the converter from; default: pip download, cached")] = None,
+    llama_cpp_source: Annotated[
+        Optional[str],
+        typer.Option(
+            help="llama-cpp-python sdist (.tar.gz) or llama.cpp tree to take the converter from; default: pip download, cached"
+        ),
+    ] = None,
 ) -> None:
     """Write a text GGUF + an mmproj GGUF (vision kept) + an Ollama Modelfile, with llama.cpp's own converter.
 
@@ -60,10 +73,17 @@ def export_gguf_cmd(
     """
     from ..export import export_gguf
 
-    r = export_gguf(checkpoint, output, name=name, outtype=outtype, mmproj_outtype=mmproj_outtype,  # type: ignore[arg-type]
-                    llama_cpp_source=llama_cpp_source, vision=not text_only)
+    r = export_gguf(
+        checkpoint,
+        output,
+        name=name,
+        outtype=outtype,  # type: ignore[arg-type]
+        mmproj_outtype=mmproj_outtype,  # type: ignore[arg-type]
+        llama_cpp_source=llama_cpp_source,
+        vision=not text_only,
+    )
     print(f"wrote {r.model}")
     if r.mmproj is not None:
         print(f"wrote {r.mmproj}")
     print(f"wrote {r.modelfile} (ollama create NAME -f {r.modelfile})")
-    print(f"run it: medgemma ask --model {r.model} --image XRAY.png \"Describe this X-ray.\"")
+    print(f'run it: medgemma ask --model {r.model} --image XRAY.png "Describe this X-ray."')

@@ -16,21 +16,63 @@ def _flag(help_: str):
 
 @app.command()
 def deid(
-    src: Annotated[Optional[Path], typer.Argument(metavar="IN", help="DICOM file or directory (searched recursively)")] = None,
-    dst: Annotated[Optional[str], typer.Argument(metavar="OUT", help="Output directory (mirrors a directory IN); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Report JSON path (default: OUT/deid_report.json, or OUTFILE.deid.json)")] = None,
+    src: Annotated[
+        Optional[Path], typer.Argument(metavar="IN", help="DICOM file or directory (searched recursively)")
+    ] = None,
+    dst: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="OUT",
+            help="Output directory (mirrors a directory IN); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file",
+        ),
+    ] = None,
+    report: Annotated[
+        Optional[Path], typer.Option(help="Report JSON path (default: OUT/deid_report.json, or OUTFILE.deid.json)")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty OUT")] = False,
-    uid_key: Annotated[Optional[Path], typer.Option("--uid-key", help="File with a secret (16+ bytes): same UIDs and date shifts across runs")] = None,
-    verify: Annotated[Optional[Path], typer.Option("--verify", metavar="DIR", help="Check a tree instead: list attributes the profile forbids (names only); exit 1 if any")] = None,
-    reject_burned_in: Annotated[bool, typer.Option("--reject-burned-in", help="Skip (and report) images whose BurnedInAnnotation is YES, or absent in US/SC/XA/OT and secondary captures")] = False,
-    retain_safe_private: Annotated[Optional[Path], typer.Option("--retain-safe-private", metavar="FILE", help="Retain Safe Private: keep the private elements listed in FILE (creator,group,element rows)")] = None,
+    uid_key: Annotated[
+        Optional[Path],
+        typer.Option("--uid-key", help="File with a secret (16+ bytes): same UIDs and date shifts across runs"),
+    ] = None,
+    verify: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--verify",
+            metavar="DIR",
+            help="Check a tree instead: list attributes the profile forbids (names only); exit 1 if any",
+        ),
+    ] = None,
+    reject_burned_in: Annotated[
+        bool,
+        typer.Option(
+            "--reject-burned-in",
+            help="Skip (and report) images whose BurnedInAnnotation is YES, or absent in US/SC/XA/OT and secondary captures",
+        ),
+    ] = False,
+    retain_safe_private: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--retain-safe-private",
+            metavar="FILE",
+            help="Retain Safe Private: keep the private elements listed in FILE (creator,group,element rows)",
+        ),
+    ] = None,
     retain_uids: Annotated[bool, _flag("Retain UIDs option")] = False,
     retain_device_identity: Annotated[bool, _flag("Retain Device Identity option")] = False,
     retain_institution_identity: Annotated[bool, _flag("Retain Institution Identity option")] = False,
     retain_patient_characteristics: Annotated[bool, _flag("Retain Patient Characteristics option")] = False,
-    retain_full_dates: Annotated[bool, _flag("Retain Longitudinal Temporal Information with Full Dates option")] = False,
-    retain_modified_dates: Annotated[bool, _flag("Retain Longitudinal Temporal Information with Modified Dates option: one shift per patient (keyed like --uid-key)")] = False,
-    clean_descriptors: Annotated[bool, _flag("Clean Descriptors option: keep descriptions with the file's identifiers taken out")] = False,
+    retain_full_dates: Annotated[
+        bool, _flag("Retain Longitudinal Temporal Information with Full Dates option")
+    ] = False,
+    retain_modified_dates: Annotated[
+        bool,
+        _flag(
+            "Retain Longitudinal Temporal Information with Modified Dates option: one shift per patient (keyed like --uid-key)"
+        ),
+    ] = False,
+    clean_descriptors: Annotated[
+        bool, _flag("Clean Descriptors option: keep descriptions with the file's identifiers taken out")
+    ] = False,
 ) -> None:
     """De-identify DICOM with the PS3.15 Annex E Basic Profile (Table E.1-1, every row, at every depth) and options.
 
@@ -52,12 +94,16 @@ def deid(
     if src is None or dst is None:
         raise BadInput("give IN and OUT (or --verify DIR)")
     try:
-        opts = Options(retain_safe_private=retain_safe_private is not None, retain_uids=retain_uids,
-                       retain_device_identity=retain_device_identity,
-                       retain_institution_identity=retain_institution_identity,
-                       retain_patient_characteristics=retain_patient_characteristics,
-                       retain_full_dates=retain_full_dates, retain_modified_dates=retain_modified_dates,
-                       clean_descriptors=clean_descriptors)
+        opts = Options(
+            retain_safe_private=retain_safe_private is not None,
+            retain_uids=retain_uids,
+            retain_device_identity=retain_device_identity,
+            retain_institution_identity=retain_institution_identity,
+            retain_patient_characteristics=retain_patient_characteristics,
+            retain_full_dates=retain_full_dates,
+            retain_modified_dates=retain_modified_dates,
+            clean_descriptors=clean_descriptors,
+        )
     except ValueError as e:
         raise BadInput(str(e)) from None
     safe = SafePrivate.load(retain_safe_private) if retain_safe_private is not None else None
@@ -67,16 +113,30 @@ def deid(
             key = uid_key.read_bytes()
         except OSError:
             raise BadInput(f"{uid_key}: cannot read the UID key file") from None
-    rep = deidentify_path(src, dst, overwrite=overwrite, report_path=report, uid_key=key, options=opts,
-                          safe_private=safe, reject_burned_in=reject_burned_in)
-    print(f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "
-          f"rejected {rep['files_rejected']} (burned-in); failed {rep['files_failed']}; report: {rep['report_path']}")
+    rep = deidentify_path(
+        src,
+        dst,
+        overwrite=overwrite,
+        report_path=report,
+        uid_key=key,
+        options=opts,
+        safe_private=safe,
+        reject_burned_in=reject_burned_in,
+    )
+    print(
+        f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "
+        f"rejected {rep['files_rejected']} (burned-in); failed {rep['files_failed']}; report: {rep['report_path']}"
+    )
     if rep["warnings"]:
-        print(f"warning: {rep['warnings']} file(s) may have identifying text burned into the pixels (see the report)",
-              file=sys.stderr)
+        print(
+            f"warning: {rep['warnings']} file(s) may have identifying text burned into the pixels (see the report)",
+            file=sys.stderr,
+        )
     if rep["files_failed"]:
-        raise BadInput(f"{rep['files_failed']} DICOM file(s) failed (truncated or corrupt; nothing written for "
-                       f"them, see the report)")
+        raise BadInput(
+            f"{rep['files_failed']} DICOM file(s) failed (truncated or corrupt; nothing written for "
+            f"them, see the report)"
+        )
 
 
 def _verify(root: Path) -> None:

@@ -18,16 +18,38 @@ from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, Pre
 def ask(
     question: Annotated[str, typer.Argument(help="The question (use quotes)")],
     mo: ModelOptions = MODEL_DEFAULTS,
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM), DICOM series directory, whole-slide image or dicomweb:// URI; repeat for several")] = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--image",
+            "-i",
+            help="Image file (PNG/JPEG/TIFF/BMP/WebP/DICOM), DICOM series directory, whole-slide image or dicomweb:// URI; repeat for several",
+        ),
+    ] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt (replaces the preset's)")] = None,
-    think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first; the thought is shown apart")] = False,
+    think: Annotated[
+        bool, typer.Option("--think", help="Ask thinking-capable models to reason first; the thought is shown apart")
+    ] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy (MedGemma's default)")] = 0.0,
     top_p: Annotated[float, typer.Option()] = 1.0,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")] = False,
-    instruction: Annotated[Optional[str], typer.Option(help="Text before a CT/MR volume's or slide's images (the question goes after them); default: the preset's")] = None,
-    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact rendered prompt (chat template applied, one <start_of_image> per image) and exit; loads no weights when the processor suffices")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (answer, thought, model, preset, timings, tokens)")
+    ] = False,
+    instruction: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Text before a CT/MR volume's or slide's images (the question goes after them); default: the preset's"
+        ),
+    ] = None,
+    show_prompt: Annotated[
+        bool,
+        typer.Option(
+            "--show-prompt",
+            help="Print the exact rendered prompt (chat template applied, one <start_of_image> per image) and exit; loads no weights when the processor suffices",
+        ),
+    ] = False,
     img: ImageArgs = IMAGE_DEFAULTS,
     preset: PresetOpt = None,
 ) -> None:
@@ -40,15 +62,32 @@ def ask(
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from ..prompts.render import show_prompt_offline
 
-        shown = show_prompt_offline(mo.model, question, image or [], opts, system=system, think=think,
-                                    instruction=instruction, preset=preset, allow_download=mo.allow_download)
+        shown = show_prompt_offline(
+            mo.model,
+            question,
+            image or [],
+            opts,
+            system=system,
+            think=think,
+            instruction=instruction,
+            preset=preset,
+            allow_download=mo.allow_download,
+        )
         if shown is not None:
             print(shown)
             return
     mg = mo.load(preset)
     req = mg.request(
-        question, image or [], system=system, think=think, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, image_options=opts, instruction=instruction,
+        question,
+        image or [],
+        system=system,
+        think=think,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        image_options=opts,
+        instruction=instruction,
     )
     if show_prompt:
         from ..prompts.render import render_for_backend
@@ -132,9 +171,17 @@ def chat(
 def preview(
     image: Annotated[list[str], typer.Argument(help="Image file(s) or other image sources")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")
+    ] = None,
     size: Annotated[Optional[int], typer.Option(help="Model input size in pixels (default 896, MedGemma's)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch",
+        ),
+    ] = False,
     img: ImageArgs = IMAGE_DEFAULTS,
 ) -> None:
     """Write exactly the image(s) the model will receive (padded, resized, windowed) to a PNG.

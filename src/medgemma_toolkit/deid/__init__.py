@@ -14,5 +14,17 @@ from .profile import OPTION_CODES, Options, table
 from .safe_private import SafePrivate
 from .verify import findings, verify_tree
 
-__all__ = ["FileReport", "OPTION_CODES", "Options", "SafePrivate", "UIDMap", "deidentify_dataset",
-           "deidentify_path", "findings", "method_codes", "safe_header", "table", "verify_tree"]
+__all__ = [
+    "FileReport",
+    "OPTION_CODES",
+    "Options",
+    "SafePrivate",
+    "UIDMap",
+    "deidentify_dataset",
+    "deidentify_path",
+    "findings",
+    "method_codes",
+    "safe_header",
+    "table",
+    "verify_tree",
+]

@@ -16,8 +16,9 @@ _FIRST, _LAST = 0x00041200, 0x00041202
 
 def is_dicomdir(ds) -> bool:
     meta = getattr(ds, "file_meta", None)
-    return str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY and \
-        "DirectoryRecordSequence" in ds
+    return (
+        str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY and "DirectoryRecordSequence" in ds
+    )
 
 
 def record_links(ds) -> dict:
@@ -31,8 +32,9 @@ def record_links(ds) -> dict:
     return {
         "first": index(ds.get(_FIRST).value if _FIRST in ds else 0),
         "last": index(ds.get(_LAST).value if _LAST in ds else 0),
-        "records": [(index(r[_NEXT].value if _NEXT in r else 0), index(r[_LOWER].value if _LOWER in r else 0))
-                    for r in records],
+        "records": [
+            (index(r[_NEXT].value if _NEXT in r else 0), index(r[_LOWER].value if _LOWER in r else 0)) for r in records
+        ],
     }
 
 

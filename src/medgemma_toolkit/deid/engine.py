@@ -21,17 +21,49 @@ from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overl
 from .safe_private import SafePrivate
 
 STANDARD_UID_ROOT = "1.2.840.10008."
-KEEP_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
-             "ImplementationClassUID", "CodingSchemeUID", "ReferencedSOPClassUIDInFile"}
+KEEP_UIDS = {
+    "SOPClassUID",
+    "ReferencedSOPClassUID",
+    "MediaStorageSOPClassUID",
+    "TransferSyntaxUID",
+    "ImplementationClassUID",
+    "CodingSchemeUID",
+    "ReferencedSOPClassUIDInFile",
+}
 META_KEEP = {0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
 METHOD = "PS3.15 E.1-1 Basic Profile (medgemma-toolkit)"  # LO: at most 64 characters
 _DUMMY = {
-    "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "CS": "ANONYMIZED", "LT": "ANONYMIZED",
-    "ST": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "AE": "ANONYMIZED", "UR": "ANONYMIZED",
-    "DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
-    "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0,
-    "OB": b"\x00\x00", "OW": b"\x00\x00", "UN": b"\x00\x00", "OF": b"\x00" * 4, "OD": b"\x00" * 8,
-    "OL": b"\x00" * 4, "OV": b"\x00" * 8,
+    "PN": "ANONYMOUS",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "CS": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
+    "AE": "ANONYMIZED",
+    "UR": "ANONYMIZED",
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "IS": "0",
+    "DS": "0",
+    "US": 0,
+    "SS": 0,
+    "UL": 0,
+    "SL": 0,
+    "UV": 0,
+    "SV": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+    "OB": b"\x00\x00",
+    "OW": b"\x00\x00",
+    "UN": b"\x00\x00",
+    "OF": b"\x00" * 4,
+    "OD": b"\x00" * 8,
+    "OL": b"\x00" * 4,
+    "OV": b"\x00" * 8,
 }
 TEXT_VRS = {"PN", "LO", "SH", "CS", "LT", "ST", "UT", "UC", "AE", "UR"}
 
@@ -81,10 +113,15 @@ class FileReport:
 
     def to_dict(self) -> dict:
         return {
-            "removed": sorted(self.removed), "emptied": sorted(self.emptied), "dummied": sorted(self.dummied),
-            "cleaned": sorted(self.cleaned), "kept_by_option": sorted(self.kept_by_option),
-            "uids_remapped": sorted(self.uids_remapped), "private_elements_removed": self.private_removed,
-            "private_elements_kept": self.private_kept, "warnings": list(self.warnings),
+            "removed": sorted(self.removed),
+            "emptied": sorted(self.emptied),
+            "dummied": sorted(self.dummied),
+            "cleaned": sorted(self.cleaned),
+            "kept_by_option": sorted(self.kept_by_option),
+            "uids_remapped": sorted(self.uids_remapped),
+            "private_elements_removed": self.private_removed,
+            "private_elements_kept": self.private_kept,
+            "warnings": list(self.warnings),
         }
 
 
@@ -256,8 +293,9 @@ def method_codes(opts: Options) -> list[tuple[str, str]]:
     return [BASIC_CODE] + [OPTION_CODES[name] for name in opts.selected()]
 
 
-def deidentify_dataset(ds, uids: UIDMap | None = None, options: Options | None = None,
-                       safe_private: SafePrivate | None = None) -> FileReport:
+def deidentify_dataset(
+    ds, uids: UIDMap | None = None, options: Options | None = None, safe_private: SafePrivate | None = None
+) -> FileReport:
     """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is."""
     from pydicom.dataset import Dataset
 
@@ -270,10 +308,14 @@ def deidentify_dataset(ds, uids: UIDMap | None = None, options: Options | None =
     elif burned != "NO":
         rep.warnings.append("BurnedInAnnotation is absent or unknown: check the pixels for identifying text")
     patient = str(ds.get("PatientID", "") or "")
-    scrub = Scrubber.from_dataset(ds) if (opts.clean_descriptors or opts.retain_device_identity
-                                          or opts.retain_patient_characteristics) else None
-    ctx = _Ctx(uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub,
-               safe_private)
+    scrub = (
+        Scrubber.from_dataset(ds)
+        if (opts.clean_descriptors or opts.retain_device_identity or opts.retain_patient_characteristics)
+        else None
+    )
+    ctx = _Ctx(
+        uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub, safe_private
+    )
     _walk(ds, ctx, top=True)
     _file_meta(ds, ctx)
     ds.PatientIdentityRemoved = "YES"

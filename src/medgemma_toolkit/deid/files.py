@@ -47,8 +47,9 @@ def burned_in_risk(ds) -> bool:
     burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if burned == "YES":
         return True
-    text_kind = str(ds.get("Modality", "") or "").upper() in TEXT_MODALITIES or \
-        str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+    text_kind = str(ds.get("Modality", "") or "").upper() in TEXT_MODALITIES or str(
+        ds.get("SOPClassUID", "")
+    ).startswith(SECONDARY_CAPTURE_PREFIX)
     return burned != "NO" and text_kind
 
 
@@ -108,10 +109,16 @@ def _targets(src_p: Path, dst: str, overwrite: bool) -> tuple[Path, Path, bool]:
     return dst_p, dst_p / REPORT_NAME, False
 
 
-def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], overwrite: bool = False,
-                    report_path: str | os.PathLike[str] | None = None, uid_key: bytes | None = None,
-                    options: Options | None = None, safe_private: SafePrivate | None = None,
-                    reject_burned_in: bool = False) -> dict:
+def deidentify_path(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    overwrite: bool = False,
+    report_path: str | os.PathLike[str] | None = None,
+    uid_key: bytes | None = None,
+    options: Options | None = None,
+    safe_private: SafePrivate | None = None,
+    reject_burned_in: bool = False,
+) -> dict:
     """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
 
     `uid_key`: a secret that makes UIDs and date shifts the same across runs (e.g. a study sent in several
@@ -132,11 +139,14 @@ def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], ov
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
         "table": edition(),
         "options": opts.selected(),
-        "method_codes": [{"CodeValue": v, "CodingSchemeDesignator": "DCM", "CodeMeaning": m}
-                         for v, m in method_codes(opts)],
+        "method_codes": [
+            {"CodeValue": v, "CodingSchemeDesignator": "DCM", "CodeMeaning": m} for v, m in method_codes(opts)
+        ],
         "private_tags": "kept when on the safe list" if opts.retain_safe_private else "removed",
-        "uids": "kept" if opts.retain_uids else "replaced (2.25 form, " + (
-            "the same across runs with the same key)" if uid_key else "consistent within this run)"),
+        "uids": "kept"
+        if opts.retain_uids
+        else "replaced (2.25 form, "
+        + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
         "toolkit_version": __version__,
     }
     report = _Report(Path(report_path) if report_path else default_report, head)
@@ -156,8 +166,16 @@ def deidentify_path(src: str | os.PathLike[str], dst: str | os.PathLike[str], ov
     return {**head, **summary, "report_path": str(report.path)}
 
 
-def _one(path: Path, rel: Path, target: Path, uids: UIDMap, opts: Options, safe: SafePrivate | None,
-         reject_burned_in: bool, counts: dict) -> dict:
+def _one(
+    path: Path,
+    rel: Path,
+    target: Path,
+    uids: UIDMap,
+    opts: Options,
+    safe: SafePrivate | None,
+    reject_burned_in: bool,
+    counts: dict,
+) -> dict:
     try:
         ds = read_checked(path)
     except UnsupportedFormat:

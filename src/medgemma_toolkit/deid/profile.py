@@ -143,8 +143,17 @@ def table() -> Table:
             special[r["tag"]] = row
     types = json.loads(pkg.joinpath("iod_types.json").read_text(encoding="utf-8"))
     iod_types = {iod: {int(t, 16): ty for t, ty in d.items()} for iod, d in types["iod_types"].items()}
-    return Table(rows, special["50xxxxxx"], special["60xx3000"], special["60xx4000"], special["private"], source,
-                 types["sop_class_iod"], iod_types, frozenset(types["pixel_iods"]))
+    return Table(
+        rows,
+        special["50xxxxxx"],
+        special["60xx3000"],
+        special["60xx4000"],
+        special["private"],
+        source,
+        types["sop_class_iod"],
+        iod_types,
+        frozenset(types["pixel_iods"]),
+    )
 
 
 def edition() -> str:

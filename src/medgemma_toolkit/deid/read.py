@@ -56,7 +56,9 @@ def read_checked(path: Path):
             try:
                 ds = pydicom.dcmread(f, force=not part10)
             except InvalidDicomError:
-                raise (Corrupt(f"{path}: corrupt DICOM") if candidate else UnsupportedFormat(f"{path}: not DICOM")) from None
+                raise (
+                    Corrupt(f"{path}: corrupt DICOM") if candidate else UnsupportedFormat(f"{path}: not DICOM")
+                ) from None
             if not part10 and "SOPClassUID" not in ds and "Rows" not in ds:
                 if candidate:
                     raise Corrupt(f"{path}: corrupt or truncated DICOM (no SOP class)")

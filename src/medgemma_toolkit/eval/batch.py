@@ -55,8 +55,9 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
             rid = str(raw.get("id", f"row-{r.line}"))
             if rid in seen:
                 raise RowError(f"{loc}: duplicate id {rid!r}")
-            row = BatchRow(rid, loc, render_question(raw, loc), image_paths(raw, loc, ctx, "images", "image"),
-                           raw.get("system"))
+            row = BatchRow(
+                rid, loc, render_question(raw, loc), image_paths(raw, loc, ctx, "images", "image"), raw.get("system")
+            )
         except RowError as e:
             if on_error == "fail":
                 raise
@@ -69,9 +70,18 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
     return rows
 
 
-def run_batch(mg, input_path: Path, out_path: Path, *, resume: bool = False, batch_size: int | None = None,
-              max_new_tokens: int | None = None, think: bool = False, on_error: str = "fail",
-              progress: bool = True) -> dict[str, Any]:
+def run_batch(
+    mg,
+    input_path: Path,
+    out_path: Path,
+    *,
+    resume: bool = False,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    think: bool = False,
+    on_error: str = "fail",
+    progress: bool = True,
+) -> dict[str, Any]:
     rows = read_batch_rows(input_path, on_error)
     if out_path.exists() and out_path.stat().st_size > 0 and not resume:
         raise BadInput(f"{out_path}: exists; pass --resume to continue it, or choose another --out")
@@ -90,16 +100,37 @@ def run_batch(mg, input_path: Path, out_path: Path, *, resume: bool = False, bat
                 recs.append({"key": o.job.id, "id": o.job.id, "error": o.error})
                 continue
             s = split_thought(o.completion.text)
-            recs.append({"key": o.job.id, "id": o.job.id, "answer": s.answer, "thought": s.thought,
-                         "finish_reason": o.completion.finish_reason, "prompt_tokens": o.completion.prompt_tokens,
-                         "completion_tokens": o.completion.completion_tokens, "seconds": round(o.seconds, 4)})
+            recs.append(
+                {
+                    "key": o.job.id,
+                    "id": o.job.id,
+                    "answer": s.answer,
+                    "thought": s.thought,
+                    "finish_reason": o.completion.finish_reason,
+                    "prompt_tokens": o.completion.prompt_tokens,
+                    "completion_tokens": o.completion.completion_tokens,
+                    "seconds": round(o.seconds, 4),
+                }
+            )
         log.append(recs)
 
     size = batch_size or auto_batch_size(mg.backend)
     try:
-        secs = run_batches(mg.backend, pending, build, on_batch, size,
-                           sort_key=lambda r: (len(r.images), len(r.question)), label="rows", progress=progress)
+        secs = run_batches(
+            mg.backend,
+            pending,
+            build,
+            on_batch,
+            size,
+            sort_key=lambda r: (len(r.images), len(r.question)),
+            label="rows",
+            progress=progress,
+        )
     finally:
         log.close()
-    return {"rows": len(rows), "generated": len(pending), "resumed": len(rows) - len(pending),
-            "seconds": round(secs, 3)}
+    return {
+        "rows": len(rows),
+        "generated": len(pending),
+        "resumed": len(rows) - len(pending),
+        "seconds": round(secs, 3),
+    }

@@ -64,8 +64,11 @@ def run_batches(
             except BadInput as e:
                 failed.append(Outcome(job, None, str(e), 0.0))
         t0 = time.perf_counter()
-        completions = _generate_or_none(backend, [r for _, r in ready]) if size > 1 else (
-            backend.generate([r for _, r in ready]) if ready else [])
+        completions = (
+            _generate_or_none(backend, [r for _, r in ready])
+            if size > 1
+            else (backend.generate([r for _, r in ready]) if ready else [])
+        )
         if completions is None:  # out of memory, and the failed batch's tensors are unreachable by now
             ready.clear()
             release_memory()
@@ -112,8 +115,15 @@ class _Progress:
                 speed = task.finished_speed or task.speed
                 return f"{speed:.2f} {label}/s" if speed else f"-- {label}/s"
 
-        self._p = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), Rate(""), TextColumn("ETA"),
-                           TimeRemainingColumn(), console=Console(stderr=True))
+        self._p = Progress(
+            TextColumn("eval"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(""),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
         self._p.start()
         self._task = self._p.add_task("eval", total=total)
 

@@ -36,14 +36,28 @@ def compare_runs(a_dir: Path, b_dir: Path, n_boot: int = 1000) -> dict[str, Any]
             continue
         ma, mb = sa["metrics"][name], sb["metrics"][name]
         test = paired_bootstrap(a, b, METRICS[name], n_boot=n_boot)
-        rows.append({"metric": name, "v0": ma["value"], "lo0": ma["ci_low"], "hi0": ma["ci_high"],
-                     "v1": mb["value"], "lo1": mb["ci_low"], "hi1": mb["ci_high"],
-                     "paired_diff": test["diff"], "diff_ci": [test["ci_low"], test["ci_high"]],
-                     "paired_bootstrap_p": test["p_value"]})
+        rows.append(
+            {
+                "metric": name,
+                "v0": ma["value"],
+                "lo0": ma["ci_low"],
+                "hi0": ma["ci_high"],
+                "v1": mb["value"],
+                "lo1": mb["ci_low"],
+                "hi1": mb["ci_high"],
+                "paired_diff": test["diff"],
+                "diff_ci": [test["ci_low"], test["ci_high"]],
+                "paired_bootstrap_p": test["p_value"],
+            }
+        )
     out: dict[str, Any] = {
-        "task": sa["task"]["name"], "versions": [sa["task"]["version"], sb["task"]["version"]],
-        "runs": [str(a_dir), str(b_dir)], "models": [sa["model"]["name"], sb["model"]["name"]],
-        "common_items": len(keys), "items": [len(ra), len(rb)], "metrics": rows,
+        "task": sa["task"]["name"],
+        "versions": [sa["task"]["version"], sb["task"]["version"]],
+        "runs": [str(a_dir), str(b_dir)],
+        "models": [sa["model"]["name"], sb["model"]["name"]],
+        "common_items": len(keys),
+        "items": [len(ra), len(rb)],
+        "metrics": rows,
     }
     if all(r["correct"] is not None for r in a + b):
         out["mcnemar"] = mcnemar_exact([bool(r["correct"]) for r in a], [bool(r["correct"]) for r in b])
@@ -56,13 +70,17 @@ def _f(v: float | None) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     a, b = result["runs"]
-    lines = [f"task {result['task']}: A = {a} ({result['models'][0]}), B = {b} ({result['models'][1]}); "
-             f"{result['common_items']} questions in common",
-             f"{'metric':<16}{'A [95% CI]':<26}{'B [95% CI]':<26}{'A-B (paired)':<14}{'p (bootstrap)':<12}"]
+    lines = [
+        f"task {result['task']}: A = {a} ({result['models'][0]}), B = {b} ({result['models'][1]}); "
+        f"{result['common_items']} questions in common",
+        f"{'metric':<16}{'A [95% CI]':<26}{'B [95% CI]':<26}{'A-B (paired)':<14}{'p (bootstrap)':<12}",
+    ]
     for r in result["metrics"]:
-        lines.append(f"{r['metric']:<16}{_f(r['v0']) + ' [' + _f(r['lo0']) + ', ' + _f(r['hi0']) + ']':<26}"
-                     f"{_f(r['v1']) + ' [' + _f(r['lo1']) + ', ' + _f(r['hi1']) + ']':<26}"
-                     f"{_f(r['paired_diff']):<14}{_f(r['paired_bootstrap_p']):<12}")
+        lines.append(
+            f"{r['metric']:<16}{_f(r['v0']) + ' [' + _f(r['lo0']) + ', ' + _f(r['hi0']) + ']':<26}"
+            f"{_f(r['v1']) + ' [' + _f(r['lo1']) + ', ' + _f(r['hi1']) + ']':<26}"
+            f"{_f(r['paired_diff']):<14}{_f(r['paired_bootstrap_p']):<12}"
+        )
     if "mcnemar" in result:
         m = result["mcnemar"]
         lines.append(f"McNemar (exact): only A right {m['only_a']}, only B right {m['only_b']}, p = {m['p_value']:.3f}")

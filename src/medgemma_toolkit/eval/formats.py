@@ -34,25 +34,49 @@ class Reader:
 
 READERS: dict[str, Reader] = {
     "generic": Reader(txt.generic, "generic JSONL/CSV: id, question, options, answer, image(s)"),
-    "medqa": Reader(txt.medqa, "MedQA jind11/MedQA questions/US/4_options/*_test.jsonl (question, options, "
-                               "answer_idx); HF copies with the same columns"),
-    "medmcqa": Reader(txt.medmcqa, "MedMCQA dev.json / test.json, JSON lines (opa..opd, cop 1-4; test rows "
-                                   "unlabelled); HF openlifescienceai/medmcqa (cop 0-3)"),
-    "pubmedqa": Reader(txt.pubmedqa, "PubMedQA pubmedqa/pubmedqa data/ori_pqal.json ({PMID: {QUESTION, CONTEXTS, "
-                                     "final_decision}}), --split test = the 500 PMIDs of test_ground_truth.json; "
-                                     "HF qiaojin/PubMedQA:pqa_labeled"),
-    "mmlu": Reader(txt.mmlu, "MMLU hendrycks/test data/test/ folder or one <subject>_test.csv (header-less); "
-                             "HF cais/mmlu (choices, answer 0-3)"),
-    "medxpertqa": Reader(txt.medxpertqa, "MedXpertQA TsinghuaC3I/MedXpertQA eval/data/medxpertqa/input/"
-                                         "medxpertqa_text_input.jsonl or _mm_input.jsonl (images/ beside it); "
-                                         "HF TsinghuaC3I/MedXpertQA:Text|MM"),
-    "afrimedqa": Reader(txt.afrimedqa, "AfriMed-QA intron-innovation/AfriMed-QA CSV, e.g. sample_10.csv or "
-                                       "afri_med_qa_15k_v2.5_phase_2_15275.csv (mcq rows; answer_options JSON)"),
-    "vqa_rad": Reader(img.vqa_rad, "VQA-RAD 'VQA_RAD Dataset Public.json' (--split test = phrase_type test_*) or a "
-                                   "testset.json copy, images beside it or in 'VQA_RAD Image Folder'"),
+    "medqa": Reader(
+        txt.medqa,
+        "MedQA jind11/MedQA questions/US/4_options/*_test.jsonl (question, options, "
+        "answer_idx); HF copies with the same columns",
+    ),
+    "medmcqa": Reader(
+        txt.medmcqa,
+        "MedMCQA dev.json / test.json, JSON lines (opa..opd, cop 1-4; test rows "
+        "unlabelled); HF openlifescienceai/medmcqa (cop 0-3)",
+    ),
+    "pubmedqa": Reader(
+        txt.pubmedqa,
+        "PubMedQA pubmedqa/pubmedqa data/ori_pqal.json ({PMID: {QUESTION, CONTEXTS, "
+        "final_decision}}), --split test = the 500 PMIDs of test_ground_truth.json; "
+        "HF qiaojin/PubMedQA:pqa_labeled",
+    ),
+    "mmlu": Reader(
+        txt.mmlu,
+        "MMLU hendrycks/test data/test/ folder or one <subject>_test.csv (header-less); "
+        "HF cais/mmlu (choices, answer 0-3)",
+    ),
+    "medxpertqa": Reader(
+        txt.medxpertqa,
+        "MedXpertQA TsinghuaC3I/MedXpertQA eval/data/medxpertqa/input/"
+        "medxpertqa_text_input.jsonl or _mm_input.jsonl (images/ beside it); "
+        "HF TsinghuaC3I/MedXpertQA:Text|MM",
+    ),
+    "afrimedqa": Reader(
+        txt.afrimedqa,
+        "AfriMed-QA intron-innovation/AfriMed-QA CSV, e.g. sample_10.csv or "
+        "afri_med_qa_15k_v2.5_phase_2_15275.csv (mcq rows; answer_options JSON)",
+    ),
+    "vqa_rad": Reader(
+        img.vqa_rad,
+        "VQA-RAD 'VQA_RAD Dataset Public.json' (--split test = phrase_type test_*) or a "
+        "testset.json copy, images beside it or in 'VQA_RAD Image Folder'",
+    ),
     "slake": Reader(img.slake, "SLAKE Slake1.0/test.json (English rows) with Slake1.0/imgs/"),
-    "cxr": Reader(img.cxr, "NIH ChestX-ray14 Data_Entry_2017.csv (--images: the folder with images_*/images/) or "  # type: ignore[arg-type]
-                           "CheXpert-v1.0(-small)/train.csv | valid.csv inside the release folder"),
+    "cxr": Reader(
+        img.cxr,  # type: ignore[arg-type]
+        "NIH ChestX-ray14 Data_Entry_2017.csv (--images: the folder with images_*/images/) or "
+        "CheXpert-v1.0(-small)/train.csv | valid.csv inside the release folder",
+    ),
     "report": Reader(img.report, "JSONL/CSV: image(s) and the reference report (report / findings)"),
 }
 
@@ -95,13 +119,17 @@ def _split_rule(spec: TaskSpec, split: str | None, data: Path) -> tuple[dict[str
         if hf:
             return None, split  # a Hugging Face dataset's own split name
         have = ", ".join(spec.splits) or "none"
-        raise BadInput(f"task {spec.name!r} defines no split {split!r} (it has: {have}); for a Hugging Face "
-                       "dataset, --split is its split name")
+        raise BadInput(
+            f"task {spec.name!r} defines no split {split!r} (it has: {have}); for a Hugging Face "
+            "dataset, --split is its split name"
+        )
     if hf and rule.get("hf_split"):
         return None, rule["hf_split"]
     if "file" in rule and not hf and rule["file"] not in data.name.lower():
-        raise BadInput(f"{data.name}: the {split} split of {spec.name} is its own file (*{rule['file']}*); "
-                       "give that file as --data")
+        raise BadInput(
+            f"{data.name}: the {split} split of {spec.name} is its own file (*{rule['file']}*); "
+            "give that file as --data"
+        )
     return rule, None
 
 
@@ -113,8 +141,9 @@ def _in_split(rule: dict[str, Any], row: Row, item: EvalItem, loc: str, ids: set
     if "column" in rule:
         col = rule["column"]
         if col not in row:
-            raise BadInput(f"{loc}: no {col!r} column to select the split by; is the file already that split? "
-                           "Run without --split")
+            raise BadInput(
+                f"{loc}: no {col!r} column to select the split by; is the file already that split? Run without --split"
+            )
         v = str(row[col]).strip().lower()
         return v == rule["equals"] if "equals" in rule else v.startswith(rule["prefix"])
     return True
@@ -124,8 +153,9 @@ def _in_split(rule: dict[str, Any], row: Row, item: EvalItem, loc: str, ids: set
 _ID_FIELDS = ("id", "qid", "pubid", "sample_id", "Image Index", "dicom_id", "Path")
 
 
-def _may_be_selected(row: Row, rule: dict[str, Any] | None, split_ids: set[str] | None,
-                     wanted: set[str] | None) -> bool:
+def _may_be_selected(
+    row: Row, rule: dict[str, Any] | None, split_ids: set[str] | None, wanted: set[str] | None
+) -> bool:
     """False when the raw row is already known to fall outside --split / --ids (before reading its images)."""
     raw_ids = {str(row[k]) for k in _ID_FIELDS if row.get(k) not in (None, "")}
     if raw_ids:  # conservative: a row leaves only when none of its id fields could be the selected id
@@ -141,16 +171,26 @@ def _may_be_selected(row: Row, rule: dict[str, Any] | None, split_ids: set[str] 
     return True
 
 
-def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: Path | None = None,
-               conditions: tuple[str, ...] = (), limit: int | None = None, split: str | None = None,
-               ids: list[str] | None = None) -> ReadResult:
+def read_items(
+    spec: TaskSpec,
+    path: Path,
+    on_error: str = "fail",
+    image_root: Path | None = None,
+    conditions: tuple[str, ...] = (),
+    limit: int | None = None,
+    split: str | None = None,
+    ids: list[str] | None = None,
+) -> ReadResult:
     """Every usable row of a data file as `EvalItem`s; malformed rows fail or are listed (`on_error`), rows the task
     cannot score are counted by reason, `split` / `ids` select rows before `limit` applies."""
     ctx = ReadContext(path, [image_root] if image_root else default_image_roots(path), image_root is not None)
     conv = READERS[spec.reader].convert
     rule, hf_split = _split_rule(spec, split, path)
-    split_ids = set(read_ids(Path(str(files(__package__).joinpath("splits").joinpath(rule["ids_file"]))))) \
-        if rule and "ids_file" in rule else None
+    split_ids = (
+        set(read_ids(Path(str(files(__package__).joinpath("splits").joinpath(rule["ids_file"])))))
+        if rule and "ids_file" in rule
+        else None
+    )
     wanted = set(ids) if ids is not None else None
     labels = img.CxrLabels(conditions, spec.label_names) if spec.reader == "cxr" else None
     items: list[EvalItem] = []
@@ -168,8 +208,9 @@ def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: P
                 outside += 1  # decided on the raw row: its images need not exist (a partial CXR14 download)
                 continue
             item = img.cxr(row, loc, ctx, labels) if labels is not None else conv(row, loc, ctx)
-            if (rule and not _in_split(rule, row, item, loc, split_ids)) or (wanted is not None
-                                                                             and item.id not in wanted):
+            if (rule and not _in_split(rule, row, item, loc, split_ids)) or (
+                wanted is not None and item.id not in wanted
+            ):
                 outside += 1
                 continue
             _check(spec, item)
@@ -192,8 +233,11 @@ def read_items(spec: TaskSpec, path: Path, on_error: str = "fail", image_root: P
         missing = [c for c in conditions if c not in labels.covered]
         if missing:
             warnings.append(f"{path.name} ({labels.release}) has no label for {', '.join(missing)}: not asked")
-    selection: dict[str, Any] = {"split": split, "ids": len(wanted) if wanted is not None else None,
-                                 "rows_outside_selection": outside}
+    selection: dict[str, Any] = {
+        "split": split,
+        "ids": len(wanted) if wanted is not None else None,
+        "rows_outside_selection": outside,
+    }
     if wanted is not None and limit is None:
         missing_ids = len(wanted - seen)
         if missing_ids:

@@ -117,7 +117,9 @@ def radgraph_unavailable() -> str | None:
     try:
         _radgraph()
     except Exception as e:
-        return f"RadGraph F1 skipped: needs `pip install radgraph` and its model in the local cache ({type(e).__name__})"
+        return (
+            f"RadGraph F1 skipped: needs `pip install radgraph` and its model in the local cache ({type(e).__name__})"
+        )
     return None
 
 
@@ -187,8 +189,9 @@ def _groups(records: Sequence[Record], key: str = "item_id") -> list[list[int]]:
     return list(by.values())
 
 
-def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_ci(
+    records: Sequence[Record], metric: Metric, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of `metric`, resampling items with replacement (fixed seed: reproducible)."""
     groups = _groups(records)
     if metric.unit_value is not None:
@@ -196,12 +199,14 @@ def bootstrap_ci(records: Sequence[Record], metric: Metric, n_boot: int = 1000, 
         sums = [sum(v for i in g if (v := vals[i]) is not None) for g in groups]
         counts = [sum(vals[i] is not None for i in g) for g in groups]
         return bootstrap_ratio(sums, counts, n_boot, seed, level)
-    return bootstrap_statistic(len(groups), lambda row: metric.compute([records[i] for j in row for i in groups[j]]),
-                               n_boot, seed, level)
+    return bootstrap_statistic(
+        len(groups), lambda row: metric.compute([records[i] for j in row for i in groups[j]]), n_boot, seed, level
+    )
 
 
-def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int = 1000,
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
+def compute_metrics(
+    records: Sequence[Record], names: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """{metric: {value, ci_low, ci_high, ci_method, n}}; a metric that cannot run here gets `value: None` and a
     `note`. ci_method is "wilson" (a proportion over independent items), "bootstrap" (percentile, over items) or
     "wilson-items" (a bootstrap that gave one value, 0 or 1, for every resample: Wilson on the item count)."""
@@ -211,8 +216,14 @@ def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int
         if name == "radgraph_f1":
             why = radgraph_unavailable()
             if why:
-                out[name] = {"value": None, "ci_low": None, "ci_high": None, "ci_method": None, "n": len(records),
-                             "note": why}
+                out[name] = {
+                    "value": None,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "ci_method": None,
+                    "n": len(records),
+                    "note": why,
+                }
                 continue
         value = m.compute(records)
         lo: float | None
@@ -231,8 +242,13 @@ def compute_metrics(records: Sequence[Record], names: Sequence[str], n_boot: int
         else:
             (lo, hi), method = (None, None), None
         n = len(records) if m.unit_value is None else sum(m.unit_value(r) is not None for r in records)
-        out[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method if lo is not None else None,
-                     "n": n}
+        out[name] = {
+            "value": value,
+            "ci_low": lo,
+            "ci_high": hi,
+            "ci_method": method if lo is not None else None,
+            "n": n,
+        }
     return out
 
 
@@ -249,8 +265,9 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[
     return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
 
 
-def paired_bootstrap(a: Sequence[Record], b: Sequence[Record], metric: Metric, n_boot: int = 1000,
-                     seed: int = 0) -> dict[str, float | None]:
+def paired_bootstrap(
+    a: Sequence[Record], b: Sequence[Record], metric: Metric, n_boot: int = 1000, seed: int = 0
+) -> dict[str, float | None]:
     """Difference A - B on the same items, its 95% interval, and a two-sided bootstrap p-value.
 
     `a` and `b` must be aligned (same key at the same index).
@@ -269,5 +286,9 @@ def paired_bootstrap(a: Sequence[Record], b: Sequence[Record], metric: Metric, n
     lo, hi = np.quantile(d, [0.025, 0.975]) if d.size else (None, None)
     # Two-sided: how often the resampled difference falls on the other side of zero, doubled.
     p = min(1.0, 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))) if d.size else None
-    return {"diff": va - vb, "ci_low": None if lo is None else float(lo), "ci_high": None if hi is None else float(hi),
-            "p_value": p}
+    return {
+        "diff": va - vb,
+        "ci_low": None if lo is None else float(lo),
+        "ci_high": None if hi is None else float(hi),
+        "p_value": p,
+    }

@@ -21,7 +21,7 @@ def _after_last(marker: re.Pattern[str], text: str) -> str | None:
     hits = list(marker.finditer(text))
     if not hits:
         return None
-    tail = text[hits[-1].end():]
+    tail = text[hits[-1].end() :]
     tail = _DECOR.sub("", tail).strip()
     # The answer is what follows on the same line, or on the next non-empty line.
     for line in tail.splitlines():

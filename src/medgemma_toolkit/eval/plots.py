@@ -44,8 +44,13 @@ def metric_plot(metrics: dict[str, dict[str, Any]]) -> str:
     plt = _fig()
     shown = {k: v for k, v in metrics.items() if v["value"] is not None}
     fig, ax = plt.subplots(figsize=(1.4 * max(3, len(shown)), 3))
-    _bars_with_ci(ax, list(shown), [v["value"] for v in shown.values()], [v["ci_low"] for v in shown.values()],
-                  [v["ci_high"] for v in shown.values()])
+    _bars_with_ci(
+        ax,
+        list(shown),
+        [v["value"] for v in shown.values()],
+        [v["ci_low"] for v in shown.values()],
+        [v["ci_high"] for v in shown.values()],
+    )
     ax.set_title("score with 95% bootstrap CI")
     return _png(fig)
 

@@ -118,5 +118,10 @@ def report(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     images = image_paths(row, loc, ctx, "images", "image", "image_path")
     if not images:
         raise RowError(f"{loc}: no image path (field 'image' or 'images')")
-    return EvalItem(row_id(row, loc, "id", "study_id"), loc, str(row.get("question") or ""),
-                    answer=str(req(row, loc, "report", "findings", "answer")), images=images)
+    return EvalItem(
+        row_id(row, loc, "id", "study_id"),
+        loc,
+        str(row.get("question") or ""),
+        answer=str(req(row, loc, "report", "findings", "answer")),
+        images=images,
+    )

@@ -27,11 +27,15 @@ from .rows import (
 
 def generic(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     """The generic format: id, question, options (mapping / list / JSON string), answer, image(s)."""
-    options = options_of(row["options"], loc) if not is_blank(row.get("options")) and row["options"] not in ([], {}) \
-        else {}
+    options = (
+        options_of(row["options"], loc) if not is_blank(row.get("options")) and row["options"] not in ([], {}) else {}
+    )
     answer = next((row[k] for k in ("answer", "answer_idx", "label") if not is_blank(row.get(k))), None)
-    gold = gold_letter(answer, options, loc) if options and answer is not None else (
-        None if answer is None else str(answer))
+    gold = (
+        gold_letter(answer, options, loc)
+        if options and answer is not None
+        else (None if answer is None else str(answer))
+    )
     return EvalItem(
         id=row_id(row, loc, "id", "qid"),
         location=loc,
@@ -49,8 +53,13 @@ def medqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     if "answer_idx" not in row:
         return generic(row, loc, ctx)
     opts = options_of(req(row, loc, "options"), loc)
-    return EvalItem(row_id(row, loc, "id"), loc, str(req(row, loc, "question")).strip(), opts,
-                    gold_letter(row["answer_idx"], opts, loc))
+    return EvalItem(
+        row_id(row, loc, "id"),
+        loc,
+        str(req(row, loc, "question")).strip(),
+        opts,
+        gold_letter(row["answer_idx"], opts, loc),
+    )
 
 
 def medmcqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
@@ -62,8 +71,13 @@ def medmcqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     if is_blank(cop) or str(cop).strip() in ("-1", "-1.0"):
         raise SkipRow("unlabelled (no correct option: the release's test rows)")
     # The GitHub release numbers the correct option 1-4; the Hugging Face copy 0-3.
-    return EvalItem(row_id(row, loc, "id"), loc, str(req(row, loc, "question")).strip(), opts,
-                    gold_letter(int(float(cop)), opts, loc, zero_based=bool(row.get("_hf"))))
+    return EvalItem(
+        row_id(row, loc, "id"),
+        loc,
+        str(req(row, loc, "question")).strip(),
+        opts,
+        gold_letter(int(float(cop)), opts, loc, zero_based=bool(row.get("_hf"))),
+    )
 
 
 PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
@@ -79,10 +93,16 @@ def pubmedqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     ctx_field = row.get("context")
     contexts = row.get("CONTEXTS") or (ctx_field.get("contexts") if isinstance(ctx_field, dict) else None) or []
     question = str(req(row, loc, "QUESTION", "question")).strip()
-    text = ("Context: " + " ".join(str(c).strip() for c in contexts) + "\n" if contexts else "") + \
-        f"Question: {question}"
-    return EvalItem(row_id(row, loc, "id", "pubid"), loc, text, dict(PUBMEDQA_OPTIONS),
-                    gold_letter(str(row["final_decision"]), PUBMEDQA_OPTIONS, loc))
+    text = (
+        "Context: " + " ".join(str(c).strip() for c in contexts) + "\n" if contexts else ""
+    ) + f"Question: {question}"
+    return EvalItem(
+        row_id(row, loc, "id", "pubid"),
+        loc,
+        text,
+        dict(PUBMEDQA_OPTIONS),
+        gold_letter(str(row["final_decision"]), PUBMEDQA_OPTIONS, loc),
+    )
 
 
 def mmlu(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
@@ -105,8 +125,7 @@ _CHOICES_IN_TEXT = re.compile(r"\n\s*Answer Choices:\s*\(A\)")
 def _single_label(label: Any, loc: str) -> Any:
     if isinstance(label, list):
         if len(label) != 1:
-            raise SkipRow("several correct options (single-answer task)") if label else RowError(
-                f"{loc}: empty label")
+            raise SkipRow("several correct options (single-answer task)") if label else RowError(f"{loc}: empty label")
         return label[0]
     return label
 
@@ -118,9 +137,14 @@ def medxpertqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
         return generic(row, loc, ctx)
     opts = options_of(row["options"], loc)
     question = str(req(row, loc, "question")).strip()
-    item = EvalItem(row_id(row, loc, "id"), loc, question, opts,
-                    gold_letter(_single_label(row["label"], loc), opts, loc), image_paths(row, loc, ctx, "images",
-                                                                                           "image"))
+    item = EvalItem(
+        row_id(row, loc, "id"),
+        loc,
+        question,
+        opts,
+        gold_letter(_single_label(row["label"], loc), opts, loc),
+        image_paths(row, loc, ctx, "images", "image"),
+    )
     # The release's question text already ends with "Answer Choices: (A) ... (J) ...": not listed twice.
     item.options_in_question = bool(_CHOICES_IN_TEXT.search(question))
     return item
@@ -164,5 +188,10 @@ def afrimedqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
     gold = LETTERS[int(m.group(1)) - 1] if m else gold_letter(correct[0], opts, loc)
     if gold not in opts:
         raise RowError(f"{loc}: correct_answer {correct[0]!r} names an empty or N/A option")
-    return EvalItem(row_id(row, loc, "sample_id", "id"), loc, " ".join(str(req(row, loc, "question")).split()),
-                    dict(sorted(opts.items())), gold)
+    return EvalItem(
+        row_id(row, loc, "sample_id", "id"),
+        loc,
+        " ".join(str(req(row, loc, "question")).split()),
+        dict(sorted(opts.items())),
+        gold,
+    )

@@ -37,12 +37,22 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
     notes = []
     summary: dict[str, Any] = {
         "summary_version": SUMMARY_VERSION,
-        "task": {"name": spec.name, "version": spec.version, "protocol": spec.protocol, "kind": spec.kind,
-                 "parser": spec.parser, "primary_metric": spec.primary_metric,
-                 "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16]},
+        "task": {
+            "name": spec.name,
+            "version": spec.version,
+            "protocol": spec.protocol,
+            "kind": spec.kind,
+            "parser": spec.parser,
+            "primary_metric": spec.primary_metric,
+            "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
+        },
         **run_info,
-        "counts": {"questions": run_info["dataset"]["questions"], "answered": len(scored),
-                   "errors": len(records) - len(scored), "complete": len(records) == run_info["dataset"]["questions"]},
+        "counts": {
+            "questions": run_info["dataset"]["questions"],
+            "answered": len(scored),
+            "errors": len(records) - len(scored),
+            "complete": len(records) == run_info["dataset"]["questions"],
+        },
         "metrics": compute_metrics(scored, spec.metrics, n_boot=n_boot),
         "parse_failures": {"count": unparsed, "rate": unparsed / len(scored) if scored else 0.0},
         "package": {"medgemma_toolkit": __version__, **package_versions()},
@@ -80,8 +90,15 @@ def _plots(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    return [(k, _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]" +
-             (f" {m['ci_method']}" if m.get("ci_method") else ""), str(m["n"])) for k, m in summary["metrics"].items()]
+    return [
+        (
+            k,
+            _fmt(m["value"]),
+            f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]" + (f" {m['ci_method']}" if m.get("ci_method") else ""),
+            str(m["n"]),
+        )
+        for k, m in summary["metrics"].items()
+    ]
 
 
 def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -90,7 +107,10 @@ def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("task", f"{summary['task']['name']}@{summary['task']['version']} ({summary['task']['protocol']})"),
         ("model", f"{m['name']} ({m['backend']}) config sha256 {str(m['config_sha256'])[:16]}"),
         ("generation", ", ".join(f"{k}={v}" for k, v in g.items())),
-        ("dataset", f"{Path(d['path']).name} sha256 {d['sha256'][:16]}, {d['items']} items, {d['questions']} questions"),
+        (
+            "dataset",
+            f"{Path(d['path']).name} sha256 {d['sha256'][:16]}, {d['items']} items, {d['questions']} questions",
+        ),
         ("package", f"medgemma-toolkit {summary['package']['medgemma_toolkit']}"),
         ("created", summary["created"]),
     ]
@@ -122,27 +142,31 @@ def markdown(summary: dict[str, Any], plot_files: dict[str, str]) -> str:
 def html_report(summary: dict[str, Any], plots: dict[str, str]) -> str:
     e = html.escape
     t = summary["task"]
-    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td><td>{e(d)}</td></tr>"
-                   for a, b, c, d in _metric_rows(summary))
+    rows = "".join(
+        f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td><td>{e(d)}</td></tr>" for a, b, c, d in _metric_rows(summary)
+    )
     prov = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _provenance_rows(summary))
     notes = "".join(f"<p class=note>{e(n)}</p>" for n in summary["notes"])
-    imgs = "".join(f'<figure><img alt="{e(k)}" src="data:image/png;base64,{v}"><figcaption>{e(k)}</figcaption></figure>'
-                   for k, v in plots.items())
+    imgs = "".join(
+        f'<figure><img alt="{e(k)}" src="data:image/png;base64,{v}"><figcaption>{e(k)}</figcaption></figure>'
+        for k, v in plots.items()
+    )
     skipped = f"<p>Rows not scored: {e(_skipped(summary))}</p>" if _skipped(summary) else ""
     pf = summary["parse_failures"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(t['name'])} report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(t["name"])} report</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.note{{background:#fff3cd;padding:.5em}}
 figure{{display:inline-block;margin:1em}}</style></head><body>
-<h1>{e(t['name'])}@{e(t['version'])} &middot; {e(summary['model']['name'])}</h1>{notes}
+<h1>{e(t["name"])}@{e(t["version"])} &middot; {e(summary["model"]["name"])}</h1>{notes}
 <table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>{rows}</table>
-<p>Unparseable answers (counted wrong): {pf['count']} ({pf['rate']:.1%})</p>{skipped}
+<p>Unparseable answers (counted wrong): {pf["count"]} ({pf["rate"]:.1%})</p>{skipped}
 <h2>Plots</h2>{imgs}<h2>Provenance</h2><table>{prov}</table></body></html>
 """
 
 
-def write_reports(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str, Any], out: Path,
-                  n_boot: int = 1000) -> dict[str, Any]:
+def write_reports(
+    spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str, Any], out: Path, n_boot: int = 1000
+) -> dict[str, Any]:
     summary = summarize(spec, records, run_info, n_boot)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     plots = _plots(summary)

@@ -22,8 +22,14 @@ from ..rowfile import Row, read_rows
 from .items import LETTERS
 
 # The MMLU subjects MedGemma's report groups as medical; in a folder of MMLU CSVs only these files are read.
-MMLU_MED_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-                     "professional_medicine")
+MMLU_MED_SUBJECTS = (
+    "anatomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_medicine",
+    "medical_genetics",
+    "professional_medicine",
+)
 HF_SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "val")
 
 
@@ -50,16 +56,23 @@ class ReadContext:
 # -- rows ---------------------------------------------------------------------------------------------------------
 def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tuple[str, Row | RowError]]:
     """(location, row) pairs from a data file, a folder of MMLU CSVs, a parquet file or a Hugging Face dataset."""
-    if str(path).startswith("hf:") or (path.is_dir() and ((path / "dataset_info.json").exists()
-                                                           or (path / "state.json").exists()
-                                                           or (path / "dataset_dict.json").exists())):
+    if str(path).startswith("hf:") or (
+        path.is_dir()
+        and (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        )
+    ):
         yield from hf_rows(str(path), split)
         return
     if path.is_dir():
         files = _mmlu_files(path) if reader == "mmlu" else []
         if not files:
-            raise BadInput(f"{path}: is a directory; give the data file" +
-                           (" (MMLU: the release's data/test folder of *_test.csv files)" if reader == "mmlu" else ""))
+            raise BadInput(
+                f"{path}: is a directory; give the data file"
+                + (" (MMLU: the release's data/test folder of *_test.csv files)" if reader == "mmlu" else "")
+            )
         for f in files:
             yield from load_rows(f, reader)
         return
@@ -112,8 +125,10 @@ def _json_rows(name: str, data: Any) -> Iterator[tuple[str, Row]]:
         for i, row in enumerate(data):
             yield f"{name}[{i}]", row
     elif isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
-        raise BadInput(f"{name}: maps ids to bare answers (like PubMedQA's test_ground_truth.json): that is a split, "
-                       "not a data file; pass it as --ids with the data file (ori_pqal.json)")
+        raise BadInput(
+            f"{name}: maps ids to bare answers (like PubMedQA's test_ground_truth.json): that is a split, "
+            "not a data file; pass it as --ids with the data file (ori_pqal.json)"
+        )
     elif isinstance(data, dict):  # PubMedQA: {PMID: {...}}
         for key, row in data.items():
             yield f"{name}[{key}]", ({"id": key, **row} if isinstance(row, dict) else row)
@@ -135,8 +150,16 @@ def _mmlu_rows(path: Path) -> Iterator[tuple[str, Row | RowError]]:
             if len(cols) < 4:
                 yield f"{path.name}:{i}", RowError(f"{path.name}:{i}: expected question, options..., answer columns")
                 continue
-            yield f"{path.name}:{i}", {"id": f"{subject}-{i}", "question": cols[0], "options": cols[1:-1],
-                                       "answer": cols[-1].strip(), "subject": subject}
+            yield (
+                f"{path.name}:{i}",
+                {
+                    "id": f"{subject}-{i}",
+                    "question": cols[0],
+                    "options": cols[1:-1],
+                    "answer": cols[-1].strip(),
+                    "subject": subject,
+                },
+            )
 
 
 def _plain(row: Row) -> Row:
@@ -207,9 +230,12 @@ def hf_rows(spec: str, split: str | None = None) -> Iterator[tuple[str, Row]]:
         except ValueError as e:  # a config or split that the cached dataset does not have: datasets names them
             raise BadInput(f"{spec}: {str(e).splitlines()[0][:300]}") from None
         except Exception:
-            raise BadInput(f"{spec}: dataset {name!r}" + (f" (config {config!r})" if config else "") +
-                           " is not in the local Hugging Face datasets cache; nothing is downloaded. Download it "
-                           "yourself, or give a saved folder (save_to_disk) or a parquet file as --data") from None
+            raise BadInput(
+                f"{spec}: dataset {name!r}"
+                + (f" (config {config!r})" if config else "")
+                + " is not in the local Hugging Face datasets cache; nothing is downloaded. Download it "
+                "yourself, or give a saved folder (save_to_disk) or a parquet file as --data"
+            ) from None
         label = name.rsplit("/", 1)[-1]
     else:
         try:

@@ -95,8 +95,16 @@ def load_task_data(opts: EvalOptions, quiet: bool = False):
     conditions = _conditions(spec, opts.conditions)
     from .formats import read_ids
 
-    read = read_items(spec, data_path, opts.on_error, Path(opts.image_root) if opts.image_root else None,
-                      conditions, opts.limit, split=opts.split, ids=read_ids(Path(opts.ids)) if opts.ids else None)
+    read = read_items(
+        spec,
+        data_path,
+        opts.on_error,
+        Path(opts.image_root) if opts.image_root else None,
+        conditions,
+        opts.limit,
+        split=opts.split,
+        ids=read_ids(Path(opts.ids)) if opts.ids else None,
+    )
     if not quiet:
         for msg in read.errors:
             print(f"skipped: {msg}", file=sys.stderr)
@@ -122,14 +130,28 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     max_new = opts.max_new_tokens or (spec.think_max_new_tokens if opts.think else spec.max_new_tokens)
     if max_new <= 0:
         raise BadInput("--max-new-tokens must be positive")
-    generation = {"mode": opts.mode, "preset": f"{preset.name}@{preset.version}", "max_new_tokens": max_new,
-                  "temperature": opts.temperature, "think": opts.think, "stop": list(preset.stop)}
-    model = {"name": mg.backend.info.name, "backend": mg.backend.info.backend, "demo": mg.is_demo,
-             **model_identity(mg.backend.info.path)}
+    generation = {
+        "mode": opts.mode,
+        "preset": f"{preset.name}@{preset.version}",
+        "max_new_tokens": max_new,
+        "temperature": opts.temperature,
+        "think": opts.think,
+        "stop": list(preset.stop),
+    }
+    model = {
+        "name": mg.backend.info.name,
+        "backend": mg.backend.info.backend,
+        "demo": mg.is_demo,
+        **model_identity(mg.backend.info.path),
+    }
     # Everything that could change an answer: the cache and --resume refuse to mix runs that differ in any of it.
-    config = {"task": spec.label, "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
-              "model_fingerprint": model["fingerprint"], "generation": generation,
-              "conditions": list(conditions)}
+    config = {
+        "task": spec.label,
+        "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
+        "model_fingerprint": model["fingerprint"],
+        "generation": generation,
+        "conditions": list(conditions),
+    }
 
     out = Path(opts.out)
     rec_path = out / "records.jsonl"
@@ -155,12 +177,29 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
 
     def record(o: Outcome[Unit]) -> dict[str, Any]:
         u = o.job
-        base = {"key": u.key, "item_id": u.item.id, "condition": u.condition, "prompt_hash": u.prompt_hash,
-                "gold": u.gold, "answer_type": u.item.answer_type, "seconds": round(o.seconds, 4),
-                "images": manifests.pop(u.key, None)}
+        base = {
+            "key": u.key,
+            "item_id": u.item.id,
+            "condition": u.condition,
+            "prompt_hash": u.prompt_hash,
+            "gold": u.gold,
+            "answer_type": u.item.answer_type,
+            "seconds": round(o.seconds, 4),
+            "images": manifests.pop(u.key, None),
+        }
         if o.completion is None:
-            return {**base, "raw": None, "thought": None, "parsed": None, "correct": None, "score": None,
-                    "error": o.error, "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
+            return {
+                **base,
+                "raw": None,
+                "thought": None,
+                "parsed": None,
+                "correct": None,
+                "score": None,
+                "error": o.error,
+                "finish_reason": None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
         split = split_thought(o.completion.text)
         answer = split.answer
         if primed:
@@ -168,9 +207,18 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             answer = f"Final Answer: {answer}"
         parsed = o.completion.text if opts.mode == "loglikelihood" else parser(answer, u.item.options)
         correct, score = score_unit(spec, u, parsed)
-        return {**base, "raw": o.completion.text, "thought": split.thought, "parsed": parsed, "correct": correct,
-                "score": score, "error": None, "finish_reason": o.completion.finish_reason,
-                "prompt_tokens": o.completion.prompt_tokens, "completion_tokens": o.completion.completion_tokens}
+        return {
+            **base,
+            "raw": o.completion.text,
+            "thought": split.thought,
+            "parsed": parsed,
+            "correct": correct,
+            "score": score,
+            "error": None,
+            "finish_reason": o.completion.finish_reason,
+            "prompt_tokens": o.completion.prompt_tokens,
+            "completion_tokens": o.completion.completion_tokens,
+        }
 
     # Cached answers are raw model text: parse and score them again, so a parser fix applies to them too.
     n_cached = 0
@@ -207,8 +255,14 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             req = mg.request(text, u.item.images, max_new_tokens=1, preset=preset)
             letters_of[id(req)] = list(u.item.options)
         else:
-            req = mg.request(u.text, u.item.images, think=opts.think, max_new_tokens=max_new,
-                             temperature=opts.temperature, preset=preset)
+            req = mg.request(
+                u.text,
+                u.item.images,
+                think=opts.think,
+                max_new_tokens=max_new,
+                temperature=opts.temperature,
+                preset=preset,
+            )
         manifests[u.key] = for_records(prompt_manifest(req.prompt), records_root)
         return req
 
@@ -218,8 +272,9 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     batch_size = opts.batch_size or auto_batch_size(mg.backend)
     t0 = time.perf_counter()
     try:
-        gen_seconds = run_batches(backend, pending, build, on_batch, batch_size,
-                                  sort_key=lambda u: u.sort_length, progress=opts.progress)
+        gen_seconds = run_batches(
+            backend, pending, build, on_batch, batch_size, sort_key=lambda u: u.sort_length, progress=opts.progress
+        )
     finally:
         log.close()
         if cache is not None:
@@ -230,15 +285,31 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     by_key = {r["key"]: r for r in records}
     ordered = [by_key[u.key] for u in units if u.key in by_key]
     run_info = {
-        "model": model, "generation": generation, "conditions": list(conditions),
-        "dataset": {"path": str(data_path), "sha256": dataset_digest(data_path), "items": len(read.items),
-                    "questions": len(units), "malformed_rows": len(read.errors), "rows_not_used": read.skipped,
-                    "rows_skipped": read.skip_reasons, "warnings": read.warnings, **read.selection,
-                    "limit": opts.limit, "sample": opts.data is None},
-        "timing": {"generated": len(pending), "resumed": n_resumed, "from_cache": n_cached,
-                   "generate_seconds": round(gen_seconds, 3), "wall_seconds": round(wall, 3),
-                   "items_per_second": round(len(pending) / gen_seconds, 3) if gen_seconds > 0 else None,
-                   "batch_size": batch_size},
+        "model": model,
+        "generation": generation,
+        "conditions": list(conditions),
+        "dataset": {
+            "path": str(data_path),
+            "sha256": dataset_digest(data_path),
+            "items": len(read.items),
+            "questions": len(units),
+            "malformed_rows": len(read.errors),
+            "rows_not_used": read.skipped,
+            "rows_skipped": read.skip_reasons,
+            "warnings": read.warnings,
+            **read.selection,
+            "limit": opts.limit,
+            "sample": opts.data is None,
+        },
+        "timing": {
+            "generated": len(pending),
+            "resumed": n_resumed,
+            "from_cache": n_cached,
+            "generate_seconds": round(gen_seconds, 3),
+            "wall_seconds": round(wall, 3),
+            "items_per_second": round(len(pending) / gen_seconds, 3) if gen_seconds > 0 else None,
+            "batch_size": batch_size,
+        },
     }
     return write_reports(spec, ordered, run_info, out, n_boot=opts.n_boot)
 

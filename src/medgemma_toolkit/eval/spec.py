@@ -54,8 +54,10 @@ class TaskSpec:
     def conditions(self, name: str | None = None) -> tuple[str, ...]:
         key = name or self.default_condition_set
         if key is None or key not in self.condition_sets:
-            raise BadInput(f"task {self.name!r} has no condition set {key!r}; choose one of: "
-                           f"{', '.join(self.condition_sets) or '(none)'}")
+            raise BadInput(
+                f"task {self.name!r} has no condition set {key!r}; choose one of: "
+                f"{', '.join(self.condition_sets) or '(none)'}"
+            )
         return self.condition_sets[key]
 
 
@@ -71,8 +73,9 @@ def _spec_from_dict(data: dict[str, Any], origin: str) -> TaskSpec:
         data["references"] = tuple(data.get("references", ()))
         data["condition_sets"] = {k: tuple(v) for k, v in (data.get("condition_sets") or {}).items()}
         data["splits"] = {str(k): dict(v) for k, v in (data.get("splits") or {}).items()}
-        data["label_names"] = {str(k): {str(a): str(b) for a, b in (v or {}).items()}
-                               for k, v in (data.get("label_names") or {}).items()}
+        data["label_names"] = {
+            str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (data.get("label_names") or {}).items()
+        }
         spec = TaskSpec(**data)
     except (KeyError, TypeError) as e:
         raise BadInput(f"{origin}: invalid task definition ({e})") from None

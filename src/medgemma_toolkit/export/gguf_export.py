@@ -134,8 +134,7 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
         import llama_cpp
     except ImportError:
         raise BackendUnavailable(
-            f"--outtype {outtype} needs llama-cpp-python (pip install 'medgemma-toolkit[llamacpp]'); "
-            "or export f16/q8_0"
+            f"--outtype {outtype} needs llama-cpp-python (pip install 'medgemma-toolkit[llamacpp]'); or export f16/q8_0"
         ) from None
     from ..backends.llamacpp_logging import route_llama_logs
 

@@ -55,8 +55,17 @@ def _download_sdist(dest: Path) -> Path:
     if found:
         return found[0]
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-        "--quiet", "-d", str(dest), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-binary",
+        ":all:",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(dest),
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))

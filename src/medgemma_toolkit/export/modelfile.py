@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 _TEMPLATE = (
-    '{{- range $i, $_ := .Messages }}\n'
-    '{{- $last := eq (len (slice $.Messages $i)) 1 }}\n'
+    "{{- range $i, $_ := .Messages }}\n"
+    "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
     '{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user\n'
-    '{{ .Content }}<end_of_turn>\n'
-    '{{ if $last }}<start_of_turn>model\n'
-    '{{ end }}\n'
+    "{{ .Content }}<end_of_turn>\n"
+    "{{ if $last }}<start_of_turn>model\n"
+    "{{ end }}\n"
     '{{- else if eq .Role "assistant" }}<start_of_turn>model\n'
-    '{{ .Content }}{{ if not $last }}<end_of_turn>\n'
-    '{{ end }}\n'
-    '{{- end }}\n'
-    '{{- end }}'
+    "{{ .Content }}{{ if not $last }}<end_of_turn>\n"
+    "{{ end }}\n"
+    "{{- end }}\n"
+    "{{- end }}"
 )
 
 

@@ -87,7 +87,11 @@ def stage_checkpoint(checkpoint: Path, staging: Path) -> dict[str, Any]:
     if not weight_files:
         raise BadInput(f"{checkpoint}: no .safetensors weights found")
     for f in checkpoint.iterdir():
-        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("tokenizer_config.json", "model.safetensors.index.json"):
+        if (
+            f.is_file()
+            and f.suffix != ".safetensors"
+            and f.name not in ("tokenizer_config.json", "model.safetensors.index.json")
+        ):
             _link(f, staging / f.name)
     fold = attention_fold(cfg)
     renamed = _stage_weights(checkpoint, staging, weight_files, fold)
@@ -119,7 +123,7 @@ def _new_key(key: str) -> str:
     """transformers-5 names -> the transformers-4 names the converter maps."""
     for prefix in ("model.vision_tower.", "vision_tower."):
         if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
-            return prefix + "vision_model." + key[len(prefix):]
+            return prefix + "vision_model." + key[len(prefix) :]
     return key
 
 
@@ -185,7 +189,7 @@ def write_sentencepiece_model(tok: dict[str, Any], out: Path) -> None:
     added = {t["id"]: t for t in tok.get("added_tokens", [])}
     rank: dict[str, int] = {}
     for i, m in enumerate(model.get("merges", [])):
-        a, b = (m.split(" ", 1) if isinstance(m, str) else m)
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
         rank.setdefault(a + b, i)
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
@@ -206,8 +210,10 @@ def write_sentencepiece_model(tok: dict[str, Any], out: Path) -> None:
         else:
             p.type = _SPM_NORMAL
             p.score = float(-rank[piece]) if piece in rank else float(-n_merges - i)
-    ids = {name: vocab.get(tok_name, -1) for name, tok_name in
-           (("unk", unk), ("bos", "<bos>"), ("eos", "<eos>"), ("pad", "<pad>"))}
+    ids = {
+        name: vocab.get(tok_name, -1)
+        for name, tok_name in (("unk", unk), ("bos", "<bos>"), ("eos", "<eos>"), ("pad", "<pad>"))
+    }
     ts = proto.trainer_spec
     ts.model_type = 2  # BPE
     ts.vocab_size = len(by_id)

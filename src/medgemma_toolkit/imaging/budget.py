@@ -28,9 +28,12 @@ class DecodeBudget:
         if self._cpu_start is None:
             self._cpu_start = now
         elif self.max_cpu_s is not None and now - self._cpu_start > self.max_cpu_s:
-            raise ImageTooLarge(f"{name}: decoding this request's images took over {self.max_cpu_s:g} s of CPU; "
-                                "send fewer or smaller images")
+            raise ImageTooLarge(
+                f"{name}: decoding this request's images took over {self.max_cpu_s:g} s of CPU; "
+                "send fewer or smaller images"
+            )
         if self.used_pixels + pixels > self.max_pixels:
-            raise ImageTooLarge(f"{name}: this request's images add up to over {self.max_pixels:,} pixels; "
-                                "send fewer or smaller images")
+            raise ImageTooLarge(
+                f"{name}: this request's images add up to over {self.max_pixels:,} pixels; send fewer or smaller images"
+            )
         self.used_pixels += pixels

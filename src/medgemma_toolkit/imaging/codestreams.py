@@ -15,8 +15,13 @@ from ..errors import BadInput, ImageTooLarge
 
 JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
 JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
-J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-       "1.2.840.10008.1.2.4.203"}
+J2K = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 RLE = "1.2.840.10008.1.2.5"
 # Start-of-frame markers that carry the frame size (not DHT C4, JPG C8, DAC CC); F7 is JPEG-LS's SOF55.
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
@@ -87,8 +92,10 @@ def check_frame(ds, name: str, index: int, frames: int, rows: int, cols: int, ma
         bits = int(getattr(ds, "BitsAllocated", 8) or 8)
         n = rle_segments(frame)
         if n is None or n != samples * ((bits + 7) // 8):
-            raise BadInput(f"{name}: RLE frame has {n} segments; {samples} sample(s) of {bits} bits need "
-                           f"{samples * ((bits + 7) // 8)}")
+            raise BadInput(
+                f"{name}: RLE frame has {n} segments; {samples} sample(s) of {bits} bits need "
+                f"{samples * ((bits + 7) // 8)}"
+            )
         return
     size = j2k_size(frame) if syntax in J2K else jpeg_size(frame)
     kind = "JPEG 2000" if syntax in J2K else "JPEG-LS" if syntax in JPEG_LS else "JPEG"
@@ -96,8 +103,10 @@ def check_frame(ds, name: str, index: int, frames: int, rows: int, cols: int, ma
         raise BadInput(f"{name}: {kind} frame has no readable size header")
     width, height = size
     if width * height > max_pixels:
-        raise ImageTooLarge(f"{name}: {kind} codestream declares {width}x{height} pixels, over the limit of "
-                            f"{max_pixels:,}")
+        raise ImageTooLarge(
+            f"{name}: {kind} codestream declares {width}x{height} pixels, over the limit of {max_pixels:,}"
+        )
     if (width, height) != (cols, rows):
-        raise BadInput(f"{name}: {kind} codestream declares {width}x{height} pixels but the DICOM header says "
-                       f"{cols}x{rows}")
+        raise BadInput(
+            f"{name}: {kind} codestream declares {width}x{height} pixels but the DICOM header says {cols}x{rows}"
+        )

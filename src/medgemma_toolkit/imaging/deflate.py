@@ -33,7 +33,7 @@ def meta_end_and_syntax(data: bytes) -> tuple[int, str]:
         group, elem = struct.unpack_from("<HH", data, pos)
         if group != 2:
             return pos, syntax
-        vr = data[pos + 4:pos + 6]
+        vr = data[pos + 4 : pos + 6]
         if vr in _LONG_VRS:
             if pos + 12 > len(data):
                 break
@@ -41,7 +41,7 @@ def meta_end_and_syntax(data: bytes) -> tuple[int, str]:
         else:
             length, head = struct.unpack_from("<H", data, pos + 6)[0], 8
         if elem == 0x0010:
-            syntax = data[pos + head:pos + head + length].decode("ascii", "replace").strip("\0 ")
+            syntax = data[pos + head : pos + head + length].decode("ascii", "replace").strip("\0 ")
         pos += head + length
     return -1, syntax
 
@@ -66,8 +66,10 @@ def _declared_pixel_bytes(header, name: str, max_pixels: int) -> int:
         raise ImageTooLarge(f"{name}: DICOM frame is {cols}x{rows} pixels, over the limit of {max_pixels:,}")
     total = rows * cols * frames * samples * ((bits + 7) // 8)
     if total > max_pixels * BYTES_PER_PIXEL_CAP:
-        raise ImageTooLarge(f"{name}: deflated DICOM declares {total:,} bytes of pixel data, over this reader's "
-                            f"limit of {max_pixels * BYTES_PER_PIXEL_CAP:,}")
+        raise ImageTooLarge(
+            f"{name}: deflated DICOM declares {total:,} bytes of pixel data, over this reader's "
+            f"limit of {max_pixels * BYTES_PER_PIXEL_CAP:,}"
+        )
     return total
 
 
@@ -88,8 +90,10 @@ def read_deflated(data: bytes, name: str, max_pixels: int):
             limit = HEADER_BYTES + _declared_pixel_bytes(header, name, max_pixels) + SLACK_BYTES
             rest = inflater.decompress(inflater.unconsumed_tail, limit - len(head) + 1)
             if len(head) + len(rest) > limit or not inflater.eof:
-                raise ImageTooLarge(f"{name}: deflated DICOM inflates beyond what its image size needs "
-                                    f"({limit:,} bytes): refused as a decompression bomb")
+                raise ImageTooLarge(
+                    f"{name}: deflated DICOM inflates beyond what its image size needs "
+                    f"({limit:,} bytes): refused as a decompression bomb"
+                )
             head += rest
             del rest
         ds = read_dataset(io.BytesIO(head), False, True)

@@ -126,8 +126,10 @@ def file_window(values: np.ndarray, ds, name: str) -> np.ndarray:
     if not _has_window(ds):
         raise BadInput(f"{name}: --window file asked for, but the file has no WindowCenter/WindowWidth")
     try:
-        c, w = (float(v[0] if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else v)
-                for v in (ds.WindowCenter, ds.WindowWidth))
+        c, w = (
+            float(v[0] if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else v)
+            for v in (ds.WindowCenter, ds.WindowWidth)
+        )
     except (TypeError, ValueError, IndexError):
         raise BadInput(f"{name}: attribute WindowCenter or WindowWidth is malformed") from None
     if not (np.isfinite(c) and np.isfinite(w)) or w // 2 <= 0:

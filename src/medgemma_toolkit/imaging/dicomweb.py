@@ -123,8 +123,14 @@ def _session(ref: DicomWebRef):
         logging.getLogger(name).setLevel(logging.ERROR)
     s = requests.Session()
     s.max_redirects = 0
-    retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, backoff_factor=0.3,
-                  status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}))
+    retry = Retry(
+        total=RETRIES,
+        connect=RETRIES,
+        read=RETRIES,
+        backoff_factor=0.3,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+    )
     s.mount("http://", _Adapter(max_retries=retry))
     s.mount("https://", _Adapter(max_retries=retry))
     token = os.environ.get("MEDGEMMA_DICOMWEB_TOKEN")
@@ -136,11 +142,15 @@ def _session(ref: DicomWebRef):
 
     def _cap(response, *args, **kwargs):
         if response.is_redirect or 300 <= response.status_code < 400:  # checked before requests would follow it
-            raise DicomWebError(f"DICOMweb server {ref.host} answered with a redirect (HTTP {response.status_code}); "
-                                "redirects are not followed")
+            raise DicomWebError(
+                f"DICOMweb server {ref.host} answered with a redirect (HTTP {response.status_code}); "
+                "redirects are not followed"
+            )
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > MAX_INSTANCE_BYTES:
-            raise ImageTooLarge(f"DICOMweb response of {int(declared):,} bytes is over the limit of {MAX_INSTANCE_BYTES:,}")
+            raise ImageTooLarge(
+                f"DICOMweb response of {int(declared):,} bytes is over the limit of {MAX_INSTANCE_BYTES:,}"
+            )
 
     s.hooks["response"].append(_cap)
     return s
@@ -167,8 +177,11 @@ def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
         raise
     except requests.HTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
-        hint = {401: " (unauthorised: set MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD)", 403: " (forbidden)",
-                404: " (not found)"}.get(status, "")
+        hint = {
+            401: " (unauthorised: set MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD)",
+            403: " (forbidden)",
+            404: " (not found)",
+        }.get(status, "")
         raise DicomWebError(f"DICOMweb {what} on {ref.host} failed: HTTP {status}{hint}") from None
     except requests.exceptions.RetryError:
         raise DicomWebError(f"DICOMweb {what} on {ref.host} failed after {RETRIES} retries") from None
@@ -195,8 +208,7 @@ def fetch_datasets(ref: DicomWebRef) -> list:
         return [_call(ref, "retrieve", client.retrieve_instance, ref.study, ref.series, ref.instance)]
     series = ref.series
     if series is None:
-        found = _call(ref, "search", client.search_for_series, ref.study,
-                      fields=["0020000E", "00201209", "00080060"])
+        found = _call(ref, "search", client.search_for_series, ref.study, fields=["0020000E", "00201209", "00080060"])
         if not found:
             raise DicomWebError(f"DICOMweb study on {ref.host} has no series")
 
@@ -207,8 +219,9 @@ def fetch_datasets(ref: DicomWebRef) -> list:
         series = _value(max(found, key=size), "0020000E")
         if not series:
             raise DicomWebError(f"DICOMweb search on {ref.host}: series without SeriesInstanceUID")
-    instances = _call(ref, "search", client.search_for_instances, ref.study, series,
-                      fields=["00080018"], limit=MAX_SERIES_FILES + 1)
+    instances = _call(
+        ref, "search", client.search_for_instances, ref.study, series, fields=["00080018"], limit=MAX_SERIES_FILES + 1
+    )
     if not instances:
         raise DicomWebError(f"DICOMweb series on {ref.host} has no instances")
     if len(instances) > MAX_SERIES_FILES:

@@ -59,7 +59,9 @@ def parse_window(text: str | None) -> Window:
     try:
         c, w = (float(v) for v in text.split(","))
     except ValueError:
-        raise BadInput(f"--window must be 'voi', 'file', 'full' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}") from None
+        raise BadInput(
+            f"--window must be 'voi', 'file', 'full' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}"
+        ) from None
     if w <= 0:
         raise BadInput("--window width must be positive")
     return (c, w)

@@ -184,9 +184,13 @@ def _describe(name: str, ds) -> _Slice:
     except Exception:
         image_type = []
     return _Slice(
-        name, ds, None if inst is None else int(inst[0]),
-        None if pos is None else np.array(pos), None if ori is None else np.array(ori),
-        bool(image_type) and image_type[0] == "DERIVED", 0 if acq is None else int(acq[0]),
+        name,
+        ds,
+        None if inst is None else int(inst[0]),
+        None if pos is None else np.array(pos),
+        None if ori is None else np.array(ori),
+        bool(image_type) and image_type[0] == "DERIVED",
+        0 if acq is None else int(acq[0]),
     )
 
 
@@ -223,8 +227,9 @@ def _dedupe(slices: list[_Slice], dropped: dict[str, int]) -> list[_Slice]:
 SLICE_ORDERS = ("instance_number", "position")
 
 
-def _order(slices: list[_Slice], source: str, mode: str, dropped: dict[str, int]
-           ) -> tuple[list[_Slice], np.ndarray, str, str | None]:
+def _order(
+    slices: list[_Slice], source: str, mode: str, dropped: dict[str, int]
+) -> tuple[list[_Slice], np.ndarray, str, str | None]:
     """(ordered slices, their sort keys, "instance_number" or "normal", fallback reason or None)."""
     if mode not in SLICE_ORDERS:
         raise BadInput(f"--slice-order must be one of {', '.join(SLICE_ORDERS)}, got {mode!r}")
@@ -254,11 +259,14 @@ def _order(slices: list[_Slice], source: str, mode: str, dropped: dict[str, int]
         order = np.argsort(inst, kind="stable")
         why = None if mode == "instance_number" else "missing ImagePositionPatient/ImageOrientationPatient"
         return [slices[i] for i in order], inst[order], "instance_number", why
-    raise BadInput(f"{source}: cannot order slices: ImagePositionPatient/ImageOrientationPatient and InstanceNumber missing")
+    raise BadInput(
+        f"{source}: cannot order slices: ImagePositionPatient/ImageOrientationPatient and InstanceNumber missing"
+    )
 
 
-def assemble_volume(items: list[tuple[str, object]], source: str = "series",
-                    slice_order: str = "instance_number") -> SeriesVolume:
+def assemble_volume(
+    items: list[tuple[str, object]], source: str = "series", slice_order: str = "instance_number"
+) -> SeriesVolume:
     """Select, order and stack (name, pydicom Dataset) pairs into one volume."""
     from pydicom.pixels import pixel_array
 
@@ -283,7 +291,9 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series",
     if rows <= 0 or cols <= 0:
         raise BadInput(f"{source}: attribute Rows or Columns is zero")
     if len(slices) * rows * cols > MAX_VOLUME_VOXELS:
-        raise ImageTooLarge(f"{source}: volume of {len(slices)}x{rows}x{cols} voxels is over the limit of {MAX_VOLUME_VOXELS:,}")
+        raise ImageTooLarge(
+            f"{source}: volume of {len(slices)}x{rows}x{cols} voxels is over the limit of {MAX_VOLUME_VOXELS:,}"
+        )
     modalities = {str(s.ds.get("Modality", "")).upper() for s in slices}
     if len(modalities) > 1:
         raise BadInput(f"{source}: slices of {len(modalities)} different modalities; not one volume")
@@ -312,8 +322,19 @@ def assemble_volume(items: list[tuple[str, object]], source: str = "series",
         intercepts[i] = 0.0 if inter is None else inter[0]
     assert stored is not None
     uids = [str(s.ds.get("SOPInstanceUID", "")) or None for s in slices]
-    return SeriesVolume(stored, slopes, intercepts, modalities.pop(), positions, ordered_by, dropped,
-                        [s.instance for s in slices], uids, [s.name for s in slices], fallback)
+    return SeriesVolume(
+        stored,
+        slopes,
+        intercepts,
+        modalities.pop(),
+        positions,
+        ordered_by,
+        dropped,
+        [s.instance for s in slices],
+        uids,
+        [s.name for s in slices],
+        fallback,
+    )
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian

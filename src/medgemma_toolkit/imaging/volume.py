@@ -145,7 +145,8 @@ class BatchResizer:
             except ImportError:
                 return [
                     Image.frombuffer("RGBX", (side, side), np.ascontiguousarray(s), "raw", "RGBX", 0, 1)
-                    .convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                    .convert("RGB")
+                    .resize((size, size), Image.Resampling.BILINEAR)
                     for s in slices
                 ]
         return [_rgb_image(s) for s in slices]
@@ -207,14 +208,18 @@ def instances_parts(items: list[tuple[str, object]], options: ImageOptions, size
     if modalities & VOLUME_MODALITIES:
         return volume_parts(assemble_volume(items, source=source, slice_order=options.slice_order), options, size)
     if len(items) > MAX_2D_INSTANCES:
-        raise BadInput(f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as "
-                       "separate images")
-    return [ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size), info=dicom_info(name, ds))
-            for name, ds in items]
+        raise BadInput(
+            f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as separate images"
+        )
+    return [
+        ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size), info=dicom_info(name, ds))
+        for name, ds in items
+    ]
 
 
-def load_series_parts(files: list[str] | list[Path], options: ImageOptions = ImageOptions(),
-                      size: int = DEFAULT_IMAGE_SIZE) -> list[Part]:
+def load_series_parts(
+    files: list[str] | list[Path], options: ImageOptions = ImageOptions(), size: int = DEFAULT_IMAGE_SIZE
+) -> list[Part]:
     """Parts for an explicit list of DICOM files (the Python API's way to pass "a list of files").
 
     Example: `mg.ask("Findings?", images=load_series_parts(sorted(Path("ct").glob("*.dcm"))))`

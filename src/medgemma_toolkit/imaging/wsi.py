@@ -158,8 +158,13 @@ def choose_level(slide: Slide, target_mpp: float = TARGET_MPP) -> int:
     return int(np.argmin(errs))
 
 
-def tile_slide(slide: Slide, options: ImageOptions, patch_px: int = PATCH_PX, target_mpp: float = TARGET_MPP,
-               min_tissue: float = MIN_TISSUE) -> SlidePatches:
+def tile_slide(
+    slide: Slide,
+    options: ImageOptions,
+    patch_px: int = PATCH_PX,
+    target_mpp: float = TARGET_MPP,
+    min_tissue: float = MIN_TISSUE,
+) -> SlidePatches:
     level = choose_level(slide, target_mpp)
     lw, lh = slide.dimensions[level]
     thumb = slide.thumbnail(THUMB_SIDE)
@@ -171,8 +176,10 @@ def tile_slide(slide: Slide, options: ImageOptions, patch_px: int = PATCH_PX, ta
         for c in range(cols):
             x0, y0 = c * patch_px, r * patch_px
             x1, y1 = min(x0 + patch_px, lw), min(y0 + patch_px, lh)
-            m = mask[int(y0 * sy) : max(int(y0 * sy) + 1, int(math.ceil(y1 * sy))),
-                     int(x0 * sx) : max(int(x0 * sx) + 1, int(math.ceil(x1 * sx)))]
+            m = mask[
+                int(y0 * sy) : max(int(y0 * sy) + 1, int(math.ceil(y1 * sy))),
+                int(x0 * sx) : max(int(x0 * sx) + 1, int(math.ceil(x1 * sx))),
+            ]
             frac = float(m.mean()) if m.size else 0.0
             if frac >= min_tissue:
                 kept.append((c, r, frac))
@@ -216,7 +223,9 @@ def open_slide(source: str) -> Slide | None:
         try:
             return _TiffSlide(source)
         except ImportError:
-            raise BackendUnavailable("whole-slide images need tiffslide: pip install 'medgemma-toolkit[imaging]'") from None
+            raise BackendUnavailable(
+                "whole-slide images need tiffslide: pip install 'medgemma-toolkit[imaging]'"
+            ) from None
         except Exception as e:
             raise BadInput(f"{source}: cannot open as a whole-slide image ({type(e).__name__})") from None
     return None
@@ -252,7 +261,9 @@ def _open_dicom_wsi(directory: Path) -> Slide | None:
     try:
         from wsidicom import WsiDicom
     except ImportError:
-        raise BackendUnavailable("DICOM whole-slide images need wsidicom: pip install 'medgemma-toolkit[imaging]'") from None
+        raise BackendUnavailable(
+            "DICOM whole-slide images need wsidicom: pip install 'medgemma-toolkit[imaging]'"
+        ) from None
     try:
         return _DicomSlide(WsiDicom.open(directory))
     except Exception as e:
@@ -266,10 +277,14 @@ def slide_parts(slide: Slide, options: ImageOptions, size: int, source: str = "s
         raise
     except Exception as e:  # corrupt tiles or metadata surface from the slide libraries as many types
         raise BadInput(f"{source}: cannot read the whole-slide image ({type(e).__name__})") from None
-    return [ImagePart(to_model_image(p.image, size), label=p.label,
-                      info={"source": source, "instance_number": None, "sop_instance_uid": None,
-                            "patch": [p.x, p.y, p.level]})
-            for p in result.patches]
+    return [
+        ImagePart(
+            to_model_image(p.image, size),
+            label=p.label,
+            info={"source": source, "instance_number": None, "sop_instance_uid": None, "patch": [p.x, p.y, p.level]},
+        )
+        for p in result.patches
+    ]
 
 
 def read_slide_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:

@@ -57,18 +57,34 @@ class ModelHint:
         """The prompt preset: the variant's, else chat (template) or completion (base model)."""
         return self.default_preset or ("pretrained" if self.is_pretrained(has_chat_template) else "medgemma-v1")
 
-    def model_info(self, *, path: str, backend: str, multimodal: bool, image_size: int | None,
-                   tokens_per_image: int | None, has_chat_template: bool, extra: dict[str, str],
-                   thinking: bool = False, default_preset: str | None = None) -> ModelInfo:
+    def model_info(
+        self,
+        *,
+        path: str,
+        backend: str,
+        multimodal: bool,
+        image_size: int | None,
+        tokens_per_image: int | None,
+        has_chat_template: bool,
+        extra: dict[str, str],
+        thinking: bool = False,
+        default_preset: str | None = None,
+    ) -> ModelInfo:
         """`ModelInfo` for a loaded model; `thinking`/`default_preset` are what the model itself says, used
         when the hint does not know."""
         pretrained = self.is_pretrained(has_chat_template)
         return ModelInfo(
-            name=self.name or path, path=path, multimodal=multimodal, image_size=image_size,
-            tokens_per_image=tokens_per_image, has_chat_template=has_chat_template, pretrained=pretrained,
+            name=self.name or path,
+            path=path,
+            multimodal=multimodal,
+            image_size=image_size,
+            tokens_per_image=tokens_per_image,
+            has_chat_template=has_chat_template,
+            pretrained=pretrained,
             thinking=bool(thinking if self.thinking is None else self.thinking),
             default_preset=self.default_preset or default_preset or self.preset(has_chat_template),
-            backend=backend, extra=extra,
+            backend=backend,
+            extra=extra,
         )
 
 

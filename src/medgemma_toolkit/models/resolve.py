@@ -128,6 +128,8 @@ def _download(hub_id: str) -> Path:
     try:
         return Path(snapshot_download(hub_id))
     except Exception as e:
-        raise ModelNotFound(f"download of {hub_id} failed ({type(e).__name__}); check login, licence and network") from None
+        raise ModelNotFound(
+            f"download of {hub_id} failed ({type(e).__name__}); check login, licence and network"
+        ) from None
     finally:
         hf_constants.HF_HUB_OFFLINE = prev

@@ -37,11 +37,18 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("medgemma-4b-pt", "google/medgemma-4b-pt", "image+text", False, False, 4.3, "pretrained"),
     Variant("medgemma-4b-it", "google/medgemma-4b-it", "image+text", True, False, 4.3, "medgemma-v1"),
-    Variant(
-        "medgemma-27b-text-it", "google/medgemma-27b-text-it", "text", True, True, 27.0, "medgemma-v1", None, None
-    ),
+    Variant("medgemma-27b-text-it", "google/medgemma-27b-text-it", "text", True, True, 27.0, "medgemma-v1", None, None),
     Variant("medgemma-27b-it", "google/medgemma-27b-it", "image+text", True, True, 28.8, "medgemma-v1"),
-    Variant("medgemma-1.5-4b-it", "google/medgemma-1.5-4b-it", "image+text", True, True, 4.3, "medgemma-1.5", generation="1.5"),
+    Variant(
+        "medgemma-1.5-4b-it",
+        "google/medgemma-1.5-4b-it",
+        "image+text",
+        True,
+        True,
+        4.3,
+        "medgemma-1.5",
+        generation="1.5",
+    ),
 )
 
 BY_NAME = {v.name: v for v in VARIANTS}

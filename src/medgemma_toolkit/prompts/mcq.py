@@ -28,16 +28,19 @@ GOOGLE_RL_TEMPLATE = (
     "    "
 )
 # The notebook's answer patterns, tried in this order; the first that matches anywhere in the text wins.
-GOOGLE_RL_PATTERNS = tuple(re.compile(p) for p in (
-    r"The final answer is\s\(([A-J])\)",
-    r"The final answer is\s\**\(([A-J])\)\**",
-    r"The final answer is\s\$\\boxed{([A-J])}\$",
-    r"Final Answer:\(([A-J])\)",
-    r"Final Answer:\s\(([A-J])\)",
-    r"Final Answer:\s\(?([A-J])",
-    r"Final Answer:\s*\**\(([A-J])\)\**",
-    r"\**Final Answer:\**\s\(([A-J])\)",
-))
+GOOGLE_RL_PATTERNS = tuple(
+    re.compile(p)
+    for p in (
+        r"The final answer is\s\(([A-J])\)",
+        r"The final answer is\s\**\(([A-J])\)\**",
+        r"The final answer is\s\$\\boxed{([A-J])}\$",
+        r"Final Answer:\(([A-J])\)",
+        r"Final Answer:\s\(([A-J])\)",
+        r"Final Answer:\s\(?([A-J])",
+        r"Final Answer:\s*\**\(([A-J])\)\**",
+        r"\**Final Answer:\**\s\(([A-J])\)",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,13 @@ MCQ_PROTOCOLS: dict[str, MCQProtocol] = {
     p.name: p
     for p in [
         MCQProtocol("toolkit", "1", "question, options one per line, 'Final Answer: X' on the last line", None),
-        MCQProtocol("google-rl", "1", "Google's RL notebook: thinking system instruction, inline '(A) ...' options, "
-                    "first matching 'Final Answer' pattern", THINK_INSTRUCTION),
+        MCQProtocol(
+            "google-rl",
+            "1",
+            "Google's RL notebook: thinking system instruction, inline '(A) ...' options, "
+            "first matching 'Final Answer' pattern",
+            THINK_INSTRUCTION,
+        ),
     ]
 }
 

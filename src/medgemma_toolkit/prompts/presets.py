@@ -63,11 +63,11 @@ class PromptPreset:
             if history:
                 raise BadInput(f"preset {self.name!r} is for base models and has no multi-turn chat")
             images = [p.image for p in media if isinstance(p, ImagePart)]
-            media_text = "".join(
-                f"{IMAGE_PLACEHOLDER}\n" if isinstance(p, ImagePart) else f"{p.text}\n" for p in media
-            )
+            media_text = "".join(f"{IMAGE_PLACEHOLDER}\n" if isinstance(p, ImagePart) else f"{p.text}\n" for p in media)
             prefix = f"{system}\n\n" if system else ""
-            return Prompt(text=prefix + self.completion_template.format(media=media_text, question=question), images=images)
+            return Prompt(
+                text=prefix + self.completion_template.format(media=media_text, question=question), images=images
+            )
 
         messages: list[Message] = []
         sys_text = system if system is not None else (self.system_image if has_images else self.system_text)
@@ -113,8 +113,11 @@ PRESETS: dict[str, PromptPreset] = {
             max_new_tokens_text=500,
             max_new_tokens_image=300,
             max_new_tokens_think=1500,  # the quick-start's budget for thinking text prompts
-            references=("google/medgemma-4b-it model card", "google/medgemma-27b-text-it model card",
-                        "google-health/medgemma notebooks/quick_start_with_hugging_face.ipynb"),
+            references=(
+                "google/medgemma-4b-it model card",
+                "google/medgemma-27b-text-it model card",
+                "google-health/medgemma notebooks/quick_start_with_hugging_face.ipynb",
+            ),
         ),
         PromptPreset(
             name="medgemma-1.5",
@@ -128,8 +131,10 @@ PRESETS: dict[str, PromptPreset] = {
             volume_layout=True,
             volume_instruction="Please review the slices provided below carefully.",  # the CT notebook's last sentence
             slide_instruction="Please review the patches provided below carefully.",  # ours, in the same form
-            references=("google/medgemma-1.5-4b-it model card",
-                        "google-health/medgemma notebooks/high_dimensional_ct_hugging_face.ipynb"),
+            references=(
+                "google/medgemma-1.5-4b-it model card",
+                "google-health/medgemma notebooks/high_dimensional_ct_hugging_face.ipynb",
+            ),
         ),
         PromptPreset(
             name="pretrained",

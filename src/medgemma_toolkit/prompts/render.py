@@ -35,9 +35,18 @@ def render_for_backend(mg: Any, prompt: Prompt) -> str:
         return render_gemma_chat(prompt.messages) if not prompt.is_completion else (prompt.text or "")
 
 
-def show_prompt_offline(model: str | None, question: str, images: Sequence[str], options: Any, *,
-                        system: str | None = None, think: bool = False, instruction: str | None = None,
-                        preset: str | None = None, allow_download: bool = False) -> str | None:
+def show_prompt_offline(
+    model: str | None,
+    question: str,
+    images: Sequence[str],
+    options: Any,
+    *,
+    system: str | None = None,
+    think: bool = False,
+    instruction: str | None = None,
+    preset: str | None = None,
+    allow_download: bool = False,
+) -> str | None:
     """The rendered prompt from a checkpoint's processor files alone; None when weights would be needed."""
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
     from ..models.checkpoint import is_multimodal, load_processing, processor_image_size
@@ -56,7 +65,9 @@ def show_prompt_offline(model: str | None, question: str, images: Sequence[str],
     bos = proc.tokenizer.bos_token or ""
     name = preset or info_hint(resolved).preset(bool(getattr(owner, "chat_template", None)))
     pre = get_preset(name)
-    size = processor_image_size(path) or (resolved.variant.image_size if resolved.variant else None) or DEFAULT_IMAGE_SIZE
+    size = (
+        processor_image_size(path) or (resolved.variant.image_size if resolved.variant else None) or DEFAULT_IMAGE_SIZE
+    )
     media = [p for src in images for p in load_parts(src, options, size)]
     prompt = pre.build(question, media, system=system, think=think, instruction=instruction)
     return render_with(owner, prompt, bos=bos)

@@ -1,8 +1,8 @@
 """The FastAPI application: OpenAI-compatible chat completions over a `MedGemma`, plus the web page.
 
-    >>> from medgemma_toolkit import MedGemma
-    >>> from medgemma_toolkit.serve import ServeConfig, create_app
-    >>> app = create_app(MedGemma.load("medgemma-4b-it"), ServeConfig())   # then: uvicorn.run(app)
+>>> from medgemma_toolkit import MedGemma
+>>> from medgemma_toolkit.serve import ServeConfig, create_app
+>>> app = create_app(MedGemma.load("medgemma-4b-it"), ServeConfig())   # then: uvicorn.run(app)
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> by
     """The whole body, at most `limit` bytes, arriving within `timeout_s` (a client trickling it in gets 408)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {int(declared):,} bytes; this server accepts at most {limit:,}",
-                       "request_too_large")
+        raise APIError(
+            413, f"request body is {int(declared):,} bytes; this server accepts at most {limit:,}", "request_too_large"
+        )
     chunks: list[bytes] = []
     total = 0
 
@@ -102,8 +103,12 @@ async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> by
     try:
         await asyncio.wait_for(collect(), timeout_s)
     except asyncio.TimeoutError:
-        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s", "request_timeout",
-                       headers={"Connection": "close"}) from None
+        raise APIError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s",
+            "request_timeout",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 
@@ -128,8 +133,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
         yield
         batcher.stop()
 
-    app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.model_id = batcher, metrics, served
     install_error_handlers(app)
     app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics, allow_hosts=config.allow_hosts)
@@ -145,10 +149,21 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     def model_card() -> dict[str, Any]:
         info = mg.backend.info
-        return {"id": served, "object": "model", "created": created, "owned_by": "medgemma-toolkit",
-                "medgemma": {"multimodal": info.multimodal, "image_size": info.image_size, "thinking": info.thinking,
-                             "preset": f"{mg.preset.name}@{mg.preset.version}", "backend": info.backend,
-                             "demo_model": mg.is_demo, "auth_required": bool(config.api_key)}}
+        return {
+            "id": served,
+            "object": "model",
+            "created": created,
+            "owned_by": "medgemma-toolkit",
+            "medgemma": {
+                "multimodal": info.multimodal,
+                "image_size": info.image_size,
+                "thinking": info.thinking,
+                "preset": f"{mg.preset.name}@{mg.preset.version}",
+                "backend": info.backend,
+                "demo_model": mg.is_demo,
+                "auth_required": bool(config.api_key),
+            },
+        }
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -166,8 +181,12 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     def busy() -> APIError:
         metrics.count_rejected()
-        return APIError(429, "server is busy: too many requests queued; retry shortly", "rate_limit_exceeded",
-                        headers={"Retry-After": str(batcher.retry_after_s())})
+        return APIError(
+            429,
+            "server is busy: too many requests queued; retry shortly",
+            "rate_limit_exceeded",
+            headers={"Retry-After": str(batcher.retry_after_s())},
+        )
 
     async def read_json(request: Request, model: type) -> Any:
         """Receive and validate a body. Admission comes after this, so clients that trickle their bodies in
@@ -195,10 +214,16 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
 
             # What the model saw, in order (slices, slide patches); paths relative to the image root, no data: URIs.
             root = str(config.image_root) if config.image_root else None
-            seen = [{**e, "source": None if str(e.get("source") or "").startswith(("data:", "/")) else e["source"]}
-                    for e in for_records(image_manifest(parts), root)]
-            return {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
-                    "width": img.width, "height": img.height, "images": seen}
+            seen = [
+                {**e, "source": None if str(e.get("source") or "").startswith(("data:", "/")) else e["source"]}
+                for e in for_records(image_manifest(parts), root)
+            ]
+            return {
+                "image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+                "width": img.width,
+                "height": img.height,
+                "images": seen,
+            }
 
         if not admission.try_enter():  # previews decode like chats do: the same admission and decoder turns
             raise busy()
@@ -218,20 +243,32 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
         announced, handed_off = True, False
         try:
             if body.model not in names:
-                raise APIError(404, f"model {body.model[:100]!r} not found; this server serves {served!r}",
-                               "model_not_found", "model")
+                raise APIError(
+                    404,
+                    f"model {body.model[:100]!r} not found; this server serves {served!r}",
+                    "model_not_found",
+                    "model",
+                )
             if has_images(body):
                 async with decoders:
                     conv = await run_in_threadpool(to_generation_request, mg, body, config)
             else:
                 conv = await run_in_threadpool(to_generation_request, mg, body, config)
             if config.log_prompts:  # operator opt-in; never images or DICOM headers
-                log.info("request_id=%s prompt_text=%r", rid, conv.request.prompt.messages[-1].text
-                         if conv.request.prompt.messages else conv.request.prompt.text)
+                log.info(
+                    "request_id=%s prompt_text=%r",
+                    rid,
+                    conv.request.prompt.messages[-1].text if conv.request.prompt.messages else conv.request.prompt.text,
+                )
             job = batcher.submit(conv.request, config.request_timeout_s, stream=body.stream)
             announced = False
-            meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": served,
-                    "preset": f"{mg.preset.name}@{mg.preset.version}", "demo_model": mg.is_demo}
+            meta = {
+                "id": "chatcmpl-" + uuid.uuid4().hex,
+                "created": int(time.time()),
+                "model": served,
+                "preset": f"{mg.preset.name}@{mg.preset.version}",
+                "demo_model": mg.is_demo,
+            }
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_off = True
@@ -245,8 +282,11 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                     admission.leave()
 
                 return _EventStream(
-                    _stream(job, meta, include_usage, conv, rid, progress), on_close=close,
-                    media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                    _stream(job, meta, include_usage, conv, rid, progress),
+                    on_close=close,
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                )
             try:
                 c = await _collect(job, request)
             except ClientGone:
@@ -283,11 +323,15 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             return value  # type: ignore[return-value]
 
     def _timeout() -> APIError:
-        return APIError(504, f"generation did not finish within the server's {config.request_timeout_s:g} s "
-                             "request timeout", "timeout")
+        return APIError(
+            504,
+            f"generation did not finish within the server's {config.request_timeout_s:g} s request timeout",
+            "timeout",
+        )
 
-    async def _stream(job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str,
-                      progress: dict[str, bool]):
+    async def _stream(
+        job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str, progress: dict[str, bool]
+    ):
         """SSE events for one job. Cleanup (cancel, admission) lives in the response's `on_close`, which also
         runs when the client leaves before this generator starts."""
         state = StreamState(meta)
@@ -319,9 +363,18 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     def _log_done(rid: str, conv: Converted, job: Job, c: Completion) -> None:
         started = job.started_at or job.enqueued_at
         metrics.tokens(c.prompt_tokens, c.completion_tokens, started - job.enqueued_at)
-        log.info("request_id=%s images=%d prompt_chars=%d prompt_tokens=%d completion_tokens=%d batch=%d "
-                 "queue_ms=%.1f generate_ms=%.1f finish=%s", rid, conv.n_images, conv.prompt_text_chars,
-                 c.prompt_tokens, c.completion_tokens, job.batch_size, (started - job.enqueued_at) * 1000,
-                 (time.monotonic() - started) * 1000, c.finish_reason)
+        log.info(
+            "request_id=%s images=%d prompt_chars=%d prompt_tokens=%d completion_tokens=%d batch=%d "
+            "queue_ms=%.1f generate_ms=%.1f finish=%s",
+            rid,
+            conv.n_images,
+            conv.prompt_text_chars,
+            c.prompt_tokens,
+            c.completion_tokens,
+            job.batch_size,
+            (started - job.enqueued_at) * 1000,
+            (time.monotonic() - started) * 1000,
+            c.finish_reason,
+        )
 
     return app

@@ -69,8 +69,9 @@ BatchHook = Callable[[int, float], None]  # (batch size, seconds) after each bat
 
 
 class Batcher:
-    def __init__(self, backend: Backend, max_batch_size: int = 8, window_s: float = 0.01,
-                 on_batch: BatchHook | None = None) -> None:
+    def __init__(
+        self, backend: Backend, max_batch_size: int = 8, window_s: float = 0.01, on_batch: BatchHook | None = None
+    ) -> None:
         self.backend = backend
         self.max_batch_size = max_batch_size
         self.window_s = window_s
@@ -96,8 +97,7 @@ class Batcher:
             self._arriving = max(0, self._arriving - 1)
             self._cond.notify_all()
 
-    def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True,
-               stream: bool = True) -> Job:
+    def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True, stream: bool = True) -> Job:
         job = Job(request, asyncio.get_running_loop(), time.monotonic() + timeout_s, stream=stream)
         request.cancelled = job.is_cancelled
         with self._cond:
@@ -238,5 +238,9 @@ class Batcher:
             return None, e.with_traceback(None)
 
     def _oom_error(self) -> APIError:
-        return APIError(503, "the model ran out of accelerator memory for this request; retry shortly",
-                        "out_of_memory", headers={"Retry-After": str(self.retry_after_s())})
+        return APIError(
+            503,
+            "the model ran out of accelerator memory for this request; retry shortly",
+            "out_of_memory",
+            headers={"Retry-After": str(self.retry_after_s())},
+        )

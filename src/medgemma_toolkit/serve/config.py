@@ -53,9 +53,20 @@ class ServeConfig:
             )
         if self.api_key is not None and len(self.api_key) < 8:
             raise BadInput("the API key must be at least 8 characters")
-        for name in ("max_body_bytes", "max_pixels", "max_images", "max_batch_size", "max_tokens_limit",
-                     "max_content_parts", "max_request_pixels", "decode_budget_s", "max_decoders", "body_timeout_s",
-                     "header_timeout_s", "max_body_readers"):
+        for name in (
+            "max_body_bytes",
+            "max_pixels",
+            "max_images",
+            "max_batch_size",
+            "max_tokens_limit",
+            "max_content_parts",
+            "max_request_pixels",
+            "decode_budget_s",
+            "max_decoders",
+            "body_timeout_s",
+            "header_timeout_s",
+            "max_body_readers",
+        ):
             if getattr(self, name) <= 0:
                 raise BadInput(f"{name.replace('_', '-')} must be positive")
         if self.max_queue < 0 or self.batch_window_ms < 0 or self.request_timeout_s <= 0:
@@ -73,7 +84,7 @@ def host_allowed(host_header: str, extra: tuple[str, ...] = ()) -> bool:
     if "*" in extra:
         return True
     if h.startswith("["):
-        name = h[1:h.find("]")] if "]" in h else h[1:]
+        name = h[1 : h.find("]")] if "]" in h else h[1:]
     else:
         name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
     name = name.rstrip(".")

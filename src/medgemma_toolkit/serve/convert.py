@@ -50,8 +50,13 @@ def check_fits(backend: Backend, req: GenerationRequest) -> None:
     limit = backend.context_length()
     n = backend.count_prompt_tokens(req.prompt) if limit else None
     if limit and n is not None and n >= limit:
-        raise APIError(400, f"messages: the prompt is {n:,} tokens; this model's context holds {limit:,} tokens "
-                            "(prompt and answer together)", "context_length_exceeded", "messages")
+        raise APIError(
+            400,
+            f"messages: the prompt is {n:,} tokens; this model's context holds {limit:,} tokens "
+            "(prompt and answer together)",
+            "context_length_exceeded",
+            "messages",
+        )
 
 
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
@@ -59,8 +64,9 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
     *earlier, last = body.messages
     if last.role != "user":
-        raise APIError(400, f"messages: the last message must be from the user, not {last.role!r}",
-                       "invalid_value", "messages")
+        raise APIError(
+            400, f"messages: the last message must be from the user, not {last.role!r}", "invalid_value", "messages"
+        )
     opts = body.medgemma
     resolver = ImageResolver(config, mg.image_size, opts.window if opts else None)
     system_texts: list[str] = []
@@ -83,8 +89,9 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         system = None
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens > config.max_tokens_limit:
-        raise APIError(400, f"max_tokens: at most {config.max_tokens_limit} on this server", "invalid_value",
-                       "max_tokens")
+        raise APIError(
+            400, f"max_tokens: at most {config.max_tokens_limit} on this server", "invalid_value", "max_tokens"
+        )
     think = bool(opts and opts.think)
     req = mg.request(
         question,

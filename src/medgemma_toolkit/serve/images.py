@@ -49,8 +49,11 @@ def decode_data_uri(url: str, label: str) -> tuple[bytes, str]:
     if "base64" not in [m.strip().lower() for m in meta[1:]]:
         raise APIError(400, f"{label}: data URI must be base64-encoded", "invalid_image")
     if mime not in DATA_MIME:
-        raise APIError(415, f"{label}: unsupported image type {mime[:60]!r}; use image/png, image/jpeg or "
-                            "application/dicom", "unsupported_image_type")
+        raise APIError(
+            415,
+            f"{label}: unsupported image type {mime[:60]!r}; use image/png, image/jpeg or application/dicom",
+            "unsupported_image_type",
+        )
     try:
         data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -82,8 +85,12 @@ class ImageResolver:
         return parts
 
     def _too_many(self) -> APIError:
-        return APIError(400, f"too many images: this server takes at most {self.config.max_images} per request "
-                             "(a series counts each slice)", "too_many_images")
+        return APIError(
+            400,
+            f"too many images: this server takes at most {self.config.max_images} per request "
+            "(a series counts each slice)",
+            "too_many_images",
+        )
 
     def _host_allowed(self, url: str) -> bool:
         parts = urlsplit(url.replace("dicomweb+http://", "http://", 1).replace("dicomweb://", "https://", 1))
@@ -108,8 +115,11 @@ class ImageResolver:
     def _local(self, url: str, label: str, is_file_url: bool) -> list[Part]:
         root = self.config.image_root
         if root is None:
-            raise APIError(400, f"{label}: local file paths are not accepted by this server; send a data: URI",
-                           "image_source_not_allowed")
+            raise APIError(
+                400,
+                f"{label}: local file paths are not accepted by this server; send a data: URI",
+                "image_source_not_allowed",
+            )
         raw = unquote(urlsplit(url).path) if is_file_url else url
         base = Path(root).resolve()
         try:
@@ -141,15 +151,21 @@ class ImageResolver:
         for f in files:
             real = f.resolve()
             if base not in real.parents:
-                raise APIError(400, f"{label}: the folder holds a link that leads outside the server's image root",
-                               "image_source_not_allowed")
+                raise APIError(
+                    400,
+                    f"{label}: the folder holds a link that leads outside the server's image root",
+                    "image_source_not_allowed",
+                )
         if self.count + min(len(files), self.options.max_slices) > self.config.max_images:
             raise self._too_many()
 
     def _refuse_host(self, url: str, label: str) -> APIError:
         host = urlsplit(url).hostname or ""
-        return APIError(400, f"{label}: image URLs from host {host[:100]!r} are not allowed by this server; "
-                             "send a data: URI", "image_source_not_allowed")
+        return APIError(
+            400,
+            f"{label}: image URLs from host {host[:100]!r} are not allowed by this server; send a data: URI",
+            "image_source_not_allowed",
+        )
 
     def _dicomweb(self, url: str, label: str) -> list[Part]:
         """A DICOMweb study/series/instance, read by the imaging layer; the same host allow-list applies."""
@@ -158,8 +174,9 @@ class ImageResolver:
         try:
             return load_parts(url, self.options, self.size)
         except BadInput as e:  # imaging's messages name the host and status, never UIDs or header values
-            raise APIError(e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else
-                           "invalid_image") from None
+            raise APIError(
+                e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else "invalid_image"
+            ) from None
 
     def _fetch(self, url: str, label: str) -> bytes:
         if not self._host_allowed(url):
@@ -171,8 +188,9 @@ class ImageResolver:
             # No redirects: a redirect could leave the allow-listed host.
             with httpx.stream("GET", url, timeout=20.0, follow_redirects=False) as r:
                 if r.status_code != 200:
-                    raise APIError(400, f"{label}: fetching the image URL returned HTTP {r.status_code}",
-                                   "image_fetch_failed")
+                    raise APIError(
+                        400, f"{label}: fetching the image URL returned HTTP {r.status_code}", "image_fetch_failed"
+                    )
                 chunks, total = [], 0
                 for chunk in r.iter_bytes():
                     total += len(chunk)

@@ -23,8 +23,14 @@ def free_port() -> int:
 class ServerProcess:
     """`with ServerProcess(model_dir, log_path, "--api-key", K) as srv: srv.url ...`; stderr goes to `log_path`."""
 
-    def __init__(self, model: str | Path, log_path: str | Path, *args: str, startup_timeout: float = 180.0,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        log_path: str | Path,
+        *args: str,
+        startup_timeout: float = 180.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.model, self.log_path, self.args = str(model), Path(log_path), list(args)
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
@@ -36,8 +42,21 @@ class ServerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "medgemma_toolkit", "serve", "--model", self.model, "--port", str(self.port),
-             *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "medgemma_toolkit",
+                "serve",
+                "--model",
+                self.model,
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

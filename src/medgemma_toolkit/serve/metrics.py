@@ -17,21 +17,31 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self._requests = Counter("medgemma_requests", "HTTP requests by path and status.", ["path", "status"],
-                                 registry=r)
-        self._latency = Histogram("medgemma_request_latency_seconds",
-                                  "Chat completion latency (successful requests).", buckets=LATENCY_BUCKETS, registry=r)
-        self._queue_wait = Histogram("medgemma_queue_wait_seconds",
-                                     "Time from admission to the start of generation.", buckets=LATENCY_BUCKETS,
-                                     registry=r)
-        self._batch_size = Histogram("medgemma_batch_size", "Requests per backend.generate call.",
-                                     buckets=BATCH_BUCKETS, registry=r)
+        self._requests = Counter(
+            "medgemma_requests", "HTTP requests by path and status.", ["path", "status"], registry=r
+        )
+        self._latency = Histogram(
+            "medgemma_request_latency_seconds",
+            "Chat completion latency (successful requests).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._queue_wait = Histogram(
+            "medgemma_queue_wait_seconds",
+            "Time from admission to the start of generation.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            "medgemma_batch_size", "Requests per backend.generate call.", buckets=BATCH_BUCKETS, registry=r
+        )
         Gauge("medgemma_queue_depth", "Requests waiting for a batch.", registry=r).set_function(queue_depth)
         Gauge("medgemma_running", "Requests in the batch being generated.", registry=r).set_function(running)
         self._prompt_tokens = Counter("medgemma_prompt_tokens", "Prompt tokens processed.", registry=r)
         self._completion_tokens = Counter("medgemma_completion_tokens", "Tokens generated.", registry=r)
-        self._cancelled = Counter("medgemma_requests_cancelled",
-                                  "Generations stopped because the client left or timed out.", registry=r)
+        self._cancelled = Counter(
+            "medgemma_requests_cancelled", "Generations stopped because the client left or timed out.", registry=r
+        )
         self._rejected = Counter("medgemma_requests_rejected", "Requests refused with 429 (queue full).", registry=r)
 
     def request_done(self, path: str, status: int, seconds: float | None = None) -> None:

@@ -27,8 +27,7 @@ log = logging.getLogger("medgemma_toolkit.serve")
 
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page itself asks for the key; its API calls carry it
 OPEN_PREFIXES = ("/static/",)
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/medgemma/preview",
-               "/favicon.ico"}
+KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/medgemma/preview", "/favicon.ico"}
 JSON_PATHS = {"/v1/chat/completions", "/v1/medgemma/preview"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # The page loads nothing from elsewhere; previews arrive as data: URIs. Sent with every HTML response.
@@ -54,8 +53,11 @@ def is_json(content_type: str) -> bool:
 
 def _json_response(status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[dict, dict]:
     body = json.dumps(error_body(status, message, code)).encode()
-    start = {"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]}
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra],
+    }
     return start, {"type": "http.response.body", "body": body}
 
 
@@ -88,16 +90,28 @@ class ServeMiddleware:
         path = scope.get("path", "")
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.api_key and not host_allowed(host, self.allow_hosts):
-            return _json_response(403, "this keyless server answers only requests addressed to a loopback name "
-                                       "(localhost, 127.0.0.1, [::1]); behind a reverse proxy, pass --allow-host NAME "
-                                       "or set an API key", "host_not_allowed")
+            return _json_response(
+                403,
+                "this keyless server answers only requests addressed to a loopback name "
+                "(localhost, 127.0.0.1, [::1]); behind a reverse proxy, pass --allow-host NAME "
+                "or set an API key",
+                "host_not_allowed",
+            )
         if not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)) and not self._authorized(headers):
-            return _json_response(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
-                                  "invalid_api_key", [(b"www-authenticate", b"Bearer")])
-        if scope.get("method") == "POST" and path in JSON_PATHS and \
-                not is_json(headers.get(b"content-type", b"").decode("latin-1")):
-            return _json_response(415, "request body must be JSON sent as 'Content-Type: application/json'",
-                                  "unsupported_media_type")
+            return _json_response(
+                401,
+                "missing or invalid API key (send 'Authorization: Bearer KEY')",
+                "invalid_api_key",
+                [(b"www-authenticate", b"Bearer")],
+            )
+        if (
+            scope.get("method") == "POST"
+            and path in JSON_PATHS
+            and not is_json(headers.get(b"content-type", b"").decode("latin-1"))
+        ):
+            return _json_response(
+                415, "request body must be JSON sent as 'Content-Type: application/json'", "unsupported_media_type"
+            )
         return None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -159,5 +173,13 @@ class ServeMiddleware:
             if info.get("gone") and not info.get("started"):
                 status = CLIENT_CLOSED
             self.metrics.request_done(label, status, secs)
-            log.info("request_id=%s method=%s path=%s status=%s bytes_in=%d bytes_out=%d ms=%.1f",
-                     rid, scope.get("method", "?"), label, status, info["in"], info["out"], secs * 1000)
+            log.info(
+                "request_id=%s method=%s path=%s status=%s bytes_in=%d bytes_out=%d ms=%.1f",
+                rid,
+                scope.get("method", "?"),
+                label,
+                status,
+                info["in"],
+                info["out"],
+                secs * 1000,
+            )

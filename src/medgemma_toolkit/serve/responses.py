@@ -19,8 +19,11 @@ def finish_reason(c: Completion) -> str:
 
 
 def usage(c: Completion) -> dict[str, int]:
-    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens}
+    return {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+    }
 
 
 def completion_body(meta: dict[str, Any], c: Completion) -> dict[str, Any]:
@@ -29,7 +32,10 @@ def completion_body(meta: dict[str, Any], c: Completion) -> dict[str, Any]:
     if s.thought is not None:
         message["reasoning_content"] = s.thought
     return {
-        "id": meta["id"], "object": "chat.completion", "created": meta["created"], "model": meta["model"],
+        "id": meta["id"],
+        "object": "chat.completion",
+        "created": meta["created"],
+        "model": meta["model"],
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(c), "logprobs": None}],
         "usage": usage(c),
         "medgemma": {"preset": meta["preset"], "thought": s.thought, "demo_model": meta["demo_model"]},
@@ -37,8 +43,13 @@ def completion_body(meta: dict[str, Any], c: Completion) -> dict[str, Any]:
 
 
 def delta_chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": meta["id"], "object": "chat.completion.chunk", "created": meta["created"], "model": meta["model"],
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    return {
+        "id": meta["id"],
+        "object": "chat.completion.chunk",
+        "created": meta["created"],
+        "model": meta["model"],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
 
 
 def sse(obj: dict[str, Any]) -> str:
@@ -73,5 +84,11 @@ def final_chunks(state: StreamState, c: Completion, include_usage: bool) -> Iter
     yield from state._chunks(state.splitter.flush())
     yield delta_chunk(state.meta, {}, finish_reason(c))
     if include_usage:
-        yield {"id": state.meta["id"], "object": "chat.completion.chunk", "created": state.meta["created"],
-               "model": state.meta["model"], "choices": [], "usage": usage(c)}
+        yield {
+            "id": state.meta["id"],
+            "object": "chat.completion.chunk",
+            "created": state.meta["created"],
+            "model": state.meta["model"],
+            "choices": [],
+            "usage": usage(c),
+        }

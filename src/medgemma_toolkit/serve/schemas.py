@@ -94,7 +94,9 @@ def count_parts(data: dict) -> int:
     msgs = data.get("messages")
     if not isinstance(msgs, list):
         return 0
-    return len(msgs) + sum(len(m["content"]) for m in msgs if isinstance(m, dict) and isinstance(m.get("content"), list))
+    return len(msgs) + sum(
+        len(m["content"]) for m in msgs if isinstance(m, dict) and isinstance(m.get("content"), list)
+    )
 
 
 def parse_body(raw: bytes, model: type[BaseModel], max_parts: int | None = None) -> Any:
@@ -103,20 +105,31 @@ def parse_body(raw: bytes, model: type[BaseModel], max_parts: int | None = None)
     # Every content part names its "type": counting the key in the raw bytes bounds the parts before json.loads
     # builds a million dicts (seconds holding the GIL, which stalls the event loop even from a worker thread).
     if max_parts is not None and raw.count(b'"type"') > max_parts:
-        raise APIError(400, f"messages: more than {max_parts:,} content parts; this server takes at most "
-                            f"{max_parts:,} per request", "too_many_parts", "messages")
+        raise APIError(
+            400,
+            f"messages: more than {max_parts:,} content parts; this server takes at most {max_parts:,} per request",
+            "too_many_parts",
+            "messages",
+        )
     try:
         data = json.loads(raw)
     except RecursionError:
         raise APIError(400, "request body is nested too deeply", "invalid_json") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON ({type(e).__name__} at position "
-                            f"{getattr(e, 'pos', 0)})", "invalid_json") from None
+        raise APIError(
+            400,
+            f"request body is not valid JSON ({type(e).__name__} at position {getattr(e, 'pos', 0)})",
+            "invalid_json",
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", "invalid_json")
     if max_parts is not None and (n := count_parts(data)) > max_parts:
-        raise APIError(400, f"messages: {n:,} messages and content parts; this server takes at most {max_parts:,} "
-                            "per request", "too_many_parts", "messages")
+        raise APIError(
+            400,
+            f"messages: {n:,} messages and content parts; this server takes at most {max_parts:,} per request",
+            "too_many_parts",
+            "messages",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:

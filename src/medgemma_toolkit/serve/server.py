@@ -80,9 +80,24 @@ def serve(mg: MedGemma, config: ServeConfig) -> None:
     setup_logging()
     app = create_app(mg, config)
     log = logging.getLogger("medgemma_toolkit.serve")
-    log.info("serving %s on http://%s:%d (api key %s, batch %d, queue %d)", app.state.model_id, config.host,
-             config.port, "required" if config.api_key else "off", config.max_batch_size, config.max_queue)
-    uv = uvicorn.Config(app, host=config.host, port=config.port, access_log=False, log_config=None,
-                        log_level="warning", timeout_graceful_shutdown=5, server_header=False,
-                        http=header_timeout_protocol(config.header_timeout_s))
+    log.info(
+        "serving %s on http://%s:%d (api key %s, batch %d, queue %d)",
+        app.state.model_id,
+        config.host,
+        config.port,
+        "required" if config.api_key else "off",
+        config.max_batch_size,
+        config.max_queue,
+    )
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+        http=header_timeout_protocol(config.header_timeout_s),
+    )
     uvicorn.Server(uv).run()

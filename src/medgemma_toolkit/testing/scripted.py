@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_scripted_checkpoint(src_dir: str | Path, out_dir: str | Path, script: str, prompt_suffix: str | None = None) -> Path:
+def build_scripted_checkpoint(
+    src_dir: str | Path, out_dir: str | Path, script: str, prompt_suffix: str | None = None
+) -> Path:
     """Copy the tiny checkpoint at `src_dir` into `out_dir`, rewired so that any chat prompt yields `script`.
 
     `prompt_suffix` is the text every prompt ends with (default: the Gemma 3 generation prompt "<start_of_turn>model\\n").
@@ -24,7 +26,9 @@ def build_scripted_checkpoint(src_dir: str | Path, out_dir: str | Path, script: 
     src, out = Path(src_dir), Path(out_dir)
     tok = AutoTokenizer.from_pretrained(src)
     suffix_ids = tok.encode(prompt_suffix or "<start_of_turn>model\n", add_special_tokens=False)
-    chain = [suffix_ids[-1]] + tok.encode(script, add_special_tokens=False) + [tok.convert_tokens_to_ids("<end_of_turn>")]
+    chain = (
+        [suffix_ids[-1]] + tok.encode(script, add_special_tokens=False) + [tok.convert_tokens_to_ids("<end_of_turn>")]
+    )
     if len(set(chain)) != len(chain):
         raise ValueError("script tokens must be unique (and differ from the prompt's last token)")
     config = AutoConfig.from_pretrained(src)

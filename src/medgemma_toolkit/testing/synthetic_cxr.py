@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def make_cxr(rows: int = 48, cols: int = 40, photometric: str = "MONOCHROME2", slope: float | None = None,
-             intercept: float | None = None, centers: list[float] | None = None, widths: list[float] | None = None):
+def make_cxr(
+    rows: int = 48,
+    cols: int = 40,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    centers: list[float] | None = None,
+    widths: list[float] | None = None,
+):
     """A pydicom Dataset whose stored values span 0..4095 (a bright mediastinum, darker lungs, noise)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian

@@ -22,8 +22,9 @@ def slide_pixels(width: int, height: int, tissue: list[tuple[int, int, int, int]
     return img
 
 
-def write_pyramid_tiff(path: str | Path, image: np.ndarray, mpp: float, levels: int = 3, tile: int = 256,
-                       aperio: bool = True) -> Path:
+def write_pyramid_tiff(
+    path: str | Path, image: np.ndarray, mpp: float, levels: int = 3, tile: int = 256, aperio: bool = True
+) -> Path:
     """Write `image` as a tiled pyramidal TIFF (downsample 4 per level) with SVS-style metadata.
 
     With `aperio`, the first page's description follows Aperio's ("Aperio Image Library ... |MPP = x"), so
@@ -36,8 +37,16 @@ def write_pyramid_tiff(path: str | Path, image: np.ndarray, mpp: float, levels: 
     desc = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90|AppMag = {10 / mpp:g}|MPP = {mpp}"
     res = (1e4 / mpp, 1e4 / mpp)  # pixels per centimetre
     with tifffile.TiffWriter(path, bigtiff=False) as tw:
-        tw.write(image, tile=(tile, tile), photometric="rgb", compression="zlib", resolution=res,
-                 resolutionunit="CENTIMETER", description=desc if aperio else None, metadata=None)
+        tw.write(
+            image,
+            tile=(tile, tile),
+            photometric="rgb",
+            compression="zlib",
+            resolution=res,
+            resolutionunit="CENTIMETER",
+            description=desc if aperio else None,
+            metadata=None,
+        )
         if aperio:  # SVS layout: the second page is a small stripped thumbnail, not a pyramid level
             tw.write(np.ascontiguousarray(image[::32, ::32]), photometric="rgb", description=desc, metadata=None)
         level = image
@@ -46,8 +55,14 @@ def write_pyramid_tiff(path: str | Path, image: np.ndarray, mpp: float, levels: 
             if min(level.shape[:2]) < 16:
                 break
             lmpp = mpp * 4**k
-            tw.write(np.ascontiguousarray(level), tile=(tile, tile), photometric="rgb", compression="zlib",
-                     resolution=(1e4 / lmpp, 1e4 / lmpp), resolutionunit="CENTIMETER",
-                     description=(desc.replace(f"{w}x{h}", f"{level.shape[1]}x{level.shape[0]}", 1) if aperio else None),
-                     metadata=None)
+            tw.write(
+                np.ascontiguousarray(level),
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="zlib",
+                resolution=(1e4 / lmpp, 1e4 / lmpp),
+                resolutionunit="CENTIMETER",
+                description=(desc.replace(f"{w}x{h}", f"{level.shape[1]}x{level.shape[0]}", 1) if aperio else None),
+                metadata=None,
+            )
     return path

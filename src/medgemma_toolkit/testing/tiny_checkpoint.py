@@ -143,12 +143,11 @@ def build_tiny_medgemma(
         )
         model = Gemma3ForConditionalGeneration(cfg)
         improc = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
-        proc = Gemma3Processor(image_processor=improc, tokenizer=tok, chat_template=template,
-                               image_seq_length=tokens_per_image)
+        proc = Gemma3Processor(
+            image_processor=improc, tokenizer=tok, chat_template=template, image_seq_length=tokens_per_image
+        )
         proc.save_pretrained(out)
-    model.generation_config = GenerationConfig(
-        bos_token_id=2, eos_token_id=[1, ids["<end_of_turn>"]], pad_token_id=0
-    )
+    model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=[1, ids["<end_of_turn>"]], pad_token_id=0)
     model.save_pretrained(out)
     if readme:
         (out / "README.md").write_text(readme)

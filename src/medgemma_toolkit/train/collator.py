@@ -45,10 +45,18 @@ class Encoded:
 class SFTCollator:
     """Callable batch builder for the trainer; dataset rows are `{"index": i}` into `examples`."""
 
-    def __init__(self, examples: list[Example], processor: Any, tokenizer: Any, preset: PromptPreset,
-                 image_size: int | None, max_length: int | None = None,
-                 image_options: ImageOptions = ImageOptions(), cache_bytes: int = 256 * 1024**2,
-                 loss_on: str = "answer") -> None:
+    def __init__(
+        self,
+        examples: list[Example],
+        processor: Any,
+        tokenizer: Any,
+        preset: PromptPreset,
+        image_size: int | None,
+        max_length: int | None = None,
+        image_options: ImageOptions = ImageOptions(),
+        cache_bytes: int = 256 * 1024**2,
+        loss_on: str = "answer",
+    ) -> None:
         self.examples = examples
         self.loss_on = loss_on
         self.processor = processor
@@ -127,10 +135,11 @@ class SFTCollator:
         owner = self.processor if self.processor is not None else self.tokenizer
         hf = [m.to_hf() for m in prompt.messages]
         head = owner.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
-        full = owner.apply_chat_template(hf + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-                                         tokenize=False)
+        full = owner.apply_chat_template(
+            hf + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False
+        )
         if full.startswith(head) and len(full) > len(head):
-            return head, full[len(head):]
+            return head, full[len(head) :]
         return head, f"{answer}{END_OF_TURN}\n"
 
     def render_conversation(self, prompt: Prompt, answer: str) -> str:
@@ -172,8 +181,9 @@ class SFTCollator:
         # Chat-rendered text already starts with <bos>; completion text needs the tokenizer to add it.
         add_special = prompt.is_completion
         if self.processor is not None:
-            enc = self.processor(text=[head], images=[images] if images else None, return_tensors="pt",
-                                 add_special_tokens=add_special)
+            enc = self.processor(
+                text=[head], images=[images] if images else None, return_tensors="pt", add_special_tokens=add_special
+            )
             ids = enc["input_ids"][0].tolist()
             tt = enc["token_type_ids"][0].tolist() if "token_type_ids" in enc else None
             pixels = enc.get("pixel_values")
@@ -183,7 +193,9 @@ class SFTCollator:
         answer_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
         if self.max_length is not None:
             if len(ids) >= self.max_length:
-                raise BadInput(f"{ex.origin}: the prompt is {len(ids)} tokens, not below --max-length {self.max_length}")
+                raise BadInput(
+                    f"{ex.origin}: the prompt is {len(ids)} tokens, not below --max-length {self.max_length}"
+                )
             answer_ids = answer_ids[: self.max_length - len(ids)]
         labels = [IGNORE] * len(ids) + [t if t not in self.masked_ids else IGNORE for t in answer_ids]
         if tt is not None:
@@ -202,9 +214,7 @@ class SFTCollator:
             "labels": torch.tensor([pad(e.labels, IGNORE) for e in encs]),
         }
         if any(e.token_type_ids is not None for e in encs):
-            batch["token_type_ids"] = torch.tensor(
-                [pad(e.token_type_ids or [0] * len(e.input_ids), 0) for e in encs]
-            )
+            batch["token_type_ids"] = torch.tensor([pad(e.token_type_ids or [0] * len(e.input_ids), 0) for e in encs])
         pixels = [e.pixel_values for e in encs if e.pixel_values is not None]
         if pixels:
             batch["pixel_values"] = torch.cat(pixels, dim=0)

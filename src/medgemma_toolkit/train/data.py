@@ -198,7 +198,9 @@ def load_hf_dataset(path: Path, task: str) -> tuple[list[Example], list[Example]
     try:
         import datasets
     except ImportError:
-        raise BadInput("reading a Hugging Face dataset needs `datasets`: pip install 'medgemma-toolkit[train]'") from None
+        raise BadInput(
+            "reading a Hugging Face dataset needs `datasets`: pip install 'medgemma-toolkit[train]'"
+        ) from None
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # corrupt or foreign folder
@@ -233,7 +235,9 @@ def load_hf_dataset(path: Path, task: str) -> tuple[list[Example], list[Example]
 
 
 # -- splitting --------------------------------------------------------------------------------------------------
-def split_validation(examples: list[Example], fraction: float, seed: int, stratify: bool) -> tuple[list[Example], list[Example]]:
+def split_validation(
+    examples: list[Example], fraction: float, seed: int, stratify: bool
+) -> tuple[list[Example], list[Example]]:
     """Hold out `fraction` of the examples (per answer when `stratify`), reproducibly for a given seed."""
     if fraction <= 0:
         return list(examples), []
@@ -258,8 +262,9 @@ def split_validation(examples: list[Example], fraction: float, seed: int, strati
     return train, val
 
 
-def load_dataset(data: str | Path, task: str, val_data: str | Path | None = None, val_fraction: float = 0.1,
-                 seed: int = 42) -> Dataset:
+def load_dataset(
+    data: str | Path, task: str, val_data: str | Path | None = None, val_fraction: float = 0.1, seed: int = 42
+) -> Dataset:
     """Read `data` (and the optional separate validation file) into train/validation examples."""
     path = Path(data).expanduser()
     if not path.exists():
@@ -282,5 +287,7 @@ def load_dataset(data: str | Path, task: str, val_data: str | Path | None = None
     elif val:
         train = examples
     else:
-        train, val = split_validation(examples, val_fraction, seed, stratify=(task == "classification" or bool(classes)))
+        train, val = split_validation(
+            examples, val_fraction, seed, stratify=(task == "classification" or bool(classes))
+        )
     return Dataset(train, val, kind, classes)

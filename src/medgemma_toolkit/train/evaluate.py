@@ -57,13 +57,27 @@ def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method:
     from ..eval.batching import AUTO_BATCH_CEILING
 
     quantize = "4bit" if method == "qlora" else "none"
-    return TransformersBackend(model_dir, ModelHint(str(model_dir)), LoadOptions(
-        device=device, quantize=quantize, max_batch_size=AUTO_BATCH_CEILING,
-        adapter=str(adapter_dir) if adapter_dir is not None else None))
+    return TransformersBackend(
+        model_dir,
+        ModelHint(str(model_dir)),
+        LoadOptions(
+            device=device,
+            quantize=quantize,
+            max_batch_size=AUTO_BATCH_CEILING,
+            adapter=str(adapter_dir) if adapter_dir is not None else None,
+        ),
+    )
 
 
-def evaluate(model_dir: Path, adapter_dir: Path | None, preset: Any, examples: list[Example], metric: str,
-             device: str, method: str = "lora") -> dict[str, Any]:
+def evaluate(
+    model_dir: Path,
+    adapter_dir: Path | None,
+    preset: Any,
+    examples: list[Example],
+    metric: str,
+    device: str,
+    method: str = "lora",
+) -> dict[str, Any]:
     be = load_backend(model_dir, adapter_dir, device, method)
     try:
         preds = predict(be, preset, examples, model_dir)
@@ -81,8 +95,16 @@ def harness_task_exists(task: str) -> None:
     get_task(task)
 
 
-def evaluate_with_harness(task: str, data: str | None, model_dir: Path, adapter_dir: Path | None, device: str,
-                          out: Path, max_new_tokens: int | None = None, method: str = "lora") -> dict[str, Any]:
+def evaluate_with_harness(
+    task: str,
+    data: str | None,
+    model_dir: Path,
+    adapter_dir: Path | None,
+    device: str,
+    out: Path,
+    max_new_tokens: int | None = None,
+    method: str = "lora",
+) -> dict[str, Any]:
     """Run the evaluation harness's task (MedGemma's protocol) and return its primary metric with the 95% CI.
 
     The result cache is off: base and adapted model share a checkpoint path, so cached base answers would
@@ -92,11 +114,19 @@ def evaluate_with_harness(task: str, data: str | None, model_dir: Path, adapter_
 
     be = load_backend(model_dir, adapter_dir, device, method)
     try:
-        summary = run_eval(MedGemma(be), EvalOptions(task=task, data=data, out=out, use_cache=False, progress=False,
-                                                          max_new_tokens=max_new_tokens))
+        summary = run_eval(
+            MedGemma(be),
+            EvalOptions(task=task, data=data, out=out, use_cache=False, progress=False, max_new_tokens=max_new_tokens),
+        )
     finally:
         be.close()
     primary = summary["task"]["primary_metric"]
     m = summary["metrics"][primary]
-    return {"metric": primary, "value": m["value"], "ci95": [m["ci_low"], m["ci_high"]], "n": m["n"],
-            "task": f"{summary['task']['name']}@{summary['task']['version']}", "harness_report": str(out)}
+    return {
+        "metric": primary,
+        "value": m["value"],
+        "ci95": [m["ci_low"], m["ci_high"]],
+        "n": m["n"],
+        "task": f"{summary['task']['name']}@{summary['task']['version']}",
+        "harness_report": str(out),
+    }

@@ -24,8 +24,9 @@ def estimate_bytes(params: int, dtype: str, method: str) -> int:
 def check_fits(model_dir: Path, device: str, dtype: str, method: str) -> dict[str, float]:
     """Raise `BackendUnavailable` when the method needs what the device lacks; return the numbers checked."""
     if method == "qlora" and not device.startswith("cuda"):
-        raise BackendUnavailable(f"--method qlora needs a CUDA GPU (4-bit NF4 via bitsandbytes); this run is on {device}: "
-                                 "use --method lora")
+        raise BackendUnavailable(
+            f"--method qlora needs a CUDA GPU (4-bit NF4 via bitsandbytes); this run is on {device}: use --method lora"
+        )
     if method == "qlora":
         try:
             import bitsandbytes  # noqa: F401

@@ -85,9 +85,12 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
             now, cpu = time.perf_counter(), time.process_time()
             steps = max(1, state.global_step - self.step_last)
             # CPU seconds beside wall seconds: on a shared machine the difference is time spent waiting for a core.
-            row = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
-                   "step_time_s": round((now - self.t_last) / steps, 4),
-                   "step_cpu_s": round((cpu - self.cpu_last) / steps, 4)}
+            row = {
+                "step": state.global_step,
+                "epoch": round(float(state.epoch or 0), 4),
+                "step_time_s": round((now - self.t_last) / steps, 4),
+                "step_cpu_s": round((cpu - self.cpu_last) / steps, 4),
+            }
             self.cpu_last = cpu
             for k in ("loss", "grad_norm", "learning_rate", "reward"):
                 if k in logs:
@@ -111,8 +114,14 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.first = state.global_step
-            self.bar = Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[post]}"), console=Console(stderr=True))
+            self.bar = Progress(
+                TextColumn(desc),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[post]}"),
+                console=Console(stderr=True),
+            )
             self.task = self.bar.add_task(desc, total=state.max_steps, completed=state.global_step, post="")
             self.bar.start()
             self.t0 = time.perf_counter()

@@ -69,10 +69,18 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
     for name in CARRIED:
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, tmp / name)
-    write_atomic(tmp / "merge_info.json", json.dumps({
-        "base": str(base_dir), "adapter": str(adapter_dir.resolve()),
-        "merged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "packages": package_versions(),
-    }, indent=2))
+    write_atomic(
+        tmp / "merge_info.json",
+        json.dumps(
+            {
+                "base": str(base_dir),
+                "adapter": str(adapter_dir.resolve()),
+                "merged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "packages": package_versions(),
+            },
+            indent=2,
+        ),
+    )
     fsync_tree(tmp)
     if dest.exists():
         dest.rmdir()

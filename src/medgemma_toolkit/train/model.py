@@ -57,12 +57,16 @@ def one_device(args: Any) -> Any:
 def oom_message(device: str, method: str, batch_size: int, grad_accum: int, max_length: int | None) -> str:
     """What to change after an out-of-memory error in training, with the numbers of this run."""
     effective = batch_size * grad_accum
-    parts = [f"out of memory on {device} while training (--method {method}, --batch-size {batch_size}, "
-             f"--grad-accum {grad_accum})"]
+    parts = [
+        f"out of memory on {device} while training (--method {method}, --batch-size {batch_size}, "
+        f"--grad-accum {grad_accum})"
+    ]
     if batch_size > 1:
         smaller = max(1, batch_size // 2)
-        parts.append(f"try --batch-size {smaller} --grad-accum {max(1, effective // smaller)} (same effective batch "
-                     f"of {effective})")
+        parts.append(
+            f"try --batch-size {smaller} --grad-accum {max(1, effective // smaller)} (same effective batch "
+            f"of {effective})"
+        )
     if max_length:
         parts.append(f"a smaller --max-length than {max_length}")
     if method == "lora":
@@ -77,8 +81,12 @@ def add_lora(model: Any, recipe: Recipe, method: str, gradient_checkpointing: bo
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
-        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, bias="none",
-        target_modules=recipe.target_modules, task_type="CAUSAL_LM",
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        bias="none",
+        target_modules=recipe.target_modules,
+        task_type="CAUSAL_LM",
         modules_to_save=list(recipe.modules_to_save) or None,
     )
     peft_model = get_peft_model(model, config)

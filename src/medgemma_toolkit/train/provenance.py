@@ -21,7 +21,17 @@ from .checkpoints import write_atomic
 from .data import Example
 
 PROVENANCE_NAME = "provenance.json"
-PACKAGES = ("medgemma-toolkit", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "pydicom", "bitsandbytes")
+PACKAGES = (
+    "medgemma-toolkit",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "pydicom",
+    "bitsandbytes",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -51,8 +61,12 @@ def data_hash(examples: list[Example]) -> str:
     """SHA-256 over every example's text and the bytes of every image it references (order matters)."""
     h = hashlib.sha256()
     for ex in examples:
-        text = {"q": ex.question, "a": ex.answer, "s": ex.system,
-                "t": [[t.role, [p if isinstance(p, str) else "<img>" for p in t.parts]] for t in ex.turns]}
+        text = {
+            "q": ex.question,
+            "a": ex.answer,
+            "s": ex.system,
+            "t": [[t.role, [p if isinstance(p, str) else "<img>" for p in t.parts]] for t in ex.turns],
+        }
         h.update(json.dumps(text, sort_keys=True).encode())
         for ref in list(ex.images) + [p.ref for t in ex.turns for p in t.parts if not isinstance(p, str)]:
             _hash_ref(h, ref)

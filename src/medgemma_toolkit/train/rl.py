@@ -29,7 +29,9 @@ from .provenance import write_provenance
 from .recipe import get_recipe
 from .run import atomic_trainer, finish, open_run_dir, recorded_settings, train
 
-INSTRUCTION = "Think step by step if needed, then finish with a line of the form \"Final Answer: X\" where X is the letter."
+INSTRUCTION = (
+    'Think step by step if needed, then finish with a line of the form "Final Answer: X" where X is the letter.'
+)
 _FINAL = re.compile(r"final answer\s*:\s*\(?([A-Z])\)?\s*\.?\s*$", re.IGNORECASE)
 _ANY_FINAL = re.compile(r"final answer\s*:", re.IGNORECASE)
 
@@ -77,18 +79,51 @@ class RLRecipe:
 RL_RECIPES: dict[str, RLRecipe] = {
     r.name: r
     for r in [
-        RLRecipe("notebook", "1", "Google's RL notebook: google-rl prompt, 1/0 reward, lr 5e-6, all-linear LoRA "
-                 "r=alpha=64, 1024-token completions, 4 per question, batch 3 x accumulation 4",
-                 prompt="google-rl", reward="google-rl", learning_rate=5e-6, lora_r=64, lora_alpha=64,
-                 lora_dropout=0.0, lora_targets="all-linear", max_completion_length=1024, num_generations=4,
-                 batch_size=3, grad_accum=4, max_steps=1700, save_steps=100, max_grad_norm=1.0, warmup_ratio=0.0,
-                 gradient_checkpointing=True,
-                 references=("google-health/medgemma notebooks/reinforcement_learning_with_hugging_face.ipynb",)),
-        RLRecipe("toolkit", "1", "The toolkit's earlier recipe: our prompt, reward 1 + 0.2 format bonus, lr 2e-4, "
-                 "language-model LoRA r16, 256-token completions",
-                 prompt="toolkit", reward="toolkit", learning_rate=2e-4, lora_r=16, lora_alpha=16, lora_dropout=0.05,
-                 lora_targets="language", max_completion_length=256, num_generations=4, batch_size=4, grad_accum=1,
-                 max_steps=20, save_steps=10, max_grad_norm=0.3, warmup_ratio=0.03, gradient_checkpointing=False),
+        RLRecipe(
+            "notebook",
+            "1",
+            "Google's RL notebook: google-rl prompt, 1/0 reward, lr 5e-6, all-linear LoRA "
+            "r=alpha=64, 1024-token completions, 4 per question, batch 3 x accumulation 4",
+            prompt="google-rl",
+            reward="google-rl",
+            learning_rate=5e-6,
+            lora_r=64,
+            lora_alpha=64,
+            lora_dropout=0.0,
+            lora_targets="all-linear",
+            max_completion_length=1024,
+            num_generations=4,
+            batch_size=3,
+            grad_accum=4,
+            max_steps=1700,
+            save_steps=100,
+            max_grad_norm=1.0,
+            warmup_ratio=0.0,
+            gradient_checkpointing=True,
+            references=("google-health/medgemma notebooks/reinforcement_learning_with_hugging_face.ipynb",),
+        ),
+        RLRecipe(
+            "toolkit",
+            "1",
+            "The toolkit's earlier recipe: our prompt, reward 1 + 0.2 format bonus, lr 2e-4, "
+            "language-model LoRA r16, 256-token completions",
+            prompt="toolkit",
+            reward="toolkit",
+            learning_rate=2e-4,
+            lora_r=16,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            lora_targets="language",
+            max_completion_length=256,
+            num_generations=4,
+            batch_size=4,
+            grad_accum=1,
+            max_steps=20,
+            save_steps=10,
+            max_grad_norm=0.3,
+            warmup_ratio=0.03,
+            gradient_checkpointing=False,
+        ),
     ]
 }
 
@@ -136,8 +171,9 @@ def parse_final(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
     return m.group(1).upper()
 
 
-def final_answer_reward(completions: list[Any], answer: list[str], letters: list[str] | None = None,
-                        **_: Any) -> list[float]:
+def final_answer_reward(
+    completions: list[Any], answer: list[str], letters: list[str] | None = None, **_: Any
+) -> list[float]:
     """GRPO reward function: `well_formed` for a parseable final line, plus `correct` when it is the gold letter."""
     out = []
     for i, (c, gold) in enumerate(zip(completions, answer)):
@@ -158,8 +194,10 @@ def load_mcq(path: str | Path) -> list[MCQ]:
                 raise ValueError(r.error)
             row = r.row
             opts = row["options"]
-            pairs = [(str(k).upper(), str(v)) for k, v in (opts.items() if isinstance(opts, dict) else
-                     zip("ABCDEFGHIJ", opts))]
+            pairs = [
+                (str(k).upper(), str(v))
+                for k, v in (opts.items() if isinstance(opts, dict) else zip("ABCDEFGHIJ", opts))
+            ]
             ans = str(row["answer"]).strip().upper()
             if not str(row["question"]).strip() or len(pairs) < 2 or ans not in {k for k, _ in pairs}:
                 raise ValueError
@@ -167,8 +205,10 @@ def load_mcq(path: str | Path) -> list[MCQ]:
         except (ValueError, KeyError, TypeError, AttributeError):
             bad.append(r.line)
     if bad:
-        raise BadInput(f"{p}: {len(bad)} bad line(s) (need question, options with >= 2 entries, answer among them): "
-                       f"lines {', '.join(map(str, bad[:10]))}")
+        raise BadInput(
+            f"{p}: {len(bad)} bad line(s) (need question, options with >= 2 entries, answer among them): "
+            f"lines {', '.join(map(str, bad[:10]))}"
+        )
     if not items:
         raise BadInput(f"{p}: no questions")
     return items
@@ -206,25 +246,48 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
 
     run, s = open_run_dir(s)
     rr = get_rl_recipe(s.recipe)
-    picked = {k: getattr(s, k) for k in ("max_steps", "num_generations", "max_completion_length", "learning_rate",
-                                          "lora_r", "save_steps", "temperature", "batch_size", "grad_accum")}
+    picked = {
+        k: getattr(s, k)
+        for k in (
+            "max_steps",
+            "num_generations",
+            "max_completion_length",
+            "learning_rate",
+            "lora_r",
+            "save_steps",
+            "temperature",
+            "batch_size",
+            "grad_accum",
+        )
+    }
     from dataclasses import replace
 
     rr = replace(rr, **{k: v for k, v in picked.items() if v is not None})
     if rr.num_generations < 2:
         raise BadInput("--num-generations must be at least 2 (GRPO compares completions within a group)")
-    if rr.max_steps <= 0 or rr.save_steps <= 0 or rr.max_completion_length <= 0 or rr.batch_size <= 0 \
-            or rr.grad_accum <= 0:
-        raise BadInput("--max-steps, --save-steps, --max-completion-length, --batch-size and --grad-accum must be positive")
+    if (
+        rr.max_steps <= 0
+        or rr.save_steps <= 0
+        or rr.max_completion_length <= 0
+        or rr.batch_size <= 0
+        or rr.grad_accum <= 0
+    ):
+        raise BadInput(
+            "--max-steps, --save-steps, --max-completion-length, --batch-size and --grad-accum must be positive"
+        )
     if (rr.batch_size * rr.grad_accum) % rr.num_generations:
-        raise BadInput(f"--batch-size x --grad-accum ({rr.batch_size * rr.grad_accum}) must be a multiple of "
-                       f"--num-generations ({rr.num_generations})")
+        raise BadInput(
+            f"--batch-size x --grad-accum ({rr.batch_size * rr.grad_accum}) must be a multiple of "
+            f"--num-generations ({rr.num_generations})"
+        )
     items = load_mcq(s.data)
     per_step = rr.batch_size * rr.grad_accum // rr.num_generations  # distinct questions in one optimizer step
     if len(items) < per_step:
-        raise BadInput(f"{len(items)} question(s), but recipe {rr.name!r} takes {per_step} per step (--batch-size "
-                       f"{rr.batch_size} x --grad-accum {rr.grad_accum} / --num-generations {rr.num_generations}); "
-                       "give more questions or lower --batch-size / --grad-accum")
+        raise BadInput(
+            f"{len(items)} question(s), but recipe {rr.name!r} takes {per_step} per step (--batch-size "
+            f"{rr.batch_size} x --grad-accum {rr.grad_accum} / --num-generations {rr.num_generations}); "
+            "give more questions or lower --batch-size / --grad-accum"
+        )
     resolved = resolve_model(s.model)
     if resolved.format != "hf":
         raise BadInput(f"{s.model}: RL needs a Hugging Face checkpoint directory, not a .gguf file")
@@ -232,17 +295,33 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     dev = str(device)
     # The LoRA part as a fine-tuning Recipe, which `add_lora` takes.
     recipe = get_recipe("notebook").with_overrides(
-        learning_rate=rr.learning_rate, lora_r=rr.lora_r, lora_alpha=rr.lora_alpha, lora_dropout=rr.lora_dropout,
-        lora_targets=rr.lora_targets, modules_to_save=(), seed=s.seed, max_grad_norm=rr.max_grad_norm,
-        warmup_ratio=rr.warmup_ratio, gradient_checkpointing=rr.gradient_checkpointing)
+        learning_rate=rr.learning_rate,
+        lora_r=rr.lora_r,
+        lora_alpha=rr.lora_alpha,
+        lora_dropout=rr.lora_dropout,
+        lora_targets=rr.lora_targets,
+        modules_to_save=(),
+        seed=s.seed,
+        max_grad_norm=rr.max_grad_norm,
+        warmup_ratio=rr.warmup_ratio,
+        gradient_checkpointing=rr.gradient_checkpointing,
+    )
     reward_spec = GOOGLE_REWARD if rr.reward == "google-rl" else REWARD
     protocol = get_mcq_protocol(rr.prompt)
     fit = check_fits(resolved.path, dev, str(dtype).replace("torch.", ""), "lora")
     run.mkdir(parents=True, exist_ok=True)
-    write_provenance(run, settings=recorded_settings(s), recipe=recipe, rl_recipe=rr, reward=reward_spec,
-                     mcq_prompt=f"{protocol.name}@{protocol.version}",
-                     model={"spec": s.model, "path": resolved.path}, device=dev, fit=fit,
-                     data={"path": str(Path(s.data).resolve()), "questions": len(items)})
+    write_provenance(
+        run,
+        settings=recorded_settings(s),
+        recipe=recipe,
+        rl_recipe=rr,
+        reward=reward_spec,
+        mcq_prompt=f"{protocol.name}@{protocol.version}",
+        model={"spec": s.model, "path": resolved.path},
+        device=dev,
+        fit=fit,
+        data={"path": str(Path(s.data).resolve()), "questions": len(items)},
+    )
 
     import datasets
     from transformers import set_seed
@@ -251,33 +330,66 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     set_seed(s.seed)  # LoRA's random init happens below, before the trainer seeds anything
     model, processor, tokenizer, _ = load_for_training(resolved.path, dev, dtype, "lora")
     model = add_lora(model, recipe, "lora", rr.gradient_checkpointing)
-    ds = datasets.Dataset.from_dict({
-        "prompt": [protocol.messages(q.question, list(q.options)) for q in items],
-        "answer": [q.answer for q in items],
-        "letters": ["".join(k for k, _ in q.options) for q in items],
-    })
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [protocol.messages(q.question, list(q.options)) for q in items],
+            "answer": [q.answer for q in items],
+            "letters": ["".join(k for k, _ in q.options) for q in items],
+        }
+    )
     cuda = dev.startswith("cuda")
     args = GRPOConfig(
-        output_dir=str(run / "checkpoints"), max_steps=rr.max_steps, learning_rate=rr.learning_rate,
-        per_device_train_batch_size=rr.batch_size, gradient_accumulation_steps=rr.grad_accum,
-        num_generations=rr.num_generations, max_completion_length=rr.max_completion_length,
-        temperature=rr.temperature, max_grad_norm=rr.max_grad_norm, warmup_steps=rr.warmup_ratio, logging_steps=1,
-        save_strategy="steps", save_steps=rr.save_steps, save_total_limit=None, seed=s.seed, data_seed=s.seed,
-        report_to="none", disable_tqdm=True, use_cpu=dev == "cpu", bf16=cuda,
-        gradient_checkpointing=rr.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        output_dir=str(run / "checkpoints"),
+        max_steps=rr.max_steps,
+        learning_rate=rr.learning_rate,
+        per_device_train_batch_size=rr.batch_size,
+        gradient_accumulation_steps=rr.grad_accum,
+        num_generations=rr.num_generations,
+        max_completion_length=rr.max_completion_length,
+        temperature=rr.temperature,
+        max_grad_norm=rr.max_grad_norm,
+        warmup_steps=rr.warmup_ratio,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=rr.save_steps,
+        save_total_limit=None,
+        seed=s.seed,
+        data_seed=s.seed,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=dev == "cpu",
+        bf16=cuda,
+        gradient_checkpointing=rr.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,
     )
     reward_fn = google_rl_reward if rr.reward == "google-rl" else final_answer_reward
 
-    trainer = atomic_trainer(GRPOTrainer)(model=model, reward_funcs=[reward_fn], args=one_device(args),
-                                          train_dataset=ds, processing_class=processor or tokenizer,
-                                          callbacks=make_callbacks(run, s.quiet, desc="rl"))
-    steps, resumed = train(trainer, model, run, s.resume, rr.max_steps,
-                           f"out of memory on {dev} while training (--num-generations {rr.num_generations}, "
-                           f"--max-completion-length {rr.max_completion_length}): lower either")
+    trainer = atomic_trainer(GRPOTrainer)(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=one_device(args),
+        train_dataset=ds,
+        processing_class=processor or tokenizer,
+        callbacks=make_callbacks(run, s.quiet, desc="rl"),
+    )
+    steps, resumed = train(
+        trainer,
+        model,
+        run,
+        s.resume,
+        rr.max_steps,
+        f"out of memory on {dev} while training (--num-generations {rr.num_generations}, "
+        f"--max-completion-length {rr.max_completion_length}): lower either",
+    )
     adapter, rows = finish(run, trainer, processor, tokenizer, "GRPO loss")
     rewards = [r["reward"] for r in rows if "reward" in r]
-    result = {"steps": steps, "adapter": str(adapter), "resumed_from": resumed,
-              "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
+    result = {
+        "steps": steps,
+        "adapter": str(adapter),
+        "resumed_from": resumed,
+        "first_reward": rewards[0] if rewards else None,
+        "last_reward": rewards[-1] if rewards else None,
+    }
     write_provenance(run, result=result)
     return result

@@ -47,12 +47,16 @@ def recorded_settings(settings: Any) -> dict[str, Any]:
 
 def atomic_trainer(trainer_cls: type) -> type:
     """`trainer_cls` (TRL's SFT or GRPO trainer) with checkpoints that are complete or absent."""
-    return type(f"Atomic{trainer_cls.__name__}", (ck.AtomicCheckpointMixin, trainer_cls),
-                {"__doc__": f"TRL's {trainer_cls.__name__} whose checkpoints are written atomically."})
+    return type(
+        f"Atomic{trainer_cls.__name__}",
+        (ck.AtomicCheckpointMixin, trainer_cls),
+        {"__doc__": f"TRL's {trainer_cls.__name__} whose checkpoints are written atomically."},
+    )
 
 
-def train(trainer: Any, model: Any, run: Path, resume: bool, max_steps: int, oom_message: str,
-          **provenance: Any) -> tuple[int, int | None]:
+def train(
+    trainer: Any, model: Any, run: Path, resume: bool, max_steps: int, oom_message: str, **provenance: Any
+) -> tuple[int, int | None]:
     """Train from the newest complete checkpoint (when resuming) to `max_steps`: (steps done, step resumed from).
 
     The loss log is cut back to the checkpoint resumed from; the trainable-parameter summary and `provenance`

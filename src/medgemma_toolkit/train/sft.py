@@ -117,16 +117,25 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> An
     )
 
 
-def _score(s: FinetuneSettings, model_dir: Path, adapter: Path | None, preset: PromptPreset, ds: Dataset,
-           metric: str, device: str, run: Path) -> dict[str, Any]:
+def _score(
+    s: FinetuneSettings,
+    model_dir: Path,
+    adapter: Path | None,
+    preset: PromptPreset,
+    ds: Dataset,
+    metric: str,
+    device: str,
+    run: Path,
+) -> dict[str, Any]:
     """Before (adapter None) or after score: the built-in validation scorer, or the evaluation harness's task."""
     from .evaluate import evaluate, evaluate_with_harness
 
     if s.eval_task == "val":
         return evaluate(model_dir, adapter, preset, ds.val, metric, device, s.method)
     out = run / f"eval-{'after' if adapter else 'before'}"
-    return evaluate_with_harness(str(s.eval_task), s.eval_data, model_dir, adapter, device, out,
-                                 s.eval_max_new_tokens, s.method)
+    return evaluate_with_harness(
+        str(s.eval_task), s.eval_data, model_dir, adapter, device, out, s.eval_max_new_tokens, s.method
+    )
 
 
 def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
@@ -164,11 +173,22 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         raise BadInput("--eval-task needs validation examples: give --val-data or a --val-fraction above 0")
 
     write_provenance(
-        run, settings=recorded_settings(s), recipe=recipe, model={"spec": s.model, "path": model_dir,
-        "variant": resolved.variant.name if resolved.variant else None}, device=dev, dtype=str(dtype), fit=fit,
-        data={"path": str(Path(s.data).expanduser().resolve()), "kind": ds.kind, "train": len(ds.train),
-              "val": len(ds.val), "classes": list(ds.classes), "train_sha256": digest,
-              "val_sha256": data_hash(ds.val)},
+        run,
+        settings=recorded_settings(s),
+        recipe=recipe,
+        model={"spec": s.model, "path": model_dir, "variant": resolved.variant.name if resolved.variant else None},
+        device=dev,
+        dtype=str(dtype),
+        fit=fit,
+        data={
+            "path": str(Path(s.data).expanduser().resolve()),
+            "kind": ds.kind,
+            "train": len(ds.train),
+            "val": len(ds.val),
+            "classes": list(ds.classes),
+            "train_sha256": digest,
+            "val_sha256": data_hash(ds.val),
+        },
     )
     preset = _choose_preset(resolved, _has_template(model_dir), s.preset, recipe.layout_preset)
     metric = TASK_SPECS["classification" if ds.classes else s.task].metric
@@ -188,8 +208,9 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     model = add_lora(model, recipe, s.method, recipe.gradient_checkpointing)
     from .collator import SFTCollator
 
-    collator = SFTCollator(ds.train, processor, tokenizer, preset, image_size, recipe.max_length,
-                           loss_on=recipe.loss_on)
+    collator = SFTCollator(
+        ds.train, processor, tokenizer, preset, image_size, recipe.max_length, loss_on=recipe.loss_on
+    )
     ckpt_root = run / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
     from trl import SFTTrainer
@@ -203,11 +224,18 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         callbacks=make_callbacks(run, quiet=s.quiet),
     )
     trainer.keep_checkpoints = recipe.keep_checkpoints
-    steps, resumed_step = train(trainer, model, run, s.resume, recipe.max_steps,
-                                oom_message(dev, s.method, recipe.batch_size, recipe.grad_accum, recipe.max_length),
-                                preset=f"{preset.name}@{preset.version}")
-    adapter_dir, rows = finish(run, trainer, processor, tokenizer,
-                               f"training loss ({s.method}, {len(ds.train)} examples)")
+    steps, resumed_step = train(
+        trainer,
+        model,
+        run,
+        s.resume,
+        recipe.max_steps,
+        oom_message(dev, s.method, recipe.batch_size, recipe.grad_accum, recipe.max_length),
+        preset=f"{preset.name}@{preset.version}",
+    )
+    adapter_dir, rows = finish(
+        run, trainer, processor, tokenizer, f"training loss ({s.method}, {len(ds.train)} examples)"
+    )
     losses = [r["loss"] for r in rows if "loss" in r]
     del trainer, model
     gc.collect()
@@ -218,8 +246,16 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         before, after = report["before"]["value"], report["after"]["value"]
         report["delta"] = round(after - before, 4) if before is not None and after is not None else None
         ck.write_atomic(report_path, json.dumps(report, indent=2))
-    write_provenance(run, result={"steps": steps, "first_loss": losses[0] if losses else None,
-                                  "last_loss": losses[-1] if losses else None, "adapter": str(adapter_dir),
-                                  "report": report and {k: report[k] for k in ("before", "after", "delta") if k in report}})
-    return FinetuneResult(run, adapter_dir, steps, losses[0] if losses else None, losses[-1] if losses else None,
-                          resumed_step, report)
+    write_provenance(
+        run,
+        result={
+            "steps": steps,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "adapter": str(adapter_dir),
+            "report": report and {k: report[k] for k in ("before", "after", "delta") if k in report},
+        },
+    )
+    return FinetuneResult(
+        run, adapter_dir, steps, losses[0] if losses else None, losses[-1] if losses else None, resumed_step, report
+    )
