@@ -11,6 +11,15 @@ from . import app
 from . import export as _export  # noqa: F401  (registers `export`, whose --merge path lives in train/)
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (CPU works for small models, slowly)")]
+# Options `finetune` and `rl` share, declared once.
+BaseModelOpt = Annotated[
+    Optional[str], typer.Option("--model", "-m", help="Base checkpoint: variant name, hub id or directory")
+]
+RunDirOpt = Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpoints, adapter, logs, provenance")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar")]
 
 
 def _recipe_overrides(**kw):
@@ -19,15 +28,11 @@ def _recipe_overrides(**kw):
 
 @app.command()
 def finetune(
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Base checkpoint: variant name, hub id or directory")
-    ] = None,
+    model: BaseModelOpt = None,
     data: Annotated[
         Optional[str], typer.Option(help="Class folder, .csv/.jsonl rows, chat .jsonl, or a saved HF dataset")
     ] = None,
-    out: Annotated[
-        str, typer.Option("--out", "-o", help="Run folder: checkpoints, adapter, logs, provenance")
-    ] = "finetune-run",
+    out: RunDirOpt = "finetune-run",
     task: Annotated[str, typer.Option(help="classification, vqa, report or chat")] = "classification",
     method: Annotated[str, typer.Option(help="lora, or qlora (4-bit NF4, CUDA only)")] = "lora",
     recipe: Annotated[
@@ -72,10 +77,8 @@ def finetune(
         Optional[str], typer.Option(help="Prompt preset to train with (default: the model's own)")
     ] = None,
     device: DeviceOpt = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a LoRA adapter on your images and text; crash-safe (kill it, then --resume).
 
@@ -137,15 +140,11 @@ def finetune(
 
 @app.command()
 def rl(
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Base checkpoint: variant name, hub id or directory")
-    ] = None,
+    model: BaseModelOpt = None,
     data: Annotated[
         Optional[str], typer.Option(help='MCQ JSONL: {"question", "options", "answer": "B"} per line')
     ] = None,
-    out: Annotated[
-        str, typer.Option("--out", "-o", help="Run folder: checkpoints, adapter, logs, provenance")
-    ] = "rl-run",
+    out: RunDirOpt = "rl-run",
     recipe: Annotated[
         str, typer.Option(help="notebook (Google's RL notebook, default) or toolkit (our earlier recipe)")
     ] = "notebook",
@@ -164,10 +163,8 @@ def rl(
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature for the completions (1.0)")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     device: DeviceOpt = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Reinforcement learning (GRPO) on multiple-choice questions, rewarding a correct "Final Answer" (Google's RL notebook by default).
 
