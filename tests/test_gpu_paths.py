@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-import threading
-import time
 import weakref
 
 import numpy as np
@@ -16,7 +14,13 @@ import pytest
 from PIL import Image
 
 from medgemma_toolkit.backends.placement import (
-    GIB, GPU, Placement, bf16_note, cuda_index, inference_placement, training_visible_devices,
+    GIB,
+    GPU,
+    Placement,
+    bf16_note,
+    cuda_index,
+    inference_placement,
+    training_visible_devices,
 )
 from medgemma_toolkit.errors import BackendUnavailable, BadInput, DeviceOutOfMemory
 
@@ -219,21 +223,14 @@ def test_eval_batches_halve_after_oom_with_memory_freed_first(tiny_model):
 
 def test_server_answers_oom_with_503_and_retries_smaller(tiny_model):
     import httpx
-    import uvicorn
 
     from medgemma_toolkit.serve import ServeConfig, create_app
-    from medgemma_toolkit.serve.launch import free_port
+    from medgemma_toolkit.serve.launch import InProcessServer
 
     app = create_app(tiny_model, ServeConfig(request_timeout_s=60, max_batch_size=4))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    srv = InProcessServer(app).start()
+    url = srv.url + "/v1/chat/completions"
     model = app.state.model_id
-
     def body(q: str, stream: bool = False) -> dict:
         return {"model": model, "max_tokens": 4, "stream": stream, "messages": [{"role": "user", "content": q}]}
 
@@ -259,9 +256,7 @@ def test_server_answers_oom_with_503_and_retries_smaller(tiny_model):
         assert ok.status_code == 200  # the worker survived and serves on
     finally:
         hook.remove()
-        server.should_exit = True
-        thread.join(timeout=10)
-        app.state.batcher.stop()
+        srv.stop()
     gc.collect()
     assert all(r() is None for r in hook.failed)
 

@@ -21,7 +21,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -113,25 +112,12 @@ class Suite:
         return f"{n} items at batch {s['timing']['batch_size']}, {n / (time.perf_counter() - t0):.1f} items/s"
 
     def _server(self, config):
-        import uvicorn
-
         from medgemma_toolkit.serve import create_app
-        from medgemma_toolkit.serve.launch import free_port
+        from medgemma_toolkit.serve.launch import InProcessServer
 
         app = create_app(self.mg, config)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(timeout=10)
-            app.state.batcher.stop()
-
-        return app, f"http://127.0.0.1:{port}/v1/chat/completions", stop
+        srv = InProcessServer(app).start()
+        return app, srv.url + "/v1/chat/completions", srv.stop
 
     def _burst(self, url: str, model: str, n: int, with_image: bool, max_tokens: int = 32):
         import base64

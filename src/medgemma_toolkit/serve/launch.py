@@ -1,6 +1,8 @@
-"""Start `medgemma serve` as a child process on a free loopback port and wait until it answers.
+"""Start `medgemma serve` as a child process on a free loopback port and wait until it answers; or serve an app
+in a thread of this process.
 
-Used by the tests and `benchmarks/serve_latency.py`, which both need the real command, not an in-process app.
+The child process is for the tests and `benchmarks/serve_latency.py`, which need the real command. The in-process
+server is for checks that must reach into the running app (its backend, its batcher) while real HTTP arrives.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +21,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class InProcessServer:
+    """`with InProcessServer(app) as srv: httpx.post(srv.url + "/v1/chat/completions", ...)`: uvicorn in a daemon
+    thread on a free loopback port; leaving the block stops it and the app's batcher."""
+
+    def __init__(self, app, startup_timeout_s: float = 30.0) -> None:
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._timeout = startup_timeout_s
+
+    def start(self) -> InProcessServer:
+        self._thread.start()
+        deadline = time.monotonic() + self._timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.app.state.batcher.stop()
+
+    def __enter__(self) -> InProcessServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class ServerProcess:
