@@ -92,7 +92,7 @@ def run_batch(
         return mg.request(r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens)
 
     def on_batch(outs: list[Outcome[BatchRow]]) -> None:
-        recs = []
+        recs: list[dict[str, Any]] = []
         for o in outs:
             if o.completion is None:
                 if on_error == "fail":

@@ -7,7 +7,7 @@ Each takes one row (see `rows.load_rows`) and returns an `EvalItem`, raises `Row
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from .items import LETTERS, EvalItem
 from .rows import (
@@ -76,7 +76,7 @@ def medmcqa(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
         loc,
         str(req(row, loc, "question")).strip(),
         opts,
-        gold_letter(int(float(cop)), opts, loc, zero_based=bool(row.get("_hf"))),
+        gold_letter(int(float(cast(Any, cop))), opts, loc, zero_based=bool(row.get("_hf"))),
     )
 
 

@@ -177,11 +177,15 @@ def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
         raise
     except requests.HTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
-        hint = {
-            401: " (unauthorised: set MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD)",
-            403: " (forbidden)",
-            404: " (not found)",
-        }.get(status, "")
+        hint = (
+            {
+                401: " (unauthorised: set MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD)",
+                403: " (forbidden)",
+                404: " (not found)",
+            }.get(status, "")
+            if isinstance(status, int)
+            else ""
+        )
         raise DicomWebError(f"DICOMweb {what} on {ref.host} failed: HTTP {status}{hint}") from None
     except requests.exceptions.RetryError:
         raise DicomWebError(f"DICOMweb {what} on {ref.host} failed after {RETRIES} retries") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -75,7 +75,7 @@ class _TiffSlide:
         import tiffslide
 
         self._s = tiffslide.TiffSlide(path)
-        self.dimensions = [tuple(map(int, d)) for d in self._s.level_dimensions]
+        self.dimensions = cast(list[tuple[int, int]], [tuple(map(int, d)) for d in self._s.level_dimensions])
         self.downsamples = [float(d) for d in self._s.level_downsamples]
         props = self._s.properties
         mpp = props.get("tiffslide.mpp-x") or props.get("openslide.mpp-x")
@@ -99,7 +99,7 @@ class _OpenSlide(_TiffSlide):
                 f"{path}: this slide format needs OpenSlide: pip install openslide-python openslide-bin"
             ) from None
         self._s = openslide.OpenSlide(path)
-        self.dimensions = [tuple(map(int, d)) for d in self._s.level_dimensions]
+        self.dimensions = cast(list[tuple[int, int]], [tuple(map(int, d)) for d in self._s.level_dimensions])
         self.downsamples = [float(d) for d in self._s.level_downsamples]
         mpp = self._s.properties.get("openslide.mpp-x")
         power = self._s.properties.get("openslide.objective-power")

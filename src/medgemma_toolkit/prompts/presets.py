@@ -81,11 +81,11 @@ class PromptPreset:
             slices = any(isinstance(p, TextPart) and p.text.startswith("SLICE ") for p in media)
             own = self.volume_instruction if slices else self.slide_instruction
             head = instruction if instruction is not None else own
-            tail = [TextPart(question if question[:1].isspace() else f"\n\n{question}")] if question else []
+            tail: list[Part] = [TextPart(question if question[:1].isspace() else f"\n\n{question}")] if question else []
             parts = ([TextPart(head)] if head else []) + media + tail
         else:
             if instruction:
-                text_part = [TextPart(instruction)] + text_part
+                text_part = [TextPart(instruction), *text_part]
             parts = media + text_part if self.image_first else text_part + media
         if not parts:
             raise BadInput("empty prompt: give a question or an image")

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .config import host_allowed
 from .errors import error_body
@@ -51,7 +51,9 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def _json_response(status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[dict, dict]:
+def _json_response(
+    status: int, message: str, code: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[dict, dict]:
     body = json.dumps(error_body(status, message, code)).encode()
     start = {
         "type": "http.response.start",

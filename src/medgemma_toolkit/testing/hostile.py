@@ -21,9 +21,9 @@ def _part10(transfer_syntax: str, attrs: dict) -> tuple[bytes, bytes]:
     from pydicom.uid import generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE  # type: ignore[assignment]  # pydicom types it UID; the setter takes str
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = transfer_syntax  # type: ignore[assignment]  # pydicom types it UID; the setter takes str
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
     ds.Modality = "OT"

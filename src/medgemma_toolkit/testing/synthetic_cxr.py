@@ -19,8 +19,8 @@ def make_cxr(
     from pydicom.uid import ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77.1"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # type: ignore[assignment]  # CR Image Storage; str ok
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77.1"  # type: ignore[assignment]  # pydicom types it UID; the setter takes str
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

@@ -73,8 +73,8 @@ def make_slice(spec: SeriesSpec, index: int, uid_suffix: str = ""):
     sop_class = CT_IMAGE_STORAGE if spec.modality == "CT" else MR_IMAGE_STORAGE
     sop_uid = f"{spec.series_uid}.{spec.acquisition}.{index + 1}{uid_suffix}"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = sop_class  # type: ignore[assignment]  # pydicom types it UID; the setter takes str
+    meta.MediaStorageSOPInstanceUID = sop_uid  # type: ignore[assignment]  # pydicom types it UID; the setter takes str
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
