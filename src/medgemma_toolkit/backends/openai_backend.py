@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import BackendUnavailable, BadInput, CapabilityError, MedGemmaError
 from ..models.checkpoint import ModelHint
@@ -171,7 +171,7 @@ class OpenAIBackend(Backend):
                     f"{self.settings.base_url}/models did not answer JSON; is it an OpenAI API?"
                 ) from None
         return {
-            str(m["id"]): (m.get("medgemma") if isinstance(m.get("medgemma"), dict) else {})
+            str(m["id"]): (cast(dict[str, Any], m.get("medgemma")) if isinstance(m.get("medgemma"), dict) else {})
             for m in data
             if isinstance(m, dict) and m.get("id")
         }

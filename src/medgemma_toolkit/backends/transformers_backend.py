@@ -7,9 +7,9 @@ import copy
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import BadInput, CapabilityError
 from ..models.checkpoint import ModelHint, check_quantize, load_hf_model, load_processing, quantization_config
@@ -213,7 +213,8 @@ class TransformersBackend(Backend):
                 chunk = idx[start : start + size]
                 rows = [RowState(i, requests[i]) for i in chunk]
                 done = call_or_oom(
-                    lambda rows=rows: self._generate_batch(rows, on_delta),
+                    # cast: mypy cannot infer a lambda with default arguments in a Callable[[], T] context
+                    cast("Callable[[], list[Completion]]", lambda rows=rows: self._generate_batch(rows, on_delta)),
                     f"out of memory on {self.input_device} generating for {len(rows)} requests",
                 )
                 for i, c in zip(chunk, done):
@@ -294,7 +295,7 @@ class TransformersBackend(Backend):
             chunk = [pairs[i] for i in idx]
             ks = [cont_len[i] for i in idx]
             sums = call_or_oom(
-                lambda chunk=chunk, ks=ks: self._score_continuations(chunk, ks),
+                cast("Callable[[], list[float]]", lambda chunk=chunk, ks=ks: self._score_continuations(chunk, ks)),
                 f"out of memory on {self.input_device} scoring {len(chunk)} continuations",
             )
             for i, v in zip(idx, sums):

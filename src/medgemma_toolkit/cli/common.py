@@ -93,7 +93,12 @@ def load_model(
     from ..models.demo import DEMO_NOTICE
     from ..models.resolve import resolve_model
 
-    extra = {"upstream": upstream, "mmproj": mmproj, "threads": threads, "max_batch_size": max_batch_size}
+    extra: dict[str, Any] = {
+        "upstream": upstream,
+        "mmproj": mmproj,
+        "threads": threads,
+        "max_batch_size": max_batch_size,
+    }
     if upstream or backend == "openai":  # the model lives upstream; --model is its name there
         return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
     resolved = resolve_model(model, allow_download=allow_download)

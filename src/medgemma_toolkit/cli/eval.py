@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 
 import typer
 
@@ -115,7 +115,7 @@ def eval_run(
         temperature=temperature,
         think=think,
         mode=mode,  # type: ignore[arg-type]
-        on_error=on_error,
+        on_error=cast(Literal["skip", "fail"], on_error),  # checked above
         conditions=conditions,
         image_root=images,
         use_cache=not no_cache,  # type: ignore[arg-type]
@@ -156,7 +156,7 @@ def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
     from ..eval.formats import READERS
     from ..eval.spec import builtin_tasks
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "task": s.name,
             "version": s.version,

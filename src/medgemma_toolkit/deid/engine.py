@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from typing import cast
 
 from .clean import Scrubber, shift_date, shift_datetime
 from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
@@ -149,7 +150,7 @@ def _is_instance_uid(elem) -> bool:
 
 def _remap(value, uids: UIDMap):
     if isinstance(value, (str, bytes)):
-        return uids(value)
+        return uids(cast(str, value))  # typing only: UIDMap.__call__ applies str() itself
     return [uids(v) for v in value]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 from .items import EvalItem
 from .rows import ReadContext, Row, RowError, SkipRow, image_paths, is_blank, req, row_id
@@ -69,7 +70,7 @@ class CxrLabels:
             self.release = "cxr14"
             mapped = {norm_label(v) for v in self.names.get("cxr14", {}).values()}
         else:
-            labels = row.get("labels") if isinstance(row.get("labels"), dict) else row
+            labels = cast(Row, row.get("labels")) if isinstance(row.get("labels"), dict) else row
             self.release = "chexpert" if "Path" in row and "No Finding" in row else "columns"
             alias = {norm_label(k): norm_label(v) for k, v in self.names.get(self.release, {}).items()}
             mapped = {alias.get(norm_label(k), norm_label(k)) for k in labels}
@@ -83,7 +84,7 @@ class CxrLabels:
         if self.release == "cxr14":
             found = {alias.get(norm_label(x), norm_label(x)) for x in str(row["Finding Labels"]).split("|")}
             return {c: key in found for key, c in wanted.items()}
-        raw = row.get("labels") if isinstance(row.get("labels"), dict) else row
+        raw = cast(Row, row.get("labels")) if isinstance(row.get("labels"), dict) else row
         # CheXpert leaves a finding blank when the report does not mention it; with "No Finding" = 1 the report
         # states there is no pathology, so the five conditions count as absent there (protocol choice, versioned).
         no_finding = str(raw.get("No Finding", "")).strip().lower() in _TRUE

@@ -165,7 +165,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     parser = PARSERS[spec.parser]
     primed = preset.mode == "completion" and spec.parser != "report"
 
-    manifests: dict[str, list[dict[str, Any]]] = {}  # unit key -> what the model saw (imaging/manifest.py)
+    manifests: dict[str, list[dict[str, Any]] | None] = {}  # unit key -> what the model saw (imaging/manifest.py)
     records_root = str(Path(data_path).parent)
 
     def seen_images(u: Unit) -> list[dict[str, Any]] | None:

@@ -195,7 +195,7 @@ def write_sentencepiece_model(tok: dict[str, Any], out: Path) -> None:
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise UnsupportedFormat("tokenizer.json vocabulary ids are not contiguous; cannot derive a tokenizer.model")
     unk = model.get("unk_token") or "<unk>"
-    proto = spm.ModelProto()
+    proto = spm.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module, no stubs for its classes
     n_merges = len(rank)
     for piece, i in by_id:
         p = proto.pieces.add()

@@ -28,6 +28,7 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .codestreams import check_frame, quiet_decoders
 from .deflate import is_deflated, read_deflated
 from .dicom import quiet_pydicom
 from .options import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 MAX_SERIES_FILES = 4096  # far above any real CT/MR series (~2,000); a guard against pointing at a whole archive
 MAX_VOLUME_VOXELS = 2048 * 512 * 512
@@ -142,7 +146,7 @@ def load_series(paths: list[Path] | list[str], slice_order: str = "instance_numb
 @dataclass
 class _Slice:
     name: str
-    ds: object
+    ds: Dataset
     instance: int | None
     position: np.ndarray | None
     orientation: np.ndarray | None
@@ -245,13 +249,13 @@ def _order(
     if mode == "instance_number":
         fallback = "duplicate InstanceNumber" if None not in numbers else "missing InstanceNumber"
     if all(s.position is not None and s.orientation is not None for s in slices):
-        ori0 = slices[0].orientation
-        if any(not np.allclose(s.orientation, ori0, atol=1e-3) for s in slices):
+        ori0 = cast(np.ndarray, slices[0].orientation)  # not None: checked just above
+        if any(not np.allclose(cast(np.ndarray, s.orientation), ori0, atol=1e-3) for s in slices):
             raise BadInput(f"{source}: slices have different orientations (ImageOrientationPatient); not one volume")
         normal = np.cross(ori0[:3], ori0[3:])
         if np.linalg.norm(normal) < 1e-6:
             raise BadInput(f"{source}: attribute ImageOrientationPatient has parallel row and column cosines")
-        proj = np.array([float(np.dot(s.position, normal)) for s in slices])
+        proj = np.array([float(np.dot(cast(np.ndarray, s.position), normal)) for s in slices])
         order = np.argsort(proj, kind="stable")
         return [slices[i] for i in order], proj[order], "normal", fallback
     if all(s.instance is not None for s in slices):
@@ -265,7 +269,7 @@ def _order(
 
 
 def assemble_volume(
-    items: list[tuple[str, object]], source: str = "series", slice_order: str = "instance_number"
+    items: list[tuple[str, Dataset]], source: str = "series", slice_order: str = "instance_number"
 ) -> SeriesVolume:
     """Select, order and stack (name, pydicom Dataset) pairs into one volume."""
     from pydicom.pixels import pixel_array

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,9 @@ from .options import DEFAULT_IMAGE_SIZE, ImageOptions
 from .series import MAX_SERIES_FILES, SeriesVolume, assemble_volume, read_instance, series_files
 from .square import scale_to_uint8, to_model_image
 from .windows import get_ct_windows, window_lut, windows_to_rgb
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 DEFAULT_MAX_SLICES = 85  # MedGemma 1.5's CT/MR protocol
 VOLUME_MODALITIES = {"CT", "MR", "PT"}
@@ -61,6 +65,8 @@ def slice_renderer(vol: SeriesVolume, options: ImageOptions) -> Callable[[list[i
     slices can then be rendered a few at a time (see `volume_parts`). Four bytes per pixel because it is the
     layout Pillow and torch's fast resize use, and because a CT window table packed as uint32 is one `np.take`.
     """
+    lo: float
+    hi: float
     if vol.modality == "CT":
         windows = get_ct_windows(options.ct_windows)
         stored = vol.stored
@@ -199,7 +205,7 @@ def volume_parts(vol: SeriesVolume, options: ImageOptions, size: int) -> list[Pa
     return parts
 
 
-def instances_parts(items: list[tuple[str, object]], options: ImageOptions, size: int, source: str) -> list[Part]:
+def instances_parts(items: list[tuple[str, Dataset]], options: ImageOptions, size: int, source: str) -> list[Part]:
     """Parts for a set of (name, Dataset): one volume for CT/MR/PT, else one 2D image per instance.
 
     A folder of radiographs (e.g. PA and lateral) is several images, not a stack of slices.

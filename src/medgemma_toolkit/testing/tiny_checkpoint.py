@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 CONTROL = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
@@ -50,7 +54,7 @@ def build_tokenizer(vocab_size: int = 400):
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     gemma = GemmaTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]  # transformers annotates list[str]; pairs are accepted too
         extra_special_tokens={
             "image_token": "<image_soft_token>",
             "boi_token": "<start_of_image>",
@@ -119,7 +123,7 @@ def build_tiny_medgemma(
         eos_token_id=[1, ids["<end_of_turn>"]],
     )
     if text_only:
-        model = Gemma3ForCausalLM(text_cfg)
+        model: PreTrainedModel = Gemma3ForCausalLM(text_cfg)
         if template:
             tok.chat_template = template
         tok.save_pretrained(out)

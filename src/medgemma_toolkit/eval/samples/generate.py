@@ -13,6 +13,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 from PIL import Image, ImageDraw
 
@@ -249,7 +250,7 @@ def write_text_tasks() -> None:
     mm.mkdir(exist_ok=True)
     for name, rows in (("anatomy_test.csv", QUESTIONS[:6]), ("clinical_knowledge_test.csv", QUESTIONS[6:])):
         with open(mm / name, "w", newline="") as f:
-            w = csv.writer(f)
+            w: Any = csv.writer(f)  # a csv.DictWriter further down
             for q, opts, gold in rows:
                 w.writerow([q, *opts, gold])
     with open(mm / "astronomy_test.csv", "w", newline="") as f:  # not a medical subject: must be left out
@@ -386,7 +387,7 @@ def write_image_tasks() -> None:
             }
         )
     for name, gold in (("CT_small.dcm", "A"), ("MR_small.dcm", "B")):
-        shutil.copy(get_testdata_file(name), im / name)
+        shutil.copy(cast(str, get_testdata_file(name)), im / name)
         rows.append(
             {
                 "id": f"modality-{name[:2].lower()}",
