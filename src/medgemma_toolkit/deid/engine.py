@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import cast
 
+from ..imaging.deflate import PIXEL_TAGS
 from .clean import Scrubber, shift_date, shift_datetime
 from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
 from .safe_private import SafePrivate
@@ -350,7 +351,7 @@ def safe_header(ds, keywords: list[str]) -> dict[str, str]:
 
     clone = Dataset()  # a copy without the pixel data (never copied: it can be gigabytes)
     for elem in ds:
-        if int(elem.tag) not in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        if int(elem.tag) not in PIXEL_TAGS:
             clone.add(copy.deepcopy(elem))
     deidentify_dataset(clone, UIDMap())
     return {k: str(clone.get(k, "")) for k in keywords}

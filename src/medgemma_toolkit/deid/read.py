@@ -11,12 +11,11 @@ import struct
 from pathlib import Path
 
 from ..errors import BadInput, UnsupportedFormat
-from ..imaging.deflate import is_deflated, read_deflated
+from ..imaging.deflate import PIXEL_TAGS, dcmread_file
 from ..imaging.options import DEFAULT_MAX_PIXELS
 from .profile import table
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
 class Corrupt(BadInput):
@@ -31,7 +30,6 @@ def _looks_dicom(path: Path, head: bytes) -> bool:
 
 def read_checked(path: Path):
     """The dataset of `path`, complete and checked. UnsupportedFormat: not DICOM; Corrupt: a broken DICOM."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -42,19 +40,10 @@ def read_checked(path: Path):
             part10 = head[128:132] == b"DICM"
             if size < 132 and candidate:
                 raise Corrupt(f"{path}: too short to be a DICOM file ({size} bytes)")
-            f.seek(0)
-            if part10 and is_deflated(f.read(64 * 1024)):
-                # pydicom would inflate the whole stream first: a small file could take GiBs (a deflate bomb).
-                f.seek(0)
-                try:
-                    ds = read_deflated(f.read(), str(path), DEFAULT_MAX_PIXELS)
-                except BadInput as e:
-                    raise Corrupt(f"{path}: {str(e).removeprefix(str(path) + ': ')}") from None
-                _check_complete(path, ds, size)
-                return ds
-            f.seek(0)
-            try:
-                ds = pydicom.dcmread(f, force=not part10)
+            try:  # a deflated file is inflated under a bound: pydicom alone would inflate a bomb whole
+                ds = dcmread_file(f, str(path), DEFAULT_MAX_PIXELS, part10)
+            except BadInput as e:
+                raise Corrupt(f"{path}: {str(e).removeprefix(str(path) + ': ')}") from None
             except InvalidDicomError:
                 raise (
                     Corrupt(f"{path}: corrupt DICOM") if candidate else UnsupportedFormat(f"{path}: not DICOM")

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MedGemmaError, UnsupportedFormat
+from .engine import META_KEEP
 from .profile import Options, is_curve_group, is_overlay_group, table
 from .read import read_checked
-
-META_ALLOWED = {0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
 
 
 def _empty(elem) -> bool:
@@ -49,7 +48,7 @@ def findings(ds) -> list[str]:
     _check(ds, opts, claimed, "", out, top=True, sop_class=str(ds.get("SOPClassUID", "") or ""))
     meta = getattr(ds, "file_meta", None)
     for elem in meta or []:
-        if int(elem.tag) not in META_ALLOWED and not _empty(elem):
+        if int(elem.tag) not in META_KEEP and not _empty(elem):
             out.append(_name(elem, "FileMeta."))
     return out
 
@@ -76,7 +75,7 @@ def _check(ds, opts: Options, claimed: bool, path: str, out: list[str], top: boo
         action = row.action(opts, tab.type_of(sop_class, tag) if top else None)
         bad = False
         if action in ("X", "Z"):
-            bad = not _empty(elem) if elem.VR != "SQ" else not _empty(elem)
+            bad = not _empty(elem)
         elif action in ("D", "U", "C") and not claimed:
             bad = not _empty(elem)
         if bad:

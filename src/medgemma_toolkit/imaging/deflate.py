@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import BinaryIO
 
 from ..errors import BadInput, ImageTooLarge
 
@@ -19,7 +20,7 @@ HEADER_BYTES = 4 * 1024**2  # the inflated header (everything before the pixel d
 SLACK_BYTES = 1024**2  # elements after the pixel data (padding, digital signatures) may add at most this
 BYTES_PER_PIXEL_CAP = 8  # a frame at the pixel limit: 3 samples x 16 bits fits; whole files beyond it are refused
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
 def meta_end_and_syntax(data: bytes) -> tuple[int, str]:
@@ -49,6 +50,19 @@ def meta_end_and_syntax(data: bytes) -> tuple[int, str]:
 def is_deflated(head: bytes) -> bool:
     """Whether a file starting with `head` (its first few KiB suffice) is in the deflated transfer syntax."""
     return meta_end_and_syntax(head)[1] == DEFLATED
+
+
+def dcmread_file(f: BinaryIO, name: str, max_pixels: int, part10: bool):
+    """`pydicom.dcmread` of an open file from its start, except that a deflated Part 10 dataset is inflated under
+    `read_deflated`'s bound instead of whole. pydicom's own errors pass through; a bomb is `ImageTooLarge`."""
+    import pydicom
+
+    f.seek(0)
+    if part10 and is_deflated(f.read(64 * 1024)):
+        f.seek(0)
+        return read_deflated(f.read(), name, max_pixels)
+    f.seek(0)
+    return pydicom.dcmread(f, force=not part10)
 
 
 def _declared_pixel_bytes(header, name: str, max_pixels: int) -> int:
@@ -86,7 +100,7 @@ def read_deflated(data: bytes, name: str, max_pixels: int):
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         head = inflater.decompress(data[start:], HEADER_BYTES)
         if not inflater.eof:
-            header = read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, *_: int(tag) in _PIXEL_TAGS)
+            header = read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, *_: int(tag) in PIXEL_TAGS)
             limit = HEADER_BYTES + _declared_pixel_bytes(header, name, max_pixels) + SLACK_BYTES
             rest = inflater.decompress(inflater.unconsumed_tail, limit - len(head) + 1)
             if len(head) + len(rest) > limit or not inflater.eof:

@@ -77,7 +77,7 @@ def load_image(path: str | os.PathLike[str], options: ImageOptions = ImageOption
 def _read_2d_file(source: str, options: ImageOptions, size: int) -> list[Part]:
     data = read_file_bytes(source)
     if looks_like_dicom(data):
-        ds = read_dataset(data, source)
+        ds = read_dataset(data, source, options.max_pixels)
         return [ImagePart(to_model_image(dicom_to_rgb(ds, source, options), size), info=dicom_info(source, ds))]
     return [ImagePart(to_model_image(decode_image_bytes(data, source, options), size))]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
 from .codestreams import check_frame, quiet_decoders
-from .deflate import is_deflated, read_deflated
+from .deflate import dcmread_file
 from .dicom import quiet_pydicom
 from .options import DEFAULT_MAX_PIXELS
 
@@ -110,20 +110,14 @@ def series_files(source: str) -> list[Path] | None:
 
 def read_instance(path: Path):
     """Parse one DICOM file; anything unparseable becomes a one-line error naming the file."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     quiet_pydicom()
     try:
         with open(path, "rb") as f:
             head = f.read(132)
-            f.seek(0)
             part10 = len(head) >= 132 and head[128:132] == b"DICM"
-            if part10 and is_deflated(f.read(65536)):  # inflated under a bound, never whole
-                f.seek(0)
-                return read_deflated(f.read(), str(path), DEFAULT_MAX_PIXELS)
-            f.seek(0)
-            ds = pydicom.dcmread(f, force=not part10)
+            ds = dcmread_file(f, str(path), DEFAULT_MAX_PIXELS, part10)  # a deflated one under a bound, never whole
             # Without the Part 10 preamble pydicom parses almost any bytes; a real image names its SOP class.
             if not part10 and "SOPClassUID" not in ds and "Rows" not in ds:
                 raise InvalidDicomError

@@ -249,10 +249,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                     "model_not_found",
                     "model",
                 )
-            if has_images(body):
-                async with decoders:
-                    conv = await run_in_threadpool(to_generation_request, mg, body, config)
-            else:
+            async with decoders if has_images(body) else contextlib.nullcontext():  # image decoding is admitted
                 conv = await run_in_threadpool(to_generation_request, mg, body, config)
             if config.log_prompts:  # operator opt-in; never images or DICOM headers
                 log.info(
