@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medgemma_toolkit.errors import BadInput
+from medgemma_toolkit.prompts.mcq import get_mcq_protocol
 from medgemma_toolkit.train import checkpoints as ck
 from medgemma_toolkit.train.logs import plot_curve, read_log, truncate_log
 from medgemma_toolkit.train.recipe import RECIPES, get_recipe
@@ -115,7 +116,8 @@ def test_final_answer_reward_on_crafted_completions():
     assert rewards == [1.2, 0.2, 1.2, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert parse_final("x\nFinal Answer: c", "ABC") == "C"
     q = MCQ("Which?", (("A", "heart"), ("B", "lung")), "A")
-    assert q.prompt().startswith("Which?\n(A) heart\n(B) lung\n") and "Final Answer: X" in q.prompt()
+    prompt = get_mcq_protocol("toolkit").user_text(q.question, list(q.options))  # what rl sends with --recipe toolkit
+    assert prompt.startswith("Which?\n(A) heart\n(B) lung\n") and "Final Answer: X" in prompt
 
 
 # -- loss log, curve, recipes ----------------------------------------------------------------------------------

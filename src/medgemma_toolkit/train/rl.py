@@ -13,6 +13,7 @@ each one; atomic checkpoints, `--resume`, loss/reward log and provenance work ex
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,6 @@ from .provenance import write_provenance
 from .recipe import get_recipe
 from .run import atomic_trainer, finish, open_run_dir, recorded_settings, train
 
-INSTRUCTION = (
-    'Think step by step if needed, then finish with a line of the form "Final Answer: X" where X is the letter.'
-)
 _FINAL = re.compile(r"final answer\s*:\s*\(?([A-Z])\)?\s*\.?\s*$", re.IGNORECASE)
 _ANY_FINAL = re.compile(r"final answer\s*:", re.IGNORECASE)
 
@@ -143,10 +141,6 @@ class MCQ:
     options: tuple[tuple[str, str], ...]  # (letter, text)
     answer: str  # letter
 
-    def prompt(self) -> str:
-        opts = "\n".join(f"({k}) {v}" for k, v in self.options)
-        return f"{self.question}\n{opts}\n{INSTRUCTION}"
-
 
 def completion_text(c: Any) -> str:
     """TRL passes plain strings, or chat lists [{"role": "assistant", "content": ...}] for conversational data."""
@@ -238,6 +232,13 @@ class RLSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# A recipe's reward names both what provenance records and the function TRL calls: one entry, never mixed.
+REWARDS: dict[str, tuple[RewardSpec, Callable[..., list[float]]]] = {
+    "google-rl": (GOOGLE_REWARD, google_rl_reward),
+    "toolkit": (REWARD, final_answer_reward),
+}
+
+
 def run_rl(s: RLSettings) -> dict[str, Any]:
     from . import require_train_dependencies
 
@@ -306,7 +307,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
         warmup_ratio=rr.warmup_ratio,
         gradient_checkpointing=rr.gradient_checkpointing,
     )
-    reward_spec = GOOGLE_REWARD if rr.reward == "google-rl" else REWARD
+    reward_spec, reward_fn = lookup(REWARDS, rr.reward, "RL reward")
     protocol = get_mcq_protocol(rr.prompt)
     fit = check_fits(resolved.path, dev, str(dtype).replace("torch.", ""), "lora")
     run.mkdir(parents=True, exist_ok=True)
@@ -363,7 +364,6 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
         gradient_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,
     )
-    reward_fn = google_rl_reward if rr.reward == "google-rl" else final_answer_reward
 
     trainer = atomic_trainer(GRPOTrainer)(
         model=model,
