@@ -67,6 +67,12 @@ def physical_cores() -> int:
     return max(1, min(physical, -(-allowed // per_core)))
 
 
+def _image_slot(image: str) -> str:
+    """Where an image goes in the prompt text. The HF processor puts a blank line on each side of an image; so do
+    we, so both backends see one prompt (and `count_prompt_tokens` counts what `_eval_multimodal` sends)."""
+    return f"\n\n{image}\n\n"
+
+
 class LlamaCppBackend(Backend):
     """One `llama_cpp.Llama` (plus an mtmd context for images); `generate` serves requests in order."""
 
@@ -197,7 +203,8 @@ class LlamaCppBackend(Backend):
         text = self.render(prompt)
         n_images = len(prompt.all_images())
         if n_images:
-            text = text.replace(IMAGE_PLACEHOLDER, f"\n\n{IMAGE_PLACEHOLDER}<end_of_image>\n\n")
+            # libmtmd turns its marker into <start_of_image>, the soft tokens and <end_of_image>
+            text = text.replace(IMAGE_PLACEHOLDER, _image_slot(f"{IMAGE_PLACEHOLDER}<end_of_image>"))
         n = len(self.llama.tokenize(text.encode("utf-8"), add_bos=prompt.is_completion, special=True))
         return n + n_images * int(self.info.tokens_per_image or 0)
 
@@ -263,8 +270,7 @@ class LlamaCppBackend(Backend):
         """Tokenize text+images with libmtmd and evaluate them; returns the prompt as `generate` expects it."""
         m = self._mtmd_cpp
         marker = m.mtmd_default_marker().decode("utf-8")
-        # The HF processor puts a blank line on each side of an image; do the same so both backends see one prompt.
-        text = text.replace(IMAGE_PLACEHOLDER, f"\n\n{marker}\n\n")
+        text = text.replace(IMAGE_PLACEHOLDER, _image_slot(marker))
         bitmaps = []
         chunks = None
         llama = self.llama
