@@ -17,7 +17,11 @@ def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import t
         from . import api
 
         return getattr(api, name)
+    if name == "MedSigLIP":
+        from .embed import MedSigLIP
+
+        return MedSigLIP
     raise AttributeError(name)
 
 
-__all__ = ["MedGemma", "Answer", "Query", "__version__"]
+__all__ = ["MedGemma", "MedSigLIP", "Answer", "Query", "__version__"]

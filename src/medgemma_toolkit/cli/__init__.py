@@ -28,6 +28,7 @@ app = typer.Typer(
 from . import run as _run  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import imaging as _imaging  # noqa: E402,F401
+from . import embed as _embed  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 # isort: on

@@ -87,8 +87,15 @@ def load_parts(
 ) -> list[Part]:
     """Model-ready parts for one user-given image source."""
     src = str(source)
+    parts = load_rich_parts(src, options, size)
+    return parts if parts is not None else with_source(_read_2d_file(src, options, size), src)
+
+
+def load_rich_parts(source: str, options: ImageOptions, size: int) -> list[Part] | None:
+    """Parts from the registered readers (series, slides, DICOMweb), or None for a plain 2D file, which callers
+    with their own resizing (MedSigLIP's) then decode at its original size."""
     for reader in _READERS:
-        parts = reader(src, options, size)
+        parts = reader(source, options, size)
         if parts is not None:
-            return with_source(parts, src)
-    return with_source(_read_2d_file(src, options, size), src)
+            return with_source(parts, source)
+    return None

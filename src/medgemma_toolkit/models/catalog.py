@@ -55,4 +55,7 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             f"{r['path']} ({r['source']})" if r["present"] else "not found",
         )
     Console(width=200).print(t)
-    print("Images: 896x896 -> 256 tokens. Get weights: see `medgemma ask --model NAME` for instructions.")
+    print(
+        "MedGemma images: 896x896 -> 256 tokens; MedSigLIP (embedding): 448x448, use `medgemma embed`. "
+        "Get weights: see `medgemma ask --model NAME` for instructions."
+    )

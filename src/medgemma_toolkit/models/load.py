@@ -10,6 +10,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.registry import backend_class
 from ..backends.torch_setup import LoadOptions
+from ..errors import CapabilityError
 from .checkpoint import ModelHint, variant_from_card
 from .resolve import ResolvedModel, resolve_model
 from .variants import find_variant
@@ -56,6 +57,11 @@ def load_backend(
         resolved = remote_model(model)  # the upstream holds the weights: nothing to find on disk
     else:
         resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, allow_download=allow_download)
+    if resolved.variant is not None and resolved.variant.modality == "embedding":
+        raise CapabilityError(
+            f"{resolved.name} is an embedding model (MedSigLIP), not a generative one: use `medgemma embed`, "
+            f"`classify` or `probe` (Python: MedSigLIP.load)"
+        )
     name = choose_backend(resolved, backend)
     cls = backend_class(name)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Modality = Literal["image+text", "text"]
+Modality = Literal["image+text", "text", "embedding"]  # embedding: MedSigLIP (`medgemma embed`)
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ VARIANTS: tuple[Variant, ...] = (
         "medgemma-1.5",
         generation="1.5",
     ),
+    # MedSigLIP: SigLIP image + text towers (~0.4B each), 448 px, 64 text tokens, 1152-d embeddings.
+    Variant("medsiglip-448", "google/medsiglip-448", "embedding", False, False, 0.88, "", 448, None),
 )
 
 BY_NAME = {v.name: v for v in VARIANTS}
