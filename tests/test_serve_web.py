@@ -1,6 +1,7 @@
 """The web page at `/` in headless Chromium (the Debian `chromium` package, driven by Playwright; no browser
 download): enter the key, upload a PNG, see the preprocessed image, ask, watch the answer stream in, with the
-thought in its own collapsible block. The server runs the scripted tiny checkpoint, whose greedy output is a
+thought in its own collapsible block, on the real model path. The reading-workstation features (series, windows,
+history, Markdown, Stop, boxes, contrast) are tested in tests/test_serve_workstation.py. The server runs the scripted tiny checkpoint, whose greedy output is a
 known thought + answer, so the page's split can be checked exactly (the API-level split is checked here too)."""
 
 from __future__ import annotations
@@ -64,31 +65,36 @@ def test_page_upload_ask_stream(web_server, page, tmp_path):
     # The key field is cleared: the key lives in a script variable only.
     assert page.input_value("#api-key") == ""
 
-    page.set_input_files("#file", str(png))
-    page.wait_for_selector("#preview-figure:not([hidden])")
-    assert page.text_content("#preview-size") == "64 x 64 px"  # the tiny model's input size, padded square
-    src = page.get_attribute("#preview", "src")
+    page.set_input_files("#files-current", str(png))
+    shown_img = page.locator(".viewer[data-slot=current] .model-input")
+    expect(shown_img).to_have_count(1)
+    expect(page.locator(".viewer[data-slot=current] figcaption")).to_contain_text("64 x 64 px")
+    src = shown_img.get_attribute("src")
     shown = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
-    assert shown.size == (64, 64)
+    assert shown.size == (64, 64)  # the tiny model's input size, padded square
     assert shown.getpixel((0, 0)) == (0, 0, 0) and shown.getpixel((32, 32)) == (180, 180, 180)  # padding + image
 
     # A DICOM file shows its preprocessed image too (the browser itself cannot display DICOM).
     import pydicom
 
-    page.set_input_files("#file", pydicom.data.get_testdata_file("CT_small.dcm"))
-    expect(page.locator("#preview")).not_to_have_attribute("src", src)
-    expect(page.locator("#status")).to_have_text("Image ready.")
-    page.set_input_files("#file", str(png))
-    expect(page.locator("#preview")).to_have_attribute("src", src)  # back to the PNG, same pixels as before
+    page.click(".viewer[data-slot=current] figcaption button")  # Remove
+    expect(shown_img).to_have_count(0)
+    page.set_input_files("#files-current", pydicom.data.get_testdata_file("CT_small.dcm"))
+    expect(shown_img).to_have_count(1)
+    expect(shown_img).not_to_have_attribute("src", src)
+    expect(page.locator("#status")).to_have_text("Images ready: 1 model image.")
+    page.click(".viewer[data-slot=current] figcaption button")
+    page.set_input_files("#files-current", str(png))
+    expect(shown_img).to_have_attribute("src", src)  # back to the PNG, same pixels as before
 
     page.fill("#question", "Describe this image.")
     page.fill("#max-tokens", "40")
     page.check("#think")
     page.click("#ask")
-    expect(page.locator("#status")).to_contain_text("generated tokens", timeout=120_000)
-    answer = page.text_content("#answer")
-    status = page.text_content("#status")
-    assert status.startswith("Done (")
+    expect(page.locator("#status")).to_have_text("Done.", timeout=120_000)
+    answer = page.text_content(".turn.assistant .answer")
+    meta = page.text_content(".turn.assistant .meta")
+    assert " prompt + " in meta and " generated tokens" in meta and meta.endswith("finish: stop")
     assert stream_chunks and stream_chunks[0].headers["content-type"].startswith("text/event-stream")
     assert answer == "Cardiomegaly."
     # What the page shows is the concatenation of several streamed deltas, not one block.
@@ -97,10 +103,11 @@ def test_page_upload_ask_stream(web_server, page, tmp_path):
     deltas = [c["delta"]["content"] for e in events for c in e["choices"] if c["delta"].get("content")]
     assert len(deltas) >= 2 and "".join(deltas) == answer
     # The thought is in its collapsible block (closed until clicked), never in the answer.
-    expect(page.locator("#thought-block")).to_be_visible()
-    assert page.get_attribute("#thought-block", "open") is None
-    page.click("#thought-block summary")
-    expect(page.locator("#thought")).to_have_text("The heart is large.")
+    block = page.locator(".turn.assistant .thought")
+    expect(block).to_be_visible()
+    assert block.get_attribute("open") is None
+    block.locator("summary").click()
+    expect(block.locator("pre")).to_have_text("The heart is large.")
 
 
 def test_page_without_key_says_so(web_server, page):

@@ -237,6 +237,20 @@ def load_series_parts(
     return instances_parts([(str(f), read_instance(Path(f))) for f in files], options, size, "series")
 
 
+def load_series_bytes(
+    items: list[tuple[str, bytes]], options: ImageOptions = ImageOptions(), size: int = DEFAULT_IMAGE_SIZE
+) -> list[Part]:
+    """Parts for DICOM files given as (name, bytes), e.g. a series uploaded through the server: the same path as
+    a series folder (`instances_parts`), each file parsed under the pixel limit."""
+    from .dicom import read_dataset
+
+    if len(items) > MAX_SERIES_FILES:
+        raise BadInput(f"{len(items):,} files given; at most {MAX_SERIES_FILES:,} per series")
+    if not items:
+        raise BadInput("no DICOM files given")
+    return instances_parts([(n, read_dataset(d, n, options.max_pixels)) for n, d in items], options, size, "series")
+
+
 def read_series_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:
     """`load_parts` reader for a series directory or a glob of DICOM files (None for anything else)."""
     files = series_files(source)

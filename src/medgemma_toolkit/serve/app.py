@@ -33,6 +33,7 @@ from .errors import APIError, from_exception, install_error_handlers
 from .images import ImageResolver
 from .metrics import Metrics
 from .middleware import PAGE_HEADERS, ServeMiddleware
+from .model_input import model_input_router
 from .responses import StreamState, completion_body, delta_chunk, final_chunks, sse
 from .schemas import ChatCompletionRequest, ImageContent, PreviewRequest, parse_body
 
@@ -232,6 +233,8 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                 return await run_in_threadpool(render)
         finally:
             admission.leave()
+
+    app.include_router(model_input_router(mg, config, admission, decoders, read_json, busy))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

@@ -68,7 +68,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
             400, f"messages: the last message must be from the user, not {last.role!r}", "invalid_value", "messages"
         )
     opts = body.medgemma
-    resolver = ImageResolver(config, mg.image_size, opts.window if opts else None)
+    resolver = ImageResolver(config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None)
     system_texts: list[str] = []
     history: list[Message] = []
     for m in earlier:

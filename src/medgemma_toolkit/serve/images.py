@@ -2,7 +2,8 @@
 
 `data:` URIs (PNG, JPEG, DICOM as `application/dicom`) are always accepted. http(s) URLs only from hosts the
 operator allow-listed (off by default: a server that fetches arbitrary URLs can be turned against the network it
-sits in). Local paths (`file://` or bare) only under the operator's `image_root`, and then through
+sits in). A `data:application/zip` URI is a DICOM series (the files of one series, as the web page uploads a
+dropped folder), read like a series folder. Local paths (`file://` or bare) only under the operator's `image_root`, and then through
 `imaging.load_parts`, so every source kind the imaging layer knows (DICOM series folders, ...) works there too.
 DICOMweb references (`dicomweb://`, `dicomweb+http://`, or http(s) URLs with `/studies/`) go to the imaging
 layer's DICOMweb reader, under the same host allow-list; its credentials come from the server's environment.
@@ -22,9 +23,11 @@ from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
 from ..imaging.series import series_files
+from ..imaging.volume import load_series_bytes
 from ..prompts.messages import ImagePart, Part
 from .config import ServeConfig
 from .errors import APIError
+from .uploads import unzip_series
 
 DATA_MIME = {
     "image/png": ".png",
@@ -36,6 +39,7 @@ DATA_MIME = {
     "application/dicom": ".dcm",
     "image/dicom": ".dcm",
     "application/octet-stream": "",
+    "application/zip": ".zip",  # a DICOM series, one file per instance (`serve/uploads.py`)
 }
 
 
@@ -64,12 +68,14 @@ def decode_data_uri(url: str, label: str) -> tuple[bytes, str]:
 class ImageResolver:
     """Turns one request's image URLs into parts; counts images against the per-request limit."""
 
-    def __init__(self, config: ServeConfig, size: int, window=None) -> None:
+    def __init__(self, config: ServeConfig, size: int, window=None, ct_windows: str | None = None) -> None:
         self.config = config
         self.size = size
         # One budget for all of this request's images: declared pixels and decoding CPU, charged before each decode.
         budget = DecodeBudget(config.max_request_pixels, config.decode_budget_s)
-        self.options = ImageOptions(window=window, max_pixels=config.max_pixels, budget=budget)
+        self.options = ImageOptions(
+            window=window, max_pixels=config.max_pixels, budget=budget, ct_windows=ct_windows or "notebook"
+        )
         self.count = 0  # images so far (a series counts each slice)
         self.urls = 0
 
@@ -104,7 +110,11 @@ class ImageResolver:
             return self._dicomweb(url, label)
         if scheme == "data":
             data, name = decode_data_uri(url, label)
-            return [ImagePart(to_model_image(decode_image_bytes(data, name, self.options), self.size))]
+            if name.endswith(".zip"):
+                return self._series(data, label)
+            img = decode_image_bytes(data, name, self.options)
+            # The decoded size lets clients map boxes given in original pixels onto the padded square.
+            return [ImagePart(to_model_image(img, self.size), info={"original_size": list(img.size)})]
         if scheme in ("http", "https"):
             data = self._fetch(url, label)
             return [ImagePart(to_model_image(decode_image_bytes(data, label, self.options), self.size))]
@@ -141,6 +151,16 @@ class ImageResolver:
             # imaging names files by their paths: show the client only the path it gave, never a file inside it
             msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
             raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+
+    def _series(self, data: bytes, label: str) -> list[Part]:
+        """An uploaded series (a ZIP of its DICOM files), through the same imaging path as a series folder."""
+        items = unzip_series(data, label, self.config.max_body_bytes)
+        if self.count + min(len(items), self.options.max_slices) > self.config.max_images:
+            raise self._too_many()
+        try:
+            return load_series_bytes(items, self.options, self.size)
+        except BadInput as e:
+            raise APIError(e.http_status, f"{label}: {e}", "invalid_image") from None
 
     def _check_folder(self, path: Path, base: Path, label: str) -> None:
         """Before anything decodes: a folder (series, slide) must not link outside the root, and the images it

@@ -56,6 +56,7 @@ class MedGemmaOptions(_Strict):
 
     think: bool = False
     window: tuple[float, float] | Literal["voi", "file", "full"] | None = None  # DICOM window; None: the file's own
+    ct_windows: Literal["notebook", "server"] | None = None  # CT volumes' RGB window preset; None: "notebook"
 
 
 class ChatCompletionRequest(BaseModel):

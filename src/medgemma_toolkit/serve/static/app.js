@@ -1,17 +1,25 @@
-// The MedGemma web page: plain JS talking to this server's own OpenAI-compatible API.
-// The API key lives in a variable only (never localStorage or cookies), so it is gone when the tab closes.
-"use strict";
+// The MedGemma reading page: plain ES modules talking to this server's own API (no build step, nothing fetched
+// from elsewhere). The API key lives in a variable only (never localStorage or cookies), gone when the tab closes.
+// Images are rendered by the server (/v1/medgemma/model-input) with the same code and options a chat request uses,
+// so what the panes show is what the model receives.
 
-let apiKey = "";
-let modelId = null;
-let imageDataUri = null;
-let controller = null;
+import { renderMarkdown } from "./markdown.js";
+import { renderStudy } from "./viewer.js";
+import { zipStored } from "./zip.js";
 
 const $ = (id) => document.getElementById(id);
+const state = {
+  apiKey: "",
+  modelId: null,
+  studies: { prior: { sources: [] }, current: { sources: [] } },
+  messages: [], // the conversation sent so far (OpenAI messages)
+  imagesSent: false,
+  controller: null,
+};
 
 function headers() {
   const h = { "Content-Type": "application/json" };
-  if (apiKey) h["Authorization"] = "Bearer " + apiKey;
+  if (state.apiKey) h["Authorization"] = "Bearer " + state.apiKey;
   return h;
 }
 
@@ -30,135 +38,306 @@ async function errorText(resp) {
 }
 
 async function connect() {
-  apiKey = $("api-key").value.trim();
+  state.apiKey = $("api-key").value.trim();
   $("api-key").value = "";
   const resp = await fetch("/v1/models", { headers: headers() });
   if (!resp.ok) {
-    modelId = null;
+    state.modelId = null;
     $("model-name").textContent = "not connected";
     setStatus(resp.status === 401 ? "This server needs an API key: enter it above." : await errorText(resp), true);
     return false;
   }
   const body = await resp.json();
-  modelId = body.data[0].id;
-  $("model-name").textContent = modelId;
+  state.modelId = body.data[0].id;
+  $("model-name").textContent = state.modelId;
   setStatus("Connected.", false);
   return true;
 }
 
-function toBase64(buffer) {
-  const bytes = new Uint8Array(buffer);
+// ---- files -> sources ------------------------------------------------------------------------------------
+
+function toBase64(bytes) {
   let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  }
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
   return btoa(binary);
 }
 
-function mimeOf(file, bytes) {
-  const isDicom = bytes.length > 132 && String.fromCharCode(...bytes.subarray(128, 132)) === "DICM";
-  if (isDicom || /\.(dcm|dicom)$/i.test(file.name)) return "application/dicom";
+function isDicom(name, bytes) {
+  const preamble = bytes.length > 132 && String.fromCharCode(...bytes.subarray(128, 132)) === "DICM";
+  return preamble || /\.(dcm|dicom)$/i.test(name);
+}
+
+function rasterType(file) {
   if (file.type === "image/png" || file.type === "image/jpeg") return file.type;
-  return /\.png$/i.test(file.name) ? "image/png" : "image/jpeg";
+  if (/\.png$/i.test(file.name)) return "image/png";
+  if (/\.jpe?g$/i.test(file.name)) return "image/jpeg";
+  return null;
 }
 
-async function onFile() {
-  const file = $("file").files[0];
-  if (!file) return;
-  if (!modelId && !(await connect())) return;
-  const buffer = await file.arrayBuffer();
-  imageDataUri = "data:" + mimeOf(file, new Uint8Array(buffer)) + ";base64," + toBase64(buffer);
-  setStatus("Preparing the image...", false);
-  const resp = await fetch("/v1/medgemma/preview", {
-    method: "POST", headers: headers(), body: JSON.stringify({ image_url: { url: imageDataUri } }),
+// Several DICOM files become ONE series source (a stored ZIP); each PNG/JPEG is its own image.
+async function toSources(files) {
+  const dicoms = [];
+  const sources = [];
+  let skipped = 0;
+  for (const file of files) {
+    const base = file.name.split("/").pop();
+    if (base.startsWith(".") || base.toUpperCase() === "DICOMDIR") continue;
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    if (isDicom(file.name, bytes)) dicoms.push({ name: file.name, bytes });
+    else if (rasterType(file)) {
+      sources.push({ name: file.name, kind: "image", dataUri: "data:" + rasterType(file) + ";base64," + toBase64(bytes) });
+    } else skipped++;
+  }
+  if (dicoms.length === 1) {
+    sources.unshift({ name: dicoms[0].name, kind: "dicom", dataUri: "data:application/dicom;base64," + toBase64(dicoms[0].bytes) });
+  } else if (dicoms.length > 1) {
+    dicoms.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+    sources.unshift({
+      name: "series of " + dicoms.length + " DICOM files",
+      kind: "series",
+      files: dicoms.map((d) => d.name),
+      dataUri: "data:application/zip;base64," + toBase64(zipStored(dicoms)),
+    });
+  }
+  return { sources, skipped };
+}
+
+// Files of a drop, folders walked recursively (DataTransferItem.webkitGetAsEntry).
+async function droppedFiles(dataTransfer) {
+  const entries = [...dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  if (!entries.length) return [...dataTransfer.files];
+  const out = [];
+  async function walk(entry, prefix) {
+    if (entry.isFile) {
+      const file = await new Promise((ok, fail) => entry.file(ok, fail));
+      out.push(new File([file], prefix + file.name, { type: file.type }));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+        if (!batch.length) break;
+        for (const e of batch) await walk(e, prefix + entry.name + "/");
+      }
+    }
+  }
+  for (const e of entries) await walk(e, "");
+  return out;
+}
+
+function windowOptions() {
+  const preset = $("window-preset").value;
+  const opts = { ct_windows: $("ct-windows").value };
+  if (preset === "full" || preset === "voi") opts.window = preset;
+  else if (preset === "custom") opts.window = [parseFloat($("window-center").value), parseFloat($("window-width").value)];
+  else if (preset) opts.window = preset.split(",").map(Number);
+  return opts;
+}
+
+async function fetchModelInput(source) {
+  const resp = await fetch("/v1/medgemma/model-input", {
+    method: "POST", headers: headers(), body: JSON.stringify({ image_url: { url: source.dataUri }, ...windowOptions() }),
   });
-  if (!resp.ok) {
-    imageDataUri = null;
-    $("preview-figure").hidden = true;
-    setStatus(await errorText(resp), true);
-    return;
+  if (!resp.ok) throw new Error(source.name + ": " + (await errorText(resp)));
+  source.input = await resp.json();
+}
+
+function render() {
+  for (const slot of ["prior", "current"]) {
+    const study = state.studies[slot];
+    renderStudy(document.querySelector(`.viewer[data-slot="${slot}"]`), study, (k) => {
+      study.sources.splice(k, 1);
+      imagesChanged();
+    });
   }
-  const body = await resp.json();
-  $("preview").src = body.image;
-  $("preview-size").textContent = body.width + " x " + body.height + " px";
-  showManifest(body.images || []);
-  $("preview-figure").hidden = false;
-  $("clear-image").hidden = false;
-  setStatus("Image ready.", false);
+  const all = [...state.studies.prior.sources, ...state.studies.current.sources];
+  $("window-controls").disabled = !all.some((s) => s.kind !== "image");
+  $("window-center").disabled = $("window-width").disabled = $("window-preset").value !== "custom";
 }
 
-// The images the model receives, in order: "SLICE n" with its InstanceNumber, or a slide patch's coordinates.
-function showManifest(images) {
-  const list = $("preview-list");
-  list.replaceChildren();
-  for (const e of images) {
-    const bits = [];
-    if (e.label) bits.push(e.label);
-    if (e.instance_number !== null && e.instance_number !== undefined) bits.push("instance " + e.instance_number);
-    if (e.patch) bits.push("patch x=" + e.patch[0] + " y=" + e.patch[1] + " level " + e.patch[2]);
-    const li = document.createElement("li");
-    li.textContent = bits.join(", ") || "image";
-    list.appendChild(li);
+function imagesChanged() {
+  render();
+  if (state.messages.length) {
+    resetConversation();
+    setStatus("The images changed: a new conversation starts.", false);
   }
-  list.hidden = images.length < 2 && !(images[0] && (images[0].label || images[0].patch));
 }
 
-function clearImage() {
-  imageDataUri = null;
-  $("file").value = "";
-  $("preview-figure").hidden = true;
-  $("clear-image").hidden = true;
+async function addFiles(slot, files) {
+  if (!state.modelId && !(await connect())) return;
+  setStatus("Preparing the images...", false);
+  try {
+    const { sources, skipped } = await toSources(files);
+    if (!sources.length) throw new Error("no PNG, JPEG or DICOM files among those given");
+    for (const s of sources) await fetchModelInput(s);
+    state.studies[slot].sources.push(...sources);
+    imagesChanged();
+    const n = sources.reduce((k, s) => k + s.input.images.length, 0);
+    setStatus("Images ready: " + n + " model image" + (n === 1 ? "" : "s") + (skipped ? " (" + skipped + " other files skipped)" : "") + ".", false);
+  } catch (e) {
+    setStatus(e.message, true);
+  }
 }
 
-function handleEvent(data) {
+async function rewindow() {
+  render();
+  const all = [...state.studies.prior.sources, ...state.studies.current.sources].filter((s) => s.kind !== "image");
+  if (!all.length) return;
+  setStatus("Applying the window...", false);
+  try {
+    for (const s of all) await fetchModelInput(s);
+    render();
+    setStatus("Window applied: the panes show the new model input.", false);
+    if (state.messages.length) {
+      resetConversation();
+      setStatus("Window applied; the images changed, so a new conversation starts.", false);
+    }
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function setupPane(slot) {
+  const zone = document.querySelector(`.dropzone[data-slot="${slot}"]`);
+  const files = Object.assign(document.createElement("input"), { type: "file", multiple: true, id: "files-" + slot,
+    accept: ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom" });
+  const folder = Object.assign(document.createElement("input"), { type: "file", id: "folder-" + slot });
+  folder.webkitdirectory = true;
+  for (const input of [files, folder]) {
+    input.hidden = true;
+    input.addEventListener("change", () => {
+      addFiles(slot, [...input.files].map((f) => (f.webkitRelativePath ? new File([f], f.webkitRelativePath, { type: f.type }) : f)));
+      input.value = "";
+    });
+  }
+  const pickFiles = Object.assign(document.createElement("button"), { type: "button", textContent: "Choose files" });
+  const pickFolder = Object.assign(document.createElement("button"), { type: "button", textContent: "Choose folder", className: "secondary" });
+  pickFiles.addEventListener("click", () => files.click());
+  pickFolder.addEventListener("click", () => folder.click());
+  zone.append(Object.assign(document.createElement("span"), { textContent: "Drop files or a folder here, or " }), pickFiles, " ", pickFolder, files, folder);
+  zone.addEventListener("dragover", (ev) => {
+    ev.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", async (ev) => {
+    ev.preventDefault();
+    zone.classList.remove("over");
+    addFiles(slot, await droppedFiles(ev.dataTransfer));
+  });
+}
+
+// ---- conversation ----------------------------------------------------------------------------------------
+
+function resetConversation() {
+  state.messages = [];
+  state.imagesSent = false;
+  $("turns").replaceChildren();
+}
+
+function imageParts() {
+  // Prior first, then current: the order of Google's longitudinal notebook.
+  const sources = [...state.studies.prior.sources, ...state.studies.current.sources];
+  return sources.map((s) => ({ type: "image_url", image_url: { url: s.dataUri } }));
+}
+
+function userTurn(text, nImages) {
+  const li = document.createElement("li");
+  li.className = "turn user";
+  const who = Object.assign(document.createElement("p"), { className: "who", textContent: "You" + (nImages ? " (with " + nImages + " image source" + (nImages > 1 ? "s" : "") + ")" : "") });
+  const body = Object.assign(document.createElement("p"), { className: "text", textContent: text });
+  li.append(who, body);
+  $("turns").append(li);
+}
+
+function assistantTurn() {
+  const li = document.createElement("li");
+  li.className = "turn assistant";
+  const who = Object.assign(document.createElement("p"), { className: "who", textContent: "MedGemma" });
+  const thought = document.createElement("details");
+  thought.className = "thought";
+  thought.hidden = true;
+  const thoughtText = document.createElement("pre");
+  thought.append(Object.assign(document.createElement("summary"), { textContent: "Thought" }), thoughtText);
+  const answer = Object.assign(document.createElement("div"), { className: "answer markdown" });
+  const meta = Object.assign(document.createElement("p"), { className: "meta muted" });
+  const copy = Object.assign(document.createElement("button"), { type: "button", className: "secondary small copy", textContent: "Copy answer" });
+  li.append(who, thought, answer, meta, copy);
+  $("turns").append(li);
+  const turn = { li, thought, thoughtText, answer, meta, copy, text: "" };
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(turn.text);
+      copy.textContent = "Copied";
+    } catch (e) {
+      copy.textContent = "Copy failed";
+    }
+    setTimeout(() => (copy.textContent = "Copy answer"), 1500);
+  });
+  return turn;
+}
+
+function statsLine(t) {
+  const secs = (ms) => (ms / 1000).toFixed(2) + " s";
+  const bits = [];
+  if (t.usage) bits.push(t.usage.prompt_tokens + " prompt + " + t.usage.completion_tokens + " generated tokens");
+  if (t.firstAt) bits.push("first token " + secs(t.firstAt - t.sentAt));
+  bits.push(secs(t.doneAt - t.sentAt) + " total");
+  if (t.usage && t.firstAt && t.doneAt > t.firstAt && t.usage.completion_tokens > 1) {
+    bits.push(((t.usage.completion_tokens - 1) / ((t.doneAt - t.firstAt) / 1000)).toFixed(1) + " tokens/s");
+  }
+  if (t.finish) bits.push("finish: " + t.finish);
+  return bits.join(" · ");
+}
+
+function onChunk(turn, data) {
   const chunk = JSON.parse(data);
   if (chunk.error) throw new Error(chunk.error.message);
   for (const choice of chunk.choices || []) {
     const delta = choice.delta || {};
     if (delta.reasoning_content) {
-      $("thought-block").hidden = false;
-      $("thought").textContent += delta.reasoning_content;
+      turn.thought.hidden = false;
+      turn.thoughtText.textContent += delta.reasoning_content;
+      turn.firstAt = turn.firstAt || performance.now();
     }
-    if (delta.content) $("answer").textContent += delta.content;
-    if (choice.finish_reason) setStatus("Done (" + choice.finish_reason + ").", false);
+    if (delta.content) {
+      turn.firstAt = turn.firstAt || performance.now();
+      turn.text += delta.content;
+      turn.answer.replaceChildren(renderMarkdown(turn.text));
+    }
+    if (choice.finish_reason) turn.finish = choice.finish_reason;
   }
-  if (chunk.usage) {
-    setStatus($("status").textContent + " " + chunk.usage.prompt_tokens + " prompt + " +
-      chunk.usage.completion_tokens + " generated tokens.", false);
-  }
+  if (chunk.usage) turn.usage = chunk.usage;
 }
 
 async function ask() {
-  if (!modelId && !(await connect())) return;
+  if (state.controller) return;
+  if (!state.modelId && !(await connect())) return;
   const question = $("question").value.trim();
-  if (!question && !imageDataUri) {
-    setStatus("Type a question (or add an image).", true);
+  if (!question) {
+    setStatus("Type a question.", true);
     return;
   }
   const content = [];
-  if (question) content.push({ type: "text", text: question });
-  if (imageDataUri) content.push({ type: "image_url", image_url: { url: imageDataUri } });
+  const images = state.imagesSent ? [] : imageParts();
+  content.push(...images, { type: "text", text: question });
+  const messages = [...state.messages, { role: "user", content }];
   const request = {
-    model: modelId, stream: true, stream_options: { include_usage: true },
-    messages: [{ role: "user", content: content }],
+    model: state.modelId, stream: true, stream_options: { include_usage: true }, messages,
     max_tokens: parseInt($("max-tokens").value, 10) || 300,
-    medgemma: { think: $("think").checked },
+    medgemma: { think: $("think").checked, ...windowOptions() },
   };
-  $("answer").textContent = "";
-  $("thought").textContent = "";
-  $("thought-block").hidden = true;
+  userTurn(question, images.length);
+  const turn = assistantTurn();
+  $("question").value = "";
   $("ask").disabled = true;
   $("stop").hidden = false;
   setStatus("Generating...", false);
-  controller = new AbortController();
+  state.controller = new AbortController();
+  turn.sentAt = performance.now();
+  let outcome = "error";
   try {
-    const resp = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
-    });
-    if (!resp.ok) {
-      setStatus(await errorText(resp), true);
-      return;
-    }
+    const resp = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(request), signal: state.controller.signal });
+    if (!resp.ok) throw new Error(await errorText(resp));
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -171,26 +350,93 @@ async function ask() {
         const event = buffer.slice(0, sep);
         buffer = buffer.slice(sep + 2);
         for (const line of event.split("\n")) {
-          if (!line.startsWith("data: ")) continue;
-          const data = line.slice(6);
-          if (data !== "[DONE]") handleEvent(data);
+          if (line.startsWith("data: ") && line.slice(6) !== "[DONE]") onChunk(turn, line.slice(6));
         }
       }
     }
+    outcome = "done";
   } catch (e) {
-    setStatus(e.name === "AbortError" ? "Stopped." : "Error: " + e.message, e.name !== "AbortError");
+    outcome = e.name === "AbortError" ? "stopped" : "error";
+    if (outcome === "error") turn.answer.append(Object.assign(document.createElement("p"), { className: "error", textContent: "Error: " + e.message }));
   } finally {
+    turn.doneAt = performance.now();
+    if (outcome === "stopped") turn.finish = "stopped by you";
+    turn.meta.textContent = statsLine(turn);
+    if (outcome !== "error" && turn.text) {
+      // The conversation goes on from what was shown (a stopped answer too, as shown).
+      state.messages = [...messages, { role: "assistant", content: turn.text }];
+      state.imagesSent = true;
+    } else {
+      $("question").value = question;
+    }
+    setStatus(outcome === "done" ? "Done." : outcome === "stopped" ? "Stopped." : "The request failed.", outcome === "error");
     $("ask").disabled = false;
     $("stop").hidden = true;
-    controller = null;
+    state.controller = null;
   }
 }
 
-$("connect").addEventListener("click", connect);
-$("file").addEventListener("change", onFile);
-$("clear-image").addEventListener("click", clearImage);
-$("ask").addEventListener("click", ask);
-$("stop").addEventListener("click", () => controller && controller.abort());
-$("question").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) ask();
+// ---- localisation ----------------------------------------------------------------------------------------
+
+async function localize() {
+  if (!state.modelId && !(await connect())) return;
+  const source = state.studies.current.sources.find((s) => s.kind !== "series");
+  const objects = $("objects").value.split(/[,;\n]/).map((s) => s.trim()).filter(Boolean);
+  if (!source || !objects.length) {
+    setStatus("Add a 2D image to the current pane and name what to locate.", true);
+    return;
+  }
+  setStatus("Locating...", false);
+  const resp = await fetch("/v1/medgemma/localize", { method: "POST", headers: headers(), body: JSON.stringify({ image: source.dataUri, objects }) });
+  if (!resp.ok) {
+    setStatus(await errorText(resp), true);
+    return;
+  }
+  const body = await resp.json();
+  source.boxes = body.boxes || [];
+  render();
+  const missing = (body.unparsed || []).length;
+  setStatus(source.boxes.length + " box" + (source.boxes.length === 1 ? "" : "es") + " drawn" + (missing ? "; " + missing + " part(s) of the answer could not be read" : "") + ".", false);
+}
+
+// ---- wiring ----------------------------------------------------------------------------------------------
+
+setupPane("prior");
+setupPane("current");
+$("key-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  connect();
 });
+$("ask-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  ask();
+});
+$("localize-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  localize();
+});
+$("stop").addEventListener("click", () => state.controller && state.controller.abort());
+$("new-conversation").addEventListener("click", () => {
+  resetConversation();
+  setStatus("New conversation.", false);
+});
+$("question").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
+    ev.preventDefault();
+    ask();
+  }
+});
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && state.controller) state.controller.abort();
+});
+$("compare").addEventListener("change", () => {
+  $("study-prior").hidden = !$("compare").checked;
+  $("current-title").textContent = $("compare").checked ? "Current (sent after the prior)" : "Current";
+  if (!$("compare").checked && state.studies.prior.sources.length) {
+    state.studies.prior.sources = [];
+    imagesChanged();
+  }
+});
+for (const id of ["window-preset", "ct-windows"]) $(id).addEventListener("change", rewindow);
+for (const id of ["window-center", "window-width"]) $(id).addEventListener("change", rewindow);
+render();
