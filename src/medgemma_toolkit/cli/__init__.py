@@ -26,6 +26,7 @@ app = typer.Typer(
 # order of `medgemma --help`.
 # isort: off
 from . import run as _run  # noqa: E402,F401
+from . import localize as _localize  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import imaging as _imaging  # noqa: E402,F401
 from . import embed as _embed  # noqa: E402,F401

@@ -10,13 +10,23 @@ import numpy as np
 from PIL import Image
 
 
+def square_offsets(width: int, height: int) -> tuple[int, int, int]:
+    """(side, left, top): where `pad_to_square` puts a `width` x `height` image on its square canvas.
+
+    The odd pixel of padding goes right/below, as in Google's notebooks (`dh // 2` before, `dh - dh // 2` after);
+    `localize` maps boxes back through the same numbers.
+    """
+    side = max(width, height)
+    return side, (side - width) // 2, (side - height) // 2
+
+
 def pad_to_square(img: Image.Image) -> Image.Image:
     w, h = img.size
     if w == h:
         return img
-    side = max(w, h)
+    side, left, top = square_offsets(w, h)
     canvas = Image.new("RGB", (side, side), (0, 0, 0))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    canvas.paste(img, (left, top))
     return canvas
 
 

@@ -16,6 +16,38 @@ from ..errors import BadInput, lookup
 from .messages import IMAGE_PLACEHOLDER, ImagePart, Message, Part, Prompt, TextPart
 from .thinking import THINK_INSTRUCTION
 
+# Google's notebooks at google-health/medgemma commit 80a1de1e1a306a24b69b7af4009f326bd6bae644 ("Fix notebook
+# formatting", 2026-01-13). The wording is the protocol the model was tuned to, so it is kept verbatim here.
+LOCALIZE_SOURCE = (
+    "google-health/medgemma@80a1de1e1a306a24b69b7af4009f326bd6bae644 "
+    "notebooks/cxr_anatomy_localization_with_hugging_face.ipynb"
+)
+LOCALIZE_TEMPLATE = (
+    "Instructions:\n"
+    "The following user query will require outputting bounding boxes. The format of bounding boxes coordinates is "
+    "[y0, x0, y1, x1] where (y0, x0) must be top-left corner and (y1, x1) the bottom-right corner. This implies "
+    "that x0 < x1 and y0 < y1. Always normalize the x and y coordinates the range [0, 1000], meaning that a "
+    "bounding box starting at 15% of the image width would be associated with an x coordinate of 150. You MUST "
+    "output a single parseable json list of objects enclosed into ```json...``` brackets, for instance "
+    '```json[{"box_2d": [800, 3, 840, 471], "label": "car"}, {"box_2d": [400, 22, 600, 73], "label": "dog"}]``` '
+    "is a valid output. Now answer to the user query.\n"
+    "\n"
+    'Remember "left" refers to the patient\'s left side where the heart is and sometimes underneath an L in the '
+    "upper right corner of the image.\n"
+    "\n"
+    "Query:\n"
+    "Where is the {question}? Don't give a final answer without reasoning. Output the final answer in the format "
+    '"Final Answer: X" where X is a JSON list of objects. The object needs a "box_2d" and "label" key. Answer:'
+)
+LONGITUDINAL_SOURCE = (
+    "google-health/medgemma@80a1de1e1a306a24b69b7af4009f326bd6bae644 "
+    "notebooks/cxr_longitudinal_comparison_with_hugging_face.ipynb"
+)
+LONGITUDINAL_INSTRUCTION = (
+    "Provide a comparison of these two images and include details from\n"
+    "the image which students should take note of when reading longitudinal CXR\n"
+)
+
 
 @dataclass(frozen=True)
 class PromptPreset:
@@ -36,7 +68,18 @@ class PromptPreset:
     volume_layout: bool = False
     volume_instruction: str = ""  # used when the caller gives none (CT/MR slices)
     slide_instruction: str = ""  # the same for a slide's patches
+    # The user's text is put into this template at "{question}" (a task preset whose wording is the protocol,
+    # e.g. Google's localisation instruction block around the object's name); an empty question becomes
+    # `default_question` (e.g. the longitudinal notebook's instruction).
+    question_template: str = "{question}"
+    default_question: str = ""
     references: tuple[str, ...] = field(default_factory=tuple)
+
+    def user_text(self, question: str) -> str:
+        """The user's text as this preset sends it: the template filled, or the default for an empty question."""
+        if not question.strip():
+            return self.default_question or question
+        return self.question_template.replace("{question}", question)
 
     def max_new_tokens(self, has_images: bool, think: bool) -> int:
         if think:
@@ -59,6 +102,7 @@ class PromptPreset:
         """
         media = list(media or [])
         has_images = any(isinstance(p, ImagePart) for p in media)
+        question = self.user_text(question)
         if self.mode == "completion":
             if history:
                 raise BadInput(f"preset {self.name!r} is for base models and has no multi-turn chat")
@@ -165,6 +209,31 @@ PRESETS: dict[str, PromptPreset] = {
             description="Google's fine-tuning notebook's messages: no system prompt, image(s) then the question",
             image_first=True,
             references=("google-health/medgemma notebooks/fine_tune_with_hugging_face.ipynb",),
+        ),
+        PromptPreset(
+            name="cxr-localize",
+            version="1",
+            description="Google's CXR anatomy-localisation notebook: no system prompt, the padded image, then its "
+            "instruction block (boxes [y0, x0, y1, x1] in 0-1000, a ```json list, the patient's-left reminder) "
+            "around the object's name; greedy, 1000 new tokens",
+            image_first=True,
+            max_new_tokens_text=1000,
+            max_new_tokens_image=1000,
+            max_new_tokens_think=2000,
+            question_template=LOCALIZE_TEMPLATE,
+            references=(LOCALIZE_SOURCE,),
+        ),
+        PromptPreset(
+            name="cxr-longitudinal",
+            version="1",
+            description="Google's CXR longitudinal-comparison notebook: no system prompt, the prior image, the "
+            "current image, then the instruction (the notebook's when none is given); greedy, 600 new tokens",
+            image_first=True,
+            max_new_tokens_text=600,
+            max_new_tokens_image=600,
+            max_new_tokens_think=2000,
+            default_question=LONGITUDINAL_INSTRUCTION,
+            references=(LONGITUDINAL_SOURCE,),
         ),
         PromptPreset(
             name="plain",

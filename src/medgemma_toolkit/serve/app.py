@@ -25,17 +25,19 @@ from starlette.concurrency import run_in_threadpool
 
 from ..api import MedGemma
 from ..backends.base import Completion
+from ..localize.run import assemble
 from ..prompts.messages import ImagePart
 from .batcher import Batcher, Job
 from .config import ServeConfig
 from .convert import Converted, to_generation_request
 from .errors import APIError, from_exception, install_error_handlers
 from .images import ImageResolver
+from .localize import plan_localize
 from .metrics import Metrics
 from .middleware import PAGE_HEADERS, ServeMiddleware
 from .model_input import model_input_router
 from .responses import StreamState, completion_body, delta_chunk, final_chunks, sse
-from .schemas import ChatCompletionRequest, ImageContent, PreviewRequest, parse_body
+from .schemas import ChatCompletionRequest, ImageContent, LocalizeRequest, PreviewRequest, parse_body
 
 log = logging.getLogger("medgemma_toolkit.serve")
 STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
@@ -235,6 +237,44 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             admission.leave()
 
     app.include_router(model_input_router(mg, config, admission, decoders, read_json, busy))
+
+    @app.post("/v1/medgemma/localize")
+    async def localize(request: Request) -> Response:
+        """Boxes around the named objects in one 2D image (`medgemma localize`); one model call per object."""
+        body: LocalizeRequest = await read_json(request, LocalizeRequest)
+        if not admission.try_enter():
+            raise busy()
+        try:
+            if body.model is not None and body.model not in names:
+                raise APIError(
+                    404,
+                    f"model {body.model[:100]!r} not found; this server serves {served!r}",
+                    "model_not_found",
+                    "model",
+                )
+            async with decoders:
+                plan = await run_in_threadpool(plan_localize, mg, body, config)
+            jobs = [batcher.submit(r, config.request_timeout_s, announced=False, stream=False) for r in plan.requests]
+            try:
+                done = [await _collect(job, request) for job in jobs]
+            except ClientGone:
+                request.state.status_override = 499
+                return Response(status_code=499)
+            finally:
+                for job in jobs:  # after a failure or a client gone, the other objects' work stops too
+                    job.cancel()
+            result = assemble(plan.size, plan.objects, done, served)
+            log.info(
+                "request_id=%s localize objects=%d boxes=%d unparsed=%d completion_tokens=%d",
+                request.state.request_id,
+                len(plan.objects),
+                len(result.boxes),
+                len(result.unparsed),
+                sum(c.completion_tokens for c in done),
+            )
+            return JSONResponse(result.to_dict())
+        finally:
+            admission.leave()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

@@ -19,8 +19,10 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from PIL import Image
+
 from ..errors import BadInput
-from ..imaging import ImageOptions, decode_image_bytes, load_parts, to_model_image
+from ..imaging import ImageOptions, decode_image_bytes, load_image, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
@@ -122,7 +124,50 @@ class ImageResolver:
             return self._local(url, label, scheme == "file")
         raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")
 
+    def original(self, url: str) -> Image.Image:
+        """One 2D image (data: URI, allow-listed URL or file under the image root) as RGB at its own size, not
+        yet padded: for answers given in the image's pixels (`/v1/medgemma/localize`)."""
+        self.urls += 1
+        label = f"image {self.urls}"
+        scheme = urlsplit(url).scheme.lower() if ":" in url[:20] else ""
+        if scheme in ("dicomweb", "dicomweb+http") or (scheme in ("http", "https") and "/studies/" in url):
+            raise APIError(400, f"{label}: this endpoint takes one 2D image, not a DICOMweb study", "invalid_image_url")
+        if scheme == "data":
+            data, name = decode_data_uri(url, label)
+            if name.endswith(".zip"):
+                raise APIError(400, f"{label}: this endpoint takes one 2D image, not a series", "invalid_image_url")
+            img = decode_image_bytes(data, name, self.options)
+        elif scheme in ("http", "https"):
+            img = decode_image_bytes(self._fetch(url, label), label, self.options)
+        elif scheme in ("file", ""):
+            path, raw = self._local_path(url, label, scheme == "file")
+            if path.is_dir():
+                raise APIError(400, f"{label}: this endpoint takes one 2D image, not a folder", "invalid_image_url")
+            try:
+                img = load_image(path, self.options)
+            except BadInput as e:
+                msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
+                raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+        else:
+            raise APIError(
+                400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url"
+            )
+        self.count += 1
+        return img
+
     def _local(self, url: str, label: str, is_file_url: bool) -> list[Part]:
+        path, raw = self._local_path(url, label, is_file_url)
+        base = Path(str(self.config.image_root)).resolve()
+        try:
+            self._check_folder(path, base, label)
+            return load_parts(path, self.options, self.size)
+        except BadInput as e:
+            # imaging names files by their paths: show the client only the path it gave, never a file inside it
+            msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
+            raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+
+    def _local_path(self, url: str, label: str, is_file_url: bool) -> tuple[Path, str]:
+        """The checked path under the image root, and the path as the client gave it (for messages)."""
         root = self.config.image_root
         if root is None:
             raise APIError(
@@ -144,13 +189,7 @@ class ImageResolver:
             raise APIError(400, f"{label}: path is outside the server's image root", "image_source_not_allowed")
         if not exists:
             raise APIError(400, f"{label}: no such file under the image root", "invalid_image_url")
-        try:
-            self._check_folder(path, base, label)
-            return load_parts(path, self.options, self.size)
-        except BadInput as e:
-            # imaging names files by their paths: show the client only the path it gave, never a file inside it
-            msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
-            raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+        return path, raw
 
     def _series(self, data: bytes, label: str) -> list[Part]:
         """An uploaded series (a ZIP of its DICOM files), through the same imaging path as a series folder."""

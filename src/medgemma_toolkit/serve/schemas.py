@@ -90,6 +90,16 @@ class PreviewRequest(_Strict):
     window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
 
 
+class LocalizeRequest(_Strict):
+    """Body of `POST /v1/medgemma/localize`: one 2D image (any URL chat accepts for it) and the objects to find."""
+
+    model: str | None = None
+    image: str = Field(min_length=1)
+    objects: list[str] = Field(min_length=1, max_length=16)
+    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
 def count_parts(data: dict) -> int:
     """Messages plus list content parts: what validation's cost grows with."""
     msgs = data.get("messages")

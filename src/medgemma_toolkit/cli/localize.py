@@ -1,0 +1,96 @@
+"""`localize`: boxes around named anatomy in one image (or a table of images), drawn if asked."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
+
+
+@app.command()
+@option_groups(mo=ModelOptions, img=ImageArgs)
+def localize(
+    objects: Annotated[
+        Optional[list[str]], typer.Argument(help='What to find, e.g. "right lung" "left clavicle" (one answer each)')
+    ] = None,
+    mo: ModelOptions = MODEL_DEFAULTS,
+    image: Annotated[
+        Optional[Path], typer.Option("--image", "-i", help="One 2D image: PNG, JPEG, TIFF, BMP, WebP or DICOM file")
+    ] = None,
+    batch: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="CSV/TSV/JSONL with an 'image' column (paths relative to the file) and optional 'objects' "
+            "(';'-separated); prints one JSON line per row"
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print {boxes: [{label, box_2d (model's 0-1000 frame), xyxy (pixels)}], answer, unparsed}"
+        ),
+    ] = False,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Write the image with the boxes drawn (PNG); with --batch, a folder"),
+    ] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Per object; default: the preset's (1000)")] = None,
+    img: ImageArgs = IMAGE_DEFAULTS,
+) -> None:
+    """Find anatomy in a chest X-ray with Google's localisation prompt; boxes in the original image's pixels.
+
+    Example: medgemma localize -m medgemma-1.5-4b-it --image cxr.dcm "right lung" "left clavicle" -o boxes.png
+    Example: medgemma localize --upstream http://gpu:8000 --image wide.png "right lung" --json
+    Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" -o overlays/ > boxes.jsonl
+    """
+    from ..errors import BadInput
+    from ..imaging import load_image
+    from ..localize.overlay import save_overlay
+    from ..localize.run import check_objects
+    from ..localize.run import localize as run_localize
+
+    if (image is None) == (batch is None):
+        raise BadInput("give --image IMAGE (one image) or --batch FILE (a table of images)")
+    opts = img.options()
+    if batch is not None:
+        from ..localize.batch import run_table
+
+        default = check_objects(objects) if objects else []
+        mg = mo.load()
+
+        def write(rec: dict) -> None:
+            print(json.dumps(rec, ensure_ascii=False), flush=True)
+
+        rows, failed = run_table(mg, batch, default, opts, write, output, max_new_tokens)
+        if failed:
+            print(f"note: {failed} of {rows} rows failed (see their 'error')", file=sys.stderr)
+        return
+    assert image is not None
+    names = check_objects(objects or [])
+    picture = load_image(image, opts)  # before loading a model: a bad image fails fast
+    mg = mo.load()
+    result = run_localize(mg, picture, names, max_new_tokens)
+    if output is not None:
+        save_overlay(picture, [(b.label, b.xyxy) for b in result.boxes], output)
+    if as_json:
+        out = result.to_dict()
+        out["demo_model"] = mg.is_demo
+        if output is not None:
+            out["overlay"] = str(output)
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    for b in result.boxes:
+        x0, y0, x1, y1 = b.xyxy
+        print(f"{b.label}: x0={x0:g} y0={y0:g} x1={x1:g} y1={y1:g}  (box_2d {list(b.box_2d)})")
+    for u in result.unparsed:
+        print(f"unparsed: {u}", file=sys.stderr)
+    if not result.boxes:
+        print("no boxes found in the answer", file=sys.stderr)
+    if output is not None:
+        print(f"wrote {output} ({picture.width}x{picture.height}, {len(result.boxes)} boxes)", file=sys.stderr)
