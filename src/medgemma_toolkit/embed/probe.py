@@ -98,6 +98,8 @@ def cached_features(
             raise BadInput(f"{cache.parent}: its cache was made with another model, preprocessing or data")
     else:
         spec_file.write_text(json.dumps(spec, indent=2))
+    for stale in cache.glob("*.tmp.npz"):  # a chunk being written when the last run was killed
+        stale.unlink()
     feats: list[np.ndarray] = []
     for c in range(0, len(examples), CHUNK):
         f = cache / f"chunk-{c // CHUNK:05d}.npz"
