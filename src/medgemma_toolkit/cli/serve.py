@@ -73,11 +73,18 @@ def serve(
     log_prompts: Annotated[
         bool, typer.Option("--log-prompts", help="Log prompt text (off by default: it may be PHI)")
     ] = False,
+    embed_model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also serve a MedSigLIP (SigLIP) checkpoint: POST /v1/embeddings and /v1/medgemma/zero-shot (name, hub id or directory)"
+        ),
+    ] = None,
     preset: PresetOpt = None,
 ) -> None:
     """Serve the OpenAI Chat Completions API (text, images, DICOM) and a web page at /.
 
     Example: medgemma serve --model medgemma-4b-it --port 8000 --api-key-file key.txt
+    Example: medgemma serve --model medgemma-4b-it --embed-model medsiglip-448
     """
     from ..serve.config import ServeConfig
     from ..serve.server import check_port_free
@@ -106,5 +113,10 @@ def serve(
     )
     config.check()  # before the model loads: refusing to start should be instant
     check_port_free(host, port)
+    embedder = None
+    if embed_model is not None:
+        from ..embed import MedSigLIP
+
+        embedder = MedSigLIP.load(embed_model, device=mo.device, allow_download=mo.allow_download)
     mg = mo.load(preset, max_batch_size=max_batch_size)  # the engine takes the whole batch the batcher forms
-    run(mg, config)
+    run(mg, config, embedder)

@@ -30,6 +30,7 @@ from ..prompts.messages import ImagePart
 from .batcher import Batcher, Job
 from .config import ServeConfig
 from .convert import Converted, to_generation_request
+from .embeddings import embedding_router
 from .errors import APIError, from_exception, install_error_handlers
 from .images import ImageResolver
 from .localize import plan_localize
@@ -139,6 +140,9 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     app = FastAPI(title="MedGemma toolkit server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.model_id = batcher, metrics, served
     install_error_handlers(app)
+    app.include_router(
+        embedding_router(config)
+    )  # MedSigLIP: /v1/embeddings, /v1/medgemma/zero-shot (serve/embeddings.py)
     app.add_middleware(ServeMiddleware, api_key=config.api_key, metrics=metrics, allow_hosts=config.allow_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

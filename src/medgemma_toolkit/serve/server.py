@@ -72,13 +72,15 @@ def header_timeout_protocol(timeout_s: float) -> type:
     return Protocol
 
 
-def serve(mg: MedGemma, config: ServeConfig) -> None:
+def serve(mg: MedGemma, config: ServeConfig, embedder: Any = None) -> None:
+    """Run until interrupted; `embedder` (a `MedSigLIP`) serves /v1/embeddings and /v1/medgemma/zero-shot."""
     import uvicorn
 
     from .app import create_app
 
     setup_logging()
     app = create_app(mg, config)
+    app.state.embedder = embedder
     log = logging.getLogger("medgemma_toolkit.serve")
     log.info(
         "serving %s on http://%s:%d (api key %s, batch %d, queue %d)",
