@@ -16,10 +16,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..errors import CapabilityError
 from ..prompts.messages import Prompt
+from ..prompts.tools import ToolSpec
 
 FinishReason = Literal["stop", "length", "cancelled"]
 DeltaCallback = Callable[[int, str], None]
@@ -47,6 +48,9 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     # Polled between decoding steps: lets a server stop work for a client that went away.
     cancelled: Callable[[], bool] | None = None
+    # Function calling: the prompt already describes the tools (prompts/tools.py); a backend whose engine takes
+    # OpenAI tools natively (an upstream server) may send these instead.
+    tools: ToolSpec | None = None
 
 
 @dataclass
@@ -57,6 +61,9 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # OpenAI-format tool calls when the engine parsed them itself (an upstream with native tools); else None and
+    # callers parse `text` (prompts.tools.parse).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ Settings (environment, so secrets stay out of argv and shell history):
 
 HTTP, retries with back-off (honouring Retry-After), SSE parsing and typed errors come from the official `openai`
 client; this module maps its errors to ours (one line, no request content) and reads our `medgemma` model cards.
+
+Function calling: a request with `tools` (serve, `medgemma ehr`) is sent with OpenAI `tools` to upstreams that take
+them (vLLM with a tool parser, another `medgemma serve`), and the calls come back parsed by the upstream. The first
+time an upstream refuses tools (a 400/422), this backend stops offering them and sends our rendered Gemma
+function-calling prompt instead; the caller then parses the text (prompts/tools.py).
 """
 
 from __future__ import annotations
@@ -157,6 +162,7 @@ class OpenAIBackend(Backend):
             default_preset=str(card.get("preset") or "").split("@")[0] or None,
             extra={"upstream": self.settings.base_url, "concurrency": str(self.settings.concurrency)},
         )
+        self.native_tools = True  # offer OpenAI `tools` upstream until it refuses them once
         # Requests in flight at once; the upstream batches them itself. No log-likelihoods over the chat API.
         self.capabilities = Capabilities(max_batch_size=self.settings.concurrency, images=not text_only, remote=True)
 
@@ -195,6 +201,16 @@ class OpenAIBackend(Backend):
             raise UpstreamError(f"upstream failed {where}: {_message(e.body) or 'no detail'}") from None
 
     # -- generation -----------------------------------------------------------------------------------------
+    def _native_messages(self, request: GenerationRequest) -> list[dict[str, Any]] | None:
+        """The client's own OpenAI messages (tool turns intact) when the upstream should get `tools` natively."""
+        spec = request.tools
+        if spec is None or spec.messages is None or not self.native_tools or request.prompt.is_completion:
+            return None
+        messages = [dict(m) for m in spec.messages]
+        if self.chained and not any(m.get("role") in ("system", "developer") for m in messages):
+            messages.insert(0, {"role": "system", "content": ""})  # as below: keep the upstream's preset out
+        return messages
+
     def _body(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
         p = request.params
         body: dict[str, Any] = {
@@ -220,6 +236,10 @@ class OpenAIBackend(Backend):
             return "/completions", body
         if prompt.all_images() and not self.info.multimodal:
             raise CapabilityError(f"model {self.model!r} is text-only and cannot take images")
+        native = self._native_messages(request)
+        if native is not None and request.tools is not None:
+            body.update(messages=native, tools=request.tools.tools, tool_choice=request.tools.choice)
+            return "/chat/completions", body
         messages = to_openai_messages(prompt)
         if self.chained and not any(m["role"] == "system" for m in messages):
             # A `medgemma serve` upstream applies its preset's default system prompt to a bare user turn; an
@@ -243,8 +263,18 @@ class OpenAIBackend(Backend):
         chat = path != "/completions"
         create = self.client.chat.completions.create if chat else self.client.completions.create
         text, n_prompt, n_out, n_deltas, finish = "", 0, 0, 0, None
-        with self._errors():
-            stream = create(**body)
+        calls: dict[int, dict[str, Any]] = {}
+        try:
+            with self._errors():
+                stream = create(**body)
+        except BadInput:
+            if "tools" not in body:
+                raise
+            self.native_tools = False
+            log.warning("upstream refused OpenAI tools; sending the Gemma function-calling prompt instead")
+            path, body = self._body(row.request, stream=True)
+            with self._errors():
+                stream = create(**body)
         with self._errors(mid_stream=True), stream:
             for event in stream:
                 if event.usage:
@@ -257,6 +287,8 @@ class OpenAIBackend(Backend):
                         n_deltas += 1  # servers stream about one token per delta: our budget check's count
                         tracker.update(row, text, n_deltas, False)
                     finish = choice.finish_reason or finish
+                    for tc in (getattr(choice.delta, "tool_calls", None) or []) if chat else []:
+                        _add_call_delta(calls, tc)
                 if row.finish is not None:  # a stop string, our token budget or a cancelled client
                     break
         n_out = n_out or n_deltas
@@ -265,10 +297,22 @@ class OpenAIBackend(Backend):
                 tracker.update(row, text, max(n_out, row.request.params.max_new_tokens), False)
             else:
                 tracker.update(row, text, n_out, True)
-        return Completion(row.text, row.finish or "stop", n_prompt, n_out)
+        return Completion(row.text, row.finish or "stop", n_prompt, n_out, [calls[i] for i in sorted(calls)] or None)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _add_call_delta(calls: dict[int, dict[str, Any]], tc: Any) -> None:
+    """Accumulate one streamed tool-call delta (OpenAI's shape: id and name first, arguments in pieces)."""
+    slot = calls.setdefault(
+        int(tc.index or 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if tc.id:
+        slot["id"] = tc.id
+    if tc.function is not None:
+        slot["function"]["name"] += tc.function.name or ""
+        slot["function"]["arguments"] += tc.function.arguments or ""
 
 
 def _message(body: object) -> str:

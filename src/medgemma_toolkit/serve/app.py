@@ -37,8 +37,11 @@ from .localize import plan_localize
 from .metrics import Metrics
 from .middleware import PAGE_HEADERS, ServeMiddleware
 from .model_input import model_input_router
-from .responses import StreamState, completion_body, delta_chunk, final_chunks, sse
+from .responses import delta_chunk, final_chunks, sse
 from .schemas import ChatCompletionRequest, ImageContent, LocalizeRequest, PreviewRequest, parse_body
+from .tools import ToolContext, stream_state
+from .tools import body as tool_body
+from .tools import prepare as prepare_tools
 
 log = logging.getLogger("medgemma_toolkit.serve")
 STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
@@ -283,6 +286,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body: ChatCompletionRequest = await read_json(request, ChatCompletionRequest)
+        body, tool_ctx = prepare_tools(body)  # `tools` and tool turns as plain messages (serve/tools.py)
         if not admission.try_enter():
             raise busy()
         rid = request.state.request_id
@@ -298,6 +302,8 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                 )
             async with decoders if has_images(body) else contextlib.nullcontext():  # image decoding is admitted
                 conv = await run_in_threadpool(to_generation_request, mg, body, config)
+            if tool_ctx is not None:
+                conv.request.tools = tool_ctx.spec
             if config.log_prompts:  # operator opt-in; never images or DICOM headers
                 log.info(
                     "request_id=%s prompt_text=%r",
@@ -326,7 +332,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                     admission.leave()
 
                 return _EventStream(
-                    _stream(job, meta, include_usage, conv, rid, progress),
+                    _stream(job, meta, include_usage, conv, rid, progress, tool_ctx),
                     on_close=close,
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -337,7 +343,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                 request.state.status_override = 499
                 return Response(status_code=499)
             _log_done(rid, conv, job, c)
-            return JSONResponse(completion_body(meta, c))
+            return JSONResponse(tool_body(tool_ctx, meta, c))
         finally:
             if announced:
                 batcher.unexpect()
@@ -374,11 +380,17 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
         )
 
     async def _stream(
-        job: Job, meta: dict[str, Any], include_usage: bool, conv: Converted, rid: str, progress: dict[str, bool]
+        job: Job,
+        meta: dict[str, Any],
+        include_usage: bool,
+        conv: Converted,
+        rid: str,
+        progress: dict[str, bool],
+        tool_ctx: ToolContext | None = None,
     ):
         """SSE events for one job. Cleanup (cancel, admission) lives in the response's `on_close`, which also
         runs when the client leaves before this generator starts."""
-        state = StreamState(meta)
+        state = stream_state(tool_ctx, meta)
         yield sse(delta_chunk(meta, {"role": "assistant", "content": ""}))
         while True:
             left = job.deadline - time.monotonic() + 1.0

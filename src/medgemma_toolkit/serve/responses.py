@@ -79,10 +79,18 @@ class StreamState:
     def feed(self, delta: str) -> Iterator[dict[str, Any]]:
         return self._chunks(self.splitter.feed(delta))
 
+    def closing(self, c: Completion) -> Iterator[dict[str, Any]]:
+        """Chunks held back until the answer is complete (tool calls: `serve.tools.ToolStreamState`)."""
+        return iter(())
+
+    def finish_reason(self, c: Completion) -> str:
+        return finish_reason(c)
+
 
 def final_chunks(state: StreamState, c: Completion, include_usage: bool) -> Iterator[dict[str, Any]]:
     yield from state._chunks(state.splitter.flush())
-    yield delta_chunk(state.meta, {}, finish_reason(c))
+    yield from state.closing(c)
+    yield delta_chunk(state.meta, {}, state.finish_reason(c))
     if include_usage:
         yield {
             "id": state.meta["id"],

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import APIError
+from .tool_schemas import ToolCallIn, ToolChoice, ToolDef
 
 
 class _Strict(BaseModel):
@@ -40,8 +41,10 @@ ContentPart = Annotated[Union[TextContent, ImageContent], Field(discriminator="t
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. `name`, `refusal` echoed back by clients
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns that called tools (serve/tools.py)
+    tool_call_id: str | None = None  # tool turns: the call answered
 
 
 class StreamOptions(BaseModel):
@@ -74,6 +77,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     medgemma: MedGemmaOptions | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @property
     def stop_list(self) -> list[str]:

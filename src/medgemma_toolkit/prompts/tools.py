@@ -1,0 +1,333 @@
+"""Function calling for Gemma 3 / MedGemma by prompt, as Google documents it, and parsing of what models write back.
+
+Gemma 3 has no tool tokens: the caller describes the functions in the prompt and detects a call by the shape of the
+answer. Source of the format: "Function calling with Gemma", https://ai.google.dev/gemma/docs/capabilities/function-calling
+(the instruction, then the function definitions as a JSON list, then the user's request; the model answers with a
+Python-style list of calls `[name(arg=value, ...)]`) and Google's Gemma cookbook guides, which hand results back
+wrapped in a ```tool_output fence. The wording below is ours; the layout is the documented one (preset
+`gemma3-functions@1`). Tests pin the rendered text so a change here is a deliberate new version.
+
+Everything here works on OpenAI-format dicts (`tools`, `tool_choice`, messages with `tool_calls` and `tool` roles), so
+the server and the `ehr` agent share it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BadInput
+
+PRESET_NAME, PRESET_VERSION = "gemma3-functions", "1"
+SOURCE_URL = "https://ai.google.dev/gemma/docs/capabilities/function-calling"
+
+INSTRUCTION = (
+    "You can call functions. To call one or more, answer with nothing but a Python-style list of calls in the form\n"
+    "[function_name(parameter_name=value, other_parameter=value), other_function(parameter=value)]\n"
+    "Do not write any other text when you call a function."
+)
+REQUIRED = "You must call at least one of the functions before you answer."
+NAMED = "You must call the function {name}."
+OUTPUT_FENCE = "tool_output"
+MAX_CALL_CHARS = 8000  # a Python-style call list longer than this is not looked for (bounds the parse attempts)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """What a backend receives beside the rendered prompt: the client's tools, its choice, and (for upstream servers
+    that take tools natively) the conversation in OpenAI format. `messages` is None when it cannot be sent as is
+    (e.g. it carries images that only our imaging layer can convert)."""
+
+    tools: list[dict[str, Any]]
+    choice: str | dict[str, Any] = "auto"
+    messages: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Parsed:
+    """A model answer read as tool calls. `calls` empty: `content` is the answer; `error` says why text that looked
+    like a call was not one (the raw text is then kept as `content`)."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    content: str | None = None
+    error: str | None = None
+
+
+def function_defs(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `function` objects of OpenAI `tools` entries (name, description, parameters)."""
+    out = []
+    for t in tools:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadInput("tools: each tool needs {'type': 'function', 'function': {'name': ...}}")
+        out.append({k: fn[k] for k in ("name", "description", "parameters") if fn.get(k) is not None})
+    return out
+
+
+def chosen_name(choice: str | dict[str, Any] | None) -> str | None:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        return str(fn.get("name")) if isinstance(fn, dict) and fn.get("name") else None
+    return None
+
+
+def offered(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The functions the model is shown: none for "none", only the named one for a named choice."""
+    defs = function_defs(tools)
+    if choice == "none":
+        return []
+    name = chosen_name(choice)
+    if name is not None:
+        defs = [d for d in defs if d["name"] == name]
+        if not defs:
+            raise BadInput(f"tool_choice names function {name!r}, which is not among tools")
+    return defs
+
+
+def instruction(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None = "auto") -> str:
+    """The function-calling block placed before the user's first request; empty when no function is offered."""
+    defs = offered(tools, choice)
+    if not defs:
+        return ""
+    lines = [INSTRUCTION]
+    if choice == "required":
+        lines.append(REQUIRED)
+    elif (name := chosen_name(choice)) is not None:
+        lines.append(NAMED.format(name=name))
+    lines.append(json.dumps(defs, indent=2, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def format_call(name: str, arguments: dict[str, Any]) -> str:
+    """One call as the model is asked to write it: `name(a="x", n=2)` (values as JSON literals)."""
+    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in arguments.items())
+    return f"{name}({args})"
+
+
+def format_output(results: list[str]) -> str:
+    """Tool results handed back to the model, one fenced block per result."""
+    return "\n".join(f"```{OUTPUT_FENCE}\n{r}\n```" for r in results)
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            raise BadInput("messages: a tool call's arguments are not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise BadInput("messages: a tool call's arguments must be a JSON object")
+    return raw
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def render_messages(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None = "auto"
+) -> list[dict[str, Any]]:
+    """OpenAI messages with tools to plain system/user/assistant messages a Gemma chat template can render.
+
+    The function block joins the system text (Gemma folds system text into the first user turn, where Google's guide
+    puts it); an assistant turn's `tool_calls` become the call list it would have written; consecutive `tool` messages
+    become one user turn of fenced outputs. Content lists (images) of user messages pass through untouched.
+    """
+    block = instruction(tools or [], choice) if tools else ""
+    out: list[dict[str, Any]] = []
+    system_seen = False
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            out.append({"role": "user", "content": format_output(pending)})
+            pending.clear()
+
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            pending.append(_text(m.get("content")))
+            continue
+        flush()
+        if role in ("system", "developer"):
+            text = _text(m.get("content"))
+            if block and not system_seen:
+                text = f"{text}\n\n{block}" if text else block
+            system_seen = True
+            out.append({"role": "system", "content": text})
+        elif role == "assistant" and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                fn = c.get("function") or {}
+                calls.append(format_call(str(fn.get("name", "")), _arguments(fn.get("arguments") or {})))
+            text = _text(m.get("content")).strip()
+            listing = "[" + ", ".join(calls) + "]"
+            out.append({"role": "assistant", "content": f"{text}\n{listing}" if text else listing})
+        else:
+            out.append({k: v for k, v in m.items() if k in ("role", "content")})
+    flush()
+    if block and not system_seen:
+        out.insert(0, {"role": "system", "content": block})
+    return _merge_turns(out)
+
+
+def _as_parts(content: Any) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+
+
+def _merge_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adjacent turns of one role joined (tool outputs followed by a new user request are one user turn): Gemma's
+    chat template requires user and model turns to alternate."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        prev = out[-1] if out else None
+        if prev is None or prev["role"] != m["role"] or m["role"] == "system":
+            out.append(dict(m))
+        elif isinstance(prev.get("content"), str) and isinstance(m.get("content"), str):
+            prev["content"] = f"{prev['content']}\n\n{m['content']}"
+        else:
+            prev["content"] = (
+                _as_parts(prev.get("content")) + [{"type": "text", "text": "\n\n"}] + _as_parts(m.get("content"))
+            )
+    return out
+
+
+# -- parsing ------------------------------------------------------------------------------------------------------
+_FENCE = re.compile(r"```[ \t]*(tool_code|tool_call|python|json|py)?[ \t]*\n?(.*?)```", re.S)
+_LOOKS_LIKE_CALL = re.compile(r"```[ \t]*(tool_code|tool_call)|^\s*[\[{]\s*[\"'{]?\s*\"?name\"?", re.S)
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
+    }
+
+
+def _literal(node: ast.expr) -> Any:
+    if isinstance(node, ast.Name) and node.id in ("true", "false", "null"):  # JSON spellings inside a call
+        return {"true": True, "false": False, "null": None}[node.id]
+    return ast.literal_eval(node)
+
+
+def _python_calls(src: str, params: dict[str, list[str]]) -> list[dict[str, Any]] | None:
+    """`[f(a=1), g()]` or `f(a=1)` with known names and literal values; None when `src` is not exactly that."""
+    try:
+        tree = ast.parse(src.strip(), mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    nodes = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
+    if not nodes:
+        return None
+    calls = []
+    for node in nodes:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in params):
+            return None
+        name = node.func.id
+        try:
+            args: dict[str, Any] = {}
+            for i, a in enumerate(node.args):  # positional: the schema's parameter order
+                if i >= len(params[name]):
+                    return None
+                args[params[name][i]] = _literal(a)
+            for kw in node.keywords:
+                if kw.arg is None:
+                    return None
+                args[kw.arg] = _literal(kw.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return None
+        calls.append(_call(name, args))
+    return calls
+
+
+def _json_calls(obj: Any, params: dict[str, list[str]]) -> list[dict[str, Any]] | None:
+    """`{"name": ..., "parameters"|"arguments": {...}}`, a list of those, or OpenAI's `{"function": {...}}`."""
+    items = obj if isinstance(obj, list) else [obj]
+    calls = []
+    for it in items:
+        if isinstance(it, dict) and isinstance(it.get("function"), dict):
+            it = it["function"]
+        if not isinstance(it, dict) or it.get("name") not in params:
+            return None
+        args = it.get("parameters", it.get("arguments", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(args, dict):
+            return None
+        calls.append(_call(str(it["name"]), args))
+    return calls or None
+
+
+def _scan(text: str, params: dict[str, list[str]]) -> list[dict[str, Any]] | None:
+    """The first call list found anywhere in `text`: a JSON value, or a Python call of a known function."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", text):
+        try:
+            obj, _end = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if (calls := _json_calls(obj, params)) is not None:
+            return calls
+    names = "|".join(re.escape(n) for n in sorted(params, key=len, reverse=True))
+    # A Python call counts at the start of a line only: prose that mentions a function is not a call.
+    for m in re.finditer(rf"^[ \t]*(\[\s*)?\b({names})\s*\(", text, re.M):
+        start = m.start()
+        window = range(m.end() - 1, min(len(text), m.end() + MAX_CALL_CHARS))
+        for close in (i for i in window if text[i] in ")]"):
+            calls = _python_calls(text[start : close + 1], params)
+            if calls is not None:
+                return calls
+    return None
+
+
+def parse(text: str, tools: list[dict[str, Any]], choice: str | dict[str, Any] | None = "auto") -> Parsed:
+    """Read a model's answer as tool calls (only functions that were offered count) or as content.
+
+    Accepted: a Python-style call list (Google's documented form) or JSON objects, bare or in a ``` fence
+    (tool_code, json, python), with or without text around them. Text that looks like a call (a tool_code fence, a
+    leading `{"name"`) but is not a valid one gives `error` and keeps the raw text as content, never an exception.
+    """
+    defs = offered(tools, choice)
+    stripped = text.strip()
+    if not defs:
+        return Parsed(content=stripped)
+    params = {
+        d["name"]: list(((d.get("parameters") or {}).get("properties") or {}).keys())
+        if isinstance(d.get("parameters"), dict)
+        else []
+        for d in defs
+    }
+    candidates = [body for _lang, body in _FENCE.findall(stripped)] + [stripped]
+    for cand in candidates:
+        cand = cand.strip()
+        if not cand:
+            continue
+        calls = _python_calls(cand, params)
+        if calls is None:
+            try:
+                calls = _json_calls(json.loads(cand), params)
+            except (json.JSONDecodeError, RecursionError):
+                calls = None
+        if calls is None:
+            calls = _scan(cand, params)
+        if calls is not None:
+            return Parsed(calls=calls)
+    if _LOOKS_LIKE_CALL.search(stripped):
+        return Parsed(content=stripped, error="the answer looks like a function call but is not a valid call")
+    return Parsed(content=stripped)
