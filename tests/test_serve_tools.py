@@ -313,3 +313,23 @@ def test_upstream_without_tools_falls_back_to_our_prompt_and_parser():
     # tools offered once, refused; then (and for the next request) our rendered prompt with the instruction
     assert ["tools" in b for b in _NoToolsUpstream.bodies] == [True, False, False]
     assert _NoToolsUpstream.bodies[1]["messages"][0]["content"].startswith(fc.INSTRUCTION)
+
+
+def test_two_calls_and_parallel_tool_calls_false(tiny_model_dir, tmp_path):
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.serve import ServeConfig, create_app
+    from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
+
+    two = '[get_weather(city="Rome"), get_time()]'
+    mg = MedGemma.load(str(build_scripted_checkpoint(tiny_model_dir, tmp_path / "two", two, added_tokens=True)))
+    with InProcessServer(create_app(mg, ServeConfig(served_model_name="two"))) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        msgs = [{"role": "user", "content": "Weather and time?"}]
+        both = c.chat.completions.create(model="two", messages=msgs, tools=TOOLS).choices[0].message.tool_calls
+        one = c.chat.completions.create(model="two", messages=msgs, tools=TOOLS, parallel_tool_calls=False)
+        with c.chat.completions.stream(model="two", messages=msgs, tools=TOOLS) as s:
+            streamed = s.get_final_completion().choices[0].message.tool_calls
+    assert [t.function.name for t in both] == ["get_weather", "get_time"] and len({t.id for t in both}) == 2
+    assert [t.function.name for t in one.choices[0].message.tool_calls] == ["get_weather"]
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in streamed] == [
+        ("get_weather", {"city": "Rome"}), ("get_time", {})]

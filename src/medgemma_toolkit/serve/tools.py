@@ -30,6 +30,7 @@ class ToolContext:
     tools: list[dict[str, Any]]
     choice: str | dict[str, Any]
     spec: fc.ToolSpec
+    parallel: bool = True  # `parallel_tool_calls: false` keeps the first call only
 
     @property
     def active(self) -> bool:
@@ -65,18 +66,19 @@ def prepare(body: ChatCompletionRequest) -> tuple[ChatCompletionRequest, ToolCon
     )
     spec = fc.ToolSpec(tools, choice, None if has_images else raw)
     new = body.model_copy(update={"messages": [ChatMessage.model_validate(m) for m in rendered]})
-    return new, ToolContext(tools, choice, spec)
+    return new, ToolContext(tools, choice, spec, body.parallel_tool_calls is not False)
 
 
 def answer(ctx: ToolContext | None, c: Completion) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """(tool calls, content, parse error) for a finished completion."""
     s = split_thought(c.text)
     if c.tool_calls:  # the upstream parsed them itself
-        return [{**tc, "id": tc.get("id") or fc.new_call_id()} for tc in c.tool_calls], None, None
+        calls = [{**tc, "id": tc.get("id") or fc.new_call_id()} for tc in c.tool_calls]
+        return (calls if ctx is None or ctx.parallel else calls[:1]), None, None
     if ctx is None or not ctx.active:
         return [], s.answer, None
     p = fc.parse(s.answer, ctx.tools, ctx.choice)
-    return p.calls, p.content, p.error
+    return (p.calls if ctx.parallel else p.calls[:1]), p.content, p.error
 
 
 def body(ctx: ToolContext | None, meta: dict[str, Any], c: Completion) -> dict[str, Any]:
