@@ -180,6 +180,16 @@ def ask(page, question: str, turns_before: int) -> None:
     expect(page.locator("#status")).to_have_text("Done.", timeout=120_000)
 
 
+def drop(page, slot: str, name: str, data: bytes) -> None:
+    """A real `drop` event carrying a file, dispatched on a pane's drop zone."""
+    handle = page.evaluate_handle(
+        """([name, b64]) => { const dt = new DataTransfer();
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            dt.items.add(new File([bytes], name, {type: "image/png"})); return dt; }""",
+        [name, base64.b64encode(data).decode()])
+    page.dispatch_event(f".dropzone[data-slot={slot}]", "drop", {"dataTransfer": handle})
+
+
 def connect(page, server) -> None:
     page.goto(server.url + "/")
     page.click("#connect")
@@ -189,14 +199,14 @@ def connect(page, server) -> None:
 def test_series_scroll_window_and_two_turns(server, page, series):
     Upstream.requests.clear()
     connect(page, server)
-    page.set_input_files("#files-current", [str(p) for p in series])
+    page.set_input_files("#folder-current", str(series[0].parent))  # "Choose folder": the whole directory
     items = page.locator(".viewer[data-slot=current] .slices li")
     expect(items).to_have_count(12)
     # The sampled slices in the model's order: SLICE n with InstanceNumber 101.., and the user's own file names.
     labels = items.all_text_contents()
     assert [t.split(" · ")[0] for t in labels] == [f"SLICE {n}" for n in range(1, 13)]
     assert [t.split(" · ")[1] for t in labels] == [f"instance {101 + n}" for n in range(12)]
-    assert [t.split(" · ")[2] for t in labels] == [p.name for p in series]  # write_series returns slice order
+    assert [t.split(" · ")[2] for t in labels] == ["ct/" + p.name for p in series]  # in slice order
     before = shown_slices(page)
     assert len(set(before)) == 12  # the slices differ
     # Scrolling with the slider says where it is.
@@ -229,7 +239,7 @@ def test_series_scroll_window_and_two_turns(server, page, series):
     thought.locator("summary").click()
     expect(thought.locator("pre")).to_have_text("Turn 2 thought.")
     if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / "web-series.png"))
+        page.screenshot(path=str(Path(SHOTS) / "web-series.png"), full_page=True)
 
     # Another CT window preset: the panes update to the new model input, and a new conversation starts.
     page.select_option("#ct-windows", "server")
@@ -254,7 +264,7 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     prior = tmp_path / "prior.png"
     Image.new("RGB", (60, 30), (90, 90, 90)).save(prior)
     page.check("#compare")
-    page.set_input_files("#files-prior", str(prior))
+    drop(page, "prior", "prior.png", prior.read_bytes())  # drag and drop onto the prior pane
     page.set_input_files("#files-current", dcm)
     expect(page.locator(".viewer[data-slot=current] .model-input")).to_have_count(1)
     expect(page.locator(".viewer[data-slot=prior] .model-input")).to_have_count(1)
@@ -360,7 +370,7 @@ def test_contrast_keyboard_and_narrow_layout(server, page, series):
     page.locator(".turn.assistant .thought summary").click()
     selectors = ("header h1, #model-name, header label, h2, h3, p.muted, .muted, label, legend, button, "
                  ".dropzone span, .turn .who, .turn .text, .answer p, .thought pre, .thought summary, "
-                 ".meta, .slice-label, .slices button, .source-name, #status")
+                 ".meta, .slice-label, .slices button, .source-name, #status, input, select, textarea")
     pairs = page.locator(selectors).evaluate_all(COLOURS)
     assert len(pairs) > 20
     low = [(p["sel"], p["fg"], p["bg"], round(contrast(p["fg"], p["bg"]), 2)) for p in pairs
@@ -378,7 +388,9 @@ def test_contrast_keyboard_and_narrow_layout(server, page, series):
     images = page.locator("#images").bounding_box()
     conv = page.locator("#conversation").bounding_box()
     assert conv["y"] >= images["y"] + images["height"] - 1 and images["width"] <= 390
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    wide = page.evaluate("""() => [...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > 390)
+        .map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
     if SHOTS:
         page.screenshot(path=str(Path(SHOTS) / "web-narrow.png"), full_page=False)
 

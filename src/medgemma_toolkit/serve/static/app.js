@@ -387,13 +387,17 @@ async function localize() {
     return;
   }
   setStatus("Locating...", false);
-  const resp = await fetch("/v1/medgemma/localize", { method: "POST", headers: headers(), body: JSON.stringify({ image: source.dataUri, objects }) });
+  const win = windowOptions().window; // a DICOM image is located in the window the pane shows
+  const request = { model: state.modelId, image: source.dataUri, objects, ...(win ? { window: win } : {}) };
+  const resp = await fetch("/v1/medgemma/localize", { method: "POST", headers: headers(), body: JSON.stringify(request) });
   if (!resp.ok) {
     setStatus(await errorText(resp), true);
     return;
   }
   const body = await resp.json();
   source.boxes = body.boxes || [];
+  // xyxy is in the original image's pixels (the server says its size); the pane maps that frame onto the square.
+  if (body.width && body.height) source.input.images[0].original_size = [body.width, body.height];
   render();
   const missing = (body.unparsed || []).length;
   setStatus(source.boxes.length + " box" + (source.boxes.length === 1 ? "" : "es") + " drawn" + (missing ? "; " + missing + " part(s) of the answer could not be read" : "") + ".", false);
