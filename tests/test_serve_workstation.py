@@ -425,6 +425,12 @@ def test_model_input_api_reads_an_uploaded_series_like_a_folder(server, series, 
         r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
             "url": "data:application/zip;base64," + base64.b64encode(data).decode()}})
         assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+    # A small archive that would inflate past the body limit (32 MiB) is refused before it is read whole.
+    bomb = _zip_of({"a.dcm": bytes(40 * 1024**2)})
+    assert len(bomb) < 100_000
+    r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
+        "url": "data:application/zip;base64," + base64.b64encode(bomb).decode()}})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large", r.text
     many = tmp_path / "many"
     write_series(many, SeriesSpec(slices=20, rows=8, cols=8))
     r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
@@ -442,3 +448,30 @@ def _zip_of(files: dict[str, bytes]) -> bytes:
 
 def _zip_dir(folder: Path) -> bytes:
     return _zip_of({p.name: p.read_bytes() for p in sorted(folder.iterdir())})
+
+
+def test_boxes_drawn_over_the_image(server, page, tmp_path):
+    """The issue's example: a 400x200 PNG, the model's box [250, 100, 750, 600] -> xyxy [40, 0, 240, 200], drawn
+    where those pixels lie in the padded square the pane shows (offsets computed here from the geometry)."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (400, 200), (120, 120, 120)).save(wide)
+    connect(page, server)
+    page.set_input_files("#files-current", str(wide))
+    img = page.locator(".viewer[data-slot=current] .model-input")
+    expect(img).to_have_count(1)
+    page.fill("#objects", "right lung")
+    page.press("#objects", "Enter")
+    rect = page.locator(".viewer[data-slot=current] svg.boxes rect")
+    expect(rect).to_have_count(1)
+    assert [float(rect.get_attribute(a)) for a in ("x", "y", "width", "height")] == pytest.approx(
+        [40, 0, 200, 200], abs=1)
+    expect(page.locator(".box-legend li")).to_have_text(["right lung: x 40–240, y 0–200 px"])
+    # On screen: the 400x200 image sits in a 400x400 square with 100 px of padding above; scale = shown / 400.
+    ib, rb = img.bounding_box(), rect.bounding_box()
+    scale = ib["width"] / 400
+    assert rb["x"] == pytest.approx(ib["x"] + 40 * scale, abs=2)
+    assert rb["y"] == pytest.approx(ib["y"] + 100 * scale, abs=2)
+    assert rb["width"] == pytest.approx(200 * scale, abs=3) and rb["height"] == pytest.approx(200 * scale, abs=3)
+    expect(page.locator("#status")).to_have_text("1 box drawn.")
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "web-boxes.png"))
