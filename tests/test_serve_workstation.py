@@ -323,21 +323,35 @@ def test_markdown_is_rendered_safely_and_copied(server, page):
     assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN
 
 
+def _cancelled(server) -> float:
+    import httpx
+
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("medgemma_requests_cancelled_total"))
+
+
 def test_stop_aborts_the_stream(server, page):
     connect(page, server)
-    page.fill("#question", "Answer slowly.")
-    page.click("#ask")
-    answer = page.locator(".turn.assistant .answer")
-    expect(answer).to_contain_text("word3")
-    page.keyboard.press("Escape")
-    expect(page.locator("#status")).to_have_text("Stopped.")
-    expect(page.locator(".turn.assistant .meta")).to_contain_text("finish: stopped by you")
-    partial = answer.text_content()
-    assert "word299" not in partial
-    time.sleep(0.5)
-    assert answer.text_content() == partial  # nothing more arrives
-    expect(page.locator("#ask")).to_be_enabled()
-    expect(page.locator("#stop")).to_be_hidden()
+    before = _cancelled(server)
+    for k, how in enumerate(("button", "Escape")):
+        page.fill("#question", "Answer slowly.")
+        page.click("#ask")
+        answer = page.locator(".turn.assistant .answer").nth(k)
+        expect(answer).to_contain_text("word3")
+        page.click("#stop") if how == "button" else page.keyboard.press("Escape")
+        expect(page.locator("#status")).to_have_text("Stopped.")
+        expect(page.locator(".turn.assistant .meta").nth(k)).to_contain_text("finish: stopped by you")
+        partial = answer.text_content()
+        assert "word299" not in partial
+        time.sleep(0.5)
+        assert answer.text_content() == partial  # nothing more arrives
+        expect(page.locator("#ask")).to_be_enabled()
+        expect(page.locator("#stop")).to_be_hidden()
+    # The server saw the client leave and stopped generating for it (both times).
+    deadline = time.monotonic() + 10
+    while _cancelled(server) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _cancelled(server) == before + 2
 
 
 def _luminance(rgb):
