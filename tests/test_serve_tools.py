@@ -69,6 +69,8 @@ def test_parser_reads_calls(text, expected):
         ('{"name": "get_weather", "parameters": {"city": ', True),  # cut-off JSON
         ('```tool_code\nget_weather(city=Paris\n```', True),  # broken Python
         ('```tool_code\nget_weather(city=os.system("x"))\n```', True),  # not a literal: never evaluated
+        ("[" * 8000, False),  # adversarial brackets: bounded work, no recursion error
+        ("get_weather(" * 2000, False),
     ],
 )
 def test_parser_keeps_prose_and_flags_broken_calls(text, error):

@@ -145,7 +145,8 @@ def run(
                 args = None
             result = registry.call(name, args)
             seen.update(result.ids)
-            _record(trace, step, name, args if isinstance(args, dict) else {}, result)
+            known = name if name in registry.tools else "(unknown tool)"  # a model's free text never reaches logs
+            _record(trace, step, known, args if isinstance(args, dict) and name in registry.tools else {}, result)
             messages.append(
                 {"role": "tool", "tool_call_id": call.get("id") or fc.new_call_id(), "content": result.text}
             )

@@ -33,7 +33,8 @@ INSTRUCTION = (
 REQUIRED = "You must call at least one of the functions before you answer."
 NAMED = "You must call the function {name}."
 OUTPUT_FENCE = "tool_output"
-MAX_CALL_CHARS = 8000  # a Python-style call list longer than this is not looked for (bounds the parse attempts)
+MAX_CALL_CHARS = 8000  # a call (list) longer than this is not looked for
+MAX_CANDIDATES = 64  # places in one answer tried as a call: parsing stays linear-ish in what models write
 
 
 @dataclass(frozen=True)
@@ -274,22 +275,59 @@ def _json_calls(obj: Any, params: dict[str, list[str]]) -> list[dict[str, Any]] 
     return calls or None
 
 
+def _matching(text: str, i: int) -> int | None:
+    """Index of the bracket closing `text[i]`, skipping quoted strings; None when it does not close within
+    MAX_CALL_CHARS. One linear pass, so a long answer full of brackets costs one scan per candidate, not one parse
+    per closing bracket."""
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    stack: list[str] = []
+    quote = ""
+    j, end = i, min(len(text), i + MAX_CALL_CHARS)
+    while j < end:
+        ch = text[j]
+        if quote:
+            if ch == "\\":
+                j += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in pairs:
+            stack.append(pairs[ch])
+        elif ch in ")]}":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return j
+        j += 1
+    return None
+
+
 def _scan(text: str, params: dict[str, list[str]]) -> list[dict[str, Any]] | None:
-    """The first call list found anywhere in `text`: a JSON value, or a Python call of a known function."""
+    """The first call list found anywhere in `text`: a JSON value, or a Python call of a known function at the start
+    of a line (prose that mentions a function is not a call). At most MAX_CANDIDATES places are tried."""
     decoder = json.JSONDecoder()
+    tried = 0
     for m in re.finditer(r"[\[{]", text):
+        tried += 1  # each try costs one bounded scan, whether or not the bracket closes
+        if tried > MAX_CANDIDATES:
+            break
+        if (close := _matching(text, m.start())) is None:
+            continue
         try:
-            obj, _end = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
+            obj = decoder.decode(text[m.start() : close + 1])
+        except (json.JSONDecodeError, RecursionError):
             continue
         if (calls := _json_calls(obj, params)) is not None:
             return calls
     names = "|".join(re.escape(n) for n in sorted(params, key=len, reverse=True))
-    # A Python call counts at the start of a line only: prose that mentions a function is not a call.
     for m in re.finditer(rf"^[ \t]*(\[\s*)?\b({names})\s*\(", text, re.M):
-        start = m.start()
-        window = range(m.end() - 1, min(len(text), m.end() + MAX_CALL_CHARS))
-        for close in (i for i in window if text[i] in ")]"):
+        tried += 1
+        if tried > 2 * MAX_CANDIDATES:
+            return None
+        opener = m.start(1) if m.group(1) else m.end() - 1  # the list's "[" or the call's "("
+        start = m.start(1) if m.group(1) else m.start(2)
+        if (close := _matching(text, opener)) is not None:
             calls = _python_calls(text[start : close + 1], params)
             if calls is not None:
                 return calls
