@@ -38,7 +38,8 @@ MODEL = "tiny-upstream"
 SIZE = 64  # the upstream's image size (its model card says so), so previews stay small
 MARKDOWN = ("## Findings\n\n- **Cardiomegaly**, *mild*\n- Effusion: `none`\n\n"
             "<img src=x onerror=\"document.title='pwned'\"> <script>document.title='pwned'</script>\n\n"
-            "[a link](javascript:alert(1)) and [the card](https://example.org/card)")
+            "[a link](javascript:alert(1)) and [the card](https://example.org/card)\n\n"
+            "> quoted **impression**\n\n```json\n{\"box\": \"<b>x</b>\"}\n```\n\n1. first\n2. second")
 BOXES = 'Final Answer: ```json\n[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]\n```'
 SHOTS = os.environ.get("MEDGEMMA_WEB_SCREENSHOTS")  # a folder: the docs/ screenshots are written there
 
@@ -308,7 +309,7 @@ def test_markdown_is_rendered_safely_and_copied(server, page):
     expect(answer.locator("h4")).to_have_text("Findings")
     expect(answer.locator("li strong")).to_have_text("Cardiomegaly")
     expect(answer.locator("li em")).to_have_text("mild")
-    expect(answer.locator("code")).to_have_text("none")
+    expect(answer.locator("li code")).to_have_text("none")
     # Model output never becomes markup: the tags show as text, nothing runs, no javascript: link.
     assert answer.locator("img, script, iframe").count() == 0
     expect(answer).to_contain_text("<img src=x onerror=\"document.title='pwned'\">")
@@ -318,6 +319,10 @@ def test_markdown_is_rendered_safely_and_copied(server, page):
     expect(links).to_have_count(1)
     assert links.get_attribute("href") == "https://example.org/card"
     expect(answer).to_contain_text("[a link](javascript:alert(1))")
+    expect(answer.locator("blockquote strong")).to_have_text("impression")
+    expect(answer.locator("pre code")).to_have_text('{"box": "<b>x</b>"}')
+    assert answer.locator("b").count() == 0
+    expect(answer.locator("ol li")).to_have_text(["first", "second"])
     page.click(".turn.assistant .copy")
     expect(page.locator(".turn.assistant .copy")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN
