@@ -183,3 +183,10 @@ def test_help_documents_the_fhir_sources(cli):
     for needle in ("--fhir", "base URL", "MEDGEMMA_FHIR_TOKEN", "Bundle", "ndjson", "Bulk Data", "--patient",
                    "--max-steps", "--json"):
         assert needle in text, needle
+
+
+def test_conversation_beyond_the_context_is_a_clear_error(cli, tiny_model_dir, bundle_file):
+    r = cli("ehr", "--fhir", str(bundle_file), "--patient", PATIENT_A, "-m", str(tiny_model_dir),
+            "--max-new-tokens", "100000", QUESTION)
+    assert r.returncode == 2
+    assert "no longer fits the model's" in r.stderr and "-token context" in r.stderr

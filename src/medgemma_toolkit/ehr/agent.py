@@ -80,6 +80,13 @@ def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any
         system = None
     req = mg.request(str(last["content"]), system=system, history=history or None, max_new_tokens=max_new_tokens)
     req.tools = fc.ToolSpec(tools, "auto", messages)
+    limit = mg.backend.context_length()
+    n = mg.backend.count_prompt_tokens(req.prompt) if limit else None
+    if limit and n is not None and n + max_new_tokens > limit:
+        raise BadInput(
+            f"the conversation ({n:,} tokens) no longer fits the model's {limit:,}-token context; "
+            "ask a narrower question or lower --max-new-tokens"
+        )
     c = mg.backend.generate([req])[0]
     if c.tool_calls:
         return c.tool_calls, None
