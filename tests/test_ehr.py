@@ -115,8 +115,13 @@ def test_scripted_checkpoint_that_never_stops_asking_for_the_other_patient(cli, 
 
     script = f'[read_resource(resource_type="Patient", id="{PATIENT_B}")]'
     model = build_scripted_checkpoint(tiny_model_dir, tmp_path / "m", script, added_tokens=True)
+    # The tiny tokenizer spells the tool schemas out nearly byte by byte (~4.5k tokens); give the tiny model the room
+    # a real one has (its weights do not depend on the length).
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = 32768
+    (model / "config.json").write_text(json.dumps(cfg))
     r = cli("ehr", "--fhir", str(bundle_file), "--patient", PATIENT_A, "-m", str(model), "--max-steps", "3",
-            "--max-new-tokens", "64", "--json", QUESTION)
+            "--max-new-tokens", "32", "--json", QUESTION)
     assert r.returncode == 2
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert err == ["error: the model was still calling tools after 3 steps; raise --max-steps or ask a narrower "

@@ -158,7 +158,8 @@ def run(
                 {"role": "tool", "tool_call_id": call.get("id") or fc.new_call_id(), "content": result.text}
             )
     e = StillCallingTools(
-        f"the model was still calling tools after {max_steps} steps; raise --max-steps or ask a narrower question"
+        f"the model was still calling tools after {max_steps} step{'s' if max_steps != 1 else ''}; "
+        "raise --max-steps or ask a narrower question"
     )
     trace.error = str(e)
     e.trace = trace  # type: ignore[attr-defined]
