@@ -89,6 +89,21 @@ def test_named_choice_and_none():
     )
 
 
+def test_preset_rendering_is_pinned():
+    """gemma3-functions@1 exactly: changing this text is a new preset version."""
+    assert (fc.PRESET_NAME, fc.PRESET_VERSION) == ("gemma3-functions", "1")
+    assert fc.instruction([CLOCK], "required") == (
+        "You can call functions. To call one or more, answer with nothing but a Python-style list of calls in the "
+        "form\n[function_name(parameter_name=value, other_parameter=value), other_function(parameter=value)]\n"
+        "Do not write any other text when you call a function.\n"
+        "You must call at least one of the functions before you answer.\n"
+        '[\n  {\n    "name": "get_time",\n    "parameters": {\n      "type": "object",\n      "properties": {}\n'
+        "    }\n  }\n]"
+    )
+    assert fc.format_call("f", {"a": "x", "n": 2, "ok": True}) == 'f(a="x", n=2, ok=true)'
+    assert fc.format_output(["r1", "r2"]) == "```tool_output\nr1\n```\n```tool_output\nr2\n```"
+
+
 def test_rendered_prompt_follows_googles_layout(tiny_model):
     """Instruction, the functions as a JSON list, then the request, in the first user turn; calls written back as
     the call list; results as fenced tool_output in a user turn (Gemma has no tool role)."""
@@ -237,6 +252,7 @@ def test_broken_call_is_stop_with_raw_text(tiny_model_dir, tmp_path):
     assert plain["choices"][0]["message"]["content"] == broken.strip()
     assert "tool_calls" not in plain["choices"][0]["message"]
     assert "not a valid call" in plain["medgemma"]["tool_parse_error"]
+    assert plain["medgemma"]["tool_preset"] == "gemma3-functions@1"
     events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == broken.strip()
     assert events[-1]["choices"][0]["finish_reason"] == "stop"

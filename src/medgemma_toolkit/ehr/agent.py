@@ -63,6 +63,7 @@ class Trace:
     unverified_citations: list[str] = field(default_factory=list)  # ids the answer cites but was never shown
     model_turns: int = 0
     error: str | None = None
+    tool_preset: str = f"{fc.PRESET_NAME}@{fc.PRESET_VERSION}"  # how the tools were put to the model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

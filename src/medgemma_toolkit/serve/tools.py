@@ -86,6 +86,8 @@ def body(ctx: ToolContext | None, meta: dict[str, Any], c: Completion) -> dict[s
     out = completion_body(meta, c)
     if ctx is None and not c.tool_calls:
         return out
+    if ctx is not None and ctx.active:
+        out["medgemma"]["tool_preset"] = f"{fc.PRESET_NAME}@{fc.PRESET_VERSION}"
     calls, content, error = answer(ctx, c)
     choice = out["choices"][0]
     if calls:
