@@ -350,3 +350,19 @@ def test_server_errors_are_openai_format(served, body, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"] and set(err) == {"message", "type", "param", "code"}
+
+
+def test_dicom_image_is_mapped_in_its_own_pixels(tmp_path, cli):
+    """A DICOM CR (40 columns x 48 rows): xyxy in its Columns x Rows frame; the overlay is its rendered image."""
+    from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+
+    make_cxr(rows=48, cols=40).save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
+    with FixedUpstream(DONE_WHEN) as up:
+        res = cli("localize", "--upstream", up.url, "-i", str(tmp_path / "cxr.dcm"), "right lung", "--json",
+                  "-o", str(tmp_path / "o.png"))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["width"], out["height"]) == (40, 48)
+    assert out["boxes"][0]["xyxy"] == pytest.approx(expected_xyxy(BOX, 40, 48), abs=0.051)
+    with Image.open(tmp_path / "o.png") as o:
+        assert o.size == (40, 48)

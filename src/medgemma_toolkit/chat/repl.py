@@ -7,8 +7,12 @@ from typing import Any
 
 from ..errors import MedGemmaError
 from ..prompts.messages import Message, Part, TextPart
+from ..prompts.presets import LONGITUDINAL
 
-HELP = "commands: /image PATH (attach to next question), /think (toggle), /reset, /help, /quit"
+HELP = (
+    "commands: /image PATH (attach to next question), /prior PATH and /current PATH (compare: the next question, "
+    "or /compare for the notebook's instruction, gets prior then current), /think (toggle), /reset, /help, /quit"
+)
 
 
 def run_repl(
@@ -21,6 +25,7 @@ def run_repl(
     live = out.isatty()
     history: list[Message] = []
     pending: list[Part] = []
+    compare: dict[str, list[Part]] = {}  # "prior" / "current" -> that image's parts, until the comparison is sent
     print(f"chatting with {mg.backend.info.name} ({mg.preset.name}); {HELP}", file=out)
     while True:
         if live:
@@ -39,11 +44,20 @@ def run_repl(
             if cmd == "/help":
                 print(HELP, file=out)
             elif cmd == "/reset":
-                history, pending = [], []
+                history, pending, compare = [], [], {}
                 print("(conversation cleared)", file=out)
             elif cmd == "/think":
                 think = not think
                 print(f"(thinking {'on' if think else 'off'})", file=out)
+            elif cmd in ("/prior", "/current"):
+                try:
+                    compare[cmd[1:]] = mg.media([arg.strip()])
+                except MedGemmaError as e:
+                    print(f"error: {e}", file=out)
+                    continue
+                print(f"(attached {arg.strip()} as the {cmd[1:]} image)", file=out)
+            elif cmd == "/compare":
+                line = ""  # the preset's instruction: Google's longitudinal notebook's
             elif cmd == "/image":
                 try:
                     parts = mg.media([arg.strip()])
@@ -54,9 +68,21 @@ def run_repl(
                 print(f"(attached {arg.strip()}; it goes with your next question)", file=out)
             else:
                 print(f"unknown command {cmd}; {HELP}", file=out)
+            if cmd != "/compare":
+                continue
+        media, preset = pending, None
+        if compare:
+            if set(compare) != {"prior", "current"}:
+                print("error: a comparison needs both /prior PATH and /current PATH", file=out)
+                continue
+            media, preset = compare["prior"] + compare["current"] + pending, LONGITUDINAL
+        elif not line:
+            print("error: /compare needs /prior PATH and /current PATH first", file=out)
             continue
         try:
-            req = mg.request(line, pending, system=system, think=think, history=history, max_new_tokens=max_new_tokens)
+            req = mg.request(
+                line, media, system=system, think=think, history=history, max_new_tokens=max_new_tokens, preset=preset
+            )
         except MedGemmaError as e:
             print(f"error: {e}", file=out)
             continue
@@ -74,4 +100,4 @@ def run_repl(
         # History keeps the user's full turn (with images) and the answer only, never the thought.
         history = list(req.prompt.messages)
         history.append(Message("assistant", [TextPart(answer.text)]))
-        pending = []
+        pending, compare = [], {}

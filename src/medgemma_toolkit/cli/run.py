@@ -16,7 +16,10 @@ from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, Pre
 @app.command()
 @option_groups(mo=ModelOptions, img=ImageArgs)
 def ask(
-    question: Annotated[str, typer.Argument(help="The question (use quotes)")],
+    question: Annotated[
+        Optional[str],
+        typer.Argument(help="The question (use quotes); with --prior/--current, default: the notebook's instruction"),
+    ] = None,
     mo: ModelOptions = MODEL_DEFAULTS,
     image: Annotated[
         Optional[list[str]],
@@ -50,15 +53,44 @@ def ask(
             help="Print the exact rendered prompt (chat template applied, one <start_of_image> per image) and exit; loads no weights when the processor suffices",
         ),
     ] = False,
+    prior: Annotated[
+        Optional[str],
+        typer.Option(help="Longitudinal comparison: the earlier image, sent first (preset cxr-longitudinal)"),
+    ] = None,
+    current: Annotated[
+        Optional[str], typer.Option(help="Longitudinal comparison: the later image, sent second")
+    ] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
     preset: PresetOpt = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
+    Several DICOM files given with --image are sent oldest first (StudyDate/AcquisitionDateTime), with a note.
+
     Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
     Example: medgemma ask -m medgemma-1.5-4b-it -i ct/ --show-prompt "Is there a liver lesion?"
+    Example: medgemma ask -m medgemma-1.5-4b-it --prior 2024.dcm --current 2025.dcm "Has the effusion changed?"
     """
+    from ..errors import BadInput
+    from ..prompts.presets import LONGITUDINAL
+
     opts = img.options()
+    if prior is not None or current is not None:
+        if prior is None or current is None:
+            raise BadInput("a comparison needs both --prior and --current")
+        if image:
+            raise BadInput("give the images of a comparison as --prior and --current, without --image")
+        image, preset = [prior, current], preset or LONGITUDINAL
+    elif question is None:
+        raise BadInput('give a question, e.g. medgemma ask "What is sepsis?"')
+    elif image and len(image) > 1:
+        from ..imaging.order import order_by_acquisition
+
+        ordered = order_by_acquisition(image)
+        image = ordered.sources
+        if ordered.notice:
+            print(ordered.notice, file=sys.stderr)
+    question = question or ""
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from ..prompts.render import show_prompt_offline
 

@@ -1,6 +1,8 @@
 """`medgemma batch`: plain batch inference (no scoring) over a JSONL of questions, on the resumable runner.
 
 Input rows: {"id": ..., "question": ..., "options": optional, "images": [paths] or "image": path, "system": optional}.
+A longitudinal row gives "prior" and "current" instead of images: they are sent in that order with preset
+cxr-longitudinal (Google's notebook), and its instruction stands in for a missing question.
 Options (a mapping, a list, or a JSON string of either) are listed under the question as `eval` lists them
 ("A. ..." lines after a blank line), so a row asks the model the same question in both. Output rows are
 appended and flushed per batch: {"id", "answer", "thought", "finish_reason", tokens, "seconds"} (or "error").
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..prompts.presets import LONGITUDINAL
 from ..prompts.thinking import split_thought
 from ..rowfile import read_rows
 from .batching import Outcome, auto_batch_size, run_batches
@@ -29,6 +32,7 @@ class BatchRow:
     question: str
     images: list[str] = field(default_factory=list)
     system: str | None = None
+    preset: str | None = None  # the row's own preset (a longitudinal row's), else the model's
 
 
 def render_question(raw: dict[str, Any], loc: str) -> str:
@@ -50,14 +54,23 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
         try:
             if r.error is not None:
                 raise RowError(f"{loc}: {r.error}")
-            if not isinstance(raw, dict) or not str(raw.get("question") or "").strip():
+            if not isinstance(raw, dict):
+                raise RowError(f"{loc}: each row needs a non-empty 'question'")
+            compare = not is_blank(raw.get("prior")) or not is_blank(raw.get("current"))
+            if not compare and not str(raw.get("question") or "").strip():
                 raise RowError(f"{loc}: each row needs a non-empty 'question'")
             rid = str(raw.get("id", f"row-{r.line}"))
             if rid in seen:
                 raise RowError(f"{loc}: duplicate id {rid!r}")
-            row = BatchRow(
-                rid, loc, render_question(raw, loc), image_paths(raw, loc, ctx, "images", "image"), raw.get("system")
-            )
+            if compare:
+                prior, current = image_paths(raw, loc, ctx, "prior"), image_paths(raw, loc, ctx, "current")
+                if not prior or not current or not is_blank(raw.get("images")) or not is_blank(raw.get("image")):
+                    raise RowError(f"{loc}: a comparison row needs both 'prior' and 'current' (and no 'images')")
+                question = render_question(raw, loc) if str(raw.get("question") or "").strip() else ""
+                row = BatchRow(rid, loc, question, prior + current, raw.get("system"), LONGITUDINAL)
+            else:
+                images = image_paths(raw, loc, ctx, "images", "image")
+                row = BatchRow(rid, loc, render_question(raw, loc), images, raw.get("system"))
         except RowError as e:
             if on_error == "fail":
                 raise
@@ -89,7 +102,9 @@ def run_batch(
     pending = [r for r in rows if r.id not in log.done]
 
     def build(r: BatchRow):
-        return mg.request(r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens)
+        return mg.request(
+            r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens, preset=r.preset
+        )
 
     def on_batch(outs: list[Outcome[BatchRow]]) -> None:
         recs: list[dict[str, Any]] = []

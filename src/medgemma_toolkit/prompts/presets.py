@@ -39,6 +39,7 @@ LOCALIZE_TEMPLATE = (
     "Where is the {question}? Don't give a final answer without reasoning. Output the final answer in the format "
     '"Final Answer: X" where X is a JSON list of objects. The object needs a "box_2d" and "label" key. Answer:'
 )
+LONGITUDINAL = "cxr-longitudinal"  # the preset's name: prior image, current image, then the instruction
 LONGITUDINAL_SOURCE = (
     "google-health/medgemma@80a1de1e1a306a24b69b7af4009f326bd6bae644 "
     "notebooks/cxr_longitudinal_comparison_with_hugging_face.ipynb"
@@ -224,7 +225,7 @@ PRESETS: dict[str, PromptPreset] = {
             references=(LOCALIZE_SOURCE,),
         ),
         PromptPreset(
-            name="cxr-longitudinal",
+            name=LONGITUDINAL,
             version="1",
             description="Google's CXR longitudinal-comparison notebook: no system prompt, the prior image, the "
             "current image, then the instruction (the notebook's when none is given); greedy, 600 new tokens",

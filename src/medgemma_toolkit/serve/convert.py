@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..api import MedGemma
 from ..backends.base import Backend, GenerationRequest
 from ..prompts.messages import ImagePart, Message, Part, TextPart
+from ..prompts.presets import LONGITUDINAL
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver
@@ -93,6 +94,17 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
             400, f"max_tokens: at most {config.max_tokens_limit} on this server", "invalid_value", "max_tokens"
         )
     think = bool(opts and opts.think)
+    preset = None
+    if opts and opts.longitudinal:
+        n = sum(isinstance(p, ImagePart) for p in media)
+        if n != 2:
+            raise APIError(
+                400,
+                f"medgemma.longitudinal: the last message needs 2 images (the prior, then the current); it has {n}",
+                "invalid_value",
+                "medgemma.longitudinal",
+            )
+        preset = LONGITUDINAL
     req = mg.request(
         question,
         media,
@@ -104,6 +116,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         top_p=body.top_p if body.top_p is not None else 1.0,
         seed=body.seed,
         stop=body.stop_list,
+        preset=preset,
     )
     check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))

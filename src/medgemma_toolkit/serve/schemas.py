@@ -60,6 +60,9 @@ class MedGemmaOptions(_Strict):
     think: bool = False
     window: tuple[float, float] | Literal["voi", "file", "full"] | None = None  # DICOM window; None: the file's own
     ct_windows: Literal["notebook", "server"] | None = None  # CT volumes' RGB window preset; None: "notebook"
+    # Google's longitudinal notebook: the last message's two images are the prior then the current (in that order);
+    # preset cxr-longitudinal, and an empty text asks the notebook's own instruction.
+    longitudinal: bool = False
 
 
 class ChatCompletionRequest(BaseModel):

@@ -1,0 +1,92 @@
+"""Prior before current: order single DICOM images by when they were taken, for longitudinal comparison.
+
+Google's longitudinal notebook sends the prior image, then the current one. When a user gives DICOM files without
+saying which is which, their headers say: StudyDate (+ StudyTime), else AcquisitionDateTime (or AcquisitionDate +
+AcquisitionTime), oldest first. Only the headers are read. Dates are PHI: they are compared, never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .deflate import is_deflated
+
+DATE_TAGS = ("StudyDate", "StudyTime", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime")
+
+
+@dataclass(frozen=True)
+class Ordered:
+    sources: list[str]
+    notice: str | None  # one line for stderr: what was done (never the dates themselves)
+
+
+def _digits(value: object) -> str:
+    return "".join(c for c in str(value or "") if c.isdigit())
+
+
+def acquired_key(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(study date-time, acquisition date-time) as digit strings that sort in time order, or None when the file
+    is not a readable single DICOM file or has neither date."""
+    import pydicom
+
+    from .dicom import looks_like_dicom, quiet_pydicom
+
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return None
+        with open(p, "rb") as f:
+            head = f.read(64 * 1024)
+        if not looks_like_dicom(head) or is_deflated(head):  # a deflated header could inflate without bound
+            return None
+        quiet_pydicom()
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=list(DATE_TAGS))
+    except Exception:  # unreadable headers simply give no order; the image reader reports them later
+        return None
+    study = _digits(ds.get("StudyDate"))
+    study = study + _digits(ds.get("StudyTime")) if study else ""
+    acquired = _digits(ds.get("AcquisitionDateTime")) or (
+        _digits(ds.get("AcquisitionDate")) + _digits(ds.get("AcquisitionTime")) if ds.get("AcquisitionDate") else ""
+    )
+    if not (study or acquired):
+        return None
+    # Digit strings compare as times only at equal length: pad to YYYYMMDDHHMMSS + 6 fraction digits.
+    return (study or acquired).ljust(20, "0")[:20], acquired.ljust(20, "0")[:20]
+
+
+def order_by_acquisition(sources: Sequence[str]) -> Ordered:
+    """`sources` oldest first when every one is a DICOM file with a date; otherwise as given (with a notice when
+    some DICOM files had dates and others not)."""
+    given = [str(s) for s in sources]
+    if len(given) < 2:
+        return Ordered(given, None)
+    if not all(_is_dicom_file(s) for s in given):
+        return Ordered(given, None)  # not all DICOM files (PNG, a series folder): the order given is the order
+    keys = [acquired_key(s) for s in given]
+    known = [k for k in keys if k is not None]
+    if len(known) < len(keys):
+        return Ordered(
+            given, "note: images kept in the order given: not every DICOM file has a StudyDate or AcquisitionDateTime"
+        )
+    order = sorted(range(len(given)), key=lambda i: (known[i], i))
+    moved = " (reordered)" if order != list(range(len(given))) else ""
+    return Ordered(
+        [given[i] for i in order],
+        f"note: {len(given)} DICOM images ordered by StudyDate/AcquisitionDateTime, oldest first{moved}",
+    )
+
+
+def _is_dicom_file(source: str) -> bool:
+    from .dicom import looks_like_dicom
+
+    try:
+        p = Path(source)
+        if not p.is_file():
+            return False
+        with open(p, "rb") as f:
+            return looks_like_dicom(f.read(132))
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,201 @@
+"""Longitudinal comparison: the prior image, then the current one, then the instruction (Google's notebook,
+tests/data/google_reference/cxr_longitudinal.json), through `ask --prior/--current`, DICOM date ordering, `chat`,
+the server's `medgemma.longitudinal` extension and `batch` rows. An OpenAI-compatible upstream on loopback
+(`FixedUpstream`) records exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from medgemma_toolkit import MedGemma
+from medgemma_toolkit.imaging.order import order_by_acquisition
+from medgemma_toolkit.prompts.presets import get_preset
+from medgemma_toolkit.testing.fixed_upstream import FixedUpstream
+from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+
+REF = json.loads((Path(__file__).parent / "data" / "google_reference" / "cxr_longitudinal.json").read_text())
+ANSWER = "The opacity in the left lower lobe has resolved."
+
+
+def tall_png(path: Path) -> Path:  # padded left and right: black first column in the model image
+    Image.new("RGB", (30, 60), (200, 200, 200)).save(path)
+    return path
+
+
+def wide_png(path: Path) -> Path:  # padded above and below: black first row
+    Image.new("RGB", (60, 30), (200, 200, 200)).save(path)
+    return path
+
+
+def shapes(body: dict) -> list:
+    """Each content part of the last message: 'tall' / 'wide' for images (from their padding), else the text."""
+    out = []
+    for c in body["messages"][-1]["content"]:
+        if c["type"] == "text":
+            out.append(c["text"])
+            continue
+        raw = base64.b64decode(c["image_url"]["url"].split(",", 1)[1])
+        with Image.open(io.BytesIO(raw)) as im:
+            a = np.asarray(im.convert("RGB"))
+        out.append("tall" if a[:, 0].max() == 0 else "wide" if a[0].max() == 0 else "square")
+    return out
+
+
+def dicom(path: Path, rows: int, cols: int, **dates: str) -> Path:
+    ds = make_cxr(rows=rows, cols=cols)
+    for k, v in dates.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_preset_is_the_notebooks():
+    pre = get_preset("cxr-longitudinal")
+    assert pre.user_text("") == REF["prompt"] and pre.max_new_tokens(True, False) == REF["max_new_tokens"] == 600
+    assert pre.user_text("Has the effusion changed?") == "Has the effusion changed?"
+    parts = pre.build("", [*_two_images()]).messages
+    assert [m.role for m in parts] == ["user"]
+    assert [type(p).__name__ for p in parts[0].parts] == ["ImagePart", "ImagePart", "TextPart"]
+
+
+def _two_images():
+    from medgemma_toolkit.prompts.messages import ImagePart
+
+    return ImagePart(Image.new("RGB", (8, 8))), ImagePart(Image.new("RGB", (8, 8), (9, 9, 9)))
+
+
+def test_show_prompt_renders_as_the_notebook(tiny_model_dir, tmp_path):
+    res = run_cli("ask", "-m", str(tiny_model_dir), "--prior", str(tall_png(tmp_path / "p.png")),
+                  "--current", str(wide_png(tmp_path / "c.png")), "--show-prompt")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout[:-1] == REF["rendered"]
+
+
+def test_ask_prior_then_current_then_question(tmp_path, cli):
+    prior, current = tall_png(tmp_path / "prior.png"), wide_png(tmp_path / "current.png")
+    with FixedUpstream(ANSWER) as up:
+        res = cli("ask", "--upstream", up.url, "--current", str(current), "--prior", str(prior), "--json",
+                  "Has it changed?")
+        res2 = cli("ask", "--upstream", up.url, "--prior", str(prior), "--current", str(current))
+        first, second = up.requests
+    assert res.returncode == 0 and res2.returncode == 0, res.stderr + res2.stderr
+    assert json.loads(res.stdout)["text"] == ANSWER and json.loads(res.stdout)["preset"] == "cxr-longitudinal@1"
+    assert shapes(first) == ["tall", "wide", "Has it changed?"]
+    assert first["max_tokens"] == 600 and first["temperature"] == 0 and len(first["messages"]) == 1  # no system
+    assert shapes(second) == ["tall", "wide", REF["prompt"]]  # no question: the notebook's instruction
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--prior", "P"], "needs both --prior and --current"),
+        (["--prior", "P", "--current", "C", "-i", "P"], "without --image"),
+        ([], "give a question"),
+    ],
+)
+def test_bad_flags_are_one_line(tmp_path, cli, args, message):
+    p = str(tall_png(tmp_path / "p.png"))
+    res = cli("ask", "--upstream", "http://127.0.0.1:9", *[{"P": p, "C": p}.get(a, a) for a in args])
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and message in res.stderr
+
+
+def test_dicom_inputs_are_ordered_by_date_and_say_so(tmp_path, cli):
+    older = dicom(tmp_path / "a.dcm", 48, 40, StudyDate="20190304", StudyTime="101500")  # tall
+    newer = dicom(tmp_path / "b.dcm", 40, 48, StudyDate="20210911")  # wide
+    with FixedUpstream(ANSWER) as up:
+        res = cli("ask", "--upstream", up.url, "-i", str(newer), "-i", str(older), "Compare.")
+        sent = up.requests[0]
+    assert res.returncode == 0, res.stderr
+    assert "ordered by StudyDate/AcquisitionDateTime, oldest first (reordered)" in res.stderr
+    assert not any(d in res.stderr for d in ("2019", "2021", "0304", "0911"))  # dates are PHI: never printed
+    assert [s for s in shapes(sent) if s in ("tall", "wide")] == ["tall", "wide"]  # text goes where the preset says
+
+
+def test_date_order_rules(tmp_path):
+    # Same study day: the acquisition time decides; acquisition date-time alone also orders.
+    a = dicom(tmp_path / "a.dcm", 8, 8, StudyDate="20200101", AcquisitionDateTime="20200101120000")
+    b = dicom(tmp_path / "b.dcm", 8, 8, StudyDate="20200101", AcquisitionDateTime="20200101083000")
+    c = dicom(tmp_path / "c.dcm", 8, 8, AcquisitionDateTime="20191231235959.5")
+    got = order_by_acquisition([str(a), str(b), str(c)])
+    assert got.sources == [str(c), str(b), str(a)]
+    undated = dicom(tmp_path / "d.dcm", 8, 8)
+    kept = order_by_acquisition([str(a), str(undated), str(c)])
+    assert kept.sources == [str(a), str(undated), str(c)] and "kept in the order given" in (kept.notice or "")
+    png = tall_png(tmp_path / "x.png")
+    assert order_by_acquisition([str(a), str(png)]) == order_by_acquisition([str(a), str(png)])
+    assert order_by_acquisition([str(a), str(png)]).sources == [str(a), str(png)]
+    assert order_by_acquisition([str(a), str(png)]).notice is None  # not all DICOM: nothing to say
+    same = order_by_acquisition([str(b), str(b)])
+    assert same.notice and "reordered" not in same.notice
+
+
+def test_chat_prior_current(tmp_path, cli):
+    prior, current = tall_png(tmp_path / "prior.png"), wide_png(tmp_path / "current.png")
+    session = f"/current {current}\n/prior {prior}\n/compare\nAnd the heart?\n/prior {prior}\nWhat now?\n"
+    with FixedUpstream(ANSWER) as up:
+        res = cli("chat", "--upstream", up.url, input=session)
+        bodies = list(up.requests)
+    assert res.returncode == 0, res.stderr
+    assert "a comparison needs both /prior PATH and /current PATH" in res.stdout
+    assert len(bodies) == 2
+    assert shapes(bodies[0]) == ["tall", "wide", REF["prompt"]]
+    assert bodies[1]["messages"][-1]["content"] == "And the heart?"  # a follow-up turn, the images in history
+    assert [m["role"] for m in bodies[1]["messages"]] == ["user", "assistant", "user"]
+
+
+def test_server_extension(tmp_path):
+    from medgemma_toolkit.serve import ServeConfig, create_app
+    from medgemma_toolkit.serve.launch import InProcessServer
+
+    def uri(p: Path) -> dict:
+        return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()}}
+
+    prior, current = uri(tall_png(tmp_path / "p.png")), uri(wide_png(tmp_path / "c.png"))
+    with FixedUpstream(ANSWER) as up:
+        app = create_app(MedGemma.load(None, upstream=up.url), ServeConfig(served_model_name="m"))
+        with InProcessServer(app) as srv:
+            def chat(content: list, **ext) -> httpx.Response:
+                body = {"model": "m", "messages": [{"role": "user", "content": content}], "medgemma": ext}
+                return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)
+
+            ok = chat([prior, current], longitudinal=True)
+            asked = chat([prior, current, {"type": "text", "text": "Better or worse?"}], longitudinal=True)
+            one = chat([prior, {"type": "text", "text": "?"}], longitudinal=True)
+        sent = list(up.requests)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == ANSWER
+    assert shapes(sent[0]) == ["tall", "wide", REF["prompt"]] and sent[0]["max_tokens"] == 600
+    assert shapes(sent[1]) == ["tall", "wide", "Better or worse?"]
+    assert one.status_code == 400 and one.json()["error"]["param"] == "medgemma.longitudinal"
+    assert len(sent) == 2
+
+
+def test_batch_rows_with_prior_and_current(tmp_path):
+    tall_png(tmp_path / "p.png")
+    wide_png(tmp_path / "c.png")
+    rows = [
+        {"id": "a", "prior": "p.png", "current": "c.png"},
+        {"id": "b", "prior": "p.png", "current": "c.png", "question": "Worse?"},
+        {"id": "c", "question": "Describe.", "image": "c.png"},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FixedUpstream(ANSWER) as up:
+        res = run_cli("batch", "--upstream", up.url, "-i", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl"))
+        sent = sorted((shapes(b) for b in up.requests), key=len)
+    assert res.returncode == 0, res.stderr
+    out = {r["id"]: r for r in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
+    assert {k: v["answer"] for k, v in out.items()} == {"a": ANSWER, "b": ANSWER, "c": ANSWER}
+    assert sorted(sent) == sorted([["tall", "wide", REF["prompt"]], ["tall", "wide", "Worse?"], ["Describe.", "wide"]])  # row c: the model's own preset
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x", "prior": "p.png"}) + "\n")
+    bad = run_cli("batch", "--upstream", "http://127.0.0.1:9", "-i", str(tmp_path / "bad.jsonl"),
+                  "-o", str(tmp_path / "o2.jsonl"))
+    assert bad.returncode == 2 and "needs both 'prior' and 'current'" in bad.stderr
