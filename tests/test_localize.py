@@ -165,6 +165,14 @@ def test_parser_never_raises_on_junk():
         text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 80))))
         parse_boxes(text)
     parse_boxes("[" * 5000)  # deep nesting: no RecursionError escapes
+    parse_boxes("[" * 3000 + "]" * 3000)
+
+
+def test_unparsed_is_bounded():
+    got = parse_boxes("Final Answer: " + "[x] " * 50 + '[{"box_2d": [250, 100, 750, 600], "label": "a"}]')
+    assert [b.label for b in got.boxes] == ["a"]
+    assert len(got.unparsed) == 20 and got.unparsed[:19] == ["[x]"] * 19
+    assert got.unparsed[-1] == "(and 31 more unreadable fragments)"
 
 
 # -- the overlay ----------------------------------------------------------------------------------------------

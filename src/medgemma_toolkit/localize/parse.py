@@ -17,6 +17,7 @@ from typing import Any
 from ..prompts.thinking import split_thought
 
 MAX_FRAGMENT = 200  # characters of an unparsed fragment kept for the report
+MAX_UNPARSED = 20  # fragments kept per answer; the rest are counted
 FINAL = re.compile(r"final\s+answer\s*:", re.IGNORECASE)
 FENCE = re.compile(r"```[ \t]*(?:json)?", re.IGNORECASE)
 BOX_KEYS = ("box_2d", "bbox", "box")
@@ -60,9 +61,9 @@ def _segments(region: str) -> list[str]:
     return out
 
 
-def _closings(text: str) -> dict[int, int]:
-    """Opening bracket index -> index after its closing bracket, in one pass (quotes inside brackets respected);
-    brackets that never close are absent."""
+def _closings(text: str) -> tuple[dict[int, int], int | None]:
+    """Opening bracket index -> index after its closing bracket, in one pass (quotes inside brackets respected),
+    and where the first bracket that never closes opens (an answer cut off mid-list), if any."""
     stack: list[int] = []
     out: dict[int, int] = {}
     quote, escaped = "", False
@@ -80,40 +81,35 @@ def _closings(text: str) -> dict[int, int]:
             stack.append(i)
         elif c in "]}" and stack:
             out[stack.pop()] = i + 1
-    return out
+    return out, (stack[0] if stack else None)
 
 
 def _values(segment: str, unparsed: list[str]) -> list[Any]:
-    """Every JSON (or Python-literal) list/object in `segment`, in order; unreadable bracketed text to `unparsed`."""
+    """Every JSON (or Python-literal) list/object in `segment`, in order; unreadable bracketed text to `unparsed`.
+
+    Only brackets that close can hold a value, so only those are tried, each at most once (linear in the text
+    however adversarial); inside a bracket that never closes, the complete values before the cut still count.
+    """
     decoder = json.JSONDecoder()
-    closings = _closings(segment)
+    closings, unclosed = _closings(segment)
     values: list[Any] = []
-    unclosed: int | None = None  # where a bracket that never closes began (an answer cut off mid-list)
-    i = 0
-    while True:
-        starts = [j for j in (segment.find("[", i), segment.find("{", i)) if j >= 0]
-        if not starts:
-            if unclosed is not None:
-                unparsed.append(_clip(segment[unclosed:]))
-            return values
-        i = min(starts)
+    end = 0
+    for i in sorted(closings):
+        if i < end:
+            continue  # inside a value already read (or already reported)
+        end = closings[i]
         try:
-            value, end = decoder.raw_decode(segment, i)
+            value, end = decoder.raw_decode(segment, i)  # JSON's own end wins over the scan's
         except (json.JSONDecodeError, RecursionError):
-            closing = closings.get(i)
-            if closing is None:  # look inside it: the complete boxes before the cut are still boxes
-                unclosed = i if unclosed is None else unclosed
-                i += 1
-                continue
-            end = closing
             try:  # single quotes, trailing commas, True/None: what models write when they slip into Python
                 value = ast.literal_eval(segment[i:end])
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 unparsed.append(_clip(segment[i:end]))
-                i = end
                 continue
         values.append(value)
-        i = end
+    if unclosed is not None:
+        unparsed.append(_clip(segment[unclosed:]))
+    return values
 
 
 def _number(v: Any) -> float | None:
@@ -183,4 +179,7 @@ def parse_boxes(text: str, default_label: str = "") -> Parsed:
             _items(value, default_label, parsed)
     if not parsed.boxes and not parsed.unparsed and region.strip():
         parsed.unparsed.append(_clip(region))  # text with no box in it at all
+    if len(parsed.unparsed) > MAX_UNPARSED:
+        extra = len(parsed.unparsed) - MAX_UNPARSED + 1
+        parsed.unparsed[MAX_UNPARSED - 1 :] = [f"(and {extra} more unreadable fragments)"]
     return parsed
