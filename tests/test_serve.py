@@ -317,6 +317,20 @@ def test_refuses_public_bind_without_key(tiny_model_dir):
 
 
 # -- bad inputs ---------------------------------------------------------------------------------------------------
+def test_back_to_back_messages_of_one_role_are_one_turn(client):
+    """The OpenAI API allows two user messages in a row; Gemma's template needs alternating turns, so the server
+    joins them (before, the template's refusal surfaced as a 500)."""
+    two = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+        {"role": "user", "content": "First part."}, {"role": "user", "content": "Second part?"}])
+    one = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+        {"role": "user", "content": "First part.\nSecond part?"}])
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    hist = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+        {"role": "assistant", "content": "A2"}, {"role": "user", "content": "Q2"}])
+    assert hist.choices[0].message.content is not None
+
+
 BIG_PNG = png_bytes(2000, 1000)  # 2 Mpx, over the server's 1 Mpx limit, but a small file
 
 
@@ -356,6 +370,8 @@ def bad_requests() -> list[tuple[str, dict | None, bytes | None, int, str]]:
         ("oversized body", {**ok, "messages": user(text("x" * (1024**2 + 10)))}, None, 413, "bytes"),
         ("max_tokens over limit", {**ok, "max_tokens": 10**6, "messages": user(text("hi"))}, None, 400, "max_tokens"),
         ("empty prompt", {**ok, "messages": user()}, None, 400, "empty prompt"),
+        ("assistant first", {**ok, "messages": [{"role": "assistant", "content": "Hello."},
+                                                 {"role": "user", "content": "hi"}]}, None, 400, "start with a user"),
     ]
 
 
@@ -363,7 +379,7 @@ BAD_REQUESTS = bad_requests()
 
 
 def test_every_bad_request_case_is_collected():
-    assert len(BAD_REQUESTS) == 24 and len({c[0] for c in BAD_REQUESTS}) == 24
+    assert len(BAD_REQUESTS) == 25 and len({c[0] for c in BAD_REQUESTS}) == 25
 
 
 @pytest.mark.parametrize("label, body, raw, status, needle", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])

@@ -46,6 +46,18 @@ def _text(parts: list[Part]) -> str:
     return "\n".join(p.text for p in parts if isinstance(p, TextPart) and p.text)
 
 
+def merge_adjacent(history: list[Message]) -> list[Message]:
+    """Back-to-back messages of one role as a single turn: the OpenAI API allows them, Gemma's chat template
+    refuses turns that do not alternate (it would fail deep in the backend, a 500 instead of an answer)."""
+    out: list[Message] = []
+    for m in history:
+        if out and out[-1].role == m.role:
+            out[-1] = Message(m.role, [*out[-1].parts, TextPart("\n\n"), *m.parts])
+        else:
+            out.append(m)
+    return out
+
+
 def check_fits(backend: Backend, req: GenerationRequest) -> None:
     """A prompt that fills the model's context is a 400 here, before it can join (and fail) a batch."""
     limit = backend.context_length()
@@ -80,7 +92,20 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
             system_texts.append(_text(parts))
         elif parts:
             history.append(Message(m.role, parts))  # type: ignore[arg-type]
+    history = merge_adjacent(history)
     last_parts = _parts(last, resolver)
+    if history and history[-1].role == "user":
+        # Users' messages sent back to back are one turn to Gemma; the earlier ones lead the question.
+        earlier_parts = [p for p in history.pop().parts if isinstance(p, ImagePart) or p.text.strip()]
+        last_parts = [(p, isinstance(p, ImagePart)) for p in earlier_parts] + last_parts
+    if history and history[0].role != "user":
+        raise APIError(
+            400,
+            "messages: the conversation must start with a user message (after any system messages); "
+            "Gemma's turns alternate user/assistant",
+            "invalid_value",
+            "messages",
+        )
     question = _text([p for p, from_image in last_parts if not from_image])
     media = [p for p, from_image in last_parts if from_image]
     system = "\n".join(t for t in system_texts if t) if system_texts else None
