@@ -14,6 +14,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -178,7 +179,8 @@ def ask(page, question: str, turns_before: int) -> None:
     page.fill("#question", question)
     page.keyboard.press("Control+Enter") if turns_before % 2 else page.click("#ask")
     expect(page.locator(".turn.assistant")).to_have_count(turns_before + 1)
-    expect(page.locator("#status")).to_have_text("Done.", timeout=120_000)
+    expect(page.locator("#status")).to_have_text(re.compile(r"Done\.|The request failed\."), timeout=120_000)
+    assert page.text_content("#status") == "Done.", page.locator(".turn.assistant .answer").last.text_content()
 
 
 def drop(page, slot: str, name: str, data: bytes) -> None:
@@ -299,6 +301,16 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     small = np.asarray(Image.fromarray(np.round(expected).astype(np.uint8)).resize((SIZE, SIZE),
                                                                                      Image.Resampling.BILINEAR))
     assert np.abs(png_pixels(custom)[..., 0].astype(int) - small).max() <= 3
+    # One prior + one current: the longitudinal preset (its 600 new tokens, as the page leaves max_tokens to it).
+    assert Upstream.requests[-1]["max_tokens"] == 600
+    # An empty question asks the notebook's own instruction.
+    page.click("#new-conversation")
+    ask(page, "", 0)
+    expect(page.locator(".turn.user .text")).to_have_text("(the longitudinal notebook's comparison instruction)")
+    req = Upstream.requests[-1]
+    assert len(sent_images(req)) == 2 and req["max_tokens"] == 600
+    texts = [c["text"] for c in req["messages"][-1]["content"] if c["type"] == "text"]
+    assert texts and len(" ".join(texts)) > 40  # the instruction, supplied by the server's preset
 
 
 def test_markdown_is_rendered_safely_and_copied(server, page):

@@ -309,24 +309,35 @@ function onChunk(turn, data) {
   if (chunk.usage) turn.usage = chunk.usage;
 }
 
+// One prior and one current 2D image, first turn: Google's longitudinal prompt (server preset cxr-longitudinal).
+function longitudinalPair() {
+  const p = state.studies.prior.sources;
+  const c = state.studies.current.sources;
+  return $("compare").checked && !state.imagesSent && p.length === 1 && c.length === 1 &&
+    p[0].kind !== "series" && c[0].kind !== "series";
+}
+
 async function ask() {
   if (state.controller) return;
   if (!state.modelId && !(await connect())) return;
   const question = $("question").value.trim();
-  if (!question) {
+  const longitudinal = longitudinalPair();
+  if (!question && !longitudinal) {
     setStatus("Type a question.", true);
     return;
   }
   const content = [];
   const images = state.imagesSent ? [] : imageParts();
-  content.push(...images, { type: "text", text: question });
+  content.push(...images);
+  if (question) content.push({ type: "text", text: question }); // empty + longitudinal: the notebook's instruction
   const messages = [...state.messages, { role: "user", content }];
   const request = {
     model: state.modelId, stream: true, stream_options: { include_usage: true }, messages,
-    max_tokens: parseInt($("max-tokens").value, 10) || 300,
-    medgemma: { think: $("think").checked, ...windowOptions() },
+    medgemma: { think: $("think").checked, ...windowOptions(), ...(longitudinal ? { longitudinal: true } : {}) },
   };
-  userTurn(question, images.length);
+  const maxTokens = parseInt($("max-tokens").value, 10);
+  if (maxTokens > 0) request.max_tokens = maxTokens; // empty: the model's prompt preset decides
+  userTurn(question || "(the longitudinal notebook's comparison instruction)", images.length);
   const turn = assistantTurn();
   $("question").value = "";
   $("ask").disabled = true;
