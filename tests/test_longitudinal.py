@@ -173,6 +173,7 @@ def test_server_extension(tmp_path):
             one = chat([prior, {"type": "text", "text": "?"}], longitudinal=True)
         sent = list(up.requests)
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == ANSWER
+    assert ok.json()["medgemma"]["preset"] == "cxr-longitudinal@1"
     assert shapes(sent[0]) == ["tall", "wide", REF["prompt"]] and sent[0]["max_tokens"] == 600
     assert shapes(sent[1]) == ["tall", "wide", "Better or worse?"]
     assert one.status_code == 400 and one.json()["error"]["param"] == "medgemma.longitudinal"
@@ -199,3 +200,25 @@ def test_batch_rows_with_prior_and_current(tmp_path):
     bad = run_cli("batch", "--upstream", "http://127.0.0.1:9", "-i", str(tmp_path / "bad.jsonl"),
                   "-o", str(tmp_path / "o2.jsonl"))
     assert bad.returncode == 2 and "needs both 'prior' and 'current'" in bad.stderr
+
+
+def test_eval_rows_with_prior_and_current_columns(tmp_path):
+    """An eval CSV whose rows give `prior` and `current`: the model sees them in that order."""
+    tall_png(tmp_path / "p.png")
+    wide_png(tmp_path / "c.png")
+    (tmp_path / "rows.csv").write_text(
+        "id,question,options,answer,prior,current\n"
+        'q1,Has the opacity improved?,"[""Improved"", ""Worsened""]",A,p.png,c.png\n'
+    )
+    with FixedUpstream("The most likely diagnosis is: A") as up:
+        res = run_cli("eval", "--upstream", up.url, "--task", "image_mcq", "--data", str(tmp_path / "rows.csv"),
+                      "--out", str(tmp_path / "run"), "--no-cache")
+        (body,) = up.requests
+    assert res.returncode == 0, res.stderr
+    assert [s for s in shapes(body) if s in ("tall", "wide")] == ["tall", "wide"]
+    (rec,) = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [Path(i["source"]).name for i in rec["images"]] == ["p.png", "c.png"]
+    (tmp_path / "bad.csv").write_text("id,question,options,answer,prior,image\nq1,Q?,\"[\"\"a\"\", \"\"b\"\"]\",A,p.png,c.png\n")
+    bad = run_cli("eval", "--upstream", "http://127.0.0.1:9", "--task", "image_mcq", "--data",
+                  str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run2"))
+    assert bad.returncode != 0 and "comparison row" in bad.stderr

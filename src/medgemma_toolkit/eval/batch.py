@@ -22,7 +22,7 @@ from ..rowfile import read_rows
 from .batching import Outcome, auto_batch_size, run_batches
 from .items import format_options
 from .records import RecordLog
-from .rows import ReadContext, RowError, image_paths, is_blank, options_of
+from .rows import ReadContext, RowError, is_blank, options_of, row_images
 
 
 @dataclass
@@ -62,14 +62,11 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
             rid = str(raw.get("id", f"row-{r.line}"))
             if rid in seen:
                 raise RowError(f"{loc}: duplicate id {rid!r}")
+            images = row_images(raw, loc, ctx, "images", "image")
             if compare:
-                prior, current = image_paths(raw, loc, ctx, "prior"), image_paths(raw, loc, ctx, "current")
-                if not prior or not current or not is_blank(raw.get("images")) or not is_blank(raw.get("image")):
-                    raise RowError(f"{loc}: a comparison row needs both 'prior' and 'current' (and no 'images')")
                 question = render_question(raw, loc) if str(raw.get("question") or "").strip() else ""
-                row = BatchRow(rid, loc, question, prior + current, raw.get("system"), LONGITUDINAL)
+                row = BatchRow(rid, loc, question, images, raw.get("system"), LONGITUDINAL)
             else:
-                images = image_paths(raw, loc, ctx, "images", "image")
                 row = BatchRow(rid, loc, render_question(raw, loc), images, raw.get("system"))
         except RowError as e:
             if on_error == "fail":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from .items import EvalItem
-from .rows import ReadContext, Row, RowError, SkipRow, image_paths, is_blank, req, row_id
+from .rows import ReadContext, Row, RowError, SkipRow, image_paths, is_blank, req, row_id, row_images
 
 
 def _vqa(row: Row, loc: str, ctx: ReadContext, image_key: str) -> EvalItem:
@@ -116,7 +116,7 @@ def cxr(row: Row, loc: str, ctx: ReadContext, labels: CxrLabels) -> EvalItem:
 
 
 def report(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
-    images = image_paths(row, loc, ctx, "images", "image", "image_path")
+    images = row_images(row, loc, ctx, "images", "image", "image_path")
     if not images:
         raise RowError(f"{loc}: no image path (field 'image' or 'images')")
     return EvalItem(

@@ -22,6 +22,7 @@ from .rows import (
     options_of,
     req,
     row_id,
+    row_images,
 )
 
 
@@ -42,7 +43,7 @@ def generic(row: Row, loc: str, ctx: ReadContext) -> EvalItem:
         question=str(req(row, loc, "question")).strip(),
         options=options,
         answer=gold,
-        images=image_paths(row, loc, ctx, "images", "image", "image_path"),
+        images=row_images(row, loc, ctx, "images", "image", "image_path"),
         answer_type=(str(row["answer_type"]).lower() if row.get("answer_type") else None),
     )
 

@@ -405,3 +405,16 @@ def image_paths(row: Row, loc: str, ctx: ReadContext, *keys: str) -> list[str]:
             raise RowError(f"{loc}: image file not found: {p} (looked in {where}){hint}")
         out.append(str(full))
     return out
+
+
+def row_images(row: Row, loc: str, ctx: ReadContext, *keys: str) -> list[str]:
+    """A row's images: `prior` then `current` for a comparison row (the order of Google's longitudinal notebook),
+    else those under `keys` (see `image_paths`)."""
+    if is_blank(row.get("prior")) and is_blank(row.get("current")):
+        return image_paths(row, loc, ctx, *keys)
+    if any(not is_blank(row.get(k)) and row.get(k) != [] for k in keys):
+        raise RowError(f"{loc}: a comparison row gives 'prior' and 'current', not also {'/'.join(keys)}")
+    prior, current = image_paths(row, loc, ctx, "prior"), image_paths(row, loc, ctx, "current")
+    if not prior or not current:
+        raise RowError(f"{loc}: a comparison row needs both 'prior' and 'current'")
+    return prior + current

@@ -316,7 +316,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
                 "id": "chatcmpl-" + uuid.uuid4().hex,
                 "created": int(time.time()),
                 "model": served,
-                "preset": f"{mg.preset.name}@{mg.preset.version}",
+                "preset": conv.preset or f"{mg.preset.name}@{mg.preset.version}",
                 "demo_model": mg.is_demo,
             }
             if body.stream:

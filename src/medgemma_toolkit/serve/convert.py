@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..api import MedGemma
 from ..backends.base import Backend, GenerationRequest
 from ..prompts.messages import ImagePart, Message, Part, TextPart
-from ..prompts.presets import LONGITUDINAL
+from ..prompts.presets import LONGITUDINAL, get_preset
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver
@@ -24,6 +24,7 @@ class Converted:
     think: bool
     n_images: int
     prompt_text_chars: int
+    preset: str = ""  # "name@version" when the request chose its own (medgemma.longitudinal), else the model's
 
 
 def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[tuple[Part, bool]]:
@@ -145,4 +146,5 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     )
     check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
-    return Converted(req, think, resolver.count, chars + len(req.prompt.text or ""))
+    pre = get_preset(preset) if preset else mg.preset
+    return Converted(req, think, resolver.count, chars + len(req.prompt.text or ""), f"{pre.name}@{pre.version}")
