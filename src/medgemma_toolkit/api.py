@@ -36,7 +36,7 @@ class Answer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float | str] = field(default_factory=dict)  # seconds, tok/s, and the backend/dtype that ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +83,7 @@ class MedGemma:
         mmproj: str | None = None,
         upstream: str | None = None,
         context_length: int | None = None,
+        memory_check: bool = True,
     ) -> MedGemma:
         opts = LoadOptions(
             device=device,
@@ -94,6 +95,7 @@ class MedGemma:
             mmproj=mmproj,
             upstream=upstream,
             context_length=context_length,
+            memory_check=memory_check,
         )
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)
@@ -182,6 +184,8 @@ class MedGemma:
                 "load_s": round(self.load_seconds, 3),
                 "generate_s": round(gen_seconds, 3),
                 "tokens_per_s": round(tps, 2),
+                "backend": self.backend.info.backend,
+                "dtype": self.backend.info.extra.get("dtype") or _gguf_type(self.backend.info.path),
             },
         )
 
@@ -214,3 +218,12 @@ class MedGemma:
                 yield self._answer(item, time.perf_counter() - t0)
                 return
             yield from splitter.feed(item)
+
+
+def _gguf_type(path: str) -> str:
+    """A GGUF's weight type as its file name says it (our exports and llama.cpp's: `...-q4_k_m.gguf`), else "gguf"."""
+    stem = path.rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    for t in ("q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0", "q4_0", "bf16", "f16", "f32"):
+        if stem.endswith(t):
+            return t
+    return "gguf"

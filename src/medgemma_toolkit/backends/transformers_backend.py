@@ -41,7 +41,13 @@ class TransformersBackend(Backend):
             gguf_file, load_dir = self.path.name, str(self.path.parent)
         else:
             load_dir = str(self.path)
-        self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype)
+        config = (
+            AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file)
+            if gguf_file
+            else AutoConfig.from_pretrained(load_dir)
+        )
+        width = getattr(config.get_text_config(), "hidden_size", None)
+        self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype, width, inference=True)
         quantize = check_quantize(self.options.quantize)
         dtype_name = str(self.dtype).replace("torch.", "")
         weights = None if gguf_file else model_bytes(checkpoint_params(self.path), dtype_name, quantize)
@@ -58,11 +64,6 @@ class TransformersBackend(Backend):
             kwargs["device_map"] = self.placement.device_map
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
-        config = (
-            AutoConfig.from_pretrained(load_dir, gguf_file=gguf_file)
-            if gguf_file
-            else AutoConfig.from_pretrained(load_dir)
-        )
         self.multimodal = getattr(config, "vision_config", None) is not None
         try:
             self.model = load_hf_model(load_dir, self.multimodal, **kwargs)

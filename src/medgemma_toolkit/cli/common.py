@@ -69,6 +69,13 @@ UpstreamOpt = Annotated[
 MmprojOpt = Annotated[
     Optional[str], typer.Option(help="llama.cpp: vision projector GGUF (default: an mmproj*.gguf beside the model)")
 ]
+MemoryCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--memory-check/--no-memory-check",
+        help="Refuse to load a model whose estimated peak memory exceeds what is available (see `medgemma models`)",
+    ),
+]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads (default: physical cores)")]
 
 
@@ -85,6 +92,7 @@ def load_model(
     mmproj: str | None = None,
     threads: int | None = None,
     max_batch_size: int = 8,
+    memory_check: bool = True,
 ):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
@@ -98,6 +106,7 @@ def load_model(
         "mmproj": mmproj,
         "threads": threads,
         "max_batch_size": max_batch_size,
+        "memory_check": memory_check,
     }
     if upstream or backend == "openai":  # the model lives upstream; --model is its name there
         return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
@@ -122,6 +131,7 @@ class ModelOptions:
     upstream: UpstreamOpt = None
     mmproj: MmprojOpt = None
     threads: ThreadsOpt = None
+    memory_check: MemoryCheckOpt = True
 
     def load(self, preset: str | None = None, quiet: bool = False, **extra: Any):
         """The loaded `MedGemma` (see `load_model`); `extra` goes to the backend's load options."""
@@ -137,6 +147,7 @@ class ModelOptions:
             upstream=self.upstream,
             mmproj=self.mmproj,
             threads=self.threads,
+            memory_check=self.memory_check,
             **extra,
         )
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from .footprint import SHOWN, variant_needs
 from .local import registered
 from .resolve import locate_variant
 from .variants import BY_NAME, VARIANTS
+
+# Column titles of the peak-memory columns, in `SHOWN`'s order.
+PEAK_TITLES = {
+    "transformers bfloat16": "bf16",
+    "transformers float32": "fp32",
+    "llamacpp q8_0": "GGUF Q8_0",
+    "llamacpp q4_k_m": "GGUF Q4_K_M",
+}
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -23,6 +32,8 @@ def list_models() -> list[dict[str, Any]]:
                 "image_size": v.image_size,
                 "tokens_per_image": v.tokens_per_image,
                 "memory_gib": {p: v.memory_gib(p) for p in ("bf16", "8bit", "4bit")},  # type: ignore[arg-type]
+                # Estimated peak to run, weights + loading + working memory (models.footprint), per backend/precision
+                "peak_gib": variant_needs(v.params_b, v.multimodal, gguf=v.modality != "embedding"),
                 "default_preset": v.default_preset,
                 "present": hit is not None,
                 "path": str(hit[0]) if hit else None,
@@ -39,22 +50,25 @@ def print_models(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="MedGemma variants (weights-only memory, GiB)")
-    for col in ("name", "modality", "tuned", "thinking", "bf16", "8-bit", "4-bit", "local"):
+    t = Table(title="MedGemma variants: estimated peak memory to run them (GiB; GGUF with its f16 mmproj)")
+    keys = [f"{b} {q}" for b, q in SHOWN]
+    for col in ("name", "modality", "tuned", "thinking", *(PEAK_TITLES[k] for k in keys), "local"):
         t.add_column(col)
     for r in rows:
-        mem = r.get("memory_gib") or {}
+        peak = r.get("peak_gib") or {}
         t.add_row(
             r["name"],
             r.get("modality") or "?",
             "-" if r.get("instruction_tuned") is None else ("it" if r["instruction_tuned"] else "pt"),
             "yes" if r.get("thinking") else "no",
-            str(mem.get("bf16", "")),
-            str(mem.get("8bit", "")),
-            str(mem.get("4bit", "")),
+            *(str(peak.get(k, "-")) for k in keys),
             f"{r['path']} ({r['source']})" if r["present"] else "not found",
         )
     Console(width=200).print(t)
+    print(
+        "bf16/fp32: transformers on CPU (GPU: bf16 weights, `--quantize 4bit` ~0.55 byte/param); GGUF: llama.cpp "
+        "(`medgemma export gguf`). Loading refuses, in one line, what will not fit (`--no-memory-check` overrides)."
+    )
     print(
         "MedGemma images: 896x896 -> 256 tokens; MedSigLIP (embedding): 448x448, use `medgemma embed`. "
         "Get weights: see `medgemma ask --model NAME` for instructions."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -9,9 +10,10 @@ from pathlib import Path
 
 from ..backends.base import Backend
 from ..backends.registry import backend_class
-from ..backends.torch_setup import LoadOptions
-from ..errors import CapabilityError
+from ..backends.torch_setup import LoadOptions, cpu_auto_dtype, cpu_flags
+from ..errors import BackendUnavailable, CapabilityError
 from .checkpoint import ModelHint, variant_from_card
+from .footprint import Need, available_bytes, checkpoint_need, gguf_need, refusal
 from .resolve import ResolvedModel, resolve_model
 from .variants import find_variant
 
@@ -63,7 +65,60 @@ def load_backend(
             f"`classify` or `probe` (Python: MedSigLIP.load)"
         )
     name = choose_backend(resolved, backend)
+    opts = options or LoadOptions()
+    if opts.memory_check:
+        check_memory(resolved, name, opts)
     cls = backend_class(name)
     t0 = time.perf_counter()
-    be = cls(resolved.path, info_hint(resolved), options or LoadOptions())  # type: ignore[call-arg]
+    be = cls(resolved.path, info_hint(resolved), opts)  # type: ignore[call-arg]
     return be, resolved, time.perf_counter() - t0
+
+
+def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> tuple[Need, str] | None:
+    """(estimated need, the hint for a refusal) of loading `resolved` into host memory with `backend`; None when
+    it is not host memory that the weights fill (a GPU, a remote server) or nothing can be estimated."""
+    if backend == "llamacpp" and resolved.format == "gguf":
+        from ..backends.llamacpp_backend import find_mmproj
+
+        mmproj = Path(options.mmproj) if options.mmproj else find_mmproj(resolved.path)
+        return gguf_need(
+            resolved.path, mmproj
+        ), "try a smaller quantisation (medgemma export gguf --outtype q4_k_m) or more memory"
+    if backend != "transformers" or resolved.format != "hf" or not options.device.startswith(("auto", "cpu")):
+        return None
+    dtype = options.dtype
+    if dtype == "auto" or options.device == "auto":
+        import torch
+
+        if options.device == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+            return None  # GPU placement checks its own memory
+        if dtype == "auto":
+            dtype = cpu_auto_dtype(cpu_flags(), _hidden_size(resolved.path))
+    need = checkpoint_need(resolved.path, dtype)
+    if need is None:
+        return None
+    hint = "try --dtype bfloat16 or a GGUF export (medgemma export gguf --outtype q4_k_m)"
+    return need, hint if dtype == "float32" else "try a GGUF export (medgemma export gguf --outtype q4_k_m)"
+
+
+def check_memory(resolved: ResolvedModel, backend: str, options: LoadOptions, available: int | None = None) -> None:
+    """Refuse in one line, before loading, a model whose estimated peak exceeds the available memory."""
+    est = memory_need(resolved, backend, options)
+    if est is None:
+        return
+    need, hint = est
+    log.info("estimated peak memory of %s through %s: %.1f GiB", resolved.name, backend, need.peak_gib)
+    line = refusal(
+        need, f"{resolved.name} through {backend}", available_bytes() if available is None else available, hint
+    )
+    if line is not None:
+        raise BackendUnavailable(line)
+
+
+def _hidden_size(path: Path) -> int | None:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config") or cfg
+    return text.get("hidden_size")

@@ -1,0 +1,166 @@
+"""Real-size CPU check: MedGemma 4B's exact architecture (random weights) through each CPU backend and dtype.
+
+Builds once, into a cache (`$MEDGEMMA_BENCH_CACHE`, default ~/.cache/medgemma-toolkit/bench):
+  * the random full-size checkpoint, as `benchmarks/gpu/medgemma4b_check.py` builds it (bf16 safetensors, ~8.6 GB);
+  * its GGUF export through `medgemma export gguf --outtype q4_k_m` (Q4_K_M text + f16 mmproj).
+Then, each configuration in its own process (so its peak RSS is its own), loads the model and asks a text question
+and an image question (a 2048x2048 synthetic chest X-ray DICOM), printing load time, peak RSS, time to first token,
+decode tok/s and the image question's end-to-end time. Decode speed and memory do not depend on weight values.
+
+HEAVY (8-10 GB per run, minutes): run it alone, e.g. `flock /work/heavy.lock python benchmarks/cpu_4b.py`.
+fp32 at this size peaks near 24 GB and is never run by default.
+
+    python benchmarks/cpu_4b.py --build-only                      # checkpoint + GGUF export, once
+    python benchmarks/cpu_4b.py                                   # every configuration below, text and image
+    python benchmarks/cpu_4b.py --configs transformers:bfloat16 --kinds image --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CONFIGS = ("transformers:bfloat16", "llamacpp:q4_k_m")
+QUESTION = "Describe the typical findings of lobar pneumonia on a chest X-ray."
+IMAGE_QUESTION = "Describe this chest X-ray."
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MEDGEMMA_BENCH_CACHE") or Path.home() / ".cache" / "medgemma-toolkit" / "bench"
+    return Path(base)
+
+
+def build(cache: Path) -> tuple[Path, Path, Path]:
+    """(checkpoint dir, text GGUF, mmproj GGUF), built once."""
+    from medgemma4b_check import build_checkpoint
+
+    ckpt = cache / "medgemma-4b-random"
+    t0 = time.perf_counter()
+    build_checkpoint(ckpt, device="cpu")
+    print(f"checkpoint: {ckpt} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    gguf_dir = cache / "gguf"
+    text = gguf_dir / "medgemma-4b-random-q4_k_m.gguf"
+    mmproj = gguf_dir / "mmproj-medgemma-4b-random-f16.gguf"
+    if not (text.is_file() and mmproj.is_file()):
+        from medgemma_toolkit.export import export_gguf
+
+        t0 = time.perf_counter()
+        export_gguf(ckpt, gguf_dir, outtype="q4_k_m")
+        print(f"gguf export: {gguf_dir} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return ckpt, text, mmproj
+
+
+def image_file(cache: Path) -> Path:
+    """A 2048x2048 12-bit CR DICOM (the size of a real chest radiograph)."""
+    path = cache / "cxr-2048.dcm"
+    if not path.is_file():
+        from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+
+        make_cxr(rows=2048, cols=2048).save_as(path, enforce_file_format=True)
+    return path
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set (GiB), mapped weight files included."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict[str, object]:
+    """One configuration, measured in this process."""
+    from medgemma_toolkit import MedGemma
+
+    cache = cache_root()
+    ckpt, text_gguf, mmproj = build(cache)
+    backend, dtype = config.split(":")
+    model = str(text_gguf if backend == "llamacpp" else ckpt)
+    t0 = time.perf_counter()
+    mg = MedGemma.load(model, backend=backend, dtype=dtype if backend == "transformers" else "auto",
+                       mmproj=str(mmproj) if backend == "llamacpp" else None, preset="medgemma-v1")
+    out: dict[str, object] = {"config": config, "load_s": round(time.perf_counter() - t0, 1),
+                              "rss_after_load_gib": round(peak_rss_gb(), 2), "ran": mg.backend.info.extra}
+    mg.ask("Hello.", max_new_tokens=2)  # warm-up: first-call allocations, thread pools
+    for n_case, kind in enumerate(kinds):
+        images = [str(image_file(cache))] if kind == "image" else []
+        # A different first word per call: llama.cpp would otherwise reuse the previous call's prompt from its cache.
+        q = IMAGE_QUESTION if images else QUESTION
+        t = time.perf_counter()
+        first = mg.ask(f"Case {2 * n_case + 1}. {q}", images=images, max_new_tokens=1)
+        ttft = time.perf_counter() - t
+        q = f"Case {2 * n_case + 2}. {q}"
+        t = time.perf_counter()
+        if profile and backend == "transformers":
+            import torch
+
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                ans = mg.ask(q, images=images, max_new_tokens=new_tokens)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+        else:
+            ans = mg.ask(q, images=images, max_new_tokens=new_tokens)
+        e2e = time.perf_counter() - t
+        n = ans.completion_tokens
+        out[kind] = {
+            "prompt_tokens": first.prompt_tokens,
+            "ttft_s": round(ttft, 2),
+            "end_to_end_s": round(e2e, 2),
+            "new_tokens": n,
+            "decode_tok_s": round((n - 1) / max(1e-9, e2e - ttft), 2) if n > 1 else None,
+            "timings": ans.timings,
+        }
+    out["peak_rss_gib"] = round(peak_rss_gb(), 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="backend:dtype list (llamacpp:q4_k_m = the export)")
+    ap.add_argument("--kinds", default="text,image")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="torch profiler table for the transformers runs")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
+    if args.child:
+        print(json.dumps(child(args.child, kinds, args.new_tokens, args.profile)))
+        return
+    build(cache_root())
+    image_file(cache_root())
+    if args.build_only:
+        return
+    results = []
+    for config in [c for c in args.configs.split(",") if c]:
+        if config.endswith("float32"):
+            sys.exit("fp32 at 4B peaks near 24 GB: not run by this script")
+        cmd = [sys.executable, __file__, "--child", config, "--kinds", args.kinds, "--new-tokens", str(args.new_tokens)]
+        if args.profile:
+            cmd.append("--profile")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        sys.stderr.write(proc.stderr[-6000:] if args.profile else "")
+        if proc.returncode != 0:
+            print(f"{config}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    print()
+    print(f"{'config':24} {'kind':6} {'load s':>7} {'peak GiB':>8} {'prompt':>7} {'TTFT s':>7} {'e2e s':>7} {'tok/s':>7}")
+    for r in results:
+        for kind in kinds:
+            k = r.get(kind)
+            if isinstance(k, dict):
+                print(f"{r['config']:24} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
+                      f"{k['ttft_s']:7} {k['end_to_end_s']:7} {k['decode_tok_s'] or '-':>7}")
+
+
+if __name__ == "__main__":
+    main()
