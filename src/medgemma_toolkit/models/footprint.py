@@ -26,9 +26,10 @@ VISION_PARAMS = 416_866_032 + 2_950_272
 # Bytes per parameter as stored: llama.cpp's Q8_0 is 34 bytes per block of 32; Q4_K_M mixes Q4_K and Q6_K blocks
 # (5.1 bits per weight over Gemma 3 4B's text tensors: 2.49 GB, measured on our export).
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.64, "f16": 2.0}
-# Working memory beyond the weights: the Python runtime with torch (~0.7 GiB) plus activations and the KV cache of
-# one long question, and llama.cpp's KV cache (8192 tokens) and compute buffers.
-RUNTIME_GIB = {"transformers": 1.0, "llamacpp": 0.8}
+# Working memory beyond the weights, calibrated on MedGemma 4B's architecture (benchmarks/cpu_4b.py): transformers
+# bf16 peaked at 10.0 GiB for an image question (8.0 GiB of weights; SigLIP's 4,096-token activations at 896 px), the
+# llama.cpp Q4_K_M export at 6.0 GiB (3.1 GiB of files; its 8,192-token KV cache, compute and CLIP buffers, torch).
+RUNTIME_GIB = {"transformers": 1.5, "llamacpp": 2.5}
 RUNTIME_FRACTION = {"transformers": 0.05, "llamacpp": 0.10}
 # The precisions `medgemma models` shows, as (backend, precision) pairs; GGUF ones include the f16 mmproj.
 SHOWN = (
