@@ -2,8 +2,9 @@
 
 Loop (Google's quick-start way, one image at a time): `Image.open` -> `processor(images=[img])` -> the image tower
 -> L2 norm. Ours: batches of `--batch-size`, images decoded and resized by a thread pool ahead of the model, the
-same model. Both run on the same files with the same random SigLIP checkpoint (a ViT-S-sized image tower by
-default: 224 px, patch 16, width 384, 6 layers, ~22M parameters), warmed up once, then alternated `--repeat` times;
+same model. Both run on the same files with the same random SigLIP checkpoint (by default a small image tower:
+224 px, patch 16, width 384, 6 layers, 8.7M parameters; `--width 768 --layers 8` gives 43M), warmed up once, then
+alternated `--repeat` times;
 the best run of each is compared (the CPUs are shared). The checkpoint is built here; nothing is downloaded.
 
 Run: flock /work/heavy.lock .venv/bin/python benchmarks/embed.py [--images 48] [--side 1024] [--repeat 2]
