@@ -226,3 +226,19 @@ def test_variant_table_and_offline_resolution(siglip_dir, tmp_path, cli):
     assert res.returncode == 2 and "embedding model" in res.stderr
     gone = cli("embed", "-i", str(png), env={"MEDGEMMA_MODEL_PATH": str(tmp_path / "none"), "MEDGEMMA_HOME": str(tmp_path / "home")})
     assert gone.returncode == 2 and "huggingface.co/google/medsiglip-448" in gone.stderr
+
+
+def test_whole_slide_gives_one_embedding_per_tissue_patch(ms, tmp_path):
+    """A pyramidal TIFF slide: one vector per sampled 896-px tissue patch (imaging's sampling), each with its
+    level-0 patch coordinates; each equals the vector of that patch's own pixels given as an image."""
+    from medgemma_toolkit.imaging import ImageOptions
+    from medgemma_toolkit.testing.synthetic_slide import slide_pixels, write_pyramid_tiff
+
+    img = slide_pixels(2688, 1792, [(100, 100, 1500, 1000)])
+    slide = write_pyramid_tiff(tmp_path / "s.tif", img, mpp=1.0, aperio=False)
+    emb = ms.embed_images([str(slide)], ImageOptions(patch_order="spatial", max_patches=4))
+    patches = [e["patch"] for e in emb.entries]
+    assert 1 <= len(patches) <= 4 and all(p is not None and p[2] == 0 for p in patches)
+    x, y = patches[0][:2]
+    crop = Image.fromarray(img[y : y + 896, x : x + 896]).resize((32, 32), Image.Resampling.BILINEAR)
+    np.testing.assert_allclose(emb.vectors[0], ms.embed_images([crop]).vectors[0], atol=1e-5)
