@@ -242,3 +242,34 @@ def test_whole_slide_gives_one_embedding_per_tissue_patch(ms, tmp_path):
     x, y = patches[0][:2]
     crop = Image.fromarray(img[y : y + 896, x : x + 896]).resize((32, 32), Image.Resampling.BILINEAR)
     np.testing.assert_allclose(emb.vectors[0], ms.embed_images([crop]).vectors[0], atol=1e-5)
+
+
+def test_bare_siglipmodel_folder_embeds_images_and_says_why_not_texts(tmp_path, files):
+    """A folder written by `SiglipModel.save_pretrained` alone (no processor files): images embed with SigLIP's
+    fixed preprocessing (equal to transformers' default SiglipImageProcessor at that size, run here directly);
+    classify fails with one line naming the missing tokenizer."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    cfg = SiglipConfig(
+        text_config=dict(vocab_size=99, hidden_size=40, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=40, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=42, patch_size=14),
+    )
+    SiglipModel(cfg).save_pretrained(tmp_path / "bare")
+    r = run_cli("embed", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--image",
+                str(files / "b.dcm"), "--resize", "processor", "--json")
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)["items"]
+    assert len(items) == 2 and all(len(it["embedding"]) == 40 for it in items)
+    model = SiglipModel.from_pretrained(tmp_path / "bare").eval()
+    px = SiglipImageProcessor(size={"height": 42, "width": 42})(
+        images=[Image.open(files / "im0.png").convert("RGB")], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = model.get_image_features(pixel_values=px)
+    ref = torch.as_tensor(getattr(ref, "pooler_output", ref))
+    ref = (ref / ref.norm(dim=-1, keepdim=True))[0].numpy()
+    np.testing.assert_allclose(np.array(items[0]["embedding"]), ref, atol=1e-5)
+    c = run_cli("classify", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--labels", "x,y")
+    assert c.returncode != 0 and "no tokenizer" in c.stderr and "Traceback" not in c.stderr

@@ -55,6 +55,30 @@ def _siglip_dir(path: Path, name: str) -> None:
         )
 
 
+@dataclass
+class ProcessorParts:
+    """The image processor and tokenizer of a checkpoint saved without a combined processor: a bare
+    `SiglipModel.save_pretrained` folder still embeds images (SigLIP's preprocessing is fixed by its image size:
+    rescale to [0, 1], normalise with mean and std 0.5); texts need the checkpoint's own tokenizer."""
+
+    image_processor: Any
+    tokenizer: Any | None
+
+
+def _processor_parts(path: Path, image_size: int) -> ProcessorParts:
+    from transformers import AutoImageProcessor, AutoTokenizer, SiglipImageProcessor
+
+    try:
+        ip = AutoImageProcessor.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError):
+        ip = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError):
+        tok = None
+    return ProcessorParts(ip, tok)
+
+
 class MedSigLIP:
     """A loaded SigLIP checkpoint (both towers) with its processor; every entry point batches."""
 
@@ -108,11 +132,14 @@ class MedSigLIP:
         dev, dt = pick_device_dtype(device, dtype)
         try:
             m = SiglipModel.from_pretrained(str(resolved.path), dtype=dt).to(dev).eval()
-            proc = AutoProcessor.from_pretrained(str(resolved.path))
         except OSError as e:
             raise ModelNotFound(f"{spec}: checkpoint files are incomplete ({type(e).__name__})") from None
+        try:
+            proc = AutoProcessor.from_pretrained(str(resolved.path))
+        except (OSError, ValueError, TypeError):
+            proc = None
         if getattr(proc, "image_processor", None) is None or getattr(proc, "tokenizer", None) is None:
-            raise CapabilityError(f"{spec}: the checkpoint has no SigLIP processor (image processor and tokenizer)")
+            proc = _processor_parts(resolved.path, int(m.config.vision_config.image_size))
         return cls(m, proc, spec, resolved.path, resize=resize, batch_size=batch_size, workers=workers)
 
     # -- images ---------------------------------------------------------------------------------------------
@@ -178,6 +205,11 @@ class MedSigLIP:
         texts = [str(t) for t in texts]
         if any(not t.strip() for t in texts):
             raise BadInput("texts must not be empty")
+        if self.processor.tokenizer is None:
+            raise CapabilityError(
+                f"{self.name}: the checkpoint has no tokenizer (spiece.model or tokenizer.json), so it embeds "
+                "images only; texts, labels and zero-shot need the tokenizer saved beside the weights"
+            )
         t0 = time.perf_counter()
         p = next(self.model.parameters())
         out: list[np.ndarray] = []
