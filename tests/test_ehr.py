@@ -13,8 +13,8 @@ from medgemma_toolkit.ehr.sources import LocalSource
 from medgemma_toolkit.ehr.tools import PatientTools, check_arguments
 from medgemma_toolkit.serve.launch import free_port
 from medgemma_toolkit.testing.fhir_server import FhirTestServer
-from medgemma_toolkit.testing.scripted_upstream import ScriptedUpstream
 from medgemma_toolkit.testing.synthetic_fhir import NAME_A, NAME_B, PATIENT_A, PATIENT_B, two_patient_bundle
+from medgemma_toolkit.testing.upstream import ScriptedUpstream
 
 # What only patient B's record holds: none of it may appear anywhere when asking about A.
 B_DATA = [NAME_B[0], NAME_B[1], "Asthma", "Salbutamol", "FEV1", "1990-11-23", "b-med-1", "b-obs-1", "b-enc-1"]
@@ -70,7 +70,7 @@ def test_local_bundle_end_to_end(cli, bundle_file):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     check_trace(out)
-    seen_by_model = json.dumps(up.bodies)
+    seen_by_model = json.dumps(up.requests)
     no_b_data(r.stdout, r.stderr, seen_by_model)
     assert "Essential hypertension" in seen_by_model  # A's data did reach the model
     # progress lines: tool, argument names, sizes; never values
@@ -98,7 +98,7 @@ def test_fhir_rest_double_with_token_and_paging(cli):
         r = run_agent(cli, fhir.base_url, up, env={"MEDGEMMA_FHIR_TOKEN": "s3cret"})
         assert r.returncode == 0, r.stderr
         check_trace(json.loads(r.stdout))
-        no_b_data(r.stdout, r.stderr, json.dumps(up.bodies))
+        no_b_data(r.stdout, r.stderr, json.dumps(up.requests))
         conditions = [q for q in fhir.requests if q.startswith("/fhir/Condition?")]
         assert any("_offset=1" in q for q in conditions)  # page 2 reached through Bundle.link next
         assert all(f"patient={PATIENT_A}" in q for q in conditions)
@@ -160,7 +160,7 @@ def test_patient_without_data(cli, tmp_path, bundle_file):
                  QUESTION)
         r2 = cli("ehr", "--fhir", str(tmp_path / "b.json"), "--patient", "lonely", "--upstream", up.url, "-m",
                  "scripted", QUESTION)
-        assert up.bodies == []  # the model was never asked
+        assert up.requests == []  # the model was never asked
     assert r1.returncode == 2 and "error: patient 'nobody' is not in local export" in r1.stderr
     assert r2.returncode == 2 and "has no clinical resources" in r2.stderr
 

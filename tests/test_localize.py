@@ -18,15 +18,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from medgemma_toolkit import MedGemma
 from medgemma_toolkit.imaging.square import pad_to_square, square_offsets
 from medgemma_toolkit.localize import parse_boxes, to_pixels
 from medgemma_toolkit.localize.overlay import COLOURS, draw_boxes
 from medgemma_toolkit.prompts.presets import get_preset
-from medgemma_toolkit.testing.fixed_upstream import FixedUpstream
+from medgemma_toolkit.testing.upstream import ScriptedUpstream
 
 REF = json.loads((Path(__file__).parent / "data" / "google_reference" / "cxr_localize.json").read_text())
 DONE_WHEN = 'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]```'
@@ -189,7 +189,7 @@ def test_done_when_upstream_wide_png(tmp_path):
     """The issue's criterion, verbatim: a 400x200 PNG, an upstream answering the notebook's format."""
     wide = png(tmp_path / "wide.png", 400, 200)
     overlay = tmp_path / "o.png"
-    with FixedUpstream(DONE_WHEN) as up:
+    with ScriptedUpstream(DONE_WHEN) as up:
         res = run_cli("localize", "--upstream", up.url, "--image", str(wide), "right lung", "--json",
                       "-o", str(overlay))
         sent = up.requests
@@ -217,7 +217,7 @@ def test_done_when_upstream_wide_png(tmp_path):
 def test_tall_odd_image_and_several_objects_in_process(tmp_path, cli):
     tall = png(tmp_path / "tall.png", 201, 400)
     answer = 'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "x"}]```'
-    with FixedUpstream(answer) as up:
+    with ScriptedUpstream(answer) as up:
         res = cli("localize", "--upstream", up.url, "-i", str(tall), "right lung", "left clavicle", "--json")
         prompts = sorted(r["messages"][0]["content"][1]["text"] for r in up.requests)
     assert res.returncode == 0, res.stderr
@@ -231,7 +231,7 @@ def test_tall_odd_image_and_several_objects_in_process(tmp_path, cli):
 
 def test_plain_output_and_unparsed_answer(tmp_path, cli):
     img = png(tmp_path / "a.png", 64, 48)
-    with FixedUpstream("Final Answer: I cannot see a lung here.") as up:
+    with ScriptedUpstream("Final Answer: I cannot see a lung here.") as up:
         res = cli("localize", "--upstream", up.url, "-i", str(img), "right lung", "-o", str(tmp_path / "o.png"))
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
@@ -264,7 +264,7 @@ def test_batch_over_a_csv(tmp_path, cli):
     (tmp_path / "rows.csv").write_text(
         "image,objects\nwide.png,right lung\ntall.png,heart; left clavicle\nmissing.png,\n,heart\n"
     )
-    with FixedUpstream(DONE_WHEN) as up:
+    with ScriptedUpstream(DONE_WHEN) as up:
         res = cli("localize", "--upstream", up.url, "--batch", str(tmp_path / "rows.csv"), "aorta",
                   "-o", str(tmp_path / "ov"))
         n_requests = len(up.requests)
@@ -309,7 +309,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     png(root / "wide.png", 400, 200)
     (root / "series").mkdir()
-    with FixedUpstream(DONE_WHEN) as up:
+    with ScriptedUpstream(DONE_WHEN) as up:
         mg = MedGemma.load(None, upstream=up.url)
         app = create_app(mg, ServeConfig(image_root=root, served_model_name="loc"))
         with InProcessServer(app) as srv:
@@ -365,7 +365,7 @@ def test_dicom_image_is_mapped_in_its_own_pixels(tmp_path, cli):
     from medgemma_toolkit.testing.synthetic_cxr import make_cxr
 
     make_cxr(rows=48, cols=40).save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
-    with FixedUpstream(DONE_WHEN) as up:
+    with ScriptedUpstream(DONE_WHEN) as up:
         res = cli("localize", "--upstream", up.url, "-i", str(tmp_path / "cxr.dcm"), "right lung", "--json",
                   "-o", str(tmp_path / "o.png"))
     assert res.returncode == 0, res.stderr

@@ -1,7 +1,7 @@
 """Longitudinal comparison: the prior image, then the current one, then the instruction (Google's notebook,
 tests/data/google_reference/cxr_longitudinal.json), through `ask --prior/--current`, DICOM date ordering, `chat`,
 the server's `medgemma.longitudinal` extension and `batch` rows. An OpenAI-compatible upstream on loopback
-(`FixedUpstream`) records exactly what was sent.
+(`ScriptedUpstream`) records exactly what was sent.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from medgemma_toolkit import MedGemma
 from medgemma_toolkit.imaging.order import order_by_acquisition
 from medgemma_toolkit.prompts.presets import get_preset
-from medgemma_toolkit.testing.fixed_upstream import FixedUpstream
 from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+from medgemma_toolkit.testing.upstream import ScriptedUpstream
 
 REF = json.loads((Path(__file__).parent / "data" / "google_reference" / "cxr_longitudinal.json").read_text())
 ANSWER = "The opacity in the left lower lobe has resolved."
@@ -83,7 +83,7 @@ def test_show_prompt_renders_as_the_notebook(tiny_model_dir, tmp_path):
 
 def test_ask_prior_then_current_then_question(tmp_path, cli):
     prior, current = tall_png(tmp_path / "prior.png"), wide_png(tmp_path / "current.png")
-    with FixedUpstream(ANSWER) as up:
+    with ScriptedUpstream(ANSWER) as up:
         res = cli("ask", "--upstream", up.url, "--current", str(current), "--prior", str(prior), "--json",
                   "Has it changed?")
         res2 = cli("ask", "--upstream", up.url, "--prior", str(prior), "--current", str(current))
@@ -112,7 +112,7 @@ def test_bad_flags_are_one_line(tmp_path, cli, args, message):
 def test_dicom_inputs_are_ordered_by_date_and_say_so(tmp_path, cli):
     older = dicom(tmp_path / "a.dcm", 48, 40, StudyDate="20190304", StudyTime="101500")  # tall
     newer = dicom(tmp_path / "b.dcm", 40, 48, StudyDate="20210911")  # wide
-    with FixedUpstream(ANSWER) as up:
+    with ScriptedUpstream(ANSWER) as up:
         res = cli("ask", "--upstream", up.url, "-i", str(newer), "-i", str(older), "Compare.")
         sent = up.requests[0]
     assert res.returncode == 0, res.stderr
@@ -142,7 +142,7 @@ def test_date_order_rules(tmp_path):
 def test_chat_prior_current(tmp_path, cli):
     prior, current = tall_png(tmp_path / "prior.png"), wide_png(tmp_path / "current.png")
     session = f"/current {current}\n/prior {prior}\n/compare\nAnd the heart?\n/prior {prior}\nWhat now?\n"
-    with FixedUpstream(ANSWER) as up:
+    with ScriptedUpstream(ANSWER) as up:
         res = cli("chat", "--upstream", up.url, input=session)
         bodies = list(up.requests)
     assert res.returncode == 0, res.stderr
@@ -161,7 +161,7 @@ def test_server_extension(tmp_path):
         return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()}}
 
     prior, current = uri(tall_png(tmp_path / "p.png")), uri(wide_png(tmp_path / "c.png"))
-    with FixedUpstream(ANSWER) as up:
+    with ScriptedUpstream(ANSWER) as up:
         app = create_app(MedGemma.load(None, upstream=up.url), ServeConfig(served_model_name="m"))
         with InProcessServer(app) as srv:
             def chat(content: list, **ext) -> httpx.Response:
@@ -175,7 +175,7 @@ def test_server_extension(tmp_path):
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == ANSWER
     assert ok.json()["medgemma"]["preset"] == "cxr-longitudinal@1"
     assert shapes(sent[0]) == ["tall", "wide", REF["prompt"]] and sent[0]["max_tokens"] == 600
-    assert shapes(sent[1]) == ["tall", "wide", "Better or worse?"]
+    assert asked.status_code == 200 and shapes(sent[1]) == ["tall", "wide", "Better or worse?"]
     assert one.status_code == 400 and one.json()["error"]["param"] == "medgemma.longitudinal"
     assert len(sent) == 2
 
@@ -189,7 +189,7 @@ def test_batch_rows_with_prior_and_current(tmp_path):
         {"id": "c", "question": "Describe.", "image": "c.png"},
     ]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with FixedUpstream(ANSWER) as up:
+    with ScriptedUpstream(ANSWER) as up:
         res = run_cli("batch", "--upstream", up.url, "-i", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl"))
         sent = sorted((shapes(b) for b in up.requests), key=len)
     assert res.returncode == 0, res.stderr
@@ -210,7 +210,7 @@ def test_eval_rows_with_prior_and_current_columns(tmp_path):
         "id,question,options,answer,prior,current\n"
         'q1,Has the opacity improved?,"[""Improved"", ""Worsened""]",A,p.png,c.png\n'
     )
-    with FixedUpstream("The most likely diagnosis is: A") as up:
+    with ScriptedUpstream("The most likely diagnosis is: A") as up:
         res = run_cli("eval", "--upstream", up.url, "--task", "image_mcq", "--data", str(tmp_path / "rows.csv"),
                       "--out", str(tmp_path / "run"), "--no-cache")
         (body,) = up.requests

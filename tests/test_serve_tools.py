@@ -4,18 +4,16 @@ against the real server on loopback (a scripted tiny checkpoint writes the call)
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 import httpx
 import openai
 import pytest
+from test_serve import ONE_THREAD
 
 from medgemma_toolkit.prompts import tools as fc
-from medgemma_toolkit.serve.launch import InProcessServer, ServerProcess, free_port
-
-from test_serve import ONE_THREAD
+from medgemma_toolkit.serve.launch import InProcessServer, ServerProcess
+from medgemma_toolkit.testing.upstream import ScriptedUpstream
 
 CALL = '[get_weather(city="Paris", unit="celsius")]'
 WEATHER = {
@@ -278,46 +276,11 @@ def test_upstream_passes_tools_natively_to_a_server_that_takes_them(server):
     assert mg.backend.native_tools is True
 
 
-class _NoToolsUpstream(http.server.BaseHTTPRequestHandler):
-    """Test double of an OpenAI-compatible server without tool support (e.g. vLLM started without a tool parser):
-    a request with `tools` is a 400; any other answers CALL as streamed text. Bodies are kept for inspection."""
-
-    bodies: list = []
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # noqa: N802
-        self._send(200, json.dumps({"object": "list", "data": [{"id": "plain", "object": "model"}]}).encode())
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.bodies.append(body)
-        if "tools" in body:
-            self._send(400, json.dumps({"error": {"message": "tools are not enabled on this server"}}).encode())
-            return
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "plain"}
-        events = [
-            {**chunk, "choices": [{"index": 0, "delta": {"content": CALL[:10]}, "finish_reason": None}]},
-            {**chunk, "choices": [{"index": 0, "delta": {"content": CALL[10:]}, "finish_reason": None}]},
-            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-        ]
-        self._send(200, "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n",
-                   "text/event-stream")
-
-    def log_message(self, *args):
-        pass
-
-
 def test_upstream_without_tools_falls_back_to_our_prompt_and_parser():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _NoToolsUpstream)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        mg, front = _front(f"http://127.0.0.1:{srv.server_address[1]}", "plain")
+    """In front of a server without tool support (vLLM started without a tool parser: `tools` is a 400), we send
+    our own tool prompt and parse the text it streams back."""
+    with ScriptedUpstream(CALL, model="plain", piece=10, tools=False) as up:
+        mg, front = _front(up.url.removesuffix("/v1"), "plain")
         with front:
             c = openai.OpenAI(base_url=front.url + "/v1", api_key="none", max_retries=0, timeout=120)
             for _ in range(2):
@@ -325,12 +288,10 @@ def test_upstream_without_tools_falls_back_to_our_prompt_and_parser():
                                               tools=TOOLS)
                 assert r.choices[0].finish_reason == "tool_calls"
                 assert json.loads(r.choices[0].message.tool_calls[0].function.arguments)["city"] == "Paris"
-    finally:
-        srv.shutdown()
     assert mg.backend.native_tools is False
     # tools offered once, refused; then (and for the next request) our rendered prompt with the instruction
-    assert ["tools" in b for b in _NoToolsUpstream.bodies] == [True, False, False]
-    assert _NoToolsUpstream.bodies[1]["messages"][0]["content"].startswith(fc.INSTRUCTION)
+    assert ["tools" in b for b in up.requests] == [True, False, False]
+    assert up.requests[1]["messages"][0]["content"].startswith(fc.INSTRUCTION)
 
 
 def test_two_calls_and_parallel_tool_calls_false(tiny_model_dir, tmp_path):

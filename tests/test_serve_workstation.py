@@ -1,5 +1,5 @@
 """The reading page in headless Chromium (Debian `chromium`, driven by Playwright) against the real `medgemma serve`
-in front of a scripted OpenAI-compatible upstream (a small real HTTP server in this module).
+in front of a scripted OpenAI-compatible upstream (`testing.upstream.ScriptedUpstream`, a small real HTTP server).
 
 The upstream is the oracle: it records every request the server forwards, so the test compares the PNGs the page
 showed as "the model input" with the PNGs the model side actually received, the "SLICE n" texts, the order of
@@ -10,13 +10,11 @@ HTML, a slow stream for Stop, a localisation answer).
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import os
 import re
 import shutil
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -29,6 +27,7 @@ from playwright.sync_api import expect
 
 from medgemma_toolkit.serve.launch import ServerProcess
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
+from medgemma_toolkit.testing.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.slow  # a real browser against a real server
 
@@ -45,73 +44,33 @@ BOXES = 'Final Answer: ```json\n[{"box_2d": [250, 100, 750, 600], "label": "righ
 SHOTS = os.environ.get("MEDGEMMA_WEB_SCREENSHOTS")  # a folder: the docs/ screenshots are written there
 
 
-class Upstream(http.server.BaseHTTPRequestHandler):
-    requests: list[dict] = []
+def answer(body: dict) -> str:
+    """The scripted model: its answer depends on the question (and the turn number)."""
+    last = body["messages"][-1]["content"]
+    text = last if isinstance(last, str) else " ".join(c.get("text", "") for c in last)
+    turn = sum(m["role"] == "user" for m in body["messages"])
+    if "box_2d" in text:
+        return BOXES
+    if "markdown" in text.lower():
+        return MARKDOWN
+    if "slowly" in text:
+        return " ".join(f"word{k}" for k in range(300))
+    return f"<unused94>thought Turn {turn} thought.<unused95>Answer to turn {turn}."
 
-    def log_message(self, *args):  # quiet
-        pass
 
-    def _json(self, obj, status=200):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def slow_for_stop(body: dict) -> float:
+    last = body["messages"][-1]["content"]
+    return 0.05 if "slowly" in json.dumps(last) else 0.0
 
-    def do_GET(self):  # noqa: N802
-        self._json({"object": "list", "data": [{"id": MODEL, "object": "model", "medgemma": {
-            "multimodal": True, "image_size": SIZE, "thinking": True}}]})
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        last = body["messages"][-1]["content"]
-        text = last if isinstance(last, str) else " ".join(c.get("text", "") for c in last)
-        turn = sum(m["role"] == "user" for m in body["messages"])
-        delay = 0.0
-        if "box_2d" in text:
-            answer = BOXES
-        elif "markdown" in text.lower():
-            answer = MARKDOWN
-        elif "slowly" in text:
-            answer, delay = " ".join(f"word{k}" for k in range(300)), 0.05
-        else:
-            answer = f"<unused94>thought Turn {turn} thought.<unused95>Answer to turn {turn}."
-        pieces = [answer[k:k + 6] for k in range(0, len(answer), 6)]
-        if not body.get("stream"):
-            self._json({"id": "x", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces), "total_tokens": 11 + len(pieces)}})
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-
-        def event(obj):
-            self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-            self.wfile.flush()
-
-        head = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
-        try:
-            for p in pieces:
-                event({**head, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
-                time.sleep(delay)
-            event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            event({**head, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces),
-                                                     "total_tokens": 11 + len(pieces)}})
-            self.wfile.write(b"data: [DONE]\n\n")
-        except (BrokenPipeError, ConnectionResetError):  # the server cancelled (Stop)
-            pass
+UPSTREAM = ScriptedUpstream(answer, model=MODEL, piece=6, delay=slow_for_stop,
+                            card={"medgemma": {"multimodal": True, "image_size": SIZE, "thinking": True}})
 
 
 @pytest.fixture(scope="module")
 def upstream():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+    with UPSTREAM as up:
+        yield up.url
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +159,7 @@ def connect(page, server) -> None:
 
 
 def test_series_scroll_window_and_two_turns(server, page, series):
-    Upstream.requests.clear()
+    UPSTREAM.requests.clear()
     connect(page, server)
     page.set_input_files("#folder-current", str(series[0].parent))  # "Choose folder": the whole directory
     items = page.locator(".viewer[data-slot=current] .slices li")
@@ -225,7 +184,7 @@ def test_series_scroll_window_and_two_turns(server, page, series):
     scripted = len("<unused94>thought Turn 1 thought.<unused95>Answer to turn 1.")
     meta = page.text_content(".turn.assistant .meta")
     assert meta.startswith(f"11 prompt + {-(-scripted // 6)} generated tokens · first token ") and " s total" in meta
-    first, second = Upstream.requests[-2:]
+    first, second = UPSTREAM.requests[-2:]
     # What the model received is what the page showed, slice for slice, each followed by its SLICE n.
     got = sent_images(first)
     assert [t for _, t in got] == [f"SLICE {n}" for n in range(1, 13)]
@@ -254,14 +213,14 @@ def test_series_scroll_window_and_two_turns(server, page, series):
     a, b = png_pixels(after[5]), png_pixels(before[5])
     assert np.array_equal(a[..., 0], b[..., 0]) and np.array_equal(a[..., 2], b[..., 2])
     ask(page, "With the other window?", 0)
-    for (uri, _), shown in zip(sent_images(Upstream.requests[-1]), after):
+    for (uri, _), shown in zip(sent_images(UPSTREAM.requests[-1]), after):
         assert np.array_equal(png_pixels(uri), png_pixels(shown))
 
 
 def test_dicom_window_level_prior_current(server, page, tmp_path):
     import pydicom
 
-    Upstream.requests.clear()
+    UPSTREAM.requests.clear()
     connect(page, server)
     dcm = pydicom.data.get_testdata_file("CT_small.dcm")
     prior = tmp_path / "prior.png"
@@ -289,7 +248,7 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     expect(page.locator(".viewer[data-slot=current] .model-input")).not_to_have_attribute("src", lung)
     custom = page.get_attribute(".viewer[data-slot=current] .model-input", "src")
     ask(page, "Compare the prior and current images.", 0)
-    got = sent_images(Upstream.requests[-1])
+    got = sent_images(UPSTREAM.requests[-1])
     assert len(got) == 2  # prior first, then current, as the longitudinal notebook sends them
     assert np.array_equal(png_pixels(got[0][0]), png_pixels(page.get_attribute(
         ".viewer[data-slot=prior] .model-input", "src")))
@@ -302,12 +261,12 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
                                                                                      Image.Resampling.BILINEAR))
     assert np.abs(png_pixels(custom)[..., 0].astype(int) - small).max() <= 3
     # One prior + one current: the longitudinal preset (its 600 new tokens, as the page leaves max_tokens to it).
-    assert Upstream.requests[-1]["max_tokens"] == 600
+    assert UPSTREAM.requests[-1]["max_tokens"] == 600
     # An empty question asks the notebook's own instruction.
     page.click("#new-conversation")
     ask(page, "", 0)
     expect(page.locator(".turn.user .text")).to_have_text("(the longitudinal notebook's comparison instruction)")
-    req = Upstream.requests[-1]
+    req = UPSTREAM.requests[-1]
     assert len(sent_images(req)) == 2 and req["max_tokens"] == 600
     texts = [c["text"] for c in req["messages"][-1]["content"] if c["type"] == "text"]
     assert texts and len(" ".join(texts)) > 40  # the instruction, supplied by the server's preset
