@@ -29,7 +29,7 @@ def gguf_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def gguf_model(gguf_dir) -> MedGemma:
-    return MedGemma.load(str(gguf_dir / "tiny-f32.gguf"), threads=2)  # auto: .gguf -> llamacpp, mmproj beside it
+    return MedGemma.load(str(gguf_dir / "tiny-f32.gguf"), threads=2, parallel=4)  # .gguf -> llamacpp, mmproj beside
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_prompt_token_count_matches_what_llamacpp_evaluates(gguf_model, xray):
         req = gguf_model.request(QUESTION, [str(p) for p in images], max_new_tokens=1)
         fed = gguf_model.backend.generate([req])[0].prompt_tokens
         assert gguf_model.backend.count_prompt_tokens(req.prompt) == fed
-    assert gguf_model.backend.context_length() == 8192
+    assert gguf_model.backend.context_length() == 8192  # max(8192, 4 sequences x 2048)
 
 
 def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_error(gguf_model, gguf_dir, tiny_model,

@@ -57,13 +57,6 @@ def test_export_writes_model_mmproj_modelfile_and_provenance(gguf_dir):
     assert "llama-cpp-python" in record["converter"]
 
 
-def _llama_last_logits(be) -> np.ndarray:
-    import llama_cpp as lc
-
-    ptr = lc.llama_get_logits_ith(be.llama._ctx.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(be.llama.n_vocab(),)).copy()
-
-
 def _compare(tiny_model, gguf_dir, question: str, images: list) -> None:
     import torch
 
@@ -77,18 +70,16 @@ def _compare(tiny_model, gguf_dir, question: str, images: list) -> None:
         want = hf.model(**inputs).logits[0, -1].float().numpy()
     mg = MedGemma.load(str(gguf_dir / "tiny-f32.gguf"), backend="llamacpp", threads=2)
     be = mg.backend
-    text = be.render(prompt)
+    prepared = be._prepare(prompt)
+    if prepared.free:
+        prepared.free()
     if images:
-        tokens = be._eval_multimodal(text, prompt.all_images(), add_bos=False)
         hf_ids = inputs["input_ids"][0].tolist()
         soft = hf.tokenizer.convert_tokens_to_ids("<image_soft_token>")
-        assert [t if t != soft else -1 for t in hf_ids] == tokens  # same tokens around the image
+        assert [t if t != soft else -1 for t in hf_ids] == prepared.tokens  # same tokens around the image
     else:
-        tokens = be.llama.tokenize(text.encode(), add_bos=False, special=True)
-        assert tokens == inputs["input_ids"][0].tolist()  # our tokenizer.model reproduces tokenizer.json
-        be.llama.reset()
-        be.llama.eval(tokens)
-    got = _llama_last_logits(be)[: want.shape[0]]
+        assert prepared.tokens == inputs["input_ids"][0].tolist()  # our tokenizer.model reproduces tokenizer.json
+    got = be.prompt_logits(prompt)[: want.shape[0]]
     be.close()
     assert np.abs(got - want).max() < MAX_ABS_DIFF
     assert int(got.argmax()) == int(want.argmax())

@@ -84,6 +84,7 @@ class MedGemma:
         upstream: str | None = None,
         context_length: int | None = None,
         memory_check: bool = True,
+        parallel: int | None = None,
     ) -> MedGemma:
         opts = LoadOptions(
             device=device,
@@ -96,6 +97,7 @@ class MedGemma:
             upstream=upstream,
             context_length=context_length,
             memory_check=memory_check,
+            parallel=parallel,
         )
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)

@@ -16,7 +16,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from ..errors import CapabilityError
 from ..prompts.messages import Prompt
@@ -94,6 +94,33 @@ class Capabilities:
     remote: bool = False  # the weights live on another server (`--model` names the upstream's model)
     streaming: bool = True  # `on_delta` receives text as it is decoded, not only at the end
     context_length: int | None = None  # tokens the model attends over; None when unknown
+    continuous: bool = False  # `session()` admits requests into the running batch between decoding steps
+
+
+class DecodeSession(Protocol):
+    """A running batch that requests join between decoding steps; used by one thread (the server's worker)."""
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is admitted or waiting to be."""
+
+    @property
+    def running(self) -> int:
+        """Requests being decoded now."""
+
+    def add(
+        self,
+        request: GenerationRequest,
+        on_delta: Callable[[str], None] | None,
+        on_done: Callable[[Completion | BaseException], None],
+    ) -> None:
+        """Queue a request (a prompt the backend refuses raises here); `on_done` gets its result from a `step`."""
+
+    def step(self) -> None:
+        """Admit what fits, decode one batch, and call back every request that produced text or finished."""
+
+    def abort(self, error: BaseException) -> None:
+        """Finish every admitted or waiting request with `error`."""
 
 
 class Backend(ABC):
@@ -134,6 +161,10 @@ class Backend(ABC):
             else:
                 assert isinstance(value, BaseException)
                 raise value
+
+    def session(self) -> DecodeSession:
+        """Continuous batching (`capabilities.continuous`): requests join and leave between decoding steps."""
+        raise CapabilityError(f"backend {self.info.backend!r} has no continuous batching")
 
     def context_length(self) -> int | None:
         """Tokens the model attends over (prompt plus answer); None when unknown, and then nothing is checked."""

@@ -1,8 +1,8 @@
 """llama.cpp backend (llama-cpp-python): GGUF models on CPUs, with Gemma 3 vision through the mmproj projector.
 
 Loads the model once (~0.5 s for Gemma 3 270M Q4_K_M against ~25 s through transformers) and decodes 2-3x faster
-on CPU. Requests in a batch run one after another on the one context; llama-cpp-python reuses the KV cache for a
-shared prompt prefix (e.g. an eval protocol's fixed instructions), which is where CPU batching gains come from.
+on CPU. Requests are decoded together, `--parallel` sequences in one llama.cpp batch (`llamacpp_batch`): `generate`
+runs a list of them, and `serve` keeps one running batch that requests join and leave between decoding steps.
 Images go through libmtmd (the projector GGUF written by `medgemma export gguf` or shipped beside a community GGUF).
 """
 
@@ -23,13 +23,14 @@ from ..models.checkpoint import ModelHint, variant_named_in
 from ..prompts.gemma_format import render_gemma_chat
 from ..prompts.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
-from .decoding import RowState, RowTracker
+from .llamacpp_batch import BatchEngine, DeltaSink, DoneSink, Prepared, auto_parallel
 from .llamacpp_logging import llama_log_callback, route_llama_logs
 from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 8192  # Gemma 3 trains on 128k; 8k covers MedGemma's protocols (a CT volume is ~22k: raise it)
+PER_SEQUENCE_CONTEXT = 2048  # the default pool grows to this many tokens per parallel sequence
 GGUF_MAGIC = b"GGUF"
 
 
@@ -74,7 +75,7 @@ def _image_slot(image: str) -> str:
 
 
 class LlamaCppBackend(Backend):
-    """One `llama_cpp.Llama` (plus an mtmd context for images); `generate` serves requests in order."""
+    """One GGUF model, an mtmd context for images, and a `BatchEngine` that decodes the requests together."""
 
     def __init__(
         self, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions | None = None
@@ -93,12 +94,13 @@ class LlamaCppBackend(Backend):
             if not self.mmproj_path.is_file():
                 raise BadInput(f"{self.mmproj_path}: mmproj file not found")
             check_gguf(self.mmproj_path, "mmproj")
-        n_ctx = options.context_length
         try:
+            # The model, its vocabulary and metadata; decoding runs in the engine's own context (below), so this
+            # one is kept small.
             self.llama = llama_cpp.Llama(
                 model_path=str(self.path),
-                n_ctx=n_ctx or DEFAULT_CONTEXT,
-                n_batch=512,
+                n_ctx=256,
+                n_batch=32,
                 n_threads=threads,
                 n_threads_batch=threads,
                 verbose=False,
@@ -108,7 +110,7 @@ class LlamaCppBackend(Backend):
                 f"{path}: llama.cpp cannot load this GGUF ({str(e).splitlines()[0][:120]})"
             ) from None
         self.threads = threads
-        self._lock = threading.Lock()  # one llama.cpp context: requests must not interleave
+        self._lock = threading.RLock()  # one llama.cpp context: one caller decodes at a time
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._buf = ctypes.create_string_buffer(256)
         self.template = self.llama.metadata.get("tokenizer.chat_template") or None
@@ -117,6 +119,23 @@ class LlamaCppBackend(Backend):
         image_size = tokens_per_image = None
         if self.mmproj_path is not None:
             image_size, tokens_per_image = self._init_vision(threads)
+        parallel = options.parallel
+        if parallel is None:
+            parallel = auto_parallel(physical_cores(), options.context_length or 1 << 30)
+        if parallel < 1:
+            raise BadInput("--parallel must be at least 1")
+        # One KV pool shared by the sequences (llama-server's automatic mode); default size: 8192 tokens, or 2048
+        # per sequence when that is more, so `--parallel` answers of protocol length fit at once.
+        n_ctx = options.context_length or max(DEFAULT_CONTEXT, PER_SEQUENCE_CONTEXT * parallel)
+        self.engine = BatchEngine(
+            llama_cpp,
+            self.llama.model,
+            n_ctx=n_ctx,
+            n_parallel=parallel,
+            threads=threads,
+            mtmd=self._mtmd,
+            mtmd_cpp=getattr(self, "_mtmd_cpp", None),
+        )
         # A GGUF of a known variant keeps its conventions (1.5: no system prompt), named in its file or metadata.
         hint = ModelHint.of(info_hint).with_variant(
             variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", "")))
@@ -130,17 +149,18 @@ class LlamaCppBackend(Backend):
             has_chat_template=bool(self.template),
             extra={
                 "threads": str(threads),
-                "n_ctx": str(self.llama.n_ctx()),
+                "n_ctx": str(self.engine.n_ctx),
+                "parallel": str(parallel),
                 "mmproj": str(self.mmproj_path) if self.mmproj_path else "",
             },
         )
-        # One context: requests are decoded one after another, whatever the list `generate` is given.
         self.capabilities = Capabilities(
-            max_batch_size=1,
+            max_batch_size=parallel,
             loglikelihood=False,
             images=self._mtmd is not None,
             streaming=True,
-            context_length=int(self.llama.n_ctx()),
+            context_length=self.engine.n_ctx,
+            continuous=True,
         )
 
     # -- setup ----------------------------------------------------------------------------------------------------
@@ -212,68 +232,61 @@ class LlamaCppBackend(Backend):
     def generate(
         self, requests: Sequence[GenerationRequest], on_delta: DeltaCallback | None = None
     ) -> list[Completion]:
-        rows = [RowState(i, r) for i, r in enumerate(requests)]
-        tracker = RowTracker(rows, on_delta)
+        """All requests decoded together, up to `--parallel` at a time (the rest join as others finish)."""
+        results: list[Completion | BaseException | None] = [None] * len(requests)
+        prepared: list[Prepared] = []
         with self._lock:
-            return [self._generate_one(row, tracker) for row in rows]
+            try:
+                for r in requests:
+                    prepared.append(self._prepare(r.prompt))
+            except BaseException:
+                for p in prepared:
+                    if p.free:
+                        p.free()
+                raise
+            for i, (r, p) in enumerate(zip(requests, prepared)):
 
-    def _generate_one(self, row: RowState, tracker: RowTracker) -> Completion:
-        prompt = row.request.prompt
+                def done(c: Completion | BaseException, i: int = i) -> None:
+                    results[i] = c
+
+                sink = None if on_delta is None else (lambda d, i=i: on_delta(i, d))
+                self.engine.add(r, p, sink, done)
+            while any(c is None for c in results):
+                self.engine.step()
+        for c in results:
+            if isinstance(c, BaseException):
+                raise c
+        return [c for c in results if isinstance(c, Completion)]
+
+    def session(self) -> LlamaSession:
+        """Continuous batching for `serve`: requests join and leave the running batch between decoding steps."""
+        return LlamaSession(self)
+
+    def _prepare(self, prompt: Prompt) -> Prepared:
+        """Render and tokenize a prompt (images through libmtmd, evaluated later into the sequence's KV cells)."""
         text = self.render(prompt)
         images = prompt.all_images()
         if text.count(IMAGE_PLACEHOLDER) != len(images):
             raise BadInput("prompt text and images disagree: one <start_of_image> per image is needed")
-        # Chat-rendered text starts with <bos>; completion text needs it added.
-        add_bos = prompt.is_completion
-        if images:
-            tokens = self._eval_multimodal(text, images, add_bos)
-        else:
+        add_bos = prompt.is_completion  # chat-rendered text starts with <bos>; completion text needs it added
+        if not images:
             tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-        n_prompt = self.llama.n_tokens if images else len(tokens)
-        params = row.request.params
-        room = self.llama.n_ctx() - n_prompt
-        if room <= 0:
-            raise BadInput(f"prompt is {n_prompt} tokens; this model's context holds {self.llama.n_ctx()}")
-        if params.seed is not None:
-            self.llama.set_seed(params.seed)
-        gen = self.llama.generate(
-            tokens,
-            temp=params.temperature if not params.greedy else 0.0,
-            top_k=params.top_k or 0,
-            top_p=params.top_p if not params.greedy else 1.0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-        )
-        out = bytearray()
-        n = 0
-        is_eog = self._lc.llama_vocab_is_eog
-        try:
-            for tok in gen:
-                if is_eog(self._vocab, tok):
-                    tracker.update(row, out.decode("utf-8", errors="replace"), n, True)
-                    break
-                n += 1
-                out += self._piece_bytes(tok)
-                text = out.decode("utf-8", errors="replace")
-                tracker.update(row, text, n, False)
-                if row.finish is None and n >= room:  # context full: finish as if the budget were spent
-                    tracker.update(row, text, row.request.params.max_new_tokens, False)
-                if row.finish is not None:
-                    break
-        finally:
-            gen.close()
-        if row.finish is None:  # the generator ended on its own (not expected): flush what there is
-            tracker.update(row, out.decode("utf-8", errors="replace"), n, True)
-        return Completion(row.text, row.finish or "length", n_prompt, n)
+            return Prepared(tokens, len(tokens))
+        return self._tokenize_multimodal(text, images, add_bos)
 
-    def _eval_multimodal(self, text: str, images: list, add_bos: bool) -> list[int]:
-        """Tokenize text+images with libmtmd and evaluate them; returns the prompt as `generate` expects it."""
+    def _tokenize_multimodal(self, text: str, images: list, add_bos: bool) -> Prepared:
+        """libmtmd's chunks for text+images; `tokens` lists the prompt with -1 at image positions."""
         m = self._mtmd_cpp
         marker = m.mtmd_default_marker().decode("utf-8")
         text = text.replace(IMAGE_PLACEHOLDER, _image_slot(marker))
-        bitmaps = []
-        chunks = None
-        llama = self.llama
+        bitmaps: list[Any] = []
+        chunks = m.mtmd_input_chunks_init()
+
+        def free() -> None:
+            m.mtmd_input_chunks_free(chunks)
+            for b in bitmaps:
+                m.mtmd_bitmap_free(b)
+
         try:
             for im in images:
                 rgb = im.convert("RGB")
@@ -287,57 +300,68 @@ class LlamaCppBackend(Backend):
             raw = text.encode("utf-8")
             inp.text, inp.text_len = raw, len(raw)
             inp.add_special, inp.parse_special = add_bos, True
-            chunks = m.mtmd_input_chunks_init()
             arr = (m.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
             rc = m.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(inp), arr, len(bitmaps))
             if rc != 0:
                 raise BadInput(f"libmtmd could not tokenize the prompt with its images (code {rc})")
-            total = m.mtmd_helper_get_n_tokens(chunks)
-            if total >= llama.n_ctx():
-                raise BadInput(f"prompt with images is {total} tokens; this model's context holds {llama.n_ctx()}")
-            llama.reset()
-            memory = self._lc.llama_get_memory(llama.ctx)
-            if memory:  # the whole KV cache: image positions must never be matched as a cached prefix
-                self._lc.llama_memory_clear(memory, True)
+            tokens: list[int] = []
             for i in range(m.mtmd_input_chunks_size(chunks)):
                 chunk = m.mtmd_input_chunks_get(chunks, i)
                 if m.mtmd_input_chunk_get_type(chunk) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     n = ctypes.c_size_t()
                     ptr = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    llama.eval([ptr[j] for j in range(n.value)])
+                    tokens += [ptr[j] for j in range(n.value)]
                 else:
-                    start = llama.n_tokens
-                    new_past = self._lc.llama_pos(0)
-                    rc = m.mtmd_helper_eval_chunk_single(
-                        self._mtmd,
-                        llama.ctx,
-                        chunk,
-                        self._lc.llama_pos(start),
-                        self._lc.llama_seq_id(0),
-                        llama.n_batch,
-                        False,
-                        ctypes.byref(new_past),
-                    )
-                    if rc != 0:
-                        raise BadInput(f"libmtmd could not encode an image (code {rc})")
-                    llama.n_tokens = new_past.value
-                    # No real token ids here: mark them so a later prompt never "matches" image positions.
-                    llama.input_ids[start : llama.n_tokens] = -1
-        finally:
-            if chunks is not None:
-                m.mtmd_input_chunks_free(chunks)
-            for b in bitmaps:
-                m.mtmd_bitmap_free(b)
-        # generate() sees the whole prompt already cached and samples from the last text chunk's logits.
-        return llama.input_ids[: llama.n_tokens].tolist()
+                    tokens += [-1] * m.mtmd_input_chunk_get_n_tokens(chunk)
+        except BaseException:
+            free()
+            raise
+        return Prepared(tokens, len(tokens), chunks=chunks, free=free)
+
+    def prompt_logits(self, prompt: Prompt) -> Any:
+        """Next-token logits after `prompt`, decoded alone (to check this engine against another one)."""
+        with self._lock:
+            return self.engine.logits_after(self._prepare(prompt))
 
     def close(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
         if self._mtmd is not None:
             self._mtmd_cpp.mtmd_free(self._mtmd)
             self._mtmd = None
         llama = getattr(self, "llama", None)
         if llama is not None:
             llama.close()
+
+
+class LlamaSession:
+    """`serve`'s handle on the engine: `add` a request whenever, `step` decodes one batch for everyone admitted."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self._backend = backend
+
+    @property
+    def busy(self) -> bool:
+        return self._backend.engine.busy
+
+    @property
+    def running(self) -> int:
+        return self._backend.engine.running
+
+    def add(self, request: GenerationRequest, on_delta: DeltaSink | None, on_done: DoneSink) -> None:
+        """Tokenize now (a bad prompt raises here, for this request alone); the request joins at a later step."""
+        be = self._backend
+        with be._lock:
+            be.engine.add(request, be._prepare(request.prompt), on_delta, on_done)
+
+    def step(self) -> None:
+        with self._backend._lock:
+            self._backend.engine.step()
+
+    def abort(self, error: BaseException) -> None:
+        with self._backend._lock:
+            self._backend.engine.abort_all(error)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ class LoadOptions:
     # Read by the non-torch backends only (llamacpp, openai); torch backends ignore them.
     threads: int | None = None  # llama.cpp CPU threads (default: physical cores)
     mmproj: str | None = None  # llama.cpp vision projector GGUF (default: an mmproj*.gguf beside the model)
-    context_length: int | None = None  # llama.cpp context window (default 8192)
+    context_length: int | None = None  # llama.cpp KV pool shared by the parallel sequences (default 8192, or more)
+    parallel: int | None = None  # llama.cpp sequences decoded together (default from cores and context)
     upstream: str | None = None  # openai backend: base URL of an OpenAI-compatible server
     # transformers backend: a PEFT adapter applied on load; merged into the weights unless the base is quantised
     # (merging into 4-bit weights would re-quantise them; QLoRA adapters stay unmerged over the same 4-bit base).

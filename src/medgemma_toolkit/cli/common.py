@@ -77,6 +77,12 @@ MemoryCheckOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads (default: physical cores)")]
+ParallelOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="llama.cpp: sequences decoded together in one batch (default: 4 per physical core, at most 16); they share one KV pool of max(8192, 2048 x N) tokens"
+    ),
+]
 
 
 def load_model(
@@ -93,6 +99,7 @@ def load_model(
     threads: int | None = None,
     max_batch_size: int = 8,
     memory_check: bool = True,
+    parallel: int | None = None,
 ):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
@@ -107,6 +114,7 @@ def load_model(
         "threads": threads,
         "max_batch_size": max_batch_size,
         "memory_check": memory_check,
+        "parallel": parallel,
     }
     if upstream or backend == "openai":  # the model lives upstream; --model is its name there
         return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
@@ -132,6 +140,7 @@ class ModelOptions:
     mmproj: MmprojOpt = None
     threads: ThreadsOpt = None
     memory_check: MemoryCheckOpt = True
+    parallel: ParallelOpt = None
 
     def load(self, preset: str | None = None, quiet: bool = False, **extra: Any):
         """The loaded `MedGemma` (see `load_model`); `extra` goes to the backend's load options."""
@@ -148,6 +157,7 @@ class ModelOptions:
             mmproj=self.mmproj,
             threads=self.threads,
             memory_check=self.memory_check,
+            parallel=self.parallel,
             **extra,
         )
 

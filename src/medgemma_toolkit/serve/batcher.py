@@ -1,5 +1,9 @@
 """Dynamic batching in front of a `Backend`: many HTTP requests, one model, one worker thread.
 
+A backend with `capabilities.continuous` (llama.cpp) gets continuous batching instead: a request joins the running
+batch between two decoding steps and leaves it when it finishes (`_loop_continuous`); the rest of this text is about
+the batch-at-a-time loop the other backends use.
+
 The model is not thread-safe, so exactly one thread calls `backend.generate`. Requests wait in a queue; the worker
 takes the first, gathers those already waiting (and, for at most `window_s`, those announced as on their way by
 `expect()`, or any that come while the previous batch had several requests), and runs them as one batch. A lone
@@ -19,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..backends.base import Backend, Completion, GenerationRequest
 from ..backends.memory import is_oom, release_memory
@@ -83,7 +88,10 @@ class Batcher:
         self._stopped = False
         self._avg_batch_s = 1.0
         self._last_batch_size = 0
-        self._thread = threading.Thread(target=self._loop, name="medgemma-batcher", daemon=True)
+        # A backend that admits requests between decoding steps gets continuous batching instead of batches.
+        self._session = backend.session() if backend.capabilities.continuous else None
+        loop = self._loop if self._session is None else self._loop_continuous
+        self._thread = threading.Thread(target=loop, name="medgemma-batcher", daemon=True)
         self._thread.start()
 
     # -- producer side (event loop threads) ---------------------------------------------------------------------
@@ -159,6 +167,62 @@ class Batcher:
                     live.append(job)
             if live:
                 self._run(live)
+
+    def _loop_continuous(self) -> None:
+        """Continuous batching: between two decoding steps, queued requests join the running batch (up to
+        `max_batch_size`) and finished ones have already left it, so nobody waits for a whole batch to end."""
+        session = self._session
+        assert session is not None
+        live: set[int] = set()
+        while True:
+            with self._cond:
+                while not self._queue and not session.busy and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                joining: list[Job] = []
+                while self._queue and len(live) + len(joining) < self.max_batch_size:
+                    joining.append(self._queue.popleft())
+            for job in joining:
+                self._join(session, job, live)
+            if not session.busy:
+                continue
+            t0 = time.monotonic()
+            try:
+                session.step()
+            except BaseException as e:  # noqa: BLE001 - the worker must survive anything one step does
+                log.error("decoding step failed: %s", type(e).__name__)
+                session.abort(e.with_traceback(None))  # every request in the batch fails; the next ones run
+            self._running = session.running
+            if self.on_batch is not None and session.running:  # sequences per decoding step
+                self.on_batch(session.running, time.monotonic() - t0)
+
+    def _join(self, session: Any, job: Job, live: set[int]) -> None:
+        if job.is_cancelled():  # gone or expired while waiting: never reaches the model
+            job.post("cancelled", None)
+            return
+        job.started_at, job.batch_size = time.monotonic(), len(live) + 1
+        key = id(job)
+
+        def on_delta(text: str) -> None:
+            if job.stream:
+                job.post("delta", text)
+
+        def on_done(result: Completion | BaseException) -> None:
+            live.discard(key)
+            if job.started_at is not None:  # the 429 hint: about one request's time in the batch
+                self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * (time.monotonic() - job.started_at)
+            if isinstance(result, BaseException):
+                job.post("error", result.with_traceback(None))
+            else:
+                job.post("done", result)
+
+        live.add(key)
+        try:
+            session.add(job.request, on_delta, on_done)
+        except BaseException as e:  # noqa: BLE001 - a prompt the backend refuses fails alone
+            live.discard(key)
+            job.post("error", e.with_traceback(None))
 
     def _run(self, jobs: list[Job]) -> None:
         t0 = time.monotonic()

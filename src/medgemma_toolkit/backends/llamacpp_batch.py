@@ -1,0 +1,359 @@
+"""Several sequences in one `llama_decode` call: llama.cpp's batch API and per-sequence KV cache.
+
+One llama.cpp context holds up to `n_parallel` sequences (seq ids 0..n-1) in one unified KV pool, as llama-server
+does when its slot count is automatic (tools/server/server.cpp: `n_parallel = 4; kv_unified = true`; with a unified
+cache src/llama-context.cpp gives each sequence the whole `n_ctx`). Each `step()` builds one batch: the newest token of
+every generating sequence plus as many waiting prompt tokens as fit in `n_batch` (prompts are prefilled together,
+a long one in chunks, like llama-server's slots), decodes it once, and samples every sequence whose logits came out.
+A sequence joins between steps when a seq id is free and its KV cells fit (prompt plus answer budget are reserved,
+so a running sequence never finds the pool full), and leaves as soon as it finishes, freeing its cells.
+
+Images: a prompt with images is prefilled alone into its seq id through libmtmd when it joins (the vision encoder
+and its non-causal image batch run outside the shared batch); only its final prompt token joins the shared batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInput, MedGemmaError
+from .base import Completion, GenerationRequest
+from .decoding import RowState, RowTracker
+
+DeltaSink = Callable[[str], None]
+DoneSink = Callable[[Completion | BaseException], None]
+MIN_SEQ_CONTEXT = 1024  # the auto `--parallel` keeps at least this many KV cells per sequence
+
+
+def auto_parallel(cores: int, n_ctx: int) -> int:
+    """Sequences decoded together by default: 4 per physical core (a CPU decode step of a small batch costs about
+    what one sequence's does until the cores are busy), at most 16, and no more than the pool gives 1k cells each."""
+    return max(1, min(16, 4 * cores, n_ctx // MIN_SEQ_CONTEXT))
+
+
+class LlamaDecodeError(MedGemmaError):
+    """llama.cpp failed a decode call (the sequences in it fail; the engine stays usable)."""
+
+
+@dataclass
+class Prepared:
+    """A tokenized prompt: plain tokens, or libmtmd chunks (text and images) evaluated when the sequence joins."""
+
+    tokens: list[int]
+    n_prompt: int
+    chunks: Any = None  # mtmd_input_chunks*, owned (freed by `free`)
+    free: Callable[[], None] | None = None
+
+
+@dataclass
+class _Seq:
+    row: RowState
+    tracker: RowTracker
+    prepared: Prepared
+    on_done: DoneSink
+    reserve: int  # KV cells held for prompt + answer
+    seq_id: int = -1
+    pos: int = 0  # position of the next token fed
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    last: int = -1  # sampled token to feed next
+    out: bytearray = field(default_factory=bytearray)
+    n: int = 0  # tokens generated
+    sampler: Any = None  # llama_sampler* chain; None = greedy (argmax over the logits)
+    logits_at: int = -1  # row of the current batch whose logits belong to this sequence
+
+
+class BatchEngine:
+    """Owns one llama.cpp context with `n_parallel` sequences; not thread-safe (the backend serialises calls)."""
+
+    def __init__(
+        self,
+        lc: Any,
+        model: Any,
+        *,
+        n_ctx: int,
+        n_parallel: int,
+        threads: int,
+        n_batch: int = 512,
+        mtmd: Any = None,
+        mtmd_cpp: Any = None,
+        unified: bool = True,
+    ) -> None:
+        self._lc = lc
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_parallel
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = unified
+        # As llama-cpp-python's `Llama` (the one-at-a-time reference): the same kernels give the same answers.
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        self.ctx = lc.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise BadInput(f"llama.cpp could not create a context of {n_ctx} tokens for {n_parallel} sequences")
+        self._vocab = lc.llama_model_get_vocab(model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = int(lc.llama_n_ctx(self.ctx))
+        self.n_parallel = n_parallel
+        self.n_batch = n_batch
+        self._memory = lc.llama_get_memory(self.ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
+        self._nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
+        self._nseq[:] = 1
+        self._mtmd, self._m = mtmd, mtmd_cpp
+        self._free_ids = list(range(n_parallel - 1, -1, -1))
+        self._waiting: deque[_Seq] = deque()
+        self._active: list[_Seq] = []
+        self._reserved = 0
+        self._buf = ctypes.create_string_buffer(256)
+
+    # -- public ---------------------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return bool(self._active or self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    def add(
+        self, request: GenerationRequest, prepared: Prepared, on_delta: DeltaSink | None, on_done: DoneSink
+    ) -> None:
+        """Queue a request; it joins at the next `step()` with room for it. `on_done` receives its `Completion`."""
+        if prepared.n_prompt >= self.n_ctx:
+            if prepared.free:
+                prepared.free()
+            raise BadInput(f"prompt is {prepared.n_prompt} tokens; this model's context holds {self.n_ctx}")
+        row = RowState(0, request)
+        tracker = RowTracker([row], None if on_delta is None else (lambda _i, d: on_delta(d)))
+        reserve = min(self.n_ctx, prepared.n_prompt + max(1, request.params.max_new_tokens))
+        self._waiting.append(_Seq(row, tracker, prepared, on_done, reserve))
+
+    def step(self) -> None:
+        """Admit waiting sequences, decode one batch, sample, and finish what is done (callbacks fire here)."""
+        self._drop_cancelled()
+        self._admit()
+        batch = self._fill()
+        if not batch:
+            return
+        rc = self._lc.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            for s in batch:
+                self._release(s, LlamaDecodeError(f"llama.cpp could not decode the batch (code {rc})"))
+            return
+        for s in batch:
+            if s.logits_at >= 0:
+                self._advance(s, self._sample(s))
+
+    def logits_after(self, prepared: Prepared) -> np.ndarray:
+        """Next-token logits after a prompt decoded alone in a free seq id (for checks against other engines)."""
+        if not self._free_ids:
+            raise BadInput("no free sequence")
+        s = _Seq(RowState(0, GenerationRequest(None)), RowTracker([]), prepared, lambda _c: None, 0)  # type: ignore[arg-type]
+        s.seq_id = self._free_ids.pop()
+        try:
+            if prepared.chunks is not None:
+                self._prefill_multimodal(s)
+            else:
+                s.pending = list(prepared.tokens)
+            self._decode_alone(s, s.pending[:-1])
+            self._put(0, s.pending[-1], s.pos, s.seq_id, True)
+            self._batch.n_tokens = 1
+            if self._lc.llama_decode(self.ctx, self._batch) != 0:
+                raise LlamaDecodeError("llama.cpp could not decode the prompt")
+            return np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self.ctx, 0), shape=(self.n_vocab,)).copy()
+        finally:
+            self._lc.llama_memory_seq_rm(self._memory, s.seq_id, -1, -1)
+            self._free_ids.append(s.seq_id)
+            if prepared.free:
+                prepared.free()
+
+    def abort_all(self, error: BaseException) -> None:
+        """Fail every sequence (e.g. the engine's caller is shutting down)."""
+        for s in list(self._active):
+            self._release(s, error)
+        while self._waiting:
+            s = self._waiting.popleft()
+            if s.prepared.free:
+                s.prepared.free()
+            s.on_done(error)
+
+    def close(self) -> None:
+        if self.ctx:
+            self._lc.llama_batch_free(self._batch)
+            self._lc.llama_free(self.ctx)
+            self.ctx = None
+
+    # -- admission ------------------------------------------------------------------------------------------------
+    def _drop_cancelled(self) -> None:
+        for s in [s for s in self._waiting if s.row.request.cancelled is not None and s.row.request.cancelled()]:
+            self._waiting.remove(s)
+            if s.prepared.free:
+                s.prepared.free()
+            s.on_done(Completion("", "cancelled", s.prepared.n_prompt, 0))
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_ids:
+            s = self._waiting[0]
+            if self._active and self._reserved + s.reserve > self.n_ctx:
+                return  # first come, first served: wait for cells rather than let later ones overtake
+            self._waiting.popleft()
+            s.seq_id = self._free_ids.pop()
+            self._reserved += s.reserve
+            self._active.append(s)
+            s.sampler = self._make_sampler(s.row.request)
+            try:
+                if s.prepared.chunks is not None:
+                    self._prefill_multimodal(s)
+                else:
+                    s.pending = list(s.prepared.tokens)
+            except BaseException as e:  # noqa: BLE001 - this sequence fails alone
+                self._release(s, e)
+            finally:
+                if s.prepared.free:
+                    s.prepared.free()
+                    s.prepared.free = None
+
+    def _make_sampler(self, request: GenerationRequest) -> Any:
+        p = request.params
+        if p.greedy:
+            return None
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if p.top_k:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(p.top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(p.temperature))
+        seed = lc.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def _prefill_multimodal(self, s: _Seq) -> None:
+        """Evaluate text and image chunks into the sequence alone; keep the last prompt token for the shared batch."""
+        m, lc = self._m, self._lc
+        chunks = s.prepared.chunks
+        n_chunks = m.mtmd_input_chunks_size(chunks)
+        for i in range(n_chunks):
+            chunk = m.mtmd_input_chunks_get(chunks, i)
+            if m.mtmd_input_chunk_get_type(chunk) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ptr = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                toks = [ptr[j] for j in range(n.value)]
+                if i == n_chunks - 1:
+                    self._decode_alone(s, toks[:-1])
+                    s.pending = toks[-1:]
+                else:
+                    self._decode_alone(s, toks)
+            else:
+                new_past = lc.llama_pos(0)
+                rc = m.mtmd_helper_eval_chunk_single(
+                    self._mtmd,
+                    self.ctx,
+                    chunk,
+                    lc.llama_pos(s.pos),
+                    lc.llama_seq_id(s.seq_id),
+                    self.n_batch,
+                    False,
+                    ctypes.byref(new_past),
+                )
+                if rc != 0:
+                    raise BadInput(f"libmtmd could not encode an image (code {rc})")
+                s.pos = new_past.value
+        if not s.pending:
+            raise BadInput("a prompt must end with text after its last image")
+
+    def _decode_alone(self, s: _Seq, tokens: list[int]) -> None:
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start : start + self.n_batch]
+            for k, t in enumerate(part):
+                self._put(k, t, s.pos + k, s.seq_id, False)
+            self._batch.n_tokens = len(part)
+            rc = self._lc.llama_decode(self.ctx, self._batch)
+            if rc != 0:
+                raise LlamaDecodeError(f"llama.cpp could not decode a prompt (code {rc})")
+            s.pos += len(part)
+
+    # -- one decode step ------------------------------------------------------------------------------------------
+    def _put(self, k: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        self._tok[k] = token
+        self._pos[k] = pos
+        self._batch.seq_id[k][0] = seq_id
+        self._logits[k] = logits
+
+    def _fill(self) -> list[_Seq]:
+        """The batch: each generating sequence's newest token first, then prompt tokens while they fit."""
+        k = 0
+        members: list[_Seq] = []
+        for s in self._active:
+            s.logits_at = -1
+            if s.last >= 0:
+                self._put(k, s.last, s.pos, s.seq_id, True)
+                s.logits_at = k
+                s.pos += 1
+                k += 1
+                members.append(s)
+        for s in self._active:
+            if s.pending and k < self.n_batch:
+                part = s.pending[: self.n_batch - k]
+                done = len(part) == len(s.pending)
+                for j, t in enumerate(part):
+                    self._put(k, t, s.pos + j, s.seq_id, done and j == len(part) - 1)
+                    k += 1
+                s.pos += len(part)
+                s.pending = s.pending[len(part) :]
+                s.logits_at = k - 1 if done else -1
+                members.append(s)
+        self._batch.n_tokens = k
+        return members
+
+    def _sample(self, s: _Seq) -> int:
+        if s.sampler is not None:
+            return int(self._lc.llama_sampler_sample(s.sampler, self.ctx, s.logits_at))
+        ptr = self._lc.llama_get_logits_ith(self.ctx, s.logits_at)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+
+    def _advance(self, s: _Seq, token: int) -> None:
+        row, tracker = s.row, s.tracker
+        if self._lc.llama_vocab_is_eog(self._vocab, token):
+            tracker.update(row, s.out.decode("utf-8", errors="replace"), s.n, True)
+        else:
+            s.n += 1
+            s.out += self._piece(token)
+            text = s.out.decode("utf-8", errors="replace")
+            tracker.update(row, text, s.n, False)
+            if row.finish is None and s.prepared.n_prompt + s.n >= self.n_ctx:  # context full: as if out of budget
+                tracker.update(row, text, row.request.params.max_new_tokens, False)
+            s.last = token
+        if row.finish is not None:
+            self._release(s, None)
+
+    def _release(self, s: _Seq, error: BaseException | None) -> None:
+        if s in self._active:
+            self._active.remove(s)
+            self._reserved -= s.reserve
+            self._lc.llama_memory_seq_rm(self._memory, s.seq_id, -1, -1)
+            self._free_ids.append(s.seq_id)
+        if s.sampler is not None:
+            self._lc.llama_sampler_free(s.sampler)
+            s.sampler = None
+        if error is not None:
+            s.on_done(error)
+        else:
+            s.on_done(Completion(s.row.text, s.row.finish or "length", s.prepared.n_prompt, s.n))
+
+    def _piece(self, token: int) -> bytes:
+        """Raw bytes of one token, special tokens spelled out (thinking markers must survive decoding)."""
+        n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, True)
+        if n < 0:
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, True)
+        return self._buf.raw[:n]
