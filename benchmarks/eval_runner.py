@@ -47,7 +47,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="alternate runner and pipeline over this many item chunks")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--backend", default="transformers", help="the baseline needs a transformers model")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CPUs with AMX/AVX512-BF16, as `medgemma eval`), float32, ...")
+    ap.add_argument("--backend", default="transformers",
+                    help="the runner's backend; 'auto' = what `medgemma eval` picks (llama.cpp for the demo's GGUF). "
+                         "The baseline is always a transformers pipeline: the same model object when the runner uses "
+                         "transformers, else the same weights loaded through transformers (dequantised, --dtype)")
     args = ap.parse_args()
 
     from medgemma_toolkit import MedGemma
@@ -66,7 +70,7 @@ def main() -> None:
     chunks = [rows[k : k + per_round] for k in range(0, len(rows), per_round)]
 
     t0 = time.perf_counter()
-    mg = MedGemma.load(model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
+    mg = MedGemma.load(model, backend=args.backend, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size)
     print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     from transformers import pipeline
@@ -76,11 +80,17 @@ def main() -> None:
     from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset
 
-    be = mg.backend
+    base = mg if mg.backend.info.backend == "transformers" else MedGemma.load(
+        model, backend="transformers", device=args.device, dtype=args.dtype)
+    be = base.backend
+    print(f"runner on {mg.backend.info.backend} {mg.backend.info.extra}; pipeline on transformers {be.info.extra}",
+          file=sys.stderr)
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
     ours_wall = ours_gen = base_wall = 0.0
     ours_tokens = base_tokens = 0
+    ours_text: dict[str, str] = {}
+    base_text: dict[str, str] = {}
     # Rounds alternate between the two sides, so a change in the (shared) machine's load hits both alike.
     for k, chunk in enumerate(chunks):
         part = work / f"items{k}.jsonl"
@@ -93,34 +103,42 @@ def main() -> None:
         ours_gen += summary["timing"]["generate_seconds"]
         recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
         ours_tokens += sum(r["completion_tokens"] for r in recs)
+        ours_text.update({r["id"]: (r["raw"] or "").strip() for r in recs})
 
         # -- baseline: a transformers pipeline, one call per item, the same rendered prompts ------------------
-        user_preset, mg.preset = mg.preset, eval_preset
+        user_preset, base.preset = base.preset, eval_preset
         texts = []
         for line in chunk:
             row = json.loads(line)
             prompt_text = get_task("medqa").prompt.format(question=row["question"], options=format_options(row["options"]),
                                                           condition="").strip()
-            texts.append(be.render(mg.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
-        add_special = mg.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
+            texts.append(be.render(base.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
+        add_special = base.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
         stop = {"stop_strings": list(eval_preset.stop), "tokenizer": be.tokenizer} if eval_preset.stop else {}
-        mg.preset = user_preset
+        base.preset = user_preset
         t0 = time.perf_counter()
-        for text in texts:
+        for line, text in zip(chunk, texts):
             out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
                        add_special_tokens=add_special, **stop)
             n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
             base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
+            answer = be.tokenizer.decode(out[0]["generated_token_ids"][n_prompt:], skip_special_tokens=True)
+            for s in eval_preset.stop:
+                answer = answer.split(s)[0]
+            base_text[json.loads(line)["id"]] = answer.strip()
         base_wall += time.perf_counter() - t0
         print(f"round {k + 1}/{len(chunks)}: runner {ours_wall:.1f} s, pipeline {base_wall:.1f} s so far", file=sys.stderr)
 
     n = args.items
     result = {
-        "model": mg.backend.info.name, "device": mg.backend.info.extra.get("device"), "items": n,
+        "model": mg.backend.info.name, "device": mg.backend.info.extra.get("device"),
+        "dtype": mg.backend.info.extra.get("dtype"), "items": n,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "rounds": len(chunks),
         "runner_items_per_s": round(n / ours_wall, 3), "runner_generate_only_items_per_s": round(n / ours_gen, 3),
         "pipeline_items_per_s": round(n / base_wall, 3), "runner_tokens": ours_tokens, "pipeline_tokens": base_tokens,
         "speedup": round(base_wall / ours_wall, 2),
+        "runner_backend": mg.backend.info.backend, "pipeline_dtype": be.info.extra.get("dtype"),
+        "same_answers": sum(ours_text.get(i) == a for i, a in base_text.items()),
     }
     print(json.dumps(result, indent=2))
     print(f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "

@@ -26,7 +26,10 @@ ModelOpt = Annotated[
 ]
 BackendOpt = Annotated[str, typer.Option(help="auto, transformers, or another registered backend")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
-DTypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16")]
+DTypeOpt = Annotated[
+    str,
+    typer.Option(help="auto (bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32), float32, bfloat16 or float16"),
+]
 QuantizeOpt = Annotated[str, typer.Option(help="none, 8bit or 4bit (CUDA only)")]
 DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Allow fetching weights from the Hugging Face Hub")]
 PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: the model's own convention)")]
