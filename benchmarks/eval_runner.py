@@ -103,7 +103,7 @@ def main() -> None:
         ours_gen += summary["timing"]["generate_seconds"]
         recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
         ours_tokens += sum(r["completion_tokens"] for r in recs)
-        ours_text.update({r["id"]: (r["raw"] or "").strip() for r in recs})
+        ours_text.update({r["item_id"]: (r["raw"] or "").strip() for r in recs})
 
         # -- baseline: a transformers pipeline, one call per item, the same rendered prompts ------------------
         user_preset, base.preset = base.preset, eval_preset

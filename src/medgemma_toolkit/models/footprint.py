@@ -28,8 +28,8 @@ VISION_PARAMS = 416_866_032 + 2_950_272
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.64, "f16": 2.0}
 # Working memory beyond the weights, calibrated on MedGemma 4B's architecture (benchmarks/cpu_4b.py): transformers
 # bf16 peaked at 10.0 GiB for an image question (8.0 GiB of weights; SigLIP's 4,096-token activations at 896 px), the
-# llama.cpp Q4_K_M export at 6.0 GiB (3.1 GiB of files; its 8,192-token KV cache, compute and CLIP buffers, torch).
-RUNTIME_GIB = {"transformers": 1.5, "llamacpp": 2.5}
+# llama.cpp Q4_K_M export at 6.4 GiB (3.1 GiB of files; its 8,192-token KV cache, compute and CLIP buffers, torch).
+RUNTIME_GIB = {"transformers": 1.5, "llamacpp": 3.0}
 RUNTIME_FRACTION = {"transformers": 0.05, "llamacpp": 0.10}
 # The precisions `medgemma models` shows, as (backend, precision) pairs; GGUF ones include the f16 mmproj.
 SHOWN = (
