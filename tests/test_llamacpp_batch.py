@@ -70,6 +70,8 @@ def test_one_at_a_time_equals_llama_cpp_python(demo, alone):
 
 def near_tie_gap(be, prompt: str, a: str, b: str) -> float:
     """Where two answers part, the logit gap (decoded alone) between the word each continues with."""
+    if not a.startswith(" ") or not b.startswith(" "):  # answers as `ask`/`serve` return them: the space after
+        a, b = " " + a.lstrip(" "), " " + b.lstrip(" ")  # "Answer:" was stripped, but the model produced it
     k = next(i for i in range(min(len(a), len(b)) + 1) if i == min(len(a), len(b)) or a[i] != b[i])
     cut = max(0, a.rfind(" ", 0, k + 1) if a[k : k + 1] != " " else k)  # back to the start of the word that differs
     logits = be.prompt_logits(Prompt(text=prompt + a[:cut]))
