@@ -273,3 +273,10 @@ def test_bare_siglipmodel_folder_embeds_images_and_says_why_not_texts(tmp_path, 
     np.testing.assert_allclose(np.array(items[0]["embedding"]), ref, atol=1e-5)
     c = run_cli("classify", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--labels", "x,y")
     assert c.returncode != 0 and "no tokenizer" in c.stderr and "Traceback" not in c.stderr
+    # A processor saved at transformers' default 224 px beside this 42 px model: the model's size wins (its
+    # position embeddings allow no other), and the vector is the same as above.
+    SiglipImageProcessor().save_pretrained(tmp_path / "bare")
+    r2 = run_cli("embed", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--resize",
+                 "processor", "--json")
+    assert r2.returncode == 0, r2.stderr
+    np.testing.assert_allclose(np.array(json.loads(r2.stdout)["items"][0]["embedding"]), ref, atol=1e-5)

@@ -98,6 +98,11 @@ class MedSigLIP:
             raise BadInput("--batch-size must be at least 1")
         self.model, self.processor, self.name, self.path = model, processor, name, path
         self.image_processor = processor.image_processor
+        side = int(model.config.vision_config.image_size)
+        if Preprocessing.of(self.image_processor).size != (side, side):
+            # The position embeddings fix the input size; a processor saved with another (e.g. transformers'
+            # default 224 px beside a 448 px model) would make every image fail in the vision tower.
+            self.image_processor.size = {"height": side, "width": side}
         self.pre = Preprocessing.of(self.image_processor, resize)
         self.batch_size = batch_size
         self.workers = max(1, min(4, os.cpu_count() or 1)) if workers is None else workers
