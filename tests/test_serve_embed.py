@@ -124,6 +124,7 @@ def test_errors_auth_limits_and_phi_free_log(server, tmp_path):
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": "x"}, key=None), 401, "invalid_api_key"),
         (post(server, "/v1/embeddings", {"model": "other", "input": "x"}), 404, "model_not_found"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": []}), 400, "invalid_value"),
+        (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": ["a"] * 2049}), 400, "invalid_value"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": "x", "dimensions": 7}), 400, "invalid_value"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}), 400, "invalid_image"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": uri(png())}}] * 7}), 400, "too_many_images"),

@@ -41,13 +41,14 @@ KNOWN_PATHS.update({EMBEDDINGS, ZERO_SHOT})
 JSON_PATHS.update({EMBEDDINGS, ZERO_SHOT})
 
 InputItem = Union[str, ImageContent]
+MAX_INPUTS = 2048  # OpenAI's own limit per embeddings request; one request must not hold the model for minutes
 
 
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. `user`
 
     model: str
-    input: Union[str, list[InputItem]] = Field(min_length=1)
+    input: Union[str, list[InputItem]] = Field(min_length=1, max_length=MAX_INPUTS)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
