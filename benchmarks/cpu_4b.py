@@ -89,6 +89,10 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
                        mmproj=str(mmproj) if backend == "llamacpp" else None, preset="medgemma-v1")
     out: dict[str, object] = {"config": config, "load_s": round(time.perf_counter() - t0, 1),
                               "rss_after_load_gib": round(peak_rss_gb(), 2), "ran": mg.backend.info.extra}
+    if backend == "llamacpp":
+        from llamacpp_build import build_label  # benchmarks/: which llama-cpp-python build, compiled for what
+
+        out["llama_cpp"] = build_label()
     # Warm-up: first-call allocations, thread pools, and the weights' pages (transformers maps them lazily).
     mg.ask("Hello.", images=[str(image_file(cache))] if "image" in kinds else [], max_new_tokens=1)
     for n_case, kind in enumerate(kinds):

@@ -71,6 +71,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mg-llbatch-"))
     mg = MedGemma.load("demo", backend="llamacpp", threads=args.threads, parallel=args.parallel or args.batch_size)
+    from llamacpp_build import build_label
+
+    print(f"llama_cpp: {build_label()}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
     per = args.items // args.rounds
     secs = {1: 0.0, args.batch_size: 0.0}
