@@ -222,29 +222,35 @@ class TransformersBackend(Backend):
                     results[i] = c
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, rows: list[RowState], on_delta: DeltaCallback | None) -> list[Completion]:
+    def _generate_batch(
+        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True
+    ) -> list[Completion]:
+        """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
+        plain static batch, for benchmarks); sampled ones keep the static batch, so seeded results stay as they were
+        (a smaller batch draws its random numbers in another order)."""
         torch = self.torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         params = rows[0].request.params
         stepper = TokenStepper(rows, on_delta, self._decode, set(self.stop_ids), self.byte_token_ids)
-        done: list[bool] = []
-        flags: list[Any] = [None]  # the bool tensor handed back to generate, rebuilt only when a row finishes
+        gen = self._generation_config(rows)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        from .hf_decode import can_prune, decode_pruned  # imports transformers: only once a model is loaded
 
-        class Track(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                # One small host copy per step (the newest token of each row), not the whole sequence.
-                now = stepper.advance(input_ids[:, -1].tolist())
-                if now != done:
-                    done[:] = now
-                    flags[0] = torch.tensor(now, dtype=torch.bool, device=input_ids.device)
-                return flags[0]
+        with torch.inference_mode():
+            if prune and params.greedy and len(rows) > 1 and can_prune(self.model):
+                decode_pruned(self.model, dict(inputs), gen, stepper)
+            else:
+                self._decode_static(dict(inputs), gen, stepper)
+        return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
 
+    def _generation_config(self, rows: list[RowState]) -> Any:
+        from transformers import GenerationConfig
+
+        params = rows[0].request.params
         gen = GenerationConfig(
             max_new_tokens=max(r.request.params.max_new_tokens for r in rows),
             do_sample=not params.greedy,
@@ -257,8 +263,16 @@ class TransformersBackend(Backend):
             gen.top_k = params.top_k if params.top_k is not None else 0
         else:
             gen.temperature, gen.top_p, gen.top_k = None, None, None
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        return gen
+
+    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper) -> None:
+        """Every row stays in the batch until the last one stops (finished rows decode padding)."""
+        from transformers import StoppingCriteriaList
+
+        from .hf_decode import Track
+
+        rows = stepper.rows
+        prompt_len = inputs["input_ids"].shape[1]
         # Nothing to stream, no stop string, no cancellation, one token limit: the hook would only count tokens, so
         # leave generation alone and read the rows once at the end (eval and batch runs).
         per_step = (
@@ -266,12 +280,9 @@ class TransformersBackend(Backend):
             or any(r.request.cancelled is not None for r in rows)
             or len({r.request.params.max_new_tokens for r in rows}) > 1
         )
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList([Track()] if per_step else [])
-            )
+        hook = [Track(stepper, list(range(len(rows))), None)] if per_step else []
+        out = self.model.generate(**inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook))
         stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
-        return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).
