@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on CPUs with AMX/AVX512-BF16, as `medgemma eval`), float32, ...")
     ap.add_argument("--backend", default="transformers",
-                    help="the runner's backend; 'auto' = what `medgemma eval` picks (llama.cpp for the demo's GGUF). "
+                    help="the runner's backend; 'auto' = what `medgemma eval` picks (for the demo: transformers on a GPU or a "
+                         "bf16-capable CPU, else llama.cpp). "
                          "The baseline is always a transformers pipeline: the same model object when the runner uses "
                          "transformers, else the same weights loaded through transformers (dequantised, --dtype)")
     args = ap.parse_args()
@@ -70,7 +71,8 @@ def main() -> None:
     chunks = [rows[k : k + per_round] for k in range(0, len(rows), per_round)]
 
     t0 = time.perf_counter()
-    mg = MedGemma.load(model, backend=args.backend, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size)
+    mg = MedGemma.load(model, backend=args.backend, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size,
+                       workload="throughput")  # as `medgemma eval` loads it
     print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     from transformers import pipeline

@@ -85,6 +85,7 @@ class MedGemma:
         context_length: int | None = None,
         memory_check: bool = True,
         parallel: int | None = None,
+        workload: str = "interactive",
     ) -> MedGemma:
         opts = LoadOptions(
             device=device,
@@ -98,6 +99,7 @@ class MedGemma:
             context_length=context_length,
             memory_check=memory_check,
             parallel=parallel,
+            workload=workload,
         )
         be, resolved, secs = load_backend(model, backend, opts, allow_download)
         return cls(be, resolved, preset, secs)

@@ -33,6 +33,9 @@ class LoadOptions:
     adapter: str | None = None
     # Refuse before loading when the estimated peak memory exceeds what is available (models.footprint).
     memory_check: bool = True
+    # What the model is loaded for: "interactive" (ask, chat, serve: load time and latency count) or "throughput"
+    # (eval, batch: items per second count). `--backend auto` may pick another backend for the demo model.
+    workload: str = "interactive"
 
 
 # CPU feature flags (as /proc/cpuinfo names them) of bf16 matrix instructions that oneDNN uses for torch's bf16

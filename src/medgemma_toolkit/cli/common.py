@@ -103,6 +103,7 @@ def load_model(
     max_batch_size: int = 8,
     memory_check: bool = True,
     parallel: int | None = None,
+    workload: str = "interactive",
 ):
     """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
     import sys
@@ -118,6 +119,7 @@ def load_model(
         "max_batch_size": max_batch_size,
         "memory_check": memory_check,
         "parallel": parallel,
+        "workload": workload,
     }
     if upstream or backend == "openai":  # the model lives upstream; --model is its name there
         return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)

@@ -124,7 +124,7 @@ def eval_run(
         ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
-    mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING)
+    mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING, workload="throughput")
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
     ci = (
@@ -222,7 +222,7 @@ def batch(
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
     read_batch_rows(input, on_error)  # report a bad file before loading a model
-    mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING)
+    mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING, workload="throughput")
     stats = run_batch(
         mg,
         input,
