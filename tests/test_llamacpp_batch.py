@@ -94,6 +94,32 @@ def test_batched_greedy_answers_equal_one_at_a_time_but_at_near_ties(demo, alone
     assert {together[i].finish_reason for i in same} == {"stop", "length"}  # both kinds of ending exercised
 
 
+def test_eval_hands_continuous_backends_several_rounds_at_once(demo, alone):
+    """`eval`'s automatic batch gives llama.cpp 4 x --parallel requests per call: slots refill as answers end, at
+    most --parallel run at a time, and every answer is its one-at-a-time answer (or a near-tie, as above)."""
+    from medgemma_toolkit.eval.batching import auto_batch_size
+
+    assert auto_batch_size(demo.backend) == 32  # --parallel 8
+    cases = CASES + CASES[:4]  # 12 requests for 8 slots
+    engine = demo.backend.engine
+    widths: list[int] = []
+    step = engine.step
+
+    def counted() -> None:
+        step()
+        widths.append(engine.running)
+
+    engine.step = counted
+    try:
+        out = demo.backend.generate([request(*c) for c in cases])
+    finally:
+        del engine.step
+    assert max(widths) == 8 and len(out) == 12
+    for c, (case, want) in zip(out, [(x, alone[i % len(CASES)]) for i, x in enumerate(cases)]):
+        if c.text != want.text:
+            assert near_tie_gap(demo.backend, case[0], want.text, c.text) < NEAR_TIE
+
+
 def test_cancelling_one_sequence_leaves_the_others_intact(demo, alone):
     seen: list[str] = []
     reqs = [request(*c) for c in CASES[:4]]

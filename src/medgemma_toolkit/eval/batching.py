@@ -33,7 +33,12 @@ AUTO_BATCH_CEILING = 32  # the largest batch `auto_batch_size` picks: what `medg
 
 
 def auto_batch_size(backend: Any) -> int:
-    """8 on CPU (more only adds padding work on 2-4 cores); 32 on a GPU, halved on out-of-memory."""
+    """8 on CPU (more only adds padding work on 2-4 cores); 32 on a GPU, halved on out-of-memory. A backend whose
+    sequences join as others finish (llama.cpp) gets 4 rounds of its parallel sequences per call, so its slots
+    keep working instead of idling until a batch's longest answer ends (demo, 32 MCQ items: see README)."""
+    caps = getattr(backend, "capabilities", None)
+    if caps is not None and caps.continuous:
+        return min(AUTO_BATCH_CEILING, 4 * max(1, caps.max_batch_size))
     device = backend.info.extra.get("device", "cpu")
     return AUTO_BATCH_CEILING if device.startswith("cuda") else 8
 
