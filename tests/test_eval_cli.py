@@ -334,3 +334,17 @@ def test_report_generation_names_missing_radgraph(tiny_model_dir, tmp_path, caps
     assert s["metrics"]["rouge_l"]["value"] is not None and s["metrics"]["bleu"]["value"] is not None
     assert s["metrics"]["radgraph_f1"]["value"] is None
     assert "note: RadGraph F1 skipped: needs `pip install radgraph`" in err
+
+
+def test_auto_batch_size_by_device_and_input(tiny_model_dir):
+    """CPU: 32 text prompts per batch (finished rows leave greedy batches), 8 with images; llama.cpp: 4 rounds of
+    its parallel sequences (tests/test_llamacpp_batch.py)."""
+    import torch
+
+    from medgemma_toolkit import MedGemma
+    from medgemma_toolkit.eval.batching import auto_batch_size
+
+    be = MedGemma.load(str(tiny_model_dir), device="cpu").backend
+    assert auto_batch_size(be) == 32 and auto_batch_size(be, images=True) == 8
+    if torch.cuda.is_available():
+        assert auto_batch_size(MedGemma.load(str(tiny_model_dir), device="cuda").backend, images=True) == 32

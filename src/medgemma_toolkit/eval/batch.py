@@ -126,7 +126,7 @@ def run_batch(
             )
         log.append(recs)
 
-    size = batch_size or auto_batch_size(mg.backend)
+    size = batch_size or auto_batch_size(mg.backend, images=any(r.images for r in pending))
     try:
         secs = run_batches(
             mg.backend,

@@ -269,7 +269,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     backend = _LoglikAdapter(mg.backend, letters_of) if opts.mode == "loglikelihood" else mg.backend
     # Requests handed to the backend at once; it decodes up to `capabilities.max_batch_size` of them together (set
     # when the model is loaded: `medgemma eval` loads with its --batch-size).
-    batch_size = opts.batch_size or auto_batch_size(mg.backend)
+    batch_size = opts.batch_size or auto_batch_size(mg.backend, images=any(u.item.images for u in pending))
     t0 = time.perf_counter()
     try:
         gen_seconds = run_batches(
