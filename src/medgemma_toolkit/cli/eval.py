@@ -62,7 +62,9 @@ def eval_run(
         Optional[Path],
         typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"),
     ] = None,
-    batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")] = "auto",
+    batch_size: Annotated[
+        str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")
+    ] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")
     ] = False,
