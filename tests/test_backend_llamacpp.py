@@ -83,6 +83,24 @@ def test_batch_mixing_images_and_text_reuses_nothing_stale(gguf_model, xray):
     assert answers[0].raw == gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=10).raw
 
 
+def test_image_prompts_are_never_cached(gguf_model, xray):
+    """A finished text sequence keeps its KV cells as a prompt cache; an image prompt's cells are always freed (its
+    libmtmd chunks are not token lists a later prompt could match), and it reuses no text cache either."""
+    eng = gguf_model.backend.engine
+    eng.clear_cache()
+    before = eng.cached_prompt_tokens
+    gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=6)
+    assert eng.cached_cells == 0
+    text = gguf_model.ask(QUESTION, max_new_tokens=6)
+    held = eng.cached_cells
+    assert text.prompt_tokens <= held <= text.prompt_tokens + text.completion_tokens
+    again = gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=6)
+    assert eng.cached_prompt_tokens == before and eng.cached_cells == held  # the text cache stays, unused
+    assert again.raw == gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=6).raw
+    assert gguf_model.ask(QUESTION, max_new_tokens=6).raw == text.raw  # the whole prompt from its cache but one
+    assert eng.cached_prompt_tokens - before == text.prompt_tokens - 1
+
+
 @pytest.mark.parametrize("question,with_image", [(QUESTION, True), ("What is the most likely diagnosis?", False)])
 def test_streaming_deltas_add_up(gguf_model, xray, question, with_image):
     # The second answer is mostly split byte-fallback characters (U+FFFD): held back, then flushed at the end.

@@ -52,7 +52,13 @@ def demo() -> MedGemma:
 
 @pytest.fixture(scope="module")
 def alone(demo) -> list[Completion]:
-    return [demo.backend.generate([request(*c)])[0] for c in CASES]
+    """Each prompt decoded alone from scratch (an idle seq id's cached prefix would split its prefill in two, which
+    llama.cpp rounds differently: see the prompt-cache tests at the end)."""
+    out = []
+    for c in CASES:
+        demo.backend.engine.clear_cache()
+        out.append(demo.backend.generate([request(*c)])[0])
+    return out
 
 
 def test_one_at_a_time_equals_llama_cpp_python(demo, alone):
@@ -122,6 +128,7 @@ def test_eval_hands_continuous_backends_several_rounds_at_once(demo, alone):
 
 def test_cancelling_one_sequence_leaves_the_others_intact(demo, alone):
     seen: list[str] = []
+    demo.backend.engine.clear_cache()  # all four prefill from scratch, as alone
     reqs = [request(*c) for c in CASES[:4]]
     reqs[2] = request(*CASES[2], cancelled=lambda: len(seen) >= 3)
     out = demo.backend.generate(reqs, on_delta=lambda i, d: seen.append(d) if i == 2 else None)
@@ -131,6 +138,7 @@ def test_cancelling_one_sequence_leaves_the_others_intact(demo, alone):
 
 def test_requests_join_and_leave_a_running_batch(demo, alone):
     session = demo.backend.session()
+    demo.backend.engine.clear_cache()  # every prompt prefills from scratch, as alone
     results: dict[int, Completion | BaseException] = {}
     deltas: dict[int, str] = {0: "", 1: "", 5: ""}
 
@@ -181,6 +189,7 @@ def test_serve_answers_concurrent_openai_clients_from_one_running_batch(demo, al
     from medgemma_toolkit.serve.launch import InProcessServer
 
     widths: list[int] = []
+    demo.backend.engine.clear_cache()  # the clients' prompts prefill from scratch, as `want`'s below
     app = create_app(demo, ServeConfig(max_batch_size=8))
     batcher = app.state.batcher
     hook = batcher.on_batch
@@ -200,7 +209,130 @@ def test_serve_answers_concurrent_openai_clients_from_one_running_batch(demo, al
         with concurrent.futures.ThreadPoolExecutor(len(CASES)) as pool:
             got = list(pool.map(ask, CASES))
     # The server's preset turns each question into the completion prompt of CASES (with its stop strings).
-    want = [demo.ask(t.removeprefix("Question: ").removesuffix("\nAnswer:"), max_new_tokens=n).text for t, n, _ in CASES]
+    want = []
+    for t, n, _ in CASES:
+        demo.backend.engine.clear_cache()
+        want.append(demo.ask(t.removeprefix("Question: ").removesuffix("\nAnswer:"), max_new_tokens=n).text)
     for (text, _n, _stop), g, w in zip(CASES, got, want):
-        assert g == w or near_tie_gap(demo.backend, text, w or "", g or "") < NEAR_TIE
+        assert g == w or near_tie_gap(demo.backend, text, w or "", g or "") < NEAR_TIE, (g, w)
     assert max(widths) >= 4  # the clients were decoded together, not one after another
+
+
+# -- prompt cache: a finished text sequence keeps its KV cells for the next prompt sharing its prefix -------------
+TURNS = ["What is the normal adult resting heart rate?", "Which organ produces insulin?", "What does the kidney do?"]
+OTHER = ["Name a vitamin.", "What is hypertension?"]
+
+
+@pytest.fixture(scope="module")
+def raw(demo):
+    """llama-cpp-python's own loop, reset before every prompt: an engine with no cache (the oracle)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=demo.backend.info.path, n_ctx=2048, n_threads=2, verbose=False)
+    yield llm
+    llm.close()
+
+
+def fresh_answer(raw, prompt: str, n: int) -> str:
+    raw.reset()
+    return raw.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                                 repeat_penalty=1.0)["choices"][0]["text"]
+
+
+def check_answer(be, raw, prompt: str, got: Completion, n: int) -> None:
+    """The answer a cache-less engine gives, or one that parts from it only at a near-tie (a prompt prefilled in
+    two decode calls rounds differently from one)."""
+    want = fresh_answer(raw, prompt, n)
+    assert got.text == want or near_tie_gap(be, prompt, want, got.text) < NEAR_TIE, (got.text, want)
+
+
+def test_chat_turns_prefill_only_the_new_tokens(demo, raw):
+    """Each prompt resends the previous prompt and answer: turns 2 and 3 take all of it from the cache (prompt and
+    the fed answer tokens; the last sampled token never reached llama_decode) and prefill only the rest. Two
+    oracles: llama-cpp-python's `Llama` kept between turns (its own prompt reuse: the same tokens kept, the same
+    split prefill, so the same answers exactly), and a `Llama` reset every turn (no cache: a near-tie may part)."""
+    import llama_cpp
+
+    be, n = demo.backend, 12
+    be.engine.clear_cache()
+    assert be.engine.cached_cells == 0
+    keeper = llama_cpp.Llama(model_path=be.info.path, n_ctx=2048, n_threads=2, verbose=False)
+    prompt, prev = "", None
+    for q in TURNS + OTHER:
+        prompt += f"Question: {q}\nAnswer:"
+        before = be.engine.cached_prompt_tokens
+        got = be.generate([request(prompt, n)])[0]
+        reused = be.engine.cached_prompt_tokens - before
+        kept = keeper.n_tokens  # what `Llama` evaluated last turn; it reuses all of it (the prompt extends it)
+        want = keeper.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                                        repeat_penalty=1.0)["choices"][0]["text"]
+        assert got.text == want and reused == kept
+        if prev is None:
+            assert reused == 0
+        else:
+            assert got.prompt_tokens == len(be.llama.tokenize(prompt.encode(), add_bos=True, special=True))
+            assert reused == prev.prompt_tokens + prev.completion_tokens - 1
+            assert got.prompt_tokens - reused < 16  # the new question and the answer's last token
+        check_answer(be, raw, prompt, got, n)
+        prompt += got.text + "\n"
+        prev = got
+    keeper.close()
+
+
+def test_interleaved_conversations_keep_their_own_caches(raw):
+    """Two conversations on an engine with 2 seq ids: each next turn picks the seq id holding its own history (the
+    longest shared prefix), not the other one's, and answers as a cache-less engine does."""
+    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=2)
+    be, eng, n = mg.backend, mg.backend.engine, 10
+    convs = [f"Question: {TURNS[0]}\nAnswer:", f"Question: {OTHER[0]}\nAnswer:"]
+    first = be.generate([request(p, n) for p in convs])  # together, on seq ids 0 and 1
+    assert eng.cached_cells == sum(c.prompt_tokens + c.completion_tokens - 1 for c in first)
+    prevs = dict(enumerate(first))
+    for k, q in [(1, OTHER[1]), (0, TURNS[1]), (1, TURNS[2])]:  # B, A, B: each must find its own seq id
+        convs[k] += f"{prevs[k].text}\nQuestion: {q}\nAnswer:"
+        before = eng.cached_prompt_tokens
+        got = be.generate([request(convs[k], n)])[0]
+        assert eng.cached_prompt_tokens - before == prevs[k].prompt_tokens + prevs[k].completion_tokens - 1
+        check_answer(be, raw, convs[k], got, n)
+        prevs[k] = got
+    mg.backend.close()
+
+
+def test_idle_caches_give_way_to_a_long_request(raw):
+    """A 512-cell pool: idle caches hold most of it, a long request that needs more is admitted at once (the least
+    recently used caches are evicted) instead of waiting forever; a prompt that differs at token 0 reuses nothing."""
+    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=4, context_length=512)
+    be, eng = mg.backend, mg.backend.engine
+    be.generate([request(CASES[i][0] + " " + "and the heart " * 25, 40) for i in (0, 1, 3)])
+    held = eng.cached_cells
+    assert len(eng._cache) == 3 and held > 200
+    long_prompt = "Question: " + "Describe the heart, the lungs and the kidneys. " * 20 + "\nAnswer:"
+    req = request(long_prompt, 120)
+    n_prompt = len(be.llama.tokenize(long_prompt.encode(), add_bos=True, special=True))
+    assert n_prompt + 120 + held > 512  # does not fit beside the caches
+    before = eng.cached_prompt_tokens
+    lru = sorted(eng._cache, key=lambda i: eng._used[i])
+    got = be.generate([req])[0]
+    # It shares only "<bos>Question:" with the caches, so it takes the empty seq id rather than wipe one of them out
+    # for 3 tokens, and the least recently used caches give way until it fits.
+    assert eng.cached_prompt_tokens == before
+    own = max(eng._cache, key=lambda i: eng._used[i])
+    survivors = [i for i in lru if i in eng._cache]
+    assert len(survivors) < 3 and survivors == lru[len(lru) - len(survivors) :]  # the oldest went first
+    assert own not in lru and eng.cached_cells == n_prompt + got.completion_tokens - 1 + sum(
+        len(eng._cache[i]) for i in survivors
+    )
+    check_answer(be, raw, long_prompt, got, 120)
+    # Tokens without <bos>: nothing in common with any cache at token 0, so nothing is reused.
+    from medgemma_toolkit.backends.llamacpp_batch import Prepared
+
+    toks = be.llama.tokenize(b"Question: Which organ produces insulin?\nAnswer:", add_bos=False, special=True)
+    assert toks[0] != be.llama.token_bos()
+    out: list[Completion | BaseException] = []
+    before = eng.cached_prompt_tokens
+    eng.add(GenerationRequest(Prompt(text="x"), SamplingParams(max_new_tokens=4)), Prepared(toks, len(toks)), None,
+            out.append)
+    while eng.busy:
+        eng.step()
+    assert isinstance(out[0], Completion) and eng.cached_prompt_tokens == before
+    mg.backend.close()

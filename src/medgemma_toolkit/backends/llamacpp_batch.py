@@ -6,7 +6,13 @@ cache src/llama-context.cpp gives each sequence the whole `n_ctx`). Each `step()
 every generating sequence plus as many waiting prompt tokens as fit in `n_batch` (prompts are prefilled together,
 a long one in chunks, like llama-server's slots), decodes it once, and samples every sequence whose logits came out.
 A sequence joins between steps when a seq id is free and its KV cells fit (prompt plus answer budget are reserved,
-so a running sequence never finds the pool full), and leaves as soon as it finishes, freeing its cells.
+so a running sequence never finds the pool full), and leaves as soon as it finishes.
+
+Prompt cache (llama-server's idea of a slot that keeps its last prompt): a text-only sequence that finishes keeps its
+KV cells, and its seq id remembers the tokens in them (prompt plus the generated tokens fed back). A new prompt takes
+the free seq id whose tokens share its longest prefix, drops that id's cells from where they part, and prefills only
+the rest: a chat resending its history prefills only the new turn. Idle caches occupy the pool; a newcomer that does
+not fit evicts them, least recently used first, before it waits.
 
 Images: a prompt with images is prefilled alone into its seq id through libmtmd when it joins (the vision encoder
 and its non-causal image batch run outside the shared batch); only its final prompt token joins the shared batch.
@@ -15,6 +21,7 @@ and its non-causal image batch run outside the shared batch); only its final pro
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +32,8 @@ import numpy as np
 from ..errors import BadInput, MedGemmaError
 from .base import Completion, GenerationRequest
 from .decoding import RowState, RowTracker
+
+log = logging.getLogger(__name__)
 
 DeltaSink = Callable[[str], None]
 DoneSink = Callable[[Completion | BaseException], None]
@@ -66,6 +75,7 @@ class _Seq:
     n: int = 0  # tokens generated
     sampler: Any = None  # llama_sampler* chain; None = greedy (argmax over the logits)
     logits_at: int = -1  # row of the current batch whose logits belong to this sequence
+    fed: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id's cells (a text prompt's cache)
 
 
 class BatchEngine:
@@ -91,6 +101,10 @@ class BatchEngine:
         params.n_seq_max = n_parallel
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = unified
+        # Full-size sliding-window KV (llama.cpp's default, set here because the prompt cache depends on it): with a
+        # windowed SWA cache, cells that slid out are gone, so dropping a sequence's tail (`seq_rm(seq, p0, -1)`)
+        # would leave Gemma 3's local layers without the window the kept prefix needs.
+        params.swa_full = True
         # As llama-cpp-python's `Llama` (the one-at-a-time reference): the same kernels give the same answers.
         params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
@@ -115,6 +129,11 @@ class BatchEngine:
         self._active: list[_Seq] = []
         self._reserved = 0
         self._buf = ctypes.create_string_buffer(256)
+        self.reuse_prefix = True  # keep finished text sequences' KV as a prompt cache per seq id
+        self._cache: dict[int, list[int]] = {}  # free seq id -> tokens whose KV its cells still hold
+        self._used: dict[int, int] = {}  # free seq id -> when its cache was last written (for LRU eviction)
+        self._clock = 0
+        self.cached_prompt_tokens = 0  # prompt tokens served from the cache instead of prefilled (total)
 
     # -- public ---------------------------------------------------------------------------------------------------
     @property
@@ -124,6 +143,16 @@ class BatchEngine:
     @property
     def running(self) -> int:
         return len(self._active)
+
+    @property
+    def cached_cells(self) -> int:
+        """KV cells held by the prompt caches of idle seq ids."""
+        return sum(len(t) for t in self._cache.values())
+
+    def clear_cache(self) -> None:
+        """Free every idle seq id's cached cells."""
+        for i in list(self._cache):
+            self._evict(i)
 
     def add(
         self, request: GenerationRequest, prepared: Prepared, on_delta: DeltaSink | None, on_done: DoneSink
@@ -159,7 +188,9 @@ class BatchEngine:
         if not self._free_ids:
             raise BadInput("no free sequence")
         s = _Seq(RowState(0, GenerationRequest(None)), RowTracker([]), prepared, lambda _c: None, 0)  # type: ignore[arg-type]
-        s.seq_id = self._free_ids.pop()
+        s.seq_id = self._pick_empty()
+        self._take_id(s.seq_id, 0)  # decoded from scratch: no cached prefix
+        self._make_room(self._reserved + prepared.n_prompt)
         try:
             if prepared.chunks is not None:
                 self._prefill_multimodal(s)
@@ -188,6 +219,7 @@ class BatchEngine:
             s.on_done(error)
 
     def close(self) -> None:
+        self._cache.clear()
         if self.ctx:
             self._lc.llama_batch_free(self._batch)
             self._lc.llama_free(self.ctx)
@@ -206,8 +238,11 @@ class BatchEngine:
             s = self._waiting[0]
             if self._active and self._reserved + s.reserve > self.n_ctx:
                 return  # first come, first served: wait for cells rather than let later ones overtake
+            seq_id, reuse = self._pick(s.prepared)
+            # Its reserve covers the reused prefix; other idle caches give way, least recently used first.
+            self._make_room(self._reserved + s.reserve, keep=seq_id)
             self._waiting.popleft()
-            s.seq_id = self._free_ids.pop()
+            s.seq_id, reuse = seq_id, self._take_id(seq_id, reuse)
             self._reserved += s.reserve
             self._active.append(s)
             s.sampler = self._make_sampler(s.row.request)
@@ -215,13 +250,69 @@ class BatchEngine:
                 if s.prepared.chunks is not None:
                     self._prefill_multimodal(s)
                 else:
-                    s.pending = list(s.prepared.tokens)
+                    s.pos = reuse
+                    s.fed = list(s.prepared.tokens[:reuse])
+                    s.pending = list(s.prepared.tokens[reuse:])
+                    if reuse:
+                        self.cached_prompt_tokens += reuse
+                        log.debug("prompt cache: %d of %d prompt tokens reused", reuse, s.prepared.n_prompt)
             except BaseException as e:  # noqa: BLE001 - this sequence fails alone
                 self._release(s, e)
             finally:
                 if s.prepared.free:
                     s.prepared.free()
                     s.prepared.free = None
+
+    def _pick(self, prepared: Prepared) -> tuple[int, int]:
+        """The free seq id whose cache shares the longest prefix with this text prompt, and how many tokens to reuse
+        (at most all but the last: one token is always decoded, so logits come out). While a seq id is empty, a
+        cache is only taken when at least half of it is reused (like llama-server's slot similarity): an unrelated
+        prompt sharing `<bos>` and a turn marker must not wipe out a long conversation's cache."""
+        best, best_n = -1, 0
+        tokens = prepared.tokens
+        if self.reuse_prefix and prepared.chunks is None:
+            has_empty = any(i not in self._cache for i in self._free_ids)
+            for i in self._free_ids:
+                cached = self._cache.get(i)
+                n = _common_prefix(cached, tokens)
+                if n > best_n and (not has_empty or 2 * n >= len(cached or ())):
+                    best, best_n = i, n
+        if best < 0:
+            return self._pick_empty(), 0
+        return best, min(best_n, len(tokens) - 1)
+
+    def _pick_empty(self) -> int:
+        """A free seq id without a cache (the lowest), else the least recently used cache's."""
+        empty = [i for i in self._free_ids if i not in self._cache]
+        return empty[-1] if empty else min(self._free_ids, key=lambda i: self._used[i])
+
+    def _take_id(self, seq_id: int, reuse: int) -> int:
+        """Take a free seq id, keep its first `reuse` cached tokens' cells and drop the rest; returns how many were
+        kept (0 where llama.cpp cannot cut the sequence there)."""
+        self._free_ids.remove(seq_id)
+        cached = self._cache.pop(seq_id, None)
+        self._used.pop(seq_id, None)
+        if cached is None:
+            return 0
+        if reuse > 0 and self._lc.llama_memory_seq_rm(self._memory, seq_id, reuse, -1):
+            return reuse
+        self._lc.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        return 0
+
+    def _make_room(self, need: int, keep: int = -1) -> None:
+        """Evict idle caches (least recently used first, never `keep`'s) until `need` cells plus theirs fit."""
+        others = sorted((i for i in self._cache if i != keep), key=lambda i: self._used[i])
+        held = sum(len(self._cache[i]) for i in others)
+        for i in others:
+            if need + held <= self.n_ctx:
+                return
+            held -= len(self._cache[i])
+            self._evict(i)
+
+    def _evict(self, seq_id: int) -> None:
+        self._lc.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        del self._cache[seq_id]
+        self._used.pop(seq_id, None)
 
     def _make_sampler(self, request: GenerationRequest) -> Any:
         p = request.params
@@ -297,6 +388,7 @@ class BatchEngine:
             s.logits_at = -1
             if s.last >= 0:
                 self._put(k, s.last, s.pos, s.seq_id, True)
+                s.fed.append(s.last)
                 s.logits_at = k
                 s.pos += 1
                 k += 1
@@ -309,6 +401,7 @@ class BatchEngine:
                     self._put(k, t, s.pos + j, s.seq_id, done and j == len(part) - 1)
                     k += 1
                 s.pos += len(part)
+                s.fed += part
                 s.pending = s.pending[len(part) :]
                 s.logits_at = k - 1 if done else -1
                 members.append(s)
@@ -340,7 +433,13 @@ class BatchEngine:
         if s in self._active:
             self._active.remove(s)
             self._reserved -= s.reserve
-            self._lc.llama_memory_seq_rm(self._memory, s.seq_id, -1, -1)
+            if error is None and self.reuse_prefix and s.prepared.chunks is None and s.fed:
+                # Its cells stay as this seq id's prompt cache (a decode error or abort leaves none: after an
+                # error the cells may not hold what `fed` says).
+                self._clock += 1
+                self._cache[s.seq_id], self._used[s.seq_id] = s.fed, self._clock
+            else:
+                self._lc.llama_memory_seq_rm(self._memory, s.seq_id, -1, -1)
             self._free_ids.append(s.seq_id)
         if s.sampler is not None:
             self._lc.llama_sampler_free(s.sampler)
@@ -357,3 +456,12 @@ class BatchEngine:
             self._buf = ctypes.create_string_buffer(-n)
             n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, True)
         return self._buf.raw[:n]
+
+
+def _common_prefix(a: list[int] | None, b: list[int]) -> int:
+    """How many leading tokens two lists share."""
+    if not a:
+        return 0
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if len(differ) else n
