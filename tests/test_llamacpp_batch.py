@@ -280,9 +280,10 @@ def test_chat_turns_prefill_only_the_new_tokens(demo, raw):
 
 
 def test_interleaved_conversations_keep_their_own_caches(raw):
-    """Two conversations on an engine with 2 seq ids: each next turn picks the seq id holding its own history (the
-    longest shared prefix), not the other one's, and answers as a cache-less engine does."""
-    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=2)
+    """Two conversations on an engine with 3 seq ids: each next turn picks the seq id holding its own history (the
+    longest shared prefix), not the other one's, and answers as a cache-less engine does. The third seq id is for
+    the near-tie check's own decoding (`logits_after` takes an empty seq id, else evicts the oldest cache)."""
+    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=3)
     be, eng, n = mg.backend, mg.backend.engine, 10
     convs = [f"Question: {TURNS[0]}\nAnswer:", f"Question: {OTHER[0]}\nAnswer:"]
     first = be.generate([request(p, n) for p in convs])  # together, on seq ids 0 and 1
