@@ -299,6 +299,21 @@ def test_interleaved_conversations_keep_their_own_caches(raw):
     mg.backend.close()
 
 
+def test_a_prompt_sharing_a_few_tokens_is_prefilled_from_scratch(raw):
+    """Every seq id holds a cache and the new prompt shares only "<bos>Question:" with them: it reuses nothing (the
+    least recently used cache gives way), so its answer is the one-call prefill's exactly, not a split prefill's."""
+    mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=2)
+    be, eng, n = mg.backend, mg.backend.engine, 10
+    be.generate([request(f"Question: {q}\nAnswer:", n) for q in TURNS[:2]])
+    assert len(eng._cache) == 2 and not [i for i in eng._free_ids if i not in eng._cache]
+    before = eng.cached_prompt_tokens
+    prompt = f"Question: {OTHER[1]}\nAnswer:"
+    got = be.generate([request(prompt, n)])[0]
+    assert eng.cached_prompt_tokens == before
+    assert got.text == fresh_answer(raw, prompt, n)
+    mg.backend.close()
+
+
 def test_idle_caches_give_way_to_a_long_request(raw):
     """A 512-cell pool: idle caches hold most of it, a long request that needs more is admitted at once (the least
     recently used caches are evicted) instead of waiting forever; a prompt that differs at token 0 reuses nothing."""

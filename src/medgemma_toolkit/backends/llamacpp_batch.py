@@ -265,17 +265,17 @@ class BatchEngine:
 
     def _pick(self, prepared: Prepared) -> tuple[int, int]:
         """The free seq id whose cache shares the longest prefix with this text prompt, and how many tokens to reuse
-        (at most all but the last: one token is always decoded, so logits come out). While a seq id is empty, a
-        cache is only taken when at least half of it is reused (like llama-server's slot similarity): an unrelated
-        prompt sharing `<bos>` and a turn marker must not wipe out a long conversation's cache."""
+        (at most all but the last: one token is always decoded, so logits come out). A cache is only taken when at
+        least half of it is reused (like llama-server's slot similarity): an unrelated prompt sharing `<bos>` and a
+        turn marker must not wipe out a long conversation's cache, and where it would save a few tokens it is
+        prefilled from scratch instead (a prefill split in two rounds differently, which can flip a near-tie)."""
         best, best_n = -1, 0
         tokens = prepared.tokens
         if self.reuse_prefix and prepared.chunks is None:
-            has_empty = any(i not in self._cache for i in self._free_ids)
             for i in self._free_ids:
                 cached = self._cache.get(i)
                 n = _common_prefix(cached, tokens)
-                if n > best_n and (not has_empty or 2 * n >= len(cached or ())):
+                if n > best_n and 2 * n >= len(cached or ()):
                     best, best_n = i, n
         if best < 0:
             return self._pick_empty(), 0
