@@ -142,12 +142,14 @@ class TokenStepper:
         self.need_text = on_delta is not None or any(r.request.params.stop for r in rows)
         self.dets = [IncrementalDetokenizer(decode, byte_ids) for _ in rows]
 
-    def advance(self, tokens: list[int]) -> list[bool]:
-        """Feed every row its newest token; return which rows are done."""
-        for i, token in enumerate(tokens):
+    def advance(self, tokens: list[int], live: list[int] | None = None) -> list[bool]:
+        """Feed each row its newest token (`tokens[k]` is row `live[k]`'s; default: every row, in order); return
+        which of those rows are done."""
+        live = list(range(len(self.rows))) if live is None else live
+        for i, token in zip(live, tokens):
             if self.rows[i].finish is None:
                 self.step(i, token)
-        return [r.finish is not None for r in self.rows]
+        return [self.rows[i].finish is not None for i in live]
 
     def step(self, i: int, token: int) -> None:
         """One new token for row i: stop tokens, per-row limits, stop strings, cancellation, deltas."""

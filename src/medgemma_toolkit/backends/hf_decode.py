@@ -36,12 +36,8 @@ class Track(StoppingCriteria):
         self.flags: torch.Tensor | None = None  # handed back to generate; rebuilt only when a row finishes
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        rows = self.stepper.rows
         # One small host copy per step (the newest token of each row), not the whole sequence.
-        for i, token in zip(self.live, input_ids[:, -1].tolist()):
-            if rows[i].finish is None:
-                self.stepper.step(i, token)
-        now = [rows[i].finish is not None for i in self.live]
+        now = self.stepper.advance(input_ids[:, -1].tolist(), self.live)
         if self.end_at is not None and sum(now) >= self.end_at:
             now = [True] * len(now)
         if self.flags is None or now != self.done:
