@@ -327,12 +327,12 @@ def test_idle_caches_give_way_to_a_long_request(raw):
     n_prompt = len(be.llama.tokenize(long_prompt.encode(), add_bos=True, special=True))
     assert n_prompt + 120 + held > 512  # does not fit beside the caches
     before = eng.cached_prompt_tokens
-    lru = sorted(eng._cache, key=lambda i: eng._used[i])
+    lru = list(eng._cache)  # least recently used first
     got = be.generate([req])[0]
     # It shares only "<bos>Question:" with the caches, so it takes the empty seq id rather than wipe one of them out
     # for 3 tokens, and the least recently used caches give way until it fits.
     assert eng.cached_prompt_tokens == before
-    own = max(eng._cache, key=lambda i: eng._used[i])
+    own = list(eng._cache)[-1]  # the newest cache
     survivors = [i for i in lru if i in eng._cache]
     assert len(survivors) < 3 and survivors == lru[len(lru) - len(survivors) :]  # the oldest went first
     assert own not in lru and eng.cached_cells == n_prompt + got.completion_tokens - 1 + sum(

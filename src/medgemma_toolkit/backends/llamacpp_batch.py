@@ -130,9 +130,9 @@ class BatchEngine:
         self._reserved = 0
         self._buf = ctypes.create_string_buffer(256)
         self.reuse_prefix = True  # keep finished text sequences' KV as a prompt cache per seq id
-        self._cache: dict[int, list[int]] = {}  # free seq id -> tokens whose KV its cells still hold
-        self._used: dict[int, int] = {}  # free seq id -> when its cache was last written (for LRU eviction)
-        self._clock = 0
+        # free seq id -> tokens whose KV its cells still hold; in the order they were written, so the first is the
+        # least recently used (a taken id leaves the map, and re-enters it at the end when it finishes)
+        self._cache: dict[int, list[int]] = {}
         self.cached_prompt_tokens = 0  # prompt tokens served from the cache instead of prefilled (total)
 
     # -- public ---------------------------------------------------------------------------------------------------
@@ -284,14 +284,13 @@ class BatchEngine:
     def _pick_empty(self) -> int:
         """A free seq id without a cache (the lowest), else the least recently used cache's."""
         empty = [i for i in self._free_ids if i not in self._cache]
-        return empty[-1] if empty else min(self._free_ids, key=lambda i: self._used[i])
+        return empty[-1] if empty else next(iter(self._cache))
 
     def _take_id(self, seq_id: int, reuse: int) -> int:
         """Take a free seq id, keep its first `reuse` cached tokens' cells and drop the rest; returns how many were
         kept (0 where llama.cpp cannot cut the sequence there)."""
         self._free_ids.remove(seq_id)
         cached = self._cache.pop(seq_id, None)
-        self._used.pop(seq_id, None)
         if cached is None:
             return 0
         if reuse > 0 and self._lc.llama_memory_seq_rm(self._memory, seq_id, reuse, -1):
@@ -301,7 +300,7 @@ class BatchEngine:
 
     def _make_room(self, need: int, keep: int = -1) -> None:
         """Evict idle caches (least recently used first, never `keep`'s) until `need` cells plus theirs fit."""
-        others = sorted((i for i in self._cache if i != keep), key=lambda i: self._used[i])
+        others = [i for i in self._cache if i != keep]
         held = sum(len(self._cache[i]) for i in others)
         for i in others:
             if need + held <= self.n_ctx:
@@ -312,7 +311,6 @@ class BatchEngine:
     def _evict(self, seq_id: int) -> None:
         self._lc.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
         del self._cache[seq_id]
-        self._used.pop(seq_id, None)
 
     def _make_sampler(self, request: GenerationRequest) -> Any:
         p = request.params
@@ -436,8 +434,7 @@ class BatchEngine:
             if error is None and self.reuse_prefix and s.prepared.chunks is None and s.fed:
                 # Its cells stay as this seq id's prompt cache (a decode error or abort leaves none: after an
                 # error the cells may not hold what `fed` says).
-                self._clock += 1
-                self._cache[s.seq_id], self._used[s.seq_id] = s.fed, self._clock
+                self._cache[s.seq_id] = s.fed
             else:
                 self._lc.llama_memory_seq_rm(self._memory, s.seq_id, -1, -1)
             self._free_ids.append(s.seq_id)
