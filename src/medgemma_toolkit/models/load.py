@@ -53,13 +53,13 @@ def _torch_fast(options: LoadOptions) -> bool:
     import torch
 
     device, dtype = options.device, options.dtype
-    if device == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+    gpu_present = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if not device.startswith(("auto", "cpu")) or (device == "auto" and gpu_present):
         return dtype in ("auto", "bfloat16", "float16")
-    if not device.startswith(("auto", "cpu")):
-        return dtype in ("auto", "bfloat16", "float16")
+    flags = cpu_flags()
     if dtype == "auto":
-        dtype = cpu_auto_dtype(cpu_flags(), DEMO_WIDTH)
-    return dtype == "bfloat16" and bool(cpu_flags() & BF16_CPU_FLAGS)
+        dtype = cpu_auto_dtype(flags, DEMO_WIDTH)
+    return dtype == "bfloat16" and bool(flags & BF16_CPU_FLAGS)
 
 
 def remote_model(model: str | ResolvedModel | None) -> ResolvedModel:
