@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from medgemma_toolkit.imaging import ImageOptions, load_parts  # noqa: E402
 from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS  # noqa: E402
-from medgemma_toolkit.prompts.messages import ImagePart  # noqa: E402
+from medgemma_toolkit.core.messages import ImagePart  # noqa: E402
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series  # noqa: E402
 
 

@@ -54,7 +54,7 @@ def main() -> None:
 
     from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
     from medgemma_toolkit.backends.decoding import RowState, RowTracker, TokenStepper
-    from medgemma_toolkit.prompts.messages import Prompt
+    from medgemma_toolkit.core.messages import Prompt
 
     if args.tokenizer:
         from transformers import AutoTokenizer

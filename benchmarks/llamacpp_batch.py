@@ -33,7 +33,7 @@ def answers(run_dir: Path) -> dict[str, str]:
 def step_profile(be, prompts: list[str], steps: int = 16) -> dict[str, float]:
     """Seconds of the prefill call and mean seconds per decode step, for these prompts decoded together."""
     from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
-    from medgemma_toolkit.prompts.messages import Prompt
+    from medgemma_toolkit.core.messages import Prompt
 
     eng = be.engine
     stamps: list[float] = []

@@ -55,7 +55,7 @@ def main() -> None:
 
     from medgemma_toolkit import MedGemma
     from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
-    from medgemma_toolkit.prompts.messages import Prompt
+    from medgemma_toolkit.core.messages import Prompt
 
     mg = MedGemma.load("demo", backend="llamacpp", threads=args.threads, parallel=4)
     be, eng = mg.backend, mg.backend.engine

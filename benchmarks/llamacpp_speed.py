@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from medgemma_toolkit.prompts.messages import Prompt  # noqa: E402
+from medgemma_toolkit.core.messages import Prompt  # noqa: E402
 
 PROMPT = "Question: What are the common symptoms of community-acquired pneumonia in adults?\nAnswer:"
 N_CTX = 2048

@@ -180,7 +180,7 @@ def test_timeout(proxy, monkeypatch):
 def test_completion_prompt_with_image_is_refused(remote, cxr_png):
     # A completion (base-model) prompt with an image cannot be expressed in the OpenAI API.
     from medgemma_toolkit.backends.base import GenerationRequest
-    from medgemma_toolkit.prompts.messages import Prompt
+    from medgemma_toolkit.core.messages import Prompt
 
     req = GenerationRequest(Prompt(text="<start_of_image> x", images=[Image.open(cxr_png)]))
     with pytest.raises(CapabilityError):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medgemma_toolkit.backends.torch_setup import BF16_CPU_FLAGS, cpu_auto_dtype, cpu_flags, pick_device_dtype
+from medgemma_toolkit.runtime.torch_setup import BF16_CPU_FLAGS, cpu_auto_dtype, cpu_flags, pick_device_dtype
 from medgemma_toolkit.models import footprint
 from medgemma_toolkit.models.footprint import GIB, checkpoint_need, gguf_need, params_need, refusal, variant_needs
 from medgemma_toolkit.models.variants import BY_NAME

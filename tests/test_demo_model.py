@@ -50,8 +50,8 @@ def test_auto_backend_for_the_demo_follows_the_workload_and_the_cpu(monkeypatch,
 
     import torch
 
-    from medgemma_toolkit.backends.torch_setup import LoadOptions
-    from medgemma_toolkit.models import load
+    from medgemma_toolkit.core.options import LoadOptions
+    from medgemma_toolkit import loading as load
     from medgemma_toolkit.models.resolve import ResolvedModel
 
     if torch.cuda.is_available():
@@ -112,7 +112,7 @@ def test_demo_checkpoint_folder_is_the_gguf_exactly(capsys):
 def test_eval_on_the_demo_says_which_backend_ran(tmp_path):
     import json
 
-    from medgemma_toolkit.backends.torch_setup import BF16_CPU_FLAGS, cpu_flags
+    from medgemma_toolkit.runtime.torch_setup import BF16_CPU_FLAGS, cpu_flags
 
     res = run_cli("eval", "--model", "demo", "--task", "medqa", "--limit", "3", "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stderr

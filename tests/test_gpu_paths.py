@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgemma_toolkit.backends.placement import (
+from medgemma_toolkit.runtime.placement import (
     GIB,
     GPU,
     Placement,

@@ -18,7 +18,7 @@ import requests
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.dicomweb import DicomWebError, DicomWebRef, _session, parse_dicomweb_uri
-from medgemma_toolkit.prompts.messages import ImagePart, TextPart
+from medgemma_toolkit.core.messages import ImagePart, TextPart
 from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, write_series
 
 USER, PASSWORD = "alice", "wonderland-7"

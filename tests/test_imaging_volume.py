@@ -14,7 +14,7 @@ from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.series import MAX_SERIES_FILES, load_series, series_files
 from medgemma_toolkit.imaging.volume import sample_indices
 from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS
-from medgemma_toolkit.prompts.messages import ImagePart, TextPart
+from medgemma_toolkit.core.messages import ImagePart, TextPart
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, make_slice, slice_pixels, write_series
 
 

@@ -10,7 +10,7 @@ import pytest
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.wsi import choose_level, open_slide, otsu_threshold, tile_slide
-from medgemma_toolkit.prompts.messages import ImagePart
+from medgemma_toolkit.core.messages import ImagePart
 from medgemma_toolkit.testing.synthetic_slide import slide_pixels, write_pyramid_tiff
 
 W, H = 3584, 2688

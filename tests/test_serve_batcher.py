@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from medgemma_toolkit.errors import BadInput
-from medgemma_toolkit.prompts.messages import Prompt
+from medgemma_toolkit.core.messages import Prompt
 from medgemma_toolkit.serve.batcher import Batcher, Job
 
 

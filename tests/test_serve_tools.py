@@ -105,7 +105,7 @@ def test_preset_rendering_is_pinned():
 def test_rendered_prompt_follows_googles_layout(tiny_model):
     """Instruction, the functions as a JSON list, then the request, in the first user turn; calls written back as
     the call list; results as fenced tool_output in a user turn (Gemma has no tool role)."""
-    from medgemma_toolkit.prompts.messages import Message, TextPart
+    from medgemma_toolkit.core.messages import Message, TextPart
 
     msgs = fc.render_messages(
         [

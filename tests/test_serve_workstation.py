@@ -390,7 +390,7 @@ def test_model_input_api_reads_an_uploaded_series_like_a_folder(server, series, 
     import httpx
 
     from medgemma_toolkit.imaging import ImageOptions, load_parts
-    from medgemma_toolkit.prompts.messages import ImagePart, TextPart
+    from medgemma_toolkit.core.messages import ImagePart, TextPart
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

@@ -131,9 +131,9 @@ def main() -> None:
     from PIL import Image
 
     from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
-    from medgemma_toolkit.backends.torch_setup import LoadOptions
+    from medgemma_toolkit.core.options import LoadOptions
     from medgemma_toolkit.backends.transformers_backend import TransformersBackend
-    from medgemma_toolkit.prompts.messages import ImagePart, Message, Prompt, TextPart
+    from medgemma_toolkit.core.messages import ImagePart, Message, Prompt, TextPart
 
     smoke = args.smoke
     device = "cpu" if smoke else "cuda"

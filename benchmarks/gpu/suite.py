@@ -74,7 +74,7 @@ class Suite:
         return Image.fromarray(rng.integers(0, 255, (320, 400, 3), dtype=np.uint8))
 
     def release(self) -> None:
-        from medgemma_toolkit.backends.memory import release_memory
+        from medgemma_toolkit.runtime.memory import release_memory
 
         release_memory()
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+from .provenance import __version__
+
 # Nothing we do may phone home: the Hub is consulted only when a user opts in to a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import torch

@@ -15,13 +15,13 @@ from typing import Any
 from PIL import Image
 
 from .backends.base import Backend, Completion, GenerationRequest, SamplingParams
-from .backends.torch_setup import LoadOptions
+from .core.messages import ImagePart, Message, Part, TextPart
+from .core.options import LoadOptions
 from .errors import BadInput, CapabilityError
 from .imaging import DEFAULT_IMAGE_SIZE, ImageOptions, load_parts, to_model_image
+from .loading import load_backend
 from .models.demo import DEMO_NOTICE
-from .models.load import load_backend
 from .models.resolve import ResolvedModel
-from .prompts.messages import ImagePart, Message, Part, TextPart
 from .prompts.presets import PromptPreset, get_preset
 from .prompts.thinking import StreamSplitter, split_thought
 

@@ -18,28 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
+from ..core.messages import Prompt
+from ..core.model import ModelInfo
+from ..core.options import SamplingParams
 from ..errors import CapabilityError
-from ..prompts.messages import Prompt
 from ..prompts.tools import ToolSpec
 
 FinishReason = Literal["stop", "length", "cancelled"]
 DeltaCallback = Callable[[int, str], None]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Generation settings. Greedy (temperature 0) is MedGemma's documented default for every protocol."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
 
 
 @dataclass
@@ -64,24 +50,6 @@ class Completion:
     # OpenAI-format tool calls when the engine parsed them itself (an upstream with native tools); else None and
     # callers parse `text` (prompts.tools.parse).
     tool_calls: list[dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What callers need to know about the loaded model to build prompts and images for it."""
-
-    name: str  # variant name, hub id or path as the user gave it
-    path: str  # where the weights were read from
-    multimodal: bool
-    image_size: int | None  # square input side in pixels; None for text-only models
-    tokens_per_image: int | None
-    has_chat_template: bool
-    pretrained: bool  # base (-pt) checkpoint: completion prompts, not chat turns
-    thinking: bool
-    default_preset: str
-    max_images: int = 128  # guard against prompts larger than the context window
-    backend: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
+from ..core.model import ModelHint
+from ..core.options import LoadOptions
 from ..errors import BadInput, CapabilityError, UnsupportedFormat
-from ..models.checkpoint import ModelHint, variant_named_in
+from ..models.checkpoint import variant_named_in
 from ..prompts.gemma_format import render_gemma_chat
-from ..prompts.messages import IMAGE_PLACEHOLDER, ImagePart, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .llamacpp_batch import BatchEngine, DeltaSink, DoneSink, Prepared, auto_parallel
 from .llamacpp_logging import llama_log_callback, route_llama_logs
-from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+from ..core.messages import ImagePart, Prompt
+from ..core.model import ModelHint
+from ..core.options import LoadOptions
 from ..errors import BackendUnavailable, BadInput, CapabilityError, MedGemmaError
-from ..models.checkpoint import ModelHint
-from ..prompts.messages import ImagePart, Prompt
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, RowTracker
-from .torch_setup import LoadOptions
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from ..core.messages import IMAGE_PLACEHOLDER, Prompt
+from ..core.model import ModelHint
+from ..core.options import LoadOptions
 from ..errors import BadInput, CapabilityError
-from ..models.checkpoint import ModelHint, check_quantize, load_hf_model, load_processing, quantization_config
+from ..models.checkpoint import check_quantize, load_hf_model, load_processing, quantization_config
 from ..prompts.gemma_format import render_gemma_chat
-from ..prompts.messages import IMAGE_PLACEHOLDER, Prompt
+from ..runtime.memory import call_or_oom, release_memory
+from ..runtime.placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
+from ..runtime.torch_setup import pick_device_dtype
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, TokenStepper
-from .memory import call_or_oom, release_memory
-from .placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
-from .torch_setup import LoadOptions, pick_device_dtype
 
 log = logging.getLogger(__name__)
 

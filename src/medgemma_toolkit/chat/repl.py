@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..core.messages import Message, Part, TextPart
 from ..errors import MedGemmaError
-from ..prompts.messages import Message, Part, TextPart
 from ..prompts.presets import LONGITUDINAL
 
 HELP = (

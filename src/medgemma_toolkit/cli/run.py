@@ -92,7 +92,7 @@ def ask(
             print(ordered.notice, file=sys.stderr)
     question = question or ""
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
-        from ..prompts.render import show_prompt_offline
+        from .show_prompt import show_prompt_offline
 
         shown = show_prompt_offline(
             mo.model,

@@ -16,8 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import __version__
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
+from ..provenance import __version__
 from .dicomdir import is_dicomdir, record_links, relink
 from .engine import UIDMap, deidentify_dataset, method_codes
 from .profile import Options, edition

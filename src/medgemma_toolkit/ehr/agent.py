@@ -19,9 +19,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.messages import Message, TextPart
 from ..errors import BadInput, MedGemmaError
 from ..prompts import tools as fc
-from ..prompts.messages import Message, TextPart
 from ..prompts.thinking import split_thought
 from .sources import CLINICAL_TYPES, FhirSource
 from .tools import PatientTools

@@ -124,8 +124,8 @@ class MedSigLIP:
     ) -> MedSigLIP:
         """Find `model` offline (variant name, hub id, registered name or directory; default medsiglip-448) and
         load both towers."""
-        from ..backends.torch_setup import pick_device_dtype
         from ..models.resolve import resolve_model
+        from ..runtime.torch_setup import pick_device_dtype
 
         spec = str(model) if model is not None else DEFAULT_MODEL
         resolved = resolve_model(spec, allow_download=allow_download)

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from ..core.messages import ImagePart
 from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes
 from ..imaging.dicom import dicom_to_rgb, looks_like_dicom, read_dataset
 from ..imaging.inputs import load_rich_parts, read_file_bytes
 from ..imaging.manifest import FIELDS, dicom_info, image_manifest
-from ..prompts.messages import ImagePart
 
 ImageSource = Any  # a path (str / PathLike), raw bytes, or a PIL image
 Entry = dict[str, Any]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..backends.base import Completion, GenerationRequest
-from ..backends.memory import is_oom, release_memory
 from ..errors import BadInput
+from ..runtime.memory import is_oom, release_memory
 
 J = TypeVar("J")
 

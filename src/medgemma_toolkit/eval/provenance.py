@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import platform
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from ..provenance import now_utc, package_versions
+
+__all__ = ["model_identity", "now_utc", "package_versions"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
@@ -39,17 +40,3 @@ def model_identity(path: str | Path) -> dict[str, Any]:
         stamp = str(p)
     ident["fingerprint"] = _sha256_bytes(f"{ident['config_sha256']}|{stamp}".encode())[:20]
     return ident
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("medgemma-toolkit", "torch", "transformers", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..provenance import __version__
 from .metrics import compute_metrics, per_condition_f1
 from .provenance import now_utc, package_versions
 from .spec import TaskSpec

@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..core.messages import ImagePart, Part
 from ..errors import BackendUnavailable, BadInput, ImageTooLarge
-from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb, quiet_pydicom
 from .options import ImageOptions
 from .series import MAX_SERIES_FILES

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..core.messages import ImagePart, Part
 from ..errors import BadInput
-from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb, looks_like_dicom, read_dataset
 from .manifest import dicom_info, with_source
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..prompts.messages import ImagePart, Part, Prompt, TextPart
+from ..core.messages import ImagePart, Part, Prompt, TextPart
 
 FIELDS = ("source", "instance_number", "sop_instance_uid", "label", "patch")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.messages import ImagePart, Part, TextPart
 from ..errors import BadInput
-from ..prompts.messages import ImagePart, Part, TextPart
 
 
 def save_preview(parts: list[Part], output: str | Path) -> int:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..core.messages import ImagePart, Part, TextPart
 from ..errors import BadInput
-from ..prompts.messages import ImagePart, Part, TextPart
 from .dicom import dicom_to_rgb
 from .manifest import dicom_info
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions

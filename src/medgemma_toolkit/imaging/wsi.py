@@ -19,8 +19,8 @@ from typing import Protocol, cast
 import numpy as np
 from PIL import Image
 
+from ..core.messages import ImagePart, Part
 from ..errors import BackendUnavailable, BadInput, MedGemmaError
-from ..prompts.messages import ImagePart, Part
 from .options import ImageOptions
 from .square import to_model_image
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..backends.base import Completion, GenerationRequest
+from ..core.messages import ImagePart
 from ..errors import BadInput
 from ..imaging.square import to_model_image
-from ..prompts.messages import ImagePart
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
 from .geometry import to_pixels

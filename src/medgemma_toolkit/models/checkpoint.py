@@ -10,82 +10,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import ModelInfo
+from ..core.model import ModelHint
 from ..errors import BackendUnavailable, BadInput
+from .resolve import ResolvedModel
 from .variants import VARIANTS, Variant
-
-
-@dataclass(frozen=True)
-class ModelHint:
-    """Conventions known before loading; None means "decide from the checkpoint" (its chat template)."""
-
-    name: str = ""
-    pretrained: bool | None = None
-    thinking: bool | None = None
-    default_preset: str | None = None
-
-    @classmethod
-    def of(cls, hint: ModelHint | dict[str, Any] | None) -> ModelHint:
-        if isinstance(hint, ModelHint):
-            return hint
-        h = hint or {}
-        return cls(str(h.get("name") or ""), h.get("pretrained"), h.get("thinking"), h.get("default_preset"))
-
-    @classmethod
-    def from_variant(cls, name: str, v: Variant) -> ModelHint:
-        return cls(name, not v.instruction_tuned, v.thinking, v.default_preset)
-
-    @property
-    def known(self) -> bool:
-        """Whether the conventions come from a known variant (or the demo), not from the checkpoint."""
-        return self.default_preset is not None
-
-    def with_variant(self, v: Variant | None) -> ModelHint:
-        """This hint, completed from `v` when it names no conventions of its own."""
-        if v is None or self.known:
-            return self
-        return replace(self, pretrained=not v.instruction_tuned, thinking=v.thinking, default_preset=v.default_preset)
-
-    def is_pretrained(self, has_chat_template: bool) -> bool:
-        return (not has_chat_template) if self.pretrained is None else bool(self.pretrained)
-
-    def preset(self, has_chat_template: bool) -> str:
-        """The prompt preset: the variant's, else chat (template) or completion (base model)."""
-        return self.default_preset or ("pretrained" if self.is_pretrained(has_chat_template) else "medgemma-v1")
-
-    def model_info(
-        self,
-        *,
-        path: str,
-        backend: str,
-        multimodal: bool,
-        image_size: int | None,
-        tokens_per_image: int | None,
-        has_chat_template: bool,
-        extra: dict[str, str],
-        thinking: bool = False,
-        default_preset: str | None = None,
-    ) -> ModelInfo:
-        """`ModelInfo` for a loaded model; `thinking`/`default_preset` are what the model itself says, used
-        when the hint does not know."""
-        pretrained = self.is_pretrained(has_chat_template)
-        return ModelInfo(
-            name=self.name or path,
-            path=path,
-            multimodal=multimodal,
-            image_size=image_size,
-            tokens_per_image=tokens_per_image,
-            has_chat_template=has_chat_template,
-            pretrained=pretrained,
-            thinking=bool(thinking if self.thinking is None else self.thinking),
-            default_preset=self.default_preset or default_preset or self.preset(has_chat_template),
-            backend=backend,
-            extra=extra,
-        )
 
 
 def variant_named_in(*texts: str) -> Variant | None:
@@ -202,3 +134,11 @@ def quantization_config(quantize: str, device: Any, storage_bf16: bool = False) 
         bnb_4bit_compute_dtype=torch.bfloat16,
         **extra,
     )
+
+
+def info_hint(resolved: ResolvedModel) -> ModelHint:
+    """What is known about `resolved` before loading: the demo's, or its variant's (by name, else its model card)."""
+    if resolved.is_demo:
+        return ModelHint(resolved.name, pretrained=True, thinking=False, default_preset="pretrained")
+    v = resolved.variant or (None if resolved.source == "remote" else variant_from_card(resolved.path))
+    return ModelHint(resolved.name).with_variant(v)

@@ -6,7 +6,7 @@ Images appear as `<start_of_image>` where they sit among the text parts.
 
 from __future__ import annotations
 
-from .messages import IMAGE_PLACEHOLDER, ImagePart, Message
+from ..core.messages import IMAGE_PLACEHOLDER, ImagePart, Message
 
 START, END = "<start_of_turn>", "<end_of_turn>"
 CONTROL_TOKENS = ("<end_of_turn>", "<eos>", "<pad>", "<bos>")

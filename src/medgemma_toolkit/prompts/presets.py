@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..core.messages import IMAGE_PLACEHOLDER, ImagePart, Message, Part, Prompt, TextPart
 from ..errors import BadInput, lookup
-from .messages import IMAGE_PLACEHOLDER, ImagePart, Message, Part, Prompt, TextPart
 from .thinking import THINK_INSTRUCTION
 
 # Google's notebooks at google-health/medgemma commit 80a1de1e1a306a24b69b7af4009f326bd6bae644 ("Fix notebook

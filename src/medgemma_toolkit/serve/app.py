@@ -25,8 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..api import MedGemma
 from ..backends.base import Completion
+from ..core.messages import ImagePart
 from ..localize.run import assemble
-from ..prompts.messages import ImagePart
 from .batcher import Batcher, Job
 from .config import ServeConfig
 from .convert import Converted, to_generation_request

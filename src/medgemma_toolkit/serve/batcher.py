@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import Backend, Completion, GenerationRequest
-from ..backends.memory import is_oom, release_memory
+from ..runtime.memory import is_oom, release_memory
 from .errors import APIError
 
 log = logging.getLogger("medgemma_toolkit.serve")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..api import MedGemma
 from ..backends.base import Backend, GenerationRequest
-from ..prompts.messages import ImagePart, Message, Part, TextPart
+from ..core.messages import ImagePart, Message, Part, TextPart
 from ..prompts.presets import LONGITUDINAL, get_preset
 from .config import ServeConfig
 from .errors import APIError

@@ -25,9 +25,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ..core.messages import ImagePart
 from ..imaging import decode_image_bytes
 from ..imaging.manifest import image_manifest
-from ..prompts.messages import ImagePart
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver, decode_data_uri

@@ -21,12 +21,12 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
+from ..core.messages import ImagePart, Part
 from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_image, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
-from ..prompts.messages import ImagePart, Part
 from .config import ServeConfig
 from .errors import APIError
 from .uploads import unzip_series

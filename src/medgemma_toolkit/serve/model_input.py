@@ -18,8 +18,8 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..api import MedGemma
+from ..core.messages import ImagePart
 from ..imaging.manifest import for_records, image_manifest
-from ..prompts.messages import ImagePart
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver

@@ -22,10 +22,10 @@ from typing import Any
 
 from PIL import Image
 
+from ..core.messages import ImagePart, Message, Part, Prompt, TextPart
 from ..errors import BadInput, MedGemmaError
 from ..imaging import ImageOptions, load_parts, to_model_image
 from ..prompts.gemma_format import render_gemma_chat
-from ..prompts.messages import ImagePart, Message, Part, Prompt, TextPart
 from ..prompts.presets import PromptPreset
 from .data import Example, ImageRef
 

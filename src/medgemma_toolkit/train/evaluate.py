@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend, GenerationRequest, SamplingParams
-from ..models.checkpoint import ModelHint, is_multimodal, load_processing
+from ..core.model import ModelHint
+from ..models.checkpoint import is_multimodal, load_processing
 from ..prompts.thinking import split_thought
 from ..stats import bootstrap_mean, normalize_answer, token_f1, wilson_interval
 from .collator import SFTCollator
@@ -52,8 +53,8 @@ def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method:
 
     LoRA: bf16 base, adapter merged in memory (plain weights, fastest). QLoRA: the same 4-bit NF4 base the adapter
     was trained against, adapter kept unmerged (see `LoadOptions.adapter`)."""
-    from ..backends.torch_setup import LoadOptions
     from ..backends.transformers_backend import TransformersBackend
+    from ..core.options import LoadOptions
     from ..eval.batching import AUTO_BATCH_CEILING
 
     quantize = "4bit" if method == "qlora" else "none"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends.placement import checkpoint_params
 from ..errors import BackendUnavailable
+from ..runtime.placement import checkpoint_params
 
 __all__ = ["check_fits", "checkpoint_params", "estimate_bytes"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..models.resolve import resolve_model
+from ..provenance import package_versions
 from .checkpoints import fsync_dir, fsync_tree, write_atomic
-from .provenance import package_versions
 
 CARRIED = ("README.md",)  # the base's model card: lets `medgemma` recognise the variant (and its prompt preset)
 

@@ -28,7 +28,7 @@ def load_for_training(path: Path, device: str, dtype: Any, method: str) -> tuple
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "eager"}  # eager: Gemma 3's advice for training
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config("4bit", device, storage_bf16=True)
-    if device.startswith("cuda"):  # straight onto the one training GPU (see backends.placement): no host copy
+    if device.startswith("cuda"):  # straight onto the one training GPU (see runtime.placement): no host copy
         kwargs["device_map"] = {"": device}
     multimodal = is_multimodal(path)
     try:

@@ -11,37 +11,16 @@ import platform
 import sys
 import time
 from dataclasses import asdict, is_dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from ..provenance import package_versions
 from .checkpoints import write_atomic
 from .data import Example
 
 PROVENANCE_NAME = "provenance.json"
-PACKAGES = (
-    "medgemma-toolkit",
-    "torch",
-    "transformers",
-    "peft",
-    "trl",
-    "accelerate",
-    "datasets",
-    "pydicom",
-    "bitsandbytes",
-)
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _hash_ref(h: hashlib._Hash, ref: Any) -> None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.placement import restrict_for_training
-from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput, lookup
 from ..models.resolve import resolve_model
 from ..prompts.mcq import get_mcq_protocol, google_rl_answer
 from ..rowfile import read_rows
+from ..runtime.placement import restrict_for_training
+from ..runtime.torch_setup import pick_device_dtype
 from .fit import check_fits
 from .logs import make_callbacks
 from .provenance import write_provenance
@@ -292,7 +292,7 @@ def run_rl(s: RLSettings) -> dict[str, Any]:
     resolved = resolve_model(s.model)
     if resolved.format != "hf":
         raise BadInput(f"{s.model}: RL needs a Hugging Face checkpoint directory, not a .gguf file")
-    device, dtype = pick_device_dtype(restrict_for_training(s.device), "auto")  # one GPU: see backends.placement
+    device, dtype = pick_device_dtype(restrict_for_training(s.device), "auto")  # one GPU: see runtime.placement
     dev = str(device)
     # The LoRA part as a fine-tuning Recipe, which `add_lora` takes.
     recipe = get_recipe("notebook").with_overrides(

@@ -17,8 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..backends.memory import call_or_oom
 from ..errors import BadInput
+from ..runtime.memory import call_or_oom
 from . import checkpoints as ck
 from .logs import CURVE_NAME, LOG_NAME, plot_curve, read_log, truncate_log
 from .provenance import read_provenance, write_provenance

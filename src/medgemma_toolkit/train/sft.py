@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.placement import restrict_for_training
-from ..backends.torch_setup import pick_device_dtype
 from ..errors import BadInput
-from ..models.load import info_hint
+from ..models.checkpoint import info_hint
 from ..models.resolve import resolve_model
 from ..prompts.presets import PromptPreset, get_preset
+from ..runtime.placement import restrict_for_training
+from ..runtime.torch_setup import pick_device_dtype
 from . import checkpoints as ck
 from .data import Dataset, load_dataset
 from .fit import check_fits

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import BackendUnavailable, BadInput
@@ -14,28 +13,6 @@ log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "8bit", "4bit"]
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    max_batch_size: int = 8
-    # Read by the non-torch backends only (llamacpp, openai); torch backends ignore them.
-    threads: int | None = None  # llama.cpp CPU threads (default: physical cores)
-    mmproj: str | None = None  # llama.cpp vision projector GGUF (default: an mmproj*.gguf beside the model)
-    context_length: int | None = None  # llama.cpp KV pool shared by the parallel sequences (default 8192, or more)
-    parallel: int | None = None  # llama.cpp sequences decoded together (default from cores and context)
-    upstream: str | None = None  # openai backend: base URL of an OpenAI-compatible server
-    # transformers backend: a PEFT adapter applied on load; merged into the weights unless the base is quantised
-    # (merging into 4-bit weights would re-quantise them; QLoRA adapters stay unmerged over the same 4-bit base).
-    adapter: str | None = None
-    # Refuse before loading when the estimated peak memory exceeds what is available (models.footprint).
-    memory_check: bool = True
-    # What the model is loaded for: "interactive" (ask, chat, serve: load time and latency count) or "throughput"
-    # (eval, batch: items per second count). `--backend auto` may pick another backend for the demo model.
-    workload: str = "interactive"
 
 
 # CPU feature flags (as /proc/cpuinfo names them) of bf16 matrix instructions that oneDNN uses for torch's bf16

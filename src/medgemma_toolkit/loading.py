@@ -1,4 +1,5 @@
-"""Resolve a model spec and load it into a backend."""
+"""Resolve a model spec and load it into a backend: the one layer that knows both `models` (where a checkpoint is,
+what it needs) and `backends` (the engines), above both."""
 
 from __future__ import annotations
 
@@ -9,25 +10,18 @@ import os
 import time
 from pathlib import Path
 
-from ..backends.base import Backend
-from ..backends.registry import backend_class
-from ..backends.torch_setup import BF16_CPU_FLAGS, LoadOptions, cpu_auto_dtype, cpu_flags
-from ..errors import BackendUnavailable, CapabilityError
-from .checkpoint import ModelHint, variant_from_card
-from .demo import DEMO_WIDTH, demo_checkpoint_dir
-from .footprint import Need, available_bytes, checkpoint_need, gguf_need, refusal
-from .resolve import ResolvedModel, resolve_model
-from .variants import find_variant
+from .backends.base import Backend
+from .backends.registry import backend_class
+from .core.options import LoadOptions
+from .errors import BackendUnavailable, CapabilityError
+from .models.checkpoint import info_hint
+from .models.demo import DEMO_WIDTH, demo_checkpoint_dir
+from .models.footprint import Need, available_bytes, checkpoint_need, gguf_need, refusal
+from .models.resolve import ResolvedModel, resolve_model
+from .models.variants import find_variant
+from .runtime.torch_setup import BF16_CPU_FLAGS, cpu_auto_dtype, cpu_flags
 
 log = logging.getLogger(__name__)
-
-
-def info_hint(resolved: ResolvedModel) -> ModelHint:
-    """What is known about `resolved` before loading: the demo's, or its variant's (by name, else its model card)."""
-    if resolved.is_demo:
-        return ModelHint(resolved.name, pretrained=True, thinking=False, default_preset="pretrained")
-    v = resolved.variant or (None if resolved.source == "remote" else variant_from_card(resolved.path))
-    return ModelHint(resolved.name).with_variant(v)
 
 
 def choose_backend(resolved: ResolvedModel, backend: str, options: LoadOptions | None = None) -> str:
@@ -103,7 +97,7 @@ def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> 
     """(estimated need, the hint for a refusal) of loading `resolved` into host memory with `backend`; None when
     it is not host memory that the weights fill (a GPU, a remote server) or nothing can be estimated."""
     if backend == "llamacpp" and resolved.format == "gguf":
-        from ..backends.llamacpp_backend import find_mmproj
+        from .backends.llamacpp_backend import find_mmproj
 
         mmproj = Path(options.mmproj) if options.mmproj else find_mmproj(resolved.path)
         return gguf_need(
