@@ -42,6 +42,12 @@ def test_seeded_sampling_is_reproducible(tiny_model):
     a = tiny_model.ask("Hi", max_new_tokens=10, temperature=1.0, seed=7).raw
     b = tiny_model.ask("Hi", max_new_tokens=10, temperature=1.0, seed=7).raw
     assert a == b
+    # ...and the seed and the temperature are honoured, not ignored: other seeds sample other text, and sampling at
+    # temperature 1 over a random model's flat distribution leaves the greedy path.
+    others = {tiny_model.ask("Hi", max_new_tokens=10, temperature=1.0, seed=s).raw for s in range(8)}
+    assert len(others) > 1
+    greedy = tiny_model.ask("Hi", max_new_tokens=10).raw
+    assert any(o != greedy for o in others | {a})
 
 
 def test_cancellation_stops_early(tiny_model):

@@ -37,10 +37,14 @@ def test_auto_dtype_follows_the_cpus_bf16_instructions():
 
 
 def test_pick_device_dtype_on_this_cpu():
+    """The expectation comes from torch's own CPU detection (cpuinfo, not /proc/cpuinfo's text, which the code
+    parses), so a broken flag parser or rule fails here."""
     import torch
 
-    here = torch.bfloat16 if cpu_flags() & BF16_CPU_FLAGS else torch.float32
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    here = torch.bfloat16 if native_bf16 else torch.float32
     assert pick_device_dtype("cpu", "auto", 2560, inference=True)[1] == here
+    assert pick_device_dtype("cpu", "auto", 64, inference=True)[1] == torch.float32  # too narrow to gain
     assert pick_device_dtype("cpu", "auto", 2560)[1] == torch.float32  # training keeps fp32 on CPU
     assert pick_device_dtype("cpu", "float32", 2560, inference=True)[1] == torch.float32
     assert pick_device_dtype("cpu", "bfloat16", 64, inference=True)[1] == torch.bfloat16

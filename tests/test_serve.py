@@ -227,20 +227,24 @@ def test_dicomweb_reference(client, orthanc):
 
 
 def test_stop_seed_and_sampling_params(client):
-    r = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0.8, top_p=0.9, seed=7,
-                                       messages=[{"role": "user", "content": "Hello"}])
-    r2 = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0.8, top_p=0.9, seed=7,
-                                        messages=[{"role": "user", "content": "Hello"}])
-    assert r.choices[0].message.content == r2.choices[0].message.content  # the seed makes sampling repeatable
-    greedy = client.chat.completions.create(model=MODEL, max_completion_tokens=12,
-                                            messages=[{"role": "user", "content": "Hello"}])
-    content = greedy.choices[0].message.content
-    if len(content) >= 4:
-        stop = content[2:4]
-        cut = client.chat.completions.create(model=MODEL, max_tokens=12, stop=[stop],
-                                             messages=[{"role": "user", "content": "Hello"}])
-        assert cut.choices[0].message.content == content[: content.find(stop)].strip()
-        assert cut.choices[0].finish_reason == "stop"
+    def ask(**kw):
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], **kw)
+        return r.choices[0]
+
+    sampled = dict(max_tokens=12, temperature=0.8, top_p=0.9)
+    r, r2 = ask(seed=7, **sampled), ask(seed=7, **sampled)
+    assert r.message.content == r2.message.content  # the seed makes sampling repeatable
+    # ...and the seed and temperature reach the sampler: other seeds sample other text, which leaves the greedy path
+    others = {ask(seed=s, **sampled).message.content for s in range(6)}
+    greedy = ask(max_completion_tokens=12).message.content
+    assert len(others) > 1 and any(o != greedy for o in others)
+    # A stop string cuts the greedy answer where it first occurs. The tiny model's greedy text must be long enough
+    # to pick one from, or the test would silently test nothing.
+    assert len(greedy) >= 4, greedy
+    stop = greedy[2:4]
+    cut = ask(max_tokens=12, stop=[stop])
+    assert cut.message.content == greedy[: greedy.find(stop)].strip()
+    assert cut.finish_reason == "stop"
 
 
 def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
