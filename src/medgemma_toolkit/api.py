@@ -70,38 +70,17 @@ class MedGemma:
     def load(
         cls,
         model: str | ResolvedModel | None = None,
+        options: LoadOptions | None = None,
         *,
-        backend: str = "auto",
-        device: str = "auto",
-        dtype: str = "auto",
-        quantize: str = "none",
         preset: str | None = None,
         allow_download: bool = False,
-        max_batch_size: int = 8,
-        adapter: str | None = None,
-        threads: int | None = None,
-        mmproj: str | None = None,
-        upstream: str | None = None,
-        context_length: int | None = None,
-        memory_check: bool = True,
-        parallel: int | None = None,
-        workload: str = "interactive",
+        **overrides: Any,
     ) -> MedGemma:
-        opts = LoadOptions(
-            device=device,
-            dtype=dtype,
-            quantize=quantize,
-            max_batch_size=max_batch_size,
-            adapter=adapter,
-            threads=threads,
-            mmproj=mmproj,
-            upstream=upstream,
-            context_length=context_length,
-            memory_check=memory_check,
-            parallel=parallel,
-            workload=workload,
-        )
-        be, resolved, secs = load_backend(model, backend, opts, allow_download)
+        """Load `model` (a variant name, hub id, checkpoint folder, registered name or .gguf; None: the default or the
+        demo model) with `options`, or with `LoadOptions` fields given as keywords (`device="cpu"`,
+        `backend="llamacpp"`, `upstream=URL`, ...) on top of them."""
+        opts = (options or LoadOptions()).with_overrides(**overrides)
+        be, resolved, secs = load_backend(model, opts, allow_download)
         return cls(be, resolved, preset, secs)
 
     @property

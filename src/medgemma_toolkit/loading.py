@@ -63,12 +63,10 @@ def remote_model(model: str | ResolvedModel | None) -> ResolvedModel:
 
 
 def load_backend(
-    model: str | ResolvedModel | None = None,
-    backend: str = "auto",
-    options: LoadOptions | None = None,
-    allow_download: bool = False,
+    model: str | ResolvedModel | None = None, options: LoadOptions | None = None, allow_download: bool = False
 ) -> tuple[Backend, ResolvedModel, float]:
-    """Return (backend, resolved model, load seconds)."""
+    """Return (backend, resolved model, load seconds); `options.backend` names the engine (or auto)."""
+    backend = options.backend if options is not None else "auto"
     if backend == "auto" and options is not None and options.upstream:
         backend = "openai"
     if backend != "auto" and backend_class(backend).remote:
@@ -89,7 +87,7 @@ def load_backend(
         check_memory(resolved, name, opts)
     cls = backend_class(name)
     t0 = time.perf_counter()
-    be = cls(resolved.path, info_hint(resolved), opts)  # type: ignore[call-arg]
+    be = cls.from_options(resolved.path, info_hint(resolved), opts)
     return be, resolved, time.perf_counter() - t0
 
 

@@ -16,11 +16,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from ..core.messages import Prompt
-from ..core.model import ModelInfo
-from ..core.options import SamplingParams
+from ..core.model import ModelHint, ModelInfo
+from ..core.options import LoadOptions, SamplingParams
 from ..errors import CapabilityError
 from ..prompts.tools import ToolSpec
 
@@ -98,6 +99,18 @@ class Backend(ABC):
     remote: ClassVar[bool] = False
     info: ModelInfo
     capabilities: Capabilities = Capabilities()
+
+    @abstractmethod
+    def __init__(
+        self, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions | None = None
+    ) -> None:
+        """Load the model at `path` (for a remote engine: the upstream's model name) with `options`; `info_hint`
+        carries what is known of its conventions before loading (`ModelHint`)."""
+
+    @classmethod
+    def from_options(cls, path: str | Path, info_hint: ModelHint | dict[str, Any], options: LoadOptions) -> Backend:
+        """The one way `loading.load_backend` builds an engine: every engine takes the same `LoadOptions`."""
+        return cls(path, info_hint, options)
 
     @abstractmethod
     def generate(

@@ -10,11 +10,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
+
+from ..core.options import LoadOptions
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 ModelOpt = Annotated[
     Optional[str],
@@ -88,49 +94,6 @@ ParallelOpt = Annotated[
 ]
 
 
-def load_model(
-    model,
-    backend,
-    device,
-    dtype,
-    quantize,
-    allow_download,
-    preset,
-    quiet: bool = False,
-    upstream: str | None = None,
-    mmproj: str | None = None,
-    threads: int | None = None,
-    max_batch_size: int = 8,
-    memory_check: bool = True,
-    parallel: int | None = None,
-    workload: str = "interactive",
-):
-    """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
-    import sys
-
-    from ..api import MedGemma
-    from ..models.demo import DEMO_NOTICE
-    from ..models.resolve import resolve_model
-
-    extra: dict[str, Any] = {
-        "upstream": upstream,
-        "mmproj": mmproj,
-        "threads": threads,
-        "max_batch_size": max_batch_size,
-        "memory_check": memory_check,
-        "parallel": parallel,
-        "workload": workload,
-    }
-    if upstream or backend == "openai":  # the model lives upstream; --model is its name there
-        return MedGemma.load(model, backend="openai" if backend == "auto" else backend, preset=preset, **extra)
-    resolved = resolve_model(model, allow_download=allow_download)
-    if resolved.is_demo and not quiet:
-        print(DEMO_NOTICE, file=sys.stderr, flush=True)
-    return MedGemma.load(
-        resolved, backend=backend, device=device, dtype=dtype, quantize=quantize, preset=preset, **extra
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     """Which model, and how it is loaded: the options of `ask`, `chat`, `eval`, `batch` and `serve`."""
@@ -147,24 +110,35 @@ class ModelOptions:
     memory_check: MemoryCheckOpt = True
     parallel: ParallelOpt = None
 
-    def load(self, preset: str | None = None, quiet: bool = False, **extra: Any):
-        """The loaded `MedGemma` (see `load_model`); `extra` goes to the backend's load options."""
-        return load_model(
-            self.model,
-            self.backend,
-            self.device,
-            self.dtype,
-            self.quantize,
-            self.allow_download,
-            preset,
-            quiet,
+    def load_options(self, **extra: Any) -> LoadOptions:
+        """These options as the one `LoadOptions` every engine reads; `extra` sets the fields a command decides
+        itself (`max_batch_size`, `workload`)."""
+        backend = "openai" if self.upstream and self.backend == "auto" else self.backend
+        return LoadOptions(
+            backend=backend,
+            device=self.device,
+            dtype=self.dtype,
+            quantize=self.quantize,
             upstream=self.upstream,
             mmproj=self.mmproj,
             threads=self.threads,
             memory_check=self.memory_check,
             parallel=self.parallel,
-            **extra,
-        )
+        ).with_overrides(**extra)
+
+    def load(self, preset: str | None = None, quiet: bool = False, **extra: Any) -> MedGemma:
+        """Resolve, print the demo notice (stderr) before the wait when the demo model stands in, then load."""
+        from ..api import MedGemma
+        from ..models.demo import DEMO_NOTICE
+        from ..models.resolve import resolve_model
+
+        options = self.load_options(**extra)
+        if options.backend == "openai":  # the model lives upstream; --model is its name there
+            return MedGemma.load(self.model, options, preset=preset)
+        resolved = resolve_model(self.model, allow_download=self.allow_download)
+        if resolved.is_demo and not quiet:
+            print(DEMO_NOTICE, file=sys.stderr, flush=True)
+        return MedGemma.load(resolved, options, preset=preset)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,11 +6,19 @@ and the other way round), so the CLI, the Python API and the server build it onc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadInput
 
 
 @dataclass(frozen=True)
 class LoadOptions:
+    """Everything that decides how a model is loaded, for every engine: `MedGemma.load`, the CLI's model options and
+    the server build one of these and `loading.load_backend` hands it to the chosen `Backend.from_options`."""
+
+    backend: str = "auto"  # transformers, llamacpp, openai, or auto (llama.cpp for a GGUF, openai with `upstream`)
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
@@ -29,6 +37,14 @@ class LoadOptions:
     # What the model is loaded for: "interactive" (ask, chat, serve: load time and latency count) or "throughput"
     # (eval, batch: items per second count). `--backend auto` may pick another backend for the demo model.
     workload: str = "interactive"
+
+    def with_overrides(self, **overrides: Any) -> LoadOptions:
+        """A copy with `overrides` (field names of this class) applied; an unknown name is a one-line `BadInput`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise BadInput(f"unknown load option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **overrides) if overrides else self
 
 
 @dataclass(frozen=True)
