@@ -16,8 +16,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 bash scripts/install.sh test
-# The habits before the tests: lint, format and types of src/ (rules and baselines in pyproject.toml).
+# The habits before the tests: lint, format and types of src/ (rules and baselines in pyproject.toml), and the layers.
 .venv/bin/ruff check src
 .venv/bin/ruff format --check src
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the layers of docs/ARCHITECTURE.md (.importlinter)
 exec .venv/bin/python -m pytest "$@"

@@ -342,7 +342,7 @@ def test_auto_batch_size_by_device_and_input(tiny_model_dir):
     import torch
 
     from medgemma_toolkit import MedGemma
-    from medgemma_toolkit.eval.batching import auto_batch_size
+    from medgemma_toolkit.eval.generation import auto_batch_size
 
     be = MedGemma.load(str(tiny_model_dir), device="cpu").backend
     assert auto_batch_size(be) == 32 and auto_batch_size(be, images=True) == 8

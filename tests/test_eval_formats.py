@@ -208,7 +208,7 @@ def test_image_paths_resolve_beside_the_file_before_release_folders(tmp_path):
 
 
 def test_batch_renders_options_as_eval_does(tmp_path):
-    from medgemma_toolkit.eval.batch import read_batch_rows
+    from medgemma_toolkit.batch.run import read_batch_rows
 
     rows = [{"id": "a", "question": "Which organ secretes insulin?", "options": ["Liver", "Pancreas", "Spleen"]},
             {"id": "b", "question": "Which?", "options": '{"A": "x", "B": "y"}'},

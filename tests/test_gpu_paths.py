@@ -203,7 +203,7 @@ def test_backend_turns_oom_into_a_typed_error_and_frees_the_tensors(tiny_model):
 
 
 def test_eval_batches_halve_after_oom_with_memory_freed_first(tiny_model):
-    from medgemma_toolkit.eval.batching import run_batches
+    from medgemma_toolkit.eval.generation import run_batches
 
     questions = [f"Question {i}: is the heart enlarged?" for i in range(6)]
     expected = [c.text for c in tiny_model.backend.generate([tiny_model.request(q, max_new_tokens=4)

@@ -103,7 +103,7 @@ def test_batched_greedy_answers_equal_one_at_a_time_but_at_near_ties(demo, alone
 def test_eval_hands_continuous_backends_several_rounds_at_once(demo, alone):
     """`eval`'s automatic batch gives llama.cpp 4 x --parallel requests per call: slots refill as answers end, at
     most --parallel run at a time, and every answer is its one-at-a-time answer (or a near-tie, as above)."""
-    from medgemma_toolkit.eval.batching import auto_batch_size
+    from medgemma_toolkit.eval.generation import auto_batch_size
 
     assert auto_batch_size(demo.backend) == 32  # --parallel 8
     cases = CASES + CASES[:4]  # 12 requests for 8 slots

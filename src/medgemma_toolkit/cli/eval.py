@@ -93,7 +93,7 @@ def eval_run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..eval.batching import AUTO_BATCH_CEILING
+    from ..eval.generation import AUTO_BATCH_CEILING
     from ..eval.runner import EvalOptions, load_task_data, run_eval
     from ..eval.spec import get_task
 
@@ -218,8 +218,8 @@ def batch(
 
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
     """
-    from ..eval.batch import read_batch_rows, run_batch
-    from ..eval.batching import AUTO_BATCH_CEILING
+    from ..batch.run import read_batch_rows, run_batch
+    from ..eval.generation import AUTO_BATCH_CEILING
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")

@@ -59,7 +59,7 @@ def localize(
         raise BadInput("give --image IMAGE (one image) or --batch FILE (a table of images)")
     opts = img.options()
     if batch is not None:
-        from ..localize.batch import run_table
+        from ..localize.table import run_table
 
         default = check_objects(objects) if objects else []
         mg = mo.load()

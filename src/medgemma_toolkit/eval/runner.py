@@ -20,8 +20,8 @@ from ..errors import BadInput, CapabilityError, MedGemmaError
 from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
-from .batching import Outcome, auto_batch_size, run_batches
 from .formats import read_items
+from .generation import Outcome, auto_batch_size, run_batches
 from .items import Unit, dataset_digest, expand_units, format_options
 from .metrics import exact_match, rouge_l, token_f1
 from .parsers import PARSERS

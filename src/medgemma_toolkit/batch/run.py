@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..eval.generation import Outcome, auto_batch_size, run_batches
+from ..eval.items import format_options
+from ..eval.records import RecordLog
+from ..eval.rows import ReadContext, RowError, is_blank, options_of, row_images
 from ..prompts.presets import LONGITUDINAL
 from ..prompts.thinking import split_thought
 from ..rowfile import read_rows
-from .batching import Outcome, auto_batch_size, run_batches
-from .items import format_options
-from .records import RecordLog
-from .rows import ReadContext, RowError, is_blank, options_of, row_images
 
 
 @dataclass
