@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from .provenance import __version__
-
 # Nothing we do may phone home: the Hub is consulted only when a user opts in to a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -13,6 +11,10 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import torch
+    if name == "__version__":
+        from .provenance import toolkit_version
+
+        return toolkit_version()
     if name in ("MedGemma", "Answer", "Query"):
         from . import api
 

@@ -6,6 +6,7 @@ reports), so two records of the same environment name the same packages.
 
 from __future__ import annotations
 
+import functools
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
@@ -27,14 +28,21 @@ PACKAGES = (
 )
 
 
-def _version() -> str:
+@functools.lru_cache(maxsize=1)
+def toolkit_version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
     try:
         return metadata.version(DIST_NAME)
     except metadata.PackageNotFoundError:  # running from a source tree that was never installed
         return "0+unknown"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> str:
+    # `__version__` is read from the installed metadata on first use: that scan costs ~50 ms, which every
+    # `medgemma --help` would otherwise pay.
+    if name == "__version__":
+        return toolkit_version()
+    raise AttributeError(name)
 
 
 def package_versions() -> dict[str, str]:

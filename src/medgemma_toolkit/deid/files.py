@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
-from ..provenance import __version__
+from ..provenance import toolkit_version
 from .dicomdir import is_dicomdir, record_links, relink
 from .engine import UIDMap, deidentify_dataset, method_codes
 from .profile import Options, edition
@@ -147,7 +147,7 @@ def deidentify_path(
         if opts.retain_uids
         else "replaced (2.25 form, "
         + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
-        "toolkit_version": __version__,
+        "toolkit_version": toolkit_version(),
     }
     report = _Report(Path(report_path) if report_path else default_report, head)
     counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}

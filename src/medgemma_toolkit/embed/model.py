@@ -26,6 +26,8 @@ import numpy as np
 
 from ..errors import BadInput, CapabilityError, ModelNotFound
 from ..imaging import ImageOptions
+from ..models.resolve import resolve_model
+from ..runtime.torch_setup import pick_device_dtype
 from .preprocess import RESIZES, Preprocessing, Resize, to_pixels
 from .sources import Entry, ImageSource, batched, decode_ahead, source_images
 
@@ -124,9 +126,6 @@ class MedSigLIP:
     ) -> MedSigLIP:
         """Find `model` offline (variant name, hub id, registered name or directory; default medsiglip-448) and
         load both towers."""
-        from ..models.resolve import resolve_model
-        from ..runtime.torch_setup import pick_device_dtype
-
         spec = str(model) if model is not None else DEFAULT_MODEL
         resolved = resolve_model(spec, allow_download=allow_download)
         if resolved.format != "hf":

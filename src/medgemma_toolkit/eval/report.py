@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..provenance import __version__
+from ..provenance import toolkit_version
 from .metrics import compute_metrics, per_condition_f1
 from .provenance import now_utc, package_versions
 from .spec import TaskSpec
@@ -55,7 +55,7 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
         },
         "metrics": compute_metrics(scored, spec.metrics, n_boot=n_boot),
         "parse_failures": {"count": unparsed, "rate": unparsed / len(scored) if scored else 0.0},
-        "package": {"medgemma_toolkit": __version__, **package_versions()},
+        "package": {"medgemma_toolkit": toolkit_version(), **package_versions()},
         "created": now_utc(),
     }
     if spec.kind == "conditions":

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import BackendUnavailable, BadInput, MedGemmaError
+from ..backends.llamacpp_logging import route_llama_logs
+from ..errors import BackendUnavailable, BadInput, MedGemmaError, ModelNotFound
+from ..models.resolve import resolve_model
 from .llama_source import LLAMA_CPP_PYTHON_VERSION, converter_script
 from .modelfile import write_modelfile
 from .prepare import read_config, stage_checkpoint
@@ -104,9 +106,6 @@ def export_gguf(
 
 def _resolve(spec: str) -> Path:
     """A variant or registered name (e.g. medgemma-4b-it in the HF cache) -> its checkpoint folder."""
-    from ..errors import ModelNotFound
-    from ..models.resolve import resolve_model
-
     try:
         r = resolve_model(spec)
     except (BadInput, ModelNotFound):
@@ -136,8 +135,6 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
         raise BackendUnavailable(
             f"--outtype {outtype} needs llama-cpp-python (pip install 'medgemma-toolkit[llamacpp]'); or export f16/q8_0"
         ) from None
-    from ..backends.llamacpp_logging import route_llama_logs
-
     route_llama_logs()  # its progress lines are not for users
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANT_TYPES[outtype]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.messages import Prompt
+from ..errors import CapabilityError
 from .gemma_format import render_gemma_chat
 
 
@@ -22,8 +23,6 @@ def render_with(owner: Any, prompt: Prompt, bos: str = "") -> str:
 
 def render_for_backend(mg: Any, prompt: Prompt) -> str:
     """A loaded model's rendering, through its backend."""
-    from ..errors import CapabilityError
-
     try:
         return mg.backend.render(prompt)
     except CapabilityError:  # a backend that renders elsewhere (a remote server): Gemma's own turn format
