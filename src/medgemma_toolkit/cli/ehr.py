@@ -82,10 +82,11 @@ def ehr(
 
     Example: MEDGEMMA_FHIR_TOKEN=... medgemma ehr --fhir https://fhir.example.org/r4 --patient 123 --upstream http://gpu:8000 -m google/medgemma-27b-text-it "Current medications?"
     """
-    from ..ehr.agent import StillCallingTools, check_model, run
-    from ..ehr.notebook import run_notebook
+    from ..ehr.agent import StillCallingTools, check_model, prepare, run
+    from ..ehr.notebook import NotebookRun
     from ..ehr.sources import open_source
     from ..ehr.transport import FhirLimits
+    from ..errors import BadInput
 
     if not quiet:
         lg = logging.getLogger("medgemma_toolkit.ehr")
@@ -101,18 +102,36 @@ def ehr(
         connect_timeout_s=connect_timeout,
         read_timeout_s=read_timeout,
     )
-    source = open_source(fhir, limits=limits)  # before the model loads: a wrong URL, token or file fails fast
-    mg = mo.load(preset, quiet=quiet)
+    if not question.strip():
+        raise BadInput("give a question")
+    if max_steps < 1:
+        raise BadInput("--max-steps must be at least 1")
+    # Everything that reads the FHIR source comes before the model loads: a wrong URL, token, file or patient, or a
+    # hostile server, fails in seconds.
+    source = open_source(fhir, limits=limits)
     if recipe == "notebook":
-        nb = run_notebook(mg, source, patient, question, max_new_tokens=max_new_tokens)
+        plan = NotebookRun(source, patient, max_new_tokens).prepare()
+        mg = mo.load(preset, quiet=quiet)
+        nb = plan.run(mg, question)
         if as_json:
             print(json.dumps(nb.to_dict(), ensure_ascii=False, indent=2))
             return
         print(nb.answer)
+        if not quiet and not nb.answer:
+            print(
+                "ehr: note: the model's final answer is empty (a base or small model may not follow the plan)",
+                file=sys.stderr,
+            )
+        elif not quiet and not nb.citations:
+            print("ehr: note: the answer cites no resource it was shown", file=sys.stderr)
         return
+    prepared = prepare(source, patient)
+    mg = mo.load(preset, quiet=quiet)
     check_model(mg)  # before the first model call: the loop needs multi-turn chat
     try:
-        trace = run(mg, source, patient, question, max_steps=max_steps, max_new_tokens=max_new_tokens or 512)
+        trace = run(
+            mg, source, patient, question, max_steps=max_steps, max_new_tokens=max_new_tokens or 512, prepared=prepared
+        )
     except StillCallingTools as e:
         if as_json:
             print(json.dumps(e.trace.to_dict(), ensure_ascii=False, indent=2))  # type: ignore[attr-defined]

@@ -105,6 +105,20 @@ def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any
     return parsed.calls, parsed.content
 
 
+def prepare(source: FhirSource, patient: str) -> tuple[PatientTools, Any]:
+    """The patient's tools and manifest, and the checks that need no model: run before the model loads, so a
+    hostile or wrong server, or an unknown patient, fails before a load of minutes."""
+    registry = PatientTools(source, patient)
+    manifest = registry.manifest()
+    if not registry.has_patient() and manifest.items == 0:
+        raise BadInput(f"patient {patient[:64]!r} is not in {source.description}")
+    if manifest.items == 0:
+        raise BadInput(
+            f"patient {patient[:64]!r} has no clinical resources in {source.description}; nothing to answer from"
+        )
+    return registry, manifest
+
+
 def run(
     mg: Any,
     source: FhirSource,
@@ -113,22 +127,17 @@ def run(
     *,
     max_steps: int = 6,
     max_new_tokens: int = 512,
+    prepared: tuple[PatientTools, Any] | None = None,
 ) -> Trace:
     """Answer `question` about `patient`; the trace of every call. Raises `StillCallingTools` (with the trace in
-    `.trace`) when the model has not answered after `max_steps` turns."""
+    `.trace`) when the model has not answered after `max_steps` turns. `prepared`: `prepare`'s result, if the
+    caller ran it before loading the model."""
     if not question.strip():
         raise BadInput("give a question")
     if max_steps < 1:
         raise BadInput("--max-steps must be at least 1")
-    registry = PatientTools(source, patient)
+    registry, manifest = prepared or prepare(source, patient)
     trace = Trace(question=question, source=source.description)
-    manifest = registry.manifest()
-    if not registry.has_patient() and manifest.items == 0:
-        raise BadInput(f"patient {patient[:64]!r} is not in {source.description}")
-    if manifest.items == 0:
-        raise BadInput(
-            f"patient {patient[:64]!r} has no clinical resources in {source.description}; nothing to answer from"
-        )
     tools = registry.openai()
     seen: set[str] = set()
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]

@@ -260,9 +260,28 @@ _CITE = re.compile(r"\b(" + "|".join(("Patient", "Medication", *TYPES)) + r")/([
 class NotebookRun:
     """One question about one patient through the notebook's plan."""
 
-    def __init__(self, mg: Any, source: FhirSource, patient: str, max_new_tokens: int | None = None) -> None:
-        self.mg, self.source, self.patient, self.cap = mg, source, patient, max_new_tokens
+    def __init__(self, source: FhirSource, patient: str, max_new_tokens: int | None = None) -> None:
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise BadInput("--max-new-tokens must be positive")
+        self.source, self.patient, self.cap = source, patient, max_new_tokens
+        self.mg: Any = None
         self.shown: set[str] = set()
+        self.codes: dict[str, list[str]] = {}
+        self.counts: dict[str, int] = {}
+
+    def prepare(self) -> NotebookRun:
+        """The manifest, and the checks that need no model: run before the model loads, so a hostile or wrong
+        server, or an unknown patient, fails in seconds rather than after a load of minutes."""
+        self.codes, self.counts = self.manifest()
+        if not self.codes:
+            if self.source.read("Patient", self.patient) is None:
+                raise BadInput(f"patient {self.patient[:64]!r} is not in {self.source.description}")
+            raise BadInput(
+                f"patient {self.patient[:64]!r} has no clinical resources in {self.source.description}; "
+                "nothing to answer from"
+            )
+        _log("manifest", types=len(self.codes))
+        return self
 
     def ask(self, prompt: str, settings: CallSettings, trace: NotebookTrace) -> str:
         """One single-turn call, no system message; the answer without its thinking."""
@@ -300,21 +319,16 @@ class NotebookRun:
                 codes[rtype], counts[rtype] = manifest_codes(found), len(found)
         return codes, counts
 
-    def run(self, question: str) -> NotebookTrace:
-        trace = NotebookTrace(question=question, source=self.source.description)
+    def run(self, mg: Any, question: str) -> NotebookTrace:
+        """The model's part of the plan (after `prepare`)."""
         if not question.strip():
             raise BadInput("give a question")
+        if not self.codes:
+            self.prepare()
+        self.mg = mg
+        trace = NotebookTrace(question=question, source=self.source.description, manifest=dict(self.counts))
         q = composed_question(question, self.patient)
-        manifest, trace.manifest = self.manifest()
-        if not manifest:
-            known = self.source.read("Patient", self.patient) is not None
-            if not known:
-                raise BadInput(f"patient {self.patient[:64]!r} is not in {self.source.description}")
-            raise BadInput(
-                f"patient {self.patient[:64]!r} has no clinical resources in {self.source.description}; "
-                "nothing to answer from"
-            )
-        _log("manifest", types=len(manifest))
+        manifest = self.codes
         trace.relevant_types = parse_types(self.ask(identify_prompt(q, manifest), IDENTIFY, trace), manifest)
         _log("identify", types=len(trace.relevant_types))
         plans: list[tuple[str, tuple[str, ...]]] = []
@@ -353,9 +367,7 @@ def run_notebook(
     mg: Any, source: FhirSource, patient: str, question: str, *, max_new_tokens: int | None = None
 ) -> NotebookTrace:
     """Answer `question` about `patient` with Google's navigator plan (see the module docstring)."""
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise BadInput("--max-new-tokens must be positive")
-    return NotebookRun(mg, source, patient, max_new_tokens).run(question)
+    return NotebookRun(source, patient, max_new_tokens).prepare().run(mg, question)
 
 
 def _log(step: str, **sizes: Any) -> None:
@@ -363,4 +375,4 @@ def _log(step: str, **sizes: Any) -> None:
     log.info("recipe=notebook step=%s %s", step, " ".join(f"{k}={v}" for k, v in sizes.items()))
 
 
-__all__ = ["run_notebook", "NotebookTrace", "TYPES", "SOURCE"]
+__all__ = ["run_notebook", "NotebookRun", "NotebookTrace", "TYPES", "SOURCE"]
