@@ -441,6 +441,45 @@ def test_a_server_that_never_answers_times_out_in_one_line(cli):
     assert elapsed < 5, elapsed
 
 
+def test_a_server_that_drips_bytes_is_cut_at_the_read_timeout(cli):
+    """Each read comes back quickly (one byte), so only a deadline on the whole response stops it."""
+    import socket
+    import threading
+
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n\r\n{")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    with socket.socket() as srv, ScriptedUpstream(SCRIPT) as up:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        t0 = time.monotonic()
+        r = run_hostile(cli, f"http://127.0.0.1:{srv.getsockname()[1]}/fhir", up, "--read-timeout", "1")
+        elapsed = time.monotonic() - t0
+        stop.set()
+    assert "took longer than 1 s to send one response (raise --read-timeout)" in one_error_line(r)
+    assert elapsed < 5, elapsed
+
+
 @pytest.mark.parametrize(
     "flag,value", [("--max-pages", "0"), ("--max-resources", "0"), ("--max-response-mb", "0"), ("--read-timeout", "0")]
 )

@@ -138,9 +138,9 @@ class FhirHttp:
 
         if not self.origin.admits(url):
             raise OffOrigin(f"{self.description} sent a link off its base URL; refused (the token was not sent)")
-        deadline = time.monotonic() + self.limits.read_timeout_s + self.limits.connect_timeout_s
         try:
             with self._client.stream("GET", url) as resp:
+                deadline = time.monotonic() + self.limits.read_timeout_s  # for the whole body, from its headers
                 if 300 <= resp.status_code < 400:
                     raise OffOrigin(
                         f"{self.description} answered with a redirect ({resp.status_code}); redirects are not "
