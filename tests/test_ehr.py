@@ -418,6 +418,31 @@ def test_a_60_mb_page_is_cut_at_the_cap_while_it_streams(cli, declared):
     assert fhir.bytes_sent < 24 * 2**20, fhir.bytes_sent
 
 
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "not usable JSON"),  # past the parser's recursion
+        (  # parses, but too deep for the tools to walk recursively
+            b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition", "x": '
+            + b'{"a":' * 200
+            + b"1"
+            + b"}" * 200
+            + b"}}]}",
+            "nested deeper than 64 levels",
+        ),
+        (b'{"resourceType": "Bundle", "total": ' + b"9" * 5000 + b"}", "not usable JSON"),  # int over 4300 digits
+        (b"\xff\xfe not utf-8", "not usable JSON"),
+    ],
+)
+def test_hostile_json_is_one_line(cli, tmp_path, body, needle):
+    with FhirTestServer(two_patient_bundle(), hostile="raw", raw_body=body) as fhir, ScriptedUpstream(SCRIPT) as up:
+        r = run_hostile(cli, fhir.base_url, up)
+    assert needle in one_error_line(r)
+    (tmp_path / "deep.json").write_bytes(body)  # the same bytes as a local file
+    local = cli("ehr", "--fhir", str(tmp_path / "deep.json"), "--patient", PATIENT_A, "-m", "unused", QUESTION)
+    assert local.returncode == 2 and one_error_line(local)
+
+
 def test_page_and_resource_bounds(cli):
     with FhirTestServer(two_patient_bundle(), max_page=1) as fhir, ScriptedUpstream(SCRIPT) as up:
         pages = run_hostile(cli, fhir.base_url, up, "--max-pages", "1")

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ..errors import BadInput
 from .scope import codes_of, in_range, patient_of
-from .transport import TOKEN_ENV, FhirLimits
+from .transport import MAX_DEPTH, TOKEN_ENV, FhirLimits, depth_over
 
 __all__ = ["TOKEN_ENV", "CLINICAL_TYPES", "DATE_PARAM", "Query", "SearchResult", "FhirSource", "LocalSource"]
 
@@ -152,18 +152,24 @@ def _read_file(f: Path) -> Iterable[tuple[dict[str, Any], str | None]]:
                 continue
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise BadInput(f"--fhir {f}: line {n} is not JSON (expected one FHIR resource per line)") from None
             if not isinstance(r, dict) or "resourceType" not in r:
                 raise BadInput(f"--fhir {f}: line {n} is not a FHIR resource")
+            if depth_over(r, MAX_DEPTH):
+                raise BadInput(f"--fhir {f}: line {n} nests deeper than {MAX_DEPTH} levels")
             yield r, None
         return
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInput(f"--fhir {f}: not valid JSON (at line {e.lineno}); expected a FHIR Bundle or NDJSON") from None
+    except (ValueError, RecursionError):  # an over-long integer; nesting past the parser's recursion
+        raise BadInput(f"--fhir {f}: not usable JSON; expected a FHIR Bundle or NDJSON") from None
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise BadInput(f"--fhir {f}: not a FHIR resource (no resourceType)")
+    if depth_over(doc, MAX_DEPTH + 3):  # a Bundle adds entry[] / resource around each resource
+        raise BadInput(f"--fhir {f}: nests deeper than {MAX_DEPTH} levels")
     if doc["resourceType"] != "Bundle":
         yield doc, None
         return
@@ -184,7 +190,7 @@ def _is_one_json(text: str) -> bool:
     try:
         json.loads(text)
         return True
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -161,13 +161,7 @@ class FhirHttp:
             ) from None
         except httpx.TransportError:
             raise BackendUnavailable(f"{self.description} is unreachable") from None
-        try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadInput(f"{self.description} answered with something that is not JSON") from None
-        if not isinstance(doc, dict):
-            raise BadInput(f"{self.description} answered with JSON that is not a FHIR resource")
-        return doc
+        return parse_json(body, self.description)
 
     def _read_capped(self, chunks: Iterator[bytes], declared: str | None, deadline: float) -> bytes:
         cap = self.limits.max_response_bytes
@@ -225,6 +219,37 @@ class FhirHttp:
                 yield entry
             link = next_link(bundle)
             next_url = urljoin(next_url, link) if link is not None else None  # relative links resolved, then checked
+
+
+MAX_DEPTH = 64  # FHIR resources nest a dozen levels; a deeper document is an attack on the parser's recursion
+
+
+def parse_json(body: bytes | str, what: str) -> dict[str, Any]:
+    """One JSON object, or a one-line error: not JSON, an integer too long for Python (ValueError), nesting deep
+    enough to exhaust recursion (RecursionError) or deeper than `MAX_DEPTH` (the tools walk it recursively)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadInput(f"{what} answered with something that is not usable JSON") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{what} answered with JSON that is not a FHIR resource")
+    if depth_over(doc, MAX_DEPTH):
+        raise BadInput(f"{what} answered with JSON nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def depth_over(doc: Any, limit: int) -> bool:
+    """Whether `doc` nests deeper than `limit` (iterative: a deep document cannot exhaust the stack here)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:

@@ -14,7 +14,8 @@ import. With `token`, every request needs `Authorization: Bearer <token>` (else 
 `hostile` turns searches (never /metadata) into an attack: "offorigin-next" (each page's `next` points at
 `other_url`), "redirect" (a 302 to `other_url`), "self-next" (an empty page whose `next` is itself), "big-page"
 (a `big_page_bytes` page streamed lazily without Content-Length, so it is never held in memory; `bytes_sent`
-counts what the client actually took), "declared-big" (the same announced by Content-Length).
+counts what the client actually took), "declared-big" (the same announced by Content-Length), "raw" (`raw_body`
+as the answer, e.g. JSON nested 100,000 deep or a 5,000-digit number).
 `RecordingServer` is the "other port": it records every request it gets, headers included.
 """
 
@@ -28,7 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 from ..ehr.scope import codes_of
 
-Hostile = Literal["offorigin-next", "redirect", "self-next", "big-page", "declared-big"]
+Hostile = Literal["offorigin-next", "redirect", "self-next", "big-page", "declared-big", "raw"]
 
 # The date each type is searched by, and the field holding it (FHIR R4 search parameters).
 DATE_FIELDS = {
@@ -110,10 +111,12 @@ class FhirTestServer:
         other_url: str | None = None,
         big_page_bytes: int = 60 * 1024 * 1024,
         extra: list[dict[str, Any]] | None = None,
+        raw_body: bytes = b"",
     ) -> None:
         self.resources = imported_resources(bundle) + [json.loads(json.dumps(r)) for r in extra or []]
         self.token, self.max_page = token, max_page
         self.hostile, self.other_url, self.big_page_bytes = hostile, other_url, big_page_bytes
+        self.raw_body = raw_body
         self.requests: list[str] = []  # path?query of every request, for assertions
         self.bytes_sent = 0  # body bytes of the big page the client took before it hung up
         double = self
@@ -149,6 +152,12 @@ class FhirTestServer:
                     return None
                 if double.hostile in ("big-page", "declared-big"):
                     return self._big(double.hostile == "declared-big")
+                if double.hostile == "raw":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(double.raw_body)))
+                    self.end_headers()
+                    self.wfile.write(double.raw_body)
+                    return None
                 page = double.search(rtype, parse_qs(urlparse(self.path).query))
                 page["link"] = [
                     {
