@@ -5,7 +5,7 @@ the error line, and what the "other port" received.
 
 Cases: a normal run (the notebook recipe through a scripted model) as the baseline; an off-origin `next`; a
 redirect to another port; a self-referencing `next`; a 60 MB page streamed without Content-Length (default
---max-response-mb 16); the same page announced by Content-Length. The token is set in every case. Each child's peak
+--max-response-mb 16); the same page announced by Content-Length; the same page gzip-compressed (~60 KB). The token is set in every case. Each child's peak
 resident memory comes from wait4's rusage (Linux: KiB).
 """
 
@@ -77,6 +77,7 @@ def main() -> None:
         ("self-referencing next", "self-next"),
         ("60 MB page, streamed", "big-page"),
         ("60 MB page, Content-Length", "declared-big"),
+        ("60 MB page as a ~60 KB gzip bomb", "gzip-bomb"),
     ]
     with ScriptedUpstream(reply) as up:
         rows = [run_case(name, hostile, up.url) for name, hostile in cases]

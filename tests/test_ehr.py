@@ -443,6 +443,19 @@ def test_hostile_json_is_one_line(cli, tmp_path, body, needle):
     assert local.returncode == 2 and one_error_line(local)
 
 
+def test_a_gzip_bomb_is_inflated_only_up_to_the_cap(cli):
+    """60 MB of JSON in ~60 KB of gzip: decoded in 64 KiB steps, so reading stops at the cap, not after 60 MB."""
+    import tracemalloc
+
+    with FhirTestServer(two_patient_bundle(), hostile="gzip-bomb") as fhir, ScriptedUpstream(SCRIPT) as up:
+        tracemalloc.start()
+        r = run_hostile(cli, fhir.base_url, up, "--max-response-mb", "1")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert "over 1 MiB; stopped reading" in one_error_line(r)
+    assert peak < 16 * 2**20, peak  # the cap plus buffers, nowhere near the 60 MB it would inflate to
+
+
 def test_page_and_resource_bounds(cli):
     with FhirTestServer(two_patient_bundle(), max_page=1) as fhir, ScriptedUpstream(SCRIPT) as up:
         pages = run_hostile(cli, fhir.base_url, up, "--max-pages", "1")

@@ -15,7 +15,10 @@ content, the token or the offending link (a hostile server chooses that text).
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -119,13 +122,15 @@ class FhirHttp:
         self.base_url = self.origin.base_url
         self.limits = limits
         self.description = f"FHIR server {self.base_url}"
-        headers = {"Accept": "application/fhir+json"}
+        # We decode compressed bodies ourselves (`inflate`), bounded, so only the encodings we can bound are asked for.
+        headers = {"Accept": "application/fhir+json", "Accept-Encoding": "gzip, deflate"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
             headers=headers,
             follow_redirects=False,  # a redirect is refused below, never followed with the token
             trust_env=False,  # no proxy from the environment sees the token either
+            verify=_tls_context(),
             timeout=httpx.Timeout(limits.read_timeout_s, connect=limits.connect_timeout_s),
         )
 
@@ -154,7 +159,12 @@ class FhirHttp:
                     raise BadInput(f"{self.description} denied access (403); check ${TOKEN_ENV}'s permissions")
                 if resp.status_code >= 400:
                     raise FhirStatusError(f"{self.description} answered with an error ({resp.status_code})")
-                body = self._read_capped(resp.iter_bytes(), resp.headers.get("content-length"), deadline)
+                encoding = resp.headers.get("content-encoding", "identity").strip().lower() or "identity"
+                if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+                    raise BadInput(f"{self.description} answered in an encoding we do not read ({encoding[:20]})")
+                raw = resp.iter_raw()  # not iter_bytes: httpx would inflate a whole chunk at once, unbounded
+                chunks = raw if encoding == "identity" else inflate(raw, self.description)
+                body = self._read_capped(chunks, resp.headers.get("content-length"), deadline)
         except httpx.TimeoutException:
             raise BackendUnavailable(
                 f"{self.description} did not answer in time (--connect-timeout/--read-timeout)"
@@ -219,6 +229,29 @@ class FhirHttp:
                 yield entry
             link = next_link(bundle)
             next_url = urljoin(next_url, link) if link is not None else None  # relative links resolved, then checked
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The system's CAs, or $SSL_CERT_FILE's (trust_env=False would otherwise drop it with the proxies)."""
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None)
+
+
+def inflate(raw: Iterator[bytes], what: str, step: int = 65536) -> Iterator[bytes]:
+    """Decode a gzip or zlib body `step` bytes at a time, so a small compressed bomb (1 KB of gzip can hold 1 MB)
+    never expands past the caller's byte cap in one piece."""
+    d = zlib.decompressobj(wbits=47)  # 32 + 15: a gzip or a zlib header, detected
+    try:
+        for chunk in raw:
+            data = chunk
+            while True:
+                out = d.decompress(data, step)
+                if out:
+                    yield out
+                data = d.unconsumed_tail
+                if not data and len(out) < step:  # input used up and nothing held back
+                    break
+    except zlib.error:
+        raise BadInput(f"{what} sent a compressed body that does not decode") from None
 
 
 MAX_DEPTH = 64  # FHIR resources nest a dozen levels; a deeper document is an attack on the parser's recursion

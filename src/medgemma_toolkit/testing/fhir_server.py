@@ -14,7 +14,8 @@ import. With `token`, every request needs `Authorization: Bearer <token>` (else 
 `hostile` turns searches (never /metadata) into an attack: "offorigin-next" (each page's `next` points at
 `other_url`), "redirect" (a 302 to `other_url`), "self-next" (an empty page whose `next` is itself), "big-page"
 (a `big_page_bytes` page streamed lazily without Content-Length, so it is never held in memory; `bytes_sent`
-counts what the client actually took), "declared-big" (the same announced by Content-Length), "raw" (`raw_body`
+counts what the client actually took), "declared-big" (the same announced by Content-Length), "gzip-bomb" (the
+big page gzip-compressed, ~1000:1, as `Content-Encoding: gzip`), "raw" (`raw_body`
 as the answer, e.g. JSON nested 100,000 deep or a 5,000-digit number).
 `RecordingServer` is the "other port": it records every request it gets, headers included.
 """
@@ -24,12 +25,13 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import zlib
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from ..ehr.scope import codes_of
 
-Hostile = Literal["offorigin-next", "redirect", "self-next", "big-page", "declared-big", "raw"]
+Hostile = Literal["offorigin-next", "redirect", "self-next", "big-page", "declared-big", "gzip-bomb", "raw"]
 
 # The date each type is searched by, and the field holding it (FHIR R4 search parameters).
 DATE_FIELDS = {
@@ -152,6 +154,8 @@ class FhirTestServer:
                     return None
                 if double.hostile in ("big-page", "declared-big"):
                     return self._big(double.hostile == "declared-big")
+                if double.hostile == "gzip-bomb":
+                    return self._bomb()
                 if double.hostile == "raw":
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(double.raw_body)))
@@ -194,6 +198,24 @@ class FhirTestServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client stopped reading: what we want
                 self.close_connection = True
+
+            def _bomb(self) -> None:
+                """`big_page_bytes` of JSON text, gzip-compressed while generated (a few tens of KB on the wire)."""
+                gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+                body = [gz.compress(b'{"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"x": "')]
+                zeros = b"0" * 65536
+                for _ in range(double.big_page_bytes // len(zeros)):
+                    body.append(gz.compress(zeros))
+                body.append(gz.compress(b'"}}]}') + gz.flush())
+                data = b"".join(body)
+                self.send_response(200)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
