@@ -719,3 +719,32 @@ def test_base_models_run_the_notebook_and_are_refused_by_the_tool_loop(cli, tiny
     assert nb.returncode == 0, nb.stderr
     out = json.loads(nb.stdout)
     assert out["model_calls"] >= 2 and out["answer"] is not None  # identify ... final, whatever the tiny model said
+
+
+def test_notebook_survives_a_server_without_code_search(cli):
+    """A server that answers `code=` and `category=` with a 400 (it lacks them): the category fallback is tried,
+    then the model reads that the search failed (as in the notebook); other fetches and the answer go on."""
+    with (
+        FhirTestServer(two_patient_bundle(), unsupported=("code", "category")) as fhir,
+        ScriptedUpstream(notebook_reply) as up,
+    ):
+        r = cli(
+            "ehr",
+            "--fhir",
+            fhir.base_url,
+            "--patient",
+            PATIENT_A,
+            "--upstream",
+            up.url,
+            "-m",
+            "scripted",
+            "--json",
+            QUESTION,
+        )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    fetches = {f["resource_type"]: f for f in out["fetches"]}
+    assert fetches["Condition"]["category_fallback"] and fetches["Condition"]["items"] == 0
+    assert fetches["MedicationRequest"]["items"] == 3  # no code filter asked: unaffected
+    assert sum("answered this search with an error" in p for p in out["prompts"]) == 2  # Condition, Observation
+    assert out["answer"]

@@ -65,6 +65,7 @@ TYPES = (
     "Procedure",
     "ServiceRequest",
 )
+SEARCH_REFUSED = "the FHIR server answered this search with an error"
 THINK = "SYSTEM INSTRUCTION: think silently if needed.\n"
 TOOL = "get_patient_fhir_resource"
 # langchain_core.tools.render_text_description of the notebook's retrieval tool (computed with langchain-core 1.8.1).
@@ -355,12 +356,22 @@ class NotebookRun:
     def fetch(self, rtype: str, codes: tuple[str, ...]) -> tuple[Fetch, str]:
         """One filtered fetch; with codes that match nothing, the same codes as categories (the notebook's
         fallback). Medication types bring the Medication resources they reference."""
-        found = self.search(Query(rtype, self.patient, code=codes, include_medication="Medication" in rtype))
+        found = self._try(Query(rtype, self.patient, code=codes, include_medication="Medication" in rtype))
         fallback = False
         if not found and codes:
-            found, fallback = self.search(Query(rtype, self.patient, category=codes)), True
+            found, fallback = self._try(Query(rtype, self.patient, category=codes)), True
+        if found is None:  # the server refused the search: the model reads that, as in the notebook
+            return Fetch(rtype, list(codes), fallback, 0), json.dumps({"error": SEARCH_REFUSED})
         self.shown.update(f"{r.get('resourceType')}/{r.get('id')}" for r in found)
         return Fetch(rtype, list(codes), fallback, len(found)), tool_output(found)
+
+    def _try(self, q: Query) -> list[dict[str, Any]] | None:
+        """A search, or None when the server answers it with an HTTP error (e.g. a parameter it does not
+        support). Our bounds and the origin check still end the run."""
+        try:
+            return self.search(q)
+        except FhirStatusError:
+            return None
 
 
 def run_notebook(

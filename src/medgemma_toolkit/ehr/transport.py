@@ -161,7 +161,7 @@ class FhirHttp:
                     raise FhirStatusError(f"{self.description} answered with an error ({resp.status_code})")
                 encoding = resp.headers.get("content-encoding", "identity").strip().lower() or "identity"
                 if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-                    raise BadInput(f"{self.description} answered in an encoding we do not read ({encoding[:20]})")
+                    raise BadInput(f"{self.description} answered in a content encoding we do not read")
                 raw = resp.iter_raw()  # not iter_bytes: httpx would inflate a whole chunk at once, unbounded
                 chunks = raw if encoding == "identity" else inflate(raw, self.description)
                 body = self._read_capped(chunks, resp.headers.get("content-length"), deadline)
@@ -170,7 +170,7 @@ class FhirHttp:
                 f"{self.description} did not answer in time (--connect-timeout/--read-timeout)"
             ) from None
         except httpx.TransportError:
-            raise BackendUnavailable(f"{self.description} is unreachable") from None
+            raise BackendUnavailable(f"{self.description} is unreachable or broke off the answer") from None
         return parse_json(body, self.description)
 
     def _read_capped(self, chunks: Iterator[bytes], declared: str | None, deadline: float) -> bytes:

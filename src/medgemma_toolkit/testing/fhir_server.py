@@ -17,6 +17,7 @@ import. With `token`, every request needs `Authorization: Bearer <token>` (else 
 counts what the client actually took), "declared-big" (the same announced by Content-Length), "gzip-bomb" (the
 big page gzip-compressed, ~1000:1, as `Content-Encoding: gzip`), "raw" (`raw_body`
 as the answer, e.g. JSON nested 100,000 deep or a 5,000-digit number).
+`unsupported`: search parameters answered with a 400, as a server that lacks them does.
 `RecordingServer` is the "other port": it records every request it gets, headers included.
 """
 
@@ -114,11 +115,12 @@ class FhirTestServer:
         big_page_bytes: int = 60 * 1024 * 1024,
         extra: list[dict[str, Any]] | None = None,
         raw_body: bytes = b"",
+        unsupported: tuple[str, ...] = (),
     ) -> None:
         self.resources = imported_resources(bundle) + [json.loads(json.dumps(r)) for r in extra or []]
         self.token, self.max_page = token, max_page
         self.hostile, self.other_url, self.big_page_bytes = hostile, other_url, big_page_bytes
-        self.raw_body = raw_body
+        self.raw_body, self.unsupported = raw_body, unsupported
         self.requests: list[str] = []  # path?query of every request, for assertions
         self.bytes_sent = 0  # body bytes of the big page the client took before it hung up
         double = self
@@ -139,6 +141,8 @@ class FhirTestServer:
                     found = double.find(parts[0], parts[1])
                     return self._send(200, found) if found else self._send(404, _outcome("not-found", "no such id"))
                 if len(parts) == 1:
+                    if set(parse_qs(url.query)) & set(double.unsupported):  # as servers answer unknown params
+                        return self._send(400, _outcome("not-supported", "search parameter not supported"))
                     if double.hostile:
                         return self._attack(parts[0])
                     return self._send(200, double.search(parts[0], parse_qs(url.query)))
