@@ -748,3 +748,14 @@ def test_notebook_survives_a_server_without_code_search(cli):
     assert fetches["MedicationRequest"]["items"] == 3  # no code filter asked: unaffected
     assert sum("answered this search with an error" in p for p in out["prompts"]) == 2  # Condition, Observation
     assert out["answer"]
+
+
+def test_tool_loop_reads_a_refused_search_as_a_tool_error(cli):
+    """A server without date search: the tool call that uses dates comes back to the model as an error it can
+    read (never the server's text), and the loop goes on to its answer."""
+    with FhirTestServer(two_patient_bundle(), unsupported=("date",)) as fhir, ScriptedUpstream(SCRIPT) as up:
+        r = run_agent(cli, fhir.base_url, up)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["steps"][4]["refused"] and "answered this search with an error" in out["steps"][4]["result"]
+    assert out["answer"] == ANSWER

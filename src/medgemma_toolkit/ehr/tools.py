@@ -17,6 +17,7 @@ from typing import Any
 
 from .scope import clinical_date
 from .sources import CLINICAL_TYPES, FhirSource, Query
+from .transport import FhirStatusError
 
 DATE = {"type": "string", "description": "ISO date, e.g. 2021-06-30", "pattern": r"^\d{4}(-\d{2}(-\d{2})?)?$"}
 RESOURCE_TYPE = {"type": "string", "enum": ["Patient", *CLINICAL_TYPES]}
@@ -179,7 +180,10 @@ class PatientTools:
         problem = check_arguments(tool.parameters, args)
         if problem:
             return ToolResult(f"error: {name}: {problem}", 0, refused=True)
-        return tool.run(**args)
+        try:
+            return tool.run(**args)
+        except FhirStatusError:  # e.g. a date parameter the server lacks: the model may try another way
+            return ToolResult(f"error: {name}: the FHIR server answered this search with an error", 0, refused=True)
 
     def _listing(self, found: list[dict[str, Any]], truncated: bool, what: str) -> ToolResult:
         found = sorted(found, key=lambda r: clinical_date(r) or "", reverse=True)
@@ -209,7 +213,10 @@ class PatientTools:
     def manifest(self) -> ToolResult:
         lines = []
         for rtype in CLINICAL_TYPES:
-            res = self.source.search(Query(rtype, self.patient))
+            try:
+                res = self.source.search(Query(rtype, self.patient))
+            except FhirStatusError:  # a server without this type: not part of the manifest
+                continue
             mine = [r for r in res.resources if self.source.patient_of(r) == self.patient]
             if not mine:
                 continue
