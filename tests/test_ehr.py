@@ -519,7 +519,17 @@ def test_a_server_that_drips_bytes_is_cut_at_the_read_timeout(cli):
 
 
 @pytest.mark.parametrize(
-    "flag,value", [("--max-pages", "0"), ("--max-resources", "0"), ("--max-response-mb", "0"), ("--read-timeout", "0")]
+    "flag,value",
+    [
+        ("--max-pages", "0"),
+        ("--max-resources", "0"),
+        ("--max-response-mb", "0"),
+        ("--max-response-mb", "nan"),
+        ("--max-response-mb", "inf"),
+        ("--read-timeout", "0"),
+        ("--read-timeout", "nan"),
+        ("--connect-timeout", "-1"),
+    ],
 )
 def test_bad_bound_flags_are_one_line_errors(cli, bundle_file, flag, value):
     r = cli("ehr", "--fhir", str(bundle_file), "--patient", PATIENT_A, "-m", "unused", flag, value, QUESTION)

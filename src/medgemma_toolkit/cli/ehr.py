@@ -89,12 +89,9 @@ def ehr(
     from ..errors import BadInput
 
     if not quiet:
-        lg = logging.getLogger("medgemma_toolkit.ehr")
-        lg.setLevel(logging.INFO)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("ehr: %(message)s"))
-        lg.addHandler(handler)
-        lg.propagate = False
+        _progress_to_stderr()
+    if not 0 < max_response_mb < 2**20:  # also NaN and inf, before they reach int()
+        raise BadInput("--max-response-mb must be a positive number of MiB")
     limits = FhirLimits(
         max_pages=max_pages,
         max_resources=max_resources,
@@ -142,3 +139,17 @@ def ehr(
     print(trace.answer)
     if not quiet and not trace.citations:
         print("ehr: note: the answer cites no resource it was shown", file=sys.stderr)
+
+
+def _progress_to_stderr() -> None:
+    """The ehr logger's lines (steps, tool names, sizes; never values) on this run's stderr, replacing any handler
+    an earlier in-process run left (tests run the CLI many times in one process)."""
+    lg = logging.getLogger("medgemma_toolkit.ehr")
+    lg.setLevel(logging.INFO)
+    for h in [h for h in lg.handlers if getattr(h, "_medgemma_ehr", False)]:
+        lg.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ehr: %(message)s"))
+    handler._medgemma_ehr = True  # type: ignore[attr-defined]
+    lg.addHandler(handler)
+    lg.propagate = False

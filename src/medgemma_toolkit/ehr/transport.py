@@ -58,7 +58,7 @@ class FhirLimits:
                 raise BadInput(f"{name} must be at least 1")
         if self.max_response_bytes < 1024:
             raise BadInput("--max-response-mb must allow at least 1 KiB")
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+        if not (0 < self.connect_timeout_s < 86400 and 0 < self.read_timeout_s < 86400):  # NaN fails too
             raise BadInput("--connect-timeout and --read-timeout must be positive")
 
 
