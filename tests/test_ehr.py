@@ -769,3 +769,21 @@ def test_tool_loop_reads_a_refused_search_as_a_tool_error(cli):
     out = json.loads(r.stdout)
     assert out["steps"][4]["refused"] and "answered this search with an error" in out["steps"][4]["result"]
     assert out["answer"] == ANSWER
+
+
+def test_notebook_calls_run_on_a_local_model(tiny_model, bundle_file, monkeypatch):
+    """Each kind of call the plan makes (greedy and sampled, with its own budget) goes through a real local backend;
+    the budget is capped by --max-new-tokens."""
+    from medgemma_toolkit.ehr.notebook import FACTS, FINAL, IDENTIFY, NotebookRun, NotebookTrace
+
+    plan = NotebookRun(LocalSource.load(bundle_file), PATIENT_A, max_new_tokens=3).prepare()
+    plan.mg = tiny_model
+    trace = NotebookTrace(question=QUESTION, source="x")
+    sent = []
+    generate = tiny_model.backend.generate
+    monkeypatch.setattr(tiny_model.backend, "generate", lambda reqs: sent.extend(reqs) or generate(reqs))
+    for settings in (IDENTIFY, FACTS, FINAL):
+        assert isinstance(plan.ask("Which conditions?", settings, trace), str)
+    assert trace.model_calls == 3 and trace.prompts == ["Which conditions?"] * 3
+    assert [(r.params.max_new_tokens, r.params.temperature) for r in sent] == [(3, 0.0), (3, 0.6), (3, 0.1)]
+    assert all(m.role == "user" for r in sent for m in r.prompt.messages)  # no system turn, as in the notebook
