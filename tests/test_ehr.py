@@ -787,3 +787,9 @@ def test_notebook_calls_run_on_a_local_model(tiny_model, bundle_file, monkeypatc
     assert trace.model_calls == 3 and trace.prompts == ["Which conditions?"] * 3
     assert [(r.params.max_new_tokens, r.params.temperature) for r in sent] == [(3, 0.0), (3, 0.6), (3, 0.1)]
     assert all(m.role == "user" for r in sent for m in r.prompt.messages)  # no system turn, as in the notebook
+
+
+@pytest.mark.parametrize("patient", ["../metadata", "a/b", "..", "x" * 65, "p 1", ""])
+def test_patient_must_be_a_fhir_id(cli, bundle_file, patient):
+    r = cli("ehr", "--fhir", str(bundle_file), "--patient", patient, "-m", "unused", QUESTION)
+    assert "--patient must be a FHIR resource id" in one_error_line(r)

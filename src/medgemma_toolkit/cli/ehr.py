@@ -84,6 +84,7 @@ def ehr(
     """
     from ..ehr.agent import StillCallingTools, check_model, prepare, run
     from ..ehr.notebook import NotebookRun
+    from ..ehr.scope import check_patient_id
     from ..ehr.sources import open_source
     from ..ehr.transport import FhirLimits
     from ..errors import BadInput
@@ -99,6 +100,7 @@ def ehr(
         connect_timeout_s=connect_timeout,
         read_timeout_s=read_timeout,
     )
+    check_patient_id(patient)
     if not question.strip():
         raise BadInput("give a question")
     if max_steps < 1:

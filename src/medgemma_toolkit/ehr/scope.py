@@ -13,8 +13,20 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import BadInput
+
 # `Patient/<id>`, optionally versioned (`/_history/<v>`); FHIR ids are [A-Za-z0-9\-.]{1,64}.
 _PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def check_patient_id(patient: str) -> str:
+    """`--patient` as a FHIR id (letters, digits, '-', '.'; at most 64), so it can only name a Patient, never a path."""
+    if not FHIR_ID.fullmatch(patient) or patient in (".", ".."):
+        raise BadInput("--patient must be a FHIR resource id: 1-64 letters, digits, '-' or '.'")
+    return patient
 
 
 def patient_ref_id(ref: Any, base_url: str | None = None, aliases: Mapping[str, str] | None = None) -> str | None:
