@@ -1,11 +1,11 @@
-"""The EHR navigator: answer a question about one patient from FHIR data by calling tools, after Google's
-`ehr_navigator_agent` notebook (google-health/medgemma, notebooks/ehr_navigator_agent.ipynb).
+"""`--recipe tools`: answer a question about one patient from FHIR data by letting the model call tools.
 
-Its plan, kept here: discover what the record holds (the manifest, fetched before the model's first turn), let the
-model fetch the relevant resources (bounded: `max_steps` model turns), then answer from what it read, citing the
-resource ids. Unlike the notebook (a fixed plan, then one summary call per fetched resource), the model drives the
-fetching with function calls (prompts/tools.py, Google's Gemma 3 format) and reads compact one-line summaries, with
-`read_resource` for the full text of one resource.
+The plan: discover what the record holds (the manifest, fetched before the model's first turn), let the model
+fetch the relevant resources (bounded: `max_steps` model turns), then answer from what it read, citing the resource
+ids. Unlike Google's notebook (`--recipe notebook`, ehr/notebook.py: a fixed plan, then one summary call per
+fetch), the model drives the fetching with function calls (prompts/tools.py, Google's Gemma 3 format) and reads
+compact one-line summaries, with `read_resource` for the full text of one resource. It is a multi-turn
+conversation, so it needs a chat model (`check_model`).
 
 Logging: one line per tool call with the tool's name, its argument NAMES and the result's size; never values or
 results (they are PHI). The trace (`--json`) holds everything, for the user who ran the command.
@@ -69,6 +69,16 @@ class Trace:
         return asdict(self)
 
 
+def check_model(mg: Any) -> None:
+    """Refuse, before any model call, a model whose preset has no multi-turn chat (a base `-pt` model such as the
+    demo model): the tool loop's second turn would fail."""
+    if getattr(mg.preset, "mode", "chat") == "completion":
+        raise BadInput(
+            f"--recipe tools needs a chat (instruction-tuned, -it) model; this model's preset {mg.preset.name!r} is "
+            "for base models: use --recipe notebook (single-turn prompts, runs with any model) or an -it model"
+        )
+
+
 def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_new_tokens: int):
     """One model turn over OpenAI-format messages: (calls, content)."""
     rendered = fc.render_messages(messages, tools, "auto")
@@ -95,6 +105,20 @@ def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any
     return parsed.calls, parsed.content
 
 
+def prepare(source: FhirSource, patient: str) -> tuple[PatientTools, Any]:
+    """The patient's tools and manifest, and the checks that need no model: run before the model loads, so a
+    hostile or wrong server, or an unknown patient, fails before a load of minutes."""
+    registry = PatientTools(source, patient)
+    manifest = registry.manifest()
+    if not registry.has_patient() and manifest.items == 0:
+        raise BadInput(f"patient {patient[:64]!r} is not in {source.description}")
+    if manifest.items == 0:
+        raise BadInput(
+            f"patient {patient[:64]!r} has no clinical resources in {source.description}; nothing to answer from"
+        )
+    return registry, manifest
+
+
 def run(
     mg: Any,
     source: FhirSource,
@@ -103,22 +127,17 @@ def run(
     *,
     max_steps: int = 6,
     max_new_tokens: int = 512,
+    prepared: tuple[PatientTools, Any] | None = None,
 ) -> Trace:
     """Answer `question` about `patient`; the trace of every call. Raises `StillCallingTools` (with the trace in
-    `.trace`) when the model has not answered after `max_steps` turns."""
+    `.trace`) when the model has not answered after `max_steps` turns. `prepared`: `prepare`'s result, if the
+    caller ran it before loading the model."""
     if not question.strip():
         raise BadInput("give a question")
     if max_steps < 1:
         raise BadInput("--max-steps must be at least 1")
-    registry = PatientTools(source, patient)
+    registry, manifest = prepared or prepare(source, patient)
     trace = Trace(question=question, source=source.description)
-    manifest = registry.manifest()
-    if not registry.has_patient() and manifest.items == 0:
-        raise BadInput(f"patient {patient[:64]!r} is not in {source.description}")
-    if manifest.items == 0:
-        raise BadInput(
-            f"patient {patient[:64]!r} has no clinical resources in {source.description}; nothing to answer from"
-        )
     tools = registry.openai()
     seen: set[str] = set()
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]

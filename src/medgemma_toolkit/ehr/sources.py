@@ -1,28 +1,26 @@
-"""Where FHIR R4 data comes from: a FHIR server over REST, or a local Bundle / NDJSON (Bulk Data) export.
+"""Where FHIR R4 data comes from: a FHIR server over REST (`ehr.rest`), or a local Bundle / NDJSON (Bulk Data) export.
 
-A source answers three questions for the agent's tools: read one resource, search one resource type of one patient
-(optionally within dates), and say whether a resource belongs to a patient. Patient scoping itself is enforced by
-the tools (`ehr.tools`), which never pass anything the source returns for another patient on to the model.
-
-REST uses `fhirpy` (a maintained FHIR client: search parameters, `Bundle.link` "next" paging that refuses links off
-the base URL, FHIR error types). The bearer token comes from `$MEDGEMMA_FHIR_TOKEN`, never argv. Errors name the
-server and the status, never a resource's content.
+A source reads one resource, searches one resource type of one patient (`Query`: dates, codes, categories, the
+medications a MedicationRequest points at), and says which patient a resource is about (`ehr.scope`, by the full
+reference). Every search result is re-filtered on that rule here, and again by the tools (`ehr.tools`) and recipes,
+so nothing a source holds about another patient reaches the model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import BackendUnavailable, BadInput
+from ..errors import BadInput
+from .scope import codes_of, in_range, patient_of
+from .transport import MAX_DEPTH, TOKEN_ENV, FhirLimits, depth_over
 
-TOKEN_ENV = "MEDGEMMA_FHIR_TOKEN"
+__all__ = ["TOKEN_ENV", "CLINICAL_TYPES", "DATE_PARAM", "Query", "SearchResult", "FhirSource", "LocalSource"]
+
 PAGE_SIZE = 50
-MAX_PER_TYPE = 500  # resources of one type read for one patient; more are reported as cut off
 
 # FHIR R4 search parameter for each type's clinical date (Condition's is onset-date, MedicationRequest's authoredon).
 DATE_PARAM = {
@@ -37,64 +35,28 @@ DATE_PARAM = {
     "CarePlan": "date",
 }
 CLINICAL_TYPES = tuple(DATE_PARAM)
+CODE_FIELDS = ("code", "medicationCodeableConcept", "vaccineCode")  # what the `code` search parameter matches
 
 
-def ref_id(ref: Any) -> str | None:
-    """The id a reference points at: `Patient/123`, `urn:uuid:123` (Synthea) or a full URL."""
-    if isinstance(ref, dict):
-        ref = ref.get("reference")
-    if not isinstance(ref, str) or not ref:
-        return None
-    if ref.startswith("urn:uuid:"):
-        return ref[len("urn:uuid:") :]
-    return ref.rstrip("/").split("/")[-1]
+@dataclass(frozen=True)
+class Query:
+    """One search of one patient's resources of one type. `code`/`category`: token lists (any matches)."""
 
-
-def patient_of(resource: dict[str, Any]) -> str | None:
-    """The patient a resource is about (`subject` or `patient`); a Patient is its own."""
-    if resource.get("resourceType") == "Patient":
-        return str(resource.get("id") or "") or None
-    for key in ("subject", "patient"):
-        if (pid := ref_id(resource.get(key))) is not None:
-            return pid
-    return None
-
-
-def clinical_date(resource: dict[str, Any]) -> str | None:
-    """The date a resource is about (effective, onset, authored, period start...), as an ISO string."""
-    for key in (
-        "effectiveDateTime",
-        "onsetDateTime",
-        "authoredOn",
-        "performedDateTime",
-        "occurrenceDateTime",
-        "recordedDate",
-        "issued",
-        "date",
-    ):
-        if isinstance(resource.get(key), str):
-            return str(resource[key])
-    for key in ("effectivePeriod", "period", "performedPeriod", "onsetPeriod"):
-        v = resource.get(key)
-        if isinstance(v, dict) and isinstance(v.get("start"), str):
-            return str(v["start"])
-    return None
-
-
-def in_range(resource: dict[str, Any], date_from: str | None, date_to: str | None) -> bool:
-    if not date_from and not date_to:
-        return True
-    d = clinical_date(resource)
-    if d is None:
-        return False
-    day = d[:10]
-    return (not date_from or day >= date_from[:10]) and (not date_to or day <= date_to[:10])
+    resource_type: str
+    patient: str
+    date_from: str | None = None
+    date_to: str | None = None
+    code: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    include_medication: bool = False  # also the Medication resources the matches reference (`_include`)
 
 
 @dataclass
 class SearchResult:
-    resources: list[dict[str, Any]]
+    resources: list[dict[str, Any]]  # the patient's matches only
     truncated: bool = False
+    included: list[dict[str, Any]] = field(default_factory=list)  # Medication resources (no patient data)
+    excluded: int = 0  # resources the source returned that are not this patient's (dropped)
 
 
 class FhirSource(Protocol):
@@ -102,7 +64,18 @@ class FhirSource(Protocol):
 
     def read(self, resource_type: str, rid: str) -> dict[str, Any] | None: ...
 
-    def search(self, resource_type: str, patient: str, date_from: str | None, date_to: str | None) -> SearchResult: ...
+    def search(self, query: Query) -> SearchResult: ...
+
+    def patient_of(self, resource: dict[str, Any]) -> str | None: ...
+
+
+def matches(r: dict[str, Any], q: Query) -> bool:
+    """Whether `r` satisfies the query's dates, codes and categories (the patient is checked apart)."""
+    if not in_range(r, q.date_from, q.date_to):
+        return False
+    if q.code and not set(q.code) & set().union(*(codes_of(r.get(k)) for k in CODE_FIELDS)):
+        return False
+    return not q.category or bool(set(q.category) & codes_of(r.get("category")))
 
 
 # -- a local export ------------------------------------------------------------------------------------------------
@@ -112,6 +85,8 @@ class LocalSource:
 
     description: str
     by_type: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # a Bundle's `urn:uuid:` fullUrl of a Patient -> its id
+    max_resources: int = FhirLimits.max_resources
 
     @classmethod
     def load(cls, path: str | Path) -> LocalSource:
@@ -123,8 +98,10 @@ class LocalSource:
         if not files:
             raise BadInput(f"--fhir {p}: the folder holds no .ndjson or .json files")
         for f in files:
-            for r in _read_file(f):
+            for r, full_url in _read_file(f):
                 src.add(r)
+                if full_url and full_url.startswith("urn:uuid:") and r.get("resourceType") == "Patient":
+                    src.aliases[full_url] = str(r.get("id"))
         if not src.by_type:
             raise BadInput(f"--fhir {p}: no FHIR resources found")
         return src
@@ -137,16 +114,33 @@ class LocalSource:
     def read(self, resource_type: str, rid: str) -> dict[str, Any] | None:
         return self.by_type.get(resource_type, {}).get(rid)
 
-    def search(self, resource_type: str, patient: str, date_from: str | None, date_to: str | None) -> SearchResult:
-        found = [
-            r
-            for r in self.by_type.get(resource_type, {}).values()
-            if patient_of(r) == patient and in_range(r, date_from, date_to)
-        ]
-        return SearchResult(found[:MAX_PER_TYPE], len(found) > MAX_PER_TYPE)
+    def patient_of(self, resource: dict[str, Any]) -> str | None:
+        return patient_of(resource, None, self.aliases)
+
+    def search(self, query: Query) -> SearchResult:
+        of_type = self.by_type.get(query.resource_type, {}).values()
+        found = [r for r in of_type if self.patient_of(r) == query.patient and matches(r, query)]
+        found = found[: self.max_resources + 1]
+        shown = found[: self.max_resources]
+        included: list[dict[str, Any]] = []
+        if query.include_medication:
+            for r in shown:
+                ref = (r.get("medicationReference") or {}).get("reference")
+                med = self._resolve(ref, "Medication") if isinstance(ref, str) else None
+                if med is not None and med not in included:
+                    included.append(med)
+        return SearchResult(shown, len(found) > len(shown), included)
+
+    def _resolve(self, ref: str, rtype: str) -> dict[str, Any] | None:
+        """A reference inside the export (`Type/id` or a Bundle `urn:uuid:`), only to a resource of `rtype`."""
+        rid = ref[len("urn:uuid:") :] if ref.startswith("urn:uuid:") else None
+        if rid is None and ref.startswith(rtype + "/"):
+            rid = ref[len(rtype) + 1 :]
+        return self.by_type.get(rtype, {}).get(rid) if rid else None
 
 
-def _read_file(f: Path) -> Iterable[dict[str, Any]]:
+def _read_file(f: Path) -> Iterable[tuple[dict[str, Any], str | None]]:
+    """The resources of one file, each with its Bundle `fullUrl` (None outside a Bundle)."""
     try:
         text = f.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -158,20 +152,26 @@ def _read_file(f: Path) -> Iterable[dict[str, Any]]:
                 continue
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise BadInput(f"--fhir {f}: line {n} is not JSON (expected one FHIR resource per line)") from None
             if not isinstance(r, dict) or "resourceType" not in r:
                 raise BadInput(f"--fhir {f}: line {n} is not a FHIR resource")
-            yield r
+            if depth_over(r, MAX_DEPTH):
+                raise BadInput(f"--fhir {f}: line {n} nests deeper than {MAX_DEPTH} levels")
+            yield r, None
         return
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInput(f"--fhir {f}: not valid JSON (at line {e.lineno}); expected a FHIR Bundle or NDJSON") from None
+    except (ValueError, RecursionError):  # an over-long integer; nesting past the parser's recursion
+        raise BadInput(f"--fhir {f}: not usable JSON; expected a FHIR Bundle or NDJSON") from None
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise BadInput(f"--fhir {f}: not a FHIR resource (no resourceType)")
+    if depth_over(doc, MAX_DEPTH + 3):  # a Bundle adds entry[] / resource around each resource
+        raise BadInput(f"--fhir {f}: nests deeper than {MAX_DEPTH} levels")
     if doc["resourceType"] != "Bundle":
-        yield doc
+        yield doc, None
         return
     entries = doc.get("entry", [])
     if not isinstance(entries, list):
@@ -180,102 +180,31 @@ def _read_file(f: Path) -> Iterable[dict[str, Any]]:
         r = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(r, dict) or "resourceType" not in r:
             raise BadInput(f"--fhir {f}: Bundle.entry[{i}] has no resource")
-        if "id" not in r and isinstance(entry.get("fullUrl"), str):  # transaction bundles may carry ids only here
-            r = {**r, "id": ref_id(entry["fullUrl"])}
-        yield r
+        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        if "id" not in r and full_url:  # transaction bundles may carry ids only here
+            r = {**r, "id": full_url.rstrip("/").split("/")[-1].split(":")[-1]}
+        yield r, full_url
 
 
 def _is_one_json(text: str) -> bool:
     try:
         json.loads(text)
         return True
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
 
 
-# -- a FHIR server -------------------------------------------------------------------------------------------------
-class RestSource:
-    """A FHIR R4 server's REST API through fhirpy's synchronous client."""
-
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
-        try:
-            from fhirpy import SyncFHIRClient
-        except ImportError:
-            raise BackendUnavailable(
-                "reading a FHIR server needs fhirpy: pip install 'medgemma-toolkit[ehr]'"
-            ) from None
-        self.base_url = base_url.rstrip("/")
-        self.description = f"FHIR server {self.base_url}"
-        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self.client = SyncFHIRClient(
-            self.base_url,
-            authorization=f"Bearer {token}" if token else None,
-            requests_config={"timeout": timeout_s},
-        )
-
-    def _call(self, fn: Any) -> Any:
-        """fhirpy's and requests' errors as ours: one line naming the server and status, no content."""
-        import requests
-        from fhirpy.base.exceptions import (
-            AuthorizationError,
-            BaseFHIRError,
-            ForbiddenError,
-            OperationOutcome,
-            ResourceNotFound,
-        )
-
-        try:
-            return fn()
-        except ResourceNotFound:
-            return None
-        except AuthorizationError:
-            raise BadInput(f"{self.description} refused our credentials (401); set ${TOKEN_ENV}") from None
-        except ForbiddenError:
-            raise BadInput(f"{self.description} denied access (403); check ${TOKEN_ENV}'s permissions") from None
-        except requests.Timeout:
-            raise BackendUnavailable(f"{self.description} did not answer in time") from None
-        except requests.ConnectionError:
-            raise BackendUnavailable(f"{self.description} is unreachable") from None
-        except (OperationOutcome, BaseFHIRError, ValueError, requests.RequestException) as e:
-            raise BadInput(f"{self.description} answered with an error ({type(e).__name__})") from None
-
-    def read(self, resource_type: str, rid: str) -> dict[str, Any] | None:
-        r = self._call(lambda: self.client.reference(resource_type, rid).to_resource())
-        return r.serialize() if r is not None else None
-
-    def search(self, resource_type: str, patient: str, date_from: str | None, date_to: str | None) -> SearchResult:
-        params: dict[str, Any] = {"_count": PAGE_SIZE}
-        if resource_type == "Patient":
-            params["_id"] = patient
-        else:
-            params["patient"] = patient
-        dates = [f"ge{date_from}"] if date_from else []
-        dates += [f"le{date_to}"] if date_to else []
-        if dates:
-            params[DATE_PARAM.get(resource_type, "date")] = dates
-        search = self.client.resources(resource_type).search(**params)
-
-        def collect() -> SearchResult:
-            out: list[dict[str, Any]] = []
-            for r in search:  # follows Bundle.link "next"
-                out.append(r.serialize())
-                if len(out) > MAX_PER_TYPE:
-                    return SearchResult(out[:MAX_PER_TYPE], True)
-            return SearchResult(out)
-
-        return self._call(collect)  # type: ignore[no-any-return]
-
-    def check(self) -> None:
-        """Reach the server once (its CapabilityStatement) so a wrong URL or token fails before the model loads."""
-        self._call(lambda: self.client.execute("metadata", method="get"))
-
-
-def open_source(spec: str, token: str | None = None) -> FhirSource:
+def open_source(spec: str, token: str | None = None, limits: FhirLimits = FhirLimits()) -> FhirSource:
     """`--fhir` to a source: an http(s) base URL is a server; anything else a local file or folder."""
+    limits.check()
     if spec.startswith(("http://", "https://")):
-        src = RestSource(spec, token)
+        from .rest import RestSource
+
+        src = RestSource(spec, token, limits)
         src.check()
         return src
     if "://" in spec:
         raise BadInput(f"--fhir must be an http(s) URL or a local path; got {spec.split('://')[0]}://")
-    return LocalSource.load(spec)
+    local = LocalSource.load(spec)
+    local.max_resources = limits.max_resources
+    return local

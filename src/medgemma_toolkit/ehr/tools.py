@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .sources import CLINICAL_TYPES, FhirSource, clinical_date, patient_of
+from .scope import clinical_date
+from .sources import CLINICAL_TYPES, FhirSource, Query
+from .transport import FhirStatusError
 
 DATE = {"type": "string", "description": "ISO date, e.g. 2021-06-30", "pattern": r"^\d{4}(-\d{2}(-\d{2})?)?$"}
 RESOURCE_TYPE = {"type": "string", "enum": ["Patient", *CLINICAL_TYPES]}
@@ -178,7 +180,10 @@ class PatientTools:
         problem = check_arguments(tool.parameters, args)
         if problem:
             return ToolResult(f"error: {name}: {problem}", 0, refused=True)
-        return tool.run(**args)
+        try:
+            return tool.run(**args)
+        except FhirStatusError:  # e.g. a date parameter the server lacks: the model may try another way
+            return ToolResult(f"error: {name}: the FHIR server answered this search with an error", 0, refused=True)
 
     def _listing(self, found: list[dict[str, Any]], truncated: bool, what: str) -> ToolResult:
         found = sorted(found, key=lambda r: clinical_date(r) or "", reverse=True)
@@ -190,8 +195,8 @@ class PatientTools:
         return ToolResult(text, len(shown), tuple(f"{r['resourceType']}/{r['id']}" for r in shown))
 
     def search(self, resource_type: str, date_from: str | None = None, date_to: str | None = None) -> ToolResult:
-        res = self.source.search(resource_type, self.patient, date_from, date_to)
-        mine = [r for r in res.resources if patient_of(r) == self.patient]  # a server ignoring `patient` is caught
+        res = self.source.search(Query(resource_type, self.patient, date_from, date_to))
+        mine = [r for r in res.resources if self.source.patient_of(r) == self.patient]  # checked twice, on purpose
         return self._listing(mine, res.truncated, f"{resource_type} resources")
 
     def read(self, resource_type: str, id: str) -> ToolResult:  # noqa: A002 - the schema's parameter name
@@ -201,15 +206,18 @@ class PatientTools:
         if not FHIR_ID.match(id):
             return refusal
         r = self.source.read(resource_type, id)
-        if r is None or patient_of(r) != self.patient:  # the same answer whether it exists or not
+        if r is None or self.source.patient_of(r) != self.patient:  # the same answer whether it exists or not
             return refusal
         return ToolResult(json.dumps(r, ensure_ascii=False, indent=1), 1, (f"{resource_type}/{id}",))
 
     def manifest(self) -> ToolResult:
         lines = []
         for rtype in CLINICAL_TYPES:
-            res = self.source.search(rtype, self.patient, None, None)
-            mine = [r for r in res.resources if patient_of(r) == self.patient]
+            try:
+                res = self.source.search(Query(rtype, self.patient))
+            except FhirStatusError:  # a server without this type: not part of the manifest
+                continue
+            mine = [r for r in res.resources if self.source.patient_of(r) == self.patient]
             if not mine:
                 continue
             codes = Counter(what(r) for r in mine)

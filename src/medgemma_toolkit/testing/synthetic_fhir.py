@@ -17,6 +17,8 @@ def _codeable(system: str, code: str, display: str) -> dict[str, Any]:
 
 
 SNOMED, LOINC, RXNORM = "http://snomed.info/sct", "http://loinc.org", "http://www.nlm.nih.gov/research/umls/rxnorm"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+MEDICATION_ID = "d1e2f3a4-0000-4000-8000-0000000000m1"  # a Medication resource A's second prescription points at
 
 
 def _patient(pid: str, name: tuple[str, str], birth: str, gender: str) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _records(
     tag: str,
     conditions: list[tuple[str, str, str]],
     meds: list[tuple[str, str, str]],
-    obs: list[tuple[str, str, float, str, str]],
+    obs: list[tuple[str, str, float, str, str, str]],
     encounters: list[tuple[str, str]],
 ) -> list[dict[str, Any]]:
     ref = {"reference": f"urn:uuid:{pid}"}
@@ -64,13 +66,14 @@ def _records(
                 "medicationCodeableConcept": _codeable(RXNORM, code, display),
             }
         )
-    for i, (code, display, value, unit, when) in enumerate(obs):
+    for i, (code, display, value, unit, when, category) in enumerate(obs):
         out.append(
             {
                 "resourceType": "Observation",
                 "id": f"{tag}-obs-{i + 1}",
                 "subject": ref,
                 "status": "final",
+                "category": [_codeable(OBS_CATEGORY, category, category)],
                 "effectiveDateTime": when,
                 "code": _codeable(LOINC, code, display),
                 "valueQuantity": {"value": value, "unit": unit},
@@ -104,18 +107,32 @@ def two_patient_bundle() -> dict[str, Any]:
             ],
             [("860975", "Metformin hydrochloride 500 MG Oral Tablet", "2019-02-11")],
             [
-                ("4548-4", "Hemoglobin A1c", 7.4, "%", "2023-05-02"),
-                ("8480-6", "Systolic blood pressure", 142.0, "mm[Hg]", "2024-01-15"),
+                ("4548-4", "Hemoglobin A1c", 7.4, "%", "2023-05-02", "laboratory"),
+                ("8480-6", "Systolic blood pressure", 142.0, "mm[Hg]", "2024-01-15", "vital-signs"),
             ],
             [("General examination", "2023-05-02"), ("Hypertension follow-up", "2024-01-15")],
         ),
+        {  # prescribed by reference to a Medication resource, as many servers store it (`_include` brings it)
+            "resourceType": "MedicationRequest",
+            "id": "a-med-2",
+            "subject": {"reference": f"urn:uuid:{PATIENT_A}"},
+            "status": "active",
+            "intent": "order",
+            "authoredOn": "2024-01-15",
+            "medicationReference": {"reference": f"urn:uuid:{MEDICATION_ID}"},
+        },
+        {
+            "resourceType": "Medication",
+            "id": MEDICATION_ID,
+            "code": _codeable(RXNORM, "314076", "lisinopril 10 MG Oral Tablet"),
+        },
         _patient(PATIENT_B, NAME_B, "1990-11-23", "male"),
         *_records(
             PATIENT_B,
             "b",
             [("195967001", "Asthma", "2008-09-30")],
             [("745679", "Salbutamol 0.09 MG/ACTUAT Inhaler", "2020-04-01")],
-            [("19926-5", "FEV1/FVC", 0.68, "ratio", "2022-10-10")],
+            [("19926-5", "FEV1/FVC", 0.68, "ratio", "2022-10-10", "exam")],
             [("Asthma review", "2022-10-10")],
         ),
     ]
@@ -127,3 +144,23 @@ def two_patient_bundle() -> dict[str, Any]:
             for r in resources
         ],
     }
+
+
+# What only the foreign-subject resources say: none of it may reach the model, stdout or stderr.
+FOREIGN_MARKERS = ("Leprosy", "Kuru", "Scurvy")
+
+
+def foreign_subject_resources(pid: str) -> list[dict[str, Any]]:
+    """Resources a careless server files under patient `pid` by the last segment of their subject: a Group named
+    like the patient, the same id on another server, and another resource type. None of them is the patient's."""
+    subjects = [f"Group/{pid}", f"http://other.example/fhir/Patient/{pid}", f"Device/{pid}"]
+    return [
+        {
+            "resourceType": "Condition",
+            "id": f"foreign-{i + 1}",
+            "subject": {"reference": ref},
+            "onsetDateTime": "2020-01-01",
+            "code": _codeable(SNOMED, str(1000 + i), FOREIGN_MARKERS[i]),
+        }
+        for i, ref in enumerate(subjects)
+    ]
