@@ -36,7 +36,7 @@ PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: 
 WindowOpt = Annotated[
     Optional[str],
     typer.Option(
-        help="DICOM window: 'voi' (the file's), 'full' (whole range) or 'CENTER,WIDTH'; default: the file's VOI window if it has one, else full range"
+        help="DICOM window: 'container' (default: Google's serving container since 71a1135, whole range, no window), 'container-windowed' (the container before 71a1135: the file's window if it has one), 'file', 'voi', 'full' or 'CENTER,WIDTH'"
     ),
 ]
 FrameOpt = Annotated[Optional[int], typer.Option(help="DICOM multi-frame: frame index (default: middle)")]

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..api import MedGemma
 from ..imaging.manifest import for_records, image_manifest
+from ..imaging.options import WindowName
 from ..prompts.messages import ImagePart
 from .config import ServeConfig
 from .errors import APIError
@@ -30,7 +31,7 @@ class ModelInputRequest(_Strict):
     """One image URL (a `data:application/zip` URI is a whole series) and the chat request's window options."""
 
     image_url: ImageURL
-    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
+    window: tuple[float, float] | WindowName | None = None
     ct_windows: Literal["notebook", "server"] | None = None
 
 

@@ -127,7 +127,7 @@ async function droppedFiles(dataTransfer) {
 function windowOptions() {
   const preset = $("window-preset").value;
   const opts = { ct_windows: $("ct-windows").value };
-  if (preset === "full" || preset === "voi") opts.window = preset;
+  if (preset === "full" || preset === "voi" || preset === "container-windowed") opts.window = preset;
   else if (preset === "custom") opts.window = [parseFloat($("window-center").value), parseFloat($("window-width").value)];
   else if (preset) opts.window = preset.split(",").map(Number);
   return opts;
