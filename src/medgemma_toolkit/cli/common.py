@@ -61,6 +61,14 @@ CTWindowsOpt = Annotated[str, typer.Option("--ct-windows", help="CT series: RGB 
 PatchesOpt = Annotated[int, typer.Option("--max-patches", help="Whole-slide images: tissue patches sampled")]
 PatchSeedOpt = Annotated[int, typer.Option("--patch-seed", help="Whole-slide images: sampling seed")]
 PatchOrderOpt = Annotated[str, typer.Option("--patch-order", help="Whole-slide images: 'random' or 'spatial'")]
+PadOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--pad/--no-pad",
+        help="2D images: pad to a square before resizing, or stretch; default: the preset's (padded, except "
+        "cxr-longitudinal: unpadded, as Google's longitudinal notebook sends them)",
+    ),
+]
 
 
 UpstreamOpt = Annotated[
@@ -180,6 +188,7 @@ class ImageArgs:
     max_patches: PatchesOpt = 125
     patch_seed: PatchSeedOpt = 0
     patch_order: PatchOrderOpt = "random"
+    pad: PadOpt = None
 
     def options(self):
         """The checked `ImageOptions` (a bad value is one `BadInput` line)."""

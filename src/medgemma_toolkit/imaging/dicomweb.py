@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from ..errors import BackendUnavailable, BadInput, ImageTooLarge
 from ..prompts.messages import ImagePart, Part
 from .dicom import dicom_to_rgb, quiet_pydicom
-from .options import ImageOptions
+from .options import ImageOptions, padded
 from .series import MAX_SERIES_FILES
 from .square import to_model_image
 
@@ -272,7 +272,8 @@ def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[P
         from .manifest import dicom_info
 
         info = {**dicom_info(items[0][0], datasets[0]), "source": None}  # None: load_parts fills in the URI
-        return [ImagePart(to_model_image(dicom_to_rgb(datasets[0], items[0][0], options), size), info=info)]
+        rgb = dicom_to_rgb(datasets[0], items[0][0], options)
+        return [ImagePart(to_model_image(rgb, size, padded(options)), info=info)]
     return instances_parts(items, options, size, f"DICOMweb series on {ref.host}")
 
 

@@ -36,6 +36,9 @@ class ImageOptions:
     max_patches: whole-slide images: sample at most this many tissue patches.
     patch_seed: whole-slide images: seed of the patch sampling (same seed, same patches).
     patch_order: whole-slide images: "random" (sampled order) or "spatial" (row by row).
+    pad: 2D images: pad to a centred square before resizing (True), or stretch to the square as the image
+        processor does (False); None = the prompt preset's choice (padded, except `cxr-longitudinal`, which follows
+        Google's longitudinal notebook: `preprocess_image = False`). `padded(options)` reads it.
     budget: pixels and CPU seconds shared by every image read with these options (`imaging.budget`); None = none.
     """
 
@@ -49,7 +52,14 @@ class ImageOptions:
     max_patches: int = 125
     patch_seed: int = 0
     patch_order: Literal["random", "spatial"] = "random"
+    pad: bool | None = None
     budget: DecodeBudget | None = field(default=None, compare=False)
+
+
+def padded(options: ImageOptions) -> bool:
+    """Whether 2D images are padded to a square: yes unless asked otherwise (None counts as yes here; presets
+    that want otherwise set it before images load, see `MedGemma.request`)."""
+    return options.pad is not False
 
 
 def parse_window(text: str | None) -> Window:

@@ -82,7 +82,12 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
             400, f"messages: the last message must be from the user, not {last.role!r}", "invalid_value", "messages"
         )
     opts = body.medgemma
-    resolver = ImageResolver(config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None)
+    pad = opts.pad if opts and opts.pad is not None else None
+    if pad is None and opts and opts.longitudinal:  # images load before the preset applies: its choice, here
+        pad = get_preset(LONGITUDINAL).pad_images
+    resolver = ImageResolver(
+        config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None, pad
+    )
     system_texts: list[str] = []
     history: list[Message] = []
     for m in earlier:

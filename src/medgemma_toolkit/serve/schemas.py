@@ -64,6 +64,9 @@ class MedGemmaOptions(_Strict):
     # Google's longitudinal notebook: the last message's two images are the prior then the current (in that order);
     # preset cxr-longitudinal, and an empty text asks the notebook's own instruction.
     longitudinal: bool = False
+    # 2D images padded to a square (True) or stretched (False); None: the preset's choice (longitudinal: unpadded,
+    # as the notebook sends them; everything else padded)
+    pad: bool | None = None
 
 
 class ChatCompletionRequest(BaseModel):
