@@ -271,3 +271,37 @@ def test_eval_rows_with_prior_and_current_columns(tmp_path):
     bad = run_cli("eval", "--upstream", "http://127.0.0.1:9", "--task", "image_mcq", "--data",
                   str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run2"))
     assert bad.returncode != 0 and "comparison row" in bad.stderr
+
+
+def test_server_orders_dicom_images_by_date_as_the_cli_does(tmp_path):
+    """Several single DICOM images in the question: oldest first when all are dated (as `ask -i` does), else as
+    given; never reordered across non-DICOM images."""
+    from medgemma_toolkit.serve import ServeConfig, create_app
+    from medgemma_toolkit.serve.launch import InProcessServer
+
+    def uri(p: Path, mime: str = "application/dicom") -> dict:
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64," + base64.b64encode(p.read_bytes()).decode()}}
+
+    older = uri(dicom(tmp_path / "a.dcm", 48, 40, StudyDate="20190304", StudyTime="101500"))  # tall
+    newer = uri(dicom(tmp_path / "b.dcm", 40, 48, StudyDate="20210911"))  # wide
+    undated = uri(dicom(tmp_path / "c.dcm", 40, 48))  # wide, no date
+    png = uri(tall_png(tmp_path / "p.png"), "image/png")
+    with ScriptedUpstream(ANSWER) as up:
+        app = create_app(MedGemma.load(None, upstream=up.url), ServeConfig(served_model_name="m"))
+        with InProcessServer(app) as srv:
+            def chat(content: list, **ext) -> httpx.Response:
+                body = {"model": "m", "messages": [{"role": "user", "content": content}], "medgemma": ext}
+                return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)
+
+            replies = [
+                chat([newer, older], longitudinal=True),
+                chat([newer, older, {"type": "text", "text": "Compare."}]),
+                chat([undated, older], longitudinal=True),
+                chat([newer, png], longitudinal=True),
+            ]
+        sent = list(up.requests)
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    assert shapes(sent[0]) == ["tall", "wide", REF["prompt"]]  # reordered: the 2019 study is the prior
+    assert [s for s in shapes(sent[1]) if s in ("tall", "wide")] == ["tall", "wide"]
+    assert shapes(sent[2])[:2] == ["wide", "tall"]  # one undated: kept as given
+    assert shapes(sent[3])[:2] == ["wide", "tall"]  # not all DICOM: kept as given

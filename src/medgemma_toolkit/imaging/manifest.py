@@ -23,7 +23,16 @@ def dicom_info(name: str, ds: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         number = None
     uid = str(ds.get("SOPInstanceUID", "") or "") or None
-    return {"source": name, "instance_number": number, "sop_instance_uid": uid, "patch": None}
+    from .order import dataset_key
+
+    # `acquired` orders images by date (`order.order_groups`); it is not a manifest field, so never shown or written
+    return {
+        "source": name,
+        "instance_number": number,
+        "sop_instance_uid": uid,
+        "patch": None,
+        "acquired": dataset_key(ds),
+    }
 
 
 def with_source(parts: list[Part], source: str) -> list[Part]:

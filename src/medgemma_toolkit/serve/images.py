@@ -24,7 +24,9 @@ from PIL import Image
 from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_image, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
+from ..imaging.dicom import looks_like_dicom
 from ..imaging.options import padded
+from ..imaging.order import bytes_key
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
 from ..prompts.messages import ImagePart, Part
@@ -120,7 +122,10 @@ class ImageResolver:
             img = decode_image_bytes(data, name, self.options)
             # The decoded size lets clients map boxes given in original pixels onto the padded square.
             model_image = to_model_image(img, self.size, padded(self.options))
-            return [ImagePart(model_image, info={"original_size": list(img.size)})]
+            info: dict = {"original_size": list(img.size)}
+            if looks_like_dicom(data[:132]):  # its date orders it among the message's images (`order_groups`)
+                info["acquired"] = bytes_key(data)
+            return [ImagePart(model_image, info=info)]
         if scheme in ("http", "https"):
             data = self._fetch(url, label)
             img = decode_image_bytes(data, label, self.options)
