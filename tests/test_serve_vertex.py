@@ -22,7 +22,14 @@ from medgemma_toolkit.backends.base import Completion
 from medgemma_toolkit.serve.errors import APIError
 from medgemma_toolkit.serve.launch import ServerProcess
 from medgemma_toolkit.serve.schemas import ImageContent
-from medgemma_toolkit.serve.vertex import envelope, error_body, prediction, split_instances, to_chat_request
+from medgemma_toolkit.serve.vertex import (
+    envelope,
+    error_body,
+    join_instances,
+    prediction,
+    split_instances,
+    to_chat_request,
+)
 
 EXAMPLES = json.loads((Path(__file__).parent / "data" / "google_reference" / "vertex_examples.json").read_text())
 REQUESTS, RESPONSES = EXAMPLES["requests"], EXAMPLES["responses"]
@@ -39,7 +46,7 @@ def test_every_schema_valid_request_translates(name):
     chat = to_chat_request(body, "served")
     assert chat.model == "served" and len(chat.messages) == len(body["messages"])
     images_in = sum(
-        len(v) if isinstance(v, list) else 1
+        (len(v) if p["type"] != "image_dicom" else 1) if isinstance(v, list) else 1  # a DICOM instance list: one set
         for m in body["messages"]
         if isinstance(m["content"], list)
         for p in m["content"]
@@ -81,6 +88,18 @@ def test_envelope_and_errors_have_the_schemas_shapes():
         assert err["error"]["type"] == want["error"]["type"] and len(err["error"]["message"]) <= 1024
     assert envelope([ok], True) == {"predictions": ok}  # one instance: an object, as the container answers
     assert envelope([ok, ok], True) == {"predictions": [ok, ok]} and envelope([ok], False) == ok
+
+
+def test_instance_lists_of_one_series_are_read_as_one_set():
+    s = "https://pacs.example.org/dw/studies/1/series/2"
+    assert join_instances([f"{s}/instances/3", f"{s}/instances/4", f"{s}/instances/5"]) == [f"{s}/instances/3,4,5"]
+    other = "https://pacs.example.org/dw/studies/1/series/9/instances/1"
+    assert join_instances([f"{s}/instances/3", other, f"{s}/instances/4", s]) == [
+        f"{s}/instances/3",
+        other,
+        f"{s}/instances/4",
+        s,
+    ]
 
 
 def test_instances_envelope():
@@ -164,6 +183,28 @@ def test_predict_with_an_image_dicom_part_is_answered(server, orthanc):  # noqa:
     # Vertex's own route name (AIP_PREDICT_ROUTE) answers too, and a bare request gets a bare answer
     again = post(server, instance(TEXT, dicom, max_tokens=4), path="/v1/endpoints/7/deployedModels/9:predict")
     assert again.status_code == 200 and again.json()["choices"][0]["message"] == pred["choices"][0]["message"]
+
+
+def test_a_list_of_ct_instances_is_one_volume(server, orthanc):  # noqa: F811
+    """The container reads a list of one series' instances as that series: a CT set is a volume with SLICE labels."""
+    sops = [f"{dicom_uri(orthanc, instance=False)}/instances/{CT_SERIES}.1.{k}" for k in (2, 3, 4)]
+    listed = {"type": "image_dicom", "image_dicom": {"dicom_source": sops}}
+    r = post(server, {"instances": [instance(TEXT, listed, max_tokens=2)]})
+    assert r.status_code == 200, r.text
+    single = {"type": "image_dicom", "image_dicom": {"dicom_source": sops[0]}}
+    one = post(server, {"instances": [instance(TEXT, single, max_tokens=2)]}).json()["predictions"]
+    none = post(server, {"instances": [instance(TEXT, max_tokens=2)]}).json()["predictions"]
+    image_cost = one["usage"]["prompt_tokens"] - none["usage"]["prompt_tokens"]
+    # three images, and the volume's instruction and "SLICE n" labels beside them
+    assert r.json()["predictions"]["usage"]["prompt_tokens"] - none["usage"]["prompt_tokens"] > 3 * image_cost
+    seen = httpx.post(
+        server.url + "/v1/medgemma/model-input",
+        json={"image_url": {"url": join_instances(sops)[0]}},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert seen.status_code == 200, seen.text
+    assert [e["label"] for e in seen.json()["images"]] == ["SLICE 1", "SLICE 2", "SLICE 3"]
 
 
 def test_several_instances_each_answered_or_failed_in_place(server, orthanc):  # noqa: F811

@@ -119,6 +119,22 @@ def _check_image_record(record: dict[str, Any], field: str) -> None:
             raise APIError(400, f"{field}.{key}: not supported by this server", param=f"{field}.{key}")
 
 
+def join_instances(urls: list[str]) -> list[str]:
+    """A list of instance URIs of one series -> one URI naming them all (`instances/I1,I2`), which the DICOMweb
+    reader retrieves as one series (a CT/MR set becomes a volume, as in the container); URIs of different series,
+    or series URIs, stay apart, in order."""
+    out: list[str] = []
+    prefix_of_last = None
+    for u in urls:
+        head, sep, sop = u.rstrip("/").rpartition("/instances/")
+        if sep and sop and "/" not in sop and prefix_of_last == head:
+            out[-1] += "," + sop
+            continue
+        out.append(u)
+        prefix_of_last = head if sep and sop and "/" not in sop else None
+    return out
+
+
 def _part(part: Any, field: str) -> list[dict[str, Any]]:
     """One container content part -> OpenAI content parts (an image part with a list of URLs becomes several)."""
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -154,6 +170,7 @@ def _part(part: Any, field: str) -> list[dict[str, Any]]:
                     f"{field}.image_dicom.dicom_source: expected DICOMweb URIs (.../studies/S/series/R[/instances/I])",
                     param=f"{field}.image_dicom.dicom_source",
                 )
+            urls = join_instances(urls)
         else:  # image_bytes
             data = record.get("input_bytes")
             if not isinstance(data, str) or not data:
