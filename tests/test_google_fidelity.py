@@ -129,6 +129,29 @@ def test_cxr_default_is_the_newest_container_without_window(tmp_path, case):
     assert sha(old) != e["padded_rgb_sha256"]  # the windowed default it replaced
 
 
+def cxr_variant(kind: str):
+    """make_cxr() re-encoded as server_a60a660.json's cxr_variants say (the container's 8-bit and signed paths)."""
+    ds = make_cxr()
+    stored = np.frombuffer(ds.PixelData, np.uint16).reshape(ds.Rows, ds.Columns)
+    if kind == "uint8_no_rescale":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = (stored >> 4).astype(np.uint8).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = (stored.astype(np.int16) - 2048).tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("kind", ["uint8_no_rescale", "int16_no_rescale"])
+def test_cxr_default_on_8_bit_and_signed_pixels(tmp_path, kind):
+    """8-bit stored values are kept as they are (no stretch); signed ones shifted, then stretched: as the container."""
+    from medgemma_toolkit.imaging import load_image, pad_to_square
+
+    path = tmp_path / "v.dcm"
+    cxr_variant(kind).save_as(path, enforce_file_format=True)
+    assert sha(np.asarray(pad_to_square(load_image(path)))) == NEWEST["cxr_variants"][kind]["padded_rgb_sha256"]
+
+
 def test_ct_unsigned_stored_matches_the_int32_fix():
     """64ee8e5 rescales CT to int32: before it, unsigned stored CT wrapped negative HU. Our HU never wrapped, so the
     server preset matches the fixed container and not the one before the fix."""
@@ -166,8 +189,19 @@ def test_show_prompt_is_the_notebook_layout(ct200, tiny_model_dir):
     from conftest import run_cli
 
     want = ref("ct_prompt.json")
-    res = run_cli("ask", "-m", str(tiny_model_dir), "-i", str(ct200), "--preset", "medgemma-1.5",
-                  "--instruction", want["instruction"], "--show-prompt", want["question"])
+    res = run_cli(
+        "ask",
+        "-m",
+        str(tiny_model_dir),
+        "-i",
+        str(ct200),
+        "--preset",
+        "medgemma-1.5",
+        "--instruction",
+        want["instruction"],
+        "--show-prompt",
+        want["question"],
+    )
     assert res.returncode == 0, res.stderr
     shown = res.stdout[:-1]  # print's newline
     assert shown == want["rendered"]

@@ -196,8 +196,11 @@ def _message(msg: Any, field: str) -> dict[str, Any]:
     return out
 
 
-def to_chat_request(instance: Any, model: str, field: str = "request") -> ChatCompletionRequest:
-    """One container instance -> our chat request (served by `model`), or a 400 naming the field."""
+def to_chat_request(
+    instance: Any, model: str, field: str = "request", default_max_tokens: int = DEFAULT_MAX_TOKENS
+) -> ChatCompletionRequest:
+    """One container instance -> our chat request (served by `model`), or a 400 naming the field.
+    `default_max_tokens`: for an instance that gives none (the container's 500, capped by the server's limit)."""
     if not isinstance(instance, dict):
         raise APIError(400, f"{field}: expected a chat completion request object", param=field)
     fmt = instance.get("@requestFormat")
@@ -221,7 +224,7 @@ def to_chat_request(instance: Any, model: str, field: str = "request") -> ChatCo
     body["model"] = model  # the container ignores `model`: the endpoint is the model
     body["messages"] = [_message(m, f"{field}.messages[{i}]") for i, m in enumerate(messages)]
     if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = DEFAULT_MAX_TOKENS
+        body["max_tokens"] = default_max_tokens
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as e:

@@ -26,7 +26,7 @@ from .batcher import Batcher, Job
 from .config import ServeConfig
 from .convert import to_generation_request
 from .errors import APIError, from_exception
-from .vertex import envelope, error_body, prediction, split_instances, to_chat_request
+from .vertex import DEFAULT_MAX_TOKENS, envelope, error_body, prediction, split_instances, to_chat_request
 
 log = logging.getLogger("medgemma_toolkit.serve")
 PREDICT_PATH = "/predict"
@@ -80,7 +80,8 @@ def vertex_router(
                     400, f"instances: at most {config.max_batch_size} per request on this server", param="instances"
                 )
             where = [f"instances[{k}]" if enveloped else "request" for k in range(len(instances))]
-            chats = [to_chat_request(inst, served, w) for inst, w in zip(instances, where)]  # all checked first
+            cap = min(DEFAULT_MAX_TOKENS, config.max_tokens_limit)  # the container's default, within ours
+            chats = [to_chat_request(inst, served, w, cap) for inst, w in zip(instances, where)]  # all checked first
             if not admission.try_enter():
                 raise busy()
         except APIError as e:
