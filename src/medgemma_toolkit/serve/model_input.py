@@ -33,6 +33,7 @@ class ModelInputRequest(_Strict):
     image_url: ImageURL
     window: tuple[float, float] | WindowName | None = None
     ct_windows: Literal["notebook", "server"] | None = None
+    pad: bool | None = None  # 2D images padded to a square (default) or stretched, as a chat's medgemma.pad
 
 
 class _Gate(Protocol):
@@ -50,7 +51,7 @@ def _png(img: Any) -> str:
 
 def render_model_input(body: ModelInputRequest, mg: MedGemma, config: ServeConfig) -> dict[str, Any]:
     """The images and their manifest entries; sources other than the request's own paths are not echoed."""
-    parts = ImageResolver(config, mg.image_size, body.window, body.ct_windows).parts(body.image_url.url)
+    parts = ImageResolver(config, mg.image_size, body.window, body.ct_windows, body.pad).parts(body.image_url.url)
     images = [p for p in parts if isinstance(p, ImagePart)]
     if not images:
         raise APIError(400, "image 1: no image in this source", "invalid_image")
