@@ -11,8 +11,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..prompts.messages import ImagePart, Part
 from .deflate import is_deflated
 
 DATE_TAGS = ("StudyDate", "StudyTime", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime")
@@ -103,13 +103,14 @@ def order_by_acquisition(sources: Sequence[str]) -> Ordered:
     )
 
 
-def order_groups(groups: list[list[Part]]) -> tuple[list[list[Part]], str | None]:
+def order_groups(groups: list[list[Any]]) -> tuple[list[list[Any]], str | None]:
     """The server's counterpart of `order_by_acquisition`: each group holds the parts of one image source; when every
     group is a single DICOM image (its `info` carries an `acquired` key, see `manifest.dicom_info`), they are put
     oldest first if all are dated, else kept with a notice. Other mixes are kept as given, silently."""
     if len(groups) < 2:
         return groups, None
-    infos = [g[0].info or {} if len(g) == 1 and isinstance(g[0], ImagePart) else {} for g in groups]
+    # parts are ImageParts and TextParts (prompts' plain types); only images carry `info`
+    infos = [(getattr(g[0], "info", None) or {}) if len(g) == 1 else {} for g in groups]
     if not all("acquired" in i for i in infos):
         return groups, None
     keys = [i["acquired"] for i in infos]
