@@ -92,18 +92,73 @@ def test_server_preset_matches_the_serving_container():
 
 
 @pytest.mark.parametrize("case", sorted(SERVER["cxr"]))
-def test_cxr_voi_window_applied_without_any_flag(tmp_path, case):
+def test_cxr_container_windowed_is_the_04b60aca_container(tmp_path, case):
+    """The container before 71a1135 applied the file's VOI window: kept as the named option."""
     kw = SERVER["cxr"][case]["kwargs"]
     ds = make_cxr(**kw)
     path = tmp_path / "cxr.dcm"
     ds.save_as(path, enforce_file_format=True)
     from medgemma_toolkit.imaging import load_image
 
-    grey = np.asarray(load_image(path))[..., 0]  # default options: no --window
+    grey = np.asarray(load_image(path, ImageOptions(window="container-windowed")))[..., 0]
     assert sha(grey) == SERVER["cxr"][case]["sha256"]
-    # and the default differs from the full-range rescale it replaced
+    # and it differs from the full-range rescale
     full = np.asarray(dicom_to_rgb(ds, "cxr", ImageOptions(window="full")))[..., 0]
     assert sha(full) != SERVER["cxr"][case]["sha256"]
+
+
+NEWEST = ref("server_a60a660.json")
+
+
+@pytest.mark.parametrize("case", sorted(NEWEST["cxr"]))
+def test_cxr_default_is_the_newest_container_without_window(tmp_path, case):
+    """Default options (no --window) give the container's current CXR model image (71a1135..a60a660) exactly:
+    grey levels, MONOCHROME1 inversion and the zero-padded square."""
+    from medgemma_toolkit.imaging import load_image, pad_to_square
+
+    e = NEWEST["cxr"][case]
+    ds = make_cxr(**e["kwargs"])
+    path = tmp_path / "cxr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    img = np.asarray(pad_to_square(load_image(path)))
+    assert list(img.shape) == e["shape"]
+    assert sha(img) == e["padded_rgb_sha256"]
+    named = np.asarray(pad_to_square(load_image(path, ImageOptions(window="container"))))
+    assert sha(named) == e["padded_rgb_sha256"]
+    old = np.asarray(pad_to_square(load_image(path, ImageOptions(window="container-windowed"))))
+    assert sha(old) != e["padded_rgb_sha256"]  # the windowed default it replaced
+
+
+def cxr_variant(kind: str):
+    """make_cxr() re-encoded as server_a60a660.json's cxr_variants say (the container's 8-bit and signed paths)."""
+    ds = make_cxr()
+    stored = np.frombuffer(ds.PixelData, np.uint16).reshape(ds.Rows, ds.Columns)
+    if kind == "uint8_no_rescale":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = (stored >> 4).astype(np.uint8).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = (stored.astype(np.int16) - 2048).tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("kind", ["uint8_no_rescale", "int16_no_rescale"])
+def test_cxr_default_on_8_bit_and_signed_pixels(tmp_path, kind):
+    """8-bit stored values are kept as they are (no stretch); signed ones shifted, then stretched: as the container."""
+    from medgemma_toolkit.imaging import load_image, pad_to_square
+
+    path = tmp_path / "v.dcm"
+    cxr_variant(kind).save_as(path, enforce_file_format=True)
+    assert sha(np.asarray(pad_to_square(load_image(path)))) == NEWEST["cxr_variants"][kind]["padded_rgb_sha256"]
+
+
+def test_ct_unsigned_stored_matches_the_int32_fix():
+    """64ee8e5 rescales CT to int32: before it, unsigned stored CT wrapped negative HU. Our HU never wrapped, so the
+    server preset matches the fixed container and not the one before the fix."""
+    stored = np.arange(0, 4096, dtype=np.uint16).reshape(64, 64)
+    got = sha(windows_to_rgb(stored.astype(np.float64) - 1024, CT_WINDOW_PRESETS["server"]))
+    assert got == NEWEST["ct_unsigned_stored"]["sha256_a60a660"]
+    assert got != NEWEST["ct_unsigned_stored"]["sha256_71a1135_before_int32_fix"]
 
 
 # -- what the model saw: preview --json and ask --show-prompt, through the real CLI --------------------------------
@@ -134,8 +189,19 @@ def test_show_prompt_is_the_notebook_layout(ct200, tiny_model_dir):
     from conftest import run_cli
 
     want = ref("ct_prompt.json")
-    res = run_cli("ask", "-m", str(tiny_model_dir), "-i", str(ct200), "--preset", "medgemma-1.5",
-                  "--instruction", want["instruction"], "--show-prompt", want["question"])
+    res = run_cli(
+        "ask",
+        "-m",
+        str(tiny_model_dir),
+        "-i",
+        str(ct200),
+        "--preset",
+        "medgemma-1.5",
+        "--instruction",
+        want["instruction"],
+        "--show-prompt",
+        want["question"],
+    )
     assert res.returncode == 0, res.stderr
     shown = res.stdout[:-1]  # print's newline
     assert shown == want["rendered"]

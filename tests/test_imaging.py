@@ -105,8 +105,11 @@ def test_model_image_is_exactly_what_preview_writes(tmp_path):
 def test_ct_small_modality_lut():
     ds = pydicom.dcmread(dcm_file("CT_small.dcm"))
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    out = np.asarray(load_image(dcm_file("CT_small.dcm")))
+    out = np.asarray(load_image(dcm_file("CT_small.dcm"), ImageOptions(window="full")))
     assert (out[..., 0] == expected_8bit(hu)).all()
+    # the default (the container's 16-bit-then-8-bit arithmetic) is the same range within one grey level
+    default = np.asarray(load_image(dcm_file("CT_small.dcm")))[..., 0].astype(int)
+    assert np.abs(default - expected_8bit(hu)).max() <= 1
     win = np.asarray(load_image(dcm_file("CT_small.dcm"), ImageOptions(window=(40.0, 400.0))))
     assert (win[..., 0] == expected_8bit(hu, 40 - 200, 40 + 200)).all()
 
@@ -116,12 +119,13 @@ def test_mr_small_plain_and_compressed(name):
     ref = pydicom.dcmread(dcm_file("MR_small.dcm")).pixel_array
     out = np.asarray(load_image(dcm_file(name), ImageOptions(window="full")))
     assert (out[..., 0] == expected_8bit(ref)).all()
-    # By default the file's own window (MR_small has one) is applied, as Google's serving container does.
+    # "container-windowed": the file's own window (MR_small has one), as the container applied it before 71a1135.
     ds = pydicom.dcmread(dcm_file("MR_small.dcm"))
     c, w = float(ds.WindowCenter), float(ds.WindowWidth)
     lo, hi = c - w // 2, c + w // 2
     want = np.round((np.clip(ref.astype(np.float64), lo, hi) - lo) * 255.0 / (hi - lo)).astype(np.uint8)
-    assert np.abs(np.asarray(load_image(dcm_file(name)))[..., 0].astype(int) - want).max() <= 1
+    windowed = np.asarray(load_image(dcm_file(name), ImageOptions(window="container-windowed")))[..., 0]
+    assert np.abs(windowed.astype(int) - want).max() <= 1
 
 
 def test_jpeg_baseline_colour_and_jpeg2000():
@@ -154,11 +158,15 @@ def test_multiframe_middle_and_chosen_frame(tmp_path):
         load_image(f, ImageOptions(frame=5))
 
 
-def test_file_window_is_the_default_and_full_is_a_flag(tmp_path):
+def test_no_window_by_default_and_the_old_windowed_default_is_named(tmp_path):
+    """Google's container dropped CXR windowing in 71a1135: the default ignores the file's window; the container's
+    earlier behaviour (04b60aca) is `container-windowed`."""
     px = np.linspace(0, 4000, 64, dtype=np.uint16).reshape(8, 8)
     f = write_dicom(tmp_path / "w.dcm", px, WindowCenter=1000, WindowWidth=1000)
     default = np.asarray(load_image(f))[..., 0]
-    assert default[0, 0] == 0 and default[-1, -1] == 255 and (default[px >= 1500] == 255).all()
+    assert np.abs(default.astype(int) - expected_8bit(px)).max() <= 1  # the whole range, window ignored
+    old = np.asarray(load_image(f, ImageOptions(window="container-windowed")))[..., 0]
+    assert old[0, 0] == 0 and old[-1, -1] == 255 and (old[px >= 1500] == 255).all()
     assert (np.asarray(load_image(f, ImageOptions(window="full")))[..., 0] == expected_8bit(px)).all()
     with pytest.raises(BadInput, match="no WindowCenter"):
         load_image(write_dicom(tmp_path / "n.dcm", px), ImageOptions(window="file"))

@@ -260,18 +260,19 @@ def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
     dcm = data_uri(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom")
     full, soft = preview(dcm), preview(dcm, window=[40, 400])
     assert full.size == soft.size == (64, 64) and full.tobytes() != soft.tobytes()
-    # A file with its own window is windowed by it by default (as Google's serving code does); "full" and "file"
-    # can be asked for by name, as on the CLI.
+    # A file with its own window is not windowed by default (Google's container since 71a1135); the container's
+    # earlier behaviour ("container-windowed"), "full" and "file" can be asked for by name, as on the CLI.
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     ds.WindowCenter, ds.WindowWidth = 40, 400
     buf = io.BytesIO()
     ds.save_as(buf)
     own = data_uri(buf.getvalue(), "application/dicom")
     by_default, by_file = preview(own), preview(own, window="file")
-    assert by_default.tobytes() == by_file.tobytes()
+    assert by_default.tobytes() == full.tobytes() == preview(own, window="container").tobytes()
+    assert by_file.tobytes() == preview(own, window="container-windowed").tobytes() != by_default.tobytes()
     # the file's window uses the serving container's arithmetic, an explicit one the standard's: within one level
-    assert np.abs(np.asarray(by_default, np.int16) - np.asarray(soft, np.int16)).max() <= 1
-    assert preview(own, window="full").tobytes() == full.tobytes()
+    assert np.abs(np.asarray(by_file, np.int16) - np.asarray(soft, np.int16)).max() <= 1
+    assert np.abs(np.asarray(preview(own, window="full"), np.int16) - np.asarray(full, np.int16)).max() <= 1
     # the list of what the model saw comes along (one DICOM image here; no data: URI echoed back)
     r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": dcm}},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)

@@ -11,6 +11,7 @@ import openai
 import pytest
 from test_serve import ONE_THREAD
 
+from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.prompts import tools as fc
 from medgemma_toolkit.serve.launch import InProcessServer, ServerProcess
 from medgemma_toolkit.testing.upstream import ScriptedUpstream
@@ -88,9 +89,24 @@ def test_named_choice_and_none():
 
 
 def test_preset_rendering_is_pinned():
-    """gemma3-functions@1 exactly: changing this text is a new preset version."""
-    assert (fc.PRESET_NAME, fc.PRESET_VERSION) == ("gemma3-functions", "1")
+    """gemma3-functions@2 exactly (Google's documented instruction): changing this text is a new preset version."""
+    assert (fc.PRESET_NAME, fc.PRESET_VERSION) == ("gemma3-functions", "2")
     assert fc.instruction([CLOCK], "required") == (
+        "You have access to functions. If you decide to invoke any of the function(s),\n"
+        "you MUST put it in the format of\n"
+        "[func_name1(params_name1=params_value1, params_name2=params_value2...), func_name2(params)]\n\n"
+        "You SHOULD NOT include any other text in the response if you call a function\n"
+        "You must call at least one of the functions before you answer.\n"
+        '[\n  {\n    "name": "get_time",\n    "parameters": {\n      "type": "object",\n      "properties": {}\n'
+        "    }\n  }\n]"
+    )
+    with pytest.raises(BadInput, match="unknown gemma3-functions version"):
+        fc.instruction([CLOCK], version="9")
+
+
+def test_version_1_stays_selectable():
+    """gemma3-functions@1, our own wording, exactly."""
+    assert fc.instruction([CLOCK], "required", version="1") == (
         "You can call functions. To call one or more, answer with nothing but a Python-style list of calls in the "
         "form\n[function_name(parameter_name=value, other_parameter=value), other_function(parameter=value)]\n"
         "Do not write any other text when you call a function.\n"
@@ -250,7 +266,7 @@ def test_broken_call_is_stop_with_raw_text(tiny_model_dir, tmp_path):
     assert plain["choices"][0]["message"]["content"] == broken.strip()
     assert "tool_calls" not in plain["choices"][0]["message"]
     assert "not a valid call" in plain["medgemma"]["tool_parse_error"]
-    assert plain["medgemma"]["tool_preset"] == "gemma3-functions@1"
+    assert plain["medgemma"]["tool_preset"] == "gemma3-functions@2"
     events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == broken.strip()
     assert events[-1]["choices"][0]["finish_reason"] == "stop"

@@ -250,6 +250,7 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     ask(page, "Compare the prior and current images.", 0)
     got = sent_images(UPSTREAM.requests[-1])
     assert len(got) == 2  # prior first, then current, as the longitudinal notebook sends them
+    assert png_pixels(got[0][0])[0].max() > 0  # the wide prior unpadded (no black rows), as the notebook sends it
     assert np.array_equal(png_pixels(got[0][0]), png_pixels(page.get_attribute(
         ".viewer[data-slot=prior] .model-input", "src")))
     assert np.array_equal(png_pixels(got[1][0]), png_pixels(custom))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -103,7 +103,7 @@ class MedGemma:
             if isinstance(im, (ImagePart, TextPart)):
                 parts.append(im)
             elif isinstance(im, Image.Image):
-                parts.append(ImagePart(to_model_image(im, self.image_size)))
+                parts.append(ImagePart(to_model_image(im, self.image_size, options.pad is not False)))
             else:
                 parts.extend(load_parts(im, options, self.image_size))
         if parts and any(isinstance(p, ImagePart) for p in parts) and not self.backend.info.multimodal:
@@ -136,6 +136,8 @@ class MedGemma:
         `instruction`: text before a CT/MR volume's or slide's images, the question after them (see the preset).
         """
         pre = (get_preset(preset) if isinstance(preset, str) else preset) if preset else self.preset
+        if image_options.pad is None:  # the preset's choice (the longitudinal notebook sends its images unpadded)
+            image_options = replace(image_options, pad=pre.pad_images)
         media = self.media(images, image_options)
         prompt = pre.build(question, media, system=system, think=think, history=history, instruction=instruction)
         has_images = bool(prompt.all_images())

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..core.messages import Message, Part, TextPart
 from ..errors import MedGemmaError
-from ..prompts.presets import LONGITUDINAL
+from ..imaging import ImageOptions
+from ..prompts.presets import LONGITUDINAL, get_preset
 
 HELP = (
     "commands: /image PATH (attach to next question), /prior PATH and /current PATH (compare: the next question, "
@@ -51,7 +52,8 @@ def run_repl(
                 print(f"(thinking {'on' if think else 'off'})", file=out)
             elif cmd in ("/prior", "/current"):
                 try:
-                    compare[cmd[1:]] = mg.media([arg.strip()])
+                    # loaded now, sent with the longitudinal preset later: its padding choice applies
+                    compare[cmd[1:]] = mg.media([arg.strip()], ImageOptions(pad=get_preset(LONGITUDINAL).pad_images))
                 except MedGemmaError as e:
                     print(f"error: {e}", file=out)
                     continue

@@ -42,7 +42,7 @@ PresetOpt = Annotated[Optional[str], typer.Option(help="Prompt preset (default: 
 WindowOpt = Annotated[
     Optional[str],
     typer.Option(
-        help="DICOM window: 'voi' (the file's), 'full' (whole range) or 'CENTER,WIDTH'; default: the file's VOI window if it has one, else full range"
+        help="DICOM window: 'container' (default: Google's serving container since 71a1135, whole range, no window), 'container-windowed' (the container before 71a1135: the file's window if it has one), 'file', 'voi', 'full' or 'CENTER,WIDTH'"
     ),
 ]
 FrameOpt = Annotated[Optional[int], typer.Option(help="DICOM multi-frame: frame index (default: middle)")]
@@ -67,6 +67,14 @@ CTWindowsOpt = Annotated[str, typer.Option("--ct-windows", help="CT series: RGB 
 PatchesOpt = Annotated[int, typer.Option("--max-patches", help="Whole-slide images: tissue patches sampled")]
 PatchSeedOpt = Annotated[int, typer.Option("--patch-seed", help="Whole-slide images: sampling seed")]
 PatchOrderOpt = Annotated[str, typer.Option("--patch-order", help="Whole-slide images: 'random' or 'spatial'")]
+PadOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--pad/--no-pad",
+        help="2D images: pad to a square before resizing, or stretch; default: the preset's (padded, except "
+        "cxr-longitudinal: unpadded, as Google's longitudinal notebook sends them)",
+    ),
+]
 
 
 UpstreamOpt = Annotated[
@@ -154,6 +162,7 @@ class ImageArgs:
     max_patches: PatchesOpt = 125
     patch_seed: PatchSeedOpt = 0
     patch_order: PatchOrderOpt = "random"
+    pad: PadOpt = None
 
     def options(self):
         """The checked `ImageOptions` (a bad value is one `BadInput` line)."""

@@ -1,10 +1,13 @@
 """Single DICOM images (CR/DX, one CT or MR slice, single- or multi-frame) to 8-bit RGB.
 
 Order of operations follows the DICOM grayscale pipeline and Google's serving container: stored values -> modality
-LUT (rescale slope/intercept) -> the file's own window when it has one (WindowCenter/WindowWidth, applied as the
-container's `window_accurate` does: clip to center +/- width // 2, map linearly to 0..255, round half to even),
-else the dynamic range to 8 bit -> MONOCHROME1 inverted so that dense tissue is bright. Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins (pylibjpeg for
-JPEG, JPEG-LS, JPEG 2000 and RLE). Error messages never quote header values: they may be PHI.
+LUT (rescale slope/intercept) -> grey levels -> MONOCHROME1 inverted so that dense tissue is bright. The default
+grey levels are the container's current CXR path (google-health/medgemma 71a1135, "Remove Windowing for CXR
+imaging": the whole dynamic range, no VOI window; `imaging.cxr`); `window="container-windowed"` is the container
+before that commit (the file's own WindowCenter/WindowWidth when it has one, as its `window_accurate` applies it:
+clip to center +/- width // 2, map linearly to 0..255, round half to even). Compressed transfer syntaxes are decoded
+by pydicom's pixel-data plugins (pylibjpeg for JPEG, JPEG-LS, JPEG 2000 and RLE). Error messages never quote header
+values: they may be PHI.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from PIL import Image
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
 from .codestreams import check_frame, quiet_decoders
+from .cxr import container_grey
 from .deflate import is_deflated, read_deflated
 from .options import DEFAULT_MAX_PIXELS, ImageOptions
 from .square import scale_to_uint8
@@ -91,11 +95,15 @@ def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
     if samples != 1 or arr.ndim != 2:
         raise UnsupportedFormat(f"{name}: unsupported DICOM pixel layout ({samples} samples per pixel)")
     try:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
+        lut = apply_modality_lut(arr, ds)
     except Exception as e:
         raise BadInput(f"{name}: invalid modality LUT ({type(e).__name__})") from None
+    monochrome1 = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     window = options.window
-    if window is None:  # the default: the file's own window when it has one, as Google's serving container does
+    if window is None or window == "container":  # the serving container's current CXR path (imaging/cxr.py)
+        return Image.fromarray(container_grey(np.asarray(lut), monochrome1, name), "L").convert("RGB")
+    values = np.asarray(lut, dtype=np.float64)
+    if window == "container-windowed":  # the container before 71a1135: the file's own window when it has one
         window = "file" if _has_window(ds) else "full"
     if window == "file":
         grey = file_window(values, ds, name)
@@ -103,12 +111,10 @@ def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
         grey = scale_to_uint8(values)
     elif window == "voi":
         grey = _file_voi(values, ds, name)
-    elif window is not None:
+    else:
         center, width = window
         grey = scale_to_uint8(values, center - width / 2.0, center + width / 2.0)
-    else:
-        grey = scale_to_uint8(values)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if monochrome1:
         grey = 255 - grey
     return Image.fromarray(grey, "L").convert("RGB")
 
@@ -118,7 +124,7 @@ def _has_window(ds) -> bool:
 
 
 def file_window(values: np.ndarray, ds, name: str) -> np.ndarray:
-    """The file's first WindowCenter/WindowWidth pair, as Google's serving container applies it to CXR.
+    """The file's first WindowCenter/WindowWidth pair, as Google's serving container applied it to CXR before 71a1135.
 
     Clip to [center - width // 2, center + width // 2], map linearly onto 0..255, round half to even. Several
     windows in a file: the first (the container passes the attribute through; one window is the common case).

@@ -3,7 +3,8 @@
 Accepted forms (ROOT is the server's DICOMweb root, e.g. ``pacs.example.org/dicom-web``):
 
 - ``dicomweb://ROOT/studies/S[/series/R[/instances/I]]`` (HTTPS), ``dicomweb+http://...`` (plain HTTP, for
-  a PACS on the local network), or the same path as an ``https://`` / ``http://`` URL.
+  a PACS on the local network), or the same path as an ``https://`` / ``http://`` URL. ``I`` may be several
+  SOP Instance UIDs joined by commas (UIDs hold only digits and dots): that set of the series, read as a series.
 
 A study becomes its largest series; a CT/MR/PT series with several instances becomes a volume (`volume.py`);
 any other series or an instance becomes one 2D image per instance. Credentials come from the environment, never
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 from ..core.messages import ImagePart, Part
 from ..errors import BackendUnavailable, BadInput, ImageTooLarge
 from .dicom import dicom_to_rgb, quiet_pydicom
-from .options import ImageOptions
+from .options import ImageOptions, padded
 from .series import MAX_SERIES_FILES
 from .square import to_model_image
 
@@ -49,7 +50,11 @@ class DicomWebRef:
     host: str  # for messages
     study: str
     series: str | None = None
-    instance: str | None = None
+    instance: str | None = None  # one SOP Instance UID, or several joined by commas (a set read as one series)
+
+    @property
+    def instances(self) -> list[str]:
+        return [i for i in (self.instance or "").split(",") if i]
 
 
 def parse_dicomweb_uri(source: str) -> DicomWebRef | None:
@@ -208,6 +213,10 @@ def fetch_datasets(ref: DicomWebRef) -> list:
     """Search and retrieve the instances `ref` names (for a study: its largest series), as pydicom datasets."""
     quiet_pydicom()
     client = _client(ref)
+    if len(ref.instances) > 1:  # a given set of a series' instances (Google's container takes such lists)
+        if len(ref.instances) > MAX_SERIES_FILES:
+            raise BadInput(f"DICOMweb instance list on {ref.host} has more than {MAX_SERIES_FILES:,} instances")
+        return _retrieve_all(ref, str(ref.series), ref.instances)
     if ref.instance:
         return [_call(ref, "retrieve", client.retrieve_instance, ref.study, ref.series, ref.instance)]
     series = ref.series
@@ -268,11 +277,12 @@ def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[P
 
     datasets = fetch_datasets(ref)
     items = [(f"{ref.host} instance {k + 1}", ds) for k, ds in enumerate(datasets)]
-    if ref.instance:  # one instance is one 2D image, like a single local file
+    if len(ref.instances) == 1:  # one instance is one 2D image, like a single local file
         from .manifest import dicom_info
 
         info = {**dicom_info(items[0][0], datasets[0]), "source": None}  # None: load_parts fills in the URI
-        return [ImagePart(to_model_image(dicom_to_rgb(datasets[0], items[0][0], options), size), info=info)]
+        rgb = dicom_to_rgb(datasets[0], items[0][0], options)
+        return [ImagePart(to_model_image(rgb, size, padded(options)), info=info)]
     return instances_parts(items, options, size, f"DICOMweb series on {ref.host}")
 
 

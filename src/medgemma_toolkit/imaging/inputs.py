@@ -16,7 +16,7 @@ from ..core.messages import ImagePart, Part
 from ..errors import BadInput
 from .dicom import dicom_to_rgb, looks_like_dicom, read_dataset
 from .manifest import dicom_info, with_source
-from .options import DEFAULT_IMAGE_SIZE, ImageOptions
+from .options import DEFAULT_IMAGE_SIZE, ImageOptions, padded
 from .raster import read_raster
 from .square import to_model_image
 
@@ -78,8 +78,9 @@ def _read_2d_file(source: str, options: ImageOptions, size: int) -> list[Part]:
     data = read_file_bytes(source)
     if looks_like_dicom(data):
         ds = read_dataset(data, source, options.max_pixels)
-        return [ImagePart(to_model_image(dicom_to_rgb(ds, source, options), size), info=dicom_info(source, ds))]
-    return [ImagePart(to_model_image(decode_image_bytes(data, source, options), size))]
+        rgb = dicom_to_rgb(ds, source, options)
+        return [ImagePart(to_model_image(rgb, size, padded(options)), info=dicom_info(source, ds))]
+    return [ImagePart(to_model_image(decode_image_bytes(data, source, options), size, padded(options)))]
 
 
 def load_parts(

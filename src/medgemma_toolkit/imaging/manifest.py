@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.messages import ImagePart, Part, Prompt, TextPart
+from .order import dataset_key
 
 FIELDS = ("source", "instance_number", "sop_instance_uid", "label", "patch")
 
@@ -23,7 +24,14 @@ def dicom_info(name: str, ds: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         number = None
     uid = str(ds.get("SOPInstanceUID", "") or "") or None
-    return {"source": name, "instance_number": number, "sop_instance_uid": uid, "patch": None}
+    # `acquired` orders images by date (`order.order_groups`); it is not a manifest field, so never shown or written
+    return {
+        "source": name,
+        "instance_number": number,
+        "sop_instance_uid": uid,
+        "patch": None,
+        "acquired": dataset_key(ds),
+    }
 
 
 def with_source(parts: list[Part], source: str) -> list[Part]:

@@ -7,7 +7,9 @@ from typing import Literal, Union
 
 from .budget import DecodeBudget
 
-Window = Union[tuple[float, float], Literal["voi", "file", "full"], None]
+WindowName = Literal["container", "container-windowed", "voi", "file", "full"]
+WINDOW_NAMES: tuple[str, ...] = ("container", "container-windowed", "voi", "file", "full")
+Window = Union[tuple[float, float], WindowName, None]
 
 DEFAULT_IMAGE_SIZE = 896  # every MedGemma image encoder takes 896x896 -> 256 tokens
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold (2x its warning level)
@@ -17,9 +19,11 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold (2
 class ImageOptions:
     """How to read one image.
 
-    window: DICOM only. None (default) = the file's WindowCenter/WindowWidth when it has them, applied as
-        Google's serving container does (`dicom.file_window`), else the full dynamic range after the modality LUT;
-        "file" = that window, required; "full" = always the full range (min-max); (center, width) = that window;
+    window: DICOM only. None (default) = "container": Google's serving container's current CXR path, no window,
+        the whole dynamic range in its arithmetic (google-health/medgemma 71a1135, "Remove Windowing for CXR
+        imaging"; `imaging/cxr.py`); "container-windowed" = the container before 71a1135 (04b60aca): the file's
+        WindowCenter/WindowWidth when it has them (`dicom.file_window`), else the full range; "file" = that
+        window, required; "full" = always the full range (min-max); (center, width) = that window;
         "voi" = the DICOM standard's VOI LUT function via pydicom (VOI LUT sequences too).
     frame: DICOM multi-frame only; None = the middle frame.
     max_pixels: refuse images (or DICOM frames x rows x columns) above this many pixels.
@@ -32,6 +36,9 @@ class ImageOptions:
     max_patches: whole-slide images: sample at most this many tissue patches.
     patch_seed: whole-slide images: seed of the patch sampling (same seed, same patches).
     patch_order: whole-slide images: "random" (sampled order) or "spatial" (row by row).
+    pad: 2D images: pad to a centred square before resizing (True), or stretch to the square as the image
+        processor does (False); None = the prompt preset's choice (padded, except `cxr-longitudinal`, which follows
+        Google's longitudinal notebook: `preprocess_image = False`). `padded(options)` reads it.
     budget: pixels and CPU seconds shared by every image read with these options (`imaging.budget`); None = none.
     """
 
@@ -45,23 +52,29 @@ class ImageOptions:
     max_patches: int = 125
     patch_seed: int = 0
     patch_order: Literal["random", "spatial"] = "random"
+    pad: bool | None = None
     budget: DecodeBudget | None = field(default=None, compare=False)
 
 
+def padded(options: ImageOptions) -> bool:
+    """Whether 2D images are padded to a square: yes unless asked otherwise (None counts as yes here; presets
+    that want otherwise set it before images load, see `MedGemma.request`)."""
+    return options.pad is not False
+
+
 def parse_window(text: str | None) -> Window:
-    """Parse a CLI window: "voi", "file", "full", "C,W" (e.g. "40,400"), or None (the default choice)."""
+    """Parse a CLI window: one of `WINDOW_NAMES`, "C,W" (e.g. "40,400"), or None (the default choice)."""
     from ..errors import BadInput
 
     if text is None or text == "":
         return None
-    if text.lower() in ("voi", "file", "full"):
+    if text.lower() in WINDOW_NAMES:
         return text.lower()  # type: ignore[return-value]
     try:
         c, w = (float(v) for v in text.split(","))
     except ValueError:
-        raise BadInput(
-            f"--window must be 'voi', 'file', 'full' or 'CENTER,WIDTH' (e.g. 40,400), got {text!r}"
-        ) from None
+        names = ", ".join(f"'{n}'" for n in WINDOW_NAMES)
+        raise BadInput(f"--window must be {names} or 'CENTER,WIDTH' (e.g. 40,400), got {text[:40]!r}") from None
     if w <= 0:
         raise BadInput("--window width must be positive")
     return (c, w)

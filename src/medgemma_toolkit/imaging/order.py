@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .deflate import is_deflated
 
@@ -46,6 +47,29 @@ def acquired_key(path: str | os.PathLike[str]) -> tuple[str, str] | None:
         ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=list(DATE_TAGS))
     except Exception:  # unreadable headers simply give no order; the image reader reports them later
         return None
+    return dataset_key(ds)
+
+
+def bytes_key(data: bytes) -> tuple[str, str] | None:
+    """`dataset_key` of a DICOM file's bytes (headers only), or None."""
+    import io
+
+    import pydicom
+
+    from .dicom import looks_like_dicom, quiet_pydicom
+
+    if not looks_like_dicom(data[:132]) or is_deflated(data[: 64 * 1024]):
+        return None
+    try:
+        quiet_pydicom()
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(DATE_TAGS))
+    except Exception:
+        return None
+    return dataset_key(ds)
+
+
+def dataset_key(ds) -> tuple[str, str] | None:
+    """(study date-time, acquisition date-time) of a dataset as digit strings that sort in time order, or None."""
     study = _digits(ds.get("StudyDate"))
     study = study + _digits(ds.get("StudyTime")) if study else ""
     acquired = _digits(ds.get("AcquisitionDateTime")) or (
@@ -77,6 +101,24 @@ def order_by_acquisition(sources: Sequence[str]) -> Ordered:
         [given[i] for i in order],
         f"note: {len(given)} DICOM images ordered by StudyDate/AcquisitionDateTime, oldest first{moved}",
     )
+
+
+def order_groups(groups: list[list[Any]]) -> tuple[list[list[Any]], str | None]:
+    """The server's counterpart of `order_by_acquisition`: each group holds the parts of one image source; when every
+    group is a single DICOM image (its `info` carries an `acquired` key, see `manifest.dicom_info`), they are put
+    oldest first if all are dated, else kept with a notice. Other mixes are kept as given, silently."""
+    if len(groups) < 2:
+        return groups, None
+    # parts are ImageParts and TextParts (prompts' plain types); only images carry `info`
+    infos = [(getattr(g[0], "info", None) or {}) if len(g) == 1 else {} for g in groups]
+    if not all("acquired" in i for i in infos):
+        return groups, None
+    keys = [i["acquired"] for i in infos]
+    if any(k is None for k in keys):
+        return groups, "images kept in the order given: not every DICOM image has a StudyDate or AcquisitionDateTime"
+    order = sorted(range(len(groups)), key=lambda k: (keys[k], k))
+    moved = " (reordered)" if order != list(range(len(groups))) else ""
+    return [groups[k] for k in order], f"{len(groups)} DICOM images ordered by StudyDate/AcquisitionDateTime{moved}"
 
 
 def _is_dicom_file(source: str) -> bool:

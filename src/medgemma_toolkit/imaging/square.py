@@ -30,9 +30,10 @@ def pad_to_square(img: Image.Image) -> Image.Image:
     return canvas
 
 
-def to_model_image(img: Image.Image, size: int) -> Image.Image:
-    """RGB, square, `size` x `size`."""
-    sq = pad_to_square(img.convert("RGB"))
+def to_model_image(img: Image.Image, size: int, pad: bool = True) -> Image.Image:
+    """RGB, square, `size` x `size`. `pad=False` stretches instead, as the image processor does to an image that
+    was not padded first (Google's longitudinal notebook sends its images so: `preprocess_image = False`)."""
+    sq = pad_to_square(img.convert("RGB")) if pad else img.convert("RGB")
     if sq.size != (size, size):
         sq = sq.resize((size, size), Image.Resampling.BILINEAR)
     return sq

@@ -20,7 +20,7 @@ from ..core.messages import ImagePart, Part, TextPart
 from ..errors import BadInput
 from .dicom import dicom_to_rgb
 from .manifest import dicom_info
-from .options import DEFAULT_IMAGE_SIZE, ImageOptions
+from .options import DEFAULT_IMAGE_SIZE, ImageOptions, padded
 from .series import MAX_SERIES_FILES, SeriesVolume, assemble_volume, read_instance, series_files
 from .square import scale_to_uint8, to_model_image
 from .windows import get_ct_windows, window_lut, windows_to_rgb
@@ -218,7 +218,7 @@ def instances_parts(items: list[tuple[str, Dataset]], options: ImageOptions, siz
             f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as separate images"
         )
     return [
-        ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size), info=dicom_info(name, ds))
+        ImagePart(to_model_image(dicom_to_rgb(ds, name, options), size, padded(options)), info=dicom_info(name, ds))
         for name, ds in items
     ]
 

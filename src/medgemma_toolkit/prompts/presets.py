@@ -44,6 +44,10 @@ LONGITUDINAL_SOURCE = (
     "google-health/medgemma@80a1de1e1a306a24b69b7af4009f326bd6bae644 "
     "notebooks/cxr_longitudinal_comparison_with_hugging_face.ipynb"
 )
+LONGITUDINAL_PAD_SOURCE = (
+    "google-health/medgemma@80a1de1e1a306a24b69b7af4009f326bd6bae644 (unchanged through a60a660) "
+    "notebooks/cxr_longitudinal_comparison_with_hugging_face.ipynb: preprocess_image = False"
+)
 LONGITUDINAL_INSTRUCTION = (
     "Provide a comparison of these two images and include details from\n"
     "the image which students should take note of when reading longitudinal CXR\n"
@@ -74,6 +78,10 @@ class PromptPreset:
     # `default_question` (e.g. the longitudinal notebook's instruction).
     question_template: str = "{question}"
     default_question: str = ""
+    # 2D images padded to a centred square before resizing (the training preprocessing), or sent as they are and
+    # stretched by the image processor (Google's longitudinal notebook: `preprocess_image = False`). A request's
+    # own `ImageOptions.pad` wins.
+    pad_images: bool = True
     references: tuple[str, ...] = field(default_factory=tuple)
 
     def user_text(self, question: str) -> str:
@@ -226,15 +234,17 @@ PRESETS: dict[str, PromptPreset] = {
         ),
         PromptPreset(
             name=LONGITUDINAL,
-            version="1",
+            version="2",  # 2: images unpadded (stretched by the processor), as the notebook sends them
             description="Google's CXR longitudinal-comparison notebook: no system prompt, the prior image, the "
-            "current image, then the instruction (the notebook's when none is given); greedy, 600 new tokens",
+            "current image, then the instruction (the notebook's when none is given); the images unpadded "
+            "(preprocess_image = False; padding with --pad); greedy, 600 new tokens",
             image_first=True,
             max_new_tokens_text=600,
             max_new_tokens_image=600,
             max_new_tokens_think=2000,
             default_question=LONGITUDINAL_INSTRUCTION,
-            references=(LONGITUDINAL_SOURCE,),
+            pad_images=False,
+            references=(LONGITUDINAL_SOURCE, LONGITUDINAL_PAD_SOURCE),
         ),
         PromptPreset(
             name="plain",

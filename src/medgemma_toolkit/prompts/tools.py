@@ -4,8 +4,9 @@ Gemma 3 has no tool tokens: the caller describes the functions in the prompt and
 answer. Source of the format: "Function calling with Gemma", https://ai.google.dev/gemma/docs/capabilities/function-calling
 (the instruction, then the function definitions as a JSON list, then the user's request; the model answers with a
 Python-style list of calls `[name(arg=value, ...)]`) and Google's Gemma cookbook guides, which hand results back
-wrapped in a ```tool_output fence. The wording below is ours; the layout is the documented one (preset
-`gemma3-functions@1`). Tests pin the rendered text so a change here is a deliberate new version.
+wrapped in a ```tool_output fence. Preset `gemma3-functions@2` (the default) uses that page's instruction for
+Python-style calls word for word, as the protocol; `@1` kept our own wording in the same layout and stays selectable
+(`instruction(..., version="1")`). Tests pin the rendered text so a change here is a deliberate new version.
 
 Everything here works on OpenAI-format dicts (`tools`, `tool_choice`, messages with `tool_calls` and `tool` roles), so
 the server and the `ehr` agent share it.
@@ -22,14 +23,26 @@ from typing import Any
 
 from ..errors import BadInput
 
-PRESET_NAME, PRESET_VERSION = "gemma3-functions", "1"
+PRESET_NAME, PRESET_VERSION = "gemma3-functions", "2"
 SOURCE_URL = "https://ai.google.dev/gemma/docs/capabilities/function-calling"
 
-INSTRUCTION = (
-    "You can call functions. To call one or more, answer with nothing but a Python-style list of calls in the form\n"
-    "[function_name(parameter_name=value, other_parameter=value), other_function(parameter=value)]\n"
-    "Do not write any other text when you call a function."
-)
+# Version 2: the guide's instruction for Python-style calls (its first prompt example; the example's line breaks,
+# the wrapped first sentence joined without the wrap's indent). Version 1: our wording of the same request.
+INSTRUCTIONS: dict[str, str] = {
+    "1": (
+        "You can call functions. To call one or more, answer with nothing but a Python-style list of calls in the "
+        "form\n[function_name(parameter_name=value, other_parameter=value), other_function(parameter=value)]\n"
+        "Do not write any other text when you call a function."
+    ),
+    "2": (
+        "You have access to functions. If you decide to invoke any of the function(s),\n"
+        "you MUST put it in the format of\n"
+        "[func_name1(params_name1=params_value1, params_name2=params_value2...), func_name2(params)]\n"
+        "\n"
+        "You SHOULD NOT include any other text in the response if you call a function"
+    ),
+}
+INSTRUCTION = INSTRUCTIONS[PRESET_VERSION]
 REQUIRED = "You must call at least one of the functions before you answer."
 NAMED = "You must call the function {name}."
 OUTPUT_FENCE = "tool_output"
@@ -89,12 +102,17 @@ def offered(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None) ->
     return defs
 
 
-def instruction(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None = "auto") -> str:
-    """The function-calling block placed before the user's first request; empty when no function is offered."""
+def instruction(
+    tools: list[dict[str, Any]], choice: str | dict[str, Any] | None = "auto", version: str = PRESET_VERSION
+) -> str:
+    """The function-calling block placed before the user's first request; empty when no function is offered.
+    `version`: the preset version whose instruction is used ("2", Google's documented one; "1", ours)."""
+    if version not in INSTRUCTIONS:
+        raise BadInput(f"unknown {PRESET_NAME} version {version!r} (known: {', '.join(sorted(INSTRUCTIONS))})")
     defs = offered(tools, choice)
     if not defs:
         return ""
-    lines = [INSTRUCTION]
+    lines = [INSTRUCTIONS[version]]
     if choice == "required":
         lines.append(REQUIRED)
     elif (name := chosen_name(choice)) is not None:

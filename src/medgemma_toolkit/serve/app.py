@@ -42,6 +42,7 @@ from .schemas import ChatCompletionRequest, ImageContent, LocalizeRequest, Previ
 from .tools import ToolContext, stream_state
 from .tools import body as tool_body
 from .tools import prepare as prepare_tools
+from .vertex_route import vertex_router
 
 log = logging.getLogger("medgemma_toolkit.serve")
 STATIC_DIR = Path(str(files("medgemma_toolkit.serve").joinpath("static")))
@@ -433,4 +434,8 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
             c.finish_reason,
         )
 
+    # Google's container API (Vertex predict): the same reader, gate, decoders, conversion and batcher as chat.
+    app.include_router(
+        vertex_router(mg, config, served, admission, decoders, batcher, read_json, busy, _collect, ClientGone)
+    )
     return app

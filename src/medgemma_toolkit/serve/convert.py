@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..api import MedGemma
 from ..backends.base import Backend, GenerationRequest
 from ..core.messages import ImagePart, Message, Part, TextPart
+from ..imaging.order import order_groups
 from ..prompts.presets import LONGITUDINAL, get_preset
 from .config import ServeConfig
 from .errors import APIError
@@ -25,22 +26,31 @@ class Converted:
     n_images: int
     prompt_text_chars: int
     preset: str = ""  # "name@version" when the request chose its own (medgemma.longitudinal), else the model's
+    notice: str | None = None  # how the question's DICOM images were ordered (never their dates)
 
 
-def _parts(msg: ChatMessage, resolver: ImageResolver) -> list[tuple[Part, bool]]:
+def _parts(msg: ChatMessage, resolver: ImageResolver, notices: list[str] | None = None) -> list[tuple[Part, bool]]:
     """The message's parts in order, each flagged True when it came from an image source (a CT series yields
-    images and their "SLICE n" labels, which stay with the images rather than joining the question)."""
+    images and their "SLICE n" labels, which stay with the images rather than joining the question). With
+    `notices`, single DICOM images are put oldest first as the CLI does (`imaging.order.order_groups`)."""
     if msg.content is None:
         return []
     if isinstance(msg.content, str):
         return [(TextPart(msg.content), False)]
-    out: list[tuple[Part, bool]] = []
+    groups: list[tuple[list[Part], bool]] = []
     for c in msg.content:
         if isinstance(c, TextContent):
-            out.append((TextPart(c.text), False))
+            groups.append(([TextPart(c.text)], False))
         else:
-            out.extend((p, True) for p in resolver.parts(c.image_url.url))
-    return out
+            groups.append((resolver.parts(c.image_url.url), True))
+    if notices is not None:
+        slots = [k for k, (_, is_image) in enumerate(groups) if is_image]
+        ordered, notice = order_groups([groups[k][0] for k in slots])
+        for k, g in zip(slots, ordered):
+            groups[k] = (g, True)
+        if notice:
+            notices.append(notice)
+    return [(p, is_image) for g, is_image in groups for p in g]
 
 
 def _text(parts: list[Part]) -> str:
@@ -82,7 +92,12 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
             400, f"messages: the last message must be from the user, not {last.role!r}", "invalid_value", "messages"
         )
     opts = body.medgemma
-    resolver = ImageResolver(config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None)
+    pad = opts.pad if opts and opts.pad is not None else None
+    if pad is None and opts and opts.longitudinal:  # images load before the preset applies: its choice, here
+        pad = get_preset(LONGITUDINAL).pad_images
+    resolver = ImageResolver(
+        config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None, pad
+    )
     system_texts: list[str] = []
     history: list[Message] = []
     for m in earlier:
@@ -94,7 +109,8 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         elif parts:
             history.append(Message(m.role, parts))  # type: ignore[arg-type]
     history = merge_adjacent(history)
-    last_parts = _parts(last, resolver)
+    notices: list[str] = []
+    last_parts = _parts(last, resolver, notices)  # the question's images: DICOM ones oldest first, as on the CLI
     if history and history[-1].role == "user":
         # Users' messages sent back to back are one turn to Gemma; the earlier ones lead the question.
         earlier_parts = [p for p in history.pop().parts if isinstance(p, ImagePart) or p.text.strip()]
@@ -147,4 +163,11 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     pre = get_preset(preset) if preset else mg.preset
-    return Converted(req, think, resolver.count, chars + len(req.prompt.text or ""), f"{pre.name}@{pre.version}")
+    return Converted(
+        req,
+        think,
+        resolver.count,
+        chars + len(req.prompt.text or ""),
+        f"{pre.name}@{pre.version}",
+        notices[0] if notices else None,
+    )

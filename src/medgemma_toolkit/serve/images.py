@@ -25,6 +25,9 @@ from ..core.messages import ImagePart, Part
 from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_image, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
+from ..imaging.dicom import looks_like_dicom
+from ..imaging.options import padded
+from ..imaging.order import bytes_key
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
 from .config import ServeConfig
@@ -70,13 +73,15 @@ def decode_data_uri(url: str, label: str) -> tuple[bytes, str]:
 class ImageResolver:
     """Turns one request's image URLs into parts; counts images against the per-request limit."""
 
-    def __init__(self, config: ServeConfig, size: int, window=None, ct_windows: str | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, size: int, window=None, ct_windows: str | None = None, pad: bool | None = None
+    ) -> None:
         self.config = config
         self.size = size
         # One budget for all of this request's images: declared pixels and decoding CPU, charged before each decode.
         budget = DecodeBudget(config.max_request_pixels, config.decode_budget_s)
         self.options = ImageOptions(
-            window=window, max_pixels=config.max_pixels, budget=budget, ct_windows=ct_windows or "notebook"
+            window=window, max_pixels=config.max_pixels, budget=budget, ct_windows=ct_windows or "notebook", pad=pad
         )
         self.count = 0  # images so far (a series counts each slice)
         self.urls = 0
@@ -116,10 +121,15 @@ class ImageResolver:
                 return self._series(data, label)
             img = decode_image_bytes(data, name, self.options)
             # The decoded size lets clients map boxes given in original pixels onto the padded square.
-            return [ImagePart(to_model_image(img, self.size), info={"original_size": list(img.size)})]
+            model_image = to_model_image(img, self.size, padded(self.options))
+            info: dict = {"original_size": list(img.size)}
+            if looks_like_dicom(data[:132]):  # its date orders it among the message's images (`order_groups`)
+                info["acquired"] = bytes_key(data)
+            return [ImagePart(model_image, info=info)]
         if scheme in ("http", "https"):
             data = self._fetch(url, label)
-            return [ImagePart(to_model_image(decode_image_bytes(data, label, self.options), self.size))]
+            img = decode_image_bytes(data, label, self.options)
+            return [ImagePart(to_model_image(img, self.size, padded(self.options)))]
         if scheme in ("file", ""):
             return self._local(url, label, scheme == "file")
         raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from ..api import MedGemma
 from ..core.messages import ImagePart
 from ..imaging.manifest import for_records, image_manifest
+from ..imaging.options import WindowName
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver
@@ -30,8 +31,9 @@ class ModelInputRequest(_Strict):
     """One image URL (a `data:application/zip` URI is a whole series) and the chat request's window options."""
 
     image_url: ImageURL
-    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
+    window: tuple[float, float] | WindowName | None = None
     ct_windows: Literal["notebook", "server"] | None = None
+    pad: bool | None = None  # 2D images padded to a square (default) or stretched, as a chat's medgemma.pad
 
 
 class _Gate(Protocol):
@@ -49,7 +51,7 @@ def _png(img: Any) -> str:
 
 def render_model_input(body: ModelInputRequest, mg: MedGemma, config: ServeConfig) -> dict[str, Any]:
     """The images and their manifest entries; sources other than the request's own paths are not echoed."""
-    parts = ImageResolver(config, mg.image_size, body.window, body.ct_windows).parts(body.image_url.url)
+    parts = ImageResolver(config, mg.image_size, body.window, body.ct_windows, body.pad).parts(body.image_url.url)
     images = [p for p in parts if isinstance(p, ImagePart)]
     if not images:
         raise APIError(400, "image 1: no image in this source", "invalid_image")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..imaging.options import WindowName
 from .errors import APIError
 from .tool_schemas import ToolCallIn, ToolChoice, ToolDef
 
@@ -58,11 +59,14 @@ class MedGemmaOptions(_Strict):
     comes back apart (`message.reasoning_content`, `delta.reasoning_content` when streaming)."""
 
     think: bool = False
-    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None  # DICOM window; None: the file's own
+    window: tuple[float, float] | WindowName | None = None  # DICOM window; None: "container"
     ct_windows: Literal["notebook", "server"] | None = None  # CT volumes' RGB window preset; None: "notebook"
     # Google's longitudinal notebook: the last message's two images are the prior then the current (in that order);
     # preset cxr-longitudinal, and an empty text asks the notebook's own instruction.
     longitudinal: bool = False
+    # 2D images padded to a square (True) or stretched (False); None: the preset's choice (longitudinal: unpadded,
+    # as the notebook sends them; everything else padded)
+    pad: bool | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -96,7 +100,7 @@ class PreviewRequest(_Strict):
     """Body of `POST /v1/medgemma/preview`: one image URL, answered with the exact model input as a PNG."""
 
     image_url: ImageURL
-    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
+    window: tuple[float, float] | WindowName | None = None
 
 
 class LocalizeRequest(_Strict):
@@ -105,7 +109,7 @@ class LocalizeRequest(_Strict):
     model: str | None = None
     image: str = Field(min_length=1)
     objects: list[str] = Field(min_length=1, max_length=16)
-    window: tuple[float, float] | Literal["voi", "file", "full"] | None = None
+    window: tuple[float, float] | WindowName | None = None
     max_tokens: int | None = Field(default=None, ge=1)
 
 

@@ -124,10 +124,11 @@ async function droppedFiles(dataTransfer) {
   return out;
 }
 
+// Comparing (prior and current): images unpadded, as Google's longitudinal notebook sends them; else padded.
 function windowOptions() {
   const preset = $("window-preset").value;
-  const opts = { ct_windows: $("ct-windows").value };
-  if (preset === "full" || preset === "voi") opts.window = preset;
+  const opts = { ct_windows: $("ct-windows").value, ...($("compare").checked ? { pad: false } : {}) };
+  if (preset === "full" || preset === "voi" || preset === "container-windowed") opts.window = preset;
   else if (preset === "custom") opts.window = [parseFloat($("window-center").value), parseFloat($("window-width").value)];
   else if (preset) opts.window = preset.split(",").map(Number);
   return opts;
@@ -178,9 +179,11 @@ async function addFiles(slot, files) {
   }
 }
 
-async function rewindow() {
+async function rewindow(everything = false) {
   render();
-  const all = [...state.studies.prior.sources, ...state.studies.current.sources].filter((s) => s.kind !== "image");
+  const all = [...state.studies.prior.sources, ...state.studies.current.sources].filter(
+    (s) => everything || s.kind !== "image", // a window changes DICOM only; padding changes every 2D image
+  );
   if (!all.length) return;
   setStatus("Applying the window...", false);
   try {
@@ -451,7 +454,8 @@ $("compare").addEventListener("change", () => {
     state.studies.prior.sources = [];
     imagesChanged();
   }
+  rewindow(true); // padded or not: the panes show the new model input
 });
-for (const id of ["window-preset", "ct-windows"]) $(id).addEventListener("change", rewindow);
-for (const id of ["window-center", "window-width"]) $(id).addEventListener("change", rewindow);
+for (const id of ["window-preset", "ct-windows"]) $(id).addEventListener("change", () => rewindow());
+for (const id of ["window-center", "window-width"]) $(id).addEventListener("change", () => rewindow());
 render();
