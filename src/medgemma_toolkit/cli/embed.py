@@ -195,12 +195,14 @@ def classify(
     images = _need_images(image)
     opts = img.options()
     if probe is not None:
-        from ..embed.probe import apply_probe, load_probe
+        from ..embed.probe import apply_probe, load_probe, probe_model
         from ..errors import BadInput
 
         if labels or labels_file:
             raise BadInput("--probe brings its own classes; drop --labels")
         pr = load_probe(probe)
+        if eo.model is None:  # the probe's own embedding model, not the default medsiglip-448
+            eo = dataclasses.replace(eo, model=probe_model(pr))
         ms = eo.load()
         with progress_bar(len(images), as_json) as prog:
             emb = ms.embed_images(images, opts, prog)

@@ -68,13 +68,15 @@ def export_gguf(
     src = Path(checkpoint).expanduser()
     if not src.is_dir():
         src = _resolve(str(checkpoint))
+    # Absolute paths: the converter runs in its own folder (cwd), where a relative `-o gguf/` would point elsewhere.
+    src = src.resolve()
     if outtype not in (*CONVERTER_TYPES, *LLAMA_QUANT_TYPES):
         raise BadInput(f"--outtype must be one of {', '.join((*CONVERTER_TYPES, *LLAMA_QUANT_TYPES))}; got {outtype!r}")
     if mmproj_outtype not in ("f32", "f16"):
         raise BadInput(f"--mmproj-outtype must be f32 or f16; got {mmproj_outtype!r}")
     cfg = read_config(src)
     multimodal = cfg.get("vision_config") is not None
-    out = Path(out_dir).expanduser()
+    out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     stem = name or src.resolve().name
     script = converter_script(llama_cpp_source)

@@ -70,7 +70,7 @@ def missing_weights_message(name: str, hub_id: str) -> str:
     return (
         f"model {name!r} is not on this machine. MedGemma weights are gated: accept the Health AI Developer "
         f"Foundations terms on huggingface.co/{hub_id} once. Then, on a connected machine: "
-        f"`huggingface-cli login && huggingface-cli download {hub_id}` and copy ~/.cache/huggingface/hub/"
+        f"`hf auth login && hf download {hub_id}` and copy ~/.cache/huggingface/hub/"
         f"models--{hub_id.replace('/', '--')} into this machine's HF cache (or any folder, then "
         f"`medgemma models register {name} DIR`), or pass --model DIR, or add --allow-download here"
     )
