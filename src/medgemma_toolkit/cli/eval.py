@@ -13,9 +13,7 @@ from ..errors import BadInput
 from . import app
 from .common import MODEL_DEFAULTS, ModelOptions, option_groups
 
-eval_app = typer.Typer(
-    help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True
-)
+eval_app = typer.Typer(invoke_without_command=True)  # help: eval_run's docstring
 app.add_typer(eval_app, name="eval")
 
 
@@ -37,7 +35,7 @@ def eval_run(
     ctx: typer.Context,
     mo: ModelOptions = MODEL_DEFAULTS,
     task: Annotated[
-        Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")
+        Optional[str], typer.Option("--task", help="Task name (see `medgemma eval list`) or a task .yaml file")
     ] = None,
     data: Annotated[
         Optional[str],
@@ -60,7 +58,9 @@ def eval_run(
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N items")] = None,
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"),
+        typer.Option(
+            "--out", "-o", help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"
+        ),
     ] = None,
     batch_size: Annotated[
         str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")
@@ -87,9 +87,11 @@ def eval_run(
     ] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
 ) -> None:
-    """Run a task and write records, summary.json and a report with plots.
+    """Evaluate a model on a benchmark task with MedGemma's protocol: records, summary.json, a report with plots.
 
+    Example: medgemma eval --task medqa --limit 5
     Example: medgemma eval --model medgemma-4b-it --task medqa --data medqa_test.jsonl --out runs/medqa
+    Example: medgemma eval list
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -187,7 +189,7 @@ def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
 def eval_compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory")],
-    out: Annotated[Path, typer.Option(help="Where compare.json/.md/.png go")] = Path("eval-compare"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where compare.json/.md/.png go")] = Path("eval-compare"),
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples")] = 1000,
 ) -> None:
     """Side-by-side metrics of two runs of a task, with a paired bootstrap and McNemar's test, and a plot.
@@ -205,7 +207,7 @@ def eval_compare(
 @app.command()
 @option_groups(mo=ModelOptions)
 def batch(
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL rows: {id, question, images?, system?}")],
+    input: Annotated[Path, typer.Option("--input", help="JSONL rows: {id, question, images?, system?}")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results JSONL (appended per batch)")],
     mo: ModelOptions = MODEL_DEFAULTS,
     resume: Annotated[bool, typer.Option("--resume", help="Skip rows already in --out")] = False,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, option_groups
+from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, check_sources, option_groups
 
 
 @app.command()
@@ -91,6 +91,7 @@ def ask(
         if ordered.notice:
             print(ordered.notice, file=sys.stderr)
     question = question or ""
+    check_sources(image)  # before the model loads (and before the demo notice)
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from ..prompts.render import show_prompt_offline
 
@@ -202,7 +203,7 @@ def chat(
 @option_groups(img=ImageArgs)
 def preview(
     image: Annotated[list[str], typer.Argument(help="Image file(s) or other image sources")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
+    output: Annotated[Path, typer.Option("--out", "-o", "--output", help="PNG to write")],
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")
     ] = None,
@@ -255,7 +256,7 @@ def _model_image_size(model: str | None) -> int | None:
     return processor_image_size(r.path)
 
 
-models_app = typer.Typer(help="Known MedGemma variants and which are on this machine.", invoke_without_command=True)
+models_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(models_app, name="models")
 
 
@@ -267,6 +268,8 @@ def models(
     """List MedGemma variants (modality, thinking, memory) and where each is found locally — offline.
 
     Example: medgemma models
+    Example: medgemma models --json
+    Example: medgemma models register medgemma-4b-it /data/models/medgemma-4b-it
     """
     if ctx.invoked_subcommand is not None:
         return

@@ -19,7 +19,7 @@ RunDirOpt = Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpo
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 
 
 def _recipe_overrides(**kw):
