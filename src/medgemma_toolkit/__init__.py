@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-# Nothing we do may phone home: the Hub is consulted only when a user opts in to a download.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Importing the package changes nothing in the host's environment and imports no torch. Offline-by-default is
+# switched on where models are found and loaded (models/offline.py) and by the `medgemma` command.
 
 
 def _version() -> str:
@@ -23,16 +19,23 @@ def _version() -> str:
 __version__ = _version()
 
 
-def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import torch
-    if name in ("MedGemma", "Answer", "Query"):
-        from . import api
+_LAZY = {
+    "MedGemma": "api",
+    "Answer": "api",
+    "Query": "api",
+    "MedSigLIP": "embed",
+    "evaluate": "shortcuts",
+    "deidentify": "shortcuts",
+    "localize_anatomy": "shortcuts",  # not `localize`: that name is the subpackage
+}
 
-        return getattr(api, name)
-    if name == "MedSigLIP":
-        from .embed import MedSigLIP
 
-        return MedSigLIP
-    raise AttributeError(name)
+def __getattr__(name: str) -> object:  # lazy: `import medgemma_toolkit` must not import torch
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'medgemma_toolkit' has no attribute {name!r}")
 
 
-__all__ = ["MedGemma", "MedSigLIP", "Answer", "Query", "__version__"]
+__all__ = ["Answer", "MedGemma", "MedSigLIP", "Query", "__version__", "deidentify", "evaluate", "localize_anatomy"]

@@ -75,6 +75,10 @@ from . import ehr as _ehr  # noqa: E402,F401
 
 def _quiet_libraries() -> None:
     """Library chatter (progress bars, advisory warnings) is noise for users and could echo inputs."""
+    from ..models.offline import hub_offline
+
+    hub_offline()  # the program, not the library: nothing it runs may phone home unless asked
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader uses bare tqdm

@@ -14,6 +14,7 @@ from typing import Literal
 from ..errors import BadInput, ModelNotFound
 from .demo import DEMO_NAME, demo_gguf_path
 from .local import hf_cache_snapshot, is_checkpoint_dir, registered, search_path_dirs
+from .offline import hub_offline
 from .variants import BY_NAME, PREFERENCE, Variant, find_variant
 
 Format = Literal["hf", "gguf"]
@@ -78,6 +79,7 @@ def missing_weights_message(name: str, hub_id: str) -> str:
 
 def resolve_model(spec: str | None, allow_download: bool = False) -> ResolvedModel:
     """Find the model named by `spec` on disk; see the module docstring for the accepted forms."""
+    hub_offline()
     if spec is None or spec == "":
         spec = os.environ.get("MEDGEMMA_MODEL") or None
     if spec is None:
