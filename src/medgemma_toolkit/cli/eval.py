@@ -59,14 +59,19 @@ def eval_run(
     out: Annotated[
         Optional[Path],
         typer.Option(
-            "--out", "-o", help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"
+            "--out",
+            "-o",
+            help="Run directory (records.jsonl, summary.json, report.md/html), used as given. Default: a new eval-runs/TASK-YYYYmmdd-HHMMSS (with --resume: the latest one)",
         ),
     ] = None,
     batch_size: Annotated[
         str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")
     ] = "auto",
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out (default: the task's latest run), skipping finished items"
+        ),
     ] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the protocol's token budget")] = None,
     temperature: Annotated[float, typer.Option(help="Override the protocol's greedy decoding (0)")] = 0.0,
@@ -111,7 +116,7 @@ def eval_run(
     opts = EvalOptions(
         task=task,
         data=data,
-        out=out or Path("eval-runs") / spec.name,
+        out=out or default_run_dir(spec.name, resume),
         limit=limit,
         batch_size=_batch_size(batch_size),
         resume=resume,
@@ -149,6 +154,30 @@ def eval_run(
     print(f"wrote {opts.out}/summary.json, report.md, report.html")
     for note in summary["notes"]:  # e.g. RadGraph F1 skipped, demo model
         print(f"note: {note}", file=sys.stderr)
+
+
+RUNS = Path("eval-runs")
+
+
+def default_run_dir(task: str, resume: bool, root: Path = RUNS) -> Path:
+    """A new timestamped run folder per run (as lm-eval does), so re-running never collides with an earlier run;
+    with --resume, the task's latest run folder (names sort by time)."""
+    from datetime import datetime, timezone
+
+    if resume:
+        runs = sorted(p for p in root.glob(f"{task}-*") if (p / "records.jsonl").is_file())
+        legacy = root / task  # the one folder per task that earlier versions used
+        if runs:
+            return runs[-1]
+        if (legacy / "records.jsonl").is_file():
+            return legacy
+        raise BadInput(f"--resume: no earlier run of {task} under {root}/; give --out RUN_DIR")
+    base = root / f"{task}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out, n = base, 1
+    while out.exists():  # two runs started in the same second
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 @eval_app.command("list")
@@ -200,6 +229,8 @@ def eval_compare(
 
     result = compare_runs(run_a, run_b, n_boot=bootstrap)
     print(format_table(result))
+    for warning in result["warnings"]:  # also on stderr, so a script that keeps only stdout's table still hears
+        print(f"warning: {warning}: the scores may not be comparable", file=sys.stderr)
     write_comparison(result, out)
     print(f"wrote {out}/compare.json, compare.md, compare.png")
 
