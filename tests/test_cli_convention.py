@@ -142,3 +142,11 @@ def test_old_long_names_still_work(tmp_path):
     r = run_cli_inproc("preview", str(tmp_path / "a.png"), "--output", str(tmp_path / "p.png"), "--size", "64")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.png").is_file()
+
+
+def test_think_on_a_model_without_thinking_warns(tiny_model_dir):
+    r = run_cli_inproc("ask", "-m", str(tiny_model_dir), "--think", "--max-new-tokens", "2", "What is sepsis?")
+    assert r.returncode == 0, r.stderr
+    assert "is not a thinking model" in r.stderr
+    quiet = run_cli_inproc("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "2", "What is sepsis?")
+    assert "thinking" not in quiet.stderr

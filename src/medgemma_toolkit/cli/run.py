@@ -110,6 +110,7 @@ def ask(
             print(shown)
             return
     mg = mo.load(preset)
+    _warn_if_no_thinking(mg, think)
     req = mg.request(
         question,
         image or [],
@@ -140,6 +141,16 @@ def ask(
         print(json.dumps(out, ensure_ascii=False))
         return
     _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())
+
+
+def _warn_if_no_thinking(mg, think: bool) -> None:
+    """--think on a model that was not trained to think would be silently ignored by the model: say so."""
+    if think and not mg.backend.info.thinking:
+        print(
+            f"note: --think: {mg.backend.info.name} is not a thinking model (MedGemma 1.5 4B, 27B and 27B text "
+            "are); its answer will have no separate thought",
+            file=sys.stderr,
+        )
 
 
 def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
@@ -196,6 +207,7 @@ def chat(
     from ..chat.repl import run_repl
 
     mg = mo.load(preset)
+    _warn_if_no_thinking(mg, think)
     run_repl(mg, system=system, think=think, max_new_tokens=max_new_tokens)
 
 
@@ -212,7 +224,7 @@ def preview(
         bool,
         typer.Option(
             "--json",
-            help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch",
+            help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid (hashed, as the server and eval records write it), label, patch",
         ),
     ] = False,
     img: ImageArgs = IMAGE_DEFAULTS,
@@ -227,7 +239,7 @@ def preview(
     Example: medgemma preview ct_series/ -o slices.png --json
     """
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
-    from ..imaging.manifest import image_manifest
+    from ..imaging.manifest import for_records, image_manifest
     from ..imaging.montage import save_preview
 
     px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
@@ -235,7 +247,9 @@ def preview(
     parts = [p for src in image for p in load_parts(src, opts, px)]
     n = save_preview(parts, output)
     if as_json:
-        print(json.dumps({"output": str(output), "size": px, "images": image_manifest(parts)}, ensure_ascii=False))
+        # UIDs hashed as the server and eval records hash them: a UID can identify a patient's study.
+        images = for_records(image_manifest(parts))
+        print(json.dumps({"output": str(output), "size": px, "images": images}, ensure_ascii=False))
     else:
         print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")
 
