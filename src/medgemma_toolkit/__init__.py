@@ -16,9 +16,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
-
-
 _LAZY = {
     "MedGemma": "api",
     "Answer": "api",
@@ -31,6 +28,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:  # lazy: `import medgemma_toolkit` must not import torch
+    if name == "__version__":  # read on first use (importlib.metadata costs tens of milliseconds)
+        globals()["__version__"] = version = _version()
+        return version
     if name in _LAZY:
         import importlib
 
