@@ -1,4 +1,4 @@
-"""Every fenced example in the docs is either run here or marked as needing what CI lacks (issue 28).
+"""Every fenced shell or Python example in the docs is either run here or marked as needing what CI lacks (issue 28).
 
 A block is preceded by `<!-- example: KIND -->`: `runs-in-tests` (each `medgemma ...` line is run below, on the demo
 model, in a temporary folder, and must exit 0, or fail in one line where it ends in `|| true`), `ci` (the install and
@@ -17,6 +17,7 @@ from conftest import run_cli_inproc
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"runs-in-tests", "ci", "needs-weights", "needs-gpu", "data"}
+EXAMPLE_LANGUAGES = {"bash", "sh", "shell", "console", "python", "py", "pycon"}
 MARK = re.compile(r"^<!-- example: ([a-z-]+) -->$")
 
 
@@ -31,12 +32,14 @@ def blocks(path: Path) -> list[tuple[int, str | None, list[str]]]:
     out, i = [], 0
     while i < len(lines):
         if lines[i].startswith("```"):
+            lang = lines[i][3:].strip().split(" ")[0]
             j = i + 1
             while j < len(lines) and not lines[j].startswith("```"):
                 j += 1
             prev = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
             m = MARK.match(prev.strip())
-            out.append((i + 1, m.group(1) if m else None, lines[i + 1 : j]))
+            if lang in EXAMPLE_LANGUAGES or m:  # diagrams and bare blocks are not examples unless marked
+                out.append((i + 1, m.group(1) if m else None, lines[i + 1 : j]))
             i = j + 1
         else:
             i += 1

@@ -101,17 +101,6 @@ class MedGemma:
         parallel: int | None = None,
         workload: str = "interactive",
     ) -> MedGemma:
-        """Find `model` on this machine and load it (offline unless `allow_download`).
-
-        Args:
-            model: a variant name (`medgemma-4b-it`), hub id, checkpoint folder, registered name or `.gguf` file;
-                None takes the best found, else the demo model.
-            backend: `auto`, `transformers`, `llamacpp` or `openai` (with `upstream`).
-            device: `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
-            dtype: `auto`, `float32`, `bfloat16` or `float16`.
-            preset: the prompt preset; default the model's own convention.
-            upstream: an OpenAI-compatible server to forward generation to.
-        """
         opts = LoadOptions(
             device=device,
             dtype=dtype,
