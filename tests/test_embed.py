@@ -169,7 +169,7 @@ def test_done_when_embed_and_classify_cli(tmp_path, files):
 def test_embed_writes_parquet_and_npy(siglip_dir, files, tmp_path, cli):
     import pyarrow.parquet as pq
 
-    args = ["embed", "-m", str(siglip_dir), "-i", str(files / "im0.png"), "-i", str(files / "b.dcm"), "-t", "edema"]
+    args = ["embed", "-m", str(siglip_dir), "-i", str(files / "im0.png"), "-i", str(files / "b.dcm"), "--text", "edema"]
     j = cli(*args, "--json")
     assert j.returncode == 0, j.stderr
     want = np.array([i["embedding"] for i in json.loads(j.stdout)["items"]], dtype=np.float32)

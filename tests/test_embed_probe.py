@@ -91,6 +91,11 @@ def test_probe_three_classes_from_csv(siglip_dir, tmp_path, cli):
     assert probe["classes"] == ["blue", "green", "red"] and np.asarray(probe["coef"]).shape == (3, 32)
     p = apply_probe(probe, np.random.default_rng(0).normal(size=(4, 32)))
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    # Issue 28: without -m, `classify --probe` loads the model the probe was trained on (not medsiglip-448).
+    one = str(sorted(data.rglob("*.png"))[0])
+    res = cli("classify", "--probe", str(out), "-i", one, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["labels"] == ["blue", "green", "red"]
     bad = cli("probe", "-m", str(siglip_dir), "--data", str(data / "labels.csv"), "--out", str(tmp_path / "r4"), "--folds", "20")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --folds 20")
 

@@ -105,6 +105,16 @@ def test_not_a_checkpoint_is_one_line(tmp_path):
     assert r.returncode == 2 and "not a checkpoint directory" in r.stderr
 
 
+def test_relative_checkpoint_and_out_paths(tmp_path, tiny_text_model_dir):
+    """Issue 28: `export gguf merged -o gguf/` failed for relative paths (the converter runs in its own folder)."""
+    import shutil
+
+    shutil.copytree(tiny_text_model_dir, tmp_path / "merged")
+    r = run_cli("export", "gguf", "merged", "-o", "gguf/", "--outtype", "f32", "--text-only", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["Modelfile", "export.json", "merged-f32.gguf"]
+
+
 def test_bad_outtype_is_one_line(tiny_model_dir, tmp_path):
     r = run_cli("export", "gguf", str(tiny_model_dir), "-o", str(tmp_path), "--outtype", "q3_weird")
     assert r.returncode == 2 and "--outtype must be one of" in r.stderr

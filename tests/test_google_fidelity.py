@@ -181,7 +181,8 @@ def test_preview_json_lists_the_notebooks_85_instances(ct200, tmp_path):
     first = out["images"][0]
     assert set(first) == {"source", "instance_number", "sop_instance_uid", "label", "patch"}
     assert first["label"] == "SLICE 1" and first["patch"] is None and Path(first["source"]).parent == ct200
-    assert first["sop_instance_uid"].startswith(SeriesSpec().series_uid)
+    assert first["sop_instance_uid"].startswith("sha256:")  # hashed like the server's (issue 28)
+    assert SeriesSpec().series_uid not in res.stdout
     assert (tmp_path / "p.png").is_file()
 
 

@@ -238,7 +238,7 @@ def test_batch_rows_with_prior_and_current(tmp_path):
     ]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with ScriptedUpstream(ANSWER) as up:
-        res = run_cli("batch", "--upstream", up.url, "-i", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl"))
+        res = run_cli("batch", "--upstream", up.url, "--input", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl"))
         sent = sorted((shapes(b) for b in up.requests), key=len)
     assert res.returncode == 0, res.stderr
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
@@ -246,7 +246,7 @@ def test_batch_rows_with_prior_and_current(tmp_path):
     assert sorted(sent) == sorted([["tall", "wide", REF["prompt"]], ["tall", "wide", "Worse?"], ["Describe.", "wide"]])  # row c: the model's own preset
     assert sorted(padded(b) for b in up.requests) == [[False, False], [False, False], [True]]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x", "prior": "p.png"}) + "\n")
-    bad = run_cli("batch", "--upstream", "http://127.0.0.1:9", "-i", str(tmp_path / "bad.jsonl"),
+    bad = run_cli("batch", "--upstream", "http://127.0.0.1:9", "--input", str(tmp_path / "bad.jsonl"),
                   "-o", str(tmp_path / "o2.jsonl"))
     assert bad.returncode == 2 and "needs both 'prior' and 'current'" in bad.stderr
 

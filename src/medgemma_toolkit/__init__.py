@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import os
-
-# Nothing we do may phone home: the Hub is consulted only when a user opts in to a download.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Importing the package changes nothing in the host's environment and imports no torch. Offline-by-default is
+# switched on where models are found and loaded (models/offline.py) and by the `medgemma` command.
 
 
-def __getattr__(name: str):  # lazy: `import medgemma_toolkit` must not import torch
-    if name == "__version__":
+_LAZY = {
+    "MedGemma": "api",
+    "Answer": "api",
+    "Query": "api",
+    "MedSigLIP": "embed",
+    "evaluate": "shortcuts",
+    "deidentify": "shortcuts",
+    "localize_anatomy": "shortcuts",  # not `localize`: that name is the subpackage
+}
+
+
+def __getattr__(name: str) -> object:  # lazy: `import medgemma_toolkit` must not import torch
+    if name == "__version__":  # read on first use (importlib.metadata costs tens of milliseconds)
         from .provenance import toolkit_version
 
-        return toolkit_version()
-    if name in ("MedGemma", "Answer", "Query"):
-        from . import api
+        globals()["__version__"] = version = toolkit_version()
+        return version
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
-    if name == "MedSigLIP":
-        from .embed import MedSigLIP
-
-        return MedSigLIP
-    raise AttributeError(name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'medgemma_toolkit' has no attribute {name!r}")
 
 
-__all__ = ["MedGemma", "MedSigLIP", "Answer", "Query", "__version__"]
+__all__ = ["Answer", "MedGemma", "MedSigLIP", "Query", "__version__", "deidentify", "evaluate", "localize_anatomy"]

@@ -3,14 +3,18 @@
 >>> from medgemma_toolkit import MedGemma
 >>> mg = MedGemma.load("medgemma-4b-it")            # or a directory, a .gguf, or None for the best found
 >>> mg.ask("Describe this X-ray.", images=["cxr.dcm"]).text
+>>> mg.chat([{"role": "user", "content": "What is sepsis?"}]).text   # OpenAI-style messages
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal, overload
 
 from PIL import Image
 
@@ -18,16 +22,19 @@ from .backends.base import Backend, Completion, GenerationRequest, SamplingParam
 from .core.messages import ImagePart, Message, Part, TextPart
 from .core.options import LoadOptions
 from .errors import BadInput, CapabilityError
-from .imaging import DEFAULT_IMAGE_SIZE, ImageOptions, load_parts, to_model_image
+from .imaging import DEFAULT_IMAGE_SIZE, ImageOptions, decode_image_bytes, load_parts, to_model_image
 from .loading import load_backend
 from .models.demo import DEMO_NOTICE
 from .models.resolve import ResolvedModel
+from .prompts.chat_messages import ImageRef, parse_chat
 from .prompts.presets import PromptPreset, get_preset
 from .prompts.thinking import StreamSplitter, split_thought
 
 
 @dataclass
 class Answer:
+    """A model's reply: the answer text, the thought apart (thinking models), token counts and timings."""
+
     text: str
     thought: str | None
     raw: str
@@ -52,7 +59,13 @@ class Query:
 
 
 class MedGemma:
-    """A loaded model plus its prompt preset; every call goes through the `Backend` interface."""
+    """A loaded model plus its prompt preset; every call goes through the `Backend` interface.
+
+    Use it as a context manager (or call `close()`) to free the model's memory and threads when done:
+
+    >>> with MedGemma.load("medgemma-4b-it") as mg:
+    ...     print(mg.chat([{"role": "user", "content": "What is sepsis?"}]).text)
+    """
 
     def __init__(
         self,
@@ -65,6 +78,7 @@ class MedGemma:
         self.resolved = resolved
         self.preset: PromptPreset = get_preset(preset or backend.info.default_preset)
         self.load_seconds = load_seconds
+        self._closed = False
 
     @classmethod
     def load(
@@ -175,12 +189,137 @@ class MedGemma:
         )
 
     # -- generation -------------------------------------------------------------------------------------------
-    def ask(self, question: str, images: Sequence[Any] = (), **kwargs: Any) -> Answer:
-        """Answer one question (optionally about images); thought and answer come back separated."""
-        req = self.request(question, images, **kwargs)
+    def ask(
+        self,
+        question: str,
+        images: Sequence[Any] = (),
+        *,
+        system: str | None = None,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        image_options: ImageOptions = ImageOptions(),
+        **kwargs: Any,
+    ) -> Answer:
+        """Answer one question (optionally about images); thought and answer come back separated.
+
+        Args:
+            question: the question text.
+            images: paths (PNG, JPEG, DICOM, series folders, slides), `dicomweb://` URIs or PIL images.
+            system: a system prompt replacing the preset's.
+            think: ask thinking-capable models to reason first (the thought is `Answer.thought`).
+            max_new_tokens: default the preset's.
+            temperature: 0 is greedy, MedGemma's default.
+            kwargs: the rest of `request()`'s options (history, top_k, stop, preset, instruction).
+        """
+        req = self.request(
+            question,
+            images,
+            system=system,
+            think=think,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            image_options=image_options,
+            **kwargs,
+        )
+        return self._generate(req)
+
+    def _generate(self, req: GenerationRequest) -> Answer:
         t0 = time.perf_counter()
         c = self.backend.generate([req])[0]
         return self._answer(c, time.perf_counter() - t0)
+
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[False] = False,
+        think: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        seed: int | None = ...,
+        image_options: ImageOptions = ...,
+    ) -> Answer: ...
+
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[True],
+        think: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        seed: int | None = ...,
+        image_options: ImageOptions = ...,
+    ) -> Iterator[tuple[str, str] | Answer]: ...
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: bool = False,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        image_options: ImageOptions = ImageOptions(),
+    ) -> Answer | Iterator[tuple[str, str] | Answer]:
+        """Reply to a conversation written as OpenAI chat messages, images included.
+
+        Messages are `{"role": "system" | "user" | "assistant", "content": str | [parts]}`; a part is
+        `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` (a path, `file://`,
+        `data:image/...;base64,...` or `dicomweb://` URI) or `{"type": "image", "image": path_or_PIL_image}`. The last
+        message is the user's; the model's preset renders the turns.
+
+        Args:
+            messages: the conversation so far.
+            stream: False returns the `Answer`; True returns an iterator of `("thought" | "answer", text)` pieces as
+                they are decoded, then the final `Answer`.
+            think: ask thinking-capable models to reason first.
+            max_new_tokens: default the preset's.
+            temperature: 0 is greedy, MedGemma's default.
+
+        Example:
+            >>> for piece in mg.chat([{"role": "user", "content": "Explain atelectasis."}], stream=True):
+            ...     if isinstance(piece, tuple) and piece[0] == "answer":
+            ...         print(piece[1], end="")
+        """
+        chat = parse_chat(messages)
+        history: list[Message] = []
+        for turn in chat.history:
+            parts: list[Part] = []
+            for item in turn.items:
+                if isinstance(item, ImageRef):
+                    parts += self.media([_image_source(item.source)], image_options)
+                elif item:
+                    parts.append(TextPart(item))
+            history.append(Message(turn.role, parts))  # type: ignore[arg-type]
+        system = chat.system
+        if history and system is not None:  # presets add their system turn to a first turn only
+            history.insert(0, Message("system", [TextPart(system)]))
+            system = None
+        req = self.request(
+            chat.question,
+            [_image_source(s) for s in chat.images],
+            system=system,
+            think=think,
+            history=history or None,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            image_options=image_options,
+        )
+        return self.stream(req) if stream else self._generate(req)
 
     def ask_batch(self, queries: Sequence[Query | str], **kwargs: Any) -> list[Answer]:
         """Answer many questions in batches (the backend pads and batches them)."""
@@ -203,6 +342,37 @@ class MedGemma:
                 yield self._answer(item, time.perf_counter() - t0)
                 return
             yield from splitter.feed(item)
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the backend (model memory, llama.cpp contexts, HTTP clients, threads). Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def __enter__(self) -> MedGemma:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _image_source(src: Any) -> Any:
+    """A chat image as `media` takes it: a data URI decoded here, `file://` made a path, the rest as given."""
+    if isinstance(src, str) and src.startswith("data:"):
+        head, _, b64 = src.partition(",")
+        if ";base64" not in head:
+            raise BadInput("image data URI: only base64 data URIs are accepted")
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput("image data URI: the base64 payload is malformed") from None
+        return decode_image_bytes(data, "image data URI")
+    if isinstance(src, str) and src.startswith("file://"):
+        return src.removeprefix("file://")
+    return src
 
 
 def _gguf_type(path: str) -> str:

@@ -1,4 +1,5 @@
-"""`medgemma chat`: a line-based multi-turn REPL with streaming. Works on a terminal and on piped stdin."""
+"""`medgemma chat`: a multi-turn REPL with streaming. On a terminal, line editing, history and multi-line messages
+(chat/input.py, prompt_toolkit); on piped stdin, one message per line."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ from ..core.messages import Message, Part, TextPart
 from ..errors import MedGemmaError
 from ..imaging import ImageOptions
 from ..prompts.presets import LONGITUDINAL, get_preset
+from .input import ReadLine, default_reader
 
 HELP = (
+    "Alt+Enter: new line; Up/Down: earlier messages; "
     "commands: /image PATH (attach to next question), /prior PATH and /current PATH (compare: the next question, "
     "or /compare for the notebook's instruction, gets prior then current), /think (toggle), /reset, /help, /quit"
 )
 
 
 def run_repl(
-    mg: Any, system: str | None = None, think: bool = False, max_new_tokens: int | None = None, stdin=None, stdout=None
+    mg: Any,
+    system: str | None = None,
+    think: bool = False,
+    max_new_tokens: int | None = None,
+    stdin=None,
+    stdout=None,
+    read: ReadLine | None = None,
 ) -> None:
     from ..api import Answer
 
@@ -27,15 +36,13 @@ def run_repl(
     history: list[Message] = []
     pending: list[Part] = []
     compare: dict[str, list[Part]] = {}  # "prior" / "current" -> that image's parts, until the comparison is sent
+    read = read or default_reader(inp, out)
     print(f"chatting with {mg.backend.info.name} ({mg.preset.name}); {HELP}", file=out)
     while True:
-        if live:
-            out.write("> ")
-            out.flush()
-        line = inp.readline()
-        if not line:
+        raw = read()
+        if raw is None:
             break
-        line = line.strip()
+        line = raw.strip()
         if not line:
             continue
         if line.startswith("/"):

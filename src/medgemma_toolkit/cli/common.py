@@ -173,6 +173,25 @@ class ImageArgs:
         return check_options(ImageOptions(window=parse_window(self.window), frame=self.frame, **rest))
 
 
+def check_sources(sources: list[str] | None, flag: str = "--image") -> None:
+    """Fail in one line on an image path that does not exist, before any model loads (a typo must not cost a
+    model load first, nor print the demo notice). URIs (dicomweb://, http://) and globs are checked by their
+    readers; everything else is a local path."""
+    from pathlib import Path
+
+    from ..errors import BadInput
+
+    for src in sources or []:
+        if "://" in src or any(c in src for c in "*?["):
+            continue
+        try:
+            exists = Path(src).expanduser().exists()
+        except (OSError, ValueError):  # too long for the file system, or with NUL
+            raise BadInput(f"{flag} {src[:60]}...: not a usable file path") from None
+        if not exists:
+            raise BadInput(f"{flag} {src}: file not found")
+
+
 MODEL_DEFAULTS = ModelOptions()
 IMAGE_DEFAULTS = ImageArgs()
 F = TypeVar("F", bound=Callable[..., Any])

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import app
-from .common import IMAGE_DEFAULTS, DeviceOpt, DownloadOpt, DTypeOpt, ImageArgs, option_groups
+from .common import IMAGE_DEFAULTS, DeviceOpt, DownloadOpt, DTypeOpt, ImageArgs, check_sources, option_groups
 
 ImagesOpt = Annotated[
     Optional[list[str]],
@@ -95,6 +95,7 @@ def _need_images(image: list[str] | None) -> list[str]:
 
     if not image:
         raise BadInput("give at least one --image")
+    check_sources(image)
     return image
 
 
@@ -103,9 +104,10 @@ def _need_images(image: list[str] | None) -> list[str]:
 def embed(
     eo: EmbedModelOptions = EMBED_DEFAULTS,
     image: ImagesOpt = None,
-    text: Annotated[Optional[list[str]], typer.Option("--text", "-t", help="Text to embed; repeat")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to embed; repeat")] = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Write the vectors to .parquet (with manifest columns) or .npy (+ .jsonl)")
+        Optional[Path],
+        typer.Option("--out", "-o", help="Write the vectors to .parquet (with manifest columns) or .npy (+ .jsonl)"),
     ] = None,
     as_json: JsonOpt = False,
     img: ImageArgs = IMAGE_DEFAULTS,
@@ -121,6 +123,7 @@ def embed(
 
     if not image and not text:
         raise BadInput("give --image and/or --text")
+    check_sources(image)
     opts = img.options()
     ms = eo.load()
     with progress_bar(len(image or []), as_json) as prog:
@@ -195,12 +198,14 @@ def classify(
     images = _need_images(image)
     opts = img.options()
     if probe is not None:
-        from ..embed.probe import apply_probe, load_probe
+        from ..embed.probe import apply_probe, load_probe, probe_model
         from ..errors import BadInput
 
         if labels or labels_file:
             raise BadInput("--probe brings its own classes; drop --labels")
         pr = load_probe(probe)
+        if eo.model is None:  # the probe's own embedding model, not the default medsiglip-448
+            eo = dataclasses.replace(eo, model=probe_model(pr))
         ms = eo.load()
         with progress_bar(len(images), as_json) as prog:
             emb = ms.embed_images(images, opts, prog)
@@ -232,7 +237,9 @@ def classify(
 @option_groups(eo=EmbedModelOptions, img=ImageArgs)
 def probe(
     data: Annotated[Path, typer.Option(help="Folder of class sub-folders, or CSV/TSV/JSONL with path,label")],
-    out: Annotated[Path, typer.Option(help="Run folder: embedding cache, probe.json, metrics.json, predictions.csv")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder: embedding cache, probe.json, metrics.json, predictions.csv")
+    ],
     eo: EmbedModelOptions = EMBED_DEFAULTS,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (stratified)")] = 5,
     seed: Annotated[int, typer.Option(help="Fold shuffling and bootstrap seed")] = 0,

@@ -13,9 +13,7 @@ from ..errors import BadInput
 from . import app
 from .common import MODEL_DEFAULTS, ModelOptions, option_groups
 
-eval_app = typer.Typer(
-    help="Evaluate a model on a benchmark task with MedGemma's protocol.", invoke_without_command=True
-)
+eval_app = typer.Typer(invoke_without_command=True)  # help: eval_run's docstring
 app.add_typer(eval_app, name="eval")
 
 
@@ -37,7 +35,7 @@ def eval_run(
     ctx: typer.Context,
     mo: ModelOptions = MODEL_DEFAULTS,
     task: Annotated[
-        Optional[str], typer.Option("--task", "-t", help="Task name (see `medgemma eval list`) or a task .yaml file")
+        Optional[str], typer.Option("--task", help="Task name (see `medgemma eval list`) or a task .yaml file")
     ] = None,
     data: Annotated[
         Optional[str],
@@ -60,13 +58,20 @@ def eval_run(
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N items")] = None,
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Run directory (records.jsonl, summary.json, report.md/html). Default: eval-runs/TASK"),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (records.jsonl, summary.json, report.md/html), used as given. Default: a new eval-runs/TASK-YYYYmmdd-HHMMSS (with --resume: the latest one)",
+        ),
     ] = None,
     batch_size: Annotated[
         str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")
     ] = "auto",
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out, skipping finished items")
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out (default: the task's latest run), skipping finished items"
+        ),
     ] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the protocol's token budget")] = None,
     temperature: Annotated[float, typer.Option(help="Override the protocol's greedy decoding (0)")] = 0.0,
@@ -87,9 +92,11 @@ def eval_run(
     ] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
 ) -> None:
-    """Run a task and write records, summary.json and a report with plots.
+    """Evaluate a model on a benchmark task with MedGemma's protocol: records, summary.json, a report with plots.
 
+    Example: medgemma eval --task medqa --limit 5
     Example: medgemma eval --model medgemma-4b-it --task medqa --data medqa_test.jsonl --out runs/medqa
+    Example: medgemma eval list
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -109,7 +116,7 @@ def eval_run(
     opts = EvalOptions(
         task=task,
         data=data,
-        out=out or Path("eval-runs") / spec.name,
+        out=out or default_run_dir(spec.name, resume),
         limit=limit,
         batch_size=_batch_size(batch_size),
         resume=resume,
@@ -147,6 +154,30 @@ def eval_run(
     print(f"wrote {opts.out}/summary.json, report.md, report.html")
     for note in summary["notes"]:  # e.g. RadGraph F1 skipped, demo model
         print(f"note: {note}", file=sys.stderr)
+
+
+RUNS = Path("eval-runs")
+
+
+def default_run_dir(task: str, resume: bool, root: Path = RUNS) -> Path:
+    """A new timestamped run folder per run (as lm-eval does), so re-running never collides with an earlier run;
+    with --resume, the task's latest run folder (names sort by time)."""
+    from datetime import datetime, timezone
+
+    if resume:
+        runs = sorted(p for p in root.glob(f"{task}-*") if (p / "records.jsonl").is_file())
+        legacy = root / task  # the one folder per task that earlier versions used
+        if runs:
+            return runs[-1]
+        if (legacy / "records.jsonl").is_file():
+            return legacy
+        raise BadInput(f"--resume: no earlier run of {task} under {root}/; give --out RUN_DIR")
+    base = root / f"{task}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out, n = base, 1
+    while out.exists():  # two runs started in the same second
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 @eval_app.command("list")
@@ -187,7 +218,7 @@ def eval_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
 def eval_compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory")],
-    out: Annotated[Path, typer.Option(help="Where compare.json/.md/.png go")] = Path("eval-compare"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where compare.json/.md/.png go")] = Path("eval-compare"),
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples")] = 1000,
 ) -> None:
     """Side-by-side metrics of two runs of a task, with a paired bootstrap and McNemar's test, and a plot.
@@ -198,6 +229,8 @@ def eval_compare(
 
     result = compare_runs(run_a, run_b, n_boot=bootstrap)
     print(format_table(result))
+    for warning in result["warnings"]:  # also on stderr, so a script that keeps only stdout's table still hears
+        print(f"warning: {warning}: the scores may not be comparable", file=sys.stderr)
     write_comparison(result, out)
     print(f"wrote {out}/compare.json, compare.md, compare.png")
 
@@ -205,7 +238,7 @@ def eval_compare(
 @app.command()
 @option_groups(mo=ModelOptions)
 def batch(
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL rows: {id, question, images?, system?}")],
+    input: Annotated[Path, typer.Option("--input", help="JSONL rows: {id, question, images?, system?}")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results JSONL (appended per batch)")],
     mo: ModelOptions = MODEL_DEFAULTS,
     resume: Annotated[bool, typer.Option("--resume", help="Skip rows already in --out")] = False,

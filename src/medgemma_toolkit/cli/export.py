@@ -10,11 +10,7 @@ import typer
 from ..errors import BadInput
 from . import app
 
-export_app = typer.Typer(
-    help="Export models: merge a LoRA adapter (--adapter DIR --merge -o OUT) or write GGUF (export gguf).",
-    invoke_without_command=True,
-    no_args_is_help=True,
-)
+export_app = typer.Typer(invoke_without_command=True, no_args_is_help=True)  # help: export's docstring
 app.add_typer(export_app, name="export")
 
 
@@ -25,14 +21,19 @@ def export(
         Optional[Path], typer.Option("--adapter", help="LoRA adapter folder (e.g. RUN/adapter from finetune)")
     ] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Fold the adapter into the base weights")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the merged checkpoint")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--out", "-o", "--output", help="Folder for the merged checkpoint")
+    ] = None,
     base: Annotated[
         Optional[str], typer.Option(help="Base model (default: the one named in adapter_config.json)")
     ] = None,
 ) -> None:
-    """Export models. With --adapter DIR --merge -o OUT: write a merged checkpoint that loads anywhere.
+    """Export models: merge a LoRA adapter (--adapter DIR --merge -o OUT) or write GGUF (export gguf).
+
+    With --adapter DIR --merge -o OUT: write a merged checkpoint that loads anywhere.
 
     Example: medgemma export --adapter runs/path1/adapter --merge -o medgemma-4b-path1
+    Example: medgemma export gguf medgemma-4b-path1 -o gguf/ --outtype q8_0
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -53,7 +54,9 @@ def export_gguf_cmd(
     checkpoint: Annotated[
         Path, typer.Argument(help="MedGemma(-architecture) checkpoint folder, e.g. a merged fine-tune")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the GGUF files and the Ollama Modelfile")],
+    output: Annotated[
+        Path, typer.Option("--out", "-o", "--output", help="Folder for the GGUF files and the Ollama Modelfile")
+    ],
     outtype: Annotated[
         str, typer.Option(help="Text model weights: f32, f16, bf16, q8_0 or q4_k_m (q4_k_m needs llama-cpp-python)")
     ] = "f16",

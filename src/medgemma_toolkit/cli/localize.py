@@ -38,7 +38,9 @@ def localize(
     ] = False,
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Write the image with the boxes drawn (PNG); with --batch, a folder"),
+        typer.Option(
+            "--out", "-o", "--output", help="Write the image with the boxes drawn (PNG); with --batch, a folder"
+        ),
     ] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Per object; default: the preset's (1000)")] = None,
     img: ImageArgs = IMAGE_DEFAULTS,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, option_groups
+from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, check_sources, option_groups
 
 
 @app.command()
@@ -91,6 +91,7 @@ def ask(
         if ordered.notice:
             print(ordered.notice, file=sys.stderr)
     question = question or ""
+    check_sources(image)  # before the model loads (and before the demo notice)
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from .show_prompt import show_prompt_offline
 
@@ -109,6 +110,7 @@ def ask(
             print(shown)
             return
     mg = mo.load(preset)
+    _warn_if_no_thinking(mg, think)
     req = mg.request(
         question,
         image or [],
@@ -139,6 +141,16 @@ def ask(
         print(json.dumps(out, ensure_ascii=False))
         return
     _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())
+
+
+def _warn_if_no_thinking(mg, think: bool) -> None:
+    """--think on a model that was not trained to think would be silently ignored by the model: say so."""
+    if think and not mg.backend.info.thinking:
+        print(
+            f"note: --think: {mg.backend.info.name} is not a thinking model (MedGemma 1.5 4B, 27B and 27B text "
+            "are); its answer will have no separate thought",
+            file=sys.stderr,
+        )
 
 
 def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
@@ -195,6 +207,7 @@ def chat(
     from ..chat.repl import run_repl
 
     mg = mo.load(preset)
+    _warn_if_no_thinking(mg, think)
     run_repl(mg, system=system, think=think, max_new_tokens=max_new_tokens)
 
 
@@ -202,7 +215,7 @@ def chat(
 @option_groups(img=ImageArgs)
 def preview(
     image: Annotated[list[str], typer.Argument(help="Image file(s) or other image sources")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")],
+    output: Annotated[Path, typer.Option("--out", "-o", "--output", help="PNG to write")],
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Use this model's input size (no weights are loaded)")
     ] = None,
@@ -211,7 +224,7 @@ def preview(
         bool,
         typer.Option(
             "--json",
-            help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid, label, patch",
+            help="Print what the model sees as JSON: its images in order, each with source, instance_number, sop_instance_uid (hashed, as the server and eval records write it), label, patch",
         ),
     ] = False,
     img: ImageArgs = IMAGE_DEFAULTS,
@@ -226,7 +239,7 @@ def preview(
     Example: medgemma preview ct_series/ -o slices.png --json
     """
     from ..imaging import DEFAULT_IMAGE_SIZE, load_parts
-    from ..imaging.manifest import image_manifest
+    from ..imaging.manifest import for_records, image_manifest
     from ..imaging.montage import save_preview
 
     px = size or _model_image_size(model) or DEFAULT_IMAGE_SIZE
@@ -234,7 +247,9 @@ def preview(
     parts = [p for src in image for p in load_parts(src, opts, px)]
     n = save_preview(parts, output)
     if as_json:
-        print(json.dumps({"output": str(output), "size": px, "images": image_manifest(parts)}, ensure_ascii=False))
+        # UIDs hashed as the server and eval records hash them: a UID can identify a patient's study.
+        images = for_records(image_manifest(parts))
+        print(json.dumps({"output": str(output), "size": px, "images": images}, ensure_ascii=False))
     else:
         print(f"wrote {output} ({n} image{'s' if n != 1 else ''} at {px}x{px})")
 
@@ -255,7 +270,7 @@ def _model_image_size(model: str | None) -> int | None:
     return processor_image_size(r.path)
 
 
-models_app = typer.Typer(help="Known MedGemma variants and which are on this machine.", invoke_without_command=True)
+models_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(models_app, name="models")
 
 
@@ -267,6 +282,8 @@ def models(
     """List MedGemma variants (modality, thinking, memory) and where each is found locally — offline.
 
     Example: medgemma models
+    Example: medgemma models --json
+    Example: medgemma models register medgemma-4b-it /data/models/medgemma-4b-it
     """
     if ctx.invoked_subcommand is not None:
         return

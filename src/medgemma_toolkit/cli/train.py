@@ -19,7 +19,14 @@ RunDirOpt = Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpo
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --out from its last complete checkpoint")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
+ReportToOpt = Annotated[
+    str,
+    typer.Option(
+        "--report-to",
+        help="Also log to: none, auto (every installed one), tensorboard, wandb (offline unless WANDB_MODE is set); comma-separated",
+    ),
+]
 
 
 def _recipe_overrides(**kw):
@@ -79,6 +86,7 @@ def finetune(
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
+    report_to: ReportToOpt = "none",
 ) -> None:
     """Fine-tune a LoRA adapter on your images and text; crash-safe (kill it, then --resume).
 
@@ -118,6 +126,7 @@ def finetune(
         device=device,
         resume=resume,
         quiet=quiet,
+        report_to=report_to,
     )
     r = run_finetune(settings)
     resumed = f" (resumed from step {r.resumed_from})" if r.resumed_from else ""

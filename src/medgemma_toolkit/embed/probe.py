@@ -181,6 +181,8 @@ def probe_to_json(clf: Any, ms: MedSigLIP, metrics: dict[str, Any]) -> dict[str,
         "coef": clf.coef_.tolist(),
         "intercept": clf.intercept_.tolist(),
         "model": ms.name,
+        # Where the embedding model was found, so `classify --probe DIR` loads the very model the probe was fit on.
+        "model_path": str(Path(ms.path).resolve()),
         **{k: v for k, v in ms.info().items() if k != "model"},
         "metrics": {k: metrics[k] for k in ("n", "accuracy", "accuracy_ci95", "auc_macro")},
     }
@@ -194,6 +196,17 @@ def load_probe(directory: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         raise BadInput(f"--probe {directory}: no readable probe.json (made by `medgemma probe --out DIR`)") from None
     return dict(probe)
+
+
+def probe_model(probe: dict[str, Any]) -> str | None:
+    """The embedding model a probe was trained on: its checkpoint folder if still there, else the name it was given.
+
+    A probe's weights only mean something on the embeddings of that model, so this is `classify --probe`'s default."""
+    path = probe.get("model_path")
+    if isinstance(path, str) and Path(path).is_dir():
+        return path
+    name = probe.get("model")
+    return name if isinstance(name, str) and name else None
 
 
 def apply_probe(probe: dict[str, Any], x: np.ndarray) -> np.ndarray:

@@ -40,19 +40,25 @@ def _bars_with_ci(ax, labels: Sequence[str], values: Sequence[float | None], low
 
 
 def metric_plot(metrics: dict[str, dict[str, Any]]) -> str:
-    """Every metric's value with its bootstrap 95% interval."""
+    """Every metric's value with its 95% interval, each labelled with the method that made it (as in the table)."""
     plt = _fig()
     shown = {k: v for k, v in metrics.items() if v["value"] is not None}
     fig, ax = plt.subplots(figsize=(1.4 * max(3, len(shown)), 3))
     _bars_with_ci(
         ax,
-        list(shown),
+        [f"{k}\n({_method(v)})" for k, v in shown.items()],
         [v["value"] for v in shown.values()],
         [v["ci_low"] for v in shown.values()],
         [v["ci_high"] for v in shown.values()],
     )
-    ax.set_title("score with 95% bootstrap CI")
+    methods = sorted({_method(v) for v in shown.values()})
+    ax.set_title(f"score with 95% CI ({', '.join(methods)})" if len(methods) == 1 else "score with 95% CI")
     return _png(fig)
+
+
+def _method(metric: dict[str, Any]) -> str:
+    """The CI method's name as the report's table writes it (summary.json's `ci_method`)."""
+    return str(metric.get("ci_method") or "no CI")
 
 
 def condition_plot(f1: dict[str, float]) -> str:
@@ -109,5 +115,5 @@ def compare_plot(names: tuple[str, str], rows: list[dict[str, Any]]) -> str:
     ax.set_xticks(x, [r["metric"] for r in rows])
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    ax.set_title("A vs B (95% CI)")
+    ax.set_title(f"{names[0]} vs {names[1]} (95% CI)")
     return _png(fig)

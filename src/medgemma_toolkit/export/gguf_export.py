@@ -20,6 +20,7 @@ from typing import Literal
 from ..backends.llamacpp_logging import route_llama_logs
 from ..errors import BackendUnavailable, BadInput, MedGemmaError, ModelNotFound
 from ..models.resolve import resolve_model
+from ..provenance import toolkit_version
 from .llama_source import LLAMA_CPP_PYTHON_VERSION, converter_script
 from .modelfile import write_modelfile
 from .prepare import read_config, stage_checkpoint
@@ -70,13 +71,15 @@ def export_gguf(
     src = Path(checkpoint).expanduser()
     if not src.is_dir():
         src = _resolve(str(checkpoint))
+    # Absolute paths: the converter runs in its own folder (cwd), where a relative `-o gguf/` would point elsewhere.
+    src = src.resolve()
     if outtype not in (*CONVERTER_TYPES, *LLAMA_QUANT_TYPES):
         raise BadInput(f"--outtype must be one of {', '.join((*CONVERTER_TYPES, *LLAMA_QUANT_TYPES))}; got {outtype!r}")
     if mmproj_outtype not in ("f32", "f16"):
         raise BadInput(f"--mmproj-outtype must be f32 or f16; got {mmproj_outtype!r}")
     cfg = read_config(src)
     multimodal = cfg.get("vision_config") is not None
-    out = Path(out_dir).expanduser()
+    out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     stem = name or src.resolve().name
     script = converter_script(llama_cpp_source)
@@ -98,7 +101,7 @@ def export_gguf(
         **result.to_dict(),
         "source": str(src),
         "converter": f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist",
-        "toolkit": _toolkit_version(),
+        "toolkit": toolkit_version(),
     }
     (out / "export.json").write_text(json.dumps(provenance, indent=2))
     return result
@@ -141,12 +144,3 @@ def quantize(src: Path, dst: Path, outtype: str) -> None:
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
         raise ConversionFailed(f"llama.cpp quantizer failed for {outtype} (code {rc})")
-
-
-def _toolkit_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("medgemma-toolkit")
-    except Exception:
-        return "unknown"

@@ -14,6 +14,7 @@ from typing import Literal
 from ..errors import BadInput, ModelNotFound
 from .demo import DEMO_NAME, demo_gguf_path
 from .local import hf_cache_snapshot, is_checkpoint_dir, registered, search_path_dirs
+from .offline import hub_offline
 from .variants import BY_NAME, PREFERENCE, Variant, find_variant
 
 Format = Literal["hf", "gguf"]
@@ -70,7 +71,7 @@ def missing_weights_message(name: str, hub_id: str) -> str:
     return (
         f"model {name!r} is not on this machine. MedGemma weights are gated: accept the Health AI Developer "
         f"Foundations terms on huggingface.co/{hub_id} once. Then, on a connected machine: "
-        f"`huggingface-cli login && huggingface-cli download {hub_id}` and copy ~/.cache/huggingface/hub/"
+        f"`hf auth login && hf download {hub_id}` and copy ~/.cache/huggingface/hub/"
         f"models--{hub_id.replace('/', '--')} into this machine's HF cache (or any folder, then "
         f"`medgemma models register {name} DIR`), or pass --model DIR, or add --allow-download here"
     )
@@ -78,6 +79,7 @@ def missing_weights_message(name: str, hub_id: str) -> str:
 
 def resolve_model(spec: str | None, allow_download: bool = False) -> ResolvedModel:
     """Find the model named by `spec` on disk; see the module docstring for the accepted forms."""
+    hub_offline()
     if spec is None or spec == "":
         spec = os.environ.get("MEDGEMMA_MODEL") or None
     if spec is None:

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
 from .checkpoints import write_atomic
 
 LOG_NAME = "loss_log.jsonl"
@@ -37,9 +35,45 @@ def truncate_log(path: Path, last_step: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def y_range(values: list[float]) -> tuple[float, float]:
+    """The loss axis: the data's own range with a 5% margin, not from 0 (a drop from 6.04 to 5.98 must be visible)."""
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    return lo - pad, hi + pad
+
+
+def _points(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and math.isfinite(float(r["loss"]))]
+
+
 def plot_curve(rows: list[dict[str, Any]], out: Path, title: str = "training loss") -> Path:
-    """Draw loss against step as a PNG with Pillow (no plotting library needed)."""
-    pts = [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and math.isfinite(float(r["loss"]))]
+    """Loss against step as a PNG: matplotlib when installed (axes, ticks, grid), else a plain Pillow drawing; the
+    loss axis spans the data (`y_range`)."""
+    pts = _points(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_curve_pil(pts, out, title)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    if pts:
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o" if len(pts) < 40 else None, markersize=3)
+        ax.set_ylim(*y_range([y for _, y in pts]))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _plot_curve_pil(pts: list[tuple[int, float]], out: Path, title: str) -> Path:
+    from PIL import Image, ImageDraw
+
     w, h, m = 640, 400, 50
     im = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(im)
@@ -47,8 +81,8 @@ def plot_curve(rows: list[dict[str, Any]], out: Path, title: str = "training los
     d.rectangle([m, m, w - m // 2, h - m], outline="black")
     if pts:
         x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-        y0, y1 = min(0.0, min(p[1] for p in pts)), max(p[1] for p in pts)
-        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+        y0, y1 = y_range([p[1] for p in pts])
+        x1 = x1 if x1 > x0 else x0 + 1
         sx = lambda x: m + (x - x0) / (x1 - x0) * (w - m * 1.5)  # noqa: E731
         sy = lambda y: h - m - (y - y0) / (y1 - y0) * (h - 2 * m)  # noqa: E731
         xy = [(sx(x), sy(y)) for x, y in pts]
@@ -58,8 +92,8 @@ def plot_curve(rows: list[dict[str, Any]], out: Path, title: str = "training los
             d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(31, 119, 180))
         d.text((m, h - m + 8), f"step {x0}", fill="black")
         d.text((w - m * 2, h - m + 8), f"step {x1}", fill="black")
-        d.text((4, m), f"{y1:.3g}", fill="black")
-        d.text((4, h - m - 10), f"{y0:.3g}", fill="black")
+        d.text((4, m), f"{y1:.4g}", fill="black")
+        d.text((4, h - m - 10), f"{y0:.4g}", fill="black")
     im.save(out)
     return out
 

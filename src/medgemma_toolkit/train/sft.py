@@ -25,6 +25,7 @@ from .fit import check_fits
 from .logs import make_callbacks
 from .provenance import data_hash, read_provenance, write_provenance
 from .recipe import METHODS, TASK_SPECS, TASKS, Recipe, check_choice, get_recipe
+from .reporting import prepare_reporting, resolve_report_to
 from .run import atomic_trainer, finish, open_run_dir, recorded_settings, train
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class FinetuneSettings:
     device: str = "auto"
     resume: bool = False
     quiet: bool = False
+    report_to: str = "none"  # none, auto, tensorboard, wandb (comma-separated): see train/reporting.py
 
 
 @dataclass
@@ -80,7 +82,7 @@ def _has_template(path: Path) -> bool:
     return cfg.is_file() and '"chat_template"' in cfg.read_text(errors="ignore")
 
 
-def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> Any:
+def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str, report_to: list[str] | None = None) -> Any:
     from trl import SFTConfig
 
     cuda = device.startswith("cuda")
@@ -106,7 +108,7 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, device: str, method: str) -> An
         save_total_limit=None,  # rotation is done by `checkpoints.publish`, after a save is complete
         seed=recipe.seed,
         data_seed=recipe.seed,
-        report_to="none",
+        report_to=report_to or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},  # our collator builds inputs and labels
@@ -151,6 +153,7 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
         from .evaluate import harness_task_exists
 
         harness_task_exists(settings.eval_task)  # one of `medgemma eval list`, else a one-line error
+    report_to = resolve_report_to(settings.report_to)  # a missing integration fails before any model loads
     recipe = get_recipe(settings.recipe).with_overrides(**settings.overrides)
     run, s = open_run_dir(settings)
     run.mkdir(parents=True, exist_ok=True)
@@ -213,11 +216,12 @@ def run_finetune(settings: FinetuneSettings) -> FinetuneResult:
     )
     ckpt_root = run / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
+    prepare_reporting(report_to, run)
     from trl import SFTTrainer
 
     trainer = atomic_trainer(SFTTrainer)(
         model=model,
-        args=one_device(_sft_config(recipe, ckpt_root, dev, s.method)),
+        args=one_device(_sft_config(recipe, ckpt_root, dev, s.method, report_to)),
         data_collator=collator,
         train_dataset=datasets.Dataset.from_dict({"index": list(range(len(ds.train)))}),
         processing_class=processor or tokenizer,
