@@ -21,6 +21,7 @@ from ..imaging.deflate import PIXEL_TAGS
 from .clean import Scrubber, shift_date, shift_datetime
 from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
 from .safe_private import SafePrivate
+from .un import decode_un
 
 STANDARD_UID_ROOT = "1.2.840.10008."
 KEEP_UIDS = {
@@ -255,9 +256,19 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
             del ds[tag]
             ctx.rep.removed.add(_tag_name(t))
             continue
+        vr = ds.get_item(tag).VR
+        if vr == "UN" and decode_un(ds, tag) is None:  # undecodable: removed, never passed through
+            del ds[tag]
+            ctx.rep.removed.add(_tag_name(t))
+            continue
         row = tab.rows.get(t)
         if row is None:  # not in the table: safety nets only
-            if ds.get_item(tag).VR not in _NET_VRS:
+            if vr not in _NET_VRS and vr != "UN":
+                continue
+            elem = ds[tag]
+            if elem.VR == "UN" and decode_un(ds, tag) is None:  # implicit VR, a tag no dictionary knows
+                del ds[tag]
+                ctx.rep.removed.add(_tag_name(t))
                 continue
             elem = ds[tag]
             if elem.VR == "SQ":
