@@ -10,12 +10,11 @@ import datetime as dt
 import json
 
 import pydicom
-from pydicom.sr.codedict import codes
 from pydicom.sr._cid_dict import cid_concepts
+from pydicom.sr.codedict import codes
+from test_deid_conformance import planted_ct
 
 from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, make_slice, write_series
-
-from test_deid_conformance import planted_ct
 
 
 def _codes(ds) -> set[str]:
@@ -34,10 +33,14 @@ def test_each_option_keeps_its_column_and_is_recorded(tmp_path, cli):
         "--retain-uids": ("RetainUidsOption", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]),
         "--retain-device-identity": ("RetainDeviceIdentityOption", ["DeviceSerialNumber", "StationName"]),
         "--retain-institution-identity": ("RetainInstitutionIdentityOption", ["InstitutionName", "InstitutionAddress"]),
-        "--retain-patient-characteristics": ("RetainPatientCharacteristicsOption",
-                                             ["PatientSex", "PatientAge", "PatientWeight", "PatientSize"]),
-        "--retain-full-dates": ("RetainLongitudinalTemporalInformationFullDatesOption",
-                                ["StudyDate", "SeriesDate", "AcquisitionDateTime", "StudyTime"]),
+        "--retain-patient-characteristics": (
+            "RetainPatientCharacteristicsOption",
+            ["PatientSex", "PatientAge", "PatientWeight", "PatientSize"],
+        ),
+        "--retain-full-dates": (
+            "RetainLongitudinalTemporalInformationFullDatesOption",
+            ["StudyDate", "SeriesDate", "AcquisitionDateTime", "StudyTime"],
+        ),
     }
     for flag, (code_name, kept) in cases.items():
         out = tmp_path / flag.strip("-")
@@ -80,8 +83,10 @@ def test_modified_dates_one_shift_per_patient_keyed_like_uids(tmp_path, cli):
     shifts = {}
     for n in paths:
         out = runs[0][n]
-        per_attr = {_days(src[n][kw].value, out[kw].value) for kw in ("StudyDate", "SeriesDate", "ContentDate",
-                                                                      "AcquisitionDate")}
+        per_attr = {
+            _days(src[n][kw].value, out[kw].value)
+            for kw in ("StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate")
+        }
         dt_shift = _days(src[n].AcquisitionDateTime[:8], out.AcquisitionDateTime[:8])
         assert len(per_attr) == 1 and per_attr == {dt_shift}, n  # one shift for every date of the file
         assert out.AcquisitionDateTime[8:] == src[n].AcquisitionDateTime[8:]  # time of day kept
@@ -135,7 +140,9 @@ def test_retain_safe_private_keeps_only_the_listed_elements(tmp_path, cli):
     kept = [e for e in out if e.tag.is_private]
     assert [(int(e.tag), e.value) for e in kept] == [(0x00430010, "GEMS_PARM_01"), (0x00431027, "1.375:1")]
     assert _codes(out) == {"113100", _cid7050("RetainSafePrivateOption")}
-    v = cli("deid", "--verify", str(tmp_path / "out"))
+    v = cli("deid", "--verify", str(tmp_path / "out"))  # strict: the Basic Profile keeps no private element
+    assert v.returncode == 1 and "(0043,1027)" in v.stdout, v.stdout
+    v = cli("deid", "--verify", str(tmp_path / "out"), "--trust-declared-options")
     assert v.returncode == 0, v.stdout
     listing.write_text("GEMS_PARM_01,0042,27\n")
     r = cli("deid", str(tmp_path / "in"), str(tmp_path / "bad"), "--retain-safe-private", str(listing))

@@ -42,6 +42,13 @@ def deid(
             help="Check a tree instead: list attributes the profile forbids (names only); exit 1 if any",
         ),
     ] = None,
+    trust_declared_options: Annotated[
+        bool,
+        typer.Option(
+            "--trust-declared-options",
+            help="With --verify: relax the Basic Profile check by the options each file declares (default: strict)",
+        ),
+    ] = False,
     reject_burned_in: Annotated[
         bool,
         typer.Option(
@@ -89,7 +96,7 @@ def deid(
     if verify is not None:
         if src is not None or dst is not None:
             raise BadInput("--verify takes one directory and no IN/OUT")
-        _verify(verify)
+        _verify(verify, trust_declared_options)
         return
     if src is None or dst is None:
         raise BadInput("give IN and OUT (or --verify DIR)")
@@ -139,14 +146,14 @@ def deid(
         )
 
 
-def _verify(root: Path) -> None:
+def _verify(root: Path, trust_declared_options: bool) -> None:
     from ..deid import verify_tree
     from ..errors import BadInput
 
     if not root.is_dir():
         raise BadInput(f"{root}: not a directory")
     checked = flagged = failed = 0
-    for rel, found, error in verify_tree(root):
+    for rel, found, error in verify_tree(root, trust_declared_options):
         if error is not None:
             failed += 1
             print(f"{rel}: error: {error}")

@@ -59,6 +59,8 @@ def decode_un(ds: Any, tag: int) -> Any:
         vr: str | None = dictionary_VR(tag)
     except KeyError:
         vr = None
+    if vr == "UN":  # UN is this attribute's own VR (e.g. SelectorUNValue): nothing to decode, the table decides
+        return ds[tag]
     encoding = getattr(ds, "_character_set", None) or "iso8859"
     if vr is None or vr == "SQ":
         seq = _as_sequence(data, encoding)
