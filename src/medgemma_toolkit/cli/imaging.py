@@ -77,6 +77,12 @@ def deid(
             "Retain Longitudinal Temporal Information with Modified Dates option: one shift per patient (keyed like --uid-key)"
         ),
     ] = False,
+    clean_structured_content: Annotated[
+        bool,
+        _flag(
+            "Clean Structured Content option: declare it (SR content trees and waveform annotations are always kept, identifying leaves replaced, TEXT cleaned)"
+        ),
+    ] = False,
     clean_descriptors: Annotated[
         bool, _flag("Clean Descriptors option: keep descriptions with the file's identifiers taken out")
     ] = False,
@@ -110,6 +116,7 @@ def deid(
             retain_full_dates=retain_full_dates,
             retain_modified_dates=retain_modified_dates,
             clean_descriptors=clean_descriptors,
+            clean_structured_content=clean_structured_content,
         )
     except ValueError as e:
         raise BadInput(str(e)) from None

@@ -69,6 +69,14 @@ _DUMMY = {
     "OV": b"\x00" * 8,
 }
 TEXT_VRS = {"PN", "LO", "SH", "CS", "LT", "ST", "UT", "UC", "AE", "UR"}
+# Content trees whose D (dummy) action keeps the tree, each identifying leaf handled by its own table row (PNAME,
+# DATE, DATETIME, TIME, UIDREF) and free text cleaned, so the object stays valid (one empty item is not a valid
+# SR content tree, ECG annotation or presentation state): ContentSequence, WaveformAnnotationSequence,
+# GraphicAnnotationSequence, and VerifyingObserverSequence (its Type 1 name, organisation and time get dummies).
+# CODE, NUM and the structure are kept. (InstitutionCodeSequence and the like stay one empty item: their codes
+# themselves identify.)
+TREES = {0x0040A730, 0x0040B020, 0x00700001, 0x0040A073}
+TREE_TEXT = {0x0040A160}  # TextValue (TEXT content items): not in the table, cleaned of the file's identifiers
 
 
 class UIDMap:
@@ -141,6 +149,7 @@ class _Ctx:
     shift: int
     scrub: Scrubber | None
     safe: SafePrivate | None
+    tree_scrub: Scrubber | None = None
 
 
 def _is_instance_uid(elem) -> bool:
@@ -157,6 +166,11 @@ def _remap(value, uids: UIDMap):
 
 
 def _set_dummy(ds, elem, ctx: _Ctx) -> None:
+    if elem.VR == "SQ" and int(elem.tag) in TREES and elem.value:  # keep the tree valid: see TREES
+        for item in elem.value:
+            _walk(item, ctx, top=False)
+        ctx.rep.cleaned.add(_name(elem))
+        return
     if elem.VR == "SQ":
         from pydicom.dataset import Dataset
 
@@ -261,6 +275,12 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
             del ds[tag]
             ctx.rep.removed.add(_tag_name(t))
             continue
+        if t in TREE_TEXT and ctx.tree_scrub is not None:
+            elem = ds[tag]
+            if elem.value not in (None, ""):
+                elem.value = ctx.tree_scrub(str(elem.value))
+                ctx.rep.cleaned.add(_name(elem))
+            continue
         row = tab.rows.get(t)
         if row is None:  # not in the table: safety nets only
             if vr not in _NET_VRS and vr != "UN":
@@ -329,6 +349,8 @@ def deidentify_dataset(
     ctx = _Ctx(
         uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub, safe_private
     )
+    if any(t in ds for t in TREES):  # built before the walk removes the names it must look for
+        ctx.tree_scrub = scrub or Scrubber.from_dataset(ds)
     _walk(ds, ctx, top=True)
     _file_meta(ds, ctx)
     ds.PatientIdentityRemoved = "YES"

@@ -28,6 +28,7 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
     "retain_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
     "retain_modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
 }
 BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
 _TYPE_RANK = {"1": 3, "1C": 3, "2": 2, "2C": 2, "3": 1}
@@ -45,6 +46,7 @@ class Options:
     retain_full_dates: bool = False
     retain_modified_dates: bool = False
     clean_descriptors: bool = False
+    clean_structured_content: bool = False
 
     def __post_init__(self) -> None:
         if self.retain_full_dates and self.retain_modified_dates:

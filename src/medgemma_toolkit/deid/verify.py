@@ -131,7 +131,7 @@ def _check(ds: Any, opts: Options, claimed: bool, path: str, out: list[str], top
             if not _empty(elem):
                 out.append(_name(elem, path))
                 continue
-        elif action == "D" and not _is_dummy(elem):
+        elif action == "D" and elem.VR != "SQ" and not _is_dummy(elem):  # a D sequence: its items are checked
             out.append(f"{_name(elem, path)} ({NOT_DUMMY})")
             continue
         if elem.VR == "SQ":
