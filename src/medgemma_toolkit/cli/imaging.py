@@ -56,6 +56,21 @@ def deid(
             help="Skip (and report) images whose BurnedInAnnotation is YES, or absent in US/SC/XA/OT and secondary captures",
         ),
     ] = False,
+    clean_pixels: Annotated[
+        bool,
+        typer.Option(
+            "--clean-pixels",
+            help="Clean Pixel Data option: find text burned into images (OCR, tesseract) and blank it; sets BurnedInAnnotation NO",
+        ),
+    ] = False,
+    pixel_rules: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pixel-rules",
+            metavar="FILE",
+            help="With --clean-pixels: JSON rules of regions to blank per Manufacturer/ManufacturerModelName/Rows/Columns",
+        ),
+    ] = None,
     retain_safe_private: Annotated[
         Optional[Path],
         typer.Option(
@@ -89,10 +104,12 @@ def deid(
 ) -> None:
     """De-identify DICOM with the PS3.15 Annex E Basic Profile (Table E.1-1, every row, at every depth) and options.
 
-    The report names changed attributes, never values. Pixel data is kept unchanged (a warning is printed when
-    BurnedInAnnotation is YES or unknown). Exit code 2 when any DICOM file failed (nothing is written for it).
+    The report names changed attributes, never values. Pixel data is kept unchanged unless --clean-pixels (a
+    warning is printed when BurnedInAnnotation is YES or unknown). Exit code 2 when any DICOM file failed (nothing
+    is written for it).
 
-    Examples: medgemma deid study/ study_deid/ ; medgemma deid a.dcm out/ ; medgemma deid --verify study_deid/
+    Examples: medgemma deid study/ study_deid/ ; medgemma deid a.dcm out/ ; medgemma deid --clean-pixels us/ us_deid/ ;
+    medgemma deid --verify study_deid/
     """
     import sys
 
@@ -121,6 +138,13 @@ def deid(
     except ValueError as e:
         raise BadInput(str(e)) from None
     safe = SafePrivate.load(retain_safe_private) if retain_safe_private is not None else None
+    cleaner = None
+    if pixel_rules is not None and not clean_pixels:
+        raise BadInput("--pixel-rules needs --clean-pixels")
+    if clean_pixels:
+        from ..deid.pixels import PixelCleaner, load_rules
+
+        cleaner = PixelCleaner(load_rules(pixel_rules) if pixel_rules is not None else None)
     key = None
     if uid_key is not None:
         try:
@@ -136,6 +160,7 @@ def deid(
         options=opts,
         safe_private=safe,
         reject_burned_in=reject_burned_in,
+        pixel_cleaner=cleaner,
     )
     print(
         f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "

@@ -20,6 +20,7 @@ from .. import __version__
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
 from .dicomdir import is_dicomdir, record_links, relink
 from .engine import UIDMap, deidentify_dataset, method_codes
+from .pixels import CLEAN_PIXEL_CODE, PixelCleaner, PixelCleanError
 from .profile import Options, edition
 from .read import read_checked
 from .safe_private import SafePrivate
@@ -118,8 +119,11 @@ def deidentify_path(
     options: Options | None = None,
     safe_private: SafePrivate | None = None,
     reject_burned_in: bool = False,
+    pixel_cleaner: PixelCleaner | None = None,
 ) -> dict:
     """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
+
+    `pixel_cleaner`: Clean Pixel Data (burned-in text blanked, see `pixels.py`) for every image.
 
     `uid_key`: a secret that makes UIDs and date shifts the same across runs (e.g. a study sent in several
     batches); without it each run draws a random one, so runs cannot be linked. The summary's `files_failed`
@@ -147,13 +151,15 @@ def deidentify_path(
         if opts.retain_uids
         else "replaced (2.25 form, "
         + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
+        "pixels": "burned-in text blanked (OCR and rules)" if pixel_cleaner is not None else "unchanged",
         "toolkit_version": __version__,
     }
     report = _Report(Path(report_path) if report_path else default_report, head)
     counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
     try:
         for path, rel in _inputs(src_p):
-            entry = _one(path, rel, out if single else out / rel, uids, opts, safe_private, reject_burned_in, counts)
+            target = out if single else out / rel
+            entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
             report.add(entry)
     except BaseException:
         report.abort()
@@ -174,6 +180,7 @@ def _one(
     opts: Options,
     safe: SafePrivate | None,
     reject_burned_in: bool,
+    cleaner: PixelCleaner | None,
     counts: dict,
 ) -> dict:
     try:
@@ -184,11 +191,25 @@ def _one(
     except MedGemmaError as e:
         counts["files_failed"] += 1
         return {"file": str(rel), "error": str(e).replace(str(path), "").lstrip(": ") or "unreadable"}
-    if reject_burned_in and burned_in_risk(ds):
+    regions = None
+    if cleaner is not None and 0x7FE00010 in ds and "Rows" in ds:
+        try:
+            regions = cleaner.clean(ds)
+        except PixelCleanError as e:
+            counts["files_failed"] += 1
+            return {"file": str(rel), "error": str(e)}
+        ds.BurnedInAnnotation = "NO"  # every frame went through OCR and the rules
+    if reject_burned_in and regions is None and burned_in_risk(ds):
         counts["files_rejected"] += 1
         return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
     links = record_links(ds) if is_dicomdir(ds) else None
     rep = deidentify_dataset(ds, uids, opts, safe)
+    if regions is not None:
+        from pydicom.dataset import Dataset
+
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = CLEAN_PIXEL_CODE[0], "DCM", CLEAN_PIXEL_CODE[1]
+        ds.DeidentificationMethodCodeSequence.append(code)
     try:
         if links is not None:
             relink(ds, links)
@@ -198,4 +219,7 @@ def _one(
         return {"file": str(rel), "error": f"cannot write ({type(e).__name__})"}
     counts["files_written"] += 1
     counts["warnings"] += len(rep.warnings)
-    return {"file": str(rel), **rep.to_dict()}
+    entry = {"file": str(rel), **rep.to_dict()}
+    if regions is not None:
+        entry["pixel_regions_cleaned"] = [r.to_dict() for r in regions]
+    return entry
