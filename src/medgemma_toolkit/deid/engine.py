@@ -104,6 +104,12 @@ class UIDMap:
         digest = hmac.new(self._salt, b"date:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).digest()
         return -1 - int.from_bytes(digest[:8], "big") % 3650
 
+    def pseudonym(self, patient_id: str) -> str:
+        """A stand-in patient ID (for a Type 1 slot such as a DICOMDIR PATIENT record): the same for a patient
+        within a run, not the original."""
+        digest = hmac.new(self._salt, b"pid:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        return "P" + digest[:15].upper()
+
     def __len__(self) -> int:
         return self.count
 
@@ -150,6 +156,7 @@ class _Ctx:
     scrub: Scrubber | None
     safe: SafePrivate | None
     tree_scrub: Scrubber | None = None
+    record_shifts: list[int] | None = None  # DICOMDIR: each record's dates move with its own patient
 
 
 def _is_instance_uid(elem) -> bool:
@@ -275,6 +282,13 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
             del ds[tag]
             ctx.rep.removed.add(_tag_name(t))
             continue
+        if t == 0x00041220 and top and ctx.record_shifts is not None:  # DirectoryRecordSequence
+            base = ctx.shift
+            for item, shift in zip(ds[tag].value, ctx.record_shifts):
+                ctx.shift = shift
+                _walk(item, ctx, top=False)
+            ctx.shift = base
+            continue
         if t in TREE_TEXT and ctx.tree_scrub is not None:
             elem = ds[tag]
             if elem.value not in (None, ""):
@@ -327,9 +341,16 @@ def method_codes(opts: Options) -> list[tuple[str, str]]:
 
 
 def deidentify_dataset(
-    ds, uids: UIDMap | None = None, options: Options | None = None, safe_private: SafePrivate | None = None
+    ds,
+    uids: UIDMap | None = None,
+    options: Options | None = None,
+    safe_private: SafePrivate | None = None,
+    record_patients: list[str] | None = None,
 ) -> FileReport:
-    """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is."""
+    """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is.
+
+    `record_patients` (a DICOMDIR): the original PatientID above each directory record, so that its dates are
+    shifted like those of the instances it references (a DICOMDIR has no PatientID of its own)."""
     from pydicom.dataset import Dataset
 
     opts = options or Options()
@@ -349,6 +370,8 @@ def deidentify_dataset(
     ctx = _Ctx(
         uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub, safe_private
     )
+    if record_patients is not None:
+        ctx.record_shifts = [uids.date_shift(p) for p in record_patients]
     if any(t in ds for t in TREES):  # built before the walk removes the names it must look for
         ctx.tree_scrub = scrub or Scrubber.from_dataset(ds)
     _walk(ds, ctx, top=True)

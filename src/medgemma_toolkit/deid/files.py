@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
-from .dicomdir import is_dicomdir, record_links, relink
+from .dicomdir import drop_records, file_ids, is_dicomdir, record_links, record_patients, relink, repair_records
 from .engine import UIDMap, deidentify_dataset, method_codes
 from .pixels import CLEAN_PIXEL_CODE, PixelCleaner, PixelCleanError
 from .profile import Options, edition
@@ -54,9 +54,32 @@ def burned_in_risk(ds) -> bool:
     return burned != "NO" and text_kind
 
 
+def _complete_meta(ds) -> None:
+    """A data set read without a file meta group gets one, so that what we write is a Part 10 file (the
+    transfer syntax is the encoding it was read in)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        return
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if implicit is None:
+            return
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
 def _write_atomic(ds, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _complete_meta(ds)
     try:
         try:  # a standard Part 10 file: preamble, complete file meta group (its length recomputed)
             ds.save_as(tmp, enforce_file_format=True)
@@ -156,10 +179,21 @@ def deidentify_path(
     }
     report = _Report(Path(report_path) if report_path else default_report, head)
     counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
+    not_written: set[Path] = set()
     try:
+        deferred = []  # DICOMDIRs last: their records of files that were not written are dropped
         for path, rel in _inputs(src_p):
+            if path.name.upper() == "DICOMDIR" and not single:
+                deferred.append((path, rel))
+                continue
             target = out if single else out / rel
             entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
+            if "error" in entry or "rejected" in entry:
+                not_written.add(rel)
+            report.add(entry)
+        for path, rel in deferred:
+            entry = _one(path, rel, out / rel, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
+                         not_written)  # fmt: skip
             report.add(entry)
     except BaseException:
         report.abort()
@@ -182,6 +216,7 @@ def _one(
     reject_burned_in: bool,
     cleaner: PixelCleaner | None,
     counts: dict,
+    not_written: set[Path] | None = None,
 ) -> dict:
     try:
         ds = read_checked(path)
@@ -202,8 +237,14 @@ def _one(
     if reject_burned_in and regions is None and burned_in_risk(ds):
         counts["files_rejected"] += 1
         return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
-    links = record_links(ds) if is_dicomdir(ds) else None
-    rep = deidentify_dataset(ds, uids, opts, safe)
+    links = patients = None
+    drop: set[int] = set()
+    if is_dicomdir(ds):
+        links = record_links(ds)
+        patients = record_patients(ds, links)
+        gone = {str(p).casefold() for p in not_written or ()}
+        drop = {i for i, f in enumerate(file_ids(ds)) if f and str(rel.parent.joinpath(*f)).casefold() in gone}
+    rep = deidentify_dataset(ds, uids, opts, safe, record_patients=patients)
     if regions is not None:
         from pydicom.dataset import Dataset
 
@@ -211,8 +252,11 @@ def _one(
         code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = CLEAN_PIXEL_CODE[0], "DCM", CLEAN_PIXEL_CODE[1]
         ds.DeidentificationMethodCodeSequence.append(code)
     try:
-        if links is not None:
-            relink(ds, links)
+        if links is not None and patients is not None:
+            repair_records(ds, [uids.pseudonym(p) if p else "" for p in patients])
+            relink(ds, drop_records(ds, links, drop))
+            if drop:
+                rep.warnings.append(f"{len(drop)} directory record(s) of files not written were dropped")
         _write_atomic(ds, target)
     except Exception as e:  # a value pydicom cannot write back: nothing is left behind
         counts["files_failed"] += 1

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedGemmaError, UnsupportedFormat
+from .dicomdir import RECORD_KEYS
 from .engine import _DUMMY, META_KEEP
 from .profile import Options, is_curve_group, is_overlay_group, table
 from .read import read_checked
@@ -31,6 +32,7 @@ from .un import decode_un
 NOT_DUMMY = "present, value not recognised as a dummy"
 _PLACEHOLDERS = {"ANONYMOUS", "ANONYMIZED", "ANONYMISED", "REMOVED", "DUMMY", "UNKNOWN", "NONE", "N/A", "NA"}
 _FILLER = re.compile(r"[0X*^ ._\-]*", re.IGNORECASE)  # "XXXX", "****", "00000000", "^", "0.0"
+_PSEUDONYM = re.compile(r"P[0-9A-F]{15}")  # UIDMap.pseudonym: a DICOMDIR PATIENT record's stand-in ID
 
 
 def _empty(elem: Any) -> bool:
@@ -63,6 +65,8 @@ def _is_dummy(elem: Any) -> bool:
             continue
         text = str(v).strip().rstrip("\x00")
         if text == str(_DUMMY.get(vr, "")) or text.upper() in _PLACEHOLDERS or _FILLER.fullmatch(text):
+            continue
+        if vr == "LO" and _PSEUDONYM.fullmatch(text):
             continue
         if vr == "DA" and text.startswith("1900"):  # our dummy date, or one shifted from it
             continue
@@ -101,7 +105,16 @@ def _creators(ds: Any) -> set[int]:
     }
 
 
-def _check(ds: Any, opts: Options, claimed: bool, path: str, out: list[str], top: bool, sop_class: str) -> None:
+def _check(
+    ds: Any,
+    opts: Options,
+    claimed: bool,
+    path: str,
+    out: list[str],
+    top: bool,
+    sop_class: str,
+    type1: frozenset[int] = frozenset(),
+) -> None:
     tab = table()
     creators = _creators(ds)
     for tag in list(ds.keys()):
@@ -127,6 +140,8 @@ def _check(ds: Any, opts: Options, claimed: bool, path: str, out: list[str], top
                 out.append(_name(elem, path))
             continue
         action = row.action(opts, tab.type_of(sop_class, t) if top else None)
+        if t in type1 and action in ("X", "Z"):  # a Type 1 key of a directory record: a dummy keeps it valid
+            action = "D"
         if action in ("X", "Z") or (action in ("D", "U", "C") and not claimed):
             if not _empty(elem):
                 out.append(_name(elem, path))
@@ -139,8 +154,11 @@ def _check(ds: Any, opts: Options, claimed: bool, path: str, out: list[str], top
 
 
 def _items(elem: Any, opts: Options, claimed: bool, path: str, out: list[str], sop_class: str) -> None:
+    records = int(elem.tag) == 0x00041220  # DirectoryRecordSequence
     for i, item in enumerate(elem.value or []):
-        _check(item, opts, claimed, f"{path}{elem.keyword or elem.tag}[{i}].", out, False, sop_class)
+        keys = RECORD_KEYS.get(str(item.get("DirectoryRecordType", "")), {}) if records else {}
+        type1 = frozenset(t for t, ty in keys.items() if ty == "1")
+        _check(item, opts, claimed, f"{path}{elem.keyword or elem.tag}[{i}].", out, False, sop_class, type1)
 
 
 def verify_tree(
