@@ -55,7 +55,7 @@ def corpus(tmp_path_factory) -> list[tuple[Path, Path]]:
     pairs = []
     for n, root in enumerate(_roots()):
         out = tmp_path_factory.mktemp(f"corpus{n}")
-        rep = deidentify_path(root, out, overwrite=True)
+        rep = deidentify_path(root, out, overwrite=True, rename_files=False)
         for entry in json.loads(Path(rep["report_path"]).read_text())["files"]:
             if "error" not in entry and "skipped" not in entry:
                 pairs.append((root / entry["file"], out / entry["file"]))

@@ -50,6 +50,11 @@ def test_dicomdir_records_follow_their_instances(tmp_path, cli):
     assert len(set(ids)) == len(ids) == len(set(old)) == 2 and not set(old) & set(ids)  # two patients, pseudonyms
     assert dciodvfy.new_errors(media / "DICOMDIR", out) == []
     assert findings(after, trust_declared_options=True) == []
+    # Folder names were patient IDs: the tree and the file IDs use keyed stand-ins (--rename-files, on for trees).
+    names = {p.name for p in (tmp_path / "out").rglob("*")}
+    data = out.read_bytes() + (tmp_path / "out" / "deid_report.json").read_bytes()
+    for pid in ("77654033", "98892001", "98892003", "CR1", "6154"):
+        assert pid not in names and pid.encode() not in data
     report = json.loads((tmp_path / "out" / "deid_report.json").read_text())
     entry = next(e for e in report["files"] if e["file"].endswith("DICOMDIR"))
     assert "1 directory record(s) of files not written were dropped" in entry["warnings"]

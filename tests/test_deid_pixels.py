@@ -65,7 +65,7 @@ def test_clean_pixels_blanks_the_burned_in_name_and_date(tmp_path, cli, size, mo
     src = tmp_path / "in.dcm"
     before = burned(src, size, modality, rgb, compress)
     assert _found(_ocr(before))  # the canary is really readable in the input
-    r = cli("deid", str(src), str(tmp_path / "out.dcm"), "--clean-pixels")
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "out.dcm"), "--clean-pixels")
     assert r.returncode == 0, r.stdout + r.stderr
     out = pydicom.dcmread(tmp_path / "out.dcm")
     after = out.pixel_array
@@ -92,7 +92,7 @@ def test_rules_blank_a_known_region_and_images_without_text_are_untouched(tmp_pa
     burned(src / "a.dcm", 24, "US")
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"manufacturer": "ACME", "model": "Sono 5", "regions": [[0, 0, 320, 40]]}]))
-    r = cli("deid", str(src), str(tmp_path / "out"), "--clean-pixels", "--pixel-rules", str(rules))
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "out"), "--clean-pixels", "--pixel-rules", str(rules))
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "deid_report.json").read_text())
     sources = {g["source"] for g in report["files"][0]["pixel_regions_cleaned"]}
@@ -100,5 +100,5 @@ def test_rules_blank_a_known_region_and_images_without_text_are_untouched(tmp_pa
     out = pydicom.dcmread(tmp_path / "out" / "a.dcm").pixel_array
     assert (out[:40] == out[:40].min()).all()
     rules.write_text("{not json")
-    r = cli("deid", str(src), str(tmp_path / "bad"), "--clean-pixels", "--pixel-rules", str(rules))
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "bad"), "--clean-pixels", "--pixel-rules", str(rules))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -56,6 +56,13 @@ def deid(
             help="Skip (and report) images whose BurnedInAnnotation is YES, or absent in US/SC/XA/OT and secondary captures",
         ),
     ] = False,
+    rename_files: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--rename-files/--keep-file-names",
+            help="Replace every folder and file name of the output tree by a keyed stand-in (DICOMDIR file IDs follow); default: on for a directory IN",
+        ),
+    ] = None,
     clean_pixels: Annotated[
         bool,
         typer.Option(
@@ -161,6 +168,7 @@ def deid(
         safe_private=safe,
         reject_burned_in=reject_burned_in,
         pixel_cleaner=cleaner,
+        rename_files=rename_files,
     )
     print(
         f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "

@@ -110,6 +110,14 @@ class UIDMap:
         digest = hmac.new(self._salt, b"pid:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
         return "P" + digest[:15].upper()
 
+    def file_name(self, original: str) -> str:
+        """A stand-in for one component of a file path (`original`: the path up to and including it), 8 characters
+        of A-Z and 2-7 as a DICOMDIR file ID allows: folder names are often patient IDs or names."""
+        import base64
+
+        digest = hmac.new(self._salt, b"file:" + original.casefold().encode("utf-8", "replace"), hashlib.sha256)
+        return base64.b32encode(digest.digest()[:5]).decode("ascii")
+
     def __len__(self) -> int:
         return self.count
 

@@ -1,6 +1,7 @@
 """De-identify a DICOM file or a directory tree into a new location, with a JSON report of what changed.
 
-Naming: a directory IN is mirrored under the directory OUT. A file IN goes into OUT/<name of IN> when OUT is an
+Naming: a directory IN is mirrored under the directory OUT, every folder and file name replaced by a keyed
+stand-in unless file names are kept (names are often patient IDs; DICOMDIR file IDs follow). A file IN goes into OUT/<name of IN> when OUT is an
 existing directory or is written with a trailing slash (`deid a.dcm out/`, created if needed); otherwise OUT is
 the output file's own path. Files are streamed one at a time (memory does not grow with their number); each is
 read fully and checked before anything is written, then written under a temporary name in the target directory
@@ -41,6 +42,20 @@ def _inputs(src: Path) -> Iterator[tuple[Path, Path]]:
             if not f.startswith("."):
                 p = Path(root) / f
                 yield p, p.relative_to(src)
+
+
+def renamed(rel: Path, uids: UIDMap) -> Path:
+    """`rel` with every folder and file name replaced by a keyed stand-in (a file's suffix and the name DICOMDIR
+    kept), the same for the same input path within a run (across runs with the same key)."""
+    parts = rel.parts
+    out = []
+    for i, part in enumerate(parts):
+        if i == len(parts) - 1 and part.upper() == "DICOMDIR":
+            out.append(part)
+            continue
+        stem = uids.file_name("/".join(parts[: i + 1]))
+        out.append(stem + (Path(part).suffix.lower() if i == len(parts) - 1 else ""))
+    return Path(*out)
 
 
 def burned_in_risk(ds) -> bool:
@@ -143,10 +158,14 @@ def deidentify_path(
     safe_private: SafePrivate | None = None,
     reject_burned_in: bool = False,
     pixel_cleaner: PixelCleaner | None = None,
+    rename_files: bool | None = None,
 ) -> dict:
     """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
 
     `pixel_cleaner`: Clean Pixel Data (burned-in text blanked, see `pixels.py`) for every image.
+    `rename_files` (default: on for a directory input): every folder and file name of the output tree is replaced
+    by a keyed stand-in (`renamed`), DICOMDIR file IDs with them, since names are often patient IDs; the report
+    names the output paths.
 
     `uid_key`: a secret that makes UIDs and date shifts the same across runs (e.g. a study sent in several
     batches); without it each run draws a random one, so runs cannot be linked. The summary's `files_failed`
@@ -162,6 +181,7 @@ def deidentify_path(
         raise BadInput("Retain Safe Private needs a list of safe private elements (--safe-private FILE)")
     out, default_report, single = _targets(src_p, os.fspath(dst), overwrite)
     uids = UIDMap(salt=uid_key)
+    rename = not single if rename_files is None else rename_files and not single
     head = {
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
         "table": edition(),
@@ -174,6 +194,7 @@ def deidentify_path(
         if opts.retain_uids
         else "replaced (2.25 form, "
         + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
+        "file_names": "replaced (keyed stand-ins)" if rename else "kept",
         "pixels": "burned-in text blanked (OCR and rules)" if pixel_cleaner is not None else "unchanged",
         "toolkit_version": __version__,
     }
@@ -186,14 +207,17 @@ def deidentify_path(
             if path.name.upper() == "DICOMDIR" and not single:
                 deferred.append((path, rel))
                 continue
-            target = out if single else out / rel
+            target = out if single else out / (renamed(rel, uids) if rename else rel)
             entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
+            entry["file"] = str(target.relative_to(out)) if not single else entry["file"]
             if "error" in entry or "rejected" in entry:
                 not_written.add(rel)
             report.add(entry)
         for path, rel in deferred:
-            entry = _one(path, rel, out / rel, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
-                         not_written)  # fmt: skip
+            target = out / (renamed(rel, uids) if rename else rel)
+            entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
+                         not_written, uids if rename else None)  # fmt: skip
+            entry["file"] = str(target.relative_to(out))
             report.add(entry)
     except BaseException:
         report.abort()
@@ -217,6 +241,7 @@ def _one(
     cleaner: PixelCleaner | None,
     counts: dict,
     not_written: set[Path] | None = None,
+    rename: UIDMap | None = None,
 ) -> dict:
     try:
         ds = read_checked(path)
@@ -239,11 +264,13 @@ def _one(
         return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
     links = patients = None
     drop: set[int] = set()
+    ids: list[tuple[str, ...] | None] = []
     if is_dicomdir(ds):
         links = record_links(ds)
         patients = record_patients(ds, links)
         gone = {str(p).casefold() for p in not_written or ()}
-        drop = {i for i, f in enumerate(file_ids(ds)) if f and str(rel.parent.joinpath(*f)).casefold() in gone}
+        ids = file_ids(ds)
+        drop = {i for i, f in enumerate(ids) if f and str(rel.parent.joinpath(*f)).casefold() in gone}
     rep = deidentify_dataset(ds, uids, opts, safe, record_patients=patients)
     if regions is not None:
         from pydicom.dataset import Dataset
@@ -254,6 +281,11 @@ def _one(
     try:
         if links is not None and patients is not None:
             repair_records(ds, [uids.pseudonym(p) if p else "" for p in patients])
+            if rename is not None:  # the file IDs follow the renamed files
+                base = len(renamed(rel, rename).parent.parts)
+                for rec, f in zip(ds.DirectoryRecordSequence, ids):
+                    if f:
+                        rec.ReferencedFileID = list(renamed(rel.parent.joinpath(*f), rename).parts[base:])
             relink(ds, drop_records(ds, links, drop))
             if drop:
                 rep.warnings.append(f"{len(drop)} directory record(s) of files not written were dropped")
