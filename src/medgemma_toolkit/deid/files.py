@@ -13,8 +13,12 @@ broken DICOM files are errors (counted, named in the report, nothing written for
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 from .. import __version__
@@ -69,6 +73,20 @@ def burned_in_risk(ds) -> bool:
     return burned != "NO" and text_kind
 
 
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings quote the values they complain about (UIDs, names): none reaches stderr or a log."""
+    log = logging.getLogger("pydicom")
+    disabled = log.disabled
+    log.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.disabled = disabled
+
+
 def _complete_meta(ds) -> None:
     """A data set read without a file meta group gets one, so that what we write is a Part 10 file (the
     transfer syntax is the encoding it was read in)."""
@@ -91,8 +109,17 @@ def _complete_meta(ds) -> None:
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
+def _stale(path: Path) -> None:
+    """Remove what a killed run left beside `path` (`.NAME.<pid>.tmp`): a re-run must not leave it behind."""
+    prefix = f".{path.name}."
+    for old in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        if old.name[len(prefix) : -len(".tmp")].isdigit():  # only NAME's own leftovers, not NAME.deid.json's
+            old.unlink(missing_ok=True)
+
+
 def _write_atomic(ds, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    _stale(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     _complete_meta(ds)
     try:
@@ -111,6 +138,7 @@ class _Report:
     def __init__(self, path: Path, head: dict) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        _stale(path)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self.f = open(self.tmp, "w", encoding="utf-8")
         self.f.write(json.dumps(head, indent=2)[:-2] + ',\n  "files": [')
@@ -198,27 +226,14 @@ def deidentify_path(
         "pixels": "burned-in text blanked (OCR and rules)" if pixel_cleaner is not None else "unchanged",
         "toolkit_version": __version__,
     }
-    report = _Report(Path(report_path) if report_path else default_report, head)
-    counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
-    not_written: set[Path] = set()
     try:
-        deferred = []  # DICOMDIRs last: their records of files that were not written are dropped
-        for path, rel in _inputs(src_p):
-            if path.name.upper() == "DICOMDIR" and not single:
-                deferred.append((path, rel))
-                continue
-            target = out if single else out / (renamed(rel, uids) if rename else rel)
-            entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
-            entry["file"] = str(target.relative_to(out)) if not single else entry["file"]
-            if "error" in entry or "rejected" in entry:
-                not_written.add(rel)
-            report.add(entry)
-        for path, rel in deferred:
-            target = out / (renamed(rel, uids) if rename else rel)
-            entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
-                         not_written, uids if rename else None)  # fmt: skip
-            entry["file"] = str(target.relative_to(out))
-            report.add(entry)
+        report = _Report(Path(report_path) if report_path else default_report, head)
+    except OSError as e:  # a read-only or missing output location
+        raise BadInput(f"{report_path or default_report}: cannot write ({e.strerror or type(e).__name__})") from None
+    counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
+    try:
+        with quiet_pydicom():
+            _run(src_p, out, single, rename, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts, report)
     except BaseException:
         report.abort()
         raise
@@ -228,6 +243,40 @@ def deidentify_path(
         report.path.unlink(missing_ok=True)
         raise BadInput(f"{src}: no DICOM files to de-identify")
     return {**head, **summary, "report_path": str(report.path)}
+
+
+def _run(
+    src_p: Path,
+    out: Path,
+    single: bool,
+    rename: bool,
+    uids: UIDMap,
+    opts: Options,
+    safe_private: SafePrivate | None,
+    reject_burned_in: bool,
+    pixel_cleaner: PixelCleaner | None,
+    counts: dict,
+    report: _Report,
+) -> None:
+    """Every input, DICOMDIRs last (their records of files that were not written are dropped)."""
+    not_written: set[Path] = set()
+    deferred = []  # DICOMDIRs last: their records of files that were not written are dropped
+    for path, rel in _inputs(src_p):
+        if path.name.upper() == "DICOMDIR" and not single:
+            deferred.append((path, rel))
+            continue
+        target = out if single else out / (renamed(rel, uids) if rename else rel)
+        entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
+        entry["file"] = str(target.relative_to(out)) if not single else entry["file"]
+        if "error" in entry or "rejected" in entry:
+            not_written.add(rel)
+        report.add(entry)
+    for path, rel in deferred:
+        target = out / (renamed(rel, uids) if rename else rel)
+        entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
+                     not_written, uids if rename else None)  # fmt: skip
+        entry["file"] = str(target.relative_to(out))
+        report.add(entry)
 
 
 def _one(

@@ -129,6 +129,8 @@ def _check_native_length(path: Path, ds, pixel: int, have: int) -> None:
         bits = {0x7FE00008: 32, 0x7FE00009: 64}.get(pixel) or int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         raise Corrupt(f"{path}: corrupt DICOM (pixel data without a valid size)") from None
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
+        samples = 2  # 4:2:2: two chroma samples per two pixels (PS3.3 C.7.6.3.1.2), so 2 values a pixel
     need = (rows * cols * frames * samples * bits + 7) // 8
     if have < need:
         raise Corrupt(f"{path}: truncated pixel data ({have:,} of {need:,} bytes)")

@@ -165,15 +165,18 @@ def verify_tree(
     root: str | Path, trust_declared_options: bool = False
 ) -> Iterator[tuple[str, list[str] | None, str | None]]:
     """(file relative to root, findings or None, error or None) for every DICOM file under `root`."""
-    from .files import _inputs
+    from .files import _inputs, quiet_pydicom
 
     root_p = Path(root)
     for path, rel in _inputs(root_p):
-        try:
-            ds = read_checked(path)
-        except UnsupportedFormat:
-            continue
-        except MedGemmaError as e:
-            yield str(rel), None, str(e).replace(str(path), "").lstrip(": ")
-            continue
-        yield str(rel), findings(ds, trust_declared_options), None
+        with quiet_pydicom():  # pydicom's warnings quote values
+            try:
+                ds = read_checked(path)
+            except UnsupportedFormat:
+                continue
+            except MedGemmaError as e:
+                error: str | None = str(e).replace(str(path), "").lstrip(": ")
+                found = None
+            else:
+                error, found = None, findings(ds, trust_declared_options)
+        yield str(rel), found, error
