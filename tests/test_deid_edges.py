@@ -43,3 +43,14 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path, cli):
     r = cli("deid", str(tmp_path / "in"), "/proc/self/deid-out")  # not writable, even for root
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_clean_descriptors_takes_other_names_and_places_but_not_technical_numbers():
+    from medgemma_toolkit.deid.clean import Scrubber
+
+    scrub = Scrubber({"Doe", "Janet"})
+    out = scrub("Seen by Dr. Gregory House at Princeton-Plainsboro Teaching Hospital, JPEG 2000 lossless, CT 2019")
+    for gone in ("Gregory", "House", "Princeton", "Plainsboro", "2019"):
+        assert gone not in out, gone
+    assert "JPEG 2000" in out and out.startswith("Seen by Dr.") and "Hospital" in out
+    assert scrub("Mayo Clinic follow-up, born 1961") == "* Clinic follow-up, born *"
