@@ -1,12 +1,15 @@
 """Apply Table E.1-1 to one pydicom Dataset, in place, at every depth, and say what changed (names, never values).
 
 Every element of every sequence item is looked up in the table (a sequence the table does not list is still
-entered). Beyond the table, safety nets cover what vendors put where the table does not look: private elements
-are removed (unless on the safe list with Retain Safe Private), whole curve (50xx) and overlay (60xx) groups go
-(their data and comments are X; an overlay without its data is not valid, and its description and label are free
-text), remaining person names (VR PN) are emptied, remaining instance UIDs outside the standard's root are
-replaced, and the file meta group keeps only its structural elements. Pixel data is never touched: burned-in text
-stays, so a warning is raised when BurnedInAnnotation is YES or absent.
+entered); an element stored as VR UN is decoded first (`un.py`) or removed. A D action on a content tree (SR
+ContentSequence, ECG WaveformAnnotationSequence, GraphicAnnotationSequence, VerifyingObserverSequence) keeps the
+tree and applies the table inside it, with report text cleaned, so the object stays valid. Beyond the table,
+safety nets cover what vendors put where the table does not look: private elements are removed (unless on the
+safe list with Retain Safe Private), whole curve (50xx) and overlay (60xx) groups go (their data and comments are
+X; an overlay without its data is not valid, and its description and label are free text), remaining person
+names (VR PN) are emptied, remaining instance UIDs outside the standard's root are replaced, and the file meta
+group keeps only its structural elements. Pixel data is not touched here (`pixels.py` cleans it when asked), so a
+warning is raised when BurnedInAnnotation is YES or absent.
 """
 
 from __future__ import annotations
