@@ -80,7 +80,6 @@ def test_corpus_outputs_parse_and_keep_nothing_identifying(corpus):
     assert leaks == []
 
 
-@pytest.mark.skipif(not dciodvfy.available(), reason="dciodvfy (Debian dicom3tools) is installed by scripts/test.sh")
 def test_corpus_outputs_gain_no_dciodvfy_errors(corpus):
     new = {}
     for src, out in corpus:

@@ -262,7 +262,7 @@ def _run(
     not_written: set[Path] = set()
     deferred = []  # DICOMDIRs last: their records of files that were not written are dropped
     for path, rel in _inputs(src_p):
-        if path.name.upper() == "DICOMDIR" and not single:
+        if path.name.upper().startswith("DICOMDIR") and not single:
             deferred.append((path, rel))
             continue
         target = out if single else out / (renamed(rel, uids) if rename else rel)

@@ -2,10 +2,12 @@
 
 Ultrasound, secondary captures and many XA/CR images carry the patient's name and dates in their pixels, where no
 header rule reaches. Two sources of regions, used together:
-- OCR (Debian's tesseract through pytesseract): each frame's bright pixels (burned-in text is drawn near the top
-  of the range) are read as sparse text; every word box found, however garbled its reading, marks text, and is
-  widened to the whole run of bright pixels it sits in, so a partly read line is blanked whole. A second pass over
-  the cleaned frame catches what the first one missed.
+- OCR (Debian's tesseract through pytesseract), twice per frame: the contrast-stretched, inverted frame (grey
+  text on a dark background, as ultrasound draws it) and its pixels above 80% of the range (white text
+  anywhere), both as sparse text and enlarged; every word box found, however garbled its reading (a lone
+  low-confidence character excepted), marks text, and is widened to the run of pixels above 45% of the range
+  about as tall as the word that it sits in, so a partly read line is blanked whole. A second pass over the
+  cleaned frame catches what the first one missed. Frames under 48 px a side are not read.
 - rules a site knows for its devices (JSON: Manufacturer, ManufacturerModelName, Rows, Columns -> rectangles).
 Regions are set to the frame's darkest value (brightest for MONOCHROME1). BurnedInAnnotation becomes NO and the
 Clean Pixel Data option (113101) is declared only when every frame went through this; a compressed image is
@@ -24,7 +26,12 @@ from typing import Any
 from ..errors import BadInput
 
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
-_THRESHOLD = 0.8  # of the frame's range: burned-in text sits at the top of it
+# Fractions of the frame's range above which burned-in text is looked for: white text first, then the grey text
+# ultrasound and secondary captures often use.
+_THRESHOLDS = (0.8, 0.45)
+_MIN_SIDE = 48  # px: a frame smaller than this holds no readable text (OCR would only see shapes)
+_MAX_MIDTONE = 0.3  # share of mid-tone pixels above which a low-confidence "word" is texture, not text
+_MAX_FILL = 0.5  # share of bright pixels above which it is a bright structure, not strokes
 _MAX_LINE = 96  # px: a bright run taller than this is anatomy, not a line of text
 _MARGIN = 2
 
@@ -122,13 +129,14 @@ class PixelCleaner:
             lum = frame.max(axis=-1) if frame.ndim == 3 else frame
             lum = np.asarray(lum, dtype=np.float32)
             lo, hi = float(lum.min()), float(lum.max())
-            threshold = lo + _THRESHOLD * (hi - lo)  # fixed on the original: blanking must not lower it
-            for _ in range(2 if self.ocr is not None and hi - lo >= 1 else 0):  # the second pass checks the result
-                more = [Region(i, *b, "ocr") for b in self._text_boxes(lum, threshold, found)]
-                if not more:
-                    break
-                found += more
-                _blank(lum, more, float(lum.min()))
+            _blank(lum, found, lo)  # what the rules take is not read again
+            if self.ocr is not None and hi - lo >= 1 and min(lum.shape) >= _MIN_SIDE:
+                for _ in range(2):  # the second pass checks the result
+                    more = [Region(i, *b, "ocr") for b in self._text_boxes(lum, lo, hi, found)]
+                    if not more:
+                        break
+                    found += more
+                    _blank(lum, more, lo)  # lo, hi fixed on the original: blanking must not move them
             for r in found:
                 _blank(frame, [r], _dark(frame, photometric))
             regions += found
@@ -136,35 +144,52 @@ class PixelCleaner:
             _encode(ds, arr, photometric)
         return regions
 
-    def _text_boxes(self, lum: Any, threshold: float, done: list[Region]) -> list[tuple[int, int, int, int]]:
+    def _text_boxes(self, lum: Any, lo: float, hi: float, done: list[Region]) -> list[tuple[int, int, int, int]]:
         import numpy as np
         from PIL import Image
         from scipy import ndimage
 
-        mask = lum >= threshold
+        side = max(lum.shape)
+        scale = 3 if side <= 400 else 2 if side <= 1024 else 1  # small text reads better enlarged
+        size = (lum.shape[1] * scale, lum.shape[0] * scale)
+        stretched = (lum - lo) / (hi - lo)
+        white = stretched >= _THRESHOLDS[0]
+        mask = stretched >= _THRESHOLDS[1]  # the runs of text pixels a word is widened to
         for r in done:
-            mask[r.y : r.y + r.height, r.x : r.x + r.width] = False
-        if not mask.any():
-            return []
-        scale = 3 if lum.shape[0] * lum.shape[1] <= 1024 * 1024 else 1  # small text reads better enlarged
-        img = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+            white[r.y : r.y + r.height, r.x : r.x + r.width] = False
+        grey = Image.fromarray((255 - stretched * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+        binary = Image.fromarray(np.where(white, 0, 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
         assert self.ocr is not None
-        data = self.ocr.image_to_data(img, config="--psm 11", output_type=self.ocr.Output.DICT)
+        words: list[tuple[str, float, int, int, int, int]] = []
+        for img in (grey, binary):  # grey text on dark (ultrasound), then white text anywhere
+            data = self.ocr.image_to_data(img, config="--psm 11", output_type=self.ocr.Output.DICT)
+            words += [
+                (str(t), float(c), data["left"][k], data["top"][k], data["width"][k], data["height"][k])
+                for k, (t, c) in enumerate(zip(data["text"], data["conf"]))
+            ]
         lines, _ = ndimage.label(ndimage.binary_dilation(mask, structure=np.ones((3, 7), dtype=bool)))
         objects = ndimage.find_objects(lines)
         out = []
-        for k, word in enumerate(data["text"]):
-            if not any(c.isalnum() for c in str(word)):
+        for word, conf, left, top, width, height in words:
+            alnum = sum(c.isalnum() for c in word)
+            if alnum == 0 or (alnum == 1 and conf < 60):  # a lone low-confidence mark: noise
                 continue
-            x, y = data["left"][k] // scale, data["top"][k] // scale
-            w, h = max(1, data["width"][k] // scale), max(1, data["height"][k] // scale)
+            x, y = left // scale, top // scale
+            w, h = max(1, width // scale), max(1, height // scale)
+            if any(r.x <= x and r.y <= y and x + w <= r.x + r.width and y + h <= r.y + r.height for r in done):
+                continue  # already blanked: a blank area read as text again
+            patch = stretched[y : y + h, x : x + w]
+            midtone = ((patch > 0.15) & (patch < _THRESHOLDS[1])).mean()
+            wide = w / alnum > 1.5 * h  # characters far wider than tall: shapes read as letters
+            if conf < 60 and (wide or midtone > _MAX_MIDTONE or (patch >= _THRESHOLDS[1]).mean() > _MAX_FILL):
+                continue  # texture (anatomy, speckle), not thin strokes on a flat background: a misreading
             box = [x, y, x + w, y + h]
             for label in np.unique(lines[y : y + h, x : x + w]):  # widen to the runs of bright pixels it touches
                 if label == 0:
                     continue
                 sl = objects[label - 1]
-                if sl is not None and sl[0].stop - sl[0].start <= _MAX_LINE:
+                tall = sl[0].stop - sl[0].start if sl is not None else _MAX_LINE + 1
+                if tall <= min(_MAX_LINE, 2 * h + 4):  # a line of text about as tall as the word, not anatomy
                     box = [min(box[0], sl[1].start), min(box[1], sl[0].start),
                            max(box[2], sl[1].stop), max(box[3], sl[0].stop)]  # fmt: skip
             x0, y0 = max(0, box[0] - _MARGIN), max(0, box[1] - _MARGIN)
