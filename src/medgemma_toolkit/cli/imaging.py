@@ -23,7 +23,7 @@ def deid(
         Optional[str],
         typer.Argument(
             metavar="OUT",
-            help="Output directory (mirrors a directory IN); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file",
+            help="Output directory (mirrors a directory IN, names replaced unless --keep-file-names); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file",
         ),
     ] = None,
     report: Annotated[
