@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from medgemma_toolkit.deid import deidentify_dataset, deidentify_path
+from medgemma_toolkit.deid import deidentify_dataset, deidentify_path, findings
 from medgemma_toolkit.testing import dciodvfy
 
 TREE_FILES = ["test-SR.dcm", "reportsi.dcm", "reportsi_with_empty_number_tags.dcm", "waveform_ecg.dcm"]
@@ -32,6 +32,7 @@ def test_corpus_trees_are_kept_valid(tmp_path, name):
         if kw in before:
             assert len(list(after[kw].value)) == len(list(before[kw].value))
     assert dciodvfy.new_errors(src, out) == []
+    assert findings(after) == []  # and it passes the strict check
 
 
 def test_report_text_loses_the_files_identifiers_and_leaves_keep_their_kind():

@@ -96,3 +96,16 @@ def test_corpus_files_with_un_keep_no_original_uid(tmp_path, name):
     deidentify_path(src, out)
     data = out.read_bytes()
     assert uids and [u for u in uids if u.encode() in data] == []
+
+
+def test_verify_lists_an_undecodable_un_element_by_tag(tmp_path):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    src = planted_un(tmp_path / "un.dcm")
+    out = tmp_path / "out.dcm"
+    deidentify_path(src, out)
+    ds = pydicom.dcmread(out)
+    ds.add_new(0x0018FFF0, "LO", "free text nobody decodes")  # in implicit VR: a tag no dictionary knows
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "back.dcm", enforce_file_format=True)
+    assert findings(pydicom.dcmread(tmp_path / "back.dcm")) == ["(0018,FFF0) (VR UN, not decodable)"]

@@ -132,6 +132,10 @@ def _check(
             out.append(_name(ds[tag], path) + " (VR UN, not decodable)")
             continue
         elem = ds[tag]
+        if elem.VR == "UN" and decode_un(ds, t) is None:  # implicit VR, a tag no dictionary knows
+            out.append(_name(elem, path) + " (VR UN, not decodable)")
+            continue
+        elem = ds[tag]
         row = tab.rows.get(t)
         if row is None:
             if elem.VR == "SQ":
