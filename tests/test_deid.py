@@ -8,9 +8,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medgemma_toolkit.deid import UIDMap, deidentify_dataset, deidentify_path, safe_header
+from medgemma_toolkit.deid import deidentify_dataset, deidentify_path, safe_header
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, make_slice, write_series
+
 
 def test_uids_consistent_within_run_and_references_follow(tmp_path):
     spec = SeriesSpec(slices=3, rows=8, cols=8)
@@ -27,7 +28,7 @@ def test_uids_consistent_within_run_and_references_follow(tmp_path):
     b.ReferencedSeriesSequence = [series]
     b.SourceImageSequence = [ref]  # X/Z/U*, type 3 in the CT Image IOD: removed
     b.save_as(paths[1])
-    deidentify_path(src, tmp_path / "out")
+    deidentify_path(src, tmp_path / "out", rename_files=False)
     outs = [pydicom.dcmread(tmp_path / "out" / p.name) for p in paths]
     assert len({o.StudyInstanceUID for o in outs}) == 1 and len({o.SeriesInstanceUID for o in outs}) == 1
     assert len({o.SOPInstanceUID for o in outs}) == 3
@@ -41,14 +42,14 @@ def test_uids_consistent_within_run_and_references_follow(tmp_path):
     assert nested.ReferencedInstanceSequence[0].ReferencedSOPClassUID == a.SOPClassUID
     assert "SourceImageSequence" not in outs[1]
     # A second run maps differently (not linkable across runs).
-    deidentify_path(src, tmp_path / "out2")
+    deidentify_path(src, tmp_path / "out2", rename_files=False)
     again = pydicom.dcmread(tmp_path / "out2" / paths[0].name)
     assert again.StudyInstanceUID != outs[0].StudyInstanceUID
 
 
 def test_pixels_kept_and_volume_identical(tmp_path):
     write_series(tmp_path / "in", SeriesSpec(slices=5, rows=16, cols=16))
-    deidentify_path(tmp_path / "in", tmp_path / "out")
+    deidentify_path(tmp_path / "in", tmp_path / "out", rename_files=False)
     before = load_parts(str(tmp_path / "in"), ImageOptions(), 16)
     after = load_parts(str(tmp_path / "out" / "*.dcm"), ImageOptions(), 16)
     assert len(before) == len(after) == 10
@@ -71,7 +72,13 @@ def test_burned_in_annotation_warnings():
 def test_safe_header_is_the_way_to_show_values():
     ds = make_slice(SeriesSpec(rows=8, cols=8), 0)
     out = safe_header(ds, ["Modality", "PatientID", "PatientName", "InstitutionName", "Rows"])
-    assert out == {"Modality": "CT", "PatientID": "", "PatientName": "", "InstitutionName": "", "Rows": "8"}  # X/Z/D, type 3 in CT: removed
+    assert out == {
+        "Modality": "CT",
+        "PatientID": "",
+        "PatientName": "",
+        "InstitutionName": "",
+        "Rows": "8",
+    }  # X/Z/D, type 3 in CT: removed
     assert ds.PatientID == FAKE_PHI["PatientID"]  # the caller's dataset is untouched
 
 
@@ -82,7 +89,7 @@ def test_cli_deid_directory_report_has_no_values(tmp_path, cli):
     burned.BurnedInAnnotation = "YES"
     burned.save_as(src / "series1" / "burned.dcm", enforce_file_format=True)
     (src / "notes.txt").write_text("Doe^Janet was here")
-    r = cli("deid", str(src), str(tmp_path / "clean"))
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "clean"))
     assert r.returncode == 0, r.stderr
     assert "de-identified 4 file(s)" in r.stdout and "skipped 1 (not DICOM)" in r.stdout and "failed 0" in r.stdout
     assert "burned into the pixels" in r.stderr
@@ -102,21 +109,21 @@ def test_cli_deid_directory_report_has_no_values(tmp_path, cli):
 
 def test_cli_deid_errors(tmp_path, cli):
     write_series(tmp_path / "in", SeriesSpec(slices=2, rows=8, cols=8))
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "in" / "sub"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "in" / "sub"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "inside" in r.stderr
-    r = cli("deid", str(tmp_path / "missing"), str(tmp_path / "o"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "missing"), str(tmp_path / "o"))
     assert r.returncode == 2 and "not found" in r.stderr
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "full"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "full"))
     assert r.returncode == 2 and "--overwrite" in r.stderr
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "a.txt").write_text("hello")
-    r = cli("deid", str(tmp_path / "txt"), str(tmp_path / "o2"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "txt"), str(tmp_path / "o2"))
     assert r.returncode == 2 and "no DICOM files" in r.stderr
     # A single file.
     one = next((tmp_path / "in").iterdir())
-    r = cli("deid", str(one), str(tmp_path / "one.dcm"))
+    r = cli("deid", "--keep-file-names", str(one), str(tmp_path / "one.dcm"))
     assert r.returncode == 0, r.stderr
     assert pydicom.dcmread(tmp_path / "one.dcm").PatientName == ""
     assert (tmp_path / "one.dcm.deid.json").is_file()
@@ -128,12 +135,12 @@ def test_uid_key_links_runs_only_when_given(tmp_path, cli):
     key.write_bytes(b"k" * 32)
     outs = []
     for run in ("a", "b"):
-        r = cli("deid", str(tmp_path / "in"), str(tmp_path / run), "--uid-key", str(key))
+        r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / run), "--uid-key", str(key))
         assert r.returncode == 0, r.stderr
         outs.append(pydicom.dcmread(tmp_path / run / paths[0].name).StudyInstanceUID)
     assert outs[0] == outs[1] and outs[0].startswith("2.25.")
     key.write_bytes(b"short")
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "c"), "--uid-key", str(key))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "c"), "--uid-key", str(key))
     assert r.returncode == 2 and "16 bytes" in r.stderr
 
 
@@ -161,10 +168,11 @@ def test_deflate_bomb_is_corrupt_and_never_inflated(tmp_path):
         "except Corrupt as e:\n"
         "    print('corrupt', hwm() - before)\n"
     )
-    r = subprocess.run([sys.executable, "-c", probe, str(src / "bomb.dcm")], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", probe, str(src / "bomb.dcm")], capture_output=True, text=True, timeout=300
+    )
     verdict, grew_kib = r.stdout.split()
     assert verdict == "corrupt" and int(grew_kib) < 200 * 1024, r.stdout + r.stderr
-    res = deidentify_path(src, out)
+    res = deidentify_path(src, out, rename_files=False)
     assert not list(out.rglob("*.dcm"))
     assert res["files_failed"] == 1 and res["files_written"] == 0

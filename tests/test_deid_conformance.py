@@ -174,7 +174,7 @@ def test_no_canary_survives_anywhere_and_pixels_are_identical(tmp_path, cli):
     path, canaries, pixels = planted_ct(tmp_path / "in")
     raw_in = path.read_bytes()
     assert len(leaked(raw_in, canaries)) == len(canaries.text)  # every canary is really in the input
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "out"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / "planted.dcm"
     data = out.read_bytes()
@@ -224,13 +224,23 @@ def test_packaged_table_matches_an_independent_parse_of_the_standard():
 
     from medgemma_toolkit.deid import table
 
-    names = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
-             "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+    names = {
+        "D_TAGS": "D",
+        "Z_TAGS": "Z",
+        "X_TAGS": "X",
+        "U_TAGS": "U",
+        "Z_D_TAGS": "Z/D",
+        "X_Z_TAGS": "X/Z",
+        "X_D_TAGS": "X/D",
+        "X_Z_D_TAGS": "X/Z/D",
+        "X_Z_U_STAR_TAGS": "X/Z/U*",
+    }
     ours = {tag: row.basic for tag, row in table().rows.items()}
     for edition in ("2024b", "2026c"):
         m = importlib.import_module(f"dicomanonymizer.dicom_anonymization_databases.dicomfields_{edition}")
-        theirs = {(g << 16) | e: action for name, action in names.items() for g, e, *rest in getattr(m, name)
-                  if not rest}
+        theirs = {
+            (g << 16) | e: action for name, action in names.items() for g, e, *rest in getattr(m, name) if not rest
+        }
         assert {t: ours.get(t) for t in theirs} == theirs, edition
         if edition == "2024b":
             assert len(theirs) == 617 and len(set(ours) - set(theirs)) == 35  # the rows new in 2026c
@@ -250,7 +260,7 @@ def test_other_transfer_syntaxes(tmp_path, syntax):
     ds.file_meta.TransferSyntaxUID = ts
     (tmp_path / "in").mkdir()
     ds.save_as(tmp_path / "in" / "x.dcm", implicit_vr=ts.is_implicit_VR, little_endian=True)
-    rep = deidentify_path(tmp_path / "in", tmp_path / "out")
+    rep = deidentify_path(tmp_path / "in", tmp_path / "out", rename_files=False)
     assert rep["files_written"] == 1 and rep["files_failed"] == 0
     out = pydicom.dcmread(tmp_path / "out" / "x.dcm")
     assert out.file_meta.TransferSyntaxUID == ts

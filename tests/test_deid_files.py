@@ -32,7 +32,7 @@ def test_truncated_and_tiny_files_fail_and_write_nothing(tmp_path, cli):
     (src / "cut_header_boundary.dcm").write_bytes(boundary)
     (src / "tiny.dcm").write_bytes(good[:100])
     (src / "notes.txt").write_text("not a DICOM file")
-    r = cli("deid", str(src), str(tmp_path / "out"))
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "out"))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "de-identified 2 file(s)" in r.stdout and "failed 4" in r.stdout and "skipped 1" in r.stdout
     assert r.stderr.startswith("error: 4 DICOM file(s) failed")
@@ -52,7 +52,7 @@ def test_a_single_truncated_file_is_an_error_with_no_output(tmp_path, cli):
     ds = make_slice(SeriesSpec(rows=32, cols=32), 0)
     data = _bytes(ds)
     (tmp_path / "a.dcm").write_bytes(data[:-100])
-    r = cli("deid", str(tmp_path / "a.dcm"), str(tmp_path / "out") + "/")
+    r = cli("deid", "--keep-file-names", str(tmp_path / "a.dcm"), str(tmp_path / "out") + "/")
     assert r.returncode == 2 and "failed 1" in r.stdout
     assert not (tmp_path / "out" / "a.dcm").exists()
 
@@ -66,7 +66,7 @@ def test_truncated_encapsulated_pixel_data(tmp_path, cli):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ok.dcm").write_bytes(data)
     (tmp_path / "in" / "cut.dcm").write_bytes(data[:-40])
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "out"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "out"))
     assert r.returncode == 2 and "de-identified 1 file(s)" in r.stdout and "failed 1" in r.stdout
     assert (tmp_path / "out" / "ok.dcm").exists() and not (tmp_path / "out" / "cut.dcm").exists()
     out = pydicom.dcmread(tmp_path / "out" / "ok.dcm")
@@ -77,21 +77,21 @@ def test_output_naming_for_one_file(tmp_path, cli):
     paths = write_series(tmp_path / "in", SeriesSpec(slices=1, rows=8, cols=8))
     one = paths[0]
     # OUT with a trailing slash that does not exist: a directory is created, the file keeps its name.
-    r = cli("deid", str(one), str(tmp_path / "newdir") + "/")
+    r = cli("deid", "--keep-file-names", str(one), str(tmp_path / "newdir") + "/")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "newdir").is_dir() and (tmp_path / "newdir" / one.name).is_file()
     assert (tmp_path / "newdir" / (one.name + ".deid.json")).is_file()
     # An existing directory without the slash: the same.
     (tmp_path / "existing").mkdir()
-    r = cli("deid", str(one), str(tmp_path / "existing"))
+    r = cli("deid", "--keep-file-names", str(one), str(tmp_path / "existing"))
     assert r.returncode == 0 and (tmp_path / "existing" / one.name).is_file()
     # Anything else is the output file's own path.
-    r = cli("deid", str(one), str(tmp_path / "renamed.dcm"))
+    r = cli("deid", "--keep-file-names", str(one), str(tmp_path / "renamed.dcm"))
     assert r.returncode == 0 and pydicom.dcmread(tmp_path / "renamed.dcm").PatientName == ""
-    r = cli("deid", str(one), str(tmp_path / "renamed.dcm"))
+    r = cli("deid", "--keep-file-names", str(one), str(tmp_path / "renamed.dcm"))
     assert r.returncode == 2 and "--overwrite" in r.stderr
     # A directory IN needs a directory OUT.
-    r = cli("deid", str(tmp_path / "in"), str(tmp_path / "renamed.dcm"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "renamed.dcm"))
     assert r.returncode == 2 and "is a file" in r.stderr
 
 
@@ -111,13 +111,13 @@ def test_reject_burned_in(tmp_path, cli):
     clean_us = make_slice(SeriesSpec(rows=8, cols=8), 3)
     clean_us.Modality, clean_us.BurnedInAnnotation = "US", "NO"
     clean_us.save_as(src / "us_clean.dcm", enforce_file_format=True)
-    r = cli("deid", str(src), str(tmp_path / "out"), "--reject-burned-in")
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "out"), "--reject-burned-in")
     assert r.returncode == 0, r.stderr
     assert "rejected 2 (burned-in)" in r.stdout and "de-identified 2 file(s)" in r.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.dcm", "deid_report.json", "us_clean.dcm"]
     report = json.loads((tmp_path / "out" / "deid_report.json").read_text())
     assert {f["file"] for f in report["files"] if "rejected" in f} == {"us.dcm", "marked.dcm"}
-    r = cli("deid", str(src), str(tmp_path / "out2"))
+    r = cli("deid", "--keep-file-names", str(src), str(tmp_path / "out2"))
     assert r.returncode == 0 and "de-identified 4 file(s)" in r.stdout
 
 
@@ -126,7 +126,7 @@ def test_verify_exit_codes_and_errors(tmp_path, cli):
     r = cli("deid", "--verify", str(tmp_path / "in"))
     assert r.returncode == 1 and "PatientName" in r.stdout and "PatientIdentityRemoved" in r.stdout
     assert "Doe" not in r.stdout
-    cli("deid", str(tmp_path / "in"), str(tmp_path / "out"))
+    cli("deid", "--keep-file-names", str(tmp_path / "in"), str(tmp_path / "out"))
     r = cli("deid", "--verify", str(tmp_path / "out"))
     assert r.returncode == 0 and "verified 2 DICOM file(s): 0 with" in r.stdout
     r = cli("deid", "--verify", str(tmp_path / "nowhere"))
@@ -143,17 +143,23 @@ def test_a_dicomdir_is_deidentified_with_its_records(tmp_path, cli):
         ds.SeriesNumber = 1
         fs.add(ds)
     fs.write(tmp_path / "media")
-    r = cli("deid", str(tmp_path / "media"), str(tmp_path / "out"))
+    r = cli("deid", "--keep-file-names", str(tmp_path / "media"), str(tmp_path / "out"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "de-identified 3 file(s)" in r.stdout
     data = (tmp_path / "out" / "DICOMDIR").read_bytes()
     assert b"Doe" not in data and b"MRN-8675309" not in data
     out_dir = pydicom.dcmread(tmp_path / "out" / "DICOMDIR")
-    images = [f for f in (tmp_path / "out").rglob("*") if f.is_file() and f.name != "DICOMDIR"
-              and not f.name.endswith(".json")]
+    images = [
+        f
+        for f in (tmp_path / "out").rglob("*")
+        if f.is_file() and f.name != "DICOMDIR" and not f.name.endswith(".json")
+    ]
     uids = {pydicom.dcmread(f).SOPInstanceUID for f in images}
-    refs = {rec.ReferencedSOPInstanceUIDInFile for rec in out_dir.DirectoryRecordSequence
-            if "ReferencedSOPInstanceUIDInFile" in rec}
+    refs = {
+        rec.ReferencedSOPInstanceUIDInFile
+        for rec in out_dir.DirectoryRecordSequence
+        if "ReferencedSOPInstanceUIDInFile" in rec
+    }
     assert refs == uids and len(uids) == 2
     from pydicom.fileset import FileSet as Reader
 

@@ -23,7 +23,7 @@ def deid(
         Optional[str],
         typer.Argument(
             metavar="OUT",
-            help="Output directory (mirrors a directory IN); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file",
+            help="Output directory (mirrors a directory IN, names replaced unless --keep-file-names); for a file IN: OUT/ or an existing directory gets OUT/<name>, anything else is the output file",
         ),
     ] = None,
     report: Annotated[
@@ -42,6 +42,13 @@ def deid(
             help="Check a tree instead: list attributes the profile forbids (names only); exit 1 if any",
         ),
     ] = None,
+    trust_declared_options: Annotated[
+        bool,
+        typer.Option(
+            "--trust-declared-options",
+            help="With --verify: relax the Basic Profile check by the options each file declares (default: strict)",
+        ),
+    ] = False,
     reject_burned_in: Annotated[
         bool,
         typer.Option(
@@ -49,6 +56,28 @@ def deid(
             help="Skip (and report) images whose BurnedInAnnotation is YES, or absent in US/SC/XA/OT and secondary captures",
         ),
     ] = False,
+    rename_files: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--rename-files/--keep-file-names",
+            help="Replace every folder and file name of the output tree by a keyed stand-in (DICOMDIR file IDs follow); default: on for a directory IN",
+        ),
+    ] = None,
+    clean_pixels: Annotated[
+        bool,
+        typer.Option(
+            "--clean-pixels",
+            help="Clean Pixel Data option: find text burned into images (OCR, tesseract) and blank it; sets BurnedInAnnotation NO",
+        ),
+    ] = False,
+    pixel_rules: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pixel-rules",
+            metavar="FILE",
+            help="With --clean-pixels: JSON rules of regions to blank per Manufacturer/ManufacturerModelName/Rows/Columns",
+        ),
+    ] = None,
     retain_safe_private: Annotated[
         Optional[Path],
         typer.Option(
@@ -70,16 +99,24 @@ def deid(
             "Retain Longitudinal Temporal Information with Modified Dates option: one shift per patient (keyed like --uid-key)"
         ),
     ] = False,
+    clean_structured_content: Annotated[
+        bool,
+        _flag(
+            "Clean Structured Content option: declare it (SR content trees and waveform annotations are always kept, identifying leaves replaced, TEXT cleaned)"
+        ),
+    ] = False,
     clean_descriptors: Annotated[
         bool, _flag("Clean Descriptors option: keep descriptions with the file's identifiers taken out")
     ] = False,
 ) -> None:
     """De-identify DICOM with the PS3.15 Annex E Basic Profile (Table E.1-1, every row, at every depth) and options.
 
-    The report names changed attributes, never values. Pixel data is kept unchanged (a warning is printed when
-    BurnedInAnnotation is YES or unknown). Exit code 2 when any DICOM file failed (nothing is written for it).
+    The report names changed attributes, never values. Pixel data is kept unchanged unless --clean-pixels (a
+    warning is printed when BurnedInAnnotation is YES or unknown). Exit code 2 when any DICOM file failed (nothing
+    is written for it).
 
-    Examples: medgemma deid study/ study_deid/ ; medgemma deid a.dcm out/ ; medgemma deid --verify study_deid/
+    Examples: medgemma deid study/ study_deid/ ; medgemma deid a.dcm out/ ; medgemma deid --clean-pixels us/ us_deid/ ;
+    medgemma deid --verify study_deid/
     """
     import sys
 
@@ -89,7 +126,7 @@ def deid(
     if verify is not None:
         if src is not None or dst is not None:
             raise BadInput("--verify takes one directory and no IN/OUT")
-        _verify(verify)
+        _verify(verify, trust_declared_options)
         return
     if src is None or dst is None:
         raise BadInput("give IN and OUT (or --verify DIR)")
@@ -103,10 +140,18 @@ def deid(
             retain_full_dates=retain_full_dates,
             retain_modified_dates=retain_modified_dates,
             clean_descriptors=clean_descriptors,
+            clean_structured_content=clean_structured_content,
         )
     except ValueError as e:
         raise BadInput(str(e)) from None
     safe = SafePrivate.load(retain_safe_private) if retain_safe_private is not None else None
+    cleaner = None
+    if pixel_rules is not None and not clean_pixels:
+        raise BadInput("--pixel-rules needs --clean-pixels")
+    if clean_pixels:
+        from ..deid.pixels import PixelCleaner, load_rules
+
+        cleaner = PixelCleaner(load_rules(pixel_rules) if pixel_rules is not None else None)
     key = None
     if uid_key is not None:
         try:
@@ -122,6 +167,8 @@ def deid(
         options=opts,
         safe_private=safe,
         reject_burned_in=reject_burned_in,
+        pixel_cleaner=cleaner,
+        rename_files=rename_files,
     )
     print(
         f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "
@@ -139,14 +186,14 @@ def deid(
         )
 
 
-def _verify(root: Path) -> None:
+def _verify(root: Path, trust_declared_options: bool) -> None:
     from ..deid import verify_tree
     from ..errors import BadInput
 
     if not root.is_dir():
         raise BadInput(f"{root}: not a directory")
     checked = flagged = failed = 0
-    for rel, found, error in verify_tree(root):
+    for rel, found, error in verify_tree(root, trust_declared_options):
         if error is not None:
             failed += 1
             print(f"{rel}: error: {error}")

@@ -1,12 +1,15 @@
 """Apply Table E.1-1 to one pydicom Dataset, in place, at every depth, and say what changed (names, never values).
 
 Every element of every sequence item is looked up in the table (a sequence the table does not list is still
-entered). Beyond the table, safety nets cover what vendors put where the table does not look: private elements
-are removed (unless on the safe list with Retain Safe Private), whole curve (50xx) and overlay (60xx) groups go
-(their data and comments are X; an overlay without its data is not valid, and its description and label are free
-text), remaining person names (VR PN) are emptied, remaining instance UIDs outside the standard's root are
-replaced, and the file meta group keeps only its structural elements. Pixel data is never touched: burned-in text
-stays, so a warning is raised when BurnedInAnnotation is YES or absent.
+entered); an element stored as VR UN is decoded first (`un.py`) or removed. A D action on a content tree (SR
+ContentSequence, ECG WaveformAnnotationSequence, GraphicAnnotationSequence, VerifyingObserverSequence) keeps the
+tree and applies the table inside it, with report text cleaned, so the object stays valid. Beyond the table,
+safety nets cover what vendors put where the table does not look: private elements are removed (unless on the
+safe list with Retain Safe Private), whole curve (50xx) and overlay (60xx) groups go (their data and comments are
+X; an overlay without its data is not valid, and its description and label are free text), remaining person
+names (VR PN) are emptied, remaining instance UIDs outside the standard's root are replaced, and the file meta
+group keeps only its structural elements. Pixel data is not touched here (`pixels.py` cleans it when asked), so a
+warning is raised when BurnedInAnnotation is YES or absent.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..imaging.deflate import PIXEL_TAGS
 from .clean import Scrubber, shift_date, shift_datetime
 from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
 from .safe_private import SafePrivate
+from .un import decode_un
 
 STANDARD_UID_ROOT = "1.2.840.10008."
 KEEP_UIDS = {
@@ -68,6 +72,14 @@ _DUMMY = {
     "OV": b"\x00" * 8,
 }
 TEXT_VRS = {"PN", "LO", "SH", "CS", "LT", "ST", "UT", "UC", "AE", "UR"}
+# Content trees whose D (dummy) action keeps the tree, each identifying leaf handled by its own table row (PNAME,
+# DATE, DATETIME, TIME, UIDREF) and free text cleaned, so the object stays valid (one empty item is not a valid
+# SR content tree, ECG annotation or presentation state): ContentSequence, WaveformAnnotationSequence,
+# GraphicAnnotationSequence, and VerifyingObserverSequence (its Type 1 name, organisation and time get dummies).
+# CODE, NUM and the structure are kept. (InstitutionCodeSequence and the like stay one empty item: their codes
+# themselves identify.)
+TREES = {0x0040A730, 0x0040B020, 0x00700001, 0x0040A073}
+TREE_TEXT = {0x0040A160}  # TextValue (TEXT content items): not in the table, cleaned of the file's identifiers
 
 
 class UIDMap:
@@ -94,6 +106,20 @@ class UIDMap:
         the same key), between -3650 and -1."""
         digest = hmac.new(self._salt, b"date:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).digest()
         return -1 - int.from_bytes(digest[:8], "big") % 3650
+
+    def pseudonym(self, patient_id: str) -> str:
+        """A stand-in patient ID (for a Type 1 slot such as a DICOMDIR PATIENT record): the same for a patient
+        within a run, not the original."""
+        digest = hmac.new(self._salt, b"pid:" + patient_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        return "P" + digest[:15].upper()
+
+    def file_name(self, original: str) -> str:
+        """A stand-in for one component of a file path (`original`: the path up to and including it), 8 characters
+        of A-Z and 2-7 as a DICOMDIR file ID allows: folder names are often patient IDs or names."""
+        import base64
+
+        digest = hmac.new(self._salt, b"file:" + original.casefold().encode("utf-8", "replace"), hashlib.sha256)
+        return base64.b32encode(digest.digest()[:5]).decode("ascii")
 
     def __len__(self) -> int:
         return self.count
@@ -140,6 +166,8 @@ class _Ctx:
     shift: int
     scrub: Scrubber | None
     safe: SafePrivate | None
+    tree_scrub: Scrubber | None = None
+    record_shifts: list[int] | None = None  # DICOMDIR: each record's dates move with its own patient
 
 
 def _is_instance_uid(elem) -> bool:
@@ -156,6 +184,11 @@ def _remap(value, uids: UIDMap):
 
 
 def _set_dummy(ds, elem, ctx: _Ctx) -> None:
+    if elem.VR == "SQ" and int(elem.tag) in TREES and elem.value:  # keep the tree valid: see TREES
+        for item in elem.value:
+            _walk(item, ctx, top=False)
+        ctx.rep.cleaned.add(_name(elem))
+        return
     if elem.VR == "SQ":
         from pydicom.dataset import Dataset
 
@@ -255,9 +288,32 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
             del ds[tag]
             ctx.rep.removed.add(_tag_name(t))
             continue
+        vr = ds.get_item(tag).VR
+        if vr == "UN" and decode_un(ds, tag) is None:  # undecodable: removed, never passed through
+            del ds[tag]
+            ctx.rep.removed.add(_tag_name(t))
+            continue
+        if t == 0x00041220 and top and ctx.record_shifts is not None:  # DirectoryRecordSequence
+            base = ctx.shift
+            for item, shift in zip(ds[tag].value, ctx.record_shifts):
+                ctx.shift = shift
+                _walk(item, ctx, top=False)
+            ctx.shift = base
+            continue
+        if t in TREE_TEXT and ctx.tree_scrub is not None:
+            elem = ds[tag]
+            if elem.value not in (None, ""):
+                elem.value = ctx.tree_scrub(str(elem.value))
+                ctx.rep.cleaned.add(_name(elem))
+            continue
         row = tab.rows.get(t)
         if row is None:  # not in the table: safety nets only
-            if ds.get_item(tag).VR not in _NET_VRS:
+            if vr not in _NET_VRS and vr != "UN":
+                continue
+            elem = ds[tag]
+            if elem.VR == "UN" and decode_un(ds, tag) is None:  # implicit VR, a tag no dictionary knows
+                del ds[tag]
+                ctx.rep.removed.add(_tag_name(t))
                 continue
             elem = ds[tag]
             if elem.VR == "SQ":
@@ -296,9 +352,16 @@ def method_codes(opts: Options) -> list[tuple[str, str]]:
 
 
 def deidentify_dataset(
-    ds, uids: UIDMap | None = None, options: Options | None = None, safe_private: SafePrivate | None = None
+    ds,
+    uids: UIDMap | None = None,
+    options: Options | None = None,
+    safe_private: SafePrivate | None = None,
+    record_patients: list[str] | None = None,
 ) -> FileReport:
-    """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is."""
+    """De-identify `ds` in place (file meta included) and return the report. Pixel data is kept as is.
+
+    `record_patients` (a DICOMDIR): the original PatientID above each directory record, so that its dates are
+    shifted like those of the instances it references (a DICOMDIR has no PatientID of its own)."""
     from pydicom.dataset import Dataset
 
     opts = options or Options()
@@ -318,6 +381,10 @@ def deidentify_dataset(
     ctx = _Ctx(
         uids, opts, rep, str(ds.get("SOPClassUID", "") or "") or None, uids.date_shift(patient), scrub, safe_private
     )
+    if record_patients is not None:
+        ctx.record_shifts = [uids.date_shift(p) for p in record_patients]
+    if any(t in ds for t in TREES):  # built before the walk removes the names it must look for
+        ctx.tree_scrub = scrub or Scrubber.from_dataset(ds)
     _walk(ds, ctx, top=True)
     _file_meta(ds, ctx)
     ds.PatientIdentityRemoved = "YES"

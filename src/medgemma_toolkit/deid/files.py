@@ -1,6 +1,7 @@
 """De-identify a DICOM file or a directory tree into a new location, with a JSON report of what changed.
 
-Naming: a directory IN is mirrored under the directory OUT. A file IN goes into OUT/<name of IN> when OUT is an
+Naming: a directory IN is mirrored under the directory OUT, every folder and file name replaced by a keyed
+stand-in unless file names are kept (names are often patient IDs; DICOMDIR file IDs follow). A file IN goes into OUT/<name of IN> when OUT is an
 existing directory or is written with a trailing slash (`deid a.dcm out/`, created if needed); otherwise OUT is
 the output file's own path. Files are streamed one at a time (memory does not grow with their number); each is
 read fully and checked before anything is written, then written under a temporary name in the target directory
@@ -12,14 +13,19 @@ broken DICOM files are errors (counted, named in the report, nothing written for
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
 from ..provenance import toolkit_version
-from .dicomdir import is_dicomdir, record_links, relink
+from .dicomdir import drop_records, file_ids, is_dicomdir, record_links, record_patients, relink, repair_records
 from .engine import UIDMap, deidentify_dataset, method_codes
+from .pixels import CLEAN_PIXEL_CODE, PixelCleaner, PixelCleanError
 from .profile import Options, edition
 from .read import read_checked
 from .safe_private import SafePrivate
@@ -42,6 +48,20 @@ def _inputs(src: Path) -> Iterator[tuple[Path, Path]]:
                 yield p, p.relative_to(src)
 
 
+def renamed(rel: Path, uids: UIDMap) -> Path:
+    """`rel` with every folder and file name replaced by a keyed stand-in (a file's suffix and the name DICOMDIR
+    kept), the same for the same input path within a run (across runs with the same key)."""
+    parts = rel.parts
+    out = []
+    for i, part in enumerate(parts):
+        if i == len(parts) - 1 and part.upper() == "DICOMDIR":
+            out.append(part)
+            continue
+        stem = uids.file_name("/".join(parts[: i + 1]))
+        out.append(stem + (Path(part).suffix.lower() if i == len(parts) - 1 else ""))
+    return Path(*out)
+
+
 def burned_in_risk(ds) -> bool:
     """BurnedInAnnotation YES, or absent/unknown in a modality that commonly carries text in its pixels."""
     burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
@@ -53,9 +73,55 @@ def burned_in_risk(ds) -> bool:
     return burned != "NO" and text_kind
 
 
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings quote the values they complain about (UIDs, names): none reaches stderr or a log."""
+    log = logging.getLogger("pydicom")
+    disabled = log.disabled
+    log.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.disabled = disabled
+
+
+def _complete_meta(ds) -> None:
+    """A data set read without a file meta group gets one, so that what we write is a Part 10 file (the
+    transfer syntax is the encoding it was read in)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        return
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if implicit is None:
+            return
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def _stale(path: Path) -> None:
+    """Remove what a killed run left beside `path` (`.NAME.<pid>.tmp`): a re-run must not leave it behind."""
+    prefix = f".{path.name}."
+    for old in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        if old.name[len(prefix) : -len(".tmp")].isdigit():  # only NAME's own leftovers, not NAME.deid.json's
+            old.unlink(missing_ok=True)
+
+
 def _write_atomic(ds, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    _stale(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _complete_meta(ds)
     try:
         try:  # a standard Part 10 file: preamble, complete file meta group (its length recomputed)
             ds.save_as(tmp, enforce_file_format=True)
@@ -72,6 +138,7 @@ class _Report:
     def __init__(self, path: Path, head: dict) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        _stale(path)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self.f = open(self.tmp, "w", encoding="utf-8")
         self.f.write(json.dumps(head, indent=2)[:-2] + ',\n  "files": [')
@@ -118,8 +185,15 @@ def deidentify_path(
     options: Options | None = None,
     safe_private: SafePrivate | None = None,
     reject_burned_in: bool = False,
+    pixel_cleaner: PixelCleaner | None = None,
+    rename_files: bool | None = None,
 ) -> dict:
     """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
+
+    `pixel_cleaner`: Clean Pixel Data (burned-in text blanked, see `pixels.py`) for every image.
+    `rename_files` (default: on for a directory input): every folder and file name of the output tree is replaced
+    by a keyed stand-in (`renamed`), DICOMDIR file IDs with them, since names are often patient IDs; the report
+    names the output paths.
 
     `uid_key`: a secret that makes UIDs and date shifts the same across runs (e.g. a study sent in several
     batches); without it each run draws a random one, so runs cannot be linked. The summary's `files_failed`
@@ -135,6 +209,7 @@ def deidentify_path(
         raise BadInput("Retain Safe Private needs a list of safe private elements (--safe-private FILE)")
     out, default_report, single = _targets(src_p, os.fspath(dst), overwrite)
     uids = UIDMap(salt=uid_key)
+    rename = not single if rename_files is None else rename_files and not single
     head = {
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
         "table": edition(),
@@ -147,14 +222,18 @@ def deidentify_path(
         if opts.retain_uids
         else "replaced (2.25 form, "
         + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
+        "file_names": "replaced (keyed stand-ins)" if rename else "kept",
+        "pixels": "burned-in text blanked (OCR and rules)" if pixel_cleaner is not None else "unchanged",
         "toolkit_version": toolkit_version(),
     }
-    report = _Report(Path(report_path) if report_path else default_report, head)
+    try:
+        report = _Report(Path(report_path) if report_path else default_report, head)
+    except OSError as e:  # a read-only or missing output location
+        raise BadInput(f"{report_path or default_report}: cannot write ({e.strerror or type(e).__name__})") from None
     counts = {"files_written": 0, "files_skipped": 0, "files_failed": 0, "files_rejected": 0, "warnings": 0}
     try:
-        for path, rel in _inputs(src_p):
-            entry = _one(path, rel, out if single else out / rel, uids, opts, safe_private, reject_burned_in, counts)
-            report.add(entry)
+        with quiet_pydicom():
+            _run(src_p, out, single, rename, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts, report)
     except BaseException:
         report.abort()
         raise
@@ -166,6 +245,40 @@ def deidentify_path(
     return {**head, **summary, "report_path": str(report.path)}
 
 
+def _run(
+    src_p: Path,
+    out: Path,
+    single: bool,
+    rename: bool,
+    uids: UIDMap,
+    opts: Options,
+    safe_private: SafePrivate | None,
+    reject_burned_in: bool,
+    pixel_cleaner: PixelCleaner | None,
+    counts: dict,
+    report: _Report,
+) -> None:
+    """Every input, DICOMDIRs last (their records of files that were not written are dropped)."""
+    not_written: set[Path] = set()
+    deferred = []  # DICOMDIRs last: their records of files that were not written are dropped
+    for path, rel in _inputs(src_p):
+        if path.name.upper().startswith("DICOMDIR") and not single:
+            deferred.append((path, rel))
+            continue
+        target = out if single else out / (renamed(rel, uids) if rename else rel)
+        entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts)
+        entry["file"] = str(target.relative_to(out)) if not single else entry["file"]
+        if "error" in entry or "rejected" in entry:
+            not_written.add(rel)
+        report.add(entry)
+    for path, rel in deferred:
+        target = out / (renamed(rel, uids) if rename else rel)
+        entry = _one(path, rel, target, uids, opts, safe_private, reject_burned_in, pixel_cleaner, counts,
+                     not_written, uids if rename else None)  # fmt: skip
+        entry["file"] = str(target.relative_to(out))
+        report.add(entry)
+
+
 def _one(
     path: Path,
     rel: Path,
@@ -174,7 +287,10 @@ def _one(
     opts: Options,
     safe: SafePrivate | None,
     reject_burned_in: bool,
+    cleaner: PixelCleaner | None,
     counts: dict,
+    not_written: set[Path] | None = None,
+    rename: UIDMap | None = None,
 ) -> dict:
     try:
         ds = read_checked(path)
@@ -184,18 +300,51 @@ def _one(
     except MedGemmaError as e:
         counts["files_failed"] += 1
         return {"file": str(rel), "error": str(e).replace(str(path), "").lstrip(": ") or "unreadable"}
-    if reject_burned_in and burned_in_risk(ds):
+    regions = None
+    if cleaner is not None and 0x7FE00010 in ds and "Rows" in ds:
+        try:
+            regions = cleaner.clean(ds)
+        except PixelCleanError as e:
+            counts["files_failed"] += 1
+            return {"file": str(rel), "error": str(e)}
+        ds.BurnedInAnnotation = "NO"  # every frame went through OCR and the rules
+    if reject_burned_in and regions is None and burned_in_risk(ds):
         counts["files_rejected"] += 1
         return {"file": str(rel), "rejected": "burned-in annotation possible (BurnedInAnnotation YES or absent)"}
-    links = record_links(ds) if is_dicomdir(ds) else None
-    rep = deidentify_dataset(ds, uids, opts, safe)
+    links = patients = None
+    drop: set[int] = set()
+    ids: list[tuple[str, ...] | None] = []
+    if is_dicomdir(ds):
+        links = record_links(ds)
+        patients = record_patients(ds, links)
+        gone = {str(p).casefold() for p in not_written or ()}
+        ids = file_ids(ds)
+        drop = {i for i, f in enumerate(ids) if f and str(rel.parent.joinpath(*f)).casefold() in gone}
+    rep = deidentify_dataset(ds, uids, opts, safe, record_patients=patients)
+    if regions is not None:
+        from pydicom.dataset import Dataset
+
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = CLEAN_PIXEL_CODE[0], "DCM", CLEAN_PIXEL_CODE[1]
+        ds.DeidentificationMethodCodeSequence.append(code)
     try:
-        if links is not None:
-            relink(ds, links)
+        if links is not None and patients is not None:
+            repair_records(ds, [uids.pseudonym(p) if p else "" for p in patients])
+            if rename is not None:  # the file IDs follow the renamed files
+                base = len(renamed(rel, rename).parent.parts)
+                for rec, f in zip(ds.DirectoryRecordSequence, ids):
+                    if f:
+                        rec.ReferencedFileID = list(renamed(rel.parent.joinpath(*f), rename).parts[base:])
+            relink(ds, drop_records(ds, links, drop))
+            if drop:
+                rep.warnings.append(f"{len(drop)} directory record(s) of files not written were dropped")
         _write_atomic(ds, target)
     except Exception as e:  # a value pydicom cannot write back: nothing is left behind
         counts["files_failed"] += 1
         return {"file": str(rel), "error": f"cannot write ({type(e).__name__})"}
     counts["files_written"] += 1
     counts["warnings"] += len(rep.warnings)
-    return {"file": str(rel), **rep.to_dict()}
+    entry = {"file": str(rel), **rep.to_dict()}
+    if regions is not None:
+        entry["pixel_regions_cleaned"] = [r.to_dict() for r in regions]
+    return entry

@@ -1,7 +1,8 @@
 """PS3.15 Table E.1-1 as data: every row, the Basic Profile column and the option columns, resolved per element.
 
 `table_e1_1.csv` and `iod_types.json` are generated from machine-readable copies of the standard by
-`scripts/gen_deid_table.py` (sources and edition in the CSV's header). Compound actions are resolved as the
+`scripts/gen_deid_table.py` (sources and edition in the CSV's header); `iod_type1.json` (the Type 1 attributes of
+each IOD's mandatory modules, for the completeness check of inputs) by `scripts/gen_deid_type1.py`. Compound actions are resolved as the
 standard defines them, by the attribute's type in the object's IOD: X/Z -> X for type 3, Z for type 2;
 X/D -> X for type 3, D otherwise; Z/D -> D for type 1, Z otherwise; X/Z/D -> X, Z or D for types 3, 2, 1;
 X/Z/U* -> X, Z, or U (the sequence kept, the UIDs in it replaced) for types 3, 2, 1. Where the type is unknown
@@ -27,6 +28,7 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
     "retain_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
     "retain_modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
 }
 BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
 _TYPE_RANK = {"1": 3, "1C": 3, "2": 2, "2C": 2, "3": 1}
@@ -44,6 +46,7 @@ class Options:
     retain_full_dates: bool = False
     retain_modified_dates: bool = False
     clean_descriptors: bool = False
+    clean_structured_content: bool = False
 
     def __post_init__(self) -> None:
         if self.retain_full_dates and self.retain_modified_dates:
@@ -111,6 +114,11 @@ class Table:
     sop_iod: dict[str, str]
     iod_types: dict[str, dict[int, str]]
     pixel_iods: frozenset[str]
+    type1: dict[str, frozenset[int]]
+
+    def type1_of(self, sop_class: str | None) -> frozenset[int]:
+        """Tags every object of the IOD of `sop_class` holds at its top level (empty when the IOD is unknown)."""
+        return self.type1.get(self.sop_iod.get(str(sop_class or ""), ""), frozenset())
 
     def needs_pixels(self, sop_class: str | None) -> bool:
         """Whether the IOD of `sop_class` has a mandatory Image Pixel module."""
@@ -143,6 +151,7 @@ def table() -> Table:
             special[r["tag"]] = row
     types = json.loads(pkg.joinpath("iod_types.json").read_text(encoding="utf-8"))
     iod_types = {iod: {int(t, 16): ty for t, ty in d.items()} for iod, d in types["iod_types"].items()}
+    type1 = json.loads(pkg.joinpath("iod_type1.json").read_text(encoding="utf-8"))["type1"]
     return Table(
         rows,
         special["50xxxxxx"],
@@ -153,6 +162,7 @@ def table() -> Table:
         types["sop_class_iod"],
         iod_types,
         frozenset(types["pixel_iods"]),
+        {iod: frozenset(int(t, 16) for t in tags) for iod, tags in type1.items()},
     )
 
 

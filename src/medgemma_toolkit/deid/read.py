@@ -1,7 +1,9 @@
 """Read one input fully and check it before anything is written: a truncated or corrupt file is an error.
 
 pydicom reads a file cut short without complaint (it stops at the end), so the checks are ours: the last
-element must be complete, native pixel data must hold rows x columns x frames x samples x bits, encapsulated
+element must be complete, the file must end where its last element ends (a sequence of undefined length with its delimiter), no Type 1
+attribute of the IOD's mandatory modules may be missing after the last element (a cut at an element boundary
+leaves exactly those out), native pixel data must hold rows x columns x frames x samples x bits, encapsulated
 pixel data must be a complete run of items, and an object whose IOD has pixels must have them.
 """
 
@@ -73,13 +75,31 @@ def _check_complete(path: Path, ds, size: int) -> None:
     last = ds.get_item(tags[-1])
     length = getattr(last, "length", None)
     value_tell = getattr(last, "value_tell", None)
-    if length is not None and length != 0xFFFFFFFF and value_tell is not None and int(tags[-1]) not in PIXEL_TAGS:
-        value = last.value
-        if (value is not None and len(value) < length) or value_tell + length > size:
+    if length is not None and length != 0xFFFFFFFF and value_tell is not None:
+        pixels = int(tags[-1]) in PIXEL_TAGS  # cut pixel data is measured (and named) below
+        value = None if pixels else last.value
+        if (isinstance(value, (bytes, str)) and len(value) < length) or (not pixels and value_tell + length > size):
             raise Corrupt(f"{path}: truncated DICOM (the last element is cut short)")
+        if size != 1 << 62 and value_tell + length < size:  # pydicom drops a tail shorter than an element header
+            raise Corrupt(f"{path}: truncated DICOM (the file does not end on a complete element)")
+    if length is None and size != 1 << 62 and getattr(last, "VR", None) == "SQ" and last.value.is_undefined_length:
+        with open(path, "rb") as f:  # the last element is a sequence: its delimiter must end the file
+            f.seek(max(size - 8, 0))
+            if f.read(8) not in (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"):
+                raise Corrupt(f"{path}: truncated DICOM (the file does not end on a complete element)")
     sop_class = ds.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", None)
     if sop_class is None or ("SOPClassUID" in ds and "SOPInstanceUID" not in ds):  # (a DICOMDIR has only meta)
         raise Corrupt(f"{path}: truncated or incomplete DICOM (no SOP Class or Instance UID)")
+    # A file cut at an element boundary parses; what shows the cut is that the Type 1 attributes of its IOD that
+    # sort after its last element are missing (elements are stored in tag order). One missing before the last
+    # element is a complete file that does not conform: kept (many real files lack one), not refused.
+    end = int(tags[-1])
+    missing = [t for t in table().type1_of(str(sop_class)) if t > end and t not in ds]
+    if missing:
+        raise Corrupt(
+            f"{path}: truncated DICOM ({len(missing)} Type 1 attribute(s) of its IOD missing after its last "
+            f"element, e.g. {_tag_name(min(missing))})"
+        )
     pixel = next((t for t in PIXEL_TAGS if t in ds), None)
     if pixel is None:
         if table().needs_pixels(str(sop_class)) or "Rows" in ds:
@@ -95,6 +115,12 @@ def _check_complete(path: Path, ds, size: int) -> None:
     _check_native_length(path, ds, pixel, len(data))
 
 
+def _tag_name(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
 def _check_native_length(path: Path, ds, pixel: int, have: int) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -103,6 +129,8 @@ def _check_native_length(path: Path, ds, pixel: int, have: int) -> None:
         bits = {0x7FE00008: 32, 0x7FE00009: 64}.get(pixel) or int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         raise Corrupt(f"{path}: corrupt DICOM (pixel data without a valid size)") from None
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
+        samples = 2  # 4:2:2: two chroma samples per two pixels (PS3.3 C.7.6.3.1.2), so 2 values a pixel
     need = (rows * cols * frames * samples * bits + 7) // 8
     if have < need:
         raise Corrupt(f"{path}: truncated pixel data ({have:,} of {need:,} bytes)")
