@@ -3,7 +3,7 @@
 A block is preceded by `<!-- example: KIND -->`: `runs-in-tests` (each `medgemma ...` line is run below, on the demo
 model, in a temporary folder, and must exit 0, or fail in one line where it ends in `|| true`), `ci` (the install and
 test commands that CI itself runs), `needs-weights` / `needs-gpu` (real MedGemma weights, a GPU or a remote
-server), or `data` (a file format, not a command). The README's blocks count too.
+server), `needs-data` (the user's own files: a DICOM study, a recording), or `data` (a file format, not a command). The README's blocks count too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli_inproc
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"runs-in-tests", "ci", "needs-weights", "needs-gpu", "data"}
+KINDS = {"runs-in-tests", "ci", "needs-weights", "needs-gpu", "needs-data", "data"}
 EXAMPLE_LANGUAGES = {"bash", "sh", "shell", "console", "python", "py", "pycon"}
 MARK = re.compile(r"^<!-- example: ([a-z-]+) -->$")
 
