@@ -94,7 +94,7 @@ def eval_run(
     if ctx.invoked_subcommand is not None:
         return
     from ..eval.batching import AUTO_BATCH_CEILING
-    from ..eval.runner import EvalOptions, load_task_data, run_eval
+    from ..eval.runner import EvalOptions, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
 
     if task is None:
@@ -126,6 +126,8 @@ def eval_run(
         ids=str(ids) if ids else None,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
+    if mode == "loglikelihood":
+        mo = scoring_model_options(mo)
     mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING, workload="throughput")
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]
