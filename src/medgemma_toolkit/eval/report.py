@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import __version__
 from .metrics import compute_metrics, per_condition_f1
+from .parsers import PARSER_VERSION
 from .provenance import now_utc, package_versions
 from .spec import TaskSpec
 
@@ -43,6 +44,7 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
             "protocol": spec.protocol,
             "kind": spec.kind,
             "parser": spec.parser,
+            "parser_version": PARSER_VERSION,
             "primary_metric": spec.primary_metric,
             "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
         },

@@ -24,7 +24,7 @@ from .batching import Outcome, auto_batch_size, run_batches
 from .formats import read_items
 from .items import Unit, dataset_digest, expand_units, format_options
 from .metrics import exact_match, rouge_l, token_f1
-from .parsers import PARSERS
+from .parsers import PARSER_VERSION, PARSERS
 from .provenance import model_identity
 from .records import RecordLog, ResultCache, default_cache_dir, read_records
 from .spec import TaskSpec, get_task, sample_path
@@ -194,9 +194,12 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
 
     out = Path(opts.out)
     rec_path = out / "records.jsonl"
-    _check_out_dir(out, rec_path, config, opts.resume)
+    # The cache keeps raw answers and parses them again (a parser change applies to them); a run folder keeps parsed
+    # records, so --resume also refuses records parsed under another parser protocol.
+    run_config = {**config, "parser_version": PARSER_VERSION}
+    _check_out_dir(out, rec_path, run_config, opts.resume)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (out / "run.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
     log = RecordLog(rec_path, resume=opts.resume)
     cache = ResultCache(default_cache_dir(), config) if opts.use_cache else None
     n_resumed = sum(u.key in log.done for u in units)
