@@ -86,6 +86,13 @@ def eval_run(
         bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")
     ] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
+    metric_convention: Annotated[
+        str,
+        typer.Option(
+            help="VQA scoring rules: toolkit (ours) or multimedeval (MultiMedEval's tokenisation, closed questions "
+            "and closed scoring); recorded in the summary"
+        ),
+    ] = "toolkit",
 ) -> None:
     """Run a task and write records, summary.json and a report with plots.
 
@@ -94,6 +101,7 @@ def eval_run(
     if ctx.invoked_subcommand is not None:
         return
     from ..eval.batching import AUTO_BATCH_CEILING
+    from ..eval.conventions import get_convention
     from ..eval.runner import EvalOptions, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
 
@@ -106,6 +114,7 @@ def eval_run(
     if limit is not None and limit <= 0:
         raise BadInput("--limit must be positive")
     spec = get_task(task)  # fail on an unknown task before loading a model
+    get_convention(metric_convention, spec.kind)
     opts = EvalOptions(
         task=task,
         data=data,
@@ -124,6 +133,7 @@ def eval_run(
         n_boot=bootstrap,
         split=split,
         ids=str(ids) if ids else None,
+        metric_convention=metric_convention,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     if mode == "loglikelihood":

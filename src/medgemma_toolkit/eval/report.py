@@ -110,6 +110,16 @@ def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("model", f"{m['name']} ({m['backend']}) config sha256 {str(m['config_sha256'])[:16]}"),
         ("generation", ", ".join(f"{k}={v}" for k, v in g.items())),
         (
+            "answers",
+            f"parser {summary['task']['parser']} protocol {summary['task'].get('parser_version', '1')}"
+            + (
+                f", metrics by the {summary['metric_convention']['name']}@{summary['metric_convention']['version']}"
+                " convention"
+                if summary.get("metric_convention")
+                else ""
+            ),
+        ),
+        (
             "dataset",
             f"{Path(d['path']).name} sha256 {d['sha256'][:16]}, {d['items']} items, {d['questions']} questions",
         ),

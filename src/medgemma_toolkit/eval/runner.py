@@ -21,9 +21,10 @@ from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
 from .batching import Outcome, auto_batch_size, run_batches
+from .conventions import CONVENTIONS, DEFAULT_CONVENTION, VQAConvention, get_convention
 from .formats import read_items
 from .items import Unit, dataset_digest, expand_units, format_options
-from .metrics import exact_match, rouge_l, token_f1
+from .metrics import rouge_l
 from .parsers import PARSER_VERSION, PARSERS
 from .provenance import model_identity
 from .records import RecordLog, ResultCache, default_cache_dir, read_records
@@ -60,6 +61,7 @@ class EvalOptions:
     use_cache: bool = True
     n_boot: int = 1000
     progress: bool = True
+    metric_convention: str = DEFAULT_CONVENTION  # VQA scoring rules (eval/conventions.py)
 
 
 def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
@@ -112,13 +114,16 @@ def scoring_model_options(mo: Any) -> Any:
     return dataclasses.replace(mo, **changes) if changes else mo
 
 
-def score_unit(spec: TaskSpec, unit: Unit, parsed: str | None) -> tuple[bool | None, float]:
-    """(correct, score) for one parsed answer; unparseable answers are wrong."""
+def score_unit(
+    spec: TaskSpec, unit: Unit, parsed: str | None, convention: VQAConvention | None = None
+) -> tuple[bool | None, float]:
+    """(correct, score) for one parsed answer; unparseable answers are wrong. VQA follows `convention`."""
     if spec.kind in ("mcq", "conditions"):
         ok = parsed is not None and parsed == unit.gold
         return ok, float(ok)
     if spec.kind == "vqa":
-        return exact_match(parsed, unit.gold or ""), token_f1(parsed, unit.gold or "")
+        v = (convention or CONVENTIONS[DEFAULT_CONVENTION]).score(parsed, unit.gold or "", unit.item.answer_type)
+        return v.correct, v.score
     return None, rouge_l(parsed, unit.gold or "")
 
 
@@ -154,6 +159,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     from .report import write_reports
 
     spec, data_path, conditions, read = load_task_data(opts)
+    convention = get_convention(opts.metric_convention, spec.kind)
     if opts.mode == "loglikelihood" and not mg.backend.capabilities.loglikelihood:
         raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
     if any(it.images for it in read.items) and not mg.backend.info.multimodal:
@@ -196,7 +202,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     rec_path = out / "records.jsonl"
     # The cache keeps raw answers and parses them again (a parser change applies to them); a run folder keeps parsed
     # records, so --resume also refuses records parsed under another parser protocol.
-    run_config = {**config, "parser_version": PARSER_VERSION}
+    run_config = {**config, "parser_version": PARSER_VERSION, "metric_convention": convention.label}
     _check_out_dir(out, rec_path, run_config, opts.resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
@@ -248,7 +254,10 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             # A base model's completion prompt ends in "Answer:", so what it writes *is* its final answer.
             answer = f"Final Answer: {answer}"
         parsed = o.completion.text if opts.mode == "loglikelihood" else parser(answer, u.item.options)
-        correct, score = score_unit(spec, u, parsed)
+        correct, score = score_unit(spec, u, parsed, convention)
+        if spec.kind == "vqa":  # which questions count as closed is the convention's call too
+            closed = convention.score(parsed, u.gold or "", u.item.answer_type).closed
+            base["closed"] = closed
         scored = (
             {"loglikelihoods": o.completion.scores, "tied": o.completion.tied}
             if isinstance(o.completion, ScoredOptions)
@@ -337,6 +346,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     ordered = [by_key[u.key] for u in units if u.key in by_key]
     run_info = {
         "model": model,
+        "metric_convention": convention.as_dict(),
         "generation": generation,
         "conditions": list(conditions),
         "dataset": {
