@@ -47,6 +47,56 @@ def test_final_answer_letter(text, expected):
     assert final_answer_letter(text, OPTS) == expected
 
 
+OPTS_HF = {"A": "Pneumonia", "B": "Asthma", "C": "Heart failure", "D": "Pulmonary edema"}
+
+
+# Protocol 2 (PARSER_VERSION): the forms models write that protocol 1 missed (issue #34), each a named case.
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("Final Answer: $\\boxed{B}$", "B", id="boxed-in-dollars"),
+        pytest.param("Final Answer: \\boxed{C}", "C", id="boxed"),
+        pytest.param("The final answer is $\\boxed{D}$", "D", id="the-final-answer-is-boxed"),
+        pytest.param("Final Answer: Option B", "B", id="option-x"),
+        pytest.param("Final Answer: The answer is B", "B", id="the-answer-is-x"),
+        pytest.param("Final Answer: Heart failure (C)", "C", id="option-text-then-letter"),
+        pytest.param("Final Answer: $\\boxed{\\text{A}}$", "A", id="boxed-text"),
+        pytest.param("Final Answer: \\(\\boxed{B}\\)", "B", id="boxed-in-inline-math"),
+        pytest.param("**Final Answer:** The correct answer is (D).", "D", id="the-correct-answer-is-x"),
+        pytest.param("Final Answer: option (a)", "A", id="option-lowercase-bracketed"),
+        pytest.param("Final Answer: heart failure (c).", "C", id="option-text-then-letter-lowercase"),
+        # The refusals of protocol 1 still refuse inside the new wrappers.
+        pytest.param("Final Answer: $\\boxed{B or C}$", None, id="boxed-two-letters"),
+        pytest.param("Final Answer: Option E", None, id="option-not-offered"),
+        pytest.param("Final Answer: \\boxed{E}", None, id="boxed-not-offered"),
+        pytest.param("Final Answer: The answer is B or C", None, id="the-answer-is-two-letters"),
+        pytest.param("Final Answer: Pneumonia (C)", None, id="text-of-one-option-letter-of-another"),
+        pytest.param("Final Answer: Pneumonia (A) or asthma (B)", None, id="two-bracketed-letters"),
+        pytest.param("Final Answer: Heart failure (E)", None, id="trailing-letter-not-offered"),
+        pytest.param(
+            "<unused94>thought\nFinal Answer: $\\boxed{A}$<unused95>Final Answer: Option C",
+            "C",
+            id="boxed-letter-inside-the-thought-ignored",
+        ),
+        pytest.param("The answer is \\boxed{B}.", None, id="boxed-without-the-protocol-phrase"),
+    ],
+)
+def test_protocol_2_forms(text, expected):
+    assert final_answer_letter(split_thought(text).answer, OPTS_HF) == expected
+
+
+def test_parser_protocol_version_is_recorded(tmp_path):
+    from medgemma_toolkit.eval.parsers import PARSER_VERSION
+    from medgemma_toolkit.eval.report import summarize
+    from medgemma_toolkit.eval.spec import get_task
+
+    assert PARSER_VERSION == "2"
+    rec = {"key": "1", "item_id": "1", "gold": "B", "parsed": "B", "correct": True, "score": 1.0, "error": None}
+    run_info = {"dataset": {"questions": 1, "warnings": []}, "model": {"demo": False}}
+    s = summarize(get_task("medqa"), [rec], run_info, n_boot=10)
+    assert s["task"]["parser_version"] == "2"
+
+
 @pytest.mark.parametrize(
     "raw, expected",
     [

@@ -22,6 +22,7 @@ from ..runtime.placement import checkpoint_params, inference_placement, model_by
 from ..runtime.torch_setup import pick_device_dtype
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, TokenStepper
+from .loglik import scored_hidden_states, token_logprobs_fp32
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +324,11 @@ class TransformersBackend(Backend):
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         keep = min(max(ks) + 1, inputs["input_ids"].shape[1])
         with torch.inference_mode():
-            logits = self.model(**inputs, logits_to_keep=keep).logits  # (batch, keep, vocab)
-            # Position j predicts token j+1: the kept logits but the last predict the last keep-1 tokens.
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            # .to(): a model sharded over several GPUs returns its logits on the last one.
-            target = inputs["input_ids"][:, inputs["input_ids"].shape[1] - keep + 1 :].to(logp.device)
-            token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            # The output layer, soft-capping and log-softmax in float32 whatever the model's dtype (backends/loglik.py).
+            hidden = scored_hidden_states(self.model, dict(inputs), keep)  # (batch, keep, width)
+            # Position j predicts token j+1: the kept positions but the last predict the last keep-1 tokens.
+            target = inputs["input_ids"][:, inputs["input_ids"].shape[1] - keep + 1 :]
+            token_lp = token_logprobs_fp32(self.model, hidden[:, :-1], target)
             sums = torch.stack([token_lp[i, -k:].sum() for i, k in enumerate(ks)])
         return [float(x) for x in sums.tolist()]
 

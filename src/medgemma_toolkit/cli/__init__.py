@@ -68,6 +68,7 @@ from . import train as _train  # noqa: E402,F401
 from . import imaging as _imaging  # noqa: E402,F401
 from . import embed as _embed  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
+from . import reproduce as _reproduce  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
 # isort: on

@@ -91,6 +91,13 @@ def eval_run(
         bool, typer.Option("--no-cache", help="Do not reuse or store answers in the result cache")
     ] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals")] = 1000,
+    metric_convention: Annotated[
+        str,
+        typer.Option(
+            help="VQA scoring rules: toolkit (ours) or multimedeval (MultiMedEval's tokenisation, closed questions "
+            "and closed scoring); recorded in the summary"
+        ),
+    ] = "toolkit",
 ) -> None:
     """Evaluate a model on a benchmark task with MedGemma's protocol: records, summary.json, a report with plots.
 
@@ -100,8 +107,9 @@ def eval_run(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..eval.conventions import get_convention
     from ..eval.generation import AUTO_BATCH_CEILING
-    from ..eval.runner import EvalOptions, load_task_data, run_eval
+    from ..eval.runner import EvalOptions, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
 
     if task is None:
@@ -113,6 +121,7 @@ def eval_run(
     if limit is not None and limit <= 0:
         raise BadInput("--limit must be positive")
     spec = get_task(task)  # fail on an unknown task before loading a model
+    get_convention(metric_convention, spec.kind)
     opts = EvalOptions(
         task=task,
         data=data,
@@ -131,8 +140,11 @@ def eval_run(
         n_boot=bootstrap,
         split=split,
         ids=str(ids) if ids else None,
+        metric_convention=metric_convention,
     )
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
+    if mode == "loglikelihood":
+        mo = scoring_model_options(mo)
     mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING, workload="throughput")
     summary = run_eval(mg, opts)
     m = summary["metrics"][spec.primary_metric]

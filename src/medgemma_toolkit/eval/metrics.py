@@ -150,12 +150,18 @@ class Metric:
         return float(np.mean(vals)) if vals else None
 
 
+def _is_closed(r: Record) -> bool:
+    """Closed as the run's metric convention decided (`closed`, eval/conventions.py), else the release's type."""
+    closed = r.get("closed")
+    return bool(closed) if closed is not None else r.get("answer_type") == "closed"
+
+
 def _closed(r: Record) -> float | None:
-    return float(bool(r["correct"])) if r.get("answer_type") == "closed" else None
+    return float(bool(r["correct"])) if _is_closed(r) else None
 
 
 def _open_f1(r: Record) -> float | None:
-    return float(r["score"]) if r.get("answer_type") != "closed" else None
+    return float(r["score"]) if not _is_closed(r) else None
 
 
 METRICS: dict[str, Metric] = {

@@ -10,6 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+# The answer-parsing protocol. Bump whenever a parser change could move a score; summaries record it and `--resume`
+# refuses to mix runs parsed under different versions.
+#   1: "Final Answer: X" with X a letter ("B", "(B)", "B.", "B) text") or an option's exact text.
+#   2: also the forms models write in practice (issue #34): LaTeX boxes ("$\boxed{B}$", "\boxed{C}", also after
+#      "The final answer is"), "Option B", "The answer is B", and an option's text followed by its letter
+#      ("Heart failure (C)"). Refusals are unchanged: several letters, a letter that is not an option.
+PARSER_VERSION = "2"
+
 FINAL = re.compile(r"final\s+answer\s*(?:is)?\s*[:：\-]?", re.I)
 DIAGNOSIS = re.compile(r"(?:the\s+)?most\s+likely\s+diagnosis\s+is\s*[:：\-]?", re.I)
 _DECOR = re.compile(r"[*_`#>\"']+")
@@ -30,7 +38,40 @@ def _after_last(marker: re.Pattern[str], text: str) -> str | None:
     return ""
 
 
+_BOXED = re.compile(r"\\boxed\s*\{\s*(?:\\text\s*\{\s*)?([^{}]*?)\s*\}?\s*\}")
+_MATH = re.compile(r"\$+|\\[()\[\]]")
+_LEAD = re.compile(r"^\s*(?:(?:the\s+)?(?:correct\s+|best\s+)?answer\s+is\s*[:：\-]?\s*|(?:option|choice)\s+)", re.I)
+_TRAILING = re.compile(r"^(?P<text>.*?\S)\s*[\(\[](?P<letter>[A-Za-z])[\)\]]\s*\.?\s*$")
+_BRACKETED = re.compile(r"[\(\[][A-Za-z][\)\]]")
+
+
+def _unwrap(segment: str) -> str:
+    """The answer inside the wrappers models put around it: "$\\boxed{B}$" -> "B", "Option B" -> "B",
+    "The answer is B" -> "B" (protocol 2)."""
+    seg = _BOXED.sub(lambda m: m.group(1), segment)
+    seg = _MATH.sub("", seg).strip()
+    while True:
+        stripped = _LEAD.sub("", seg, count=1)
+        if stripped == seg:
+            return seg
+        seg = stripped
+
+
+def _trailing_letter(segment: str, options: dict[str, str]) -> str | None:
+    """ "Heart failure (C)": one bracketed option letter at the end, and the text before it names no other option."""
+    m = _TRAILING.match(segment)
+    if m is None or len(_BRACKETED.findall(segment)) != 1:
+        return None
+    letter = m.group("letter").upper()
+    if letter not in options:
+        return None
+    text = m.group("text").lower().rstrip(" .:-")
+    named = [k for k, v in options.items() if v.strip().lower().rstrip(" .") == text]
+    return letter if not named or named == [letter] else None
+
+
 def _letter(segment: str, options: dict[str, str]) -> str | None:
+    segment = _unwrap(segment)
     if _SEVERAL.match(segment):
         return None
     m = _LETTER.match(segment)
@@ -44,7 +85,9 @@ def _letter(segment: str, options: dict[str, str]) -> str | None:
     # "Final Answer: Pneumonia" - the option's own text.
     seg = segment.lower().rstrip(" .")
     matches = [k for k, v in options.items() if v.strip().lower().rstrip(" .") == seg]
-    return matches[0] if len(matches) == 1 else None
+    if len(matches) == 1:
+        return matches[0]
+    return _trailing_letter(segment, options)
 
 
 def final_answer_letter(text: str, options: dict[str, str]) -> str | None:

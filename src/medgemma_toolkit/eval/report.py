@@ -11,6 +11,7 @@ from typing import Any
 
 from ..provenance import toolkit_version
 from .metrics import compute_metrics, per_condition_f1
+from .parsers import PARSER_VERSION
 from .provenance import now_utc, package_versions
 from .spec import TaskSpec
 
@@ -43,6 +44,7 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
             "protocol": spec.protocol,
             "kind": spec.kind,
             "parser": spec.parser,
+            "parser_version": PARSER_VERSION,
             "primary_metric": spec.primary_metric,
             "prompt_sha256": hashlib.sha256(spec.prompt.encode()).hexdigest()[:16],
         },
@@ -107,6 +109,16 @@ def _provenance_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("task", f"{summary['task']['name']}@{summary['task']['version']} ({summary['task']['protocol']})"),
         ("model", f"{m['name']} ({m['backend']}) config sha256 {str(m['config_sha256'])[:16]}"),
         ("generation", ", ".join(f"{k}={v}" for k, v in g.items())),
+        (
+            "answers",
+            f"parser {summary['task']['parser']} protocol {summary['task'].get('parser_version', '1')}"
+            + (
+                f", metrics by the {summary['metric_convention']['name']}@{summary['metric_convention']['version']}"
+                " convention"
+                if summary.get("metric_convention")
+                else ""
+            ),
+        ),
         (
             "dataset",
             f"{Path(d['path']).name} sha256 {d['sha256'][:16]}, {d['items']} items, {d['questions']} questions",

@@ -11,7 +11,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,16 +20,22 @@ from ..errors import BadInput, CapabilityError, MedGemmaError
 from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
+from .conventions import CONVENTIONS, DEFAULT_CONVENTION, VQAConvention, get_convention
 from .formats import read_items
 from .generation import Outcome, auto_batch_size, run_batches
 from .items import Unit, dataset_digest, expand_units, format_options
-from .metrics import exact_match, rouge_l, token_f1
-from .parsers import PARSERS
+from .metrics import rouge_l
+from .parsers import PARSER_VERSION, PARSERS
 from .provenance import model_identity
 from .records import RecordLog, ResultCache, default_cache_dir, read_records
 from .spec import TaskSpec, get_task, sample_path
 
 Mode = Literal["generate", "loglikelihood"]
+# How log-likelihood scores are computed (recorded in every run's generation settings, and part of the cache key, so
+# answers scored the old way are never reused): "fp32-head@1" = the output layer, soft-capping and log-softmax in
+# float32 whatever the model's dtype (backends/loglik.py); an exact tie between options goes to the first listed, as
+# lm-eval's argmax does, and the record names the tied letters.
+LOGLIK_SCORING = "fp32-head@1"
 # lm-eval style: score each option letter as the continuation. Completion presets already end in "Answer:".
 LOGLIK_TEMPLATE = "{question}\n{options}"
 LOGLIK_CHAT_SUFFIX = "\nAnswer with the letter of the correct option."
@@ -55,6 +61,7 @@ class EvalOptions:
     use_cache: bool = True
     n_boot: int = 1000
     progress: bool = True
+    metric_convention: str = DEFAULT_CONVENTION  # VQA scoring rules (eval/conventions.py)
 
 
 def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
@@ -76,13 +83,47 @@ def eval_preset_name(mg) -> str:
     return "plain"
 
 
-def score_unit(spec: TaskSpec, unit: Unit, parsed: str | None) -> tuple[bool | None, float]:
-    """(correct, score) for one parsed answer; unparseable answers are wrong."""
+def loglik_text(question: str, options: dict[str, str], chat: bool) -> str:
+    """The prompt text whose continuations (the option letters) `--mode loglikelihood` scores."""
+    text = LOGLIK_TEMPLATE.format(question=question.strip(), options=format_options(options))
+    return text + LOGLIK_CHAT_SUFFIX if chat else text
+
+
+def loglik_continuation(letter: str, completion: bool) -> str:
+    """After a completion prompt's "Answer:" the letter follows a space; at the start of a model turn it stands
+    alone."""
+    return f" {letter}" if completion else letter
+
+
+def scoring_model_options(mo: Any) -> Any:
+    """`--mode loglikelihood` loads in float32 unless --dtype says otherwise, and through transformers unless
+    --backend (or --upstream) says otherwise.
+
+    Why float32: the output layer is float32 anyway (backends/loglik.py), but a bf16 transformer body still moves
+    option scores by up to 0.058 nats on the demo (12 MMLU-med items, 47 of 48 pairs off HFLM fp32 by more than
+    1e-3), and bf16-rounded weights are not the checkpoint's weights where those are finer (the demo's dequantised
+    GGUF). Scoring is one forward pass per option, with no decoding loop for bf16 to speed up (demo: 7.2 s in fp32 vs
+    8.4 s in bf16 for 48 pairs on 2 cores). Why transformers: llama.cpp here scores no log-likelihoods."""
+    import dataclasses
+
+    changes: dict[str, str] = {}
+    if mo.dtype == "auto":
+        changes["dtype"] = "float32"
+    if mo.backend == "auto" and not mo.upstream:
+        changes["backend"] = "transformers"
+    return dataclasses.replace(mo, **changes) if changes else mo
+
+
+def score_unit(
+    spec: TaskSpec, unit: Unit, parsed: str | None, convention: VQAConvention | None = None
+) -> tuple[bool | None, float]:
+    """(correct, score) for one parsed answer; unparseable answers are wrong. VQA follows `convention`."""
     if spec.kind in ("mcq", "conditions"):
         ok = parsed is not None and parsed == unit.gold
         return ok, float(ok)
     if spec.kind == "vqa":
-        return exact_match(parsed, unit.gold or ""), token_f1(parsed, unit.gold or "")
+        v = (convention or CONVENTIONS[DEFAULT_CONVENTION]).score(parsed, unit.gold or "", unit.item.answer_type)
+        return v.correct, v.score
     return None, rouge_l(parsed, unit.gold or "")
 
 
@@ -118,6 +159,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     from .report import write_reports
 
     spec, data_path, conditions, read = load_task_data(opts)
+    convention = get_convention(opts.metric_convention, spec.kind)
     if opts.mode == "loglikelihood" and not mg.backend.capabilities.loglikelihood:
         raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
     if any(it.images for it in read.items) and not mg.backend.info.multimodal:
@@ -138,10 +180,13 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
         "think": opts.think,
         "stop": list(preset.stop),
     }
+    if opts.mode == "loglikelihood":
+        generation["scoring"] = LOGLIK_SCORING
     model = {
         "name": mg.backend.info.name,
         "backend": mg.backend.info.backend,
         "demo": mg.is_demo,
+        "dtype": mg.backend.info.extra.get("dtype"),
         **model_identity(mg.backend.info.path),
     }
     # Everything that could change an answer: the cache and --resume refuse to mix runs that differ in any of it.
@@ -155,9 +200,12 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
 
     out = Path(opts.out)
     rec_path = out / "records.jsonl"
-    _check_out_dir(out, rec_path, config, opts.resume)
+    # The cache keeps raw answers and parses them again (a parser change applies to them); a run folder keeps parsed
+    # records, so --resume also refuses records parsed under another parser protocol.
+    run_config = {**config, "parser_version": PARSER_VERSION, "metric_convention": convention.label}
+    _check_out_dir(out, rec_path, run_config, opts.resume)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (out / "run.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
     log = RecordLog(rec_path, resume=opts.resume)
     cache = ResultCache(default_cache_dir(), config) if opts.use_cache else None
     n_resumed = sum(u.key in log.done for u in units)
@@ -206,9 +254,18 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             # A base model's completion prompt ends in "Answer:", so what it writes *is* its final answer.
             answer = f"Final Answer: {answer}"
         parsed = o.completion.text if opts.mode == "loglikelihood" else parser(answer, u.item.options)
-        correct, score = score_unit(spec, u, parsed)
+        correct, score = score_unit(spec, u, parsed, convention)
+        if spec.kind == "vqa":  # which questions count as closed is the convention's call too
+            closed = convention.score(parsed, u.gold or "", u.item.answer_type).closed
+            base["closed"] = closed
+        scored = (
+            {"loglikelihoods": o.completion.scores, "tied": o.completion.tied}
+            if isinstance(o.completion, ScoredOptions)
+            else {}
+        )
         return {
             **base,
+            **scored,
             "raw": o.completion.text,
             "thought": split.thought,
             "parsed": parsed,
@@ -227,7 +284,12 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
         for u in pending:
             c = cache.get(u.key, u.prompt_hash)
             if c is not None:
-                done = Completion(c["raw"], c["finish_reason"], c["prompt_tokens"], c["completion_tokens"])
+                fields = (c["raw"], c["finish_reason"], c["prompt_tokens"], c["completion_tokens"])
+                done = (
+                    ScoredOptions(*fields, scores=c["loglikelihoods"], tied=c.get("tied") or [])
+                    if c.get("loglikelihoods") is not None
+                    else Completion(*fields)
+                )
                 manifests[u.key] = seen_images(u)
                 hits.append({**record(Outcome(u, done, None, c["seconds"])), "cached": True})
         if hits:
@@ -249,9 +311,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
 
     def build(u: Unit):
         if opts.mode == "loglikelihood":
-            text = LOGLIK_TEMPLATE.format(question=u.item.question.strip(), options=format_options(u.item.options))
-            if preset.mode == "chat":
-                text += LOGLIK_CHAT_SUFFIX
+            text = loglik_text(u.item.question, u.item.options, chat=preset.mode == "chat")
             req = mg.request(text, u.item.images, max_new_tokens=1, preset=preset)
             letters_of[id(req)] = list(u.item.options)
         else:
@@ -286,6 +346,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     ordered = [by_key[u.key] for u in units if u.key in by_key]
     run_info = {
         "model": model,
+        "metric_convention": convention.as_dict(),
         "generation": generation,
         "conditions": list(conditions),
         "dataset": {
@@ -323,6 +384,28 @@ def _check_out_dir(out: Path, rec_path: Path, config: dict[str, Any], resume: bo
         raise BadInput(f"{out}: already holds records; pass --resume to continue it, or choose another --out")
 
 
+@dataclass
+class ScoredOptions(Completion):
+    """The log-likelihood "completion": the best letter as text, every option's score, and the letters that tied for
+    the best score (empty when one option is strictly best)."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)
+
+
+def pick_option(scores: dict[str, float]) -> tuple[str, list[str]]:
+    """(best letter, tied letters): the highest score; an exact tie goes to the first listed option (lm-eval's
+    argmax), and every letter sharing that score is reported. With float32 scores a tie means equal sums of
+    float32 log-probabilities, which real prompts practically never give; bf16 logits tied often (issue #34).
+
+    >>> pick_option({"A": -2.0, "B": -1.5, "C": -1.5})
+    ('B', ['B', 'C'])
+    """
+    best = max(scores.values())
+    tied = [k for k, v in scores.items() if v == best]
+    return tied[0], (tied if len(tied) > 1 else [])
+
+
 class _LoglikAdapter:
     """Presents log-likelihood scoring as `generate`: the "completion" of each request is the best option letter."""
 
@@ -336,13 +419,12 @@ class _LoglikAdapter:
         for r in requests:
             letters = self._letters_of.pop(id(r))
             spans.append((len(pairs), letters))
-            # After "Answer:" the letter follows a space; at the start of a model turn it stands alone.
-            pairs.extend((r.prompt, f" {x}" if r.prompt.is_completion else x) for x in letters)
+            pairs.extend((r.prompt, loglik_continuation(x, r.prompt.is_completion)) for x in letters)
         # The run's batch size counts forward-pass rows (pairs), so halving it after out-of-memory really shrinks them.
         scores = self.backend.loglikelihood(pairs, batch_size=len(requests))
         out = []
         for start, letters in spans:
-            s = scores[start : start + len(letters)]
-            best = max(range(len(letters)), key=lambda i: s[i])
-            out.append(Completion(letters[best], "stop", 0, 0))
+            by_letter = dict(zip(letters, scores[start : start + len(letters)]))
+            best, tied = pick_option(by_letter)
+            out.append(ScoredOptions(best, "stop", 0, 0, scores=by_letter, tied=tied))
         return out
