@@ -212,7 +212,8 @@ def instances_parts(items: list[tuple[str, Dataset]], options: ImageOptions, siz
     """
     modalities = {str(ds.get("Modality", "") or "").upper() for _, ds in items}
     if modalities & VOLUME_MODALITIES:
-        return volume_parts(assemble_volume(items, source=source, slice_order=options.slice_order), options, size)
+        vol = assemble_volume(items, source, options.slice_order, options.budget, options.max_pixels)
+        return volume_parts(vol, options, size)
     if len(items) > MAX_2D_INSTANCES:
         raise BadInput(
             f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as separate images"

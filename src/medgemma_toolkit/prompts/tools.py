@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadInput
+from ..jsondepth import loads_bounded
 
 PRESET_NAME, PRESET_VERSION = "gemma3-functions", "1"
 SOURCE_URL = "https://ai.google.dev/gemma/docs/capabilities/function-calling"
@@ -118,7 +119,7 @@ def format_output(results: list[str]) -> str:
 def _arguments(raw: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw) if raw.strip() else {}
+            raw = loads_bounded(raw, "messages: a tool call's arguments") if raw.strip() else {}
         except json.JSONDecodeError:
             raise BadInput("messages: a tool call's arguments are not valid JSON") from None
     if not isinstance(raw, dict):
