@@ -54,9 +54,11 @@ def notebook_resize(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     `tf_resize(...).numpy().astype(np.uint8)`)."""
     import torch
 
-    arr = np.array(img.convert("RGB"))  # a writable copy: torch refuses to wrap read-only buffers silently
+    # One copy of the pixels (no convert() copy for an RGB image); each channel below is copied contiguous, so
+    # torch never wraps this possibly read-only buffer.
+    arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     if arr.shape[:2] == size:
-        return arr
+        return np.array(arr)
     # One channel at a time: bilinear resizing never mixes channels, so the result is the same, and the float copy
     # of a large image is a third as big (a 4000x4000 image: 64 MB instead of 192 MB at once).
     out = np.empty((*size, 3), np.uint8)

@@ -13,7 +13,9 @@ decoder turn for image work (at most `max_decoders` requests decode at once; the
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -26,6 +28,10 @@ from .metrics import Metrics
 from .middleware import is_json
 from .schemas import parse_body
 
+# The request a gated handler serves (set by `routes.gated_post`), and the event its image work watches: set when
+# that client disconnects, so a DICOMweb fetch or a long decode stops instead of finishing for nobody.
+CURRENT_REQUEST: ContextVar[Request | None] = ContextVar("medgemma_request", default=None)
+CLIENT_GONE: ContextVar[threading.Event | None] = ContextVar("medgemma_client_gone", default=None)
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
 JSON = "application/json"
@@ -143,10 +149,29 @@ class Gate:
         return Ticket(self.admission)
 
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run image work (`fn(*args)`) in a worker thread during one of the `max_decoders` turns."""
-        async with self.decoders:
-            return await run_in_threadpool(fn, *args)
+        """Run image work (`fn(*args)`) in a worker thread during one of the `max_decoders` turns. If the client
+        disconnects meanwhile, `CLIENT_GONE` (which the work's `DecodeBudget` holds) is set and the work stops at
+        its next image, slice or fetched chunk."""
+        gone = threading.Event()
+        token = CLIENT_GONE.set(gone)  # the worker thread runs in a copy of this context
+        request = CURRENT_REQUEST.get()
+        watcher = asyncio.create_task(_watch(request, gone)) if request is not None else None
+        try:
+            async with self.decoders:
+                return await run_in_threadpool(fn, *args)
+        finally:
+            CLIENT_GONE.reset(token)
+            if watcher is not None:
+                watcher.cancel()
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Run work that decodes no image (`fn(*args)`) in a worker thread, off the event loop."""
         return await run_in_threadpool(fn, *args)
+
+
+async def _watch(request: Request, gone: threading.Event, every_s: float = 0.25) -> None:
+    """Set `gone` once the client has disconnected (polled: ASGI tells us only when we ask)."""
+    while not gone.is_set():
+        await asyncio.sleep(every_s)
+        if await request.is_disconnected():
+            gone.set()

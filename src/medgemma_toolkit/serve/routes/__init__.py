@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
-from ..gate import JSON
+from ..gate import CURRENT_REQUEST, JSON
 from ..state import ServerState, server_state
 
 B = TypeVar("B", bound=BaseModel)
@@ -61,6 +61,7 @@ def gated_post(
     def register(handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Any:
             state = server_state(request)
+            CURRENT_REQUEST.set(request)  # for `Gate.decode`, which stops image work when this client leaves
             body = await state.gate.read(request, schema, media_type)
             ticket = state.gate.admit()
             request.state.ticket = ticket
