@@ -552,6 +552,16 @@ def test_deep_json_in_tool_call_arguments_is_400(server):
     assert healthy(server)
 
 
+def test_a_prompt_longer_than_the_context_is_refused_before_tokenizing(server):
+    t0 = time.monotonic()
+    r = chat(server, "lung " * 2_000_000)  # 10 M characters: no 4,096-token context can hold them
+    assert r.status_code == 400, r.text[:300]
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and "10,000,000 characters" in err["message"]
+    assert time.monotonic() - t0 < 30
+    assert healthy(server)
+
+
 # -- the gate is the only way in --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(tiny_model):
