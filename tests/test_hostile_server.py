@@ -612,6 +612,42 @@ def test_every_post_route_is_behind_the_gate(app):
         app.router.routes.pop()
 
 
+def test_a_gated_route_may_answer_the_gates_refusals_in_its_own_shape(app):
+    from fastapi import APIRouter
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel
+
+    from medgemma_toolkit.serve.routes import gated_post, ungated_routes
+
+    class Body(BaseModel):
+        x: int
+
+    router = APIRouter()
+
+    @gated_post(
+        router, "/v1/own-shape", Body, on_error=lambda e: JSONResponse({"error": e.message}, status_code=e.status)
+    )
+    async def own(request, body, state) -> dict:
+        return {"x": body.x, "admitted": state.gate.admission.active}
+
+    app.include_router(router)
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
+            plain = await c.post("/v1/own-shape", content=b'{"x": 1}', headers={"Content-Type": "text/plain"})
+            ok = await c.post("/v1/own-shape", json={"x": 1})
+            return plain, ok
+
+    try:
+        assert ungated_routes(app) == []
+        plain, ok = asyncio.run(main())
+    finally:
+        app.router.routes.pop()
+    assert plain.status_code == 415 and set(plain.json()) == {"error"}
+    assert ok.status_code == 200 and ok.json() == {"x": 1, "admitted": 1}
+    assert app.state.server.gate.admission.active == 0  # the ticket was released
+
+
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
 def test_every_post_route_takes_json_only(app, ctype):
     body = json.dumps(

@@ -22,7 +22,8 @@ Adding a route (e.g. a Vertex-style `/predict`) is one new module here and its n
 `gated_post` gives the handler a body already received through the gate's one reader (capped bytes, capped
 readers, timed out, JSON only unless `media_type=` says otherwise, nesting depth and part counts bounded) and an
 admission ticket held for the handler's whole run (`request.state.ticket`; a streaming response calls
-`ticket.hand_off()` and releases it when the stream ends). `create_app` refuses to start if any POST route was
+`ticket.hand_off()` and releases it when the stream ends). A route with its own error shape (Vertex's) passes
+`on_error=` to answer the gate's refusals in it. `create_app` refuses to start if any POST route was
 added some other way (`check_gated`), and `tests/test_hostile_server.py` walks `app.routes` with the same check.
 """
 
@@ -34,8 +35,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
 from pydantic import BaseModel
 
+from ..errors import APIError
 from ..gate import CURRENT_REQUEST, JSON
 from ..state import ServerState, server_state
 
@@ -54,16 +57,28 @@ class GateMark:
 
 
 def gated_post(
-    router: APIRouter, path: str, schema: type[B], media_type: str = JSON, **route_kwargs: Any
+    router: APIRouter,
+    path: str,
+    schema: type[B],
+    media_type: str = JSON,
+    on_error: Callable[[APIError], Response] | None = None,
+    **route_kwargs: Any,
 ) -> Callable[[Handler], Handler]:
-    """Register `handler(request, body, state)` as `POST path` behind the gate."""
+    """Register `handler(request, body, state)` as `POST path` behind the gate. `on_error` answers the gate's own
+    refusals (415, 413, 408, 400, 429) in a route's own error shape (e.g. Vertex's `{"error": ...}`); without it
+    they are OpenAI-format errors like every other failure."""
 
     def register(handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Any:
             state = server_state(request)
             CURRENT_REQUEST.set(request)  # for `Gate.decode`, which stops image work when this client leaves
-            body = await state.gate.read(request, schema, media_type)
-            ticket = state.gate.admit()
+            try:
+                body = await state.gate.read(request, schema, media_type)
+                ticket = state.gate.admit()
+            except APIError as e:
+                if on_error is None:
+                    raise
+                return on_error(e)
             request.state.ticket = ticket
             try:
                 return await handler(request, body, state)
