@@ -3,6 +3,13 @@ before the attack) and `/health` latency while it runs, beside the idle `/health
 
     python benchmarks/hostile.py                 # a tiny random MedGemma-architecture checkpoint, every attack
     python benchmarks/hostile.py --only deflate_bomb,slow_bodies --json out.json
+    python benchmarks/hostile.py --scale small --server-src /tmp/before/src   # issue 24's rows, safe sizes, against
+                                                                             # an older checkout's server
+
+Issue 24's rows (`zip_series` ... `context_chars`) run against the same default-settings server, which also loads a
+tiny MedSigLIP and allow-lists a loopback "PACS" that answers every DICOMweb request with a chunked reply of zero
+padding and no Content-Length. `--scale full` is the issue's sizes (8 x 8000^2 RLE slices, "{}" x 50,000, 16
+4000^2 PNGs, 700 MB padding); `--scale small` shrinks the bombs so an unfixed server survives them.
 
 All traffic goes to a child `medgemma serve` on 127.0.0.1, bounded in count and time; the script stops by itself.
 For the bombs it also measures, in a fresh child process, what the raw library (pydicom / openjpeg) would spend on
@@ -152,7 +159,111 @@ def attacks(url: str, model: str, args) -> dict[str, Callable[[], list]]:
 
     return {"deflate_bomb": deflate, "codestream_lie": codestream_lie, "many_j2k": many_j2k,
             "concurrent_previews": previews, "slow_bodies": slow_bodies, "tiny_parts": tiny_parts,
-            "poisoned_batch": poisoned_batch}
+            "poisoned_batch": poisoned_batch, **gate_attacks(url, model, args, post)}
+
+
+SCALES = {  # issue 24's attacks: (zip slices, zip side, "{}" repeats, embed side, PACS padding MiB)
+    "full": (8, 8000, 50_000, 4000, 700),
+    "small": (8, 2000, 5_000, 1500, 64),
+}
+
+
+def png_uri(side: int) -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def gate_attacks(url: str, model: str, args, post) -> dict[str, Callable[[], list]]:
+    """Issue 24: the routes added after issue 18 (ZIP series, zero-shot, embeddings, localize, model-input),
+    DICOMweb without a Content-Length, deep JSON, and prompts far over the context."""
+    from medgemma_toolkit.testing.hostile import rle_series_zip
+
+    slices, side, reps, embed_side, _pad = SCALES[args.scale]
+    zipped = json.dumps({"image_url": {"url": "data:application/zip;base64,"
+                                              + base64.b64encode(rle_series_zip(slices, side, side)).decode()}})
+    template = json.dumps({"images": [png_uri(8)], "labels": ["a" * 100, "b" * 100], "template": "{}" * reps})
+    pngs = json.dumps({"model": "tiny-siglip", "input": [{"type": "image_url",
+                                                          "image_url": {"url": png_uri(embed_side)}}] * 16})
+    deep = json.dumps(chat_body(model, "hi") | {
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                           "function": {"name": "f", "arguments": "[" * 200_000}}]},
+                     {"role": "tool", "tool_call_id": "c", "content": "ok"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}]})
+    huge = json.dumps(chat_body(model, "lung " * 2_000_000))
+    pacs = f"dicomweb+http://127.0.0.1:{args.pacs_port}/dicom-web/studies/1.2/series/3.4/instances/5.6"
+    dicomweb = json.dumps(chat_body(model, [{"type": "image_url", "image_url": {"url": pacs}}]))
+    plain = json.dumps({"model": model, "image": png_uri(64), "objects": ["heart"] * 16}).encode()
+
+    def text_plain() -> list:
+        return [httpx_post(url + p, plain, "text/plain") for p in ("/v1/medgemma/localize", "/v1/medgemma/model-input")]
+
+    def embedding_readers() -> list:
+        port = int(url.rsplit(":", 1)[1])
+        socks = []
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 33000000\r\n\r\n" + b" " * 1024 * 64)
+            socks.append(s)
+        try:
+            time.sleep(1.0)
+            return [post("/v1/embeddings", {"model": "tiny-siglip", "input": "edema"})]
+        finally:
+            for s in socks:
+                s.close()
+
+    return {
+        "zip_series": lambda: [post("/v1/medgemma/model-input", zipped.encode())],
+        "zero_shot_template": lambda: [post("/v1/medgemma/zero-shot", template.encode())],
+        "embedding_images": lambda: [post("/v1/embeddings", pngs.encode())],
+        "embedding_readers": embedding_readers,
+        "text_plain_posts": text_plain,
+        "dicomweb_chunked": lambda: [post("/v1/chat/completions", dicomweb.encode())],
+        "deep_tool_arguments": lambda: [post("/v1/chat/completions", deep.encode())],
+        "context_chars": lambda: [post("/v1/chat/completions", huge.encode())],
+    }
+
+
+def httpx_post(url: str, body: bytes, ctype: str) -> int:
+    import httpx
+
+    return httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=120).status_code
+
+
+def start_pacs(padding_mib: int) -> int:
+    """A loopback DICOMweb double: every GET gets a chunked reply of `padding_mib` MiB of zeros, no length."""
+    import http.server
+
+    class Padding(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=x')
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = bytes(64 * 1024)
+            try:
+                for _ in range(padding_mib * 16):
+                    self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    from medgemma_toolkit.serve.launch import free_port
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Padding)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv.server_address[1]
 
 
 # Each raw run resets its own peak (VmHWM) after building its input, then reports peak minus the RSS at that point.
@@ -204,8 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--parts", type=int, default=1_100_000, help="empty text parts in one body")
     ap.add_argument("--slow-seconds", type=float, default=8.0, help="how long the slow senders trickle")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw-library comparison")
+    ap.add_argument("--scale", choices=list(SCALES), default="full", help="size of issue 24's attacks")
+    ap.add_argument("--server-src", help="PYTHONPATH for the server (e.g. an older checkout's src, for 'before')")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
+    args.pacs_port = start_pacs(SCALES[args.scale][4])
 
     import httpx
 
@@ -218,8 +332,12 @@ def main(argv: list[str] | None = None) -> dict:
 
             model = str(build_tiny_medgemma(Path(tmp) / "tiny-medgemma"))
         log = Path(tmp) / "server.log"
-        with ServerProcess(model, log, "--served-model-name", "bench", "--body-timeout", "30",
-                           env={"OMP_NUM_THREADS": "1"}) as srv:
+        from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip
+
+        siglip = str(build_tiny_siglip(Path(tmp) / "tiny-siglip"))
+        env = {"OMP_NUM_THREADS": "1"} | ({"PYTHONPATH": args.server_src} if args.server_src else {})
+        with ServerProcess(model, log, "--served-model-name", "bench", "--body-timeout", "30", "--embed-model",
+                           siglip, "--allow-image-host", f"127.0.0.1:{args.pacs_port}", env=env) as srv:
             with HealthProbe(srv.url) as idle:
                 time.sleep(2.0)
             idle_p50 = statistics.median(idle.lat)

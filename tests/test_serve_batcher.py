@@ -8,13 +8,25 @@ import pytest
 
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.core.messages import Prompt
-from medgemma_toolkit.serve.batcher import Batcher, Job
+from medgemma_toolkit.serve.batcher import Batcher, Cancelled, Delta, Done, Failed, Job, JobEvent
+
+
+def unpack(event: JobEvent) -> tuple[str, object]:
+    """The typed event as (kind, value), for short assertions."""
+    if isinstance(event, Delta):
+        return "delta", event.text
+    if isinstance(event, Done):
+        return "done", event.completion
+    if isinstance(event, Failed):
+        return "error", event.error
+    assert isinstance(event, Cancelled)
+    return "cancelled", None
 
 
 async def drain(job: Job) -> tuple[str, object, list[str]]:
     deltas: list[str] = []
     while True:
-        kind, value = await asyncio.wait_for(job.events.get(), timeout=120)
+        kind, value = unpack(await asyncio.wait_for(job.events.get(), timeout=120))
         if kind == "delta":
             deltas.append(value)  # type: ignore[arg-type]
         else:
@@ -58,8 +70,7 @@ def test_announced_requests_form_one_batch_with_the_same_answers(tiny_model, bat
 
 def test_lone_request_does_not_wait_for_unannounced_company(tiny_model, batcher):
     async def main():
-        return await drain(batcher.submit(tiny_model.request("hi", max_new_tokens=3), timeout_s=120,
-                                          announced=False))
+        return await drain(batcher.submit(tiny_model.request("hi", max_new_tokens=3), timeout_s=120, announced=False))
 
     kind, c, _ = asyncio.run(main())
     assert kind == "done" and batcher.sizes == [1]
@@ -67,10 +78,11 @@ def test_lone_request_does_not_wait_for_unannounced_company(tiny_model, batcher)
 
 def test_cancel_mid_generation_stops_decoding(tiny_model, batcher):
     async def main():
-        job = batcher.submit(tiny_model.request("Write a long report.", max_new_tokens=3000), timeout_s=120,
-                             announced=False)
+        job = batcher.submit(
+            tiny_model.request("Write a long report.", max_new_tokens=3000), timeout_s=120, announced=False
+        )
         while True:
-            kind, value = await asyncio.wait_for(job.events.get(), timeout=120)
+            kind, value = unpack(await asyncio.wait_for(job.events.get(), timeout=120))
             if kind == "delta":
                 job.cancel()  # the client went away after the first piece
                 continue
@@ -100,8 +112,7 @@ def test_worker_survives_a_failing_batch(tiny_model, batcher):
 
     async def main():
         bad = await drain(batcher.submit(broken, timeout_s=120, announced=False))
-        good = await drain(batcher.submit(tiny_model.request("ok", max_new_tokens=2), timeout_s=120,
-                                          announced=False))
+        good = await drain(batcher.submit(tiny_model.request("ok", max_new_tokens=2), timeout_s=120, announced=False))
         return bad, good
 
     (kind, err, _), (kind2, c, _) = asyncio.run(main())
@@ -120,10 +131,20 @@ def test_request_timeout_is_a_504_and_the_app_stays_usable(tiny_model):
     async def main():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-            slow = await c.post("/v1/chat/completions", timeout=120, json={
-                "model": app.state.model_id, "max_tokens": 3000, "messages": [{"role": "user", "content": "Go on."}]})
-            quick = await c.post("/v1/chat/completions", timeout=120, json={
-                "model": app.state.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi."}]})
+            slow = await c.post(
+                "/v1/chat/completions",
+                timeout=120,
+                json={
+                    "model": app.state.model_id,
+                    "max_tokens": 3000,
+                    "messages": [{"role": "user", "content": "Go on."}],
+                },
+            )
+            quick = await c.post(
+                "/v1/chat/completions",
+                timeout=120,
+                json={"model": app.state.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi."}]},
+            )
             metrics = (await c.get("/metrics")).text
         return slow, quick, metrics
 

@@ -79,7 +79,7 @@ def test_request_schema():
     ok = parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": "", "user": "x"}',
                     ChatCompletionRequest)
     assert ok.stop_list == [] and ok.n == 1 and not ok.stream
-    for raw, needle in [(b"{", "not valid JSON"), (b"[" * 100000, "nested too deeply"), (b'"x"', "JSON object"),
+    for raw, needle in [(b"{", "not valid JSON"), (b"[" * 100000, "nested more than 64 levels deep"), (b'"x"', "JSON object"),
                         (b'{"model": "m", "messages": []}', "messages"),
                         (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "content"),
                         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 0}', "top_p")]:

@@ -4,7 +4,8 @@
 data) and either the parsed row or why the line is not one, so each caller decides whether a bad line fails the
 run, is skipped, or is collected into one message. Used by `eval` (whose release layouts — a JSON document, MMLU's
 header-less CSV, parquet, Hugging Face datasets — are further adapters in `eval/rows.py`), `eval --batch`,
-`finetune` and `rl`.
+`finetune` and `rl`. Every row is bounded: at most `MAX_ROW_CHARS` characters and JSON nested at most 64 deep
+(`jsondepth.py`), each refused as that row's error.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from .errors import BadInput
+from .jsondepth import loads_bounded
 
 Row = dict[str, Any]
+# One row at most this many characters (32 Mi: as large as a server request body). Rows hold questions and paths;
+# a longer line is one error naming its line, read past in bounded pieces rather than held whole.
+MAX_ROW_CHARS = 32 * 1024**2
 Format = Literal["jsonl", "csv", "tsv"]
 
 
@@ -30,25 +35,62 @@ class RowLine:
     error: str | None = None  # why the line is not a row, e.g. "not valid JSON (Expecting value)"
 
 
+class _TooLong(str):
+    """A line cut at `MAX_ROW_CHARS`: what is left of it was skipped without being kept."""
+
+
+def bounded_lines(f: IO[str], limit: int | None = None) -> Iterator[str]:
+    """The lines of `f`, none longer than `limit` characters: a longer one is yielded cut as a `_TooLong` and the
+    rest of it skipped in `limit`-sized reads, so a 300 MB line never sits in memory whole."""
+    limit = limit or MAX_ROW_CHARS
+    while line := f.readline(limit + 1):
+        if len(line) <= limit or line.endswith("\n"):
+            yield line
+            continue
+        while (rest := f.readline(limit)) and not rest.endswith("\n"):
+            pass
+        yield _TooLong(line[:80])
+
+
+def _too_long(path: Path, i: int) -> str:
+    return f"line {i} is longer than {MAX_ROW_CHARS:,} characters"
+
+
 def _jsonl(f: IO[str], path: Path) -> Iterator[RowLine]:
-    for i, line in enumerate(f, 1):
+    for i, line in enumerate(bounded_lines(f), 1):
+        if isinstance(line, _TooLong):
+            yield RowLine(i, f"{path.name}:{i}", error=_too_long(path, i))
+            continue
         if not line.strip():
             continue
         where = f"{path.name}:{i}"
         try:
-            yield RowLine(i, where, json.loads(line))
+            yield RowLine(i, where, loads_bounded(line, "the row"))
         except json.JSONDecodeError as e:
             yield RowLine(i, where, error=f"not valid JSON ({e.msg})")
+        except BadInput as e:
+            yield RowLine(i, where, error=str(e))
 
 
 def _delimited(delimiter: str) -> Callable[[IO[str], Path], Iterator[RowLine]]:
     def read(f: IO[str], path: Path) -> Iterator[RowLine]:
-        rdr = csv.DictReader(f, delimiter=delimiter)
-        if rdr.fieldnames is None:
-            raise BadInput(f"{path}: CSV has no header row")
-        for i, row in enumerate(rdr, 2):
-            # Surplus cells land under the key None; header names are stripped and blank ones dropped.
-            yield RowLine(i, f"{path.name}:{i}", {k.strip(): v for k, v in row.items() if k is not None and k.strip()})
+        def lines() -> Iterator[str]:
+            for i, line in enumerate(bounded_lines(f), 1):
+                if isinstance(line, _TooLong):
+                    raise BadInput(f"{path.name}: {_too_long(path, i)}")
+                yield line
+
+        rdr = csv.DictReader(lines(), delimiter=delimiter)
+        try:
+            if rdr.fieldnames is None:
+                raise BadInput(f"{path}: CSV has no header row")
+            for i, row in enumerate(rdr, 2):
+                # Surplus cells land under the key None; header names are stripped and blank ones dropped.
+                yield RowLine(
+                    i, f"{path.name}:{i}", {k.strip(): v for k, v in row.items() if k is not None and k.strip()}
+                )
+        except csv.Error as e:  # e.g. a field over csv's own size limit
+            raise BadInput(f"{path.name}: not a readable CSV/TSV file ({e})") from None
 
     return read
 

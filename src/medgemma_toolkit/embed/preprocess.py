@@ -54,12 +54,20 @@ def notebook_resize(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     `tf_resize(...).numpy().astype(np.uint8)`)."""
     import torch
 
-    arr = np.array(img.convert("RGB"))  # a writable copy: torch refuses to wrap read-only buffers silently
-    if arr.shape[:2] == size:
-        return arr
-    t = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
-    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return out[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    if (rgb.height, rgb.width) == size:
+        return np.array(rgb)
+    # One channel at a time, read straight from the image: bilinear resizing never mixes channels, so the result
+    # is the same, and a large image is never copied whole (a 4000x4000 image: a 16 MB band and its 64 MB float
+    # copy at a time, instead of a 48 MB array and a 192 MB float copy).
+    out = np.empty((*size, 3), np.uint8)
+    for c in range(3):
+        band = np.array(rgb.getchannel(c))  # (H, W) uint8, writable
+        t = torch.from_numpy(band)[None, None].float()
+        del band
+        r = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
+        out[..., c] = r[0, 0].numpy().astype(np.uint8)
+    return out
 
 
 def normalize(arr: np.ndarray, pp: Preprocessing) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
+from ..jsondepth import loads_bounded
 from ..rowfile import Row, read_rows
 from .items import LETTERS
 
@@ -98,7 +99,7 @@ def load_rows(path: Path, reader: str, split: str | None = None) -> Iterator[tup
         return
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            data = loads_bounded(path.read_text(encoding="utf-8-sig"), name)  # deep nesting: one line, not a crash
         except UnicodeDecodeError as e:
             raise BadInput(f"{path}: cannot read ({type(e).__name__})") from None
         except json.JSONDecodeError as e:
@@ -275,7 +276,7 @@ def options_of(raw: Any, loc: str) -> dict[str, str]:
     """Options given as {"A": ...}, a list, [{"letter", "content"}], or a JSON string of either."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = loads_bounded(raw, f"{loc}: options")
         except json.JSONDecodeError:
             raw = [o.strip() for o in raw.split("||")] if "||" in raw else None
     if isinstance(raw, list) and raw and all(isinstance(o, dict) and "letter" in o for o in raw):

@@ -8,22 +8,38 @@ refused before the image that would overdraw it, not after.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import ImageTooLarge
+from ..errors import BadInput, ImageTooLarge
+
+
+class Abandoned(BadInput):
+    """The request's client went away: its image work stops (the server logs it as 499, never answers it)."""
+
+    http_status = 499
 
 
 @dataclass
 class DecodeBudget:
-    """Pixels (declared sizes, summed) and CPU seconds (of the decoding thread, checked between images)."""
+    """Pixels (declared sizes, summed) and CPU seconds (of the decoding thread, checked between images); with
+    `max_fetch_bytes`, the bytes one outbound response may stream (counted as they arrive, whatever it declared);
+    with `stop`, an event the server sets when the client is gone, checked between images and between chunks."""
 
     max_pixels: int
     max_cpu_s: float | None = None
     used_pixels: int = 0
+    max_fetch_bytes: int | None = None
+    stop: threading.Event | None = field(default=None, repr=False, compare=False)
     _cpu_start: float | None = field(default=None, repr=False)
 
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Abandoned("the client closed the connection; the request's image work stopped")
+
     def charge(self, pixels: int, name: str) -> None:
+        self.check_stop()
         now = time.thread_time()
         if self._cpu_start is None:
             self._cpu_start = now

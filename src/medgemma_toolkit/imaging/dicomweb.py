@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from ..core.messages import ImagePart, Part
 from ..errors import BackendUnavailable, BadInput, ImageTooLarge
+from .budget import DecodeBudget
 from .dicom import dicom_to_rgb, quiet_pydicom
 from .options import ImageOptions, padded
 from .series import MAX_SERIES_FILES
@@ -99,9 +100,35 @@ def _same_origin(url: str, root: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-def _session(ref: DicomWebRef):
+def _counted(response, limit: int, budget: DecodeBudget | None) -> None:
+    """Make `response` stop at `limit` streamed bytes (a chunked answer declares no length) and when the request
+    that wanted it is abandoned: both checked per chunk as it arrives."""
+    raw = response.raw
+    stream = getattr(raw, "stream", None)
+    if stream is None:
+        return
+
+    def counted(*args, **kwargs):
+        total = 0
+        try:
+            for chunk in stream(*args, **kwargs):
+                total += len(chunk)
+                if total > limit:
+                    raise ImageTooLarge(f"DICOMweb response is over the limit of {limit:,} bytes")
+                if budget is not None:
+                    budget.check_stop()
+                yield chunk
+        except BaseException:
+            raw.close()  # hang up now: the sender stops, and nothing more is read for nobody
+            raise
+
+    raw.stream = counted
+
+
+def _session(ref: DicomWebRef, budget: DecodeBudget | None = None):
     """A requests session with credentials from the environment (sent to `ref`'s origin only), timeouts, retries,
-    a size cap, and no redirects."""
+    a size cap on the bytes each answer streams (the budget's `max_fetch_bytes`, else `MAX_INSTANCE_BYTES`), and
+    no redirects."""
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
@@ -145,6 +172,8 @@ def _session(ref: DicomWebRef):
     elif user is not None:
         s.auth = _OriginAuth("Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode())
 
+    limit = budget.max_fetch_bytes if budget is not None and budget.max_fetch_bytes else MAX_INSTANCE_BYTES
+
     def _cap(response, *args, **kwargs):
         if response.is_redirect or 300 <= response.status_code < 400:  # checked before requests would follow it
             raise DicomWebError(
@@ -152,21 +181,20 @@ def _session(ref: DicomWebRef):
                 "redirects are not followed"
             )
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > MAX_INSTANCE_BYTES:
-            raise ImageTooLarge(
-                f"DICOMweb response of {int(declared):,} bytes is over the limit of {MAX_INSTANCE_BYTES:,}"
-            )
+        if declared and declared.isdigit() and int(declared) > limit:  # an early refusal; the count is what holds
+            raise ImageTooLarge(f"DICOMweb response of {int(declared):,} bytes is over the limit of {limit:,}")
+        _counted(response, limit, budget)
 
     s.hooks["response"].append(_cap)
     return s
 
 
-def _client(ref: DicomWebRef):
+def _client(ref: DicomWebRef, budget: DecodeBudget | None = None):
     try:
         from dicomweb_client.api import DICOMwebClient
     except ImportError:
         raise BackendUnavailable("DICOMweb needs dicomweb-client: pip install 'medgemma-toolkit[imaging]'") from None
-    client = DICOMwebClient(ref.root, session=_session(ref))
+    client = DICOMwebClient(ref.root, session=_session(ref, budget))
     # The session's urllib3 retries (bounded backoff) replace the client's own, which wait up to a minute.
     client.set_http_retry_params(retry=False)
     return client
@@ -209,14 +237,14 @@ def _value(obj: dict, tag: str):
     return vals[0] if vals else None
 
 
-def fetch_datasets(ref: DicomWebRef) -> list:
+def fetch_datasets(ref: DicomWebRef, budget: DecodeBudget | None = None) -> list:
     """Search and retrieve the instances `ref` names (for a study: its largest series), as pydicom datasets."""
     quiet_pydicom()
-    client = _client(ref)
+    client = _client(ref, budget)
     if len(ref.instances) > 1:  # a given set of a series' instances (Google's container takes such lists)
         if len(ref.instances) > MAX_SERIES_FILES:
             raise BadInput(f"DICOMweb instance list on {ref.host} has more than {MAX_SERIES_FILES:,} instances")
-        return _retrieve_all(ref, str(ref.series), ref.instances)
+        return _retrieve_all(ref, str(ref.series), ref.instances, budget)
     if ref.instance:
         return [_call(ref, "retrieve", client.retrieve_instance, ref.study, ref.series, ref.instance)]
     series = ref.series
@@ -240,27 +268,31 @@ def fetch_datasets(ref: DicomWebRef) -> list:
     if len(instances) > MAX_SERIES_FILES:
         raise BadInput(f"DICOMweb series on {ref.host} has more than {MAX_SERIES_FILES:,} instances")
     sops = [sop for sop in (_value(inst, "00080018") for inst in instances) if sop]
-    return _retrieve_all(ref, series, sops)
+    return _retrieve_all(ref, series, sops, budget)
 
 
-def _retrieve_all(ref: DicomWebRef, series: str, sops: list[str]) -> list:
-    """WADO-RS retrieve of each instance, `PARALLEL` at a time (one session per worker), in search order."""
+def _retrieve_all(ref: DicomWebRef, series: str, sops: list[str], budget: DecodeBudget | None = None) -> list:
+    """WADO-RS retrieve of each instance, `PARALLEL` at a time (one session per worker), in search order. With a
+    budget's byte cap, the whole series may hold at most 4x that cap (a server holds it all before decoding)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     local = threading.local()
     total = 0
     lock = threading.Lock()
+    cap = 4 * budget.max_fetch_bytes if budget is not None and budget.max_fetch_bytes else MAX_TOTAL_BYTES
 
     def one(sop: str):
         nonlocal total
         if not hasattr(local, "client"):
-            local.client = _client(ref)
+            local.client = _client(ref, budget)
+        if budget is not None:
+            budget.check_stop()
         ds = _call(ref, "retrieve", local.client.retrieve_instance, ref.study, series, sop)
         with lock:
             total += len(getattr(ds, "PixelData", b"") or b"")
-            if total > MAX_TOTAL_BYTES:
-                raise ImageTooLarge(f"DICOMweb series on {ref.host} is over {MAX_TOTAL_BYTES:,} bytes of pixel data")
+            if total > cap:
+                raise ImageTooLarge(f"DICOMweb series on {ref.host} is over {cap:,} bytes of pixel data")
         return ds
 
     with ThreadPoolExecutor(max_workers=min(PARALLEL, max(1, len(sops)))) as pool:
@@ -275,7 +307,7 @@ def _retrieve_all(ref: DicomWebRef, series: str, sops: list[str]) -> list:
 def dicomweb_parts(ref: DicomWebRef, options: ImageOptions, size: int) -> list[Part]:
     from .volume import instances_parts
 
-    datasets = fetch_datasets(ref)
+    datasets = fetch_datasets(ref, options.budget)
     items = [(f"{ref.host} instance {k + 1}", ds) for k, ds in enumerate(datasets)]
     if len(ref.instances) == 1:  # one instance is one 2D image, like a single local file
         from .manifest import dicom_info

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from ..errors import BadInput, ImageTooLarge, UnsupportedFormat
+from .budget import DecodeBudget
 from .codestreams import check_frame, quiet_decoders
 from .deflate import dcmread_file
 from .dicom import quiet_pydicom
@@ -263,9 +264,17 @@ def _order(
 
 
 def assemble_volume(
-    items: list[tuple[str, Dataset]], source: str = "series", slice_order: str = "instance_number"
+    items: list[tuple[str, Dataset]],
+    source: str = "series",
+    slice_order: str = "instance_number",
+    budget: DecodeBudget | None = None,
+    max_slice_pixels: int | None = None,
 ) -> SeriesVolume:
-    """Select, order and stack (name, pydicom Dataset) pairs into one volume."""
+    """Select, order and stack (name, pydicom Dataset) pairs into one volume.
+
+    With a `budget` (the server's per-request one), the whole volume's voxels, read from the headers, must fit what
+    is left of it before any slice decodes, and each slice is charged before it decodes (which also checks the
+    request's decoding CPU time between slices); `max_slice_pixels` bounds one slice like one 2D image."""
     from pydicom.pixels import pixel_array
 
     if not items:
@@ -292,6 +301,13 @@ def assemble_volume(
         raise ImageTooLarge(
             f"{source}: volume of {len(slices)}x{rows}x{cols} voxels is over the limit of {MAX_VOLUME_VOXELS:,}"
         )
+    if max_slice_pixels is not None and rows * cols > max_slice_pixels:
+        raise ImageTooLarge(f"{source}: slices of {cols}x{rows} pixels are over the limit of {max_slice_pixels:,}")
+    if budget is not None and budget.used_pixels + len(slices) * rows * cols > budget.max_pixels:
+        raise ImageTooLarge(
+            f"{source}: volume of {len(slices)}x{rows}x{cols} voxels is over this request's limit of "
+            f"{budget.max_pixels:,} pixels; send fewer or smaller slices"
+        )
     modalities = {str(s.ds.get("Modality", "")).upper() for s in slices}
     if len(modalities) > 1:
         raise BadInput(f"{source}: slices of {len(modalities)} different modalities; not one volume")
@@ -299,6 +315,8 @@ def assemble_volume(
     slopes = np.ones(len(slices))
     intercepts = np.zeros(len(slices))
     for i, s in enumerate(slices):
+        if budget is not None:
+            budget.charge(rows * cols, s.name)  # before this slice decodes
         try:
             arr = _native_pixels(s.ds, rows, cols)
             if arr is None:

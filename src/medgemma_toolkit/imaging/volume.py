@@ -32,6 +32,7 @@ DEFAULT_MAX_SLICES = 85  # MedGemma 1.5's CT/MR protocol
 VOLUME_MODALITIES = {"CT", "MR", "PT"}
 MAX_2D_INSTANCES = 16  # a folder of radiographs, not a series: each file is one image
 _CHUNK = 8  # slices rendered and resized together
+_RENDER_BYTES = 64 * 1024**2  # working set of one such group, at most (but always at least one slice)
 
 
 def sample_indices(n: int, k: int, method: str = "notebook") -> list[int]:
@@ -190,8 +191,11 @@ def volume_parts(vol: SeriesVolume, options: ImageOptions, size: int) -> list[Pa
     # A few slices at a time: the working set (about 3 MB per 896-px slice) stays in cache, which is twice as
     # fast as one pass over the whole volume when other processes compete for memory bandwidth.
     resize = BatchResizer(size, total=len(indices))
-    for k in range(0, len(indices), _CHUNK):
-        images.extend(resize(render(indices[k : k + _CHUNK])))
+    # Large slices go fewer at a time: rendering costs ~10 bytes a pixel (index, RGBX, square copy), so 8 slices of
+    # 2000x2000 would hold 320 MB at once. Each slice's result does not depend on its batch-mates.
+    chunk = max(1, min(_CHUNK, _RENDER_BYTES // max(1, rows * cols * 10)))
+    for k in range(0, len(indices), chunk):
+        images.extend(resize(render(indices[k : k + chunk])))
     parts: list[Part] = []
     for n, (img, i) in enumerate(zip(images, indices), start=1):
         info = {
@@ -212,7 +216,8 @@ def instances_parts(items: list[tuple[str, Dataset]], options: ImageOptions, siz
     """
     modalities = {str(ds.get("Modality", "") or "").upper() for _, ds in items}
     if modalities & VOLUME_MODALITIES:
-        return volume_parts(assemble_volume(items, source=source, slice_order=options.slice_order), options, size)
+        vol = assemble_volume(items, source, options.slice_order, options.budget, options.max_pixels)
+        return volume_parts(vol, options, size)
     if len(items) > MAX_2D_INSTANCES:
         raise BadInput(
             f"{source}: {len(items)} non-volume DICOM images; at most {MAX_2D_INSTANCES} are sent as separate images"

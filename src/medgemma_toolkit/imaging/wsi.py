@@ -190,11 +190,13 @@ def tile_slide(
     if options.patch_order == "spatial":
         order = np.sort(order)
     ds = slide.downsamples[level]
-    patches = []
+    patches: list[Patch] = []
     for k in order:
         c, r, frac = kept[int(k)]
         x0, y0 = c * patch_px, r * patch_px
         w, h = min(patch_px, lw - x0), min(patch_px, lh - y0)
+        if options.budget is not None:  # the request's one budget: each patch is charged before it is read
+            options.budget.charge(w * h, f"slide patch {len(patches) + 1}")
         region = slide.read(level, x0, y0, w, h)
         if region.size != (patch_px, patch_px):  # a level smaller than one patch: pad with glass white
             canvas = Image.new("RGB", (patch_px, patch_px), (255, 255, 255))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadInput
+from ..jsondepth import loads_bounded
 
 PRESET_NAME, PRESET_VERSION = "gemma3-functions", "2"
 SOURCE_URL = "https://ai.google.dev/gemma/docs/capabilities/function-calling"
@@ -135,7 +137,7 @@ def format_output(results: list[str]) -> str:
 def _arguments(raw: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw) if raw.strip() else {}
+            raw = loads_bounded(raw, "messages: a tool call's arguments") if raw.strip() else {}
         except json.JSONDecodeError:
             raise BadInput("messages: a tool call's arguments are not valid JSON") from None
     if not isinstance(raw, dict):
@@ -228,18 +230,45 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+MAX_ARG_DEPTH = 64  # nesting of one argument value (lists and objects)
+
+
+class NotJSON(ValueError):
+    """A value a model wrote that has no JSON form (a set, bytes, 1j, ..., 1e999, a non-string key)."""
+
+
+def _jsonable(v: Any, depth: int = 0) -> bool:
+    """Whether `v` is exactly a JSON value: only such values become arguments, so `arguments` is always valid JSON."""
+    if depth > MAX_ARG_DEPTH:
+        return False
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(_jsonable(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
+    return False  # sets, tuples, bytes, complex numbers, Ellipsis, ...
+
+
 def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    if not _jsonable(args):
+        raise NotJSON(name)
     return {
         "id": new_call_id(),
         "type": "function",
-        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
+        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False, allow_nan=False)},
     }
 
 
 def _literal(node: ast.expr) -> Any:
     if isinstance(node, ast.Name) and node.id in ("true", "false", "null"):  # JSON spellings inside a call
         return {"true": True, "false": False, "null": None}[node.id]
-    return ast.literal_eval(node)
+    value = ast.literal_eval(node)
+    if not _jsonable(value):
+        raise NotJSON("argument")
+    return value
 
 
 def _python_calls(src: str, params: dict[str, list[str]]) -> list[dict[str, Any]] | None:
@@ -266,8 +295,8 @@ def _python_calls(src: str, params: dict[str, list[str]]) -> list[dict[str, Any]
                 if kw.arg is None:
                     return None
                 args[kw.arg] = _literal(kw.value)
-        except (ValueError, TypeError, SyntaxError, RecursionError):
-            return None
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return None  # NotJSON included: a value with no JSON form makes the text not a call
         calls.append(_call(name, args))
     return calls
 
@@ -279,17 +308,18 @@ def _json_calls(obj: Any, params: dict[str, list[str]]) -> list[dict[str, Any]] 
     for it in items:
         if isinstance(it, dict) and isinstance(it.get("function"), dict):
             it = it["function"]
-        if not isinstance(it, dict) or it.get("name") not in params:
+        name = it.get("name") if isinstance(it, dict) else None
+        if not isinstance(name, str) or name not in params:  # a name may be any JSON value, e.g. an object
             return None
         args = it.get("parameters", it.get("arguments", {}))
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return None
-        if not isinstance(args, dict):
+        if not isinstance(args, dict) or not _jsonable(args):  # json.loads reads NaN, Infinity and 1e999
             return None
-        calls.append(_call(str(it["name"]), args))
+        calls.append(_call(name, args))
     return calls or None
 
 
@@ -352,6 +382,16 @@ def _scan(text: str, params: dict[str, list[str]]) -> list[dict[str, Any]] | Non
     return None
 
 
+def _complete_call_shape(text: str, params: dict[str, list[str]]) -> bool:
+    """The answer opens with a call of an offered function whose brackets close (e.g. `[f(x={1, 2})]`): it was
+    meant as a call, so its rejection is reported."""
+    names = "|".join(re.escape(n) for n in params)
+    m = re.match(rf"\s*(\[\s*)?({names})\s*\(", text) if names else None
+    if m is None:
+        return False
+    return _matching(text, m.start(1) if m.group(1) else m.end() - 1) is not None
+
+
 def parse(text: str, tools: list[dict[str, Any]], choice: str | dict[str, Any] | None = "auto") -> Parsed:
     """Read a model's answer as tool calls (only functions that were offered count) or as content.
 
@@ -363,6 +403,13 @@ def parse(text: str, tools: list[dict[str, Any]], choice: str | dict[str, Any] |
     stripped = text.strip()
     if not defs:
         return Parsed(content=stripped)
+    try:
+        return _parse(stripped, defs)
+    except Exception as e:  # noqa: BLE001 - model output must never crash a caller; this is the documented path
+        return Parsed(content=stripped, error=f"the answer could not be read as a function call ({type(e).__name__})")
+
+
+def _parse(stripped: str, defs: list[dict[str, Any]]) -> Parsed:
     params = {
         d["name"]: list(((d.get("parameters") or {}).get("properties") or {}).keys())
         if isinstance(d.get("parameters"), dict)
@@ -384,6 +431,10 @@ def parse(text: str, tools: list[dict[str, Any]], choice: str | dict[str, Any] |
             calls = _scan(cand, params)
         if calls is not None:
             return Parsed(calls=calls)
-    if _LOOKS_LIKE_CALL.search(stripped):
-        return Parsed(content=stripped, error="the answer looks like a function call but is not a valid call")
+    if _LOOKS_LIKE_CALL.search(stripped) or _complete_call_shape(stripped, params):
+        return Parsed(
+            content=stripped,
+            error="the answer looks like a function call but is not a valid call "
+            "(arguments must be JSON values: strings, finite numbers, true/false/null, lists, objects)",
+        )
     return Parsed(content=stripped)

@@ -8,7 +8,7 @@ The model is not thread-safe, so exactly one thread calls `backend.generate`. Re
 takes the first, gathers those already waiting (and, for at most `window_s`, those announced as on their way by
 `expect()`, or any that come while the previous batch had several requests), and runs them as one batch. A lone
 client therefore never waits for the window, which keeps its latency close to a direct call. Deltas and results travel back to each request's event loop as
-`(kind, value)` events. Cancellation (client gone, timeout) is polled by the backend between decoding steps.
+typed events (`Delta`, `Done`, `Failed`, `Cancelled`). Cancellation (client gone, timeout) is polled by the backend between decoding steps.
 A batch that fails is retried, so one row never takes its batch-mates down: after an error, row by row (the bad
 row fails alone, e.g. a prompt the backend refuses); after running out of accelerator memory, in halves, and a row
 that cannot be retried gets a 503 with Retry-After. A retried row that had streamed text resumes where it stopped.
@@ -23,13 +23,42 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from ..backends.base import Backend, Completion, GenerationRequest
 from ..runtime.memory import is_oom, release_memory
 from .errors import APIError
 
 log = logging.getLogger("medgemma_toolkit.serve")
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The job finished; `completion.finish_reason` is "cancelled" when it was stopped mid-generation."""
+
+    completion: Completion
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed; `error` is what the backend raised (or a 503 `APIError` after running out of memory)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The job was cancelled or expired before it reached the model."""
+
+
+JobEvent = Union[Delta, Done, Failed, Cancelled]
 
 
 @dataclass
@@ -62,10 +91,10 @@ class Job:
     def is_cancelled(self) -> bool:
         return self.cancel_event.is_set() or self.timed_out
 
-    def post(self, kind: str, value: object) -> None:
+    def post(self, event: JobEvent) -> None:
         """Thread-safe: hand an event to the job's event loop (dropped if that loop has closed)."""
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:
             pass
 
@@ -162,7 +191,7 @@ class Batcher:
             live = []
             for job in batch:
                 if job.is_cancelled():  # gone or expired while waiting: never reaches the model
-                    job.post("cancelled", None)
+                    job.post(Cancelled())
                 else:
                     live.append(job)
             if live:
@@ -199,30 +228,30 @@ class Batcher:
 
     def _join(self, session: Any, job: Job, live: set[int]) -> None:
         if job.is_cancelled():  # gone or expired while waiting: never reaches the model
-            job.post("cancelled", None)
+            job.post(Cancelled())
             return
         job.started_at, job.batch_size = time.monotonic(), len(live) + 1
         key = id(job)
 
         def on_delta(text: str) -> None:
             if job.stream:
-                job.post("delta", text)
+                job.post(Delta(text))
 
         def on_done(result: Completion | BaseException) -> None:
             live.discard(key)
             if job.started_at is not None:  # the 429 hint: about one request's time in the batch
                 self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * (time.monotonic() - job.started_at)
             if isinstance(result, BaseException):
-                job.post("error", result.with_traceback(None))
+                job.post(Failed(result.with_traceback(None)))
             else:
-                job.post("done", result)
+                job.post(Done(result))
 
         live.add(key)
         try:
             session.add(job.request, on_delta, on_done)
         except BaseException as e:  # noqa: BLE001 - a prompt the backend refuses fails alone
             live.discard(key)
-            job.post("error", e.with_traceback(None))
+            job.post(Failed(e.with_traceback(None)))
 
     def _run(self, jobs: list[Job]) -> None:
         t0 = time.monotonic()
@@ -237,35 +266,35 @@ class Batcher:
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * secs
         if self.on_batch is not None:
             self.on_batch(len(jobs), secs)
-        for j, (kind, value) in zip(jobs, outcomes):
-            j.post(kind, value)
+        for j, event in zip(jobs, outcomes):
+            j.post(event)
 
-    def _attempt(self, jobs: list[Job]) -> list[tuple[str, object]]:
-        """("done", Completion) or ("error", exception) per job. A failed batch is retried so that only the rows
+    def _attempt(self, jobs: list[Job]) -> list[Done | Failed]:
+        """`Done` or `Failed` per job. A failed batch is retried so that only the rows
         at fault fail: after an error, one row at a time; after running out of memory (the failed batch's tensors
         released and the cache emptied first), in halves, a row that fails alone getting a 503 with Retry-After.
         Rows whose streams already sent text are retried only if the retry repeats that text (`Job.resumable`)."""
         results, error = self._generate(jobs)
         if results is not None:
-            return [("done", c) for c in results]
+            return [Done(c) for c in results]
         oom = error is None
         if oom:
             release_memory()  # after `_generate` returned: nothing references the failed forward pass any more
         if len(jobs) == 1:
             if oom:
                 log.warning("out of memory for a single request; answered 503")
-            return [("error", self._oom_error() if oom else error)]
+            return [Failed(self._oom_error() if oom else error)]  # type: ignore[arg-type]
         if oom:
             log.warning("out of memory in a batch of %d; retrying in smaller batches", len(jobs))
         else:
             log.warning("batch of %d failed (%s); retrying its rows one by one", len(jobs), type(error).__name__)
-        out: dict[int, tuple[str, object]] = {}
+        out: dict[int, Done | Failed] = {}
         retry: list[Job] = []
         for j in jobs:
             if j.is_cancelled():
-                out[id(j)] = ("done", Completion("", "cancelled", 0, 0))
+                out[id(j)] = Done(Completion("", "cancelled", 0, 0))
             elif not j.resumable:
-                out[id(j)] = ("error", self._oom_error() if oom else error)
+                out[id(j)] = Failed(self._oom_error() if oom else error)  # type: ignore[arg-type]
             else:
                 retry.append(j)
         half = (len(retry) + 1) // 2
@@ -287,7 +316,7 @@ class Batcher:
             job.produced_chars += len(text)
             new = job.produced_chars - job.sent_chars  # a retry replays silently up to what was already sent
             if new > 0:
-                job.post("delta", text[-new:])
+                job.post(Delta(text[-new:]))
                 job.sent_chars = job.produced_chars
 
         for j in jobs:

@@ -83,9 +83,40 @@ def check_fits(backend: Backend, req: GenerationRequest) -> None:
         )
 
 
+# No token of a SentencePiece vocabulary spans more characters than this (their pieces are at most 16 by default;
+# Gemma's longest are runs of spaces and symbols), so a text over context x this is too long without tokenizing it.
+MAX_CHARS_PER_TOKEN = 128
+
+
+def text_chars(body: ChatCompletionRequest) -> int:
+    """Characters of every text in the request (strings and text parts), counted without building anything."""
+    n = 0
+    for m in body.messages:
+        if isinstance(m.content, str):
+            n += len(m.content)
+        elif isinstance(m.content, list):
+            n += sum(len(c.text) for c in m.content if isinstance(c, TextContent))
+    return n
+
+
+def check_chars(backend: Backend, chars: int) -> None:
+    """A text that cannot fit the context is a 400 before any tokenizing or image decoding (a 32 MB prompt would
+    otherwise cost seconds of tokenizer time and its token ids' memory only to be refused)."""
+    limit = backend.context_length()
+    if limit and chars > limit * MAX_CHARS_PER_TOKEN:
+        raise APIError(
+            400,
+            f"messages: the prompt's {chars:,} characters cannot fit this model's context of {limit:,} tokens "
+            f"(a token holds at most {MAX_CHARS_PER_TOKEN} characters)",
+            "context_length_exceeded",
+            "messages",
+        )
+
+
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
     if body.n != 1:
         raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
+    check_chars(mg.backend, text_chars(body))
     *earlier, last = body.messages
     if last.role != "user":
         raise APIError(

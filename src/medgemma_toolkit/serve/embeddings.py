@@ -10,20 +10,19 @@ DICOMweb and local paths only as the operator allowed for chat). Plain strings a
 one model input image or text: `index` is its place in `data`, `input` the request item it came from (a series
 under the image root gives one item per sampled slice), `medgemma` its manifest entry (slice label, patch).
 `encoding_format` "float" or "base64" (little-endian float32, what the `openai` client asks for by default).
+
+The routes (`serve/routes/embeddings.py`, `serve/routes/zero_shot.py`) go through the server's gate like chat: the
+same body readers, admission, decoder turns and per-request image budget; zero-shot label texts are bounded.
 """
 
 from __future__ import annotations
 
 import base64
-import logging
 import threading
-import time
 from typing import Any, Literal, Union
 
 import numpy as np
-from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from ..core.messages import ImagePart
 from ..imaging import decode_image_bytes
@@ -31,14 +30,14 @@ from ..imaging.manifest import image_manifest
 from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver, decode_data_uri
-from .middleware import JSON_PATHS, KNOWN_PATHS
-from .schemas import ImageContent, parse_body
+from .schemas import ImageContent
+from .state import ServerState
 
-log = logging.getLogger("medgemma_toolkit.serve")
-EMBEDDINGS, ZERO_SHOT = "/v1/embeddings", "/v1/medgemma/zero-shot"
-# Declared here so the middleware counts these paths by name and checks their JSON content type.
-KNOWN_PATHS.update({EMBEDDINGS, ZERO_SHOT})
-JSON_PATHS.update({EMBEDDINGS, ZERO_SHOT})
+FORWARD = threading.Lock()  # one forward pass at a time: the CPU (or GPU) is saturated by one batch already
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 500
+MAX_TEMPLATE_CHARS = 2000
+MAX_EXPANDED_CHARS = 1_000_000  # all label texts together (the text tower reads 64 tokens of each anyway)
 
 InputItem = Union[str, ImageContent]
 MAX_INPUTS = 2048  # OpenAI's own limit per embeddings request; one request must not hold the model for minutes
@@ -63,17 +62,18 @@ class ZeroShotRequest(BaseModel):
     scoring: Literal["softmax", "sigmoid"] = "softmax"
 
 
-class _Slots:
-    def __init__(self, cap: int) -> None:
-        self.cap, self.active = cap, 0
-
-    def enter(self) -> None:
-        if self.active >= self.cap:
-            raise APIError(429, "server is busy: too many embedding requests; retry shortly", "rate_limit_exceeded")
-        self.active += 1
-
-    def leave(self) -> None:
-        self.active -= 1
+def embedder(state: ServerState, model: str | None) -> Any:
+    """The MedSigLIP this server loaded (404 without one, or for another `model` name)."""
+    ms = state.embedder
+    if ms is None:
+        raise APIError(
+            404, "this server has no embedding model; start it with --embed-model M", "model_not_found", "model"
+        )
+    if model is not None and model not in (embedder_id(ms), ms.name):
+        raise APIError(
+            404, f"model {model[:100]!r} not found; embeddings come from {embedder_id(ms)!r}", "model_not_found"
+        )
+    return ms
 
 
 def embedder_id(ms: Any) -> str:
@@ -82,149 +82,81 @@ def embedder_id(ms: Any) -> str:
     return Path(ms.name).name if "/" in ms.name and Path(ms.name).exists() else str(ms.name)
 
 
-def embedding_router(config: ServeConfig) -> APIRouter:
-    """The two routes, bound to the operator's limits; the model is looked up per request on `app.state`."""
-    router = APIRouter()
-    slots = _Slots(config.max_batch_size + config.max_queue)
-    lock = threading.Lock()  # one forward pass at a time: the CPU (or GPU) is saturated by one batch already
+def image_pixels(ms: Any, config: ServeConfig, urls: list[tuple[int, str]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """(model pixels, entry) per model input image, under chat's rules: the request's one decode budget (pixels,
+    CPU), the image count, and each image turned into MedSigLIP's (3, H, W) input right after it is decoded, so a
+    request holds one full-size image at a time, not sixteen. Run during a decoder turn (`Gate.decode`)."""
+    from ..embed.preprocess import to_pixels
 
-    def embedder(request: Request, model: str | None) -> Any:
-        ms = getattr(request.app.state, "embedder", None)
-        if ms is None:
-            raise APIError(
-                404, "this server has no embedding model; start it with --embed-model M", "model_not_found", "model"
-            )
-        if model is not None and model not in (embedder_id(ms), ms.name):
-            raise APIError(
-                404, f"model {model[:100]!r} not found; embeddings come from {embedder_id(ms)!r}", "model_not_found"
-            )
-        return ms
-
-    async def body_of(request: Request, schema: type) -> Any:
-        from .app import read_body  # here, not at import: app.py includes this router
-
-        raw = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-        return await run_in_threadpool(parse_body, raw, schema, config.max_content_parts)
-
-    def images_of(ms: Any, urls: list[tuple[int, str]]) -> list[tuple[Any, dict[str, Any]]]:
-        """(image, entry) per model input image. Data URIs are decoded whole (MedSigLIP's own resize follows);
-        other URLs go through chat's resolver and its rules (they arrive at the model's size)."""
-        resolver = ImageResolver(config, ms.pre.size[0])
-        out: list[tuple[Any, dict[str, Any]]] = []
-        for k, url in urls:
-            if len(out) >= config.max_images:
-                raise APIError(400, f"too many images: at most {config.max_images} per request", "too_many_images")
-            if url.startswith("data:"):
-                data, name = decode_data_uri(url, f"input {k}")
-                out.append(
-                    (decode_image_bytes(data, name, resolver.options), {"input": k, "label": None, "patch": None})
-                )
-                continue
-            parts = resolver.parts(url)
-            images = [p.image for p in parts if isinstance(p, ImagePart)]
-            for img, e in zip(images, image_manifest(parts)):
-                out.append((img, {"input": k, "label": e.get("label"), "patch": e.get("patch")}))
-        if len(out) > config.max_images:
+    resolver = ImageResolver(config, ms.pre.size[0])
+    out: list[tuple[np.ndarray, dict[str, Any]]] = []
+    for k, url in urls:
+        if len(out) >= config.max_images:
             raise APIError(400, f"too many images: at most {config.max_images} per request", "too_many_images")
-        return out
+        if url.startswith("data:"):  # decoded at its own size: the notebook resize works from the original
+            data, name = decode_data_uri(url, f"input {k}")
+            img = decode_image_bytes(data, name, resolver.options)
+            out.append((to_pixels(img, ms.pre, ms.image_processor), {"input": k, "label": None, "patch": None}))
+            del img
+            continue
+        parts = resolver.parts(url)
+        images = [p.image for p in parts if isinstance(p, ImagePart)]
+        for img, e in zip(images, image_manifest(parts)):
+            px = to_pixels(img, ms.pre, ms.image_processor)
+            out.append((px, {"input": k, "label": e.get("label"), "patch": e.get("patch")}))
+    if len(out) > config.max_images:
+        raise APIError(400, f"too many images: at most {config.max_images} per request", "too_many_images")
+    return out
 
-    def run(fn: Any) -> Any:
-        with lock:
-            return fn()
 
-    @router.post(EMBEDDINGS)
-    async def embeddings(request: Request) -> dict[str, Any]:
-        body: EmbeddingsRequest = await body_of(request, EmbeddingsRequest)
-        ms = embedder(request, body.model)
-        if body.dimensions is not None and body.dimensions != ms.dim:
-            raise APIError(
-                400, f"dimensions: this model gives {ms.dim}-d embeddings only", "invalid_value", "dimensions"
-            )
-        items = [body.input] if isinstance(body.input, str) else list(body.input)
-        texts = [(k, it) for k, it in enumerate(items) if isinstance(it, str)]
-        urls = [(k, it.image_url.url) for k, it in enumerate(items) if not isinstance(it, str)]
-        if any(not t.strip() for _, t in texts):
-            raise APIError(400, "input: texts must not be empty", "invalid_value", "input")
-        slots.enter()
-        t0 = time.monotonic()
-        try:
+def embed_pixels(ms: Any, pixels: list[np.ndarray]) -> np.ndarray:
+    """Unit vectors for preprocessed images, in the model's batch size, one forward pass at a time."""
+    out = []
+    for i in range(0, len(pixels), ms.batch_size):
+        with FORWARD:
+            out.append(ms.pixels_to_embeddings(np.stack(pixels[i : i + ms.batch_size])))
+    return np.concatenate(out) if out else np.zeros((0, ms.dim), np.float32)
 
-            def work() -> tuple[list[dict[str, Any]], int, int]:
-                pics = images_of(ms, urls)
-                iv = run(lambda: ms.embed_images([p for p, _ in pics])).vectors if pics else None
-                tv = run(lambda: ms.embed_texts([t for _, t in texts])).vectors if texts else None
-                tokens = sum(
-                    len(ms.processor.tokenizer(t, truncation=True, max_length=ms.max_text_tokens)["input_ids"])
-                    for _, t in texts
-                )
-                rows: list[tuple[int, np.ndarray, dict[str, Any]]] = []
-                rows += [(e["input"], iv[i], e) for i, (_, e) in enumerate(pics)] if iv is not None else []
-                rows += [(k, tv[i], {"input": k}) for i, (k, _) in enumerate(texts)] if tv is not None else []
-                rows.sort(key=lambda r: r[0])  # stable: a series' slices stay in order
-                return [_item(i, v, e, body.encoding_format) for i, (_, v, e) in enumerate(rows)], tokens, len(pics)
 
-            data, tokens, n_images = await run_in_threadpool(work)
-        finally:
-            slots.leave()
-        log.info(
-            "request_id=%s embeddings texts=%d images=%d ms=%.1f",
-            request.state.request_id,
-            len(texts),
-            n_images,
-            (time.monotonic() - t0) * 1000,
+def embed_texts(ms: Any, texts: list[str]) -> np.ndarray:
+    with FORWARD:
+        return ms.embed_texts(texts).vectors
+
+
+def check_zero_shot(labels: list[str], template: str) -> None:
+    """Bounded text expansion: the label texts are `template` with each label in every `{}`; their total size is
+    computed before any is built (a 100 KB template of `{}` x 50,000 would otherwise expand to megabytes)."""
+    if len(labels) > MAX_LABELS or len(set(labels)) != len(labels):
+        raise APIError(400, f"labels: at most {MAX_LABELS:,}, all distinct", "invalid_value", "labels")
+    if (longest := max(len(lab) for lab in labels)) > MAX_LABEL_CHARS:
+        raise APIError(
+            400,
+            f"labels: a label of {longest:,} characters; at most {MAX_LABEL_CHARS:,} each",
+            "invalid_value",
+            "labels",
         )
-        return {
-            "object": "list",
-            "data": data,
-            "model": embedder_id(ms),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-    @router.post(ZERO_SHOT)
-    async def zero_shot(request: Request) -> dict[str, Any]:
-        body: ZeroShotRequest = await body_of(request, ZeroShotRequest)
-        ms = embedder(request, body.model)
-        if len(body.labels) > 1000 or len(set(body.labels)) != len(body.labels):
-            raise APIError(400, "labels: at most 1000, all distinct", "invalid_value", "labels")
-        slots.enter()
-        t0 = time.monotonic()
-        try:
-
-            def work() -> list[dict[str, Any]]:
-                from ..embed.model import zero_shot_row
-
-                pics = images_of(ms, list(enumerate(body.images)))
-                tv = run(lambda: ms.embed_texts(ms.label_texts(body.labels, body.template))).vectors
-                iv = run(lambda: ms.embed_images([p for p, _ in pics])).vectors
-                logits, scores = ms.scores(iv, tv, body.scoring)
-                return [
-                    {"index": i, **zero_shot_row(e, list(body.labels), logits[i], scores[i])}
-                    for i, (_, e) in enumerate(pics)
-                ]
-
-            results = await run_in_threadpool(work)
-        finally:
-            slots.leave()
-        log.info(
-            "request_id=%s zero_shot images=%d labels=%d ms=%.1f",
-            request.state.request_id,
-            len(results),
-            len(body.labels),
-            (time.monotonic() - t0) * 1000,
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise APIError(
+            400,
+            f"template: {len(template):,} characters; at most {MAX_TEMPLATE_CHARS:,}",
+            "invalid_value",
+            "template",
         )
-        return {
-            "object": "medgemma.zero_shot",
-            "model": embedder_id(ms),
-            "labels": body.labels,
-            "scoring": body.scoring,
-            "template": body.template,
-            "results": results,
-        }
+    slots = template.count("{}")
+    if slots == 0:
+        raise APIError(400, "template: must contain {} where the label goes", "invalid_value", "template")
+    expanded = sum(len(template) + slots * (len(lab.strip()) - 2) for lab in labels)
+    if expanded > MAX_EXPANDED_CHARS:
+        raise APIError(
+            400,
+            f"template: the labels expand to {expanded:,} characters of text; at most {MAX_EXPANDED_CHARS:,} "
+            "per request (fewer labels, shorter labels or fewer {} in the template)",
+            "invalid_value",
+            "template",
+        )
 
-    return router
 
-
-def _item(index: int, vec: np.ndarray, entry: dict[str, Any], fmt: str) -> dict[str, Any]:
+def item(index: int, vec: np.ndarray, entry: dict[str, Any], fmt: str) -> dict[str, Any]:
     v = np.asarray(vec, dtype="<f4")
     emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else [float(x) for x in v]
     out: dict[str, Any] = {"object": "embedding", "index": index, "embedding": emb, "input": entry["input"]}

@@ -32,6 +32,7 @@ from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
 from .config import ServeConfig
 from .errors import APIError
+from .gate import CLIENT_GONE
 from .uploads import unzip_series
 
 DATA_MIME = {
@@ -79,7 +80,12 @@ class ImageResolver:
         self.config = config
         self.size = size
         # One budget for all of this request's images: declared pixels and decoding CPU, charged before each decode.
-        budget = DecodeBudget(config.max_request_pixels, config.decode_budget_s)
+        budget = DecodeBudget(
+            config.max_request_pixels,
+            config.decode_budget_s,
+            max_fetch_bytes=config.max_fetch_bytes,  # also each DICOMweb answer, counted as it streams
+            stop=CLIENT_GONE.get(),  # set by the gate when the client disconnects
+        )
         self.options = ImageOptions(
             window=window, max_pixels=config.max_pixels, budget=budget, ct_windows=ct_windows or "notebook", pad=pad
         )
@@ -261,7 +267,10 @@ class ImageResolver:
                         400, f"{label}: fetching the image URL returned HTTP {r.status_code}", "image_fetch_failed"
                     )
                 chunks, total = [], 0
+                budget = self.options.budget
                 for chunk in r.iter_bytes():
+                    if budget is not None:
+                        budget.check_stop()  # the client is gone: stop fetching for nobody
                     total += len(chunk)
                     if total > limit:
                         raise APIError(413, f"{label}: image URL content exceeds {limit:,} bytes", "image_too_large")

@@ -2,8 +2,8 @@
 as a plain ASGI middleware.
 
 A keyless server answers only Host headers naming loopback (or the operator's allow-list), so a web page that
-rebinds its own name to 127.0.0.1 cannot read it; JSON endpoints take only `application/json` bodies, which a
-cross-site form or `text/plain` fetch cannot send without a CORS preflight (which we never grant). Every HTML
+rebinds its own name to 127.0.0.1 cannot read it. (JSON-only bodies are the gate's rule, `serve/gate.py`: every POST
+route takes `application/json` unless it declares another media type.) Every HTML
 response carries the page's CSP. The log line carries the request id, method, route, status, byte counts and time:
 never a query string, a body, or a path we do not serve (any of those could carry patient data). A client that
 hangs up before its answer is logged and counted as 499, not as a server error.
@@ -27,8 +27,7 @@ log = logging.getLogger("medgemma_toolkit.serve")
 
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page itself asks for the key; its API calls carry it
 OPEN_PREFIXES = ("/static/",)
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/medgemma/preview", "/favicon.ico"}
-JSON_PATHS = {"/v1/chat/completions", "/v1/medgemma/preview"}
+KNOWN_PATHS = frozenset({"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/favicon.ico"})  # + routes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # The page loads nothing from elsewhere; previews arrive as data: URIs. Sent with every HTML response.
 PAGE_HEADERS = {
@@ -63,8 +62,8 @@ def _json_response(
     return start, {"type": "http.response.body", "body": body}
 
 
-def route_label(path: str) -> str:
-    if path in KNOWN_PATHS:
+def route_label(path: str, known: frozenset[str] | set[str] = KNOWN_PATHS) -> str:
+    if path in known:
         return path
     if path.startswith("/static/"):
         return "/static"
@@ -74,8 +73,16 @@ def route_label(path: str) -> str:
 
 
 class ServeMiddleware:
-    def __init__(self, app: Callable, api_key: str | None, metrics: Metrics, allow_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        api_key: str | None,
+        metrics: Metrics,
+        allow_hosts: tuple[str, ...] = (),
+        known_paths: frozenset[str] | set[str] = KNOWN_PATHS,
+    ) -> None:
         self.app = app
+        self.known_paths = known_paths
         self.api_key = api_key
         self.metrics = metrics
         self.allow_hosts = allow_hosts
@@ -106,14 +113,6 @@ class ServeMiddleware:
                 "invalid_api_key",
                 [(b"www-authenticate", b"Bearer")],
             )
-        if (
-            scope.get("method") == "POST"
-            and path in JSON_PATHS
-            and not is_json(headers.get(b"content-type", b"").decode("latin-1"))
-        ):
-            return _json_response(
-                415, "request body must be JSON sent as 'Content-Type: application/json'", "unsupported_media_type"
-            )
         return None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -127,7 +126,7 @@ class ServeMiddleware:
         rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = rid_in if _REQUEST_ID.match(rid_in) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = rid
-        label = route_label(scope.get("path", ""))
+        label = route_label(scope.get("path", ""), self.known_paths)
         info = {"status": 500, "out": 0, "in": 0}
 
         async def counting_receive():

@@ -3,19 +3,14 @@
 The web page shows these instead of rendering anything itself: a CT/MR series comes back as its sampled slices,
 each with the "SLICE n" text the model reads after it, rendered with the same window settings a chat request with
 the same `medgemma` options would use (`ImageResolver`, the chat path's own code). `/v1/medgemma/preview` answers
-with the first image only; this answers with all of them.
+with the first image only; this answers with all of them. The route: `serve/routes/model_input.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
-
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from typing import Any, Literal
 
 from ..api import MedGemma
 from ..core.messages import ImagePart
@@ -34,11 +29,6 @@ class ModelInputRequest(_Strict):
     window: tuple[float, float] | WindowName | None = None
     ct_windows: Literal["notebook", "server"] | None = None
     pad: bool | None = None  # 2D images padded to a square (default) or stretched, as a chat's medgemma.pad
-
-
-class _Gate(Protocol):
-    def try_enter(self) -> bool: ...
-    def leave(self) -> None: ...
 
 
 def _png(img: Any) -> str:
@@ -64,28 +54,3 @@ def render_model_input(body: ModelInputRequest, mg: MedGemma, config: ServeConfi
         entry["original_size"] = (part.info or {}).get("original_size")  # a single 2D image's decoded size
         out.append({"image": _png(part.image), **entry})
     return {"width": images[0].image.width, "height": images[0].image.height, "images": out}
-
-
-def model_input_router(
-    mg: MedGemma,
-    config: ServeConfig,
-    admission: _Gate,
-    decoders: asyncio.Semaphore,
-    read_json: Callable[[Request, type], Awaitable[Any]],
-    busy: Callable[[], APIError],
-) -> APIRouter:
-    """The route, bound to the app's model, limits and admission (rendering decodes like a chat does)."""
-    router = APIRouter()
-
-    @router.post("/v1/medgemma/model-input")
-    async def model_input(request: Request) -> dict[str, Any]:
-        body: ModelInputRequest = await read_json(request, ModelInputRequest)
-        if not admission.try_enter():
-            raise busy()
-        try:
-            async with decoders:
-                return await run_in_threadpool(render_model_input, body, mg, config)
-        finally:
-            admission.leave()
-
-    return router

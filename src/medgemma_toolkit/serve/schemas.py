@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..imaging.options import WindowName
+from ..jsondepth import MAX_DEPTH, too_deep
 from .errors import APIError
 from .tool_schemas import ToolCallIn, ToolChoice, ToolDef
 
@@ -138,7 +139,7 @@ def parse_body(raw: bytes, model: type[BaseModel], max_parts: int | None = None)
     try:
         data = json.loads(raw)
     except RecursionError:
-        raise APIError(400, "request body is nested too deeply", "invalid_json") from None
+        raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep", "invalid_json") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(
             400,
@@ -147,6 +148,8 @@ def parse_body(raw: bytes, model: type[BaseModel], max_parts: int | None = None)
         ) from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", "invalid_json")
+    if too_deep(data):  # no request needs it; deep values crash whatever walks them recursively later
+        raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep", "invalid_json")
     if max_parts is not None and (n := count_parts(data)) > max_parts:
         raise APIError(
             400,

@@ -81,3 +81,46 @@ def j2k_dicom(rows: int, cols: int, declared: tuple[int, int] | None = None, fra
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def rle_frame(rows: int, cols: int, bits: int = 16) -> bytes:
+    """A DICOM RLE Lossless frame of `rows` x `cols` zeros: one segment per byte of the sample, each a run of
+    128-byte replicate runs, so a 64 Mpx slice costs ~1 MB per segment on the wire."""
+    segments = bits // 8
+    n = rows * cols
+    runs, tail = divmod(n, 128)
+    segment = bytes([0x81, 0]) * runs + (bytes([257 - tail, 0]) if tail > 1 else b"\x00\x00" if tail else b"")
+    if len(segment) % 2:
+        segment += b"\0"
+    header = struct.pack("<I", segments)
+    offsets, pos = [], 64
+    for _ in range(segments):
+        offsets.append(pos)
+        pos += len(segment)
+    header += b"".join(struct.pack("<I", o) for o in offsets) + bytes(4 * (15 - segments))
+    return header + segment * segments
+
+
+def rle_series_zip(slices: int = 8, rows: int = 8000, cols: int = 8000) -> bytes:
+    """A stored ZIP of a CT series of RLE Lossless slices of zeros (what the web page uploads as
+    `data:application/zip`): `slices` x `rows` x `cols` voxels from a body of ~2 MB per 64 Mpx slice."""
+    import io
+    import zipfile
+
+    from pydicom.encaps import encapsulate
+
+    from .synthetic_dicom import SeriesSpec, make_slice
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        frame = rle_frame(rows, cols)
+        for i in range(slices):
+            ds = make_slice(SeriesSpec(slices=slices, rows=8, cols=8), i)
+            ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"  # RLE Lossless
+            ds.Rows, ds.Columns = rows, cols
+            ds.PixelData = encapsulate([frame])
+            ds["PixelData"].VR = "OB"
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            zf.writestr(f"slice{i:03d}.dcm", out.getvalue())
+    return buf.getvalue()
