@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 
 from medgemma_toolkit.errors import BadInput
+from medgemma_toolkit.eval.kinds import get_kind
 from medgemma_toolkit.eval.conventions import CONVENTIONS, get_convention, multimedeval_clean, multimedeval_tokens
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "multimedeval_vqa_reference.json").read_text())
@@ -61,11 +62,12 @@ def test_conventions_side_by_side(pred, gold, answer_type, toolkit, multimedeval
 
 
 def test_multimedeval_is_refused_for_tasks_it_defines_nothing_for():
-    assert get_convention("toolkit", "mcq").name == "toolkit"
+    assert get_convention("toolkit", get_kind("mcq")).name == "toolkit"
+    assert get_convention("multimedeval", get_kind("vqa")).name == "multimedeval"
     with pytest.raises(BadInput, match="VQA metrics only"):
-        get_convention("multimedeval", "mcq")
+        get_convention("multimedeval", get_kind("mcq"))
     with pytest.raises(BadInput, match="unknown metric convention"):
-        get_convention("vqa-v2", "vqa")
+        get_convention("vqa-v2", get_kind("vqa"))
 
 
 def test_eval_records_the_convention_and_scores_by_it(scripted_model_dir, tmp_path):

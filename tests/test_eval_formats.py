@@ -9,7 +9,7 @@ import pytest
 
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.eval.formats import RowError, read_items
-from medgemma_toolkit.eval.items import expand_units
+from medgemma_toolkit.eval.kinds import expand_units
 from medgemma_toolkit.eval.records import RecordLog, ResultCache, read_records
 from medgemma_toolkit.eval.runner import _conditions
 from medgemma_toolkit.eval.spec import builtin_tasks, get_task, sample_path

@@ -11,7 +11,7 @@ import pytest
 
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.eval.formats import RowError, read_ids, read_items
-from medgemma_toolkit.eval.items import expand_units
+from medgemma_toolkit.eval.kinds import expand_units
 from medgemma_toolkit.eval.rows import parse_hf_spec
 from medgemma_toolkit.eval.runner import _conditions
 from medgemma_toolkit.eval.spec import get_task

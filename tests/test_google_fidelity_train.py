@@ -121,7 +121,8 @@ def test_google_rl_is_an_eval_protocol_too(tiny_dir):
     """`medgemma eval --task medqa_google_rl --think` asks exactly what the RL notebook asks."""
     from transformers import AutoProcessor
 
-    from medgemma_toolkit.eval.items import EvalItem, expand_units
+    from medgemma_toolkit.eval.items import EvalItem
+    from medgemma_toolkit.eval.kinds import expand_units
     from medgemma_toolkit.eval.parsers import PARSERS
     from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset

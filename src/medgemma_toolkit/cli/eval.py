@@ -121,7 +121,7 @@ def eval_run(
     if limit is not None and limit <= 0:
         raise BadInput("--limit must be positive")
     spec = get_task(task)  # fail on an unknown task before loading a model
-    get_convention(metric_convention, spec.kind)
+    get_convention(metric_convention, spec.task_kind)
     opts = EvalOptions(
         task=task,
         data=data,

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, lookup
 from .metrics import exact_match, token_f1
+
+if TYPE_CHECKING:
+    from .kinds import TaskKind
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,9 @@ CONVENTIONS: dict[str, VQAConvention] = {
 DEFAULT_CONVENTION = "toolkit"
 
 
-def get_convention(name: str, task_kind: str) -> VQAConvention:
-    """The named convention; one other than the default is refused for tasks it defines nothing for."""
+def get_convention(name: str, kind: TaskKind) -> VQAConvention:
+    """The named convention; one other than the default is refused for task kinds it defines nothing for."""
     conv = lookup(CONVENTIONS, name, "metric convention")
-    if conv.name != DEFAULT_CONVENTION and task_kind != "vqa":
-        raise BadInput(f"--metric-convention {name} defines VQA metrics only; this task is {task_kind}")
+    if conv.name != DEFAULT_CONVENTION and not kind.conventions:
+        raise BadInput(f"--metric-convention {name} defines VQA metrics only; this task is {kind.name}")
     return conv

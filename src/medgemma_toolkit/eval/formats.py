@@ -251,13 +251,5 @@ def read_items(
 
 
 def _check(spec: TaskSpec, item: EvalItem) -> None:
-    """Row-level requirements of each task kind."""
-    if spec.kind == "mcq":
-        if not item.options or item.answer not in item.options:
-            raise RowError(f"{item.location}: a multiple-choice row needs options and the correct option")
-        if spec.requires_images and not item.images:
-            raise RowError(f"{item.location}: an image question needs an image path")
-    elif spec.kind == "vqa" and not item.images:
-        raise RowError(f"{item.location}: a VQA row needs an image path")
-    elif spec.kind in ("vqa", "report") and not item.answer:
-        raise RowError(f"{item.location}: missing reference answer")
+    """Row-level requirements of the task's kind."""
+    spec.task_kind.check(spec, item)

@@ -7,11 +7,8 @@ condition, so one image becomes one `Unit` per condition with a known label.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from .spec import TaskSpec
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -65,29 +62,6 @@ def prompt_hash(text: str, images: list[str], digests: dict[str, str]) -> str:
     for p in images:
         h.update(b"\0" + _file_digest(p, digests).encode())
     return h.hexdigest()[:16]
-
-
-def expand_units(spec: TaskSpec, items: list[EvalItem], conditions: tuple[str, ...] = ()) -> list[Unit]:
-    """The prompts for every item, in dataset order (the runner sorts by length for batching)."""
-    digests: dict[str, str] = {}
-    units: list[Unit] = []
-    for it in items:
-        if spec.kind == "conditions":
-            for cond in conditions:
-                if cond not in it.labels:
-                    continue  # uncertain or unlabelled for this condition: not asked, as in the protocol
-                text = spec.prompt.format(condition=cond.lower(), question=it.question, options="")
-                units.append(Unit(f"{it.id}::{cond}", it, text.strip(), "yes" if it.labels[cond] else "no", cond))
-        else:
-            opts = "" if it.options_in_question else format_options(it.options)
-            inline = "" if it.options_in_question else " ".join(f"({k}) {v}" for k, v in it.options.items())
-            text = spec.prompt.format(question=it.question.strip(), options=opts, options_inline=inline, condition="")
-            if not opts:
-                text = re.sub(r"\n{3,}", "\n\n", text)  # no empty options block between question and request
-            units.append(Unit(it.id, it, text.strip(), it.answer))
-    for u in units:
-        u.prompt_hash = prompt_hash(u.text, u.item.images, digests)
-    return units
 
 
 def dataset_digest(path: Path) -> str:

@@ -298,3 +298,17 @@ def paired_bootstrap(
         "ci_high": None if hi is None else float(hi),
         "p_value": p,
     }
+
+
+UNPARSED = "(unparseable)"
+
+
+def confusion(records: Sequence[Record]) -> tuple[list[str], list[str], list[list[int]]]:
+    """(row labels = gold, column labels = answers incl. the unparseable column, counts)."""
+    labels = sorted({r["gold"] for r in records if r["gold"]} | {r["parsed"] for r in records if r["parsed"]})
+    index = {k: i for i, k in enumerate(labels)}
+    matrix = [[0] * (len(labels) + 1) for _ in labels]
+    for r in records:
+        col = index.get(r["parsed"], len(labels)) if r["parsed"] is not None else len(labels)
+        matrix[index[r["gold"]]][col] += 1
+    return labels, labels + [UNPARSED], matrix

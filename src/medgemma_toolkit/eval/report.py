@@ -10,26 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..provenance import toolkit_version
-from .metrics import compute_metrics, per_condition_f1
+from .metrics import compute_metrics
 from .parsers import PARSER_VERSION
 from .provenance import now_utc, package_versions
 from .spec import TaskSpec
 
 SUMMARY_VERSION = "1"
-
-
-UNPARSED = "(unparseable)"
-
-
-def confusion(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[list[int]]]:
-    """(row labels = gold, column labels = answers incl. the unparseable column, counts)."""
-    labels = sorted({r["gold"] for r in records if r["gold"]} | {r["parsed"] for r in records if r["parsed"]})
-    index = {k: i for i, k in enumerate(labels)}
-    matrix = [[0] * (len(labels) + 1) for _ in labels]
-    for r in records:
-        col = index.get(r["parsed"], len(labels)) if r["parsed"] is not None else len(labels)
-        matrix[index[r["gold"]]][col] += 1
-    return labels, labels + [UNPARSED], matrix
 
 
 def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str, Any], n_boot: int) -> dict[str, Any]:
@@ -60,12 +46,7 @@ def summarize(spec: TaskSpec, records: list[dict[str, Any]], run_info: dict[str,
         "package": {"medgemma_toolkit": toolkit_version(), **package_versions()},
         "created": now_utc(),
     }
-    if spec.kind == "conditions":
-        summary["per_condition_f1"] = per_condition_f1(scored)
-    if spec.kind == "mcq" and scored:
-        labels, columns, matrix = confusion(scored)
-        # rows: the correct option; columns: the parsed answer, the last one for answers that could not be parsed
-        summary["confusion"] = {"labels": labels, "columns": columns, "matrix": matrix}
+    summary.update(spec.task_kind.summary(scored))
     for m in summary["metrics"].values():
         if m.get("note"):
             notes.append(m["note"])

@@ -191,7 +191,7 @@ def run_reproduce(
         res.data = s["dataset"]["path"]
         res.protocol = (
             f"{spec.label} {s['task']['protocol']}, parser {s['task']['parser']}@{s['task']['parser_version']}"
-            + (f", {s['metric_convention']['name']} metrics" if spec.kind == "vqa" else "")
+            + (f", {s['metric_convention']['name']} metrics" if spec.task_kind.conventions else "")
         )
         res.dtype = s["model"].get("dtype")
         res.run_dir = str(run_dirs[key])

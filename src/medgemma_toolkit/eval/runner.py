@@ -20,11 +20,11 @@ from ..errors import BadInput, CapabilityError, MedGemmaError
 from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
-from .conventions import CONVENTIONS, DEFAULT_CONVENTION, VQAConvention, get_convention
+from .conventions import DEFAULT_CONVENTION, get_convention
 from .formats import read_items
 from .generation import Outcome, auto_batch_size, run_batches
-from .items import Unit, dataset_digest, expand_units, format_options
-from .metrics import rouge_l
+from .items import Unit, dataset_digest, format_options
+from .kinds import expand_units
 from .parsers import PARSER_VERSION, PARSERS
 from .provenance import model_identity
 from .records import RecordLog, ResultCache, default_cache_dir, read_records
@@ -65,7 +65,7 @@ class EvalOptions:
 
 
 def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
-    if spec.kind != "conditions":
+    if not spec.task_kind.per_condition:
         return ()
     if opt and "," in opt or (opt and opt not in spec.condition_sets):
         return tuple(c.strip() for c in opt.split(",") if c.strip())
@@ -114,23 +114,10 @@ def scoring_model_options(mo: Any) -> Any:
     return dataclasses.replace(mo, **changes) if changes else mo
 
 
-def score_unit(
-    spec: TaskSpec, unit: Unit, parsed: str | None, convention: VQAConvention | None = None
-) -> tuple[bool | None, float]:
-    """(correct, score) for one parsed answer; unparseable answers are wrong. VQA follows `convention`."""
-    if spec.kind in ("mcq", "conditions"):
-        ok = parsed is not None and parsed == unit.gold
-        return ok, float(ok)
-    if spec.kind == "vqa":
-        v = (convention or CONVENTIONS[DEFAULT_CONVENTION]).score(parsed, unit.gold or "", unit.item.answer_type)
-        return v.correct, v.score
-    return None, rouge_l(parsed, unit.gold or "")
-
-
 def load_task_data(opts: EvalOptions, quiet: bool = False):
     """Task, data path, conditions and items; cheap, so the CLI calls it before loading a model."""
     spec = get_task(opts.task)
-    if opts.mode == "loglikelihood" and spec.kind != "mcq":
+    if opts.mode == "loglikelihood" and not spec.task_kind.loglikelihood:
         raise BadInput(f"--mode loglikelihood is for multiple-choice tasks; {spec.name!r} is {spec.kind}")
     data_path = Path(opts.data) if opts.data else Path(str(sample_path(spec)))
     conditions = _conditions(spec, opts.conditions)
@@ -159,7 +146,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
     from .report import write_reports
 
     spec, data_path, conditions, read = load_task_data(opts)
-    convention = get_convention(opts.metric_convention, spec.kind)
+    convention = get_convention(opts.metric_convention, spec.task_kind)
     if opts.mode == "loglikelihood" and not mg.backend.capabilities.loglikelihood:
         raise CapabilityError(f"backend {mg.backend.info.backend!r} cannot score log-likelihoods")
     if any(it.images for it in read.items) and not mg.backend.info.multimodal:
@@ -254,10 +241,10 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
             # A base model's completion prompt ends in "Answer:", so what it writes *is* its final answer.
             answer = f"Final Answer: {answer}"
         parsed = o.completion.text if opts.mode == "loglikelihood" else parser(answer, u.item.options)
-        correct, score = score_unit(spec, u, parsed, convention)
-        if spec.kind == "vqa":  # which questions count as closed is the convention's call too
-            closed = convention.score(parsed, u.gold or "", u.item.answer_type).closed
-            base["closed"] = closed
+        scored_as = spec.task_kind.score(u, parsed, convention)
+        correct, score = scored_as.correct, scored_as.score
+        if scored_as.closed is not None:  # VQA: which questions count as closed is the convention's call
+            base["closed"] = scored_as.closed
         scored = (
             {"loglikelihoods": o.completion.scores, "tied": o.completion.tied}
             if isinstance(o.completion, ScoredOptions)

@@ -10,14 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib.resources import files
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from ..errors import BadInput
-
-Kind = Literal["mcq", "conditions", "vqa", "report"]
-KINDS = ("mcq", "conditions", "vqa", "report")
+from .kinds import KINDS, TaskKind
 
 
 @dataclass(frozen=True)
@@ -27,7 +25,7 @@ class TaskSpec:
     name: str
     version: str
     description: str
-    kind: Kind
+    kind: str  # a name in `kinds.KINDS`; `task_kind` is the object
     reader: str  # name in `formats.READERS`; the generic JSONL/CSV format is always accepted as well
     prompt: str  # str.format template: {question} {options} {condition}
     parser: str  # name in `parsers.PARSERS`
@@ -46,6 +44,11 @@ class TaskSpec:
     sample: str | None = None  # file under eval/samples/
     requires_images: bool = False  # every row must carry an image (image MCQ); VQA rows always need one
     references: tuple[str, ...] = ()
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """How this task asks and scores (`kinds.py`)."""
+        return KINDS[self.kind]
 
     @property
     def label(self) -> str:
