@@ -207,17 +207,24 @@ def test_many_large_images_overdraw_the_request_budget_before_decoding_the_last(
 
 
 def test_concurrent_previews_are_admitted_and_decoded_a_few_at_a_time(server):
+    """Six heavy previews at once: all admitted (or refused busy), never more than `max_decoders` decoding at the
+    same time (read from /health while they run), and /health answers throughout."""
     big = "data:application/dicom;base64," + base64.b64encode(j2k_dicom(1800, 1800)).decode()
 
     def preview(_):
         return httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": big}}, timeout=120)
 
+    seen: list[int] = []
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(preview, i) for i in range(6)]
-        health = [healthy(server) for _ in range(3)]  # answered while the previews decode
+        while not all(f.done() for f in futures):
+            h = httpx.get(server.url + "/health", timeout=10)
+            assert h.status_code == 200  # answered while the previews decode
+            seen.append(h.json()["decoding"])
+            limit = h.json()["max_decoders"]
         statuses = [f.result().status_code for f in futures]
     assert set(statuses) <= {200, 429} and 200 in statuses, statuses
-    assert all(health)
+    assert 1 <= max(seen) <= limit < 6, (max(seen), limit)
 
 
 # -- batches fail row by row -----------------------------------------------------------------------------------------

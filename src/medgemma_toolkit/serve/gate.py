@@ -115,6 +115,7 @@ class Gate:
         self.readers = Counter(config.max_body_readers)  # bodies being received: slow senders wait here
         self.admission = Counter(config.max_batch_size + config.max_queue)  # parsed, queued or running
         self.decoders = asyncio.Semaphore(config.max_decoders)  # requests decoding images at once
+        self.decoding = 0  # requests holding a decoder turn now (reported by /health)
 
     def busy(self) -> APIError:
         self.metrics.count_rejected()
@@ -158,7 +159,11 @@ class Gate:
         watcher = asyncio.create_task(_watch(request, gone)) if request is not None else None
         try:
             async with self.decoders:
-                return await run_in_threadpool(fn, *args)
+                self.decoding += 1
+                try:
+                    return await run_in_threadpool(fn, *args)
+                finally:
+                    self.decoding -= 1
         finally:
             CLIENT_GONE.reset(token)
             if watcher is not None:

@@ -25,7 +25,14 @@ def index() -> FileResponse:
 @router.get("/health")
 def health(request: Request) -> dict[str, Any]:
     s = server_state(request)
-    return {"status": "ok", "model": s.served, "queue_depth": s.batcher.queue_depth, "running": s.batcher.running}
+    return {
+        "status": "ok",
+        "model": s.served,
+        "queue_depth": s.batcher.queue_depth,
+        "running": s.batcher.running,
+        "decoding": s.gate.decoding,  # requests decoding images now, at most max_decoders
+        "max_decoders": s.config.max_decoders,
+    }
 
 
 def model_card(s: ServerState) -> dict[str, Any]:
