@@ -85,10 +85,19 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
     backend, dtype = config.split(":")
     model = str(text_gguf if backend == "llamacpp" else ckpt)
     t0 = time.perf_counter()
-    mg = MedGemma.load(model, backend=backend, dtype=dtype if backend == "transformers" else "auto",
-                       mmproj=str(mmproj) if backend == "llamacpp" else None, preset="medgemma-v1")
-    out: dict[str, object] = {"config": config, "load_s": round(time.perf_counter() - t0, 1),
-                              "rss_after_load_gib": round(peak_rss_gb(), 2), "ran": mg.backend.info.extra}
+    mg = MedGemma.load(
+        model,
+        backend=backend,
+        dtype=dtype if backend == "transformers" else "auto",
+        mmproj=str(mmproj) if backend == "llamacpp" else None,
+        preset="medgemma-v1",
+    )
+    out: dict[str, object] = {
+        "config": config,
+        "load_s": round(time.perf_counter() - t0, 1),
+        "rss_after_load_gib": round(peak_rss_gb(), 2),
+        "ran": mg.backend.info.extra,
+    }
     if backend == "llamacpp":
         from llamacpp_build import build_label  # benchmarks/: which llama-cpp-python build, compiled for what
 
@@ -158,13 +167,17 @@ def main() -> None:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     print()
-    print(f"{'config':24} {'kind':6} {'load s':>7} {'peak GiB':>8} {'prompt':>7} {'TTFT s':>7} {'e2e s':>7} {'tok/s':>7}")
+    print(
+        f"{'config':24} {'kind':6} {'load s':>7} {'peak GiB':>8} {'prompt':>7} {'TTFT s':>7} {'e2e s':>7} {'tok/s':>7}"
+    )
     for r in results:
         for kind in kinds:
             k = r.get(kind)
             if isinstance(k, dict):
-                print(f"{r['config']:24} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
-                      f"{k['ttft_s']:7} {k['end_to_end_s']:7} {k['decode_tok_s'] or '-':>7}")
+                print(
+                    f"{r['config']:24} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
+                    f"{k['ttft_s']:7} {k['end_to_end_s']:7} {k['decode_tok_s'] or '-':>7}"
+                )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,13 @@ def speed(model: str, dtype: str, new_tokens: int) -> dict[str, object]:
     t = time.perf_counter()
     many = mg.ask_batch(QUESTIONS, max_new_tokens=new_tokens)
     t8 = time.perf_counter() - t
-    return {"dtype": dtype, "load_s": round(load_s, 1), "batch1_tok_s": round(one.completion_tokens / t1, 2),
-            "batch8_tok_s": round(sum(a.completion_tokens for a in many) / t8, 2),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    return {
+        "dtype": dtype,
+        "load_s": round(load_s, 1),
+        "batch1_tok_s": round(one.completion_tokens / t1, 2),
+        "batch8_tok_s": round(sum(a.completion_tokens for a in many) / t8, 2),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
 
 
 def main() -> None:
@@ -69,8 +73,10 @@ def main() -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     f, b = rows
-    print(f"bf16/fp32: batch-1 decode {b['batch1_tok_s'] / f['batch1_tok_s']:.2f}x, batch-8 "
-          f"{b['batch8_tok_s'] / f['batch8_tok_s']:.2f}x, peak RSS {b['peak_rss_gib'] / f['peak_rss_gib']:.2f}x")
+    print(
+        f"bf16/fp32: batch-1 decode {b['batch1_tok_s'] / f['batch1_tok_s']:.2f}x, batch-8 "
+        f"{b['batch8_tok_s'] / f['batch8_tok_s']:.2f}x, peak RSS {b['peak_rss_gib'] / f['peak_rss_gib']:.2f}x"
+    )
 
     from medgemma_toolkit import MedGemma
     from medgemma_toolkit.testing.bf16_agreement import QUESTIONS, agreement
@@ -78,9 +84,11 @@ def main() -> None:
     mg = MedGemma.load(model, backend="transformers", dtype="float32")
     summary = agreement(mg.backend, [mg.request(q).prompt for q in QUESTIONS], args.new_tokens)
     print(json.dumps(summary))
-    print(f"greedy agreement over {summary['items']} items x {args.new_tokens} tokens: {summary['identical']} identical, "
-          f"{summary['diverged']} diverged ({summary['within_tolerance']} of them where fp32's top two logits were "
-          f"within {summary['rel_tol']:.4f} x the largest logit)")
+    print(
+        f"greedy agreement over {summary['items']} items x {args.new_tokens} tokens: {summary['identical']} identical, "
+        f"{summary['diverged']} diverged ({summary['within_tolerance']} of them where fp32's top two logits were "
+        f"within {summary['rel_tol']:.4f} x the largest logit)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from medgemma_toolkit.imaging import ImageOptions, load_parts  # noqa: E402
-from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS  # noqa: E402
-from medgemma_toolkit.core.messages import ImagePart  # noqa: E402
-from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series  # noqa: E402
+from medgemma_toolkit.core.messages import ImagePart
+from medgemma_toolkit.imaging import ImageOptions, load_parts
+from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS
+from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
 
 
 def naive(files: list[Path], size: int) -> list[Image.Image]:

@@ -68,12 +68,18 @@ def main() -> None:
     byte_ids = frozenset(i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">"))
     special = set(tok.all_special_ids)
     # Realistic text: tokenise English prose, repeated to length (random ids would be mostly byte runs).
-    prose = ("The cardiac silhouette is mildly enlarged. There is a small left pleural effusion with adjacent "
-             "atelectasis. No pneumothorax. The osseous structures are intact. Impression: cardiomegaly. ") * 40
+    prose = (
+        "The cardiac silhouette is mildly enlarged. There is a small left pleural effusion with adjacent "
+        "atelectasis. No pneumothorax. The osseous structures are intact. Impression: cardiomegaly. "
+    ) * 40
     words = [t for t in tok(prose, add_special_tokens=False)["input_ids"] if t not in special]
     g = torch.Generator().manual_seed(0)
-    seqs = torch.stack([torch.roll(torch.tensor(words[: args.tokens + 64]), int(s))[: args.tokens]
-                        for s in torch.randint(0, 64, (args.batch,), generator=g)])
+    seqs = torch.stack(
+        [
+            torch.roll(torch.tensor(words[: args.tokens + 64]), int(s))[: args.tokens]
+            for s in torch.randint(0, 64, (args.batch,), generator=g)
+        ]
+    )
     ids = torch.cat([torch.zeros(args.batch, args.prompt, dtype=torch.long), seqs], dim=1)
     stop_ids: set[int] = set()
 
@@ -95,17 +101,22 @@ def main() -> None:
 
             def call(x):
                 return stepper.advance(x[:, -1].tolist())
+
         t0 = time.perf_counter()
         for step in range(1, args.tokens + 1):
             call(ids[:, : args.prompt + step])
         return (time.perf_counter() - t0) / args.tokens * 1000
 
-    print(f"per-step host time of the decode hook, batch {args.batch} x {args.tokens} new tokens "
-          f"({'tokenizer ' + args.tokenizer if args.tokenizer else 'tiny test tokenizer, vocab 4000'})")
+    print(
+        f"per-step host time of the decode hook, batch {args.batch} x {args.tokens} new tokens "
+        f"({'tokenizer ' + args.tokenizer if args.tokenizer else 'tiny test tokenizer, vocab 4000'})"
+    )
     print(f"{'case':34} {'before ms':>10} {'after ms':>10} {'ratio':>7}")
-    for label, stream, stop in [("streaming (server, chat)", True, ()), ("stop string, not streamed", False,
-                                                                          ("Final Answer:",)),
-                                ("no stream, no stop (eval, batch)", False, ())]:
+    for label, stream, stop in [
+        ("streaming (server, chat)", True, ()),
+        ("stop string, not streamed", False, ("Final Answer:",)),
+        ("no stream, no stop (eval, batch)", False, ()),
+    ]:
         before, after = run("before", stream, stop), run("after", stream, stop)
         print(f"{label:34} {before:10.2f} {after:10.2f} {before / after:6.1f}x")
 

@@ -80,8 +80,12 @@ def _run(kind: str, src: Path, work: Path, limit: int) -> dict:
     dst = work / f"{kind}_{limit}"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.rmtree(dst.parent / (dst.name + "_in"), ignore_errors=True)
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(src), str(dst), str(limit)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(src), str(dst), str(limit)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     shutil.rmtree(dst, ignore_errors=True)
     shutil.rmtree(dst.parent / (dst.name + "_in"), ignore_errors=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,12 +124,16 @@ def main() -> None:
     for kind in kinds:
         r = best[kind]
         print(f"{kind:12}{r['files']:>7}{r['seconds']:>10.2f}{r['files'] / r['seconds']:>10.0f}{r['peak_mb']:>10.1f}")
-    print(f"{'ours':12}{small['files']:>7}{small['seconds']:>10.2f}{small['files'] / small['seconds']:>10.0f}"
-          f"{small['peak_mb']:>10.1f}   (a fifth of the files: memory must not grow with their number)")
+    print(
+        f"{'ours':12}{small['files']:>7}{small['seconds']:>10.2f}{small['files'] / small['seconds']:>10.0f}"
+        f"{small['peak_mb']:>10.1f}   (a fifth of the files: memory must not grow with their number)"
+    )
     for other in kinds[1:]:
         print(f"time ours / {other}: {best['ours']['seconds'] / best[other]['seconds']:.2f}x")
-    print(f"peak memory ours at {best['ours']['files']} vs {small['files']} files: "
-          f"{best['ours']['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB")
+    print(
+        f"peak memory ours at {best['ours']['files']} vs {small['files']} files: "
+        f"{best['ours']['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB"
+    )
     if a.pixel_images:
         _pixels(a.pixel_images)
 
@@ -149,8 +157,10 @@ def _pixels(n: int) -> None:
         t = time.perf_counter()
         deidentify_path(src, Path(tmp) / "cleaned", pixel_cleaner=PixelCleaner())
         cleaned = time.perf_counter() - t
-    print(f"\n--clean-pixels on {n} US images 320x240 with burned-in text: {cleaned:.2f} s "
-          f"({cleaned / n * 1000:.0f} ms/image) vs {plain:.2f} s without ({(cleaned - plain) / n * 1000:.0f} ms/image for OCR)")
+    print(
+        f"\n--clean-pixels on {n} US images 320x240 with burned-in text: {cleaned:.2f} s "
+        f"({cleaned / n * 1000:.0f} ms/image) vs {plain:.2f} s without ({(cleaned - plain) / n * 1000:.0f} ms/image for OCR)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 def main() -> None:
     import pydicom
+    from test_deid_conformance import leaked, planted_ct
 
     from medgemma_toolkit.deid import deidentify_dataset
-    from test_deid_conformance import leaked, planted_ct
 
     warnings.simplefilter("ignore")
     tools = {"ours": lambda ds: deidentify_dataset(ds)}
@@ -38,7 +38,8 @@ def main() -> None:
         from dicomanonymizer.simpledicomanonymizer import anonymize_dataset, initialize_actions
 
         tools["dicom-anonymizer 2.1.0 (2026c rules)"] = lambda ds: anonymize_dataset(
-            ds, base_rules_gen=lambda: initialize_actions("dicomfields_2026c"))
+            ds, base_rules_gen=lambda: initialize_actions("dicomfields_2026c")
+        )
     except ImportError:
         print("dicom-anonymizer not installed")
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,8 +51,10 @@ def main() -> None:
             ds.save_as(buf)
             left = leaked(buf.getvalue(), canaries)
             top = [w for w in left if not w.startswith("ReferencedSeriesSequence")]
-            print(f"{name}: {len(left)} of {len(canaries.text)} canaries left "
-                  f"({len(top)} at the top level or in file meta, {len(left) - len(top)} nested)")
+            print(
+                f"{name}: {len(left)} of {len(canaries.text)} canaries left "
+                f"({len(top)} at the top level or in file meta, {len(left) - len(top)} nested)"
+            )
             if top:
                 print("   e.g.", ", ".join(top[:8]))
 

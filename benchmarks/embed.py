@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from medgemma_toolkit import MedSigLIP  # noqa: E402
-from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip  # noqa: E402
+from medgemma_toolkit import MedSigLIP
+from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip
 
 
 def write_images(d: Path, n: int, side: int) -> list[str]:

@@ -35,24 +35,37 @@ def make_items(path: Path, n: int, seed: int = 0) -> None:
             shuffled = opts[:]
             rnd.shuffle(shuffled)
             options = dict(zip("ABCD", shuffled))
-            f.write(json.dumps({"id": f"b{i}", "question": q, "options": options,
-                                "answer_idx": "ABCD"[shuffled.index(answer)]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"b{i}", "question": q, "options": options, "answer_idx": "ABCD"[shuffled.index(answer)]}
+                )
+                + "\n"
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="demo, a checkpoint directory, a .gguf, or 'tiny' (random 4-layer, 256-wide MedGemma-architecture text model)")
+    ap.add_argument(
+        "--model",
+        default="demo",
+        help="demo, a checkpoint directory, a .gguf, or 'tiny' (random 4-layer, 256-wide MedGemma-architecture text model)",
+    )
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="alternate runner and pipeline over this many item chunks")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CPUs with AMX/AVX512-BF16, as `medgemma eval`), float32, ...")
-    ap.add_argument("--backend", default="transformers",
-                    help="the runner's backend; 'auto' = what `medgemma eval` picks (for the demo: transformers on a GPU or a "
-                         "bf16-capable CPU, else llama.cpp). "
-                         "The baseline is always a transformers pipeline: the same model object when the runner uses "
-                         "transformers, else the same weights loaded through transformers (dequantised, --dtype)")
+    ap.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CPUs with AMX/AVX512-BF16, as `medgemma eval`), float32, ..."
+    )
+    ap.add_argument(
+        "--backend",
+        default="transformers",
+        help="the runner's backend; 'auto' = what `medgemma eval` picks (for the demo: transformers on a GPU or a "
+        "bf16-capable CPU, else llama.cpp). "
+        "The baseline is always a transformers pipeline: the same model object when the runner uses "
+        "transformers, else the same weights loaded through transformers (dequantised, --dtype)",
+    )
     args = ap.parse_args()
 
     from medgemma_toolkit import MedGemma
@@ -71,10 +84,18 @@ def main() -> None:
     chunks = [rows[k : k + per_round] for k in range(0, len(rows), per_round)]
 
     t0 = time.perf_counter()
-    mg = MedGemma.load(model, backend=args.backend, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size,
-                       workload="throughput")  # as `medgemma eval` loads it
-    print(f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
+    mg = MedGemma.load(
+        model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.batch_size,
+        workload="throughput",
+    )  # as `medgemma eval` loads it
+    print(
+        f"model {mg.backend.info.name} ({mg.backend.info.extra}) loaded in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     from transformers import pipeline
 
     from medgemma_toolkit.eval.items import format_options
@@ -82,11 +103,16 @@ def main() -> None:
     from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset
 
-    base = mg if mg.backend.info.backend == "transformers" else MedGemma.load(
-        model, backend="transformers", device=args.device, dtype=args.dtype)
+    base = (
+        mg
+        if mg.backend.info.backend == "transformers"
+        else MedGemma.load(model, backend="transformers", device=args.device, dtype=args.dtype)
+    )
     be = base.backend
-    print(f"runner on {mg.backend.info.backend} {mg.backend.info.extra}; pipeline on transformers {be.info.extra}",
-          file=sys.stderr)
+    print(
+        f"runner on {mg.backend.info.backend} {mg.backend.info.extra}; pipeline on transformers {be.info.extra}",
+        file=sys.stderr,
+    )
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
     ours_wall = ours_gen = base_wall = 0.0
@@ -99,8 +125,18 @@ def main() -> None:
         part.write_text("\n".join(chunk) + "\n")
         # -- ours: the full runner (reading, batches, parsing, flushed records, summary with CIs, report) -----
         t0 = time.perf_counter()
-        summary = run_eval(mg, EvalOptions(task="medqa", data=str(part), out=work / f"run{k}", batch_size=args.batch_size,
-                                           max_new_tokens=args.max_new_tokens, use_cache=False, progress=False))
+        summary = run_eval(
+            mg,
+            EvalOptions(
+                task="medqa",
+                data=str(part),
+                out=work / f"run{k}",
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                use_cache=False,
+                progress=False,
+            ),
+        )
         ours_wall += time.perf_counter() - t0
         ours_gen += summary["timing"]["generate_seconds"]
         recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
@@ -112,16 +148,25 @@ def main() -> None:
         texts = []
         for line in chunk:
             row = json.loads(line)
-            prompt_text = get_task("medqa").prompt.format(question=row["question"], options=format_options(row["options"]),
-                                                          condition="").strip()
+            prompt_text = (
+                get_task("medqa")
+                .prompt.format(question=row["question"], options=format_options(row["options"]), condition="")
+                .strip()
+            )
             texts.append(be.render(base.request(prompt_text, max_new_tokens=args.max_new_tokens).prompt))
         add_special = base.request("x").prompt.is_completion  # chat-rendered text already carries <bos>
         stop = {"stop_strings": list(eval_preset.stop), "tokenizer": be.tokenizer} if eval_preset.stop else {}
         base.preset = user_preset
         t0 = time.perf_counter()
         for line, text in zip(chunk, texts):
-            out = pipe(text, max_new_tokens=args.max_new_tokens, do_sample=False, return_tensors=True,
-                       add_special_tokens=add_special, **stop)
+            out = pipe(
+                text,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                return_tensors=True,
+                add_special_tokens=add_special,
+                **stop,
+            )
             n_prompt = len(be.tokenizer(text, add_special_tokens=add_special)["input_ids"])
             base_tokens += len(out[0]["generated_token_ids"]) - n_prompt
             answer = be.tokenizer.decode(out[0]["generated_token_ids"][n_prompt:], skip_special_tokens=True)
@@ -129,22 +174,34 @@ def main() -> None:
                 answer = answer.split(s)[0]
             base_text[json.loads(line)["id"]] = answer.strip()
         base_wall += time.perf_counter() - t0
-        print(f"round {k + 1}/{len(chunks)}: runner {ours_wall:.1f} s, pipeline {base_wall:.1f} s so far", file=sys.stderr)
+        print(
+            f"round {k + 1}/{len(chunks)}: runner {ours_wall:.1f} s, pipeline {base_wall:.1f} s so far", file=sys.stderr
+        )
 
     n = args.items
     result = {
-        "model": mg.backend.info.name, "device": mg.backend.info.extra.get("device"),
-        "dtype": mg.backend.info.extra.get("dtype"), "items": n,
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "rounds": len(chunks),
-        "runner_items_per_s": round(n / ours_wall, 3), "runner_generate_only_items_per_s": round(n / ours_gen, 3),
-        "pipeline_items_per_s": round(n / base_wall, 3), "runner_tokens": ours_tokens, "pipeline_tokens": base_tokens,
+        "model": mg.backend.info.name,
+        "device": mg.backend.info.extra.get("device"),
+        "dtype": mg.backend.info.extra.get("dtype"),
+        "items": n,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "rounds": len(chunks),
+        "runner_items_per_s": round(n / ours_wall, 3),
+        "runner_generate_only_items_per_s": round(n / ours_gen, 3),
+        "pipeline_items_per_s": round(n / base_wall, 3),
+        "runner_tokens": ours_tokens,
+        "pipeline_tokens": base_tokens,
         "speedup": round(base_wall / ours_wall, 2),
-        "runner_backend": mg.backend.info.backend, "pipeline_dtype": be.info.extra.get("dtype"),
+        "runner_backend": mg.backend.info.backend,
+        "pipeline_dtype": be.info.extra.get("dtype"),
         "same_answers": sum(ours_text.get(i) == a for i, a in base_text.items()),
     }
     print(json.dumps(result, indent=2))
-    print(f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
-          f"items/s: {base_wall / ours_wall:.2f}x")
+    print(
+        f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
+        f"items/s: {base_wall / ours_wall:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 PROMPT = "What does this image show? Answer with exactly one of: edema, normal."
 
-NOTEBOOK_SCRIPT = textwrap.dedent('''
+NOTEBOOK_SCRIPT = textwrap.dedent("""
     import json, sys, time
     import torch
     from datasets import load_dataset
@@ -102,7 +102,7 @@ NOTEBOOK_SCRIPT = textwrap.dedent('''
                          processing_class=processor, data_collator=collate_fn, callbacks=[timer])
     trainer.train()
     json.dump(timer.rows, open(times_path, "w"))
-''')
+""")
 
 
 def make_data(root: Path, per_class: int = 8) -> Path:
@@ -163,22 +163,61 @@ def main() -> None:
         script.write_text(NOTEBOOK_SCRIPT)
         for rnd in range(a.rounds):
             names = list(runs)
-            for name in names[rnd % 3:] + names[: rnd % 3]:  # rotate the order: no side always runs first
+            for name in names[rnd % 3 :] + names[: rnd % 3]:  # rotate the order: no side always runs first
                 out = t / f"{name}-{rnd}"
                 if name == "ours":
-                    code, rss = run_child([
-                        sys.executable, "-m", "medgemma_toolkit", "finetune", "--model", str(model), "--data",
-                        str(data), "--out", str(out), "--recipe", "notebook", "--max-steps", str(a.steps),
-                        "--batch-size", str(a.batch_size), "--grad-accum", str(a.grad_accum), "--save-steps",
-                        str(a.save_steps), "--val-fraction", "0", "--device", "cpu", "--quiet",
-                        "--preset", "medgemma-1.5"], a.threads)  # image then question, no system prompt: the notebook's turn
+                    code, rss = run_child(
+                        [
+                            sys.executable,
+                            "-m",
+                            "medgemma_toolkit",
+                            "finetune",
+                            "--model",
+                            str(model),
+                            "--data",
+                            str(data),
+                            "--out",
+                            str(out),
+                            "--recipe",
+                            "notebook",
+                            "--max-steps",
+                            str(a.steps),
+                            "--batch-size",
+                            str(a.batch_size),
+                            "--grad-accum",
+                            str(a.grad_accum),
+                            "--save-steps",
+                            str(a.save_steps),
+                            "--val-fraction",
+                            "0",
+                            "--device",
+                            "cpu",
+                            "--quiet",
+                            "--preset",
+                            "medgemma-1.5",
+                        ],
+                        a.threads,
+                    )  # image then question, no system prompt: the notebook's turn
                     rows = read_log(out / "loss_log.jsonl")
                     wall, cpu = [r["step_time_s"] for r in rows], [r["step_cpu_s"] for r in rows]
                 else:
                     times = t / f"times-{name}-{rnd}.json"
-                    code, rss = run_child([sys.executable, str(script), str(model), str(data), str(out), str(a.steps),
-                                           str(a.batch_size), str(a.grad_accum), str(a.save_steps), name, str(times)],
-                                           a.threads)
+                    code, rss = run_child(
+                        [
+                            sys.executable,
+                            str(script),
+                            str(model),
+                            str(data),
+                            str(out),
+                            str(a.steps),
+                            str(a.batch_size),
+                            str(a.grad_accum),
+                            str(a.save_steps),
+                            name,
+                            str(times),
+                        ],
+                        a.threads,
+                    )
                     rows = json.loads(times.read_text()) if code == 0 else []
                     wall, cpu = [r[0] for r in rows], [r[1] for r in rows]
                 if code != 0:
@@ -189,12 +228,17 @@ def main() -> None:
         rs = runs[name]
         return (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), max(r[2] for r in rs))
 
-    print(f"tiny MedGemma, 16 images, {a.steps} steps x batch {a.batch_size} x accumulation {a.grad_accum}, "
-          f"checkpoint every {a.save_steps}, gradient checkpointing, CPU ({a.threads or 'default'} thread(s)), "
-          f"{a.rounds} interleaved rounds; per-step means without the first step, median over rounds")
+    print(
+        f"tiny MedGemma, 16 images, {a.steps} steps x batch {a.batch_size} x accumulation {a.grad_accum}, "
+        f"checkpoint every {a.save_steps}, gradient checkpointing, CPU ({a.threads or 'default'} thread(s)), "
+        f"{a.rounds} interleaved rounds; per-step means without the first step, median over rounds"
+    )
     print(f"{'run':<38} {'step wall (s)':>13} {'step CPU (s)':>13} {'peak RSS (MiB)':>15}")
-    labels = {"ours": "medgemma finetune", "notebook": "notebook TRL script (as written)",
-              "matched": "notebook TRL script (our LoRA scope)"}
+    labels = {
+        "ours": "medgemma finetune",
+        "notebook": "notebook TRL script (as written)",
+        "matched": "notebook TRL script (our LoRA scope)",
+    }
     ours = summary("ours")
     for name in runs:
         w, c, m = summary(name)

@@ -51,7 +51,7 @@ class HealthProbe:
     def __init__(self, url: str) -> None:
         self.url, self.lat, self._stop = url, [], threading.Event()
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         import httpx
 
         def run() -> None:
@@ -61,7 +61,7 @@ class HealthProbe:
                     try:
                         c.get(self.url + "/health")
                         self.lat.append(time.perf_counter() - t)
-                    except Exception:  # noqa: BLE001 - a refused probe counts as slow, not as a crash here
+                    except Exception:
                         self.lat.append(30.0)
                     self._stop.wait(0.05)
 
@@ -96,14 +96,17 @@ def attacks(url: str, model: str, args) -> dict[str, Callable[[], list]]:
 
     def post(path: str, body: dict | bytes, **kw):
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(url + path, content=raw, headers={"Content-Type": "application/json"}, timeout=300,
-                          **kw).status_code
+        return httpx.post(
+            url + path, content=raw, headers={"Content-Type": "application/json"}, timeout=300, **kw
+        ).status_code
 
     # Every payload is built and serialised before its attack starts, so the probe times the server, not us.
-    bomb = json.dumps(chat_body(model, [{"type": "image_url", "image_url": {
-        "url": dicom_uri(deflate_bomb(512))}}])).encode()
-    lie = json.dumps(chat_body(model, [{"type": "image_url", "image_url": {
-        "url": dicom_uri(j2k_dicom(64, 64, frame=lie_frame()))}}])).encode()
+    bomb = json.dumps(
+        chat_body(model, [{"type": "image_url", "image_url": {"url": dicom_uri(deflate_bomb(512))}}])
+    ).encode()
+    lie = json.dumps(
+        chat_body(model, [{"type": "image_url", "image_url": {"url": dicom_uri(j2k_dicom(64, 64, frame=lie_frame()))}}])
+    ).encode()
     parts = json.dumps(chat_body(model, [{"type": "text", "text": ""}] * args.parts)).encode()
 
     def deflate() -> list:
@@ -129,8 +132,10 @@ def attacks(url: str, model: str, args) -> dict[str, Callable[[], list]]:
         port = int(url.rsplit(":", 1)[1])
         for _ in range(80):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100000\r\n\r\n{")
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n{"
+            )
             socks.append(s)
         try:
             statuses = []
@@ -157,9 +162,16 @@ def attacks(url: str, model: str, args) -> dict[str, Callable[[], list]]:
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             return list(pool.map(lambda q: post("/v1/chat/completions", chat_body(model, q, 3)), qs))
 
-    return {"deflate_bomb": deflate, "codestream_lie": codestream_lie, "many_j2k": many_j2k,
-            "concurrent_previews": previews, "slow_bodies": slow_bodies, "tiny_parts": tiny_parts,
-            "poisoned_batch": poisoned_batch, **gate_attacks(url, model, args, post)}
+    return {
+        "deflate_bomb": deflate,
+        "codestream_lie": codestream_lie,
+        "many_j2k": many_j2k,
+        "concurrent_previews": previews,
+        "slow_bodies": slow_bodies,
+        "tiny_parts": tiny_parts,
+        "poisoned_batch": poisoned_batch,
+        **gate_attacks(url, model, args, post),
+    }
 
 
 SCALES = {  # issue 24's attacks: (zip slices, zip side, "{}" repeats, embed side, PACS padding MiB)
@@ -184,17 +196,33 @@ def gate_attacks(url: str, model: str, args, post) -> dict[str, Callable[[], lis
     from medgemma_toolkit.testing.hostile import rle_series_zip
 
     slices, side, reps, embed_side, _pad = SCALES[args.scale]
-    zipped = json.dumps({"image_url": {"url": "data:application/zip;base64,"
-                                              + base64.b64encode(rle_series_zip(slices, side, side)).decode()}})
+    zipped = json.dumps(
+        {
+            "image_url": {
+                "url": "data:application/zip;base64," + base64.b64encode(rle_series_zip(slices, side, side)).decode()
+            }
+        }
+    )
     template = json.dumps({"images": [png_uri(8)], "labels": ["a" * 100, "b" * 100], "template": "{}" * reps})
-    pngs = json.dumps({"model": "tiny-siglip", "input": [{"type": "image_url",
-                                                          "image_url": {"url": png_uri(embed_side)}}] * 16})
-    deep = json.dumps(chat_body(model, "hi") | {
-        "messages": [{"role": "user", "content": "hi"},
-                     {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                                           "function": {"name": "f", "arguments": "[" * 200_000}}]},
-                     {"role": "tool", "tool_call_id": "c", "content": "ok"}],
-        "tools": [{"type": "function", "function": {"name": "f"}}]})
+    pngs = json.dumps(
+        {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": png_uri(embed_side)}}] * 16}
+    )
+    deep = json.dumps(
+        chat_body(model, "hi")
+        | {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[" * 200_000}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c", "content": "ok"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        }
+    )
     huge = json.dumps(chat_body(model, "lung " * 2_000_000))
     pacs = f"dicomweb+http://127.0.0.1:{args.pacs_port}/dicom-web/studies/1.2/series/3.4/instances/5.6"
     dicomweb = json.dumps(chat_body(model, [{"type": "image_url", "image_url": {"url": pacs}}]))
@@ -208,8 +236,10 @@ def gate_attacks(url: str, model: str, args, post) -> dict[str, Callable[[], lis
         socks = []
         for _ in range(300):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 33000000\r\n\r\n" + b" " * 1024 * 64)
+            s.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 33000000\r\n\r\n" + b" " * 1024 * 64
+            )
             socks.append(s)
         try:
             time.sleep(1.0)
@@ -243,7 +273,7 @@ def start_pacs(padding_mib: int) -> int:
     class Padding(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self):  # noqa: N802 - http.server's naming
+        def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=x')
             self.send_header("Transfer-Encoding", "chunked")
@@ -267,19 +297,21 @@ def start_pacs(padding_mib: int) -> int:
 
 
 # Each raw run resets its own peak (VmHWM) after building its input, then reports peak minus the RSS at that point.
-_MEASURE = ("from pathlib import Path\n"
-            "def rss(k):\n"
-            "    return next(int(l.split()[1]) * 1024 for l in Path('/proc/self/status').read_text().splitlines()\n"
-            "                if l.startswith(k))\n"
-            "Path('/proc/self/clear_refs').write_text('5'); r0 = rss('VmRSS:')\n"
-            "try: ATTACK\n"
-            "except Exception: pass\n"
-            "print(rss('VmHWM:') - r0)\n")
+_MEASURE = (
+    "from pathlib import Path\n"
+    "def rss(k):\n"
+    "    return next(int(l.split()[1]) * 1024 for l in Path('/proc/self/status').read_text().splitlines()\n"
+    "                if l.startswith(k))\n"
+    "Path('/proc/self/clear_refs').write_text('5'); r0 = rss('VmRSS:')\n"
+    "try: ATTACK\n"
+    "except Exception: pass\n"
+    "print(rss('VmHWM:') - r0)\n"
+)
 RAW = {
     "deflate_bomb": "import io, pydicom; from medgemma_toolkit.testing.hostile import deflate_bomb; d = deflate_bomb(512)\n"
-                    + _MEASURE.replace("ATTACK", "pydicom.dcmread(io.BytesIO(d))"),
+    + _MEASURE.replace("ATTACK", "pydicom.dcmread(io.BytesIO(d))"),
     "codestream_lie": "import sys, openjpeg; d = open(sys.argv[1], 'rb').read()\n"
-                      + _MEASURE.replace("ATTACK", "openjpeg.decode(d)"),
+    + _MEASURE.replace("ATTACK", "openjpeg.decode(d)"),
 }
 
 
@@ -336,8 +368,19 @@ def main(argv: list[str] | None = None) -> dict:
 
         siglip = str(build_tiny_siglip(Path(tmp) / "tiny-siglip"))
         env = {"OMP_NUM_THREADS": "1"} | ({"PYTHONPATH": args.server_src} if args.server_src else {})
-        with ServerProcess(model, log, "--served-model-name", "bench", "--body-timeout", "30", "--embed-model",
-                           siglip, "--allow-image-host", f"127.0.0.1:{args.pacs_port}", env=env) as srv:
+        with ServerProcess(
+            model,
+            log,
+            "--served-model-name",
+            "bench",
+            "--body-timeout",
+            "30",
+            "--embed-model",
+            siglip,
+            "--allow-image-host",
+            f"127.0.0.1:{args.pacs_port}",
+            env=env,
+        ) as srv:
             with HealthProbe(srv.url) as idle:
                 time.sleep(2.0)
             idle_p50 = statistics.median(idle.lat)
@@ -350,8 +393,10 @@ def main(argv: list[str] | None = None) -> dict:
             names = args.only.split(",") if args.only else list(table)
             results = {"idle_health_p50_ms": idle_p50 * 1000, "attacks": {}}
             print(f"idle /health p50 {idle_p50 * 1000:.1f} ms")
-            print(f"{'attack':<22}{'statuses':<28}{'peak +MiB':>10}{'raw +MiB':>10}{'health p50':>12}"
-                  f"{'health max':>12}{'max/idle':>10}{'secs':>7}")
+            print(
+                f"{'attack':<22}{'statuses':<28}{'peak +MiB':>10}{'raw +MiB':>10}{'health p50':>12}"
+                f"{'health max':>12}{'max/idle':>10}{'secs':>7}"
+            )
             for name in names:
                 Path(f"/proc/{srv.proc.pid}/clear_refs").write_text("5")
                 before = peak(srv.proc.pid)
@@ -362,16 +407,23 @@ def main(argv: list[str] | None = None) -> dict:
                 growth = peak(srv.proc.pid) - before
                 raw = None if args.no_raw else raw_growth(name, tmp)
                 lat = probe.lat or [0.0]
-                row = {"statuses": statuses, "peak_growth_mib": growth / MiB,
-                       "raw_library_growth_mib": None if raw is None else raw / MiB,
-                       "health_p50_ms": statistics.median(lat) * 1000, "health_max_ms": max(lat) * 1000,
-                       "health_max_over_idle": max(lat) / idle_p50, "seconds": secs}
+                row = {
+                    "statuses": statuses,
+                    "peak_growth_mib": growth / MiB,
+                    "raw_library_growth_mib": None if raw is None else raw / MiB,
+                    "health_p50_ms": statistics.median(lat) * 1000,
+                    "health_max_ms": max(lat) * 1000,
+                    "health_max_over_idle": max(lat) / idle_p50,
+                    "seconds": secs,
+                }
                 results["attacks"][name] = row
                 shown = ",".join(str(s) for s in sorted(set(statuses)))
                 counts = f"{shown} x{len(statuses)}"
                 rawtxt = "-" if raw is None else f"{raw / MiB:.0f}"
-                print(f"{name:<22}{counts:<28}{growth / MiB:>10.0f}{rawtxt:>10}{row['health_p50_ms']:>10.1f}ms"
-                      f"{row['health_max_ms']:>10.1f}ms{row['health_max_over_idle']:>10.1f}{secs:>7.1f}")
+                print(
+                    f"{name:<22}{counts:<28}{growth / MiB:>10.0f}{rawtxt:>10}{row['health_p50_ms']:>10.1f}ms"
+                    f"{row['health_max_ms']:>10.1f}ms{row['health_max_over_idle']:>10.1f}{secs:>7.1f}"
+                )
             assert httpx.get(srv.url + "/health", timeout=30).status_code == 200
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))

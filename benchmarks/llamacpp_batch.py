@@ -58,8 +58,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--parallel", type=int, help="sequences decoded together (default: --batch-size); fewer than the "
-                    "batch size makes finished sequences' slots refill from the rest of the batch")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        help="sequences decoded together (default: --batch-size); fewer than the "
+        "batch size makes finished sequences' slots refill from the rest of the batch",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -84,28 +88,48 @@ def main() -> None:
         order = [1, args.batch_size] if r % 2 == 0 else [args.batch_size, 1]
         for bs in order:
             out = work / f"r{r}-bs{bs}"
-            opts = EvalOptions(task="medqa", data=str(data), out=out, batch_size=bs, max_new_tokens=args.max_new_tokens,
-                               use_cache=False, n_boot=10, progress=False)
+            opts = EvalOptions(
+                task="medqa",
+                data=str(data),
+                out=out,
+                batch_size=bs,
+                max_new_tokens=args.max_new_tokens,
+                use_cache=False,
+                n_boot=10,
+                progress=False,
+            )
             summary = run_eval(mg, opts)
             secs[bs] += summary["timing"]["generate_seconds"]
             got[bs].update({f"{r}:{k}": v for k, v in answers(out).items()})
     one, many = args.items / secs[1], args.items / secs[args.batch_size]
     differ = [k for k in got[1] if got[1][k] != got[args.batch_size][k]]
-    prompts = [f"Question: {q}\nAnswer:" for q in ("What is the normal adult resting heart rate?",
-                                                   "Which organ produces insulin?", "What does the kidney do?",
-                                                   "Name a common cause of pneumonia.")] * 2
+    prompts = [
+        f"Question: {q}\nAnswer:"
+        for q in (
+            "What is the normal adult resting heart rate?",
+            "Which organ produces insulin?",
+            "What does the kidney do?",
+            "Name a common cause of pneumonia.",
+        )
+    ] * 2
     p1 = step_profile(mg.backend, prompts[:1])
     p8 = step_profile(mg.backend, prompts[: min(8, args.parallel or args.batch_size)])
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"eval on the demo GGUF, {args.items} items, {args.max_new_tokens} new tokens, greedy, {args.threads} threads")
+    print(
+        f"eval on the demo GGUF, {args.items} items, {args.max_new_tokens} new tokens, greedy, {args.threads} threads"
+    )
     print(f"  one at a time : {one:6.2f} items/s")
-    print(f"  batch size {args.batch_size:<3}: {many:6.2f} items/s   ratio {many / one:.2f}x (goal >= 3x; "
-          f"{args.parallel or args.batch_size} sequences in parallel)")
+    print(
+        f"  batch size {args.batch_size:<3}: {many:6.2f} items/s   ratio {many / one:.2f}x (goal >= 3x; "
+        f"{args.parallel or args.batch_size} sequences in parallel)"
+    )
     print(f"  answers that differ: {len(differ)} of {len(got[1])}")
-    print(f"profile: 1 sequence: prefill {p1['prefill_s'] * 1000:.0f} ms, {p1['step_s'] * 1000:.1f} ms/step; "
-          f"{len(prompts[: min(8, args.parallel or args.batch_size)])} sequences: prefill {p8['prefill_s'] * 1000:.0f} ms, "
-          f"{p8['step_s'] * 1000:.1f} ms/step ({p8['step_s'] / p1['step_s']:.2f}x the time for "
-          f"{len(prompts[: min(8, args.parallel or args.batch_size)])}x the tokens)")
+    print(
+        f"profile: 1 sequence: prefill {p1['prefill_s'] * 1000:.0f} ms, {p1['step_s'] * 1000:.1f} ms/step; "
+        f"{len(prompts[: min(8, args.parallel or args.batch_size)])} sequences: prefill {p8['prefill_s'] * 1000:.0f} ms, "
+        f"{p8['step_s'] * 1000:.1f} ms/step ({p8['step_s'] / p1['step_s']:.2f}x the time for "
+        f"{len(prompts[: min(8, args.parallel or args.batch_size)])}x the tokens)"
+    )
 
 
 if __name__ == "__main__":

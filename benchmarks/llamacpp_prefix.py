@@ -73,7 +73,7 @@ def main() -> None:
     answers: dict[bool, str] = {}
     info: dict[bool, tuple[int, int]] = {}
     for r in range(args.rounds):
-        for reuse in ([True, False] if r % 2 == 0 else [False, True]):
+        for reuse in [True, False] if r % 2 == 0 else [False, True]:
             eng.clear_cache()
             eng.reuse_prefix = True
             a1, _t, _p, _c = ask(first)  # turn 1 (its KV stays cached when the cache is on)
@@ -87,11 +87,15 @@ def main() -> None:
     eng.reuse_prefix = True
     on, off = statistics.median(secs[True]), statistics.median(secs[False])
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"second chat turn on the demo GGUF, {info[True][0]} prompt tokens, {args.max_new_tokens} new tokens, greedy, "
-          f"{args.threads} threads, median of {args.rounds}")
+    print(
+        f"second chat turn on the demo GGUF, {info[True][0]} prompt tokens, {args.max_new_tokens} new tokens, greedy, "
+        f"{args.threads} threads, median of {args.rounds}"
+    )
     print(f"  without the prompt cache: {off:6.2f} s  (prefilled {info[False][0] - info[False][1]} tokens)")
-    print(f"  with the prompt cache   : {on:6.2f} s  (prefilled {info[True][0] - info[True][1]} tokens, "
-          f"{info[True][1]} from the cache)   {off / on:.1f}x faster")
+    print(
+        f"  with the prompt cache   : {on:6.2f} s  (prefilled {info[True][0] - info[True][1]} tokens, "
+        f"{info[True][1]} from the cache)   {off / on:.1f}x faster"
+    )
     print(f"  answers equal: {answers[True] == answers[False]}")
     mg.backend.close()
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from medgemma_toolkit.core.messages import Prompt  # noqa: E402
+from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
+from medgemma_toolkit.core.messages import Prompt
 
 PROMPT = "Question: What are the common symptoms of community-acquired pneumonia in adults?\nAnswer:"
 N_CTX = 2048
@@ -38,8 +38,9 @@ def raw_llama(path: Path, threads: int):
         t0 = time.perf_counter()
         stamps = []
         n = 0
-        for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0,
-                                            min_p=0.0, repeat_penalty=1.0, stream=True):
+        for _chunk in llm.create_completion(
+            PROMPT, max_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, stream=True
+        ):
             stamps.append(time.perf_counter())
             n += 1
         return n, time.perf_counter() - t0, stamps
@@ -100,8 +101,10 @@ def main() -> None:
         n2, s2, st2 = our_run(args.tokens)
         our_tps.append(n2 / s2)
         our_st.append(st2)
-    rows = [("raw llama-cpp-python", max(raw_tps), steady_tps(raw_st), n, None),
-            ("ours: llamacpp backend", max(our_tps), steady_tps(our_st), n2, our_load)]
+    rows = [
+        ("raw llama-cpp-python", max(raw_tps), steady_tps(raw_st), n, None),
+        ("ours: llamacpp backend", max(our_tps), steady_tps(our_st), n2, our_load),
+    ]
     if not args.skip_transformers:
         del our_run
         tf_run, tf_load = ours(path, args.threads, "transformers")
@@ -116,11 +119,15 @@ def main() -> None:
     print(f"{'engine':28} {'wall tok/s':>10} {'steady tok/s':>12} {'tokens':>6} {'load s':>7}")
     for name, best, steady, n, load in rows:
         print(f"{name:28} {best:10.1f} {steady:12.1f} {n:6d} {'' if load is None else f'{load:7.2f}'}")
-    print(f"ratio ours/raw llama-cpp-python: steady {rows[1][2] / rows[0][2]:.2f}x, wall {rows[1][1] / rows[0][1]:.2f}x"
-          " (target >= 0.9x)")
+    print(
+        f"ratio ours/raw llama-cpp-python: steady {rows[1][2] / rows[0][2]:.2f}x, wall {rows[1][1] / rows[0][1]:.2f}x"
+        " (target >= 0.9x)"
+    )
     if not args.skip_transformers:
-        print(f"ratio ours llamacpp/transformers: steady {rows[1][2] / rows[2][2]:.2f}x, wall {rows[1][1] / rows[2][1]:.2f}x"
-              " (target >= 2x)")
+        print(
+            f"ratio ours llamacpp/transformers: steady {rows[1][2] / rows[2][2]:.2f}x, wall {rows[1][1] / rows[2][1]:.2f}x"
+            " (target >= 2x)"
+        )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def _top_level(source: str, names: set[str]) -> str:
 def load_multimedeval(repo: Path) -> dict[str, Any]:
     utils_src = _git_show(repo, "multimedeval/utils.py")
     ns: dict[str, Any] = {"re": re}
-    exec(  # noqa: S102 - MultiMedEval's own functions, from its repository, in a scratch namespace
+    exec(
         _top_level(
             utils_src,
             {"contractions", "manual_map", "articles", "period_strip", "comma_strip", "punct", "clean_str"},
@@ -83,7 +83,7 @@ def load_multimedeval(repo: Path) -> dict[str, Any]:
         WordNetLemmatizer=lambda: None,
         EvaluationOutput=lambda **kw: kw,
     )
-    exec(_top_level(fam_src, {"VQA"}), ns)  # noqa: S102
+    exec(_top_level(fam_src, {"VQA"}), ns)
     return ns
 
 

@@ -50,9 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=4, help="requests per client per throughput round")
     ap.add_argument("--rounds", type=int, default=2, help="throughput rounds (1 client, then N clients, each)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads on both sides (1: robust on a shared machine, where multi-threaded "
-                         "ops stall waiting for descheduled threads); 0 = torch's default")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads on both sides (1: robust on a shared machine, where multi-threaded "
+        "ops stall waiting for descheduled threads); 0 = torch's default",
+    )
     ap.add_argument("--backend", default="auto", help="backend on both sides (e.g. llamacpp for a GGUF or the demo)")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     args = ap.parse_args(argv)
@@ -82,9 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
         c = mg.backend.generate([req])[0]
         return time.perf_counter() - t0, c.completion_tokens
 
-    with ServerProcess(model, tmp / "server.log", "--served-model-name", "bench", "--max-batch-size",
-                       str(args.clients), "--max-queue", str(args.clients * 2), "--backend", args.backend,
-                       env=env) as srv:
+    with ServerProcess(
+        model,
+        tmp / "server.log",
+        "--served-model-name",
+        "bench",
+        "--max-batch-size",
+        str(args.clients),
+        "--max-queue",
+        str(args.clients * 2),
+        "--backend",
+        args.backend,
+        env=env,
+    ) as srv:
         url = srv.url + "/v1/chat/completions"
 
         def body(q: str) -> dict:
@@ -121,8 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         def batches() -> tuple[float, float]:
             text = httpx.get(srv.url + "/metrics", timeout=10).text
-            vals = dict(ln.split()[:2] for ln in text.splitlines() if ln.startswith("medgemma_batch_size_s")
-                        or ln.startswith("medgemma_batch_size_c"))
+            vals = dict(
+                ln.split()[:2]
+                for ln in text.splitlines()
+                if ln.startswith("medgemma_batch_size_s") or ln.startswith("medgemma_batch_size_c")
+            )
             return float(vals["medgemma_batch_size_sum"]), float(vals["medgemma_batch_size_count"])
 
         def timed(clients: int, per_client: int) -> tuple[float, int, float]:
@@ -151,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         mean_batch = statistics.mean(many_batch)
 
     res = {
-        "model": args.model or f"random MedGemma-architecture checkpoint (hidden {args.hidden_size}, "
-                               f"{args.layers} layers)",
+        "model": args.model
+        or f"random MedGemma-architecture checkpoint (hidden {args.hidden_size}, {args.layers} layers)",
         "max_tokens": args.max_tokens,
         "completion_tokens_per_request": toks.pop(),
         "samples": args.samples,
@@ -171,13 +188,19 @@ def main(argv: list[str] | None = None) -> dict:
         "backend": mg.backend.info.backend,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"model: {res['model']} ({res['backend']}); {res['completion_tokens_per_request']} tokens per request; "
-          f"load average {res['load_average_1min']}")
-    print(f"(a) p50 latency  direct {res['p50_direct_ms']:.1f} ms  HTTP {res['p50_http_ms']:.1f} ms  "
-          f"overhead {res['http_overhead_ratio'] * 100:+.2f}% (paired median "
-          f"{res['http_overhead_paired_median'] * 100:+.2f}%)  (target <= +5%)")
-    print(f"(b) throughput   1 client {one_rps:.2f} req/s  {args.clients} clients {many_rps:.2f} req/s  "
-          f"ratio {res['throughput_ratio']:.2f}x  (target >= 3x; mean batch {mean_batch:.2f} with {args.clients} clients)")
+    print(
+        f"model: {res['model']} ({res['backend']}); {res['completion_tokens_per_request']} tokens per request; "
+        f"load average {res['load_average_1min']}"
+    )
+    print(
+        f"(a) p50 latency  direct {res['p50_direct_ms']:.1f} ms  HTTP {res['p50_http_ms']:.1f} ms  "
+        f"overhead {res['http_overhead_ratio'] * 100:+.2f}% (paired median "
+        f"{res['http_overhead_paired_median'] * 100:+.2f}%)  (target <= +5%)"
+    )
+    print(
+        f"(b) throughput   1 client {one_rps:.2f} req/s  {args.clients} clients {many_rps:.2f} req/s  "
+        f"ratio {res['throughput_ratio']:.2f}x  (target >= 3x; mean batch {mean_batch:.2f} with {args.clients} clients)"
+    )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2))
     return res

@@ -10,8 +10,15 @@ import time
 
 from medgemma_toolkit.prompts import tools as fc
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 CASES = {
     "typical call": '[get_weather(city="Paris")]',
     "call after 2 kB of text": "Some text.\n" * 200 + '[get_weather(city="Paris")]',

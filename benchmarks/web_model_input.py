@@ -14,8 +14,8 @@ import io
 import tempfile
 import time
 
-from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.core.messages import ImagePart
+from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
 
 

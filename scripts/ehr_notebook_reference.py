@@ -132,9 +132,9 @@ def main(notebook: Path, out: Path) -> None:
         sys.modules["notebook"] = module
         ns: dict[str, Any] = module.__dict__
         ns.update({"FHIR_STORE_URL": fhir.base_url, "llm": llm, "_NL2": "\n\n"})
-        exec(compile(import_cell, "step2", "exec", dont_inherit=True), ns)  # noqa: S102 - the notebook's own code, on purpose
-        exec(compile(tool_cell, "step5", "exec", dont_inherit=True), ns)  # noqa: S102
-        exec(compile(agent_cell, "step6", "exec", dont_inherit=True), ns)  # noqa: S102
+        exec(compile(import_cell, "step2", "exec", dont_inherit=True), ns)
+        exec(compile(tool_cell, "step5", "exec", dont_inherit=True), ns)
+        exec(compile(agent_cell, "step6", "exec", dont_inherit=True), ns)
         from langchain_core.messages import HumanMessage, SystemMessage
 
         composed = f"{QUESTION}. Patient ID {PATIENT_A}."

@@ -25,9 +25,10 @@ bash scripts/install.sh test
 # The docs site must build without a warning (broken links or anchors, a page missing from the nav); the CLI
 # reference page is generated from the app here, so a command that cannot render its help fails too.
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-# The habits before the tests: lint, format and types of src/ (rules and baselines in pyproject.toml), and the layers.
-.venv/bin/ruff check src
-.venv/bin/ruff format --check src
+# The habits before the tests: lint and format of the whole repository, types of src/ (rules in pyproject.toml), and
+# the layers (.importlinter).
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache  # the layers of docs/ARCHITECTURE.md (.importlinter)
 exec .venv/bin/python -m pytest "$@"

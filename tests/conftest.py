@@ -1,17 +1,24 @@
-"""Shared fixtures: tiny random MedGemma-architecture checkpoints and ways to run the real CLI."""
+"""Shared fixtures: tiny random MedGemma-architecture checkpoints, ways to run the real CLI, a real Orthanc DICOMweb
+server and a GGUF export shared by several modules (fixtures live here, never imported from another test module)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import requests
+
+from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -41,18 +48,33 @@ def tiny_model(tiny_model_dir):
     return MedGemma.load(str(tiny_model_dir))
 
 
-def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300,
-            cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `medgemma ARGS...` as a real subprocess (the installed entry point's module)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "medgemma_toolkit", *args],
-        input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
-def run_cli_inproc(*args: str, input: str | None = None, env: dict[str, str] | None = None,
-                   cwd: str | Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli_inproc(
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
     """`medgemma ARGS...` through the same `main` in this process: no interpreter and torch start-up per call.
 
     Same result shape as `run_cli`. Use `run_cli` where the real process matters: the installed entry point,
@@ -71,8 +93,11 @@ def run_cli_inproc(*args: str, input: str | None = None, env: dict[str, str] | N
         os.environ.update(env or {})
         if input is not None:
             sys.stdin = io.StringIO(input)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-                (contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()):
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext(),
+        ):
             try:
                 main(list(args))
                 code = 0
@@ -112,3 +137,111 @@ def scripted_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
 
     return build_scripted_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("scripted") / "scripted", SCRIPT)
+
+
+# -- shared by several test modules ----------------------------------------------------------------------------------
+# A real DICOMweb server (Orthanc) on loopback, loaded with a CT series and a small series.
+USER, PASSWORD = "alice", "wonderland-7"
+STUDY = "1.2.826.0.1.3680043.8.498.2"
+CT_SERIES = "1.2.826.0.1.3680043.8.498.1"
+SMALL_SERIES = "1.2.826.0.1.3680043.8.498.5"
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def series_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pacs")
+    write_series(d / "ct", SeriesSpec(slices=10, rows=32, cols=32))
+    write_series(d / "small", SeriesSpec(slices=3, rows=32, cols=32, series_uid=SMALL_SERIES))
+    return d
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, series_dir):
+    """Orthanc with the DICOMweb plugin on free loopback ports, basic auth on, loaded with two series."""
+    if not os.path.exists(ORTHANC):
+        pytest.fail("Orthanc is not installed: apt-get install -y orthanc orthanc-dicomweb (scripts/test.sh does)")
+    work = tmp_path_factory.mktemp("orthanc")
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "medgemma-test",
+        "StorageDirectory": str(work / "db"),
+        "IndexDirectory": str(work / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD},
+        "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    cfg = work / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = open(work / "orthanc.log", "w")
+    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        for _ in range(150):
+            try:
+                if requests.get(f"{base}/system", auth=(USER, PASSWORD), timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"Orthanc exited with {proc.returncode}: {(work / 'orthanc.log').read_text()[-500:]}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("Orthanc did not answer within 15 s")
+        for f in sorted(series_dir.rglob("*.dcm")):
+            r = requests.post(f"{base}/instances", data=f.read_bytes(), auth=(USER, PASSWORD), timeout=10)
+            r.raise_for_status()
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("MEDGEMMA_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDGEMMA_DICOMWEB_PASSWORD", PASSWORD)
+    monkeypatch.delenv("MEDGEMMA_DICOMWEB_TOKEN", raising=False)
+
+
+def uri(base: str, *path: str) -> str:
+    return "dicomweb+http://" + base.split("://", 1)[1] + "/dicom-web/" + "/".join(path)
+
+
+# GGUF export through the real CLI, once per session, shared by the llama.cpp backend tests.
+def exported(tmp_path_factory, checkpoint: Path, key: str, *extra: str) -> Path:
+    """Export once per test session (shared by the llamacpp backend tests) through the real CLI."""
+    out = tmp_path_factory.getbasetemp() / f"gguf-{key}"
+    done = out / "export.json"
+    if not done.is_file():
+        r = run_cli(
+            "export",
+            "gguf",
+            str(checkpoint),
+            "-o",
+            str(out),
+            "--outtype",
+            "f32",
+            "--mmproj-outtype",
+            "f32",
+            "--name",
+            key,
+            *extra,
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stderr
+    return out

@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-toolkit[llamacpp]'")
 
-from medgemma_toolkit import MedGemma  # noqa: E402
-from medgemma_toolkit.errors import CapabilityError  # noqa: E402
-from test_export_gguf import exported  # noqa: E402
+from conftest import exported
+
+from medgemma_toolkit import MedGemma
+from medgemma_toolkit.errors import CapabilityError
 
 pytestmark = pytest.mark.slow  # converts the tiny checkpoint to GGUF and runs the real llama.cpp engine
 QUESTION = "Describe this X-ray."
@@ -134,8 +134,21 @@ def test_text_only_gguf_given_an_image_is_one_line(text_only_gguf, xray):
 
 
 def test_explicit_mmproj_option(text_only_gguf, gguf_dir, xray):
-    r = run_cli("ask", "--model", str(text_only_gguf), "--mmproj", str(gguf_dir / "mmproj-tiny-f32.gguf"),
-                "--image", str(xray), QUESTION, "--max-new-tokens", "6", "--threads", "2", "--json")
+    r = run_cli(
+        "ask",
+        "--model",
+        str(text_only_gguf),
+        "--mmproj",
+        str(gguf_dir / "mmproj-tiny-f32.gguf"),
+        "--image",
+        str(xray),
+        QUESTION,
+        "--max-new-tokens",
+        "6",
+        "--threads",
+        "2",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["prompt_tokens"] > 16
 
@@ -156,8 +169,17 @@ def test_demo_model_runs_through_llamacpp():
     assert mg.backend.info.backend == "llamacpp" and mg.preset.name == "pretrained"
     a = mg.ask("What is the normal adult resting heart rate?", max_new_tokens=24)
     assert a.completion_tokens > 0 and a.text.strip()
-    r = run_cli("ask", "--model", "demo", "--json", "--max-new-tokens", "8", "--threads", "2",
-                "What is the normal adult resting heart rate?")
+    r = run_cli(
+        "ask",
+        "--model",
+        "demo",
+        "--json",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "2",
+        "What is the normal adult resting heart rate?",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["demo_model"] is True and out["completion_tokens"] > 0
@@ -177,13 +199,38 @@ def test_serve_and_eval_run_on_llamacpp(gguf_dir, xray, tmp_path):
     with ServerProcess(model, tmp_path / "serve.log", "--served-model-name", "g", "--threads", "2") as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         uri = "data:image/png;base64," + base64.b64encode(xray.read_bytes()).decode()
-        r = client.chat.completions.create(model="g", max_tokens=8, temperature=0, messages=[
-            {"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": uri}}]}])
+        r = client.chat.completions.create(
+            model="g",
+            max_tokens=8,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": uri}}],
+                }
+            ],
+        )
         assert r.choices[0].message.content == direct.ask(QUESTION, images=[str(xray)], max_new_tokens=8).text
         assert srv.url and client.models.list().data[0].medgemma["backend"] == "llamacpp"
     out = tmp_path / "eval"
-    r = run_cli("eval", "--model", str(model), "--task", "medqa", "--limit", "2", "--max-new-tokens", "4",
-                "--out", str(out), "--no-cache", "--bootstrap", "50", "--threads", "2")
+    r = run_cli(
+        "eval",
+        "--model",
+        str(model),
+        "--task",
+        "medqa",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+        "--no-cache",
+        "--bootstrap",
+        "50",
+        "--threads",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "summary.json").read_text())["counts"]["answered"] == 2
 
@@ -205,8 +252,9 @@ def test_prompt_token_count_matches_what_llamacpp_evaluates(gguf_model, xray):
     assert gguf_model.backend.context_length() == 8192  # max(8192, 4 sequences x 2048)
 
 
-def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_error(gguf_model, gguf_dir, tiny_model,
-                                                                                  tmp_path):
+def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_error(
+    gguf_model, gguf_dir, tiny_model, tmp_path
+):
     """What a backend can do is read from `capabilities`, never probed; the operation it lacks is a one-line
     CapabilityError on the CLI, the same one `eval --mode loglikelihood` reports."""
     caps = gguf_model.backend.capabilities
@@ -216,6 +264,19 @@ def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_erro
         gguf_model.backend.loglikelihood([(gguf_model.request("Q?").prompt, "A")])
     t = tiny_model.backend.capabilities
     assert t.loglikelihood is True and t.images == tiny_model.backend.info.multimodal and t.max_batch_size == 8
-    r = run_cli("eval", "--task", "medqa", "--model", str(gguf_dir / "tiny-f32.gguf"),
-                "--backend", "llamacpp", "--mode", "loglikelihood", "--limit", "2", "--out", str(tmp_path / "ll"))
+    r = run_cli(
+        "eval",
+        "--task",
+        "medqa",
+        "--model",
+        str(gguf_dir / "tiny-f32.gguf"),
+        "--backend",
+        "llamacpp",
+        "--mode",
+        "loglikelihood",
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "ll"),
+    )
     assert r.returncode == 2 and "cannot score log-likelihoods" in r.stderr and r.stderr.strip().count("\n") == 0

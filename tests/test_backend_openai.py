@@ -16,9 +16,9 @@ from pathlib import Path
 import openai
 import pydicom
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from medgemma_toolkit import MedGemma
 from medgemma_toolkit.backends.openai_backend import UpstreamError
 from medgemma_toolkit.errors import BackendUnavailable, CapabilityError
@@ -62,10 +62,10 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
     posts = 0
     lock = threading.Lock()
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._forward(None)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with self.lock:
             type(self).posts += 1
@@ -81,8 +81,9 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         self._forward(body)
 
     def _forward(self, body):
-        req = urllib.request.Request(self.target + self.path, data=body, method=self.command,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.target + self.path, data=body, method=self.command, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 data, status, ctype = r.read(), r.status, r.headers.get("Content-Type", "application/json")
@@ -214,21 +215,32 @@ def test_serve_in_front_of_upstream(upstream, tiny_model, tmp_path, ct_dicom):
     with ServerProcess(MODEL, log, "--backend", "openai", "--upstream", upstream.url) as front:
         client = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         r = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Is there cardiomegaly?"}], max_tokens=12,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Is there cardiomegaly?"}],
+            max_tokens=12,
             temperature=0,
         )
         assert r.choices[0].message.content == tiny_model.ask("Is there cardiomegaly?", max_new_tokens=12).text
         dcm = "data:application/dicom;base64," + base64.b64encode(ct_dicom.read_bytes()).decode()
         r = client.chat.completions.create(
-            model=MODEL, max_tokens=10, temperature=0,
-            messages=[{"role": "user", "content": [{"type": "text", "text": QUESTION},
-                                                   {"type": "image_url", "image_url": {"url": dcm}}]}],
+            model=MODEL,
+            max_tokens=10,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": dcm}}],
+                }
+            ],
         )
         want = tiny_model.ask(QUESTION, images=[str(ct_dicom)], max_new_tokens=10).text
         assert r.choices[0].message.content == want
         stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Describe the lungs."}], max_tokens=12,
-            temperature=0, stream=True,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Describe the lungs."}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text == tiny_model.ask("Describe the lungs.", max_new_tokens=12).text
@@ -242,8 +254,21 @@ def test_eval_against_upstream_matches_local(upstream, tiny_model_dir, tmp_path)
     runs = {}
     for name, args in (("remote", ["--upstream", upstream.url]), ("local", ["--model", str(tiny_model_dir)])):
         out = tmp_path / name
-        r = run_cli("eval", *args, "--task", "medqa", "--limit", "3", "--max-new-tokens", "6", "--out", str(out),
-                    "--no-cache", "--bootstrap", "50")
+        r = run_cli(
+            "eval",
+            *args,
+            "--task",
+            "medqa",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(out),
+            "--no-cache",
+            "--bootstrap",
+            "50",
+        )
         assert r.returncode == 0, r.stderr
         runs[name] = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert [r["raw"] for r in runs["remote"]] == [r["raw"] for r in runs["local"]]

@@ -12,9 +12,10 @@ import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python's server extra")
 
-from medgemma_toolkit import MedGemma  # noqa: E402
-from medgemma_toolkit.serve.launch import free_port  # noqa: E402
-from test_export_gguf import exported  # noqa: E402
+from conftest import exported
+
+from medgemma_toolkit import MedGemma
+from medgemma_toolkit.serve.launch import free_port
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,24 @@ def llama_server(tmp_path_factory, tiny_model_dir):
     port = free_port()
     log = open(tmp_path_factory.mktemp("lcs") / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port), "--n_ctx", "2048",
-         "--n_threads", "2", "--model_alias", "tiny-gguf"], stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            "--model_alias",
+            "tiny-gguf",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("prompt_toolkit")
 
-from prompt_toolkit.input import create_pipe_input  # noqa: E402
-from prompt_toolkit.output import DummyOutput  # noqa: E402
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
 
-from medgemma_toolkit.chat.input import plain_reader, prompt_reader  # noqa: E402
+from medgemma_toolkit.chat.input import plain_reader, prompt_reader
 
 UP, ALT_ENTER, ENTER, CTRL_D = "\x1b[A", "\x1b\r", "\r", "\x04"
 

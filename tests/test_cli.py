@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SCRIPT, run_cli
 from PIL import Image
 from pydicom.data import get_testdata_file
-
-from conftest import SCRIPT, run_cli
 from test_imaging import write_dicom
 
 PHI = ("Doe", "Jane", "PHI-123456", "19700101")
@@ -31,7 +30,9 @@ def ok_json(res):
 
 
 def test_ask_text_json(tiny_model_dir):
-    out = ok_json(run_cli("ask", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--json", "Is the heart enlarged?"))
+    out = ok_json(
+        run_cli("ask", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--json", "Is the heart enlarged?")
+    )
     assert out["completion_tokens"] == 6 and out["preset"] == "medgemma-v1@2"
     assert set(out) >= {"text", "thought", "model", "preset", "timings", "prompt_tokens", "completion_tokens"}
     assert out["timings"]["load_s"] > 0 and out["demo_model"] is False
@@ -39,16 +40,52 @@ def test_ask_text_json(tiny_model_dir):
 
 def test_ask_png_dicom_and_multi_image(tiny_model_dir, images, cli):
     base = ok_json(cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "4", "--json", "Describe."))
-    one = ok_json(cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "--max-new-tokens", "4", "--json", "Describe."))
+    one = ok_json(
+        cli(
+            "ask",
+            "-m",
+            str(tiny_model_dir),
+            "-i",
+            str(images / "cxr.png"),
+            "--max-new-tokens",
+            "4",
+            "--json",
+            "Describe.",
+        )
+    )
     # 16 soft tokens + <start_of_image> + <end_of_image> per image (the tiny model's mm_tokens_per_image is 16)
     assert one["prompt_tokens"] - base["prompt_tokens"] >= 18
-    two = ok_json(cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "cxr.png"), "-i", str(images / "prior.jpg"),
-                          "--max-new-tokens", "4", "--json", "Describe."))
+    two = ok_json(
+        cli(
+            "ask",
+            "-m",
+            str(tiny_model_dir),
+            "-i",
+            str(images / "cxr.png"),
+            "-i",
+            str(images / "prior.jpg"),
+            "--max-new-tokens",
+            "4",
+            "--json",
+            "Describe.",
+        )
+    )
     assert two["prompt_tokens"] - one["prompt_tokens"] >= 18
     dcm = cli("ask", "-m", str(tiny_model_dir), "-i", str(images / "phi.dcm"), "--max-new-tokens", "4", "Describe.")
     assert dcm.returncode == 0, dcm.stderr
-    ct = cli("ask", "-m", str(tiny_model_dir), "-i", get_testdata_file("CT_small.dcm", download=False),
-                 "--window", "40,400", "--max-new-tokens", "3", "--json", "Organ?")
+    ct = cli(
+        "ask",
+        "-m",
+        str(tiny_model_dir),
+        "-i",
+        get_testdata_file("CT_small.dcm", download=False),
+        "--window",
+        "40,400",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "Organ?",
+    )
     assert ok_json(ct)["completion_tokens"] == 3
 
 
@@ -90,7 +127,13 @@ def test_models_lists_variants_offline(tmp_path, tiny_model_dir):
     env = {"MEDGEMMA_HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     out = ok_json(run_cli("models", "--json", env=env))
     names = [r["name"] for r in out]
-    assert names[:5] == ["medgemma-4b-pt", "medgemma-4b-it", "medgemma-27b-text-it", "medgemma-27b-it", "medgemma-1.5-4b-it"]
+    assert names[:5] == [
+        "medgemma-4b-pt",
+        "medgemma-4b-it",
+        "medgemma-27b-text-it",
+        "medgemma-27b-it",
+        "medgemma-1.5-4b-it",
+    ]
     assert not any(r["present"] for r in out)
     assert out[1]["memory_gib"]["bf16"] > out[1]["memory_gib"]["4bit"] > 0
     assert run_cli("models", "register", "medgemma-4b-it", str(tiny_model_dir), env=env).returncode == 0
@@ -164,13 +207,15 @@ def _dicom_without_pixels(tmp_path) -> list[str]:
 ASK_ERRORS = [
     pytest.param(lambda t, im: ["-i", str(t / "missing.png")], ("not found",), id="missing-image"),
     pytest.param(lambda t, im: _image(t / "notes.txt", b"not an image"), ("not a readable image",), id="not-an-image"),
-    pytest.param(lambda t, im: _image(t / "trunc.png", _half(im / "cxr.png")), ("corrupt or truncated",),
-                 id="truncated-png"),
+    pytest.param(
+        lambda t, im: _image(t / "trunc.png", _half(im / "cxr.png")), ("corrupt or truncated",), id="truncated-png"
+    ),
     pytest.param(lambda t, im: _image(t / "trunc.dcm", (im / "phi.dcm").read_bytes()[:400]), (), id="truncated-dicom"),
     pytest.param(lambda t, im: _dicom_without_pixels(t), ("no pixel data",), id="dicom-without-pixels"),
     # a decompression bomb: a tiny PNG declaring 30000 x 30000 pixels
-    pytest.param(lambda t, im: _image(t / "bomb.png", png_header_only(30000, 30000)), ("pixel",),
-                 id="decompression-bomb"),
+    pytest.param(
+        lambda t, im: _image(t / "bomb.png", png_header_only(30000, 30000)), ("pixel",), id="decompression-bomb"
+    ),
     pytest.param(lambda t, im: ["--window", "wide"], ("--window",), id="unknown-window"),
     pytest.param(lambda t, im: ["--quantize", "4bit"], ("CUDA",), id="4bit-without-cuda"),
 ]
@@ -178,13 +223,18 @@ ASK_ERRORS = [
 
 @pytest.mark.parametrize("setup, needles", ASK_ERRORS)
 def test_ask_bad_input_is_one_line(setup, needles, tiny_model_dir, images, tmp_path, cli):
-    _one_line_error(cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "2", *setup(tmp_path, images), "Q"),
-                    *needles)
+    _one_line_error(
+        cli("ask", "-m", str(tiny_model_dir), "--max-new-tokens", "2", *setup(tmp_path, images), "Q"), *needles
+    )
 
 
 def test_model_errors_are_one_line(tiny_text_model_dir, images, tmp_path, cli):
     _one_line_error(cli("ask", "-m", str(tiny_text_model_dir), "-i", str(images / "cxr.png"), "Q"), "text-only")
     _one_line_error(cli("ask", "-m", "no-such-model", "Q"), "unknown model")
     # The real process: HF_HOME is read when huggingface_hub is imported.
-    _one_line_error(run_cli("ask", "-m", "medgemma-27b-it", "Q", env={"HF_HOME": str(tmp_path / "empty")}),
-                    "medgemma-27b-it", "huggingface", "register")
+    _one_line_error(
+        run_cli("ask", "-m", "medgemma-27b-it", "Q", env={"HF_HOME": str(tmp_path / "empty")}),
+        "medgemma-27b-it",
+        "huggingface",
+        "register",
+    )

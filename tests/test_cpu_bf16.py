@@ -8,7 +8,6 @@ import pytest
 from medgemma_toolkit.testing.bf16_agreement import QUESTIONS, REL_TOL, agreement
 
 
-
 def _check(summary: dict) -> None:
     print(summary)  # the numbers the README quotes come from benchmarks/cpu_bf16.py
     assert summary["items"] == summary["identical"] + summary["diverged"]

@@ -9,18 +9,32 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from medgemma_toolkit.runtime.torch_setup import BF16_CPU_FLAGS, cpu_auto_dtype, cpu_flags, pick_device_dtype
+
 from medgemma_toolkit.models import footprint
 from medgemma_toolkit.models.footprint import GIB, checkpoint_need, gguf_need, params_need, refusal, variant_needs
 from medgemma_toolkit.models.variants import BY_NAME
+from medgemma_toolkit.runtime.torch_setup import cpu_auto_dtype, cpu_flags, pick_device_dtype
 
 # medgemma-4b-it's config.json values (as benchmarks/gpu/medgemma4b_check.py builds its random model)
-TEXT_4B = dict(vocab_size=262_208, hidden_size=2560, intermediate_size=10_240, num_hidden_layers=34,
-               num_attention_heads=8, num_key_value_heads=4, head_dim=256)
-VISION_4B = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                 image_size=896, patch_size=14, vision_use_head=False)
+TEXT_4B = dict(
+    vocab_size=262_208,
+    hidden_size=2560,
+    intermediate_size=10_240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+)
+VISION_4B = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=896,
+    patch_size=14,
+    vision_use_head=False,
+)
 # flags lines as the kernel prints them (trimmed): a Sapphire Rapids Xeon, a Zen 4 EPYC, a Skylake laptop
 SPR = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\nbugs\t\t: sysret_ss_attrs\n"
@@ -55,8 +69,9 @@ def _meta_counts() -> tuple[int, int]:
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
-    cfg = Gemma3Config(text_config=Gemma3TextConfig(**TEXT_4B), vision_config=SiglipVisionConfig(**VISION_4B),
-                       mm_tokens_per_image=256)
+    cfg = Gemma3Config(
+        text_config=Gemma3TextConfig(**TEXT_4B), vision_config=SiglipVisionConfig(**VISION_4B), mm_tokens_per_image=256
+    )
     with torch.device("meta"):
         m = Gemma3ForConditionalGeneration(cfg)
     total = sum(p.numel() for p in m.parameters())
@@ -114,7 +129,12 @@ def test_refusal_line_and_available_memory(tmp_path):
     need = params_need(4_300_000_000, "transformers", "float32")
     line = refusal(need, "medgemma-4b-it through transformers", 20 * GIB, "try --dtype bfloat16")
     assert line is not None and "\n" not in line
-    assert f"needs about {need.peak / GIB:.1f} GiB" in line and 25 < need.peak / GIB < 27 and "only 20.0 GiB" in line and "--no-memory-check" in line
+    assert (
+        f"needs about {need.peak / GIB:.1f} GiB" in line
+        and 25 < need.peak / GIB < 27
+        and "only 20.0 GiB" in line
+        and "--no-memory-check" in line
+    )
     assert refusal(need, "x", 64 * GIB, "") is None and refusal(need, "x", None, "") is None
     meminfo = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n"
     assert footprint.available_bytes(meminfo, str(tmp_path)) == 20000000 * 1024  # no cgroup files: MemAvailable
@@ -152,4 +172,7 @@ def test_cli_refuses_a_gguf_larger_than_memory(tmp_path):
     with open(gguf, "wb") as f:
         f.truncate(1 << 42)
     r = run_cli("ask", "--model", str(gguf), "Hi")
-    assert r.returncode == 2 and f"needs about {4096 * 1.1 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB" in r.stderr.strip().splitlines()[-1]
+    assert (
+        r.returncode == 2
+        and f"needs about {4096 * 1.1 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB" in r.stderr.strip().splitlines()[-1]
+    )

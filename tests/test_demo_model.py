@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -50,8 +49,8 @@ def test_auto_backend_for_the_demo_follows_the_workload_and_the_cpu(monkeypatch,
 
     import torch
 
-    from medgemma_toolkit.core.options import LoadOptions
     from medgemma_toolkit import loading as load
+    from medgemma_toolkit.core.options import LoadOptions
     from medgemma_toolkit.models.resolve import ResolvedModel
 
     if torch.cuda.is_available():

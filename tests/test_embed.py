@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import run_cli
 from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip
 
 
@@ -138,7 +138,9 @@ def test_sources_bytes_pil_series_and_order(ms, files, tmp_path):
 
     write_series(tmp_path / "ct", SeriesSpec(slices=6))
     png = files / "im0.png"
-    emb = ms.embed_images([png.read_bytes(), Image.open(png), str(tmp_path / "ct"), str(png)], ImageOptions(max_slices=4))
+    emb = ms.embed_images(
+        [png.read_bytes(), Image.open(png), str(tmp_path / "ct"), str(png)], ImageOptions(max_slices=4)
+    )
     assert len(emb.vectors) == 3 + 4
     assert [e["input"] for e in emb.entries] == [0, 1, 2, 2, 2, 2, 3]
     assert [e["label"] for e in emb.entries if e["input"] == 2] == ["SLICE 1", "SLICE 2", "SLICE 3", "SLICE 4"]
@@ -224,7 +226,12 @@ def test_variant_table_and_offline_resolution(siglip_dir, tmp_path, cli):
     assert json.loads(res.stdout)["model"] == "medsiglip-448"
     res = cli("ask", "-m", "medsiglip-448", "hello", env=env)
     assert res.returncode == 2 and "embedding model" in res.stderr
-    gone = cli("embed", "-i", str(png), env={"MEDGEMMA_MODEL_PATH": str(tmp_path / "none"), "MEDGEMMA_HOME": str(tmp_path / "home")})
+    gone = cli(
+        "embed",
+        "-i",
+        str(png),
+        env={"MEDGEMMA_MODEL_PATH": str(tmp_path / "none"), "MEDGEMMA_HOME": str(tmp_path / "home")},
+    )
     assert gone.returncode == 2 and "huggingface.co/google/medsiglip-448" in gone.stderr
 
 
@@ -252,20 +259,43 @@ def test_bare_siglipmodel_folder_embeds_images_and_says_why_not_texts(tmp_path, 
 
     torch.manual_seed(0)
     cfg = SiglipConfig(
-        text_config=dict(vocab_size=99, hidden_size=40, intermediate_size=48, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=40, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=42, patch_size=14),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=40,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=40,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=42,
+            patch_size=14,
+        ),
     )
     SiglipModel(cfg).save_pretrained(tmp_path / "bare")
-    r = run_cli("embed", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--image",
-                str(files / "b.dcm"), "--resize", "processor", "--json")
+    r = run_cli(
+        "embed",
+        "--model",
+        str(tmp_path / "bare"),
+        "--image",
+        str(files / "im0.png"),
+        "--image",
+        str(files / "b.dcm"),
+        "--resize",
+        "processor",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     items = json.loads(r.stdout)["items"]
     assert len(items) == 2 and all(len(it["embedding"]) == 40 for it in items)
     model = SiglipModel.from_pretrained(tmp_path / "bare").eval()
     px = SiglipImageProcessor(size={"height": 42, "width": 42})(
-        images=[Image.open(files / "im0.png").convert("RGB")], return_tensors="pt")["pixel_values"]
+        images=[Image.open(files / "im0.png").convert("RGB")], return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         ref = model.get_image_features(pixel_values=px)
     ref = torch.as_tensor(getattr(ref, "pooler_output", ref))
@@ -276,7 +306,8 @@ def test_bare_siglipmodel_folder_embeds_images_and_says_why_not_texts(tmp_path, 
     # A processor saved at transformers' default 224 px beside this 42 px model: the model's size wins (its
     # position embeddings allow no other), and the vector is the same as above.
     SiglipImageProcessor().save_pretrained(tmp_path / "bare")
-    r2 = run_cli("embed", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--resize",
-                 "processor", "--json")
+    r2 = run_cli(
+        "embed", "--model", str(tmp_path / "bare"), "--image", str(files / "im0.png"), "--resize", "processor", "--json"
+    )
     assert r2.returncode == 0, r2.stderr
     np.testing.assert_allclose(np.array(json.loads(r2.stdout)["items"][0]["embedding"]), ref, atol=1e-5)

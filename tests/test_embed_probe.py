@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from PIL import Image
 
-from conftest import wait_until
 from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip
 
 
@@ -96,7 +96,17 @@ def test_probe_three_classes_from_csv(siglip_dir, tmp_path, cli):
     res = cli("classify", "--probe", str(out), "-i", one, "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["labels"] == ["blue", "green", "red"]
-    bad = cli("probe", "-m", str(siglip_dir), "--data", str(data / "labels.csv"), "--out", str(tmp_path / "r4"), "--folds", "20")
+    bad = cli(
+        "probe",
+        "-m",
+        str(siglip_dir),
+        "--data",
+        str(data / "labels.csv"),
+        "--out",
+        str(tmp_path / "r4"),
+        "--folds",
+        "20",
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: --folds 20")
 
 

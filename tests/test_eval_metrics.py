@@ -30,7 +30,15 @@ def _mcq(n: int, seed: int) -> list[dict]:
     for i in range(n):
         gold = rnd.choice("ABCD")
         parsed = rnd.choice(["A", "B", "C", "D", None])
-        out.append({"item_id": f"q{i}", "gold": gold, "parsed": parsed, "correct": parsed == gold, "score": float(parsed == gold)})
+        out.append(
+            {
+                "item_id": f"q{i}",
+                "gold": gold,
+                "parsed": parsed,
+                "correct": parsed == gold,
+                "score": float(parsed == gold),
+            }
+        )
     return out
 
 
@@ -52,8 +60,15 @@ def _conditions(n_images: int, seed: int) -> list[dict]:
         for c in ("Atelectasis", "Cardiomegaly", "Edema"):
             gold = rnd.random() < 0.4
             parsed = rnd.choice(["yes", "no", None])
-            recs.append({"item_id": f"img{i}", "condition": c, "gold": "yes" if gold else "no", "parsed": parsed,
-                         "correct": parsed == ("yes" if gold else "no")})
+            recs.append(
+                {
+                    "item_id": f"img{i}",
+                    "condition": c,
+                    "gold": "yes" if gold else "no",
+                    "parsed": parsed,
+                    "correct": parsed == ("yes" if gold else "no"),
+                }
+            )
     return recs
 
 
@@ -106,12 +121,17 @@ def test_rouge_l_matches_rouge_score():
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    pairs = [("The heart is enlarged. No effusion.", "The heart size is enlarged. There is no pleural effusion."),
-             ("Normal chest.", "The heart size is normal. The lungs are clear."),
-             ("", "Something.")]
+    pairs = [
+        ("The heart is enlarged. No effusion.", "The heart size is enlarged. There is no pleural effusion."),
+        ("Normal chest.", "The heart size is normal. The lungs are clear."),
+        ("", "Something."),
+    ]
     for pred, ref in pairs:
         assert rouge_l(pred, ref) == pytest.approx(scorer.score(ref, pred)["rougeL"].fmeasure)
-    recs = [{"item_id": str(i), "parsed": p, "gold": r, "score": rouge_l(p, r), "correct": None} for i, (p, r) in enumerate(pairs)]
+    recs = [
+        {"item_id": str(i), "parsed": p, "gold": r, "score": rouge_l(p, r), "correct": None}
+        for i, (p, r) in enumerate(pairs)
+    ]
     value = compute_metrics(recs, ["rouge_l"], n_boot=100)["rouge_l"]["value"]
     assert value == pytest.approx(np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs]))
 
@@ -212,16 +232,36 @@ def test_wilson_interval_matches_score_test_inversion(k, n):
 
 def test_intervals_do_not_collapse_at_zero_and_one_and_say_their_method():
     # 0 of 20 right: the "0.000 (95% CI 0.000-0.000)"; Wilson's upper end for 0/20 is 0.1611 (published)
-    recs = [{"item_id": str(i), "gold": "A", "parsed": "B", "correct": False, "score": 0.0, "condition": None,
-             "answer_type": None} for i in range(20)]
+    recs = [
+        {
+            "item_id": str(i),
+            "gold": "A",
+            "parsed": "B",
+            "correct": False,
+            "score": 0.0,
+            "condition": None,
+            "answer_type": None,
+        }
+        for i in range(20)
+    ]
     acc = compute_metrics(recs, ["accuracy"], n_boot=200)["accuracy"]
     assert acc["ci_method"] == "wilson" and acc["ci_low"] == 0.0 and acc["ci_high"] == pytest.approx(0.16113, abs=1e-5)
     right = [{**r, "parsed": "A", "correct": True, "score": 1.0} for r in recs]
     acc = compute_metrics(right, ["accuracy"], n_boot=200)["accuracy"]
     assert acc["ci_high"] == 1.0 and acc["ci_low"] == pytest.approx(1 - 0.16113, abs=1e-5)
     # several questions per item (CXR): a clustered bootstrap, and when every resample is 0 the item-count Wilson
-    cxr = [{"item_id": str(i // 5), "condition": f"c{i % 5}", "gold": "yes", "parsed": "no", "correct": False,
-            "score": 0.0, "answer_type": None} for i in range(20)]
+    cxr = [
+        {
+            "item_id": str(i // 5),
+            "condition": f"c{i % 5}",
+            "gold": "yes",
+            "parsed": "no",
+            "correct": False,
+            "score": 0.0,
+            "answer_type": None,
+        }
+        for i in range(20)
+    ]
     m = compute_metrics(cxr, ["macro_f1", "accuracy"], n_boot=200)
     assert m["accuracy"]["ci_method"] == "wilson-items" and m["macro_f1"]["ci_method"] == "wilson-items"
     assert m["accuracy"]["ci_high"] == pytest.approx(_wilson_by_bisection(0, 4)[1], abs=1e-9)
@@ -230,8 +270,18 @@ def test_intervals_do_not_collapse_at_zero_and_one_and_say_their_method():
 
 
 def test_token_f1_is_never_treated_as_a_proportion():
-    recs = [{"item_id": str(i), "gold": "lung", "parsed": "x", "correct": False, "score": 0.0, "condition": None,
-             "answer_type": "open"} for i in range(10)]
+    recs = [
+        {
+            "item_id": str(i),
+            "gold": "lung",
+            "parsed": "x",
+            "correct": False,
+            "score": 0.0,
+            "condition": None,
+            "answer_type": "open",
+        }
+        for i in range(10)
+    ]
     m = compute_metrics(recs, ["token_f1", "closed_accuracy"], n_boot=100)
     assert m["token_f1"]["ci_method"] == "wilson-items" and m["token_f1"]["ci_high"] > 0  # all-zero bootstrap
     assert m["closed_accuracy"]["value"] is None and m["closed_accuracy"]["ci_method"] is None

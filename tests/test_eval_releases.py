@@ -32,16 +32,18 @@ def test_pubmedqa_ori_pqal_and_its_official_test_split():
     assert [i.id for i in res.items] == ["21645374", "16418930", "9488747", "17208539", "10808977", "23831910"]
     first = res.items[0]
     assert first.answer == "A" and first.question.startswith("Context: Programmed cell death (PCD)")
-    assert first.question.endswith("Question: Do mitochondria play a role in remodelling lace plant leaves during "
-                                   "programmed cell death?")
+    assert first.question.endswith(
+        "Question: Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
+    )
     # --split test: the 500 PMIDs shipped from test_ground_truth.json; two of these six rows are not test items
     test = read("pubmedqa", REL / "pubmedqa/data/ori_pqal.json", split="test")[0]
     truth = json.loads((REL / "pubmedqa/data/test_ground_truth.json").read_text())
     assert {i.id for i in test.items} == set(truth) and test.selection["rows_outside_selection"] == 2
     assert {i.id: {"A": "yes", "B": "no", "C": "maybe"}[i.answer] for i in test.items} == truth
     # the same selection from the release's own answer key given as --ids
-    by_ids = read("pubmedqa", REL / "pubmedqa/data/ori_pqal.json",
-                  ids=read_ids(REL / "pubmedqa/data/test_ground_truth.json"))[0]
+    by_ids = read(
+        "pubmedqa", REL / "pubmedqa/data/ori_pqal.json", ids=read_ids(REL / "pubmedqa/data/test_ground_truth.json")
+    )[0]
     assert [i.id for i in by_ids.items] == [i.id for i in test.items]
 
 
@@ -67,7 +69,7 @@ def test_medxpertqa_text_input_letter_content_options_and_list_label():
     # the question already ends with its "Answer Choices: (A) ..."; the prompt does not list them a second time
     text = expand_units(spec, [it])[0].text
     assert text.count("Bacterial destruction") == 1 and "\n\n\n" not in text
-    assert text.endswith('where X is the letter of that option.')
+    assert text.endswith("where X is the letter of that option.")
 
 
 def test_medxpertqa_mm_images_and_split_by_id():
@@ -76,14 +78,14 @@ def test_medxpertqa_mm_images_and_split_by_id():
     res = read("medxpertqa", MXQ / "medxpertqa_mm_input.jsonl", image_root=REL / "medxpertqa/eval/images")[0]
     assert [Path(i.images[0]).name for i in res.items] == ["MM-179-a.jpeg", "MM-1571-a.jpeg"]
     with pytest.raises(BadInput, match="2 outside the chosen split"):
-        read("medxpertqa", MXQ / "medxpertqa_mm_input.jsonl", image_root=REL / "medxpertqa/eval/images",
-             split="text")
+        read("medxpertqa", MXQ / "medxpertqa_mm_input.jsonl", image_root=REL / "medxpertqa/eval/images", split="text")
 
 
 def test_medxpertqa_several_labels_are_skipped_with_a_reason(tmp_path):
     row = json.loads((MXQ / "medxpertqa_text_input.jsonl").read_text().splitlines()[0])
-    (tmp_path / "m.jsonl").write_text(json.dumps({**row, "label": ["A", "J"]}) + "\n" +
-                                      json.dumps({**row, "id": "Text-x"}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({**row, "label": ["A", "J"]}) + "\n" + json.dumps({**row, "id": "Text-x"}) + "\n"
+    )
     res = read("medxpertqa", tmp_path / "m.jsonl")[0]
     assert [i.id for i in res.items] == ["Text-x"]
     assert res.skip_reasons == {"several correct options (single-answer task)": 1}
@@ -93,9 +95,11 @@ def test_medxpertqa_several_labels_are_skipped_with_a_reason(tmp_path):
 def test_afrimedqa_multi_answer_na_options_whitespace_and_non_mcq():
     res = read("afrimedqa", REL / "afrimedqa/sample_10.csv")[0]
     assert [i.id for i in res.items] == ["a1f0", "c3d2"]
-    assert res.skip_reasons == {"several correct options (single-answer task)": 1,
-                                "saq question (not multiple choice)": 1,
-                                "consumer_queries question (not multiple choice)": 1}
+    assert res.skip_reasons == {
+        "several correct options (single-answer task)": 1,
+        "saq question (not multiple choice)": 1,
+        "consumer_queries question (not multiple choice)": 1,
+    }
     a, c = res.items
     assert list(a.options) == ["A", "B", "C", "D"] and a.answer == "C"  # option5 "N/A" is not an option
     assert a.options["C"].startswith("She should undergo evaluation")
@@ -145,10 +149,22 @@ def test_mmlu_release_folder_headerless_csvs_medical_subjects_only():
 def test_mmlu_hf_all_config_keeps_medical_subjects(tmp_path):
     import pandas as pd
 
-    pd.DataFrame([{"question": "Which bone forms the heel?", "subject": "anatomy",
-                   "choices": ["Talus", "Calcaneus", "Navicular", "Cuboid"], "answer": 1},
-                  {"question": "Largest planet?", "subject": "astronomy",
-                   "choices": ["Mars", "Venus", "Jupiter", "Earth"], "answer": 2}]).to_parquet(tmp_path / "t.parquet")
+    pd.DataFrame(
+        [
+            {
+                "question": "Which bone forms the heel?",
+                "subject": "anatomy",
+                "choices": ["Talus", "Calcaneus", "Navicular", "Cuboid"],
+                "answer": 1,
+            },
+            {
+                "question": "Largest planet?",
+                "subject": "astronomy",
+                "choices": ["Mars", "Venus", "Jupiter", "Earth"],
+                "answer": 2,
+            },
+        ]
+    ).to_parquet(tmp_path / "t.parquet")
     res = read("mmlu_med", tmp_path / "t.parquet")[0]
     assert [(i.answer, i.options["B"]) for i in res.items] == [("B", "Calcaneus")]
     assert res.skip_reasons == {"not one of the medical subjects": 1}
@@ -180,12 +196,20 @@ def test_vqa_rad_hf_copy_with_embedded_images(tmp_path, monkeypatch):
     from PIL import Image
 
     monkeypatch.setenv("MEDGEMMA_EVAL_CACHE", str(tmp_path / "cache"))
-    feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                               "answer": datasets.Value("string")})
-    rows = {"image": [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")],
-            "question": ["is there a mass?", "where is the lesion?"], "answer": ["yes", "left lung"]}
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=feats),
-                               "test": datasets.Dataset.from_dict(rows, features=feats)})
+    feats = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+    )
+    rows = {
+        "image": [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")],
+        "question": ["is there a mass?", "where is the lesion?"],
+        "answer": ["yes", "left lung"],
+    }
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows, features=feats),
+            "test": datasets.Dataset.from_dict(rows, features=feats),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "vqarad"))
     res = read("vqa_rad", tmp_path / "vqarad", split="test")[0]
     assert [i.answer_type for i in res.items] == ["closed", None]
@@ -202,8 +226,13 @@ def test_cxr14_data_entry_with_images_folder_and_effusion_mapping():
         read("cxr_classification", csv_path)
     res, spec, conds = read("cxr_classification", csv_path, image_root=REL / "cxr14/downloads")
     assert len(res.items) == 5 and not res.warnings
-    assert res.items[2].labels == {"Atelectasis": False, "Cardiomegaly": True, "Consolidation": False,
-                                   "Edema": False, "Pleural Effusion": True}  # "Cardiomegaly|Effusion"
+    assert res.items[2].labels == {
+        "Atelectasis": False,
+        "Cardiomegaly": True,
+        "Consolidation": False,
+        "Edema": False,
+        "Pleural Effusion": True,
+    }  # "Cardiomegaly|Effusion"
     assert Path(res.items[0].images[0]).parts[-3:] == ("images_001", "images", "00000001_000.png")
     full = read("cxr_classification", csv_path, "cxr14", image_root=REL / "cxr14/downloads")[0]
     assert full.items[4].labels["Pleural Thickening"] and full.items[4].labels["Hernia"]  # "Pleural_Thickening"
@@ -214,17 +243,28 @@ def test_cxr14_official_test_list_as_ids_with_only_those_images_downloaded(tmp_p
 
     # CXR14's test_list.txt names test images one per line; only those images need to be on disk
     (tmp_path / "test_list.txt").write_text("00000001_002.png\n00000003_000.png\n")
-    shutil.copytree(REL / "cxr14/downloads/images_001/images", tmp_path / "images_001/images",
-                    ignore=lambda d, names: [n for n in names if n not in ("00000001_002.png", "00000003_000.png")])
-    res = read("cxr_classification", REL / "cxr14/Data_Entry_2017.csv", image_root=tmp_path,
-               ids=read_ids(tmp_path / "test_list.txt"))[0]
+    shutil.copytree(
+        REL / "cxr14/downloads/images_001/images",
+        tmp_path / "images_001/images",
+        ignore=lambda d, names: [n for n in names if n not in ("00000001_002.png", "00000003_000.png")],
+    )
+    res = read(
+        "cxr_classification",
+        REL / "cxr14/Data_Entry_2017.csv",
+        image_root=tmp_path,
+        ids=read_ids(tmp_path / "test_list.txt"),
+    )[0]
     assert [i.id for i in res.items] == ["00000001_002.png", "00000003_000.png"]
     assert res.selection["rows_outside_selection"] == 3 and not res.warnings
 
 
 def test_cxr14_condition_it_does_not_label_is_reported_not_scored():
-    res = read("cxr_classification", REL / "cxr14/Data_Entry_2017.csv", "Cardiomegaly, Lung Opacity",
-               image_root=REL / "cxr14/downloads")[0]
+    res = read(
+        "cxr_classification",
+        REL / "cxr14/Data_Entry_2017.csv",
+        "Cardiomegaly, Lung Opacity",
+        image_root=REL / "cxr14/downloads",
+    )[0]
     assert res.warnings == ["Data_Entry_2017.csv (cxr14) has no label for Lung Opacity: not asked"]
     assert all(set(i.labels) == {"Cardiomegaly"} for i in res.items)
 
@@ -246,10 +286,17 @@ def test_hf_copies_with_their_own_column_names(tmp_path):
     import datasets
 
     pub = json.loads((REL / "pubmedqa/data/ori_pqal.json").read_text())["21645374"]
-    datasets.Dataset.from_list([{  # qiaojin/PubMedQA pqa_labeled
-        "pubid": 21645374, "question": pub["QUESTION"],
-        "context": {"contexts": pub["CONTEXTS"], "labels": pub["LABELS"], "meshes": pub["MESHES"]},
-        "long_answer": pub["LONG_ANSWER"], "final_decision": pub["final_decision"]}]).save_to_disk(str(tmp_path / "p"))
+    datasets.Dataset.from_list(
+        [
+            {  # qiaojin/PubMedQA pqa_labeled
+                "pubid": 21645374,
+                "question": pub["QUESTION"],
+                "context": {"contexts": pub["CONTEXTS"], "labels": pub["LABELS"], "meshes": pub["MESHES"]},
+                "long_answer": pub["LONG_ANSWER"],
+                "final_decision": pub["final_decision"],
+            }
+        ]
+    ).save_to_disk(str(tmp_path / "p"))
     hf = read("pubmedqa", tmp_path / "p")[0].items[0]
     ori = read("pubmedqa", REL / "pubmedqa/data/ori_pqal.json")[0].items[0]
     assert (hf.id, hf.question, hf.answer) == (ori.id, ori.question, ori.answer)
@@ -271,8 +318,11 @@ def test_hf_spec_config_and_split_and_offline_cache_miss(tmp_path, monkeypatch):
     with pytest.raises(BadInput, match="expected hf:NAME"):
         parse_hf_spec("hf:a:b:c:d")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(BadInput, match=r"'nobody/none' \(config 'x'\) is not in the local Hugging Face datasets "
-                                       r"cache; nothing is downloaded"):
+    with pytest.raises(
+        BadInput,
+        match=r"'nobody/none' \(config 'x'\) is not in the local Hugging Face datasets "
+        r"cache; nothing is downloaded",
+    ):
         read("pubmedqa", Path("hf:nobody/none:x"))
 
 
@@ -306,8 +356,26 @@ def test_every_release_file_runs_through_medgemma_eval(tiny_model_dir, tmp_path,
         out = tmp_path / f"run{k}"
         capsys.readouterr()
         try:
-            main(["eval", "--model", str(tiny_model_dir), "--task", task, "--data", str(data), "--limit", "2",
-                  "--max-new-tokens", "2", "--bootstrap", "50", "--out", str(out), *extra])
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(tiny_model_dir),
+                    "--task",
+                    task,
+                    "--data",
+                    str(data),
+                    "--limit",
+                    "2",
+                    "--max-new-tokens",
+                    "2",
+                    "--bootstrap",
+                    "50",
+                    "--out",
+                    str(out),
+                    *extra,
+                ]
+            )
             code = 0
         except SystemExit as e:
             code = int(e.code or 0)
@@ -323,23 +391,36 @@ def test_every_release_file_runs_through_medgemma_eval(tiny_model_dir, tmp_path,
             assert "Rows not scored: 1 several correct options" in (out / "report.md").read_text()
         if s.get("confusion"):
             c = s["confusion"]
-            assert c["columns"] == c["labels"] + ["(unparseable)"] and all(len(r) == len(c["columns"])
-                                                                           for r in c["matrix"])
+            assert c["columns"] == c["labels"] + ["(unparseable)"] and all(
+                len(r) == len(c["columns"]) for r in c["matrix"]
+            )
 
 
 def test_cli_errors_are_one_line_before_the_model_loads(tmp_path):
     from conftest import run_cli
 
     cases = [
-        (["--task", "pubmedqa", "--data", "hf:nobody/none:pqa_labeled"], "is not in the local Hugging Face datasets cache"),
+        (
+            ["--task", "pubmedqa", "--data", "hf:nobody/none:pqa_labeled"],
+            "is not in the local Hugging Face datasets cache",
+        ),
         (["--task", "pubmedqa", "--data", str(REL / "pubmedqa/data/test_ground_truth.json")], "pass it as --ids"),
-        (["--task", "pubmedqa", "--data", str(REL / "pubmedqa/data/ori_pqal.json"), "--ids", str(tmp_path / "no")],
-         "ids file not found"),
+        (
+            ["--task", "pubmedqa", "--data", str(REL / "pubmedqa/data/ori_pqal.json"), "--ids", str(tmp_path / "no")],
+            "ids file not found",
+        ),
         (["--task", "medmcqa", "--data", str(REL / "medmcqa/test.json")], "2 skipped: unlabelled"),
     ]
     for args, msg in cases:  # --model points nowhere: these must fail on the data, before any model is loaded
-        r = run_cli("eval", "--model", str(tmp_path / "no-model"), *args, "--out", str(tmp_path / "o"),
-                    env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
+        r = run_cli(
+            "eval",
+            "--model",
+            str(tmp_path / "no-model"),
+            *args,
+            "--out",
+            str(tmp_path / "o"),
+            env={"HF_DATASETS_CACHE": str(tmp_path / "hf")},
+        )
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert len(lines) == 1 and msg in lines[0], r.stderr
@@ -356,8 +437,17 @@ def test_scripted_answer_scores_release_rows_exactly(tiny_model_dir, tmp_path, m
 
     monkeypatch.setenv("MEDGEMMA_EVAL_CACHE", str(tmp_path / "cache"))
     mg = MedGemma.load(str(build_scripted_checkpoint(tiny_model_dir, tmp_path / "m", "Final Answer: J")))
-    s = run_eval(mg, EvalOptions(task="medxpertqa", data=str(MXQ / "medxpertqa_text_input.jsonl"),
-                                 out=tmp_path / "run", max_new_tokens=8, progress=False, n_boot=100))
+    s = run_eval(
+        mg,
+        EvalOptions(
+            task="medxpertqa",
+            data=str(MXQ / "medxpertqa_text_input.jsonl"),
+            out=tmp_path / "run",
+            max_new_tokens=8,
+            progress=False,
+            n_boot=100,
+        ),
+    )
     acc = s["metrics"]["accuracy"]
     assert acc["value"] == pytest.approx(1 / 3) and acc["ci_method"] == "wilson"
     assert (acc["ci_low"], acc["ci_high"]) == pytest.approx(wilson_interval(1, 3))

@@ -13,24 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exported, run_cli
 from PIL import Image
-
-from conftest import run_cli
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-toolkit[llamacpp]'")
 
 MAX_ABS_DIFF = 2e-3
-
-
-def exported(tmp_path_factory, checkpoint: Path, key: str, *extra: str) -> Path:
-    """Export once per test session (shared by the llamacpp backend tests) through the real CLI."""
-    out = tmp_path_factory.getbasetemp() / f"gguf-{key}"
-    done = out / "export.json"
-    if not done.is_file():
-        r = run_cli("export", "gguf", str(checkpoint), "-o", str(out), "--outtype", "f32", "--mmproj-outtype", "f32",
-                    "--name", key, *extra, timeout=900)
-        assert r.returncode == 0, r.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +125,34 @@ def test_sentencepiece_model_reproduces_tokenizer_json(tiny_model_dir, tmp_path)
 def test_attention_scale_fold_is_exact_for_real_configs():
     from medgemma_toolkit.export.prepare import attention_fold
 
-    real_4b = {"text_config": {"head_dim": 256, "query_pre_attn_scalar": 256, "num_hidden_layers": 34,
-                               "hidden_size": 2560, "num_attention_heads": 8}}
-    real_27b = {"text_config": {"head_dim": 128, "query_pre_attn_scalar": 168, "num_hidden_layers": 62,
-                                "hidden_size": 5376, "num_attention_heads": 32}}
+    real_4b = {
+        "text_config": {
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "num_hidden_layers": 34,
+            "hidden_size": 2560,
+            "num_attention_heads": 8,
+        }
+    }
+    real_27b = {
+        "text_config": {
+            "head_dim": 128,
+            "query_pre_attn_scalar": 168,
+            "num_hidden_layers": 62,
+            "hidden_size": 5376,
+            "num_attention_heads": 32,
+        }
+    }
     assert attention_fold(real_4b) == 1.0 and attention_fold(real_27b) == 1.0  # llama.cpp's own rule suffices
-    tiny = {"text_config": {"head_dim": 32, "query_pre_attn_scalar": 256, "num_hidden_layers": 2,
-                            "hidden_size": 64, "num_attention_heads": 2}}
+    tiny = {
+        "text_config": {
+            "head_dim": 32,
+            "query_pre_attn_scalar": 256,
+            "num_hidden_layers": 2,
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+        }
+    }
     assert attention_fold(tiny) == pytest.approx((32 / 256) ** 0.5)
 
 
@@ -171,8 +180,9 @@ def test_q4_k_m_text_only_export_answers(tmp_path_factory, tiny_text_model_dir):
     from medgemma_toolkit import MedGemma
 
     out = tmp_path_factory.mktemp("q4")
-    r = run_cli("export", "gguf", str(tiny_text_model_dir), "-o", str(out), "--outtype", "q4_k_m", "--name", "t",
-                timeout=900)
+    r = run_cli(
+        "export", "gguf", str(tiny_text_model_dir), "-o", str(out), "--outtype", "q4_k_m", "--name", "t", timeout=900
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export.json", "t-q4_k_m.gguf"]
     assert "FROM ./t-q4_k_m.gguf" in (out / "Modelfile").read_text()

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medgemma_toolkit.core.messages import ImagePart
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.dicom import dicom_to_rgb
 from medgemma_toolkit.imaging.manifest import image_manifest
 from medgemma_toolkit.imaging.series import load_series, series_files
 from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS, windows_to_rgb
-from medgemma_toolkit.core.messages import ImagePart
 from medgemma_toolkit.testing.synthetic_cxr import make_cxr
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, write_series
 

@@ -49,7 +49,9 @@ def test_notebook_collator_labels_the_whole_conversation(tiny_dir):
     from medgemma_toolkit.train.data import Example
 
     proc = AutoProcessor.from_pretrained(str(tiny_dir))
-    ex = Example(FT["example"]["question"], FT["example"]["answer"], images=(Image.new("RGB", (64, 64), (200, 40, 40)),))
+    ex = Example(
+        FT["example"]["question"], FT["example"]["answer"], images=(Image.new("RGB", (64, 64), (200, 40, 40)),)
+    )
     col = SFTCollator([ex], proc, proc.tokenizer, get_preset("finetune-notebook"), 64, loss_on="conversation")
     assert col.render_conversation(col.prompt_for(ex), ex.answer) == FT["rendered"]
     enc = col.encode(ex)
@@ -87,8 +89,17 @@ def test_rl_recipes_are_data():
     from medgemma_toolkit.train.rl import get_rl_recipe
 
     nb = get_rl_recipe("notebook")
-    assert (nb.learning_rate, nb.lora_r, nb.lora_alpha, nb.max_completion_length, nb.num_generations,
-            nb.batch_size, nb.grad_accum, nb.prompt, nb.reward) == (5e-6, 64, 64, 1024, 4, 3, 4, "google-rl", "google-rl")
+    assert (
+        nb.learning_rate,
+        nb.lora_r,
+        nb.lora_alpha,
+        nb.max_completion_length,
+        nb.num_generations,
+        nb.batch_size,
+        nb.grad_accum,
+        nb.prompt,
+        nb.reward,
+    ) == (5e-6, 64, 64, 1024, 4, 3, 4, "google-rl", "google-rl")
     tk = get_rl_recipe("toolkit")
     assert (tk.learning_rate, tk.lora_r, tk.max_completion_length, tk.prompt) == (2e-4, 16, 256, "toolkit")
 
@@ -111,9 +122,18 @@ def test_notebook_lora_learns_on_a_plain_tiny_checkpoint(tiny_dir, tmp_path):
             for _ in range(40):
                 im.putpixel((rng.randrange(im.width), rng.randrange(im.height)), (255, 255, 255))
             im.save(tmp_path / "data" / name / f"{i}.png")
-    r = run_finetune(FinetuneSettings(
-        model=str(tiny_dir), data=str(tmp_path / "data"), out=str(tmp_path / "run"), recipe="cpu-small",
-        overrides={"max_steps": 40, "learning_rate": 5e-3}, val_fraction=0, device="cpu", quiet=True))
+    r = run_finetune(
+        FinetuneSettings(
+            model=str(tiny_dir),
+            data=str(tmp_path / "data"),
+            out=str(tmp_path / "run"),
+            recipe="cpu-small",
+            overrides={"max_steps": 40, "learning_rate": 5e-3},
+            val_fraction=0,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert r.steps == 40 and r.last_loss <= 0.7 * r.first_loss, (r.first_loss, r.last_loss)
 
 

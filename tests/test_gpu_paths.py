@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medgemma_toolkit.errors import BackendUnavailable, BadInput, DeviceOutOfMemory
 from medgemma_toolkit.runtime.placement import (
     GIB,
     GPU,
@@ -22,7 +23,6 @@ from medgemma_toolkit.runtime.placement import (
     inference_placement,
     training_visible_devices,
 )
-from medgemma_toolkit.errors import BackendUnavailable, BadInput, DeviceOutOfMemory
 
 
 def gpus(*free_gib: float) -> list[GPU]:
@@ -119,11 +119,16 @@ def _full_logits_score(be, prompt, cont: str) -> float:
 
     text = be.render(prompt)
     images = prompt.all_images()
-    enc = (be.processor(text=[text + cont], images=[images] if images else None, return_tensors="pt",
-                        add_special_tokens=False)
-           if be.processor is not None else be.tokenizer([text + cont], return_tensors="pt", add_special_tokens=False))
+    enc = (
+        be.processor(
+            text=[text + cont], images=[images] if images else None, return_tensors="pt", add_special_tokens=False
+        )
+        if be.processor is not None
+        else be.tokenizer([text + cont], return_tensors="pt", add_special_tokens=False)
+    )
     k = len(be.tokenizer(text + cont, add_special_tokens=False)["input_ids"]) - len(
-        be.tokenizer(text, add_special_tokens=False)["input_ids"])
+        be.tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
     with torch.no_grad():
         logits = be.model(**enc).logits[0].float()
     ids = enc["input_ids"][0]
@@ -137,8 +142,11 @@ def test_loglikelihood_with_logits_to_keep_equals_full_logits(tiny_model):
     be = tiny_model.backend
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
-    reqs = [tiny_model.request("Which chamber is enlarged?"), tiny_model.request("Describe.", [img]),
-            tiny_model.request("A much longer question about the cardiac silhouette and the lungs?")]
+    reqs = [
+        tiny_model.request("Which chamber is enlarged?"),
+        tiny_model.request("Describe.", [img]),
+        tiny_model.request("A much longer question about the cardiac silhouette and the lungs?"),
+    ]
     conts = ["B", " right ventricle", "Final Answer: pleural effusion on the left"]
     pairs = [(r.prompt, c) for r in reqs for c in conts]
     expected = [_full_logits_score(be, p, c) for p, c in pairs]
@@ -206,14 +214,21 @@ def test_eval_batches_halve_after_oom_with_memory_freed_first(tiny_model):
     from medgemma_toolkit.eval.generation import run_batches
 
     questions = [f"Question {i}: is the heart enlarged?" for i in range(6)]
-    expected = [c.text for c in tiny_model.backend.generate([tiny_model.request(q, max_new_tokens=4)
-                                                              for q in questions])]
+    expected = [
+        c.text for c in tiny_model.backend.generate([tiny_model.request(q, max_new_tokens=4) for q in questions])
+    ]
     hook = OOMHook(tiny_model.backend.model, limit=2)
     got: dict[str, str] = {}
     try:
-        run_batches(tiny_model.backend, questions, lambda q: tiny_model.request(q, max_new_tokens=4),
-                    lambda outs: got.update({o.job: o.completion.text for o in outs}), batch_size=8,
-                    sort_key=len, progress=False)
+        run_batches(
+            tiny_model.backend,
+            questions,
+            lambda q: tiny_model.request(q, max_new_tokens=4),
+            lambda outs: got.update({o.job: o.completion.text for o in outs}),
+            batch_size=8,
+            sort_key=len,
+            progress=False,
+        )
     finally:
         hook.remove()
     assert [got[q] for q in questions] == expected
@@ -231,6 +246,7 @@ def test_server_answers_oom_with_503_and_retries_smaller(tiny_model):
     srv = InProcessServer(app).start()
     url = srv.url + "/v1/chat/completions"
     model = app.state.model_id
+
     def body(q: str, stream: bool = False) -> dict:
         return {"model": model, "max_tokens": 4, "stream": stream, "messages": [{"role": "user", "content": q}]}
 
@@ -269,8 +285,9 @@ def test_gpu_suite_smoke_run_passes_on_cpu(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "suite.py"
-    p = subprocess.run([sys.executable, str(script), "--smoke", "--work", str(tmp_path)], capture_output=True,
-                       text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--work", str(tmp_path)], capture_output=True, text=True, timeout=900
+    )
     table = [line for line in p.stdout.splitlines() if line.startswith("| ")]
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert len(table) == 9 and not any("FAIL" in line for line in table)
@@ -289,7 +306,8 @@ def test_per_step_hook_and_end_of_generation_reading_agree(tiny_model, scripted_
         quiet = mg.backend.generate(reqs)
         streamed = mg.backend.generate(reqs, on_delta=lambda _i, _d: None)
         assert [(c.text, c.finish_reason, c.completion_tokens) for c in quiet] == [
-            (c.text, c.finish_reason, c.completion_tokens) for c in streamed]
+            (c.text, c.finish_reason, c.completion_tokens) for c in streamed
+        ]
     assert quiet[0].finish_reason == "stop" and quiet[0].text.endswith("Cardiomegaly.")  # eos inside the budget
     scripted.backend.close()
 

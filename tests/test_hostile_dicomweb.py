@@ -25,7 +25,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[dict] = []
     redirect_to: str | None = None
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         type(self).seen.append({"path": self.path, "authorization": self.headers.get("Authorization")})
         if self.redirect_to:
             self.send_response(302)
@@ -62,8 +62,13 @@ def pacs_and_elsewhere():
     other.shutdown()
 
 
-@pytest.mark.parametrize("creds", [{"MEDGEMMA_DICOMWEB_TOKEN": SECRET_TOKEN},
-                                   {"MEDGEMMA_DICOMWEB_USER": "alice", "MEDGEMMA_DICOMWEB_PASSWORD": "pw-secret"}])
+@pytest.mark.parametrize(
+    "creds",
+    [
+        {"MEDGEMMA_DICOMWEB_TOKEN": SECRET_TOKEN},
+        {"MEDGEMMA_DICOMWEB_USER": "alice", "MEDGEMMA_DICOMWEB_PASSWORD": "pw-secret"},
+    ],
+)
 def test_imaging_layer_refuses_a_redirect_and_keeps_credentials_home(pacs_and_elsewhere, monkeypatch, creds):
     port, elsewhere, pacs = pacs_and_elsewhere
     for k, v in creds.items():
@@ -77,7 +82,8 @@ def test_imaging_layer_refuses_a_redirect_and_keeps_credentials_home(pacs_and_el
 
 
 def test_server_answers_a_dicomweb_redirect_with_an_error_and_fetches_nothing_elsewhere(
-        pacs_and_elsewhere, monkeypatch, tiny_model):
+    pacs_and_elsewhere, monkeypatch, tiny_model
+):
     from medgemma_toolkit.serve import ServeConfig, create_app
 
     port, elsewhere, _ = pacs_and_elsewhere
@@ -87,9 +93,23 @@ def test_server_answers_a_dicomweb_redirect_with_an_error_and_fetches_nothing_el
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
-            return await c.post("/v1/chat/completions", timeout=60, json={
-                "model": app.state.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": [
-                    {"type": "text", "text": "Findings?"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+            return await c.post(
+                "/v1/chat/completions",
+                timeout=60,
+                json={
+                    "model": app.state.model_id,
+                    "max_tokens": 2,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "Findings?"},
+                                {"type": "image_url", "image_url": {"url": url}},
+                            ],
+                        }
+                    ],
+                },
+            )
 
     try:
         r = asyncio.run(main())

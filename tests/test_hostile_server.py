@@ -361,7 +361,7 @@ class _Padding(http.server.BaseHTTPRequestHandler):
     sent: dict[str, int] = {}
     closed: set[str] = set()
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=x')
         self.send_header("Transfer-Encoding", "chunked")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pydicom
 import pytest
@@ -30,8 +28,18 @@ def expected_8bit(values: np.ndarray, lo: float | None = None, hi: float | None 
     return np.round(np.clip((v - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", slope=1.0, intercept=0.0, frames=None,
-                bits=16, signed=False, phi=True, **extra):
+def write_dicom(
+    path,
+    pixels: np.ndarray,
+    photometric="MONOCHROME2",
+    slope=1.0,
+    intercept=0.0,
+    frames=None,
+    bits=16,
+    signed=False,
+    phi=True,
+    **extra,
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -82,7 +90,7 @@ def test_greyscale_rgba_palette_16bit(tmp_path):
     out = np.asarray(load_image(tmp_path / "a.png"))
     assert (out[:2, :, 0] == 255).all() and (out[2:] == 0).all()
 
-    sixteen = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600 + 1000)
+    sixteen = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600 + 1000
     Image.fromarray(sixteen).save(tmp_path / "s.png")
     out = np.asarray(load_image(tmp_path / "s.png"))
     assert (out[..., 1] == expected_8bit(sixteen)).all()
@@ -139,7 +147,7 @@ def test_jpeg_baseline_colour_and_jpeg2000():
 
 
 def test_monochrome1_16bit_slope_intercept(tmp_path):
-    px = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)
+    px = np.arange(256, dtype=np.uint16).reshape(16, 16) * 200
     f = write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1", slope=2.0, intercept=-100.0)
     out = np.asarray(load_image(f))[..., 0]
     assert (out == 255 - expected_8bit(px * 2.0 - 100.0)).all()

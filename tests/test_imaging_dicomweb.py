@@ -4,97 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import socket
-import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from conftest import CT_SERIES, PASSWORD, SMALL_SERIES, STUDY, USER, free_port, uri
 
+from medgemma_toolkit.core.messages import ImagePart, TextPart
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.dicomweb import DicomWebError, DicomWebRef, _session, parse_dicomweb_uri
-from medgemma_toolkit.core.messages import ImagePart, TextPart
-from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, write_series
-
-USER, PASSWORD = "alice", "wonderland-7"
-STUDY = "1.2.826.0.1.3680043.8.498.2"
-CT_SERIES = "1.2.826.0.1.3680043.8.498.1"
-SMALL_SERIES = "1.2.826.0.1.3680043.8.498.5"
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def series_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("pacs")
-    write_series(d / "ct", SeriesSpec(slices=10, rows=32, cols=32))
-    write_series(d / "small", SeriesSpec(slices=3, rows=32, cols=32, series_uid=SMALL_SERIES))
-    return d
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory, series_dir):
-    """Orthanc with the DICOMweb plugin on free loopback ports, basic auth on, loaded with two series."""
-    if not os.path.exists(ORTHANC):
-        pytest.fail("Orthanc is not installed: apt-get install -y orthanc orthanc-dicomweb (scripts/test.sh does)")
-    work = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
-    config = {
-        "Name": "medgemma-test", "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    cfg = work / "orthanc.json"
-    cfg.write_text(json.dumps(config))
-    log = open(work / "orthanc.log", "w")
-    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        for _ in range(150):
-            try:
-                if requests.get(f"{base}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"Orthanc exited with {proc.returncode}: {(work / 'orthanc.log').read_text()[-500:]}")
-            time.sleep(0.1)
-        else:
-            pytest.fail("Orthanc did not answer within 15 s")
-        for f in sorted(series_dir.rglob("*.dcm")):
-            r = requests.post(f"{base}/instances", data=f.read_bytes(), auth=(USER, PASSWORD), timeout=10)
-            r.raise_for_status()
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture
-def creds(monkeypatch):
-    monkeypatch.setenv("MEDGEMMA_DICOMWEB_USER", USER)
-    monkeypatch.setenv("MEDGEMMA_DICOMWEB_PASSWORD", PASSWORD)
-    monkeypatch.delenv("MEDGEMMA_DICOMWEB_TOKEN", raising=False)
-
-
-def uri(base: str, *path: str) -> str:
-    return "dicomweb+http://" + base.split("://", 1)[1] + "/dicom-web/" + "/".join(path)
+from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI
 
 
 def test_parse_uris():
@@ -105,8 +26,12 @@ def test_parse_uris():
     r = parse_dicomweb_uri("https://h/wado/rs/studies/9/")
     assert r.root == "https://h/wado/rs" and r.study == "9" and r.series is None
     assert parse_dicomweb_uri("/data/ct/") is None and parse_dicomweb_uri("https://example.org/x.png") is None
-    for bad in ("dicomweb://h/dicom-web/studies/1/series", "dicomweb://h/dicom-web/patients/1",
-                "dicomweb://u:p@h/dicom-web/studies/1", "dicomweb://h/dicom-web/studies/1?x=1"):
+    for bad in (
+        "dicomweb://h/dicom-web/studies/1/series",
+        "dicomweb://h/dicom-web/patients/1",
+        "dicomweb://u:p@h/dicom-web/studies/1",
+        "dicomweb://h/dicom-web/studies/1?x=1",
+    ):
         with pytest.raises(BadInput):
             parse_dicomweb_uri(bad)
 
@@ -116,8 +41,11 @@ def test_bearer_token_from_environment_goes_to_the_dicomweb_origin_only(monkeypa
     s = _session(parse_dicomweb_uri("dicomweb://pacs.example/dicom-web/studies/1"))
     same = s.prepare_request(requests.Request("GET", "https://pacs.example/dicom-web/studies/1/series"))
     assert same.headers["Authorization"] == "Bearer tok-123"
-    for elsewhere in ("https://evil.example/dicom-web/studies/1", "http://pacs.example/dicom-web/studies/1",
-                      "https://pacs.example:8443/dicom-web/studies/1"):
+    for elsewhere in (
+        "https://evil.example/dicom-web/studies/1",
+        "http://pacs.example/dicom-web/studies/1",
+        "https://pacs.example:8443/dicom-web/studies/1",
+    ):
         assert "Authorization" not in s.prepare_request(requests.Request("GET", elsewhere)).headers
 
 
@@ -147,7 +75,7 @@ def test_errors_are_one_line_without_uids_or_phi(orthanc, creds, monkeypatch):
     monkeypatch.delenv("MEDGEMMA_DICOMWEB_USER")
     with pytest.raises(DicomWebError, match="HTTP 401"):
         load_parts(uri(orthanc, "studies", STUDY, "series", CT_SERIES), ImageOptions(), 32)
-    closed = f"dicomweb+http://127.0.0.1:{_free_port()}/dicom-web/studies/{STUDY}"
+    closed = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web/studies/{STUDY}"
     with pytest.raises(DicomWebError, match="cannot connect") as e:
         load_parts(closed, ImageOptions(), 32)
     for err in (str(e.value),):
@@ -161,12 +89,29 @@ def test_cli_ask_and_preview_on_orthanc_series(orthanc, tmp_path, cli, tiny_mode
     r = cli("preview", src, "-o", str(tmp_path / "p.png"), "--size", "32", env=env)
     assert r.returncode == 0, r.stderr
     assert "10 images" in r.stdout
-    r = cli("ask", "--model", str(tiny_model_dir), "--image", src, "--max-slices", "4", "--max-new-tokens", "3",
-            "--json", "Any abnormality?", env=env)
+    r = cli(
+        "ask",
+        "--model",
+        str(tiny_model_dir),
+        "--image",
+        src,
+        "--max-slices",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "Any abnormality?",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["prompt_tokens"] > 4 * 16
-    r = cli("preview", src, "-o", str(tmp_path / "p.png"), env={"MEDGEMMA_DICOMWEB_USER": USER,
-                                                                "MEDGEMMA_DICOMWEB_PASSWORD": "wrong"})
+    r = cli(
+        "preview",
+        src,
+        "-o",
+        str(tmp_path / "p.png"),
+        env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": "wrong"},
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: DICOMweb") and "401" in r.stderr, r.stderr
     assert PASSWORD not in r.stderr
 

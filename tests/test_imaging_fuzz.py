@@ -79,16 +79,30 @@ def test_mutated_bytes_in_a_series(which, mutations):
 # Header values: the attributes the series path reads, set to anything of roughly the right shape.
 numbers = st.one_of(st.integers(-(2**31), 2**31), st.floats(allow_nan=True, allow_infinity=True), st.just(""))
 text = st.text(alphabet=st.characters(codec="ascii"), max_size=12)
-header = st.fixed_dictionaries({}, optional={
-    "Rows": st.integers(0, 70000), "Columns": st.integers(0, 70000),
-    "BitsAllocated": st.sampled_from([1, 8, 12, 16, 32, 64]), "BitsStored": st.integers(0, 40),
-    "PixelRepresentation": st.integers(0, 2), "SamplesPerPixel": st.integers(0, 4),
-    "NumberOfFrames": st.integers(0, 5), "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "RGB", "PALETTE COLOR", "??"]),
-    "ImagePositionPatient": st.lists(numbers, max_size=4), "ImageOrientationPatient": st.lists(numbers, max_size=7),
-    "RescaleSlope": numbers, "RescaleIntercept": numbers, "InstanceNumber": numbers, "AcquisitionNumber": numbers,
-    "Modality": text, "ImageType": st.lists(text, max_size=3), "SeriesInstanceUID": text,
-    "PixelData": st.binary(max_size=300), "_delete": st.sampled_from(["PixelData", "Rows", "ImageOrientationPatient", "SOPClassUID"]),
-})
+header = st.fixed_dictionaries(
+    {},
+    optional={
+        "Rows": st.integers(0, 70000),
+        "Columns": st.integers(0, 70000),
+        "BitsAllocated": st.sampled_from([1, 8, 12, 16, 32, 64]),
+        "BitsStored": st.integers(0, 40),
+        "PixelRepresentation": st.integers(0, 2),
+        "SamplesPerPixel": st.integers(0, 4),
+        "NumberOfFrames": st.integers(0, 5),
+        "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "RGB", "PALETTE COLOR", "??"]),
+        "ImagePositionPatient": st.lists(numbers, max_size=4),
+        "ImageOrientationPatient": st.lists(numbers, max_size=7),
+        "RescaleSlope": numbers,
+        "RescaleIntercept": numbers,
+        "InstanceNumber": numbers,
+        "AcquisitionNumber": numbers,
+        "Modality": text,
+        "ImageType": st.lists(text, max_size=3),
+        "SeriesInstanceUID": text,
+        "PixelData": st.binary(max_size=300),
+        "_delete": st.sampled_from(["PixelData", "Rows", "ImageOrientationPatient", "SOPClassUID"]),
+    },
+)
 
 
 def _apply(ds, values: dict) -> None:
@@ -127,7 +141,6 @@ def test_short_prefixes(n):
     _decode_one(VALID[0][:n])
 
 
-
 @FUZZ
 @given(source=st.one_of(st.text(min_size=1, max_size=5000), st.text(alphabet="/.*?[]\x00a", max_size=300)))
 def test_any_source_string(source):
@@ -142,8 +155,15 @@ def test_any_source_string(source):
 
 # Compressed and deflated files from pydicom's test data (written by other toolkits: dcmtk, gdcm, ...): the
 # codestream size checks and the bounded inflation must pass every honest one and survive any mutation of them.
-COMPRESSED = ["SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm",
-              "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm", "image_dfl.dcm"]
+COMPRESSED = [
+    "SC_rgb_jpeg_gdcm.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG2000.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "image_dfl.dcm",
+]
 
 
 @pytest.mark.parametrize("name", COMPRESSED)
@@ -165,4 +185,4 @@ def test_honest_compressed_and_deflated_files_decode_like_pydicom(name):
 def test_mutated_codestreams_raise_only_documented_errors(name, at, patch):
     data = Path(pydicom.data.get_testdata_file(name)).read_bytes()
     pos = len(data) // 2 + at % (len(data) // 2)  # somewhere in the pixel data (or the deflated stream)
-    _decode_one(data[:pos] + patch + data[pos + len(patch):])
+    _decode_one(data[:pos] + patch + data[pos + len(patch) :])

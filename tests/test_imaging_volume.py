@@ -9,12 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
+from medgemma_toolkit.core.messages import ImagePart, TextPart
 from medgemma_toolkit.errors import BadInput, MedGemmaError
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.series import MAX_SERIES_FILES, load_series, series_files
 from medgemma_toolkit.imaging.volume import sample_indices
 from medgemma_toolkit.imaging.windows import CT_WINDOW_PRESETS
-from medgemma_toolkit.core.messages import ImagePart, TextPart
 from medgemma_toolkit.testing.synthetic_dicom import SeriesSpec, make_slice, slice_pixels, write_series
 
 
@@ -285,8 +285,19 @@ def test_cli_ask_on_ct_and_mr_series(tmp_path, cli, tiny_model_dir):
     for d in ("ct", "mr"):
         r = cli("preview", str(tmp_path / d), "-o", str(tmp_path / f"{d}.png"), "--max-slices", "5", "--size", "64")
         assert r.returncode == 0 and "5 images" in r.stdout, r.stderr
-        r = cli("ask", "--model", str(tiny_model_dir), "--image", str(tmp_path / d), "--max-slices", "5",
-                "--max-new-tokens", "4", "--json", "What do you see?")
+        r = cli(
+            "ask",
+            "--model",
+            str(tiny_model_dir),
+            "--image",
+            str(tmp_path / d),
+            "--max-slices",
+            "5",
+            "--max-new-tokens",
+            "4",
+            "--json",
+            "What do you see?",
+        )
         assert r.returncode == 0, r.stderr
         import json
 

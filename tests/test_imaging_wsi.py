@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from medgemma_toolkit.core.messages import ImagePart
 from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.imaging import ImageOptions, load_parts
 from medgemma_toolkit.imaging.wsi import choose_level, open_slide, otsu_threshold, tile_slide
-from medgemma_toolkit.core.messages import ImagePart
 from medgemma_toolkit.testing.synthetic_slide import slide_pixels, write_pyramid_tiff
 
 W, H = 3584, 2688
@@ -84,8 +84,10 @@ def test_sampling_is_seeded_and_capped(tiff_10x):
     a = [(p.x, p.y) for p in tile_slide(slide, ImageOptions(max_patches=2, patch_seed=1)).patches]
     b = [(p.x, p.y) for p in tile_slide(slide, ImageOptions(max_patches=2, patch_seed=1)).patches]
     assert a == b and len(a) == 2 and set(a) <= set(expected_tissue_patches())
-    seeds = {tuple((p.x, p.y) for p in tile_slide(slide, ImageOptions(max_patches=2, patch_seed=s)).patches)
-             for s in range(8)}
+    seeds = {
+        tuple((p.x, p.y) for p in tile_slide(slide, ImageOptions(max_patches=2, patch_seed=s)).patches)
+        for s in range(8)
+    }
     assert len(seeds) > 1  # the seed matters
     spatial = [(p.x, p.y) for p in tile_slide(slide, ImageOptions(max_patches=3, patch_order="spatial")).patches]
     assert spatial == sorted(spatial, key=lambda xy: (xy[1], xy[0]))
@@ -131,8 +133,9 @@ def dicom_wsi(tmp_path_factory, svs_40x):
         from wsidicomizer.sources import TiffSlideSource
 
         out = tmp_path_factory.mktemp("dicomwsi") / "slide"
-        WsiDicomizer.convert(svs_40x, out, workers=1, include_label=False, include_overview=False,
-                             preferred_source=TiffSlideSource)
+        WsiDicomizer.convert(
+            svs_40x, out, workers=1, include_label=False, include_overview=False, preferred_source=TiffSlideSource
+        )
     finally:
         pydicom.config.future_behavior(False)
     return out
@@ -156,8 +159,19 @@ def test_cli_preview_and_ask_on_slides(tiff_10x, dicom_wsi, tmp_path, cli, tiny_
     r = cli("preview", str(dicom_wsi), "-o", str(tmp_path / "dicom_wsi.png"), "--size", "64")
     assert r.returncode == 0 and "1 image " in r.stdout, r.stderr
     for src in (tiff_10x, dicom_wsi):
-        r = cli("ask", "--model", str(tiny_model_dir), "--image", str(src), "--max-patches", "2",
-                "--max-new-tokens", "3", "--json", "Describe the tissue.")
+        r = cli(
+            "ask",
+            "--model",
+            str(tiny_model_dir),
+            "--image",
+            str(src),
+            "--max-patches",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "Describe the tissue.",
+        )
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["prompt_tokens"] > 2 * 16
     r = cli("preview", str(tiff_10x), "-o", str(out), "--patch-order", "sideways")

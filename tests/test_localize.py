@@ -54,8 +54,9 @@ def test_preset_text_is_the_notebooks_prompt():
 
 def test_show_prompt_renders_as_the_notebook(tiny_model_dir, tmp_path):
     img = png(tmp_path / "cxr.png", 30, 20)
-    res = run_cli("ask", "-m", str(tiny_model_dir), "-i", str(img), "--preset", "cxr-localize", "--show-prompt",
-                  REF["object"])
+    res = run_cli(
+        "ask", "-m", str(tiny_model_dir), "-i", str(img), "--preset", "cxr-localize", "--show-prompt", REF["object"]
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout[:-1] == REF["rendered"]  # image first, then the instruction block around the object
 
@@ -117,35 +118,71 @@ BOX = (250, 100, 750, 600)
 PARSE_CASES = {
     "notebook": (DONE_WHEN, [("right lung", BOX)], 0),
     "no fences": ('Final Answer: [{"box_2d": [250, 100, 750, 600], "label": "right lung"}]', [("right lung", BOX)], 0),
-    "trailing text": ('Final Answer: ```json\n[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]\n```\n'
-                      "The right lung is well aerated.", [("right lung", BOX)], 0),
-    "no closing fence": ('Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]',
-                         [("right lung", BOX)], 0),
-    "thought block": ('<unused94>thought\nThe example ```json[{"box_2d": [1, 2, 3, 4], "label": "car"}]``` is not '
-                      "it.<unused95>" + DONE_WHEN, [("right lung", BOX)], 0),
-    "swapped corners": ('Final Answer: ```json[{"box_2d": [750, 600, 250, 100], "label": "right lung"}]```',
-                        [("right lung", BOX)], 0),
-    "reasoning then final": ('The lung spans [100, 100, 900, 500] roughly.\nFinal Answer: ```json[{"box_2d": '
-                             '[250, 100, 750, 600], "label": "right lung"}]```', [("right lung", BOX)], 0),
-    "python quotes": ("The patient's right side. Final Answer: ```json[{'box_2d': [250, 100, 750, 600], "
-                      "'label': 'right lung',}]```", [("right lung", BOX)], 0),
-    "python quotes, prose": ("It's the patient's right: [{'box_2d': [250, 100, 750, 600], 'label': 'right lung'}]",
-                             [("right lung", BOX)], 0),
-    "several": ('Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}, '
-                '{"box_2d": [100, 550, 200, 900], "label": "left clavicle"}]```',
-                [("right lung", BOX), ("left clavicle", (100, 550, 200, 900))], 0),
+    "trailing text": (
+        'Final Answer: ```json\n[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]\n```\n'
+        "The right lung is well aerated.",
+        [("right lung", BOX)],
+        0,
+    ),
+    "no closing fence": (
+        'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]',
+        [("right lung", BOX)],
+        0,
+    ),
+    "thought block": (
+        '<unused94>thought\nThe example ```json[{"box_2d": [1, 2, 3, 4], "label": "car"}]``` is not '
+        "it.<unused95>" + DONE_WHEN,
+        [("right lung", BOX)],
+        0,
+    ),
+    "swapped corners": (
+        'Final Answer: ```json[{"box_2d": [750, 600, 250, 100], "label": "right lung"}]```',
+        [("right lung", BOX)],
+        0,
+    ),
+    "reasoning then final": (
+        'The lung spans [100, 100, 900, 500] roughly.\nFinal Answer: ```json[{"box_2d": '
+        '[250, 100, 750, 600], "label": "right lung"}]```',
+        [("right lung", BOX)],
+        0,
+    ),
+    "python quotes": (
+        "The patient's right side. Final Answer: ```json[{'box_2d': [250, 100, 750, 600], 'label': 'right lung',}]```",
+        [("right lung", BOX)],
+        0,
+    ),
+    "python quotes, prose": (
+        "It's the patient's right: [{'box_2d': [250, 100, 750, 600], 'label': 'right lung'}]",
+        [("right lung", BOX)],
+        0,
+    ),
+    "several": (
+        'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}, '
+        '{"box_2d": [100, 550, 200, 900], "label": "left clavicle"}]```',
+        [("right lung", BOX), ("left clavicle", (100, 550, 200, 900))],
+        0,
+    ),
     "unlabelled": ('Final Answer: [{"box_2d": [250, 100, 750, 600]}]', [("OBJ", BOX)], 0),
     "bare list": ("Final Answer: [250, 100, 750, 600]", [("OBJ", BOX)], 0),
-    "one bad item": ('Final Answer: [{"box_2d": [1, 2, 3], "label": "x"}, {"box_2d": [250, 100, 750, 600], '
-                     '"label": "right lung"}]', [("right lung", BOX)], 1),
-    "cut off": ('Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}, {"box_2d": [1',
-                [("right lung", BOX)], 1),
+    "one bad item": (
+        'Final Answer: [{"box_2d": [1, 2, 3], "label": "x"}, {"box_2d": [250, 100, 750, 600], "label": "right lung"}]',
+        [("right lung", BOX)],
+        1,
+    ),
+    "cut off": (
+        'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}, {"box_2d": [1',
+        [("right lung", BOX)],
+        1,
+    ),
     "no json": ("Final Answer: the right lung is in the left half of the image.", [], 1),
     "unreadable": ("Final Answer: ```json[{box_2d: [250, 100, 750, 600], label: right lung}]```", [], 1),
     "thought only": ("<unused94>thought\nLooking at the lung fields", [], 1),
     "empty": ("", [], 0),
-    "string numbers, NaN": ('[{"box_2d": ["250", "100", "750", "600"], "label": "a"}, '
-                            '{"box_2d": [NaN, 1, 2, 3], "label": "b"}]', [("a", BOX)], 1),
+    "string numbers, NaN": (
+        '[{"box_2d": ["250", "100", "750", "600"], "label": "a"}, {"box_2d": [NaN, 1, 2, 3], "label": "b"}]',
+        [("a", BOX)],
+        1,
+    ),
 }
 
 
@@ -160,7 +197,7 @@ def test_parser_on_crafted_outputs(name):
 
 def test_parser_never_raises_on_junk():
     rng = np.random.default_rng(0)
-    alphabet = list('[]{}",:0123456789 .-abc`\'\nFinalAnswer') + ["<unused94>", "<unused95>", "```json"]
+    alphabet = list("[]{}\",:0123456789 .-abc`'\nFinalAnswer") + ["<unused94>", "<unused95>", "```json"]
     for _ in range(500):
         text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 80))))
         parse_boxes(text)
@@ -190,8 +227,9 @@ def test_done_when_upstream_wide_png(tmp_path):
     wide = png(tmp_path / "wide.png", 400, 200)
     overlay = tmp_path / "o.png"
     with ScriptedUpstream(DONE_WHEN) as up:
-        res = run_cli("localize", "--upstream", up.url, "--image", str(wide), "right lung", "--json",
-                      "-o", str(overlay))
+        res = run_cli(
+            "localize", "--upstream", up.url, "--image", str(wide), "right lung", "--json", "-o", str(overlay)
+        )
         sent = up.requests
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
@@ -226,7 +264,9 @@ def test_tall_odd_image_and_several_objects_in_process(tmp_path, cli):
     for b in out["boxes"]:
         assert b["xyxy"] == pytest.approx(expected_xyxy((250, 100, 750, 600), 201, 400), abs=0.051)
     assert [a["object"] for a in out["answers"]] == ["right lung", "left clavicle"]
-    assert len(prompts) == 2 and "Where is the left clavicle?" in prompts[0] and "Where is the right lung?" in prompts[1]
+    assert (
+        len(prompts) == 2 and "Where is the left clavicle?" in prompts[0] and "Where is the right lung?" in prompts[1]
+    )
 
 
 def test_plain_output_and_unparsed_answer(tmp_path, cli):
@@ -265,8 +305,9 @@ def test_batch_over_a_csv(tmp_path, cli):
         "image,objects\nwide.png,right lung\ntall.png,heart; left clavicle\nmissing.png,\n,heart\n"
     )
     with ScriptedUpstream(DONE_WHEN) as up:
-        res = cli("localize", "--upstream", up.url, "--batch", str(tmp_path / "rows.csv"), "aorta",
-                  "-o", str(tmp_path / "ov"))
+        res = cli(
+            "localize", "--upstream", up.url, "--batch", str(tmp_path / "rows.csv"), "aorta", "-o", str(tmp_path / "ov")
+        )
         n_requests = len(up.requests)
     assert res.returncode == 0, res.stderr
     recs = [json.loads(line) for line in res.stdout.splitlines()]
@@ -285,8 +326,20 @@ def test_batch_over_a_csv(tmp_path, cli):
 @pytest.mark.slow
 def test_end_to_end_on_the_tiny_checkpoint(tiny_model_dir, tmp_path):
     img = png(tmp_path / "cxr.png", 60, 40, (40, 80, 120))
-    res = run_cli("localize", "-m", str(tiny_model_dir), "-i", str(img), "right lung", "heart", "--json",
-                  "--max-new-tokens", "8", "-o", str(tmp_path / "o.png"))
+    res = run_cli(
+        "localize",
+        "-m",
+        str(tiny_model_dir),
+        "-i",
+        str(img),
+        "right lung",
+        "heart",
+        "--json",
+        "--max-new-tokens",
+        "8",
+        "-o",
+        str(tmp_path / "o.png"),
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["width"] == 60 and out["height"] == 40 and out["preset"] == "cxr-localize@1"
@@ -366,8 +419,17 @@ def test_dicom_image_is_mapped_in_its_own_pixels(tmp_path, cli):
 
     make_cxr(rows=48, cols=40).save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
     with ScriptedUpstream(DONE_WHEN) as up:
-        res = cli("localize", "--upstream", up.url, "-i", str(tmp_path / "cxr.dcm"), "right lung", "--json",
-                  "-o", str(tmp_path / "o.png"))
+        res = cli(
+            "localize",
+            "--upstream",
+            up.url,
+            "-i",
+            str(tmp_path / "cxr.dcm"),
+            "right lung",
+            "--json",
+            "-o",
+            str(tmp_path / "o.png"),
+        )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert (out["width"], out["height"]) == (40, 48)

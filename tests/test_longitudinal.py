@@ -99,8 +99,16 @@ def _two_images():
 
 
 def test_show_prompt_renders_as_the_notebook(tiny_model_dir, tmp_path):
-    res = run_cli("ask", "-m", str(tiny_model_dir), "--prior", str(tall_png(tmp_path / "p.png")),
-                  "--current", str(wide_png(tmp_path / "c.png")), "--show-prompt")
+    res = run_cli(
+        "ask",
+        "-m",
+        str(tiny_model_dir),
+        "--prior",
+        str(tall_png(tmp_path / "p.png")),
+        "--current",
+        str(wide_png(tmp_path / "c.png")),
+        "--show-prompt",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout[:-1] == REF["rendered"]
 
@@ -108,8 +116,9 @@ def test_show_prompt_renders_as_the_notebook(tiny_model_dir, tmp_path):
 def test_ask_prior_then_current_then_question(tmp_path, cli):
     prior, current = tall_png(tmp_path / "prior.png"), wide_png(tmp_path / "current.png")
     with ScriptedUpstream(ANSWER) as up:
-        res = cli("ask", "--upstream", up.url, "--current", str(current), "--prior", str(prior), "--json",
-                  "Has it changed?")
+        res = cli(
+            "ask", "--upstream", up.url, "--current", str(current), "--prior", str(prior), "--json", "Has it changed?"
+        )
         res2 = cli("ask", "--upstream", up.url, "--prior", str(prior), "--current", str(current))
         first, second = up.requests
     assert res.returncode == 0 and res2.returncode == 0, res.stderr + res2.stderr
@@ -204,12 +213,16 @@ def test_server_extension(tmp_path):
     from medgemma_toolkit.serve.launch import InProcessServer
 
     def uri(p: Path) -> dict:
-        return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()},
+        }
 
     prior, current = uri(tall_png(tmp_path / "p.png")), uri(wide_png(tmp_path / "c.png"))
     with ScriptedUpstream(ANSWER) as up:
         app = create_app(MedGemma.load(None, upstream=up.url), ServeConfig(served_model_name="m"))
         with InProcessServer(app) as srv:
+
             def chat(content: list, **ext) -> httpx.Response:
                 body = {"model": "m", "messages": [{"role": "user", "content": content}], "medgemma": ext}
                 return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)
@@ -238,16 +251,27 @@ def test_batch_rows_with_prior_and_current(tmp_path):
     ]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with ScriptedUpstream(ANSWER) as up:
-        res = run_cli("batch", "--upstream", up.url, "--input", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl"))
+        res = run_cli(
+            "batch", "--upstream", up.url, "--input", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "o.jsonl")
+        )
         sent = sorted((shapes(b) for b in up.requests), key=len)
     assert res.returncode == 0, res.stderr
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
     assert {k: v["answer"] for k, v in out.items()} == {"a": ANSWER, "b": ANSWER, "c": ANSWER}
-    assert sorted(sent) == sorted([["tall", "wide", REF["prompt"]], ["tall", "wide", "Worse?"], ["Describe.", "wide"]])  # row c: the model's own preset
+    assert sorted(sent) == sorted(
+        [["tall", "wide", REF["prompt"]], ["tall", "wide", "Worse?"], ["Describe.", "wide"]]
+    )  # row c: the model's own preset
     assert sorted(padded(b) for b in up.requests) == [[False, False], [False, False], [True]]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x", "prior": "p.png"}) + "\n")
-    bad = run_cli("batch", "--upstream", "http://127.0.0.1:9", "--input", str(tmp_path / "bad.jsonl"),
-                  "-o", str(tmp_path / "o2.jsonl"))
+    bad = run_cli(
+        "batch",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--input",
+        str(tmp_path / "bad.jsonl"),
+        "-o",
+        str(tmp_path / "o2.jsonl"),
+    )
     assert bad.returncode == 2 and "needs both 'prior' and 'current'" in bad.stderr
 
 
@@ -260,16 +284,35 @@ def test_eval_rows_with_prior_and_current_columns(tmp_path):
         'q1,Has the opacity improved?,"[""Improved"", ""Worsened""]",A,p.png,c.png\n'
     )
     with ScriptedUpstream("The most likely diagnosis is: A") as up:
-        res = run_cli("eval", "--upstream", up.url, "--task", "image_mcq", "--data", str(tmp_path / "rows.csv"),
-                      "--out", str(tmp_path / "run"), "--no-cache")
+        res = run_cli(
+            "eval",
+            "--upstream",
+            up.url,
+            "--task",
+            "image_mcq",
+            "--data",
+            str(tmp_path / "rows.csv"),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-cache",
+        )
         (body,) = up.requests
     assert res.returncode == 0, res.stderr
     assert [s for s in shapes(body) if s in ("tall", "wide")] == ["tall", "wide"]
     (rec,) = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     assert [Path(i["source"]).name for i in rec["images"]] == ["p.png", "c.png"]
-    (tmp_path / "bad.csv").write_text("id,question,options,answer,prior,image\nq1,Q?,\"[\"\"a\"\", \"\"b\"\"]\",A,p.png,c.png\n")
-    bad = run_cli("eval", "--upstream", "http://127.0.0.1:9", "--task", "image_mcq", "--data",
-                  str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run2"))
+    (tmp_path / "bad.csv").write_text('id,question,options,answer,prior,image\nq1,Q?,"[""a"", ""b""]",A,p.png,c.png\n')
+    bad = run_cli(
+        "eval",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--task",
+        "image_mcq",
+        "--data",
+        str(tmp_path / "bad.csv"),
+        "--out",
+        str(tmp_path / "run2"),
+    )
     assert bad.returncode != 0 and "comparison row" in bad.stderr
 
 
@@ -280,7 +323,10 @@ def test_server_orders_dicom_images_by_date_as_the_cli_does(tmp_path):
     from medgemma_toolkit.serve.launch import InProcessServer
 
     def uri(p: Path, mime: str = "application/dicom") -> dict:
-        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64," + base64.b64encode(p.read_bytes()).decode()}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": f"data:{mime};base64," + base64.b64encode(p.read_bytes()).decode()},
+        }
 
     older = uri(dicom(tmp_path / "a.dcm", 48, 40, StudyDate="20190304", StudyTime="101500"))  # tall
     newer = uri(dicom(tmp_path / "b.dcm", 40, 48, StudyDate="20210911"))  # wide
@@ -289,6 +335,7 @@ def test_server_orders_dicom_images_by_date_as_the_cli_does(tmp_path):
     with ScriptedUpstream(ANSWER) as up:
         app = create_app(MedGemma.load(None, upstream=up.url), ServeConfig(served_model_name="m"))
         with InProcessServer(app) as srv:
+
             def chat(content: list, **ext) -> httpx.Response:
                 body = {"model": "m", "messages": [{"role": "user", "content": content}], "medgemma": ext}
                 return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)

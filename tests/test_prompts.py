@@ -7,8 +7,8 @@ import random
 import pytest
 from PIL import Image
 
-from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.core.messages import ImagePart, TextPart
+from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.prompts.presets import PRESETS, get_preset
 from medgemma_toolkit.prompts.thinking import THINK_INSTRUCTION, StreamSplitter, split_thought
 

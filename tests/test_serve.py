@@ -14,22 +14,26 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import numpy as np
+import openai
 import pydicom
 import pytest
+from conftest import CT_SERIES, PASSWORD, STUDY, USER, run_cli, uri, wait_until
 from PIL import Image
 
 from medgemma_toolkit.serve.launch import ServerProcess, free_port
-from conftest import run_cli, wait_until
-from test_imaging_dicomweb import CT_SERIES, PASSWORD, STUDY, USER, orthanc, series_dir, uri  # noqa: F401
 
 KEY = "test-key-0123456789"
 # One torch thread: on a shared 2-core CI machine two-thread ops stall on descheduled threads (~10x slower).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MODEL = "tiny-medgemma"
-PHI = {"PatientName": "Zyxwort^Quillamena", "PatientID": "PHI-ID-5550123", "PatientBirthDate": "19230405",
-       "InstitutionName": "Saint Phiberta Hospital", "ReferringPhysicianName": "Dr^Vexholm"}
+PHI = {
+    "PatientName": "Zyxwort^Quillamena",
+    "PatientID": "PHI-ID-5550123",
+    "PatientBirthDate": "19230405",
+    "InstitutionName": "Saint Phiberta Hospital",
+    "ReferringPhysicianName": "Dr^Vexholm",
+}
 
 
 def png_bytes(w: int = 40, h: int = 30, color=(200, 30, 30)) -> bytes:
@@ -55,7 +59,7 @@ def phi_dicom(tmp: Path) -> bytes:
 class _ImageHost(http.server.BaseHTTPRequestHandler):
     body = png_bytes(20, 20, (0, 90, 200))
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
         self.send_header("Content-Length", str(len(self.body)))
@@ -86,9 +90,26 @@ def image_root(tmp_path_factory) -> Path:
 def server(tiny_model_dir, tmp_path_factory, image_root):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     srv = ServerProcess(
-        tiny_model_dir, log, "--api-key", KEY, "--served-model-name", MODEL, "--max-batch-size", "4",
-        "--max-queue", "4", "--max-images", "3", "--max-body-mb", "1", "--max-pixels", "1000000",
-        "--allow-image-host", "127.0.0.1", "--image-root", str(image_root),
+        tiny_model_dir,
+        log,
+        "--api-key",
+        KEY,
+        "--served-model-name",
+        MODEL,
+        "--max-batch-size",
+        "4",
+        "--max-queue",
+        "4",
+        "--max-images",
+        "3",
+        "--max-body-mb",
+        "1",
+        "--max-pixels",
+        "1000000",
+        "--allow-image-host",
+        "127.0.0.1",
+        "--image-root",
+        str(image_root),
         env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD, **ONE_THREAD},
     )
     with srv:
@@ -132,8 +153,9 @@ def test_models_list(client):
 
 
 def test_text_completion_with_usage(client, tiny_model):
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Is the heart enlarged?"}],
-                                       max_tokens=6)
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is the heart enlarged?"}], max_tokens=6
+    )
     assert r.object == "chat.completion" and r.model == MODEL
     choice = r.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
@@ -147,8 +169,9 @@ def test_text_completion_with_usage(client, tiny_model):
 
 def test_image_data_uri(client, tiny_model):
     png = png_bytes()
-    r = client.chat.completions.create(model=MODEL, max_tokens=5, messages=user(
-        text("Describe this image."), image(data_uri(png, "image/png"))))
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=5, messages=user(text("Describe this image."), image(data_uri(png, "image/png")))
+    )
     # The prompt carries one image: 16 soft tokens plus its begin/end markers on the tiny model.
     no_image = client.chat.completions.create(model=MODEL, max_tokens=5, messages=user(text("Describe this image.")))
     assert r.usage.prompt_tokens > no_image.usage.prompt_tokens + 16
@@ -159,20 +182,23 @@ def test_image_data_uri(client, tiny_model):
 def test_jpeg_and_dicom_data_uris(client):
     buf = io.BytesIO()
     Image.new("RGB", (33, 21), (10, 200, 10)).save(buf, format="JPEG")
-    r = client.chat.completions.create(model=MODEL, max_tokens=3, messages=user(
-        text("What is shown?"), image(data_uri(buf.getvalue(), "image/jpeg"))))
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=3, messages=user(text("What is shown?"), image(data_uri(buf.getvalue(), "image/jpeg")))
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
     dcm = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
-    r2 = client.chat.completions.create(model=MODEL, max_tokens=3, messages=user(
-        text("What is shown?"), image(data_uri(dcm, "application/dicom"))))
+    r2 = client.chat.completions.create(
+        model=MODEL, max_tokens=3, messages=user(text("What is shown?"), image(data_uri(dcm, "application/dicom")))
+    )
     assert r2.usage.prompt_tokens == r.usage.prompt_tokens  # one image each, same text
 
 
 def test_streaming_matches_non_streaming(client):
     msgs = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a lung finding."}]
     full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8)
-    stream = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=8, stream=True, stream_options={"include_usage": True}
+    )
     pieces, finishes, usage = [], [], None
     for chunk in stream:
         if chunk.usage is not None:
@@ -189,15 +215,26 @@ def test_streaming_matches_non_streaming(client):
 
 
 def test_multi_turn_and_thinking_extension(client):
-    r = client.chat.completions.create(model=MODEL, max_tokens=4, messages=[
-        {"role": "user", "content": "First question?"}, {"role": "assistant", "content": "An answer."},
-        {"role": "user", "content": "And a follow-up?"}])
-    single = client.chat.completions.create(model=MODEL, max_tokens=4, messages=[
-        {"role": "user", "content": "And a follow-up?"}])
+    r = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=[
+            {"role": "user", "content": "First question?"},
+            {"role": "assistant", "content": "An answer."},
+            {"role": "user", "content": "And a follow-up?"},
+        ],
+    )
+    single = client.chat.completions.create(
+        model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "And a follow-up?"}]
+    )
     assert r.usage.prompt_tokens > single.usage.prompt_tokens
     # The extension adds the thinking instruction to the prompt; the answer field never holds a thought marker.
-    t = client.chat.completions.create(model=MODEL, max_tokens=4, messages=[
-        {"role": "user", "content": "And a follow-up?"}], extra_body={"medgemma": {"think": True}})
+    t = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=[{"role": "user", "content": "And a follow-up?"}],
+        extra_body={"medgemma": {"think": True}},
+    )
     assert t.usage.prompt_tokens > single.usage.prompt_tokens
     assert "<unused94>" not in t.choices[0].message.content
     extra = t.model_extra["medgemma"]
@@ -213,17 +250,24 @@ def test_allow_listed_url_and_image_root(client, image_host):
 
 def test_dicomweb_reference(client, orthanc):
     """DICOMweb references (the imaging layer's reader) under the host allow-list; a series counts every slice."""
-    one_png = client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
-        text("Findings?"), image(data_uri(png_bytes(), "image/png"))))
+    one_png = client.chat.completions.create(
+        model=MODEL, max_tokens=2, messages=user(text("Findings?"), image(data_uri(png_bytes(), "image/png")))
+    )
     instance = uri(orthanc, "studies", STUDY, "series", CT_SERIES, "instances", f"{CT_SERIES}.1.3")
     r = client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(text("Findings?"), image(instance)))
     assert r.usage.prompt_tokens == one_png.usage.prompt_tokens
     with pytest.raises(openai.BadRequestError, match="too many images"):  # 10 slices, the server takes 3
-        client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
-            text("Findings?"), image(uri(orthanc, "studies", STUDY, "series", CT_SERIES))))
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=2,
+            messages=user(text("Findings?"), image(uri(orthanc, "studies", STUDY, "series", CT_SERIES))),
+        )
     with pytest.raises(openai.BadRequestError, match="not allowed"):
-        client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
-            text("Findings?"), image(f"dicomweb://pacs.example.org/dicom-web/studies/{STUDY}")))
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=2,
+            messages=user(text("Findings?"), image(f"dicomweb://pacs.example.org/dicom-web/studies/{STUDY}")),
+        )
 
 
 def test_stop_seed_and_sampling_params(client):
@@ -249,8 +293,12 @@ def test_stop_seed_and_sampling_params(client):
 
 def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
     def preview(url: str, **extra) -> Image.Image:
-        r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": url}, **extra},
-                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        r = httpx.post(
+            server.url + "/v1/medgemma/preview",
+            json={"image_url": {"url": url}, **extra},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         return Image.open(io.BytesIO(base64.b64decode(r.json()["image"].split(",", 1)[1])))
 
@@ -274,8 +322,12 @@ def test_preview_endpoint_shows_the_model_input_and_applies_the_window(server):
     assert np.abs(np.asarray(by_file, np.int16) - np.asarray(soft, np.int16)).max() <= 1
     assert np.abs(np.asarray(preview(own, window="full"), np.int16) - np.asarray(full, np.int16)).max() <= 1
     # the list of what the model saw comes along (one DICOM image here; no data: URI echoed back)
-    r = httpx.post(server.url + "/v1/medgemma/preview", json={"image_url": {"url": dcm}},
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    r = httpx.post(
+        server.url + "/v1/medgemma/preview",
+        json={"image_url": {"url": dcm}},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
     [seen] = r.json()["images"]
     assert set(seen) == {"source", "instance_number", "sop_instance_uid", "label", "patch"}
     assert seen["source"] is None and seen["label"] is None and seen["patch"] is None
@@ -325,14 +377,25 @@ def test_refuses_public_bind_without_key(tiny_model_dir):
 def test_back_to_back_messages_of_one_role_are_one_turn(client):
     """The OpenAI API allows two user messages in a row; Gemma's template needs alternating turns, so the server
     joins them (before, the template's refusal surfaced as a 500)."""
-    two = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-        {"role": "user", "content": "First part."}, {"role": "user", "content": "Second part?"}])
-    one = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-        {"role": "user", "content": "First part.\nSecond part?"}])
+    two = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=2,
+        messages=[{"role": "user", "content": "First part."}, {"role": "user", "content": "Second part?"}],
+    )
+    one = client.chat.completions.create(
+        model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "First part.\nSecond part?"}]
+    )
     assert two.usage.prompt_tokens == one.usage.prompt_tokens
-    hist = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-        {"role": "assistant", "content": "A2"}, {"role": "user", "content": "Q2"}])
+    hist = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=2,
+        messages=[
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "assistant", "content": "A2"},
+            {"role": "user", "content": "Q2"},
+        ],
+    )
     assert hist.choices[0].message.content is not None
 
 
@@ -353,19 +416,44 @@ def bad_requests() -> list[tuple[str, dict | None, bytes | None, int, str]]:
         ("temperature out of range", {**ok, "temperature": 7, "messages": user(text("hi"))}, None, 400, "temperature"),
         ("missing messages", {"model": MODEL}, None, 400, "messages"),
         ("unknown role", {**ok, "messages": [{"role": "robot", "content": "hi"}]}, None, 400, "role"),
-        ("unknown part type", {**ok, "messages": user({"type": "input_audio", "input_audio": {}})}, None, 400,
-         "messages"),
+        (
+            "unknown part type",
+            {**ok, "messages": user({"type": "input_audio", "input_audio": {}})},
+            None,
+            400,
+            "messages",
+        ),
         ("n > 1", {**ok, "n": 2, "messages": user(text("hi"))}, None, 400, "n=1"),
         ("last not user", {**ok, "messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "last message"),
         ("unknown model", {"model": "gpt-4o", "messages": user(text("hi"))}, None, 404, "not found"),
-        ("bad base64", {**ok, "messages": user(image("data:image/png;base64,@@@not base64@@@"))}, None, 400,
-         "invalid base64"),
-        ("not an image", {**ok, "messages": user(image(data_uri(b"hello world, not a picture", "image/png")))}, None,
-         400, "image 1"),
-        ("unsupported mime", {**ok, "messages": user(image(data_uri(b"abc", "text/html")))}, None, 415,
-         "unsupported image type"),
-        ("corrupt dicom", {**ok, "messages": user(image(data_uri(corrupt_dcm, "application/dicom")))}, None, 400,
-         "DICOM"),
+        (
+            "bad base64",
+            {**ok, "messages": user(image("data:image/png;base64,@@@not base64@@@"))},
+            None,
+            400,
+            "invalid base64",
+        ),
+        (
+            "not an image",
+            {**ok, "messages": user(image(data_uri(b"hello world, not a picture", "image/png")))},
+            None,
+            400,
+            "image 1",
+        ),
+        (
+            "unsupported mime",
+            {**ok, "messages": user(image(data_uri(b"abc", "text/html")))},
+            None,
+            415,
+            "unsupported image type",
+        ),
+        (
+            "corrupt dicom",
+            {**ok, "messages": user(image(data_uri(corrupt_dcm, "application/dicom")))},
+            None,
+            400,
+            "DICOM",
+        ),
         ("file url", {**ok, "messages": user(image("file:///etc/passwd"))}, None, 400, "outside"),
         ("path escape", {**ok, "messages": user(image("../../../../etc/passwd"))}, None, 400, "outside"),
         ("remote url", {**ok, "messages": user(image("https://example.com/x.png"))}, None, 400, "not allowed"),
@@ -375,8 +463,13 @@ def bad_requests() -> list[tuple[str, dict | None, bytes | None, int, str]]:
         ("oversized body", {**ok, "messages": user(text("x" * (1024**2 + 10)))}, None, 413, "bytes"),
         ("max_tokens over limit", {**ok, "max_tokens": 10**6, "messages": user(text("hi"))}, None, 400, "max_tokens"),
         ("empty prompt", {**ok, "messages": user()}, None, 400, "empty prompt"),
-        ("assistant first", {**ok, "messages": [{"role": "assistant", "content": "Hello."},
-                                                 {"role": "user", "content": "hi"}]}, None, 400, "start with a user"),
+        (
+            "assistant first",
+            {**ok, "messages": [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "hi"}]},
+            None,
+            400,
+            "start with a user",
+        ),
     ]
 
 
@@ -408,10 +501,15 @@ def test_framework_errors_are_openai_format(server):
 
 def test_no_phi_in_logs(server, client, tmp_path):
     dcm = phi_dicom(tmp_path)
-    client.chat.completions.create(model=MODEL, max_tokens=2, messages=user(
-        text("Findings?"), image(data_uri(dcm, "application/dicom"))))
-    stream = client.chat.completions.create(model=MODEL, max_tokens=2, stream=True, messages=user(
-        text("Findings?"), image(data_uri(dcm, "application/dicom"))))
+    client.chat.completions.create(
+        model=MODEL, max_tokens=2, messages=user(text("Findings?"), image(data_uri(dcm, "application/dicom")))
+    )
+    stream = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=2,
+        stream=True,
+        messages=user(text("Findings?"), image(data_uri(dcm, "application/dicom"))),
+    )
     assert list(stream)
     # The error path too: a PHI-laden file whose pixel data is cut off.
     r = post(server, {"model": MODEL, "messages": user(image(data_uri(dcm[:-2000], "application/dicom")))})
@@ -458,10 +556,15 @@ def _metric(server, name: str) -> float:
 
 def test_client_disconnect_stops_generation(server):
     before = _metric(server, "medgemma_requests_cancelled_total")
-    body = {"model": MODEL, "max_tokens": 3000, "stream": True,
-            "messages": [{"role": "user", "content": "Write a very long report."}]}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+    body = {
+        "model": MODEL,
+        "max_tokens": 3000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a very long report."}],
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         for _ in range(6):

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.core.messages import Prompt
+from medgemma_toolkit.errors import BadInput
 from medgemma_toolkit.serve.batcher import Batcher, Cancelled, Delta, Done, Failed, Job, JobEvent
 
 

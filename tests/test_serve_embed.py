@@ -58,8 +58,19 @@ def root(tmp_path_factory):
 def server(tiny_model_dir, siglip_dir, root, tmp_path_factory):
     log = tmp_path_factory.mktemp("eserve") / "server.log"
     srv = ServerProcess(
-        tiny_model_dir, log, "--api-key", KEY, "--embed-model", str(siglip_dir), "--max-images", "6",
-        "--image-root", str(root), "--max-body-mb", "1", env={"OMP_NUM_THREADS": "1"},
+        tiny_model_dir,
+        log,
+        "--api-key",
+        KEY,
+        "--embed-model",
+        str(siglip_dir),
+        "--max-images",
+        "6",
+        "--image-root",
+        str(root),
+        "--max-body-mb",
+        "1",
+        env={"OMP_NUM_THREADS": "1"},
     )
     with srv:
         yield srv
@@ -90,7 +101,11 @@ def test_openai_client_texts_and_images(server, ms):
 def test_series_under_image_root_gives_one_item_per_slice(server, ms, root):
     from medgemma_toolkit.imaging import ImageOptions
 
-    res = post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "ct"}}, "x"]})
+    res = post(
+        server,
+        "/v1/embeddings",
+        {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "ct"}}, "x"]},
+    )
     assert res.status_code == 200, res.text
     data = res.json()["data"]
     assert [d["input"] for d in data] == [0] * 5 + [1] and [d["index"] for d in data] == list(range(6))
@@ -102,7 +117,9 @@ def test_series_under_image_root_gives_one_item_per_slice(server, ms, root):
 def test_zero_shot_matches_the_api(server, ms):
     labels = ["pleural effusion", "normal chest x-ray", "cardiomegaly"]
     imgs = [png(), png((10, 200, 40))]
-    res = post(server, "/v1/medgemma/zero-shot", {"images": [uri(i) for i in imgs], "labels": labels, "scoring": "sigmoid"})
+    res = post(
+        server, "/v1/medgemma/zero-shot", {"images": [uri(i) for i in imgs], "labels": labels, "scoring": "sigmoid"}
+    )
     assert res.status_code == 200, res.text
     body = res.json()
     assert body["labels"] == labels and body["scoring"] == "sigmoid" and body["model"] == "tiny-siglip"
@@ -118,7 +135,11 @@ def test_errors_auth_limits_and_phi_free_log(server, tmp_path):
         setattr(ds, k, v)
     ds.save_as(tmp_path / "phi.dcm")
     dcm = uri((tmp_path / "phi.dcm").read_bytes(), "application/dicom")
-    ok = post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": dcm}}, SECRET_TEXT]})
+    ok = post(
+        server,
+        "/v1/embeddings",
+        {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": dcm}}, SECRET_TEXT]},
+    )
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2
     cases = [
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": "x"}, key=None), 401, "invalid_api_key"),
@@ -126,11 +147,42 @@ def test_errors_auth_limits_and_phi_free_log(server, tmp_path):
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": []}), 400, "invalid_value"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": ["a"] * 2049}), 400, "invalid_value"),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": "x", "dimensions": 7}), 400, "invalid_value"),
-        (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}), 400, "invalid_image"),
-        (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": uri(png())}}] * 7}), 400, "too_many_images"),
-        (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}), 400, "image_source_not_allowed"),
+        (
+            post(
+                server,
+                "/v1/embeddings",
+                {
+                    "model": "tiny-siglip",
+                    "input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}],
+                },
+            ),
+            400,
+            "invalid_image",
+        ),
+        (
+            post(
+                server,
+                "/v1/embeddings",
+                {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": uri(png())}}] * 7},
+            ),
+            400,
+            "too_many_images",
+        ),
+        (
+            post(
+                server,
+                "/v1/embeddings",
+                {"model": "tiny-siglip", "input": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]},
+            ),
+            400,
+            "image_source_not_allowed",
+        ),
         (post(server, "/v1/medgemma/zero-shot", {"images": [uri(png())], "labels": ["a", "a"]}), 400, "invalid_value"),
-        (post(server, "/v1/medgemma/zero-shot", {"images": [uri(png())], "labels": ["a"], "template": "none"}), 400, None),
+        (
+            post(server, "/v1/medgemma/zero-shot", {"images": [uri(png())], "labels": ["a"], "template": "none"}),
+            400,
+            None,
+        ),
         (post(server, "/v1/embeddings", {"model": "tiny-siglip", "input": "x" * 2_000_000}), 413, "request_too_large"),
     ]
     for res, status, code in cases:

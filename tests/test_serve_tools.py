@@ -42,13 +42,15 @@ TOOLS = [WEATHER, CLOCK]
         ('get_weather("Oslo")', [("get_weather", {"city": "Oslo"})]),  # positional: the schema's order
         ("[get_weather(city='Rome'), get_time()]", [("get_weather", {"city": "Rome"}), ("get_time", {})]),
         ('```tool_code\nget_weather(city="Paris")\n```', [("get_weather", {"city": "Paris"})]),
-        ('```tool_code\n[get_time()]\n```\nI will report back.', [("get_time", {})]),  # trailing text
+        ("```tool_code\n[get_time()]\n```\nI will report back.", [("get_time", {})]),  # trailing text
         ('{"name": "get_weather", "parameters": {"city": "Lima"}}', [("get_weather", {"city": "Lima"})]),
         ('```json\n{"name": "get_weather", "arguments": {"city": "Kyiv"}}\n```', [("get_weather", {"city": "Kyiv"})]),
         ('Sure. {"name": "get_time", "parameters": {}} Done.', [("get_time", {})]),  # text around the JSON
         ('[{"name": "get_weather", "arguments": "{\\"city\\": \\"Quito\\"}"}]', [("get_weather", {"city": "Quito"})]),
-        ("Let me check.\nget_weather(city='Bern', unit=\"celsius\")\nOne moment.",
-         [("get_weather", {"city": "Bern", "unit": "celsius"})]),
+        (
+            "Let me check.\nget_weather(city='Bern', unit=\"celsius\")\nOne moment.",
+            [("get_weather", {"city": "Bern", "unit": "celsius"})],
+        ),
         ('get_weather(city="A", flag=true, n=null)', [("get_weather", {"city": "A", "flag": True, "n": None})]),
     ],
 )
@@ -64,9 +66,9 @@ def test_parser_reads_calls(text, expected):
     [
         ("The weather in Paris is mild (about 12 degrees).", False),
         ("You could call get_weather(city='Paris') yourself.", False),  # a mention inside prose is not a call
-        ('[delete_everything(confirm=True)]', False),  # not an offered function
+        ("[delete_everything(confirm=True)]", False),  # not an offered function
         ('{"name": "get_weather", "parameters": {"city": ', True),  # cut-off JSON
-        ('```tool_code\nget_weather(city=Paris\n```', True),  # broken Python
+        ("```tool_code\nget_weather(city=Paris\n```", True),  # broken Python
         ('```tool_code\nget_weather(city=os.system("x"))\n```', True),  # not a literal: never evaluated
         ("[" * 8000, False),  # adversarial brackets: bounded work, no recursion error
         ("get_weather(" * 2000, False),
@@ -126,9 +128,17 @@ def test_rendered_prompt_follows_googles_layout(tiny_model):
     msgs = fc.render_messages(
         [
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-            ]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21"},
             {"role": "user", "content": "And in Oslo?"},
         ],
@@ -186,8 +196,13 @@ def test_openai_client_tool_loop(client):
             break
         messages.append(msg)  # the client's own message object, echoed back as is
         for tc in msg.tool_calls:
-            messages.append({"role": "tool", "tool_call_id": tc.id, "content": run[tc.function.name](
-                **json.loads(tc.function.arguments))})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": tc.id,
+                    "content": run[tc.function.name](**json.loads(tc.function.arguments)),
+                }
+            )
     assert rounds == ["tool_calls", "tool_calls", "stop"]
     first_call = messages[1].tool_calls[0]
     assert first_call.type == "function" and first_call.function.name == "get_weather"
@@ -207,8 +222,11 @@ def test_streamed_tool_calls_have_openai_chunk_shape(client):
     assert tc.function.name == "get_weather" and json.loads(tc.function.arguments)["city"] == "Paris"
     assert tc.id.startswith("call_")
     # and by hand: id, type and name come first, arguments after, all at index 0
-    chunks = list(client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS, stream=True
+        )
+    )
     deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert deltas[0][0].id and deltas[0][0].function.name == "get_weather" and deltas[0][0].index == 0
     assert "".join(d[0].function.arguments or "" for d in deltas) == tc.function.arguments
@@ -222,13 +240,28 @@ def test_bad_tool_requests_are_400(server):
     msgs = [{"role": "user", "content": "hi"}]
     cases = [
         ({"messages": msgs, "tool_choice": "required"}, "tool_choice"),
-        ({"messages": msgs, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-         "not among tools"),
+        (
+            {"messages": msgs, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "not among tools",
+        ),
         ({"messages": msgs, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
         ({"messages": msgs, "tools": [{"type": "retrieval"}]}, "tools"),
-        ({"messages": [*msgs, {"role": "assistant", "tool_calls": [
-            {"id": "c", "type": "function", "function": {"name": "get_time", "arguments": "{not json"}}]},
-            {"role": "tool", "tool_call_id": "c", "content": "x"}], "tools": TOOLS}, "not valid JSON"),
+        (
+            {
+                "messages": [
+                    *msgs,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "get_time", "arguments": "{not json"}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "x"},
+                ],
+                "tools": TOOLS,
+            },
+            "not valid JSON",
+        ),
     ]
     for body, needle in cases:
         r = post(body)
@@ -243,7 +276,9 @@ def test_done_when_random_tiny_checkpoint_answers_200(tiny_model):
     with InProcessServer(create_app(tiny_model, ServeConfig())) as srv:
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
         r = c.chat.completions.create(
-            model=tiny_model.backend.info.name, messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS,
+            model=tiny_model.backend.info.name,
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=TOOLS,
             max_tokens=12,
         )
     choice = r.choices[0]
@@ -300,8 +335,9 @@ def test_upstream_without_tools_falls_back_to_our_prompt_and_parser():
         with front:
             c = openai.OpenAI(base_url=front.url + "/v1", api_key="none", max_retries=0, timeout=120)
             for _ in range(2):
-                r = c.chat.completions.create(model="front", messages=[{"role": "user", "content": "Weather?"}],
-                                              tools=TOOLS)
+                r = c.chat.completions.create(
+                    model="front", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS
+                )
                 assert r.choices[0].finish_reason == "tool_calls"
                 assert json.loads(r.choices[0].message.tool_calls[0].function.arguments)["city"] == "Paris"
     assert mg.backend.native_tools is False
@@ -327,4 +363,6 @@ def test_two_calls_and_parallel_tool_calls_false(tiny_model_dir, tmp_path):
     assert [t.function.name for t in both] == ["get_weather", "get_time"] and len({t.id for t in both}) == 2
     assert [t.function.name for t in one.choices[0].message.tool_calls] == ["get_weather"]
     assert [(t.function.name, json.loads(t.function.arguments)) for t in streamed] == [
-        ("get_weather", {"city": "Rome"}), ("get_time", {})]
+        ("get_weather", {"city": "Rome"}),
+        ("get_time", {}),
+    ]

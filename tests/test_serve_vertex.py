@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import CT_SERIES, PASSWORD, STUDY, USER
 from PIL import Image
-from test_imaging_dicomweb import CT_SERIES, PASSWORD, STUDY, USER, orthanc, series_dir  # noqa: F401
 
 from medgemma_toolkit.backends.base import Completion
 from medgemma_toolkit.serve.errors import APIError
@@ -114,7 +114,7 @@ def test_instances_envelope():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory, orthanc):  # noqa: F811 - the fixture imported above
+def server(tiny_model_dir, tmp_path_factory, orthanc):
     log = tmp_path_factory.mktemp("vertex") / "server.log"
     srv = ServerProcess(
         tiny_model_dir,
@@ -158,7 +158,7 @@ def instance(*parts, **params) -> dict:
 TEXT = {"type": "text", "text": "Findings?"}
 
 
-def test_predict_with_an_image_dicom_part_is_answered(server, orthanc):  # noqa: F811
+def test_predict_with_an_image_dicom_part_is_answered(server, orthanc):
     dicom = {"type": "image_dicom", "image_dicom": {"dicom_source": dicom_uri(orthanc)}}
     r = post(server, {"instances": [instance(TEXT, dicom, max_tokens=4)]})
     assert r.status_code == 200, r.text
@@ -185,7 +185,7 @@ def test_predict_with_an_image_dicom_part_is_answered(server, orthanc):  # noqa:
     assert again.status_code == 200 and again.json()["choices"][0]["message"] == pred["choices"][0]["message"]
 
 
-def test_a_list_of_ct_instances_is_one_volume(server, orthanc):  # noqa: F811
+def test_a_list_of_ct_instances_is_one_volume(server, orthanc):
     """The container reads a list of one series' instances as that series: a CT set is a volume with SLICE labels."""
     sops = [f"{dicom_uri(orthanc, instance=False)}/instances/{CT_SERIES}.1.{k}" for k in (2, 3, 4)]
     listed = {"type": "image_dicom", "image_dicom": {"dicom_source": sops}}
@@ -207,7 +207,7 @@ def test_a_list_of_ct_instances_is_one_volume(server, orthanc):  # noqa: F811
     assert [e["label"] for e in seen.json()["images"]] == ["SLICE 1", "SLICE 2", "SLICE 3"]
 
 
-def test_several_instances_each_answered_or_failed_in_place(server, orthanc):  # noqa: F811
+def test_several_instances_each_answered_or_failed_in_place(server, orthanc):
     png = io.BytesIO()
     Image.new("RGB", (20, 10), (9, 99, 199)).save(png, format="PNG")
     b64 = base64.b64encode(png.getvalue()).decode()
@@ -230,7 +230,7 @@ def test_several_instances_each_answered_or_failed_in_place(server, orthanc):  #
     assert "not allowed" in second["error"]["message"]  # the operator's host allow-list, as for chat
 
 
-def test_errors_in_the_containers_shape(server, orthanc):  # noqa: F811
+def test_errors_in_the_containers_shape(server, orthanc):
     gcs = post(server, {"instances": [REQUESTS["image_gcs"]["body"]]})
     assert gcs.status_code == 400 and gcs.json()["error"]["type"] == "BadRequestError"
     assert "image_gcs" in gcs.json()["error"]["message"] and set(gcs.json()["error"]) == {"message", "object", "type"}

@@ -23,16 +23,31 @@ pytestmark = pytest.mark.slow  # a real browser against a real server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KEY = "web-key-0123456789"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def web_server(scripted_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "server.log"
     # --log-prompts here (and only here): the opt-in must work; tests/test_serve.py checks the default keeps it out.
-    with ServerProcess(scripted_model_dir, log, "--api-key", KEY, "--served-model-name", "tiny-medgemma",
-                       "--log-prompts", env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as srv:
+    with ServerProcess(
+        scripted_model_dir,
+        log,
+        "--api-key",
+        KEY,
+        "--served-model-name",
+        "tiny-medgemma",
+        "--log-prompts",
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    ) as srv:
         yield srv
 
 
@@ -42,7 +57,8 @@ def page(tmp_path):
         pytest.fail("chromium is not installed (scripts/test.sh installs the Debian package)")
     with sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS
+        )
         try:
             pg = ctx.new_page()
             pg.set_default_timeout(60_000)
@@ -98,8 +114,7 @@ def test_page_upload_ask_stream(web_server, page, tmp_path):
     assert stream_chunks and stream_chunks[0].headers["content-type"].startswith("text/event-stream")
     assert answer == "Cardiomegaly."
     # What the page shows is the concatenation of several streamed deltas, not one block.
-    events = [json.loads(line[6:]) for line in stream_chunks[0].text().splitlines()
-              if line.startswith("data: {")]
+    events = [json.loads(line[6:]) for line in stream_chunks[0].text().splitlines() if line.startswith("data: {")]
     deltas = [c["delta"]["content"] for e in events for c in e["choices"] if c["delta"].get("content")]
     assert len(deltas) >= 2 and "".join(deltas) == answer
     # The thought is in its collapsible block (closed until clicked), never in the answer.
@@ -123,8 +138,9 @@ def test_thought_comes_back_apart_through_the_api(web_server):
 
     client = openai.OpenAI(base_url=web_server.url + "/v1", api_key=KEY, max_retries=0)
     msgs = [{"role": "user", "content": "Is the heart enlarged?"}]
-    r = client.chat.completions.create(model="tiny-medgemma", messages=msgs, max_tokens=40,
-                                       extra_body={"medgemma": {"think": True}})
+    r = client.chat.completions.create(
+        model="tiny-medgemma", messages=msgs, max_tokens=40, extra_body={"medgemma": {"think": True}}
+    )
     msg = r.choices[0].message
     assert msg.content == "Cardiomegaly." and r.choices[0].finish_reason == "stop"
     assert msg.model_extra["reasoning_content"] == "The heart is large."

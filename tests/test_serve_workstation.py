@@ -32,14 +32,23 @@ from medgemma_toolkit.testing.upstream import ScriptedUpstream
 pytestmark = pytest.mark.slow  # a real browser against a real server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 MODEL = "tiny-upstream"
 SIZE = 64  # the upstream's image size (its model card says so), so previews stay small
-MARKDOWN = ("## Findings\n\n- **Cardiomegaly**, *mild*\n- Effusion: `none`\n\n"
-            "<img src=x onerror=\"document.title='pwned'\"> <script>document.title='pwned'</script>\n\n"
-            "[a link](javascript:alert(1)) and [the card](https://example.org/card)\n\n"
-            "> quoted **impression**\n\n```json\n{\"box\": \"<b>x</b>\"}\n```\n\n1. first\n2. second")
+MARKDOWN = (
+    "## Findings\n\n- **Cardiomegaly**, *mild*\n- Effusion: `none`\n\n"
+    "<img src=x onerror=\"document.title='pwned'\"> <script>document.title='pwned'</script>\n\n"
+    "[a link](javascript:alert(1)) and [the card](https://example.org/card)\n\n"
+    '> quoted **impression**\n\n```json\n{"box": "<b>x</b>"}\n```\n\n1. first\n2. second'
+)
 BOXES = 'Final Answer: ```json\n[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]\n```'
 SHOTS = os.environ.get("MEDGEMMA_WEB_SCREENSHOTS")  # a folder: the docs/ screenshots are written there
 
@@ -63,8 +72,13 @@ def slow_for_stop(body: dict) -> float:
     return 0.05 if "slowly" in json.dumps(last) else 0.0
 
 
-UPSTREAM = ScriptedUpstream(answer, model=MODEL, piece=6, delay=slow_for_stop,
-                            card={"medgemma": {"multimodal": True, "image_size": SIZE, "thinking": True}})
+UPSTREAM = ScriptedUpstream(
+    answer,
+    model=MODEL,
+    piece=6,
+    delay=slow_for_stop,
+    card={"medgemma": {"multimodal": True, "image_size": SIZE, "thinking": True}},
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +90,9 @@ def upstream():
 @pytest.fixture(scope="module")
 def server(upstream, tmp_path_factory):
     log = tmp_path_factory.mktemp("ws") / "server.log"
-    with ServerProcess(MODEL, log, "--upstream", upstream, "--served-model-name", "medgemma-demo",
-                       env={"OMP_NUM_THREADS": "1"}) as srv:
+    with ServerProcess(
+        MODEL, log, "--upstream", upstream, "--served-model-name", "medgemma-demo", env={"OMP_NUM_THREADS": "1"}
+    ) as srv:
         yield srv
 
 
@@ -87,8 +102,12 @@ def page(tmp_path):
         pytest.fail("chromium is not installed (scripts/test.sh installs the Debian package)")
     with sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1280, "height": 900})
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             pg = ctx.new_page()
             pg.set_default_timeout(60_000)
@@ -148,7 +167,8 @@ def drop(page, slot: str, name: str, data: bytes) -> None:
         """([name, b64]) => { const dt = new DataTransfer();
             const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
             dt.items.add(new File([bytes], name, {type: "image/png"})); return dt; }""",
-        [name, base64.b64encode(data).decode()])
+        [name, base64.b64encode(data).decode()],
+    )
     page.dispatch_event(f".dropzone[data-slot={slot}]", "drop", {"dataTransfer": handle})
 
 
@@ -251,15 +271,17 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     got = sent_images(UPSTREAM.requests[-1])
     assert len(got) == 2  # prior first, then current, as the longitudinal notebook sends them
     assert png_pixels(got[0][0])[0].max() > 0  # the wide prior unpadded (no black rows), as the notebook sends it
-    assert np.array_equal(png_pixels(got[0][0]), png_pixels(page.get_attribute(
-        ".viewer[data-slot=prior] .model-input", "src")))
+    assert np.array_equal(
+        png_pixels(got[0][0]), png_pixels(page.get_attribute(".viewer[data-slot=prior] .model-input", "src"))
+    )
     assert np.array_equal(png_pixels(got[1][0]), png_pixels(custom))
     # The custom window, computed here from the file: HU = stored * slope + intercept, clipped to [C-W/2, C+W/2].
     ds = pydicom.dcmread(dcm)
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = np.clip((hu - (100 - 150)) / 300, 0, 1) * 255
-    small = np.asarray(Image.fromarray(np.round(expected).astype(np.uint8)).resize((SIZE, SIZE),
-                                                                                     Image.Resampling.BILINEAR))
+    small = np.asarray(
+        Image.fromarray(np.round(expected).astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    )
     assert np.abs(png_pixels(custom)[..., 0].astype(int) - small).max() <= 3
     # One prior + one current: the longitudinal preset (its 600 new tokens, as the page leaves max_tokens to it).
     assert UPSTREAM.requests[-1]["max_tokens"] == 600
@@ -304,7 +326,9 @@ def _cancelled(server) -> float:
     import httpx
 
     text = httpx.get(server.url + "/metrics").text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("medgemma_requests_cancelled_total"))
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("medgemma_requests_cancelled_total")
+    )
 
 
 def test_stop_aborts_the_stream(server, page):
@@ -359,13 +383,18 @@ def test_contrast_keyboard_and_narrow_layout(server, page, series):
     expect(page.locator(".viewer[data-slot=current] .slices li")).to_have_count(3)
     ask(page, "Describe.", 0)
     page.locator(".turn.assistant .thought summary").click()
-    selectors = ("header h1, #model-name, header label, h2, h3, p.muted, .muted, label, legend, button, "
-                 ".dropzone span, .turn .who, .turn .text, .answer p, .thought pre, .thought summary, "
-                 ".meta, .slice-label, .slices button, .source-name, #status, input, select, textarea")
+    selectors = (
+        "header h1, #model-name, header label, h2, h3, p.muted, .muted, label, legend, button, "
+        ".dropzone span, .turn .who, .turn .text, .answer p, .thought pre, .thought summary, "
+        ".meta, .slice-label, .slices button, .source-name, #status, input, select, textarea"
+    )
     pairs = page.locator(selectors).evaluate_all(COLOURS)
     assert len(pairs) > 20
-    low = [(p["sel"], p["fg"], p["bg"], round(contrast(p["fg"], p["bg"]), 2)) for p in pairs
-           if contrast(p["fg"], p["bg"]) < 4.5]
+    low = [
+        (p["sel"], p["fg"], p["bg"], round(contrast(p["fg"], p["bg"]), 2))
+        for p in pairs
+        if contrast(p["fg"], p["bg"]) < 4.5
+    ]
     assert not low, low
     # Keyboard: Tab reaches the controls in order, the slice frame scrolls with the arrow keys.
     page.focus("#api-key")
@@ -390,8 +419,8 @@ def test_model_input_api_reads_an_uploaded_series_like_a_folder(server, series, 
     """The ZIP upload goes through the same imaging path as a series folder: compare with `load_parts`."""
     import httpx
 
-    from medgemma_toolkit.imaging import ImageOptions, load_parts
     from medgemma_toolkit.core.messages import ImagePart, TextPart
+    from medgemma_toolkit.imaging import ImageOptions, load_parts
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -413,19 +442,25 @@ def test_model_input_api_reads_an_uploaded_series_like_a_folder(server, series, 
 
     # Bad archives are one OpenAI-format 4xx.
     for data, code in ((b"PK\x03\x04 not a zip", "invalid_image"), (_zip_of({"a.dcm": b"x" * 10}), "invalid_image")):
-        r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
-            "url": "data:application/zip;base64," + base64.b64encode(data).decode()}})
+        r = httpx.post(
+            server.url + "/v1/medgemma/model-input",
+            json={"image_url": {"url": "data:application/zip;base64," + base64.b64encode(data).decode()}},
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
     # A small archive that would inflate past the body limit (32 MiB) is refused before it is read whole.
     bomb = _zip_of({"a.dcm": bytes(40 * 1024**2)})
     assert len(bomb) < 100_000
-    r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
-        "url": "data:application/zip;base64," + base64.b64encode(bomb).decode()}})
+    r = httpx.post(
+        server.url + "/v1/medgemma/model-input",
+        json={"image_url": {"url": "data:application/zip;base64," + base64.b64encode(bomb).decode()}},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large", r.text
     many = tmp_path / "many"
     write_series(many, SeriesSpec(slices=20, rows=8, cols=8))
-    r = httpx.post(server.url + "/v1/medgemma/model-input", json={"image_url": {
-        "url": "data:application/zip;base64," + base64.b64encode(_zip_dir(many)).decode()}})
+    r = httpx.post(
+        server.url + "/v1/medgemma/model-input",
+        json={"image_url": {"url": "data:application/zip;base64," + base64.b64encode(_zip_dir(many)).decode()}},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_images"  # 20 slices > 16 per request
 
 
@@ -455,7 +490,8 @@ def test_boxes_drawn_over_the_image(server, page, tmp_path):
     rect = page.locator(".viewer[data-slot=current] svg.boxes rect")
     expect(rect).to_have_count(1)
     assert [float(rect.get_attribute(a)) for a in ("x", "y", "width", "height")] == pytest.approx(
-        [40, 0, 200, 200], abs=1)
+        [40, 0, 200, 200], abs=1
+    )
     expect(page.locator(".box-legend li")).to_have_text(["right lung: x 40–240, y 0–200 px"])
     # On screen: the 400x200 image sits in a 400x400 square with 100 px of padding above; scale = shown / 400.
     ib, rb = img.bounding_box(), rect.bounding_box()

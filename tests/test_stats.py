@@ -51,8 +51,16 @@ def test_training_scores_use_the_harness_statistics():
     refs = [" ".join(rnd.choices(words, k=3)) for _ in range(40)]
     preds = [" ".join(rnd.choices(words, k=rnd.randint(1, 4))) if i % 3 else refs[i] for i in range(40)]
     examples = [Example(question="q", answer=r) for r in refs]
-    recs = [{"item_id": str(i), "parsed": p, "gold": r, "correct": normalize_answer(p) == normalize_answer(r),
-             "score": token_f1(p, r)} for i, (p, r) in enumerate(zip(preds, refs))]
+    recs = [
+        {
+            "item_id": str(i),
+            "parsed": p,
+            "gold": r,
+            "correct": normalize_answer(p) == normalize_answer(r),
+            "score": token_f1(p, r),
+        }
+        for i, (p, r) in enumerate(zip(preds, refs))
+    ]
     ref = compute_metrics(recs, ["accuracy", "token_f1"])
 
     acc, f1 = score_answers(preds, examples, "accuracy"), score_answers(preds, examples, "token_f1")

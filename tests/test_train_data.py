@@ -55,11 +55,13 @@ def test_jsonl_rows_and_chat_messages(tmp_path):
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     ds = load_dataset(tmp_path / "qa.jsonl", "vqa", val_fraction=0)
     assert ds.kind == "rows" and ds.train[1].images == ()
-    chat = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "Describe."}]},
-        {"role": "assistant", "content": "Clear lungs."},
-    ]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "Describe."}]},
+            {"role": "assistant", "content": "Clear lungs."},
+        ]
+    }
     (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n")
     ds = load_dataset(tmp_path / "chat.jsonl", "chat", val_fraction=0)
     ex = ds.train[0]
@@ -70,12 +72,14 @@ def test_jsonl_rows_and_chat_messages(tmp_path):
 
 def test_bad_rows_are_reported_with_line_numbers(tmp_path):
     _png(tmp_path / "ok.png")
-    text = "\n".join([
-        json.dumps({"image": "ok.png", "question": "q", "answer": "a"}),
-        "{not json",
-        json.dumps({"image": "missing.png", "question": "q", "answer": "a"}),
-        json.dumps({"image": "ok.png", "question": "q"}),
-    ])
+    text = "\n".join(
+        [
+            json.dumps({"image": "ok.png", "question": "q", "answer": "a"}),
+            "{not json",
+            json.dumps({"image": "missing.png", "question": "q", "answer": "a"}),
+            json.dumps({"image": "ok.png", "question": "q"}),
+        ]
+    )
     (tmp_path / "bad.jsonl").write_text(text)
     with pytest.raises(BadInput) as e:
         load_dataset(tmp_path / "bad.jsonl", "vqa")
@@ -90,14 +94,19 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path):
 def test_local_hf_dataset_with_validation_split(tmp_path):
     datasets = pytest.importorskip("datasets")
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
-    feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                               "answer": datasets.Value("string")})
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"image": [red, blue], "question": ["Colour?"] * 2,
-                                             "answer": ["red", "blue"]}, features=feats),
-        "validation": datasets.Dataset.from_dict({"image": [red], "question": ["Colour?"], "answer": ["red"]},
-                                                 features=feats),
-    })
+    feats = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+    )
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"image": [red, blue], "question": ["Colour?"] * 2, "answer": ["red", "blue"]}, features=feats
+            ),
+            "validation": datasets.Dataset.from_dict(
+                {"image": [red], "question": ["Colour?"], "answer": ["red"]}, features=feats
+            ),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "hf"))
     ds = load_dataset(tmp_path / "hf", "vqa")
     assert ds.kind == "hf-dataset" and len(ds.train) == 2 and len(ds.val) == 1

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from medgemma_toolkit.train import checkpoints as ck
 from medgemma_toolkit.train.logs import read_log
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 CLASSES = {"edema": (40, 40, 210), "normal": (210, 40, 40)}
@@ -58,11 +57,19 @@ def trained(trainable_model, class_data, tmp_path_factory):
 
     train_dir, heldout = class_data
     out = tmp_path_factory.mktemp("runs") / "run"
-    result = run_finetune(FinetuneSettings(
-        model=str(trainable_model), data=str(train_dir), out=str(out), recipe="cpu-small",
-        overrides={"max_steps": 40, "learning_rate": 5e-3, "save_steps": 20}, val_data=str(heldout),
-        eval_task="val", device="cpu", quiet=True,
-    ))
+    result = run_finetune(
+        FinetuneSettings(
+            model=str(trainable_model),
+            data=str(train_dir),
+            out=str(out),
+            recipe="cpu-small",
+            overrides={"max_steps": 40, "learning_rate": 5e-3, "save_steps": 20},
+            val_data=str(heldout),
+            eval_task="val",
+            device="cpu",
+            quiet=True,
+        )
+    )
     return result
 
 
@@ -111,13 +118,19 @@ def test_adapter_is_the_notebooks_and_loads_in_plain_transformers(trained, train
     assert any("language_model" in n for n in lora_modules) and any("vision_tower" in n for n in lora_modules)
     assert sorted(cfg["modules_to_save"]) == ["embed_tokens", "lm_head"]
     proc = AutoProcessor.from_pretrained(str(trained.adapter_dir))
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]  # the notebook's layout
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
+    ]  # the notebook's layout
     text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    inputs = proc(text=[text], images=[[Image.new("RGB", (50, 40), CLASSES["edema"])]], return_tensors="pt",
-                  add_special_tokens=False)
+    inputs = proc(
+        text=[text],
+        images=[[Image.new("RGB", (50, 40), CLASSES["edema"])]],
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert proc.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == "edema"
+    assert proc.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == "edema"
 
 
 def test_export_merge_loads_in_medgemma_and_plain_transformers(trained, trainable_model, class_data, tmp_path):
@@ -158,12 +171,36 @@ def _wait_for_step(log: Path, proc: subprocess.Popen, step: int, timeout: float 
 
 def test_kill_9_then_resume_ends_at_the_same_step_with_a_continuous_curve(trainable_model, class_data, tmp_path):
     out = tmp_path / "run"
-    args = ["finetune", "--model", str(trainable_model), "--data", str(class_data[0]), "--out", str(out),
-            "--recipe", "cpu-small", "--max-steps", "12", "--save-steps", "4", "--lr", "5e-3", "--val-fraction", "0",
-            "--device", "cpu", "--quiet"]
+    args = [
+        "finetune",
+        "--model",
+        str(trainable_model),
+        "--data",
+        str(class_data[0]),
+        "--out",
+        str(out),
+        "--recipe",
+        "cpu-small",
+        "--max-steps",
+        "12",
+        "--save-steps",
+        "4",
+        "--lr",
+        "5e-3",
+        "--val-fraction",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medgemma_toolkit", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medgemma_toolkit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_step(out / "loss_log.jsonl", proc, 6)
     finally:
@@ -210,15 +247,42 @@ def test_kill_9_then_resume_ends_at_the_same_step_with_a_continuous_curve(traina
 
 def test_grpo_steps_run_with_the_final_answer_reward(tiny_text_model_dir, tmp_path):
     data = tmp_path / "mcq.jsonl"
-    data.write_text("\n".join(json.dumps(x) for x in [
-        {"question": "Which organ pumps blood?", "options": {"A": "heart", "B": "lung"}, "answer": "A"},
-        {"question": "Fluid around the lung?", "options": ["edema", "effusion"], "answer": "B"},
-    ]) + "\n")
+    data.write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {"question": "Which organ pumps blood?", "options": {"A": "heart", "B": "lung"}, "answer": "A"},
+                {"question": "Fluid around the lung?", "options": ["edema", "effusion"], "answer": "B"},
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "rl"
     # the notebook recipe (the default) with a batch small enough for two questions
-    p = run_cli("rl", "--model", str(tiny_text_model_dir), "--data", str(data), "--out", str(out), "--max-steps", "3",
-                "--num-generations", "2", "--max-completion-length", "12", "--save-steps", "2", "--device", "cpu",
-                "--batch-size", "2", "--grad-accum", "1", "--quiet")
+    p = run_cli(
+        "rl",
+        "--model",
+        str(tiny_text_model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--num-generations",
+        "2",
+        "--max-completion-length",
+        "12",
+        "--save-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--quiet",
+    )
     assert p.returncode == 0, p.stderr
     assert "trained 3 GRPO steps" in p.stdout
     rows = read_log(out / "loss_log.jsonl")
@@ -239,14 +303,36 @@ def test_grpo_steps_run_with_the_final_answer_reward(tiny_text_model_dir, tmp_pa
 
 
 def test_device_and_input_errors_are_one_line(trainable_model, class_data, tmp_path):
-    p = run_cli("finetune", "--model", str(trainable_model), "--data", str(class_data[0]), "--out",
-                str(tmp_path / "q"), "--method", "qlora", "--device", "cpu")
+    p = run_cli(
+        "finetune",
+        "--model",
+        str(trainable_model),
+        "--data",
+        str(class_data[0]),
+        "--out",
+        str(tmp_path / "q"),
+        "--method",
+        "qlora",
+        "--device",
+        "cpu",
+    )
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
     assert "qlora needs a CUDA GPU" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
-    p = run_cli("finetune", "--model", str(trainable_model), "--data", str(bad), "--out", str(tmp_path / "b"),
-                "--task", "vqa", "--device", "cpu")
+    p = run_cli(
+        "finetune",
+        "--model",
+        str(trainable_model),
+        "--data",
+        str(bad),
+        "--out",
+        str(tmp_path / "b"),
+        "--task",
+        "vqa",
+        "--device",
+        "cpu",
+    )
     assert p.returncode == 2 and "line 2: missing 'answer'" in p.stderr and p.stderr.count("\n") == 1
     p = run_cli("finetune", "--out", str(tmp_path / "nothing"), "--resume")
     assert p.returncode == 2 and "no run to resume" in p.stderr
@@ -258,11 +344,20 @@ def test_eval_task_from_the_harness_scores_before_and_after(trainable_model, cla
     from medgemma_toolkit.train.sft import FinetuneSettings, run_finetune
 
     out = tmp_path / "run"
-    r = run_finetune(FinetuneSettings(
-        model=str(trainable_model), data=str(class_data[0]), out=str(out), recipe="cpu-small",
-        overrides={"max_steps": 2}, val_fraction=0, eval_task="image_mcq", eval_max_new_tokens=4, device="cpu",
-        quiet=True,
-    ))
+    r = run_finetune(
+        FinetuneSettings(
+            model=str(trainable_model),
+            data=str(class_data[0]),
+            out=str(out),
+            recipe="cpu-small",
+            overrides={"max_steps": 2},
+            val_fraction=0,
+            eval_task="image_mcq",
+            eval_max_new_tokens=4,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert r.report is not None and r.report["eval_task"] == "image_mcq"
     for phase in ("before", "after"):
         score = r.report[phase]
@@ -297,10 +392,19 @@ def test_dicom_and_ct_series_rows_train_without_leaking_header_values(trainable_
     enc = SFTCollator(rows, proc, proc.tokenizer, get_preset("medgemma-1.5"), 64).encode(rows[1])
     assert enc.pixel_values.shape[0] == 4 and "SLICE 4" in proc.tokenizer.decode(enc.input_ids)
     out = tmp_path / "run"
-    r = run_finetune(FinetuneSettings(
-        model=str(trainable_model), data=str(tmp_path / "rows.csv"), out=str(out), task="vqa", recipe="cpu-small",
-        overrides={"max_steps": 2, "batch_size": 2}, val_fraction=0, device="cpu", quiet=True,
-    ))
+    r = run_finetune(
+        FinetuneSettings(
+            model=str(trainable_model),
+            data=str(tmp_path / "rows.csv"),
+            out=str(out),
+            task="vqa",
+            recipe="cpu-small",
+            overrides={"max_steps": 2, "batch_size": 2},
+            val_fraction=0,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert r.steps == 2 and r.first_loss is not None
     written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".txt")]
     assert written

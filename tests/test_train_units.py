@@ -103,13 +103,13 @@ def test_only_complete_checkpoints_are_resumed_and_rotation_keeps_the_newest(tmp
 # -- GRPO reward -------------------------------------------------------------------------------------------------
 def test_final_answer_reward_on_crafted_completions():
     completions = [
-        "The heart pumps blood.\nFinal Answer: A",          # correct, well formed
-        "Final Answer: B",                                   # well formed, wrong
+        "The heart pumps blood.\nFinal Answer: A",  # correct, well formed
+        "Final Answer: B",  # well formed, wrong
         [{"role": "assistant", "content": "reasoning...\nfinal answer: (a)."}],  # chat form, case, parentheses
-        "Final Answer: A\nbut maybe B",                      # not last
-        "Final Answer: A\nFinal Answer: B",                  # two answers
-        "The answer is A",                                   # no final line
-        "Final Answer: Z",                                   # not an option
+        "Final Answer: A\nbut maybe B",  # not last
+        "Final Answer: A\nFinal Answer: B",  # two answers
+        "The answer is A",  # no final line
+        "Final Answer: Z",  # not an option
         "",
     ]
     rewards = final_answer_reward(completions, ["A"] * len(completions), letters=["ABC"] * len(completions))
@@ -135,12 +135,22 @@ def test_loss_log_truncates_to_the_resumed_step_and_plots(tmp_path):
 
 def test_default_recipe_is_the_notebooks_and_overrides_validate():
     r = get_recipe("notebook")
-    assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.learning_rate, r.warmup_ratio, r.max_grad_norm) == \
-        (16, 16, 0.05, 2e-4, 0.03, 0.3)
+    assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.learning_rate, r.warmup_ratio, r.max_grad_norm) == (
+        16,
+        16,
+        0.05,
+        2e-4,
+        0.03,
+        0.3,
+    )
     assert r.gradient_checkpointing and set(RECIPES) >= {"notebook", "answer-only", "cpu-small"}
     # the notebook's LoRA and loss; answer-only keeps the toolkit's earlier recipe as a named choice
-    assert (r.target_modules, r.modules_to_save, r.loss_on, r.layout_preset) == \
-        ("all-linear", ("lm_head", "embed_tokens"), "conversation", "finetune-notebook")
+    assert (r.target_modules, r.modules_to_save, r.loss_on, r.layout_preset) == (
+        "all-linear",
+        ("lm_head", "embed_tokens"),
+        "conversation",
+        "finetune-notebook",
+    )
     ao = get_recipe("answer-only")
     assert ao.loss_on == "answer" and ao.modules_to_save == () and ao.layout_preset is None
     assert "vision_tower" in ao.target_modules  # a regex that excludes the vision tower
@@ -182,17 +192,23 @@ def test_chat_examples_and_base_model_prompts_train_on_the_answer_only(tiny_mode
     Image.new("RGB", (30, 20), "green").save(tmp_path / "g.png")
     proc = AutoProcessor.from_pretrained(str(tiny_model_dir))
     tok = proc.tokenizer
-    chat = Example("", "Clear lungs.", turns=(
-        Turn("system", ("Be brief.",)),
-        Turn("user", (ChatImage(str(tmp_path / "g.png")), "Describe.")),
-        Turn("assistant", ("An X-ray.",)),
-        Turn("user", ("Any effusion?",)),
-    ))
+    chat = Example(
+        "",
+        "Clear lungs.",
+        turns=(
+            Turn("system", ("Be brief.",)),
+            Turn("user", (ChatImage(str(tmp_path / "g.png")), "Describe.")),
+            Turn("assistant", ("An X-ray.",)),
+            Turn("user", ("Any effusion?",)),
+        ),
+    )
     col = SFTCollator([chat], proc, tok, get_preset("medgemma-v1"), 64)
     b = col([{"index": 0}])
     text = tok.decode(b["input_ids"][0])
     # The user's own order (image, then text), the earlier turns, and no preset system prompt added.
-    assert text.index("<start_of_image>") < text.index("Describe.") < text.index("An X-ray.") < text.index("Any effusion?")
+    assert (
+        text.index("<start_of_image>") < text.index("Describe.") < text.index("An X-ray.") < text.index("Any effusion?")
+    )
     assert "expert radiologist" not in text and "Be brief." in text
     kept = [t for t in b["labels"][0].tolist() if t != IGNORE]
     assert tok.decode(kept) == "Clear lungs.<end_of_turn>\n"  # earlier assistant turns are context, not targets
@@ -202,7 +218,9 @@ def test_chat_examples_and_base_model_prompts_train_on_the_answer_only(tiny_mode
     kept = [t for t in b["labels"][0].tolist() if t != IGNORE]
     assert tok.decode(kept) == " no\n\n"
     # Tokenised with the tokenizer's own special tokens, as the backend does for completion prompts.
-    assert tok.decode(b["input_ids"][0]).removeprefix("<bos>").startswith("Question: Is there cardiomegaly?\nAnswer: no")
+    assert (
+        tok.decode(b["input_ids"][0]).removeprefix("<bos>").startswith("Question: Is there cardiomegaly?\nAnswer: no")
+    )
 
 
 def test_one_device_shim_still_reaches_the_trainers_gpu_count(tmp_path):

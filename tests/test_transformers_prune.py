@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medgemma_toolkit import MedGemma, Query
+from medgemma_toolkit import MedGemma
 from medgemma_toolkit.backends.base import GenerationRequest
 from medgemma_toolkit.backends.decoding import RowState, TokenStepper
 from medgemma_toolkit.backends.hf_decode import decode_pruned

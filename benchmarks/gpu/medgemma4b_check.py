@@ -22,27 +22,66 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 # MedGemma 4B (google/medgemma-4b-it config.json): Gemma 3 4B decoder + SigLIP-so400m at 896 px.
 TEXT = dict(
-    vocab_size=262_208, hidden_size=2560, intermediate_size=10_240, num_hidden_layers=34, num_attention_heads=8,
-    num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
-    max_position_embeddings=131_072, rope_scaling={"rope_type": "linear", "factor": 8.0}, rope_theta=1_000_000.0,
-    rope_local_base_freq=10_000.0, rms_norm_eps=1e-6,
+    vocab_size=262_208,
+    hidden_size=2560,
+    intermediate_size=10_240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=1024,
+    max_position_embeddings=131_072,
+    rope_scaling={"rope_type": "linear", "factor": 8.0},
+    rope_theta=1_000_000.0,
+    rope_local_base_freq=10_000.0,
+    rms_norm_eps=1e-6,
 )
-VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-              image_size=896, patch_size=14, vision_use_head=False)
+VISION = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=896,
+    patch_size=14,
+    vision_use_head=False,
+)
 TOKENS_PER_IMAGE = 256
 
 
-SMOKE_TEXT = dict(TEXT, vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32)
-SMOKE_VISION = dict(VISION, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                    image_size=112, patch_size=14)
+SMOKE_TEXT = dict(
+    TEXT,
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    query_pre_attn_scalar=32,
+)
+SMOKE_VISION = dict(
+    VISION,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=112,
+    patch_size=14,
+)
 
 
 def build_checkpoint(out: Path, device: str = "cuda", smoke: bool = False) -> Path:
     """Random-weight MedGemma-4B-shaped checkpoint (bf16 safetensors + a small local tokenizer)."""
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig
-    from transformers import GenerationConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        GenerationConfig,
+        SiglipVisionConfig,
+    )
 
     from medgemma_toolkit.testing.tiny_checkpoint import CONTROL, build_tokenizer
 
@@ -60,9 +99,11 @@ def build_checkpoint(out: Path, device: str = "cuda", smoke: bool = False) -> Pa
             text_kwargs.pop(k)
         text_cfg = Gemma3TextConfig(**text_kwargs)
     cfg = Gemma3Config(
-        text_config=text_cfg, vision_config=SiglipVisionConfig(**(SMOKE_VISION if smoke else VISION)),
+        text_config=text_cfg,
+        vision_config=SiglipVisionConfig(**(SMOKE_VISION if smoke else VISION)),
         mm_tokens_per_image=16 if smoke else TOKENS_PER_IMAGE,
-        boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"],
     )
     torch.manual_seed(0)
@@ -82,8 +123,9 @@ def build_checkpoint(out: Path, device: str = "cuda", smoke: bool = False) -> Pa
         from transformers import Gemma3ImageProcessor as ImageProcessor
     side = (SMOKE_VISION if smoke else VISION)["image_size"]
     improc = ImageProcessor(size={"height": side, "width": side})
-    Gemma3Processor(image_processor=improc, tokenizer=tok,
-                    image_seq_length=16 if smoke else TOKENS_PER_IMAGE).save_pretrained(out)
+    Gemma3Processor(
+        image_processor=improc, tokenizer=tok, image_seq_length=16 if smoke else TOKENS_PER_IMAGE
+    ).save_pretrained(out)
     return out
 
 
@@ -131,9 +173,9 @@ def main() -> None:
     from PIL import Image
 
     from medgemma_toolkit.backends.base import GenerationRequest, SamplingParams
-    from medgemma_toolkit.core.options import LoadOptions
     from medgemma_toolkit.backends.transformers_backend import TransformersBackend
     from medgemma_toolkit.core.messages import ImagePart, Message, Prompt, TextPart
+    from medgemma_toolkit.core.options import LoadOptions
 
     smoke = args.smoke
     device = "cpu" if smoke else "cuda"
@@ -148,9 +190,11 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     batches = [int(b) for b in args.batches.split(",") if b]
     t0 = time.perf_counter()
-    be = TransformersBackend(path, {"name": "medgemma-4b-random", "pretrained": False},
-                             LoadOptions(device=device, dtype="float32" if smoke else "bfloat16",
-                                         max_batch_size=max(batches)))
+    be = TransformersBackend(
+        path,
+        {"name": "medgemma-4b-random", "pretrained": False},
+        LoadOptions(device=device, dtype="float32" if smoke else "bfloat16", max_batch_size=max(batches)),
+    )
     load_s = time.perf_counter() - t0
     per_token = decode_bytes_per_token(be.model)
 

@@ -60,7 +60,7 @@ class Suite:
         t0 = time.perf_counter()
         try:
             measure, status = fn(), "ok"
-        except Exception as e:  # noqa: BLE001 - a failed row is reported, the suite goes on
+        except Exception as e:
             traceback.print_exc(file=sys.stderr)
             measure, status = f"{type(e).__name__}: {str(e).splitlines()[0][:70] if str(e) else ''}", "FAIL"
         self.rows.append((name, status, measure, time.perf_counter() - t0))
@@ -84,8 +84,12 @@ class Suite:
 
         self.path = build_checkpoint(self.work / "medgemma-4b-random", "cpu" if self.smoke else "cuda", self.smoke)
         t0 = time.perf_counter()
-        self.mg = MedGemma.load(str(self.path), device="cpu" if self.smoke else "cuda",
-                                dtype="float32" if self.smoke else "bfloat16", max_batch_size=32)
+        self.mg = MedGemma.load(
+            str(self.path),
+            device="cpu" if self.smoke else "cuda",
+            dtype="float32" if self.smoke else "bfloat16",
+            max_batch_size=32,
+        )
         info = self.mg.backend.info.extra
         mem = f", {self.torch.cuda.memory_allocated() / 1e9:.1f} GB on GPU" if self.cuda else ""
         return f"loaded in {time.perf_counter() - t0:.1f} s on {info['device']} ({info['dtype']}){mem}"
@@ -104,9 +108,19 @@ class Suite:
         data = self.work / "medqa-64.jsonl"
         make_items(data, 8 if self.smoke else 64)
         t0 = time.perf_counter()
-        s = run_eval(self.mg, EvalOptions(task="medqa", data=str(data), out=self.work / "eval",
-                                          batch_size=8 if self.smoke else 32, max_new_tokens=16, use_cache=False,
-                                          progress=False, n_boot=100))
+        s = run_eval(
+            self.mg,
+            EvalOptions(
+                task="medqa",
+                data=str(data),
+                out=self.work / "eval",
+                batch_size=8 if self.smoke else 32,
+                max_new_tokens=16,
+                use_cache=False,
+                progress=False,
+                n_boot=100,
+            ),
+        )
         n = s["timing"]["generated"]
         assert n > 0
         return f"{n} items at batch {s['timing']['batch_size']}, {n / (time.perf_counter() - t0):.1f} items/s"
@@ -159,10 +173,13 @@ class Suite:
     def loglik32(self) -> str:
         torch = self.torch
         be = self.mg.backend
-        stem = "A 54-year-old presents with chest pain radiating to the left arm and diaphoresis. " * (2 if self.smoke
-                                                                                                       else 25)
-        reqs = [self.mg.request(f"{stem}\nQuestion {i}: which is most likely?\nA. MI\nB. GERD\nC. PE\nD. Panic\n"
-                                "Answer:") for i in range(32)]
+        stem = "A 54-year-old presents with chest pain radiating to the left arm and diaphoresis. " * (
+            2 if self.smoke else 25
+        )
+        reqs = [
+            self.mg.request(f"{stem}\nQuestion {i}: which is most likely?\nA. MI\nB. GERD\nC. PE\nD. Panic\nAnswer:")
+            for i in range(32)
+        ]
         pairs = [(r.prompt, x) for r in reqs for x in "ABCD"]
         n_tok = len(be.tokenizer(be.render(reqs[0].prompt), add_special_tokens=False)["input_ids"])
         if self.cuda:
@@ -176,8 +193,10 @@ class Suite:
         vocab = be.model.config.get_text_config().vocab_size
         full_gb = 32 * n_tok * vocab * 4 / 1e9  # what full fp32 logits for one batch would take
         peak = f", peak +{(torch.cuda.max_memory_allocated() - base) / 1e9:.2f} GB" if self.cuda else ""
-        return (f"{len(pairs)} pairs of ~{n_tok} tok at batch 32 in {secs:.1f} s{peak} "
-                f"(full logits alone: {full_gb:.1f} GB)")
+        return (
+            f"{len(pairs)} pairs of ~{n_tok} tok at batch 32 in {secs:.1f} s{peak} "
+            f"(full logits alone: {full_gb:.1f} GB)"
+        )
 
     def oom_serve(self) -> str:
         """Fill the GPU with a ballast tensor, send image requests: no 500s, every failure a 503 with Retry-After,
@@ -192,6 +211,7 @@ class Suite:
             free = torch.cuda.mem_get_info()[0]
             ballast = torch.empty(max(0, free - 192 * 1024**2), dtype=torch.uint8, device="cuda")
         else:  # no real OOM on a CPU: the model's forward raises it, as CUDA would
+
             def raise_oom(_m, _a, _k):
                 raise torch.OutOfMemoryError("CUDA out of memory (smoke)")
 
@@ -210,8 +230,11 @@ class Suite:
             stop()
         codes = [r.status_code for r in rs]
         assert all(c in (200, 503) for c in codes) and 503 in codes, codes
-        assert all(int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "out_of_memory"
-                   for r in rs if r.status_code == 503)
+        assert all(
+            int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "out_of_memory"
+            for r in rs
+            if r.status_code == 503
+        )
         assert after.status_code == 200, after.status_code
         assert leaked < 64, f"{leaked:.0f} MB still allocated after the failed batch"
         return f"statuses {codes}, Retry-After set, {leaked:.0f} MB left allocated, next request 200"
@@ -233,11 +256,20 @@ class Suite:
                     im.save(data / split / name / f"{i}.png")
         method = "lora" if self.smoke else "qlora"
         t0 = time.perf_counter()
-        res = run_finetune(FinetuneSettings(
-            model=str(self.path), data=str(data / "train"), val_data=str(data / "val"), out=str(self.work / "ft"),
-            method=method, recipe="cpu-small" if self.smoke else "notebook", eval_task="val",
-            overrides={"max_steps": 2 if self.smoke else 10, "batch_size": 4, "grad_accum": 1, "save_steps": 10},
-            device="cpu" if self.smoke else "cuda", quiet=True))
+        res = run_finetune(
+            FinetuneSettings(
+                model=str(self.path),
+                data=str(data / "train"),
+                val_data=str(data / "val"),
+                out=str(self.work / "ft"),
+                method=method,
+                recipe="cpu-small" if self.smoke else "notebook",
+                eval_task="val",
+                overrides={"max_steps": 2 if self.smoke else 10, "batch_size": 4, "grad_accum": 1, "save_steps": 10},
+                device="cpu" if self.smoke else "cuda",
+                quiet=True,
+            )
+        )
         train_s = time.perf_counter() - t0
         assert res.steps == (2 if self.smoke else 10) and res.last_loss is not None
         assert res.report and "before" in res.report and "after" in res.report
@@ -249,8 +281,10 @@ class Suite:
         del mg2
         self.release()
         assert c.completion_tokens > 0
-        return (f"{method} {res.steps} steps (loss {res.first_loss:.2f} -> {res.last_loss:.2f}) + before/after "
-                f"eval in {train_s:.0f} s; merged and reloaded")
+        return (
+            f"{method} {res.steps} steps (loss {res.first_loss:.2f} -> {res.last_loss:.2f}) + before/after "
+            f"eval in {train_s:.0f} s; merged and reloaded"
+        )
 
     def decode_rate(self) -> str:
         mg = self.mg
@@ -258,8 +292,9 @@ class Suite:
         def timed(n: int) -> tuple[float, int]:
             self.sync()
             t = time.perf_counter()
-            c = mg.backend.generate([mg.request("Describe the typical findings of lobar pneumonia.",
-                                                max_new_tokens=n)])[0]
+            c = mg.backend.generate(
+                [mg.request("Describe the typical findings of lobar pneumonia.", max_new_tokens=n)]
+            )[0]
             self.sync()
             return time.perf_counter() - t, c.completion_tokens
 
@@ -274,8 +309,10 @@ class Suite:
         bound = bw * 1e9 / decode_bytes_per_token(mg.backend.model)
         self.decode_fraction = rate / bound
         target = "meets" if rate >= 0.5 * bound else "BELOW"
-        return (f"{rate:.1f} tok/s over {n} tokens vs bound {bound:.1f} tok/s ({rate / bound:.0%}, {target} the "
-                f"50% target; copy bandwidth {bw:.0f} GB/s)")
+        return (
+            f"{rate:.1f} tok/s over {n} tokens vs bound {bound:.1f} tok/s ({rate / bound:.0%}, {target} the "
+            f"50% target; copy bandwidth {bw:.0f} GB/s)"
+        )
 
 
 def main() -> None:

@@ -256,7 +256,7 @@ class BatchEngine:
                     if reuse:
                         self.cached_prompt_tokens += reuse
                         log.debug("prompt cache: %d of %d prompt tokens reused", reuse, s.prepared.n_prompt)
-            except BaseException as e:  # noqa: BLE001 - this sequence fails alone
+            except BaseException as e:
                 self._release(s, e)
             finally:
                 if s.prepared.free:

@@ -199,7 +199,7 @@ class PatientTools:
         mine = [r for r in res.resources if self.source.patient_of(r) == self.patient]  # checked twice, on purpose
         return self._listing(mine, res.truncated, f"{resource_type} resources")
 
-    def read(self, resource_type: str, id: str) -> ToolResult:  # noqa: A002 - the schema's parameter name
+    def read(self, resource_type: str, id: str) -> ToolResult:
         refusal = ToolResult(
             f"refused: {resource_type}/{id[:64]} is not part of this patient's record", 0, refused=True
         )

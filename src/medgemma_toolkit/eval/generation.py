@@ -101,7 +101,7 @@ def _generate_or_none(backend: Any, requests: list[GenerationRequest]) -> list[C
         return []
     try:
         return backend.generate(requests)
-    except Exception as e:  # noqa: BLE001 - re-raised unless out of memory
+    except Exception as e:
         if not is_oom(e):
             raise
     return None

@@ -51,7 +51,7 @@ def call_or_oom(fn: Callable[[], T], message: str) -> T:
     """`fn()`, or, if it runs out of memory, free what it held and raise `DeviceOutOfMemory(message)`."""
     try:
         return fn()
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is an out-of-memory error
+    except Exception as e:
         if not is_oom(e):
             raise
     # Outside the except block: the failed call's frames (and tensors) are unreachable now.

@@ -219,7 +219,7 @@ class Batcher:
             t0 = time.monotonic()
             try:
                 session.step()
-            except BaseException as e:  # noqa: BLE001 - the worker must survive anything one step does
+            except BaseException as e:
                 log.error("decoding step failed: %s", type(e).__name__)
                 session.abort(e.with_traceback(None))  # every request in the batch fails; the next ones run
             self._running = session.running
@@ -249,7 +249,7 @@ class Batcher:
         live.add(key)
         try:
             session.add(job.request, on_delta, on_done)
-        except BaseException as e:  # noqa: BLE001 - a prompt the backend refuses fails alone
+        except BaseException as e:
             live.discard(key)
             job.post(Failed(e.with_traceback(None)))
 
@@ -324,7 +324,7 @@ class Batcher:
         try:
             streaming = any(j.stream for j in jobs)
             return self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None), None
-        except BaseException as e:  # noqa: BLE001 - the worker must survive anything one batch does
+        except BaseException as e:
             if is_oom(e):
                 return None, None
             log.error("batch of %d failed: %s", len(jobs), type(e).__name__)

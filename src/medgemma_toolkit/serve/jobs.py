@@ -110,7 +110,7 @@ async def sse_events(
                 job.cancel()
                 state.metrics.count_cancelled()
             err = from_exception(event.error) if isinstance(event, Failed) else timeout_error(state)
-        except Exception as e:  # noqa: BLE001 - after the 200 went out, a failure is an error event, then [DONE]
+        except Exception as e:
             log.error("stream failed while writing its answer: %s", type(e).__name__)
             err = from_exception(e)
         yield sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})

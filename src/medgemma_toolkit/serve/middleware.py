@@ -160,7 +160,7 @@ class ServeMiddleware:
                 return
             try:
                 await self.app(scope, counting_receive, tagged_send)
-            except Exception as e:  # noqa: BLE001 - see below
+            except Exception as e:
                 if isinstance(e, ClientDisconnect) or type(e).__name__ == "ClientDisconnected":
                     info["gone"] = 1  # the client hung up mid-body (starlette) or while we answered (uvicorn)
                     return

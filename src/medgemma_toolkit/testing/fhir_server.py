@@ -78,7 +78,7 @@ class RecordingServer:
         double = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 double.requests.append((self.path, dict(self.headers)))
                 data = b'{"resourceType": "Bundle", "type": "searchset", "entry": []}'
                 self.send_response(200)
@@ -126,7 +126,7 @@ class FhirTestServer:
         double = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 double.requests.append(self.path)
                 if double.token and self.headers.get("Authorization") != f"Bearer {double.token}":
                     return self._send(401, _outcome("login", "authentication required"))

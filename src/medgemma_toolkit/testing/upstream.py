@@ -87,7 +87,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         up = self.upstream
         if not self.path.rstrip("/").endswith("/models"):
             self._send(404, NOT_FOUND)
@@ -95,7 +95,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         entry = {"id": up.model, "object": "model", "created": 0, "owned_by": "test", **up.card}
         self._send(200, {"object": "list", "data": [entry]})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         up = self.upstream
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self.path.rstrip("/").endswith("/chat/completions"):
