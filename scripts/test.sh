@@ -15,6 +15,11 @@ if ! command -v chromium >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+# dciodvfy (Debian dicom3tools): IOD validation of the DICOM files we write (tests/test_sr.py).
+if ! command -v dciodvfy >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dicom3tools >/dev/null
+fi
 bash scripts/install.sh test
 # The docs site must build without a warning (broken links or anchors, a page missing from the nav); the CLI
 # reference page is generated from the app here, so a command that cannot render its help fails too.

@@ -11,6 +11,7 @@ import typer
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
+from .sr import SrOpt, StowOpt
 
 
 @app.command()
@@ -44,12 +45,15 @@ def localize(
     ] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Per object; default: the preset's (1000)")] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
+    sr: SrOpt = None,
+    stow: StowOpt = None,
 ) -> None:
     """Find anatomy in a chest X-ray with Google's localisation prompt; boxes in the original image's pixels.
 
     Example: medgemma localize -m medgemma-1.5-4b-it --image cxr.dcm "right lung" "left clavicle" -o boxes.png
     Example: medgemma localize --upstream http://gpu:8000 --image wide.png "right lung" --json
     Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" -o overlays/ > boxes.jsonl
+    Example: medgemma localize -m medgemma-1.5-4b-it -i cxr.dcm "right lung" --sr boxes_sr.dcm --stow https://pacs/dicom-web
     """
     from ..errors import BadInput
     from ..imaging import load_image
@@ -60,6 +64,11 @@ def localize(
     if (image is None) == (batch is None):
         raise BadInput("give --image IMAGE (one image) or --batch FILE (a table of images)")
     opts = img.options()
+    from .sr import check_sr_options
+
+    check_sr_options(sr, stow)
+    if sr is not None and batch is not None:
+        raise BadInput("--sr writes one report for one image; use it with --image, not --batch")
     if batch is not None:
         from ..localize.table import run_table
 
@@ -75,9 +84,13 @@ def localize(
         return
     assert image is not None
     names = check_objects(objects or [])
+    source = _sr_source(image) if sr is not None else None  # a PNG with --sr fails before the model loads
     picture = load_image(image, opts)  # before loading a model: a bad image fails fast
     mg = mo.load()
     result = run_localize(mg, picture, names, max_new_tokens)
+    sr_fields: dict = {}
+    if sr is not None:
+        sr_fields = _write_sr(mg, source, result, opts, sr, stow, quiet=False)
     if output is not None:
         save_overlay(picture, [(b.label, b.xyxy) for b in result.boxes], output)
     if as_json:
@@ -85,6 +98,7 @@ def localize(
         out["demo_model"] = mg.is_demo
         if output is not None:
             out["overlay"] = str(output)
+        out.update(sr_fields)
         print(json.dumps(out, ensure_ascii=False))
         return
     for b in result.boxes:
@@ -96,3 +110,23 @@ def localize(
         print("no boxes found in the answer", file=sys.stderr)
     if output is not None:
         print(f"wrote {output} ({picture.width}x{picture.height}, {len(result.boxes)} boxes)", file=sys.stderr)
+
+
+def _sr_source(image: Path):
+    """The source's DICOM header; a non-DICOM image is a one-line error (an SR must reference an instance)."""
+    from ..sr import read_header
+
+    return read_header(image)
+
+
+def _write_sr(mg, source, result, opts, path: Path, stow_url: str | None, quiet: bool) -> dict:
+    """The boxes as a TID 1500 report on the frame `load_image` decoded (the middle one unless --frame)."""
+    from ..sr import Region, algorithm_of, measurement_report
+    from .sr import write_and_store
+
+    frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+    frame = ((frames // 2 if opts.frame is None else opts.frame) + 1) if frames > 1 else None
+    regions = [Region(b.label, b.xyxy) for b in result.boxes]
+    report = measurement_report(source, regions, algorithm_of(mg, result.preset), frame)
+    what = f"TID 1500 measurement report, {len(regions)} region{'s' if len(regions) != 1 else ''}"
+    return write_and_store(report, path, stow_url, what, quiet)

@@ -1,0 +1,298 @@
+"""DICOM results back into the hospital: SRs written with highdicom, checked by dciodvfy and highdicom's reader,
+stored over STOW-RS on a real Orthanc and read back over QIDO-RS and WADO-RS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+# The real Orthanc of the DICOMweb tests, with basic auth (module-scoped: started once more for this module). pytest
+# registers an imported fixture under the name it is imported as (`series_dir` is asked for by that name).
+from test_imaging_dicomweb import PASSWORD, USER, series_dir  # noqa: F401
+from test_imaging_dicomweb import orthanc as _dicomweb_orthanc  # noqa: F401
+
+from medgemma_toolkit.errors import BadInput
+from medgemma_toolkit.imaging import ImageOptions, load_parts
+from medgemma_toolkit.imaging.manifest import image_manifest
+from medgemma_toolkit.localize import to_pixels
+from medgemma_toolkit.sr import AlgorithmInfo, Region, answer_report, evidence_for, measurement_report, read_header
+from medgemma_toolkit.sr.regions import finding_site
+from medgemma_toolkit.sr.stow import parse_stow_url
+from medgemma_toolkit.testing.synthetic_cxr import make_cxr
+from medgemma_toolkit.testing.synthetic_dicom import FAKE_PHI, SeriesSpec, write_series
+
+BOX_ANSWER = 'Final Answer: ```json[{"box_2d": [250, 100, 750, 600], "label": "right lung"}]```'
+CXR_STUDY, CXR_SERIES = "1.2.826.0.1.3680043.8.498.300", "1.2.826.0.1.3680043.8.498.301"
+ALGO = AlgorithmInfo("tiny-medgemma", "medgemma-4b-it", "sha256:0123456789abcdef", "cxr-localize@1", "0.0.1")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy (Debian dicom3tools) prints for `path` (it exits 0 either way)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy is not installed: apt-get install -y dicom3tools (scripts/test.sh does)")
+    res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+
+
+def write_cxr(path: Path, phi: bool = True) -> Path:
+    ds = make_cxr(rows=48, cols=40)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = CXR_STUDY, CXR_SERIES
+    ds.StudyDate, ds.StudyTime = "20240102", "101530"
+    if phi:
+        for k, v in FAKE_PHI.items():
+            setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pacs(request) -> str:
+    """The base URL of a real Orthanc (DICOMweb under /dicom-web) that wants basic auth."""
+    return request.getfixturevalue("_dicomweb_orthanc")
+
+
+@pytest.fixture
+def pacs_creds(monkeypatch) -> None:
+    monkeypatch.setenv("MEDGEMMA_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDGEMMA_DICOMWEB_PASSWORD", PASSWORD)
+    monkeypatch.delenv("MEDGEMMA_DICOMWEB_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="module")
+def box_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint rewired so that greedy decoding answers with one box around the right lung."""
+    from medgemma_toolkit.testing.scripted import build_scripted_checkpoint
+
+    return build_scripted_checkpoint(
+        tiny_model_dir, tmp_path_factory.mktemp("boxes") / "boxes", BOX_ANSWER, added_tokens=True
+    )
+
+
+def test_finding_site_codes_from_dicoms_dictionary():
+    site = finding_site("right lung")
+    assert site is not None
+    assert site.value.value == "39607008"  # SCT Lung
+    lat = [i for i in site.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "272741003"]
+    assert lat and lat[0].ConceptCodeSequence[0].CodeValue == "24028007"  # Right
+    assert finding_site("heart").value.value == "80891009"
+    assert finding_site("the thing in the corner") is None
+
+
+def test_measurement_report_round_trip(tmp_path):
+    src = read_header(write_cxr(tmp_path / "cxr.dcm"))
+    sr = measurement_report(src, [Region("right lung", (4.0, 0.0, 24.0, 48.0)), Region("odd", (0, 1, 2, 3))], ALGO)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    back = hd.sr.srread(tmp_path / "sr.dcm")
+    groups = back.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 2
+    roi = groups[0].roi
+    assert roi.value_type == hd.sr.ValueTypeValues.SCOORD and roi.GraphicType == "POLYLINE"
+    assert np.allclose(roi.value, [[4, 0], [24, 0], [24, 48], [4, 48], [4, 0]])
+    ref = roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and ref.ReferencedSOPClassUID == src.SOPClassUID
+    assert "right lung" in str(groups[0].tracking_identifier)
+    assert groups[0].finding_sites[0].value.value == "39607008" and not groups[1].finding_sites
+    # Patient and study as the source has them; new series and instance; unverified, preliminary, marked as AI
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber"):
+        assert str(back.get(key)) == str(src.get(key)), key
+    assert back.SeriesInstanceUID != src.SeriesInstanceUID and back.SOPInstanceUID != src.SOPInstanceUID
+    assert (back.VerificationFlag, back.PreliminaryFlag, back.CompletionFlag) == (
+        "UNVERIFIED",
+        "PRELIMINARY",
+        "PARTIAL",
+    )
+    assert "AI generated, not reviewed" in back.SeriesDescription
+
+
+def test_answer_report_on_de_identified_series(tmp_path):
+    """No patient attributes at all in the source (as after `deid`): the SR has them empty, and is still valid."""
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16, phi={}))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+            if key in ds:
+                del ds[key]
+        ds.save_as(f)
+    evidence = [read_header(f) for f in files[1:4]]
+    sr = answer_report("Any nodule?", "No nodule is seen.", evidence, ALGO, thought=None)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    back = hd.sr.srread(tmp_path / "sr.dcm")
+    assert isinstance(back, hd.sr.ComprehensiveSR)
+    assert str(back.PatientName) == "" and back.PatientID == ""
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in back.ContentSequence if i.ValueType == "TEXT"
+    }
+    assert texts["Request"] == "Any nodule?" and texts["Finding"] == "No nodule is seen."
+    assert "AI generated, not reviewed" in texts["Comment"]
+    cited = [_image_refs(back)]
+    assert cited[0] == [ds.SOPInstanceUID for ds in evidence]
+    listed = [
+        r.ReferencedSOPInstanceUID
+        for s in back.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    ]
+    assert sorted(listed) == sorted(ds.SOPInstanceUID for ds in evidence)
+    algo = {
+        i.ConceptNameCodeSequence[0].CodeValue: i.TextValue
+        for i in back.ContentSequence
+        if i.ValueType == "TEXT" and i.RelationshipType == "HAS CONCEPT MOD"
+    }
+    assert algo["111001"] == "tiny-medgemma" and algo["111003"] == "sha256:0123456789abcdef"
+
+
+def _image_refs(sr) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items under the Finding, in order."""
+    finding = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121071"][0]
+    return [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in finding.ContentSequence]
+
+
+def test_evidence_refuses_a_changed_file(tmp_path):
+    f = write_cxr(tmp_path / "cxr.dcm")
+    entry = {"source": str(f), "sop_instance_uid": "1.2.3.4"}
+    with pytest.raises(BadInput, match="changed since it was read"):
+        evidence_for([entry])
+    with pytest.raises(BadInput, match="needs a DICOM source"):
+        evidence_for([{"source": str(f), "sop_instance_uid": None}])
+
+
+def test_stow_urls():
+    assert parse_stow_url("http://127.0.0.1:8042/dicom-web/").root == "http://127.0.0.1:8042/dicom-web"
+    assert parse_stow_url("dicomweb://pacs.example.org/dw").root == "https://pacs.example.org/dw"
+    for bad in ("ftp://x/dw", "http://u:p@x/dw", "http://x/dw?a=1", "http://x/dw/studies/1.2.3", "pacs"):
+        with pytest.raises(BadInput):
+            parse_stow_url(bad)
+
+
+def test_localize_sr_stored_in_orthanc_reads_back_identical(pacs, pacs_creds, box_model_dir, tmp_path, cli):
+    """The issue's "done when": localize --sr --stow; the SR is in Orthanc, valid, with one region on cxr.dcm."""
+    from dicomweb_client.api import DICOMwebClient
+
+    cxr = write_cxr(tmp_path / "cxr.dcm")
+    out = tmp_path / "out.dcm"
+    res = cli(
+        "localize",
+        "--model",
+        str(box_model_dir),
+        "--image",
+        str(cxr),
+        "right lung",
+        "--sr",
+        str(out),
+        "--stow",
+        f"{pacs}/dicom-web",
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    stored = json.loads(res.stdout)["stored"]
+    assert [s["stored"] for s in stored] == [True]
+    assert "stored" in res.stderr and str(out) in res.stderr
+    for value in FAKE_PHI.values():  # no patient values in what the command says
+        assert value not in res.stderr and value not in res.stdout
+    assert CXR_STUDY not in res.stderr
+    assert dciodvfy_errors(out) == []
+    sr = hd.sr.srread(out)
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    assert (
+        group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == read_header(cxr).SOPInstanceUID
+    )
+    x0, y0, x1, y1 = to_pixels((250, 100, 750, 600), 40, 48)  # the answer's box in the image's own pixels
+    assert np.allclose(group.roi.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-4)
+    assert (x0, y0) == (0.8, 12.0)  # 100/1000 of the 48-px square, less the 4 px of padding on the left
+
+    client = DICOMwebClient(f"{pacs}/dicom-web")
+    client._session.auth = (USER, PASSWORD)
+    found = client.search_for_instances(CXR_STUDY, fields=["00080018"], search_filters={"Modality": "SR"})
+    assert [f["00080018"]["Value"][0] for f in found] == [sr.SOPInstanceUID]
+    back = client.retrieve_instance(CXR_STUDY, sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    local = pydicom.dcmread(out)
+    assert back == local  # every data element equal (file meta aside)
+
+
+def test_ask_sr_cites_exactly_the_sampled_slices(tiny_model_dir, tmp_path, cli):
+    files = write_series(tmp_path / "ct_series", SeriesSpec(slices=12, rows=16, cols=16))
+    out = tmp_path / "ask.dcm"
+    res = cli(
+        "ask",
+        "-m",
+        str(tiny_model_dir),
+        "--image",
+        str(tmp_path / "ct_series"),
+        "Any nodule?",
+        "--max-slices",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--sr",
+        str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "4 source instances" in res.stderr
+    assert dciodvfy_errors(out) == []
+    sampled = image_manifest(load_parts(str(tmp_path / "ct_series"), ImageOptions(max_slices=4), 32))
+    want = [e["sop_instance_uid"] for e in sampled]
+    assert len(want) == 4 and len(files) == 12
+    sr = hd.sr.srread(out)
+    assert _image_refs(sr) == want
+    listed = {
+        r.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
+    assert listed == set(want)
+    assert sr.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ask", "Q?", "--image", "{png}", "--sr", "{out}"], "an SR needs a DICOM source"),
+        (["localize", "--image", "{png}", "lung", "--sr", "{out}"], "an SR needs a DICOM source"),
+        (["ask", "Q?", "--sr", "{out}"], "no --image given"),
+        (["localize", "--image", "{dcm}", "lung", "--stow", "http://127.0.0.1:9/dw"], "give --sr OUT.dcm too"),
+        (["localize", "--image", "{dcm}", "lung", "--sr", "{out}", "--stow", "ftp://x/dw"], "DICOMweb root"),
+        (["ask", "Q?", "--image", "dicomweb+http://127.0.0.1:9/dw/studies/1.2", "--sr", "{out}"], "DICOMweb sources"),
+    ],
+)
+def test_bad_sr_inputs_fail_before_any_model_loads(tmp_path, cli, args, message):
+    """The model named does not exist: the input check must come first and say one line."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    write_cxr(tmp_path / "cxr.dcm")
+    subst = {"{png}": str(tmp_path / "x.png"), "{out}": str(tmp_path / "o.dcm"), "{dcm}": str(tmp_path / "cxr.dcm")}
+    res = cli(*[subst.get(a, a) for a in args], "-m", str(tmp_path / "no-such-model"))
+    assert res.returncode != 0
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o.dcm").exists()
+
+
+def test_stow_command(pacs, pacs_creds, tmp_path, cli):
+    sr = measurement_report(read_header(write_cxr(tmp_path / "cxr.dcm")), [Region("heart", (1, 1, 5, 5))], ALGO)
+    sr.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    res = cli("stow", str(tmp_path / "a.dcm"), "--to", f"{pacs}/dicom-web")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines() == [f"stored {tmp_path / 'a.dcm'} on 127.0.0.1"]
+    (tmp_path / "b.txt").write_text("not dicom")
+    res = cli("stow", str(tmp_path / "b.txt"), "--to", f"{pacs}/dicom-web")
+    assert res.returncode != 0 and "not a DICOM file" in res.stderr
+
+
+def test_stow_without_credentials_is_one_line(pacs, tmp_path, cli, monkeypatch):
+    for k in ("MEDGEMMA_DICOMWEB_USER", "MEDGEMMA_DICOMWEB_PASSWORD", "MEDGEMMA_DICOMWEB_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    write_cxr(tmp_path / "cxr.dcm")
+    res = cli("stow", str(tmp_path / "cxr.dcm"), "--to", f"{pacs}/dicom-web")
+    assert res.returncode != 0
+    assert "HTTP 401" in res.stderr and len(res.stderr.strip().splitlines()) == 1
