@@ -221,6 +221,28 @@ def test_localize_sr_stored_in_orthanc_reads_back_identical(pacs, pacs_creds, bo
     assert back == local  # every data element equal (file meta aside)
 
 
+def test_localize_sc_burns_the_overlay_in_and_stores_both(pacs, pacs_creds, box_model_dir, tmp_path, cli):
+    """--sc: a Secondary Capture whose pixels are exactly the drawn overlay (what `-o` writes), stored beside the SR."""
+    from medgemma_toolkit.imaging import load_image
+    from medgemma_toolkit.localize.overlay import draw_boxes
+
+    cxr = write_cxr(tmp_path / "cxr.dcm")
+    sr_path, sc_path = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+    res = cli("localize", "-m", str(box_model_dir), "-i", str(cxr), "right lung", "--sr", str(sr_path),
+              "--sc", str(sc_path), "--stow", f"{pacs}/dicom-web", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [s["file"] for s in out["stored"]] == [str(sr_path), str(sc_path)]
+    assert dciodvfy_errors(sc_path) == []
+    sc = pydicom.dcmread(sc_path)
+    box = tuple(out["boxes"][0]["xyxy"])
+    want = np.asarray(draw_boxes(load_image(cxr), [("right lung", box)]))
+    assert sc.pixel_array.shape == (48, 40, 3) and np.array_equal(sc.pixel_array, want)
+    assert sc.BurnedInAnnotation == "YES" and "AI generated, not reviewed" in sc.SeriesDescription
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == read_header(cxr).SOPInstanceUID
+    assert (sc.PatientID, sc.StudyInstanceUID) == (FAKE_PHI["PatientID"], CXR_STUDY)
+
+
 def test_ask_sr_cites_exactly_the_sampled_slices(tiny_model_dir, tmp_path, cli):
     files = write_series(tmp_path / "ct_series", SeriesSpec(slices=12, rows=16, cols=16))
     out = tmp_path / "ask.dcm"

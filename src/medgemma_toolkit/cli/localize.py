@@ -11,7 +11,7 @@ import typer
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
-from .sr import SrOpt, StowOpt
+from .sr import ScOpt, SrOpt, StowOpt
 
 
 @app.command()
@@ -46,6 +46,7 @@ def localize(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Per object; default: the preset's (1000)")] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
     sr: SrOpt = None,
+    sc: ScOpt = None,
     stow: StowOpt = None,
 ) -> None:
     """Find anatomy in a chest X-ray with Google's localisation prompt; boxes in the original image's pixels.
@@ -66,9 +67,9 @@ def localize(
     opts = img.options()
     from .sr import check_sr_options
 
-    check_sr_options(sr, stow)
-    if sr is not None and batch is not None:
-        raise BadInput("--sr writes one report for one image; use it with --image, not --batch")
+    check_sr_options(sr, stow, sc)
+    if (sr is not None or sc is not None) and batch is not None:
+        raise BadInput("--sr and --sc write one file for one image; use them with --image, not --batch")
     if batch is not None:
         from ..localize.table import run_table
 
@@ -84,13 +85,14 @@ def localize(
         return
     assert image is not None
     names = check_objects(objects or [])
-    source = _sr_source(image) if sr is not None else None  # a PNG with --sr fails before the model loads
+    dicom_out = sr is not None or sc is not None
+    source = _sr_source(image) if dicom_out else None  # a PNG with --sr fails before the model loads
     picture = load_image(image, opts)  # before loading a model: a bad image fails fast
     mg = mo.load()
     result = run_localize(mg, picture, names, max_new_tokens)
     sr_fields: dict = {}
-    if sr is not None:
-        sr_fields = _write_sr(mg, source, result, opts, sr, stow, quiet=False)
+    if dicom_out:
+        sr_fields = _write_dicom(mg, source, picture, result, opts, sr, sc, stow)
     if output is not None:
         save_overlay(picture, [(b.label, b.xyxy) for b in result.boxes], output)
     if as_json:
@@ -119,14 +121,28 @@ def _sr_source(image: Path):
     return read_header(image)
 
 
-def _write_sr(mg, source, result, opts, path: Path, stow_url: str | None, quiet: bool) -> dict:
-    """The boxes as a TID 1500 report on the frame `load_image` decoded (the middle one unless --frame)."""
+def _write_dicom(mg, source, picture, result, opts, sr: Path | None, sc: Path | None, stow_url: str | None) -> dict:
+    """The boxes as a TID 1500 report on the frame `load_image` decoded (the middle one unless --frame) and/or as
+    a Secondary Capture of the drawn overlay; then STOW-RS of both if asked. Returns the `--json` fields."""
+    from ..localize.overlay import draw_boxes
     from ..sr import Region, algorithm_of, measurement_report
-    from .sr import write_and_store
+    from ..sr.capture import overlay_capture
+    from .sr import store, write_dicom
 
-    frames = int(getattr(source, "NumberOfFrames", 1) or 1)
-    frame = ((frames // 2 if opts.frame is None else opts.frame) + 1) if frames > 1 else None
-    regions = [Region(b.label, b.xyxy) for b in result.boxes]
-    report = measurement_report(source, regions, algorithm_of(mg, result.preset), frame)
-    what = f"TID 1500 measurement report, {len(regions)} region{'s' if len(regions) != 1 else ''}"
-    return write_and_store(report, path, stow_url, what, quiet)
+    algo = algorithm_of(mg, result.preset)
+    boxes = [(b.label, b.xyxy) for b in result.boxes]
+    out: dict = {}
+    written = []
+    if sr is not None:
+        frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+        frame = ((frames // 2 if opts.frame is None else opts.frame) + 1) if frames > 1 else None
+        report = measurement_report(source, [Region(label, xyxy) for label, xyxy in boxes], algo, frame)
+        n = len(boxes)
+        written.append(write_dicom(report, sr, f"TID 1500 measurement report, {n} region{'s' if n != 1 else ''}"))
+        out["sr"] = str(sr)
+    if sc is not None:
+        written.append(write_dicom(overlay_capture(source, draw_boxes(picture, boxes), algo), sc, "Secondary Capture"))
+        out["sc"] = str(sc)
+    if stow_url is not None:
+        out["stored"] = store(written, stow_url)
+    return out

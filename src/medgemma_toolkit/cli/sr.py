@@ -18,30 +18,41 @@ SrOpt = Annotated[
         help="Also write the result as a DICOM Structured Report (needs DICOM input; Patient/Study copied from it)",
     ),
 ]
+ScOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--sc",
+        help="Also write the image with the boxes burnt in as a DICOM Secondary Capture, for viewers without SR",
+    ),
+]
 StowOpt = Annotated[
     Optional[str],
     typer.Option(
         "--stow",
-        help="Store the --sr file on this DICOMweb server (STOW-RS), e.g. https://pacs/dicom-web; credentials "
+        help="Store the --sr (and --sc) file on this DICOMweb server (STOW-RS), e.g. https://pacs/dicom-web; credentials "
         "from MEDGEMMA_DICOMWEB_TOKEN or _USER/_PASSWORD",
     ),
 ]
 
 
-def check_sr_options(sr: Path | None, stow_url: str | None) -> None:
-    """Before any model loads: --stow needs --sr, and its URL must be a usable DICOMweb root."""
+def check_sr_options(sr: Path | None, stow_url: str | None, sc: Path | None = None) -> None:
+    """Before any model loads: --stow needs a file to store (--sr, or --sc), its URL must be a usable DICOMweb
+    root, and the outputs must be file names."""
     from ..errors import BadInput
 
-    if sr is not None:
+    if sr is not None or sc is not None:
         require_highdicom()
     if stow_url is not None:
-        if sr is None:
-            raise BadInput("--stow stores the report that --sr writes; give --sr OUT.dcm too")
+        if sr is None and sc is None:
+            raise BadInput("--stow stores what --sr (or --sc) writes; give --sr OUT.dcm too")
         from ..sr.stow import parse_stow_url
 
         parse_stow_url(stow_url)
-    if sr is not None and sr.is_dir():
-        raise BadInput(f"--sr {sr}: is a directory; give a file name such as result.dcm")
+    for flag, path in (("--sr", sr), ("--sc", sc)):
+        if path is not None and path.is_dir():
+            raise BadInput(f"{flag} {path}: is a directory; give a file name such as result.dcm")
+    if sr is not None and sc is not None and sr.resolve() == sc.resolve():
+        raise BadInput("--sr and --sc name the same file")
 
 
 def require_highdicom() -> None:
@@ -53,23 +64,35 @@ def require_highdicom() -> None:
         raise BackendUnavailable("--sr needs highdicom: pip install 'medgemma-toolkit[sr]'")
 
 
-def write_and_store(sr: Any, path: Path, stow_url: str | None, what: str, quiet: bool = False) -> dict[str, Any]:
-    """Write `sr` to `path`, store it if asked; say so on stderr (paths and counts only). Returns the JSON fields."""
+def write_dicom(obj: Any, path: Path, what: str, quiet: bool = False) -> Path:
+    """Write a highdicom object to `path`; say so on stderr (the path and what it is, never its contents)."""
     from ..sr import write_sr
 
-    write_sr(sr, path)
+    write_sr(obj, path)
     if not quiet:
         print(f"wrote {path} ({what})", file=sys.stderr)
+    return path
+
+
+def store(paths: list[Path], stow_url: str, quiet: bool = False) -> list[dict[str, Any]]:
+    """STOW-RS of the files just written, one stderr line each; a refused instance fails the command."""
+    from ..sr.stow import read_for_stow, stow
+
+    results = []
+    for r in stow(read_for_stow(paths), stow_url):
+        results.append(r)
+        if not quiet or not r.ok:
+            print(r.line(), file=sys.stderr)
+    _fail_if_refused(results)
+    return [r.to_dict() for r in results]
+
+
+def write_and_store(sr: Any, path: Path, stow_url: str | None, what: str, quiet: bool = False) -> dict[str, Any]:
+    """Write `sr` to `path` and store it if asked. Returns the fields `--json` adds."""
+    write_dicom(sr, path, what, quiet)
     out: dict[str, Any] = {"sr": str(path)}
     if stow_url is not None:
-        from ..sr.stow import read_for_stow, stow
-
-        results = list(stow(read_for_stow([path]), stow_url))
-        for r in results:
-            if not quiet or not r.ok:
-                print(r.line(), file=sys.stderr)
-        out["stored"] = [r.to_dict() for r in results]
-        _fail_if_refused(results)
+        out["stored"] = store([path], stow_url, quiet)
     return out
 
 
