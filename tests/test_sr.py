@@ -318,3 +318,28 @@ def test_stow_without_credentials_is_one_line(pacs, tmp_path, cli, monkeypatch):
     res = cli("stow", str(tmp_path / "cxr.dcm"), "--to", f"{pacs}/dicom-web")
     assert res.returncode != 0
     assert "HTTP 401" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_server_field_is_an_in_memory_sr_of_exactly_the_cited_instances(tmp_path):
+    """The serve opt-in (`medgemma.sr`): base64 DICOM built from the request's bytes; no file written anywhere."""
+    import base64
+    import io
+
+    from medgemma_toolkit.sr.inline import evidence_from_bytes, sr_field
+
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=6, rows=16, cols=16))
+    blobs = [f.read_bytes() for f in files] + [b"\x89PNG not dicom"]
+    manifest = [{"sop_instance_uid": str(pydicom.dcmread(f).SOPInstanceUID)} for f in (files[4], files[1])]
+    evidence = evidence_from_bytes(blobs, manifest)
+    before = set(tmp_path.rglob("*"))
+    field = sr_field("Q?", "A.", evidence, ALGO)
+    assert set(tmp_path.rglob("*")) == before
+    assert field["media_type"] == "application/dicom" and field["bytes"] > 0
+    (tmp_path / "sr.dcm").write_bytes(base64.b64decode(field["data"]))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    sr = hd.sr.srread(io.BytesIO(base64.b64decode(field["data"])))
+    assert _image_refs(sr) == [e["sop_instance_uid"] for e in manifest]
+    with pytest.raises(BadInput, match="not a DICOM instance"):
+        evidence_from_bytes(blobs, [{"sop_instance_uid": None}])
+    with pytest.raises(BadInput, match="not among the DICOM files"):
+        evidence_from_bytes(blobs[:1], manifest)
