@@ -343,3 +343,24 @@ def test_server_field_is_an_in_memory_sr_of_exactly_the_cited_instances(tmp_path
         evidence_from_bytes(blobs, [{"sop_instance_uid": None}])
     with pytest.raises(BadInput, match="not among the DICOM files"):
         evidence_from_bytes(blobs[:1], manifest)
+
+
+def test_no_patient_value_reaches_warnings_or_logs(tmp_path, caplog):
+    """highdicom quotes a single-component PatientName in a UserWarning; building an SR must not let it out."""
+    import logging
+    import warnings
+
+    from medgemma_toolkit.sr.capture import overlay_capture
+
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.PatientName = "Zebedee"
+    ds.save_as(tmp_path / "one.dcm")
+    src = read_header(tmp_path / "one.dcm")
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        measurement_report(src, [Region("heart", (1, 1, 5, 5))], ALGO)
+        answer_report("Q?", "A.", [src], ALGO)
+        overlay_capture(src, Image.new("RGB", (40, 48)), ALGO)
+    assert not [w for w in seen if "Zebedee" in str(w.message)]
+    assert "Zebedee" not in caplog.text

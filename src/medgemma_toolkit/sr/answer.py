@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .algorithm import AlgorithmInfo
-from .document import clip_text, marker_text, sop_arguments
+from .document import clip_text, marker_text, quiet_highdicom, sop_arguments
 
 if TYPE_CHECKING:
     from ..api import Answer
@@ -69,7 +69,8 @@ def answer_report(
     items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=marker_text(algo), relationship_type=rel.CONTAINS))
     root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept(*TITLE))
     root.ContentSequence = hd.sr.ContentSequence(items)
-    return hd.sr.ComprehensiveSR(content=root, **sop_arguments(algo, evidence, "Answer"))
+    with quiet_highdicom():
+        return hd.sr.ComprehensiveSR(content=root, **sop_arguments(algo, evidence, "Answer"))
 
 
 def sr_from_answer(

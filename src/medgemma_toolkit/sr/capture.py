@@ -13,20 +13,29 @@ from typing import Any
 from PIL import Image
 
 from .algorithm import MANUFACTURER, AlgorithmInfo
-from .document import SERIES_NUMBER, marker_text, series_description
+from .document import SERIES_NUMBER, marker_text, quiet_highdicom, series_description
 
 
 def overlay_capture(source: Any, drawn: Image.Image, algo: AlgorithmInfo) -> Any:
     """A Secondary Capture Image of `drawn` (RGB), derived from `source` (a DICOM header)."""
     import highdicom as hd
-    import numpy as np
-    from pydicom.dataset import Dataset
 
     from .evidence import for_sr
 
-    ref = for_sr(source)
     orientation = source.get("PatientOrientation")
-    sc = hd.sc.SCImage.from_ref_dataset(
+    known = orientation is not None and len(orientation) == 2
+    with quiet_highdicom():
+        # highdicom asks for an orientation in the patient frame; a placeholder when the source has none...
+        sc = _capture(hd, for_sr(source), drawn, tuple(orientation) if known else ("L", "F"))
+    # ...replaced by the source's own or left empty (type 2: unknown), never invented.
+    sc.PatientOrientation = list(orientation) if known else None
+    return _describe(sc, source, algo)
+
+
+def _capture(hd: Any, ref: Any, drawn: Image.Image, orientation: Any) -> Any:
+    import numpy as np
+
+    return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=np.asarray(drawn.convert("RGB"), dtype=np.uint8),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -37,9 +46,14 @@ def overlay_capture(source: Any, drawn: Image.Image, algo: AlgorithmInfo) -> Any
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
-        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F"),
+        patient_orientation=orientation,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
+
+
+def _describe(sc: Any, source: Any, algo: AlgorithmInfo) -> Any:
+    from pydicom.dataset import Dataset
+
     sc.SeriesDescription = series_description(algo, "Anatomy boxes, burnt in")
     sc.ImageComments = marker_text(algo)[:10240]
     sc.BurnedInAnnotation = "YES"

@@ -7,7 +7,10 @@ in words where a viewer shows them first: the SeriesDescription and a Comment in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,21 @@ from .algorithm import MANUFACTURER, AlgorithmInfo
 AI_MARKER = "AI generated, not reviewed"
 SERIES_NUMBER = 9901  # high, so the result sorts after the acquired series in a viewer
 MAX_TEXT = 60_000  # UT holds 2^32-2 bytes; a TEXT item in practice is shown whole, so keep it readable
+
+
+@contextlib.contextmanager
+def quiet_highdicom() -> Iterator[None]:
+    """Silence highdicom while it copies the source's header: its advice quotes values (a single-component
+    PatientName is repeated in a UserWarning), which must not reach a log or a terminal."""
+    log = logging.getLogger("highdicom")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def series_description(algo: AlgorithmInfo, what: str) -> str:

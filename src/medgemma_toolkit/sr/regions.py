@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .algorithm import AlgorithmInfo
-from .document import sop_arguments
+from .document import quiet_highdicom, sop_arguments
 
 
 @dataclass(frozen=True)
@@ -94,4 +94,5 @@ def measurement_report(
     )
     # The "AI generated, not reviewed" marking: the document's flags and its SeriesDescription (TID 1500's root
     # has no free-text slot).
-    return hd.sr.Comprehensive3DSR(content=report[0], **sop_arguments(algo, [source], "Anatomy boxes"))
+    with quiet_highdicom():
+        return hd.sr.Comprehensive3DSR(content=report[0], **sop_arguments(algo, [source], "Anatomy boxes"))
