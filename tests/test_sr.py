@@ -286,7 +286,6 @@ def test_ask_sr_cites_exactly_the_sampled_slices(tiny_model_dir, tmp_path, cli):
         (["ask", "Q?", "--sr", "{out}"], "no --image given"),
         (["localize", "--image", "{dcm}", "lung", "--stow", "http://127.0.0.1:9/dw"], "give --sr OUT.dcm too"),
         (["localize", "--image", "{dcm}", "lung", "--sr", "{out}", "--stow", "ftp://x/dw"], "DICOMweb root"),
-        (["ask", "Q?", "--image", "dicomweb+http://127.0.0.1:9/dw/studies/1.2", "--sr", "{out}"], "DICOMweb sources"),
     ],
 )
 def test_bad_sr_inputs_fail_before_any_model_loads(tmp_path, cli, args, message):
@@ -364,3 +363,23 @@ def test_no_patient_value_reaches_warnings_or_logs(tmp_path, caplog):
         overlay_capture(src, Image.new("RGB", (40, 48)), ALGO)
     assert not [w for w in seen if "Zebedee" in str(w.message)]
     assert "Zebedee" not in caplog.text
+
+
+def test_ask_sr_on_a_dicomweb_series_cites_the_sampled_instances(
+    pacs, pacs_creds, tiny_model_dir, tmp_path, cli, request
+):
+    """A series read over DICOMweb: the headers come back over WADO-RS metadata; the SR cites the sampled slices."""
+    from test_imaging_dicomweb import CT_SERIES, STUDY, uri
+
+    local = request.getfixturevalue("series_dir")  # what the fixture loaded into Orthanc
+
+    out = tmp_path / "remote.dcm"
+    for source in (uri(pacs, "studies", STUDY, "series", CT_SERIES), uri(pacs, "studies", STUDY)):
+        res = cli("ask", "-m", str(tiny_model_dir), "--image", source, "Any nodule?", "--max-slices", "3",
+                  "--max-new-tokens", "2", "--sr", str(out))  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        sampled = image_manifest(load_parts(str(local / "ct"), ImageOptions(max_slices=3), 32))
+        sr = hd.sr.srread(out)
+        assert _image_refs(sr) == [e["sop_instance_uid"] for e in sampled]
+        assert dciodvfy_errors(out) == []
+        assert sr.PatientID == FAKE_PHI["PatientID"] and sr.StudyInstanceUID == STUDY

@@ -143,7 +143,9 @@ def ask(
 
         print(render_for_backend(mg, req.prompt))
         return
-    evidence = _sr_evidence(req) if sr is not None else None  # before generating: a changed file fails first
+    evidence = (
+        _sr_evidence(req, image or []) if sr is not None else None
+    )  # before generating: a changed file fails first
     if as_json:
         from ..api import Answer
 
@@ -163,12 +165,13 @@ def ask(
         _write_answer_sr(mg, question, final, evidence, sr, stow, sr_thought)
 
 
-def _sr_evidence(req) -> list:
-    """The headers of exactly the instances in the prompt (a series' sampled slices), read again from disk."""
+def _sr_evidence(req, sources: list[str]) -> list:
+    """The headers of exactly the instances in the prompt (a series' sampled slices), read again from disk or
+    from the DICOMweb server they came from."""
     from ..imaging.manifest import prompt_manifest
     from ..sr import evidence_for
 
-    return evidence_for(prompt_manifest(req.prompt))
+    return evidence_for(prompt_manifest(req.prompt), sources)
 
 
 def _write_answer_sr(mg, question: str, ans, evidence, path: Path, stow_url: str | None, thought: bool) -> dict:

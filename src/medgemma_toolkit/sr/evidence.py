@@ -40,26 +40,28 @@ def read_header(path: str | Path) -> Any:
 
 
 def check_dicom_sources(sources: Sequence[str]) -> None:
-    """Before any model loads: every `--image` must be a local DICOM file or a directory/glob of them.
-
-    DICOMweb sources are refused too: their instances are read into memory, not kept, so the SR could not be
-    checked against them (store the study locally first)."""
+    """Before any model loads: every `--image` must be a local DICOM file, a directory/glob of them, or a DICOMweb
+    URI (whose instances' headers are fetched again over WADO-RS when the SR is built)."""
     from ..imaging.series import series_files
 
     if not sources:
         raise BadInput(f"--sr: no --image given; {NEEDS_DICOM}")
     for src in sources:
         if parse_dicomweb_uri(src) is not None:
-            raise BadInput("--sr: DICOMweb sources are not supported yet; retrieve the series to a folder first")
+            continue
         files = series_files(src)
         read_header(files[0] if files else src)
 
 
-def evidence_for(entries: Sequence[dict[str, Any]]) -> list[Any]:
+def evidence_for(entries: Sequence[dict[str, Any]], sources: Sequence[str] = ()) -> list[Any]:
     """The header of each image the model saw (manifest `entries`), once per instance, in manifest order.
 
-    Each entry's file is read again and must still hold the SOPInstanceUID the manifest recorded: the SR cites
-    exactly the instances that were sampled (a CT series' chosen slices, not its whole folder)."""
+    A local file is read again and must still hold the SOPInstanceUID the manifest recorded; an instance that came
+    over DICOMweb (one of the `sources` URIs) is looked up there by its SOPInstanceUID and its metadata fetched
+    (WADO-RS). Either way the SR cites exactly the instances that were sampled (a CT series' chosen slices, not
+    its whole folder)."""
+    refs = [r for r in (parse_dicomweb_uri(s) for s in sources) if r is not None]
+    remote = _RemoteHeaders(refs)
     out: list[Any] = []
     seen: set[str] = set()
     for k, e in enumerate(entries):
@@ -68,12 +70,69 @@ def evidence_for(entries: Sequence[dict[str, Any]]) -> list[Any]:
             raise BadInput(f"image {k + 1} of the prompt is not a DICOM instance; {NEEDS_DICOM}")
         if uid in seen:
             continue
-        ds = read_header(src)
-        if str(ds.SOPInstanceUID) != uid:
-            raise BadInput(f"{src}: changed since it was read (another SOPInstanceUID)")
+        if Path(str(src)).is_file():
+            ds = read_header(src)
+            if str(ds.SOPInstanceUID) != uid:
+                raise BadInput(f"{src}: changed since it was read (another SOPInstanceUID)")
+        else:
+            ds = remote.header(str(uid), k)
         seen.add(uid)
         out.append(ds)
     return out
+
+
+class _RemoteHeaders:
+    """Instance metadata from the DICOMweb servers the images came from, one client per server."""
+
+    def __init__(self, refs: Sequence[Any]) -> None:
+        self.refs = list(refs)
+        self.clients: dict[int, Any] = {}
+
+    def header(self, uid: str, k: int) -> Any:
+        from ..imaging.dicomweb import DicomWebError, _call, _client
+
+        last: DicomWebError | None = None
+        for i, ref in enumerate(self.refs):
+            if i not in self.clients:
+                self.clients[i] = _client(ref)
+            client = self.clients[i]
+            try:
+                series = ref.series or self._series_of(ref, client, uid)
+                if not series:
+                    continue
+                meta = _call(ref, "metadata", client.retrieve_instance_metadata, ref.study, series, uid)
+            except DicomWebError as e:  # not on this server (404), or refused: try the next source
+                last = e
+                continue
+            return _from_json(meta, ref.host)
+        if last is not None:
+            raise last
+        raise BadInput(f"image {k + 1} of the prompt is not a local DICOM file nor found on its DICOMweb server")
+
+    @staticmethod
+    def _series_of(ref: Any, client: Any, uid: str) -> str | None:
+        """A study URI: the series that holds the instance (QIDO-RS)."""
+        from ..imaging.dicomweb import _call, _value
+
+        found = _call(
+            ref, "search", client.search_for_instances, ref.study,
+            search_filters={"SOPInstanceUID": uid}, fields=["0020000E"],
+        )  # fmt: skip
+        series = _value(found[0], "0020000E") if found else None
+        return str(series) if series else None
+
+
+def _from_json(meta: Any, host: str) -> Any:
+    from pydicom.dataset import Dataset
+
+    try:
+        ds = Dataset.from_json(meta, bulk_data_uri_handler=lambda *_: b"")
+    except Exception:  # malformed DICOM JSON from the server
+        raise BadInput(f"DICOMweb metadata from {host} is not valid DICOM JSON") from None
+    missing = [k for k in _REQUIRED if not ds.get(k)]
+    if missing:
+        raise BadInput(f"DICOMweb metadata from {host} lacks {', '.join(missing)}")
+    return ds
 
 
 def home_first(evidence: Sequence[Any]) -> list[Any]:
