@@ -383,3 +383,36 @@ def test_ask_sr_on_a_dicomweb_series_cites_the_sampled_instances(
         assert _image_refs(sr) == [e["sop_instance_uid"] for e in sampled]
         assert dciodvfy_errors(out) == []
         assert sr.PatientID == FAKE_PHI["PatientID"] and sr.StudyInstanceUID == STUDY
+
+
+def test_stow_refuses_a_redirect_and_sends_no_credentials_on(tmp_path, cli, monkeypatch):
+    """A server answering the STOW POST with a redirect: one line, nothing followed, exit status non-zero."""
+    import http.server
+    import threading
+
+    hits: list[tuple[str, str | None]] = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            hits.append((self.path, self.headers.get("Authorization")))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.2:9/elsewhere/studies")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MEDGEMMA_DICOMWEB_TOKEN", "s3cret-token")
+    try:
+        res = cli("stow", str(write_cxr(tmp_path / "cxr.dcm")), "--to", f"http://127.0.0.1:{server.server_port}/dw")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode != 0
+    assert "redirect" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert [p for p, _ in hits] == ["/dw/studies"]  # one POST, to the server named; the redirect not followed
+    assert hits[0][1] == "Bearer s3cret-token" and "s3cret" not in res.stderr
