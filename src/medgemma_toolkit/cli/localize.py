@@ -11,7 +11,7 @@ import typer
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
-from .sr import ScOpt, SrOpt, StowOpt
+from .sr import ScOpt, SrOpt, StowOpt, check_sr_options
 
 
 @app.command()
@@ -65,8 +65,6 @@ def localize(
     if (image is None) == (batch is None):
         raise BadInput("give --image IMAGE (one image) or --batch FILE (a table of images)")
     opts = img.options()
-    from .sr import check_sr_options
-
     check_sr_options(sr, stow, sc)
     if (sr is not None or sc is not None) and batch is not None:
         raise BadInput("--sr and --sc write one file for one image; use them with --image, not --batch")

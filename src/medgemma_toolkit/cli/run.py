@@ -143,9 +143,8 @@ def ask(
 
         print(render_for_backend(mg, req.prompt))
         return
-    evidence = (
-        _sr_evidence(req, image or []) if sr is not None else None
-    )  # before generating: a changed file fails first
+    # The SR's evidence before generating: a file changed since it was read fails before the model's time is spent.
+    evidence = _sr_evidence(req, image or []) if sr is not None else None
     if as_json:
         from ..api import Answer
 
