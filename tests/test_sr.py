@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from conftest import SCRIPT, run_cli
 from PIL import Image
 
 # The real Orthanc of the DICOMweb tests, with basic auth (module-scoped: started once more for this module). pytest
@@ -181,7 +182,7 @@ def test_localize_sr_stored_in_orthanc_reads_back_identical(pacs, pacs_creds, bo
 
     cxr = write_cxr(tmp_path / "cxr.dcm")
     out = tmp_path / "out.dcm"
-    res = cli(
+    res = run_cli(  # the installed entry point in its own process, as the issue's command runs
         "localize",
         "--model",
         str(box_model_dir),
@@ -193,6 +194,7 @@ def test_localize_sr_stored_in_orthanc_reads_back_identical(pacs, pacs_creds, bo
         "--stow",
         f"{pacs}/dicom-web",
         "--json",
+        env={"MEDGEMMA_DICOMWEB_USER": USER, "MEDGEMMA_DICOMWEB_PASSWORD": PASSWORD},
     )
     assert res.returncode == 0, res.stderr
     stored = json.loads(res.stdout)["stored"]
@@ -416,3 +418,23 @@ def test_stow_refuses_a_redirect_and_sends_no_credentials_on(tmp_path, cli, monk
     assert "redirect" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert [p for p, _ in hits] == ["/dw/studies"]  # one POST, to the server named; the redirect not followed
     assert hits[0][1] == "Bearer s3cret-token" and "s3cret" not in res.stderr
+
+
+@pytest.mark.parametrize("with_thought", [False, True])
+def test_ask_sr_leaves_the_thought_out_unless_asked(scripted_model_dir, tmp_path, cli, with_thought):
+    """The scripted model thinks "The heart is large." and answers "Cardiomegaly."; the SR holds the answer and,
+    only with --sr-thought, the thought."""
+    cxr = write_cxr(tmp_path / "cxr.dcm")
+    out = tmp_path / "sr.dcm"
+    extra = ["--sr-thought"] if with_thought else []
+    res = cli("ask", "-m", str(scripted_model_dir), "-i", str(cxr), "Describe.", "--sr", str(out), *extra)
+    assert res.returncode == 0, res.stderr
+    assert "Cardiomegaly." in res.stdout
+    sr = hd.sr.srread(out)
+    texts = [
+        (i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue) for i in sr.ContentSequence if i.ValueType == "TEXT"
+    ]
+    assert ("Finding", "Cardiomegaly.") in texts
+    thought = SCRIPT.split("thought")[1].split("<unused95>")[0].strip()
+    assert (thought in out.read_bytes().decode("latin-1")) is with_thought
+    assert _image_refs(sr) == [read_header(cxr).SOPInstanceUID]
