@@ -438,3 +438,20 @@ def test_ask_sr_leaves_the_thought_out_unless_asked(scripted_model_dir, tmp_path
     thought = SCRIPT.split("thought")[1].split("<unused95>")[0].strip()
     assert (thought in out.read_bytes().decode("latin-1")) is with_thought
     assert _image_refs(sr) == [read_header(cxr).SOPInstanceUID]
+
+
+@pytest.mark.parametrize("frame_args, referenced", [([], 2), (["--frame", "0"], 1)])
+def test_localize_sr_references_the_frame_the_model_saw(box_model_dir, tmp_path, cli, frame_args, referenced):
+    """A 3-frame image: the middle frame is decoded unless --frame; the region references that frame (1-based)."""
+    ds = pydicom.dcmread(write_cxr(tmp_path / "one.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # multi-frame grey SC
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    ds.save_as(tmp_path / "multi.dcm")
+    out = tmp_path / "sr.dcm"
+    res = cli("localize", "-m", str(box_model_dir), "-i", str(tmp_path / "multi.dcm"), "right lung",
+              "--sr", str(out), *frame_args)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert dciodvfy_errors(out) == []
+    (group,) = hd.sr.srread(out).content.get_planar_roi_measurement_groups()
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == referenced
