@@ -78,9 +78,10 @@ def sr_from_answer(
 ) -> Any:
     """The Python API's entry: an `Answer` (from `MedGemma.ask`/`stream`) as a Comprehensive SR.
 
+    >>> from medgemma_toolkit.imaging.manifest import prompt_manifest
     >>> from medgemma_toolkit.sr import algorithm_of, evidence_for, sr_from_answer, write_sr
-    >>> req = mg.request("Any nodule?", ["ct_series/"])
+    >>> evidence = evidence_for(prompt_manifest(mg.request("Any nodule?", ["ct_series/"]).prompt))
     >>> ans = mg.ask("Any nodule?", ["ct_series/"])
-    >>> write_sr(sr_from_answer("Any nodule?", ans, evidence_for(prompt_manifest(req.prompt)), algorithm_of(mg)), "sr.dcm")
+    >>> write_sr(sr_from_answer("Any nodule?", ans, evidence, algorithm_of(mg)), "sr.dcm")
     """
     return answer_report(question, answer.text, evidence, algo, answer.thought if include_thought else None)

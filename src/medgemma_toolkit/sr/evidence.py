@@ -1,9 +1,10 @@
-"""The source instances an SR cites: their headers, read back from the files the model saw.
+"""The source instances an SR cites: their headers, read back from where the model's images came from.
 
-An SR inherits Patient and Study from its evidence (PS3.3 C.17.2: it belongs to the source's study, or a PACS
-files it as a new patient). The headers are read again with `stop_before_pixels`, so nothing but the manifest's
-paths and UIDs travel from the run to here. Patient attributes a de-identified input lacks stay empty (type 2):
-the SR then carries exactly what the source carried, no more.
+An SR belongs to the study of the images it reports on: its Patient and Study modules are copied from them (with
+other values a PACS would file it under another patient). The headers are read again — local files with
+`stop_before_pixels`, DICOMweb instances as WADO-RS metadata — so nothing but the manifest's sources and UIDs
+travel from the run to here. Patient attributes a de-identified input lacks stay empty (type 2): the SR then
+carries exactly what the source carried, no more.
 """
 
 from __future__ import annotations
