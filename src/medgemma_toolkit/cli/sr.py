@@ -114,7 +114,7 @@ def stow(
     """Store DICOM files on a PACS over DICOMweb (STOW-RS); one line per instance.
 
     Credentials come from MEDGEMMA_DICOMWEB_TOKEN (bearer) or MEDGEMMA_DICOMWEB_USER/_PASSWORD and go to that
-    server only; redirects are refused. Exit status 1 when any instance was refused.
+    server only; redirects are refused. Exit status 2 when any instance was refused.
 
     Example: medgemma stow result_sr.dcm --to https://pacs.example.org/dicom-web
     Example: medgemma stow out/*.dcm --to http://127.0.0.1:8042/dicom-web --json
