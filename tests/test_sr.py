@@ -455,3 +455,19 @@ def test_localize_sr_references_the_frame_the_model_saw(box_model_dir, tmp_path,
     assert dciodvfy_errors(out) == []
     (group,) = hd.sr.srread(out).content.get_planar_roi_measurement_groups()
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == referenced
+
+
+def test_a_refused_instance_is_reported_with_the_standards_reason():
+    """A STOW-RS answer (PS3.18 Store Instances Response) listing the instance under FailedSOPSequence."""
+    from pydicom.dataset import Dataset
+
+    from medgemma_toolkit.sr.stow import _outcome
+
+    failed = Dataset()
+    failed.ReferencedSOPInstanceUID, failed.FailureReason = "1.2.3", 0xA900
+    response = Dataset()
+    response.FailedSOPSequence = [failed]
+    ref = parse_stow_url("http://127.0.0.1:1/dw")
+    out = _outcome("a.dcm", ref, response)
+    assert not out.ok and out.line() == "not stored: a.dcm on 127.0.0.1 (data set does not match SOP class)"
+    assert _outcome("b.dcm", ref, Dataset()).line() == "stored b.dcm on 127.0.0.1"
