@@ -15,7 +15,7 @@ if ! command -v chromium >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-# dicom3tools (dciodvfy: IOD validation of what `deid` writes, tests/test_deid_*.py) and tesseract (OCR of text
+# dicom3tools (dciodvfy: IOD validation of what `deid` and `--sr` write, tests/test_deid_*.py and tests/test_sr.py) and tesseract (OCR of text
 # burned into pixels, `deid --clean-pixels`).
 if ! command -v dciodvfy >/dev/null 2>&1 || ! command -v tesseract >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

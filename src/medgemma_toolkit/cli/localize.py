@@ -11,6 +11,7 @@ import typer
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
+from .sr import ScOpt, SrOpt, StowOpt, check_sr_options
 
 
 @app.command()
@@ -44,12 +45,16 @@ def localize(
     ] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Per object; default: the preset's (1000)")] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
+    sr: SrOpt = None,
+    sc: ScOpt = None,
+    stow: StowOpt = None,
 ) -> None:
     """Find anatomy in a chest X-ray with Google's localisation prompt; boxes in the original image's pixels.
 
     Example: medgemma localize -m medgemma-1.5-4b-it --image cxr.dcm "right lung" "left clavicle" -o boxes.png
     Example: medgemma localize --upstream http://gpu:8000 --image wide.png "right lung" --json
     Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" -o overlays/ > boxes.jsonl
+    Example: medgemma localize -m medgemma-1.5-4b-it -i cxr.dcm "right lung" --sr boxes_sr.dcm --stow https://pacs/dicom-web
     """
     from ..errors import BadInput
     from ..imaging import load_image
@@ -60,6 +65,9 @@ def localize(
     if (image is None) == (batch is None):
         raise BadInput("give --image IMAGE (one image) or --batch FILE (a table of images)")
     opts = img.options()
+    check_sr_options(sr, stow, sc)
+    if (sr is not None or sc is not None) and batch is not None:
+        raise BadInput("--sr and --sc write one file for one image; use them with --image, not --batch")
     if batch is not None:
         from ..localize.table import run_table
 
@@ -75,9 +83,14 @@ def localize(
         return
     assert image is not None
     names = check_objects(objects or [])
+    dicom_out = sr is not None or sc is not None
+    source = _sr_source(image) if dicom_out else None  # a PNG with --sr fails before the model loads
     picture = load_image(image, opts)  # before loading a model: a bad image fails fast
     mg = mo.load()
     result = run_localize(mg, picture, names, max_new_tokens)
+    sr_fields: dict = {}
+    if dicom_out:
+        sr_fields = _write_dicom(mg, source, picture, result, opts, sr, sc, stow)
     if output is not None:
         save_overlay(picture, [(b.label, b.xyxy) for b in result.boxes], output)
     if as_json:
@@ -85,6 +98,7 @@ def localize(
         out["demo_model"] = mg.is_demo
         if output is not None:
             out["overlay"] = str(output)
+        out.update(sr_fields)
         print(json.dumps(out, ensure_ascii=False))
         return
     for b in result.boxes:
@@ -96,3 +110,37 @@ def localize(
         print("no boxes found in the answer", file=sys.stderr)
     if output is not None:
         print(f"wrote {output} ({picture.width}x{picture.height}, {len(result.boxes)} boxes)", file=sys.stderr)
+
+
+def _sr_source(image: Path):
+    """The source's DICOM header; a non-DICOM image is a one-line error (an SR must reference an instance)."""
+    from ..sr import read_header
+
+    return read_header(image)
+
+
+def _write_dicom(mg, source, picture, result, opts, sr: Path | None, sc: Path | None, stow_url: str | None) -> dict:
+    """The boxes as a TID 1500 report on the frame `load_image` decoded (the middle one unless --frame) and/or as
+    a Secondary Capture of the drawn overlay; then STOW-RS of both if asked. Returns the `--json` fields."""
+    from ..localize.overlay import draw_boxes
+    from ..sr import Region, algorithm_of, measurement_report
+    from ..sr.capture import overlay_capture
+    from .sr import store, write_dicom
+
+    algo = algorithm_of(mg, result.preset)
+    boxes = [(b.label, b.xyxy) for b in result.boxes]
+    out: dict = {}
+    written = []
+    if sr is not None:
+        frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+        frame = ((frames // 2 if opts.frame is None else opts.frame) + 1) if frames > 1 else None
+        report = measurement_report(source, [Region(label, xyxy) for label, xyxy in boxes], algo, frame)
+        n = len(boxes)
+        written.append(write_dicom(report, sr, f"TID 1500 measurement report, {n} region{'s' if n != 1 else ''}"))
+        out["sr"] = str(sr)
+    if sc is not None:
+        written.append(write_dicom(overlay_capture(source, draw_boxes(picture, boxes), algo), sc, "Secondary Capture"))
+        out["sc"] = str(sc)
+    if stow_url is not None:
+        out["stored"] = store(written, stow_url)
+    return out

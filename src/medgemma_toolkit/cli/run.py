@@ -11,6 +11,7 @@ import typer
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, check_sources, option_groups
+from .sr import SrOpt, StowOpt
 
 
 @app.command()
@@ -62,6 +63,11 @@ def ask(
     ] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
     preset: PresetOpt = None,
+    sr: SrOpt = None,
+    stow: StowOpt = None,
+    sr_thought: Annotated[
+        bool, typer.Option("--sr-thought", help="With --sr: put the model's thought in the report too (default: not)")
+    ] = False,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
@@ -70,6 +76,7 @@ def ask(
     Example: medgemma ask --model medgemma-4b-it --image cxr.dcm "Describe this chest X-ray."
     Example: medgemma ask -m medgemma-1.5-4b-it -i ct/ --show-prompt "Is there a liver lesion?"
     Example: medgemma ask -m medgemma-1.5-4b-it --prior 2024.dcm --current 2025.dcm "Has the effusion changed?"
+    Example: medgemma ask -m medgemma-1.5-4b-it -i ct_series/ "Any liver lesion?" --sr answer_sr.dcm
     """
     from ..errors import BadInput
     from ..prompts.presets import LONGITUDINAL
@@ -92,6 +99,14 @@ def ask(
             print(ordered.notice, file=sys.stderr)
     question = question or ""
     check_sources(image)  # before the model loads (and before the demo notice)
+    if sr is not None:
+        from ..sr import check_dicom_sources
+        from .sr import check_sr_options
+
+        check_sr_options(sr, stow)
+        check_dicom_sources(image or [])
+    elif stow is not None or sr_thought:
+        raise BadInput("--stow and --sr-thought go with --sr OUT.dcm")
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from .show_prompt import show_prompt_offline
 
@@ -128,6 +143,8 @@ def ask(
 
         print(render_for_backend(mg, req.prompt))
         return
+    # The SR's evidence before generating: a file changed since it was read fails before the model's time is spent.
+    evidence = _sr_evidence(req, image or []) if sr is not None else None
     if as_json:
         from ..api import Answer
 
@@ -138,9 +155,31 @@ def ask(
         assert ans is not None
         out = ans.to_dict()
         out["demo_model"] = mg.is_demo
+        if sr is not None:
+            out.update(_write_answer_sr(mg, question, ans, evidence, sr, stow, sr_thought))
         print(json.dumps(out, ensure_ascii=False))
         return
-    _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())
+    final = _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())
+    if sr is not None:
+        _write_answer_sr(mg, question, final, evidence, sr, stow, sr_thought)
+
+
+def _sr_evidence(req, sources: list[str]) -> list:
+    """The headers of exactly the instances in the prompt (a series' sampled slices), read again from disk or
+    from the DICOMweb server they came from."""
+    from ..imaging.manifest import prompt_manifest
+    from ..sr import evidence_for
+
+    return evidence_for(prompt_manifest(req.prompt), sources)
+
+
+def _write_answer_sr(mg, question: str, ans, evidence, path: Path, stow_url: str | None, thought: bool) -> dict:
+    from ..sr import algorithm_of, sr_from_answer
+    from .sr import write_and_store
+
+    report = sr_from_answer(question, ans, evidence, algorithm_of(mg, ans.preset), include_thought=thought)
+    n = len(evidence)
+    return write_and_store(report, path, stow_url, f"Comprehensive SR, {n} source instance{'s' if n != 1 else ''}")
 
 
 def _warn_if_no_thinking(mg, think: bool) -> None:
@@ -153,7 +192,7 @@ def _warn_if_no_thinking(mg, think: bool) -> None:
         )
 
 
-def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
+def _print_streamed(mg, req, show_thought: bool, live: bool):
     """Stream the answer to stdout; the thought (only when asked for) goes to stderr, dimmed on a terminal."""
     from ..api import Answer
 
@@ -189,6 +228,7 @@ def _print_streamed(mg, req, show_thought: bool, live: bool) -> None:
         print(final.text)
     if final.finish_reason == "length" and not final.text:
         print("note: the answer was cut off by --max-new-tokens before it began", file=sys.stderr)
+    return final
 
 
 @app.command()
