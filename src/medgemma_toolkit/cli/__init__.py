@@ -70,6 +70,7 @@ from . import embed as _embed  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
+from . import asr as _asr  # noqa: E402,F401
 # isort: on
 
 
