@@ -277,3 +277,52 @@ def test_ask_with_unreadable_audio_fails_before_any_model_loads(cli, tmp_path):
     bad.write_bytes(b"RIFF....WAVEjunk")
     r = cli("ask", "--model", str(tmp_path / "no-such-model"), "--audio", str(bad), "summarise")
     assert r.returncode == 2 and "not a readable" in r.stderr
+
+
+def _edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance, written here independently of jiwer."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _norm(s: str) -> str:
+    import re
+    import unicodedata
+
+    s = "".join(c for c in s.lower() if not unicodedata.category(c).startswith("P"))
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def test_error_rates_equal_an_independent_computation():
+    from medgemma_toolkit.asr.score import error_rates
+
+    refs = ["The heart is normal.", "No pleural effusion, no pneumothorax.", "Patient's lungs are clear"]
+    hyps = ["the heart is abnormal", "no pleural fusion no pneumothorax seen", "patients lungs clear"]
+    got = error_rates(refs, hyps)
+    w = [_edit_distance(_norm(r).split(), _norm(h).split()) for r, h in zip(refs, hyps)]
+    c = [_edit_distance(list(_norm(r)), list(_norm(h))) for r, h in zip(refs, hyps)]
+    assert got["wer"] == pytest.approx(sum(w) / sum(len(_norm(r).split()) for r in refs))
+    assert got["cer"] == pytest.approx(sum(c) / sum(len(_norm(r)) for r in refs))
+    lo, hi = got["wer_ci95"]
+    assert lo <= got["wer"] <= hi
+
+
+def test_transcribe_data_scores_wer_against_references(cli, asr_dir, audio, tmp_path):
+    rows = tmp_path / "refs.csv"
+    shutil.copy(audio["wav"], tmp_path / "a.wav")
+    shutil.copy(audio["flac"], tmp_path / "b.flac")
+    rows.write_text(f'audio,text\na.wav,"{SENTENCE}"\nb.flac,the chest radiograph\n')
+    doc = _transcribe_json(cli, asr_dir, "--data", str(rows))
+    hyps = [t["text"] for t in doc["transcripts"]]
+    refs = [SENTENCE, "the chest radiograph"]
+    errs = sum(_edit_distance(_norm(r).split(), _norm(h).split()) for r, h in zip(refs, hyps))
+    assert doc["score"]["wer"] == pytest.approx(errs / sum(len(_norm(r).split()) for r in refs))
+    assert doc["score"]["recordings"] == 2
+    (tmp_path / "a.txt").write_text(SENTENCE)
+    r = cli("transcribe", "--model", str(asr_dir), "--data", str(tmp_path))  # folder form: b.flac has no b.txt
+    assert r.returncode == 2 and "no reference b.txt" in r.stderr

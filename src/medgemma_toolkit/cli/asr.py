@@ -120,7 +120,9 @@ def transcribe_dictation(
 @app.command()
 @option_groups(ao=AsrOptions)
 def transcribe(
-    audio: Annotated[list[str], typer.Argument(help="Audio files: WAV, FLAC, MP3 or OGG (any rate, any channels)")],
+    audio: Annotated[
+        Optional[list[str]], typer.Argument(help="Audio files: WAV, FLAC, MP3 or OGG (any rate, any channels)")
+    ] = None,
     ao: AsrOptions = ASR_DEFAULTS,
     model: Annotated[
         Optional[str],
@@ -135,11 +137,18 @@ def transcribe(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     device: DeviceOpt = "auto",
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Score against references: a folder of recordings with <stem>.txt beside each, or a CSV/TSV/JSONL with audio,text; adds WER/CER with 95% intervals"
+        ),
+    ] = None,
 ) -> None:
     """Transcribe medical dictation with MedASR (16 kHz mono CTC; long recordings in overlapping chunks).
 
     Example: medgemma transcribe dictation.wav
     Example: medgemma transcribe -m medasr --json --out notes.json a.flac b.mp3
+    Example: medgemma transcribe --data dictations/ --json
     """
     from ..asr.transcribe import Transcriber
     from ..errors import BadInput
@@ -147,16 +156,30 @@ def transcribe(
     ao.check()
     if out is not None and out.suffix.lower() not in (".json", ".txt"):
         raise BadInput(f"--out {out.name}: write .json or .txt")
+    pairs = None
+    if data is not None:
+        from ..asr.score import read_pairs
+
+        if audio:
+            raise BadInput("give audio files or --data, not both")
+        pairs = read_pairs(data)
+        audio = [str(p.audio) for p in pairs]
+    if not audio:
+        raise BadInput("give at least one audio file (or --data)")
     audios = decode_all(audio)
     transcriber = Transcriber.load(model, device=device, allow_download=allow_download)
     results = ao.run(transcriber, audios, list(audio), quiet=quiet or as_json)
-    doc = {
+    doc: dict[str, Any] = {
         "model": transcriber.name,
         "chunk_length_s": ao.chunk_length,
         "stride_length_s": ao.stride_length,
         "decoding": "greedy CTC",
         "transcripts": [t.to_dict() for t in results],
     }
+    if pairs is not None:
+        from ..asr.score import error_rates
+
+        doc["score"] = error_rates([p.reference for p in pairs], [t.text for t in results])
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".json":
@@ -168,3 +191,13 @@ def transcribe(
         return
     for t in results:
         print(f"{t.source}: {t.text}" if len(results) > 1 else t.text)
+    if "score" in doc:
+        sc = doc["score"]
+        print(
+            f"WER {sc['wer']:.3f} (95% CI {_ci(sc['wer_ci95'])}), CER {sc['cer']:.3f} (95% CI {_ci(sc['cer_ci95'])}) "
+            f"over {sc['recordings']} recordings, {sc['reference_words']} reference words"
+        )
+
+
+def _ci(ci: list[float | None]) -> str:
+    return "n/a" if ci[0] is None or ci[1] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
