@@ -201,3 +201,57 @@ def transcribe(
 
 def _ci(ci: list[float | None]) -> str:
     return "n/a" if ci[0] is None or ci[1] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+@app.command("asr-finetune")
+def asr_finetune(
+    data: Annotated[
+        Path, typer.Option(help="A folder of recordings with <stem>.txt transcripts, or a CSV/TSV/JSONL of audio,text")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (new, or --resume an interrupted one)")],
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="medasr (default), a registered name or a lasr_ctc checkpoint directory"),
+    ] = None,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps")] = 200,
+    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate (linear decay after warm-up)")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Recordings per step")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps")] = 1,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps")] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: DeviceOpt = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's provenance as one JSON object")] = False,
+) -> None:
+    """Fine-tune MedASR with the CTC loss on your recordings and transcripts, in a crash-safe run folder.
+
+    Example: medgemma asr-finetune --data dictations/ -o runs/asr1 --max-steps 500
+    Example: medgemma asr-finetune --data dictations/ -o runs/asr1 --resume
+    """
+    from ..train.asr import AsrFinetuneSettings, run_asr_finetune
+    from ..train.provenance import read_provenance
+
+    run = run_asr_finetune(
+        AsrFinetuneSettings(
+            model=model or "medasr",
+            data=str(data),
+            out=str(out),
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            save_steps=save_steps,
+            seed=seed,
+            device=device,
+            resume=resume,
+            quiet=quiet or as_json,
+        )
+    )
+    prov = read_provenance(run) or {}
+    if as_json:
+        print(json.dumps(prov, ensure_ascii=False))
+        return
+    print(f"model: {run / 'model'} (loss {prov.get('first_loss')} -> {prov.get('last_loss')})")
