@@ -291,18 +291,17 @@ def _edit_distance(a: list, b: list) -> int:
 
 
 def _norm(s: str) -> str:
-    import re
-    import unicodedata
-
-    s = "".join(c for c in s.lower() if not unicodedata.category(c).startswith("P"))
-    return re.sub(r"\s+", " ", s).strip()
+    """The documented normalisation (Google's notebook), written out here character by character."""
+    s = s.lower().replace("</s>", "")
+    s = "".join(c for c in s if c in "abcdefghijklmnopqrstuvwxyz0123456789" or c.isspace())
+    return " ".join(s.split())
 
 
 def test_error_rates_equal_an_independent_computation():
     from medgemma_toolkit.asr.score import error_rates
 
-    refs = ["The heart is normal.", "No pleural effusion, no pneumothorax.", "Patient's lungs are clear"]
-    hyps = ["the heart is abnormal", "no pleural fusion no pneumothorax seen", "patients lungs clear"]
+    refs = ["The heart is normal.", "No pleural effusion, no pneumothorax.", "Patient's lungs are clear", "X-ray 2"]
+    hyps = ["the heart is abnormal</s>", "no pleural fusion no pneumothorax seen", "patients lungs clear", "xray 2"]
     got = error_rates(refs, hyps)
     w = [_edit_distance(_norm(r).split(), _norm(h).split()) for r, h in zip(refs, hyps)]
     c = [_edit_distance(list(_norm(r)), list(_norm(h))) for r, h in zip(refs, hyps)]

@@ -1,8 +1,9 @@
 """Word and character error rates of transcripts against references (jiwer), with bootstrap intervals.
 
-Normalisation (both sides, before scoring): lower case, punctuation removed (jiwer's `RemovePunctuation`: Unicode
-punctuation, apostrophes included, so "patient's" -> "patients"), runs of spaces collapsed, ends stripped; numbers
-and abbreviations are compared as written. WER and CER are corpus-level: all errors (substitutions + deletions +
+Normalisation (both sides, before scoring) is Google's fine-tuning notebook's `normalize_text`
+(Google-Health/medasr@f19ff2c, notebooks/fine_tune_with_hugging_face.ipynb): lower case, `</s>` removed, every
+character other than a-z, 0-9 and white space removed (so "patient's" -> "patients", "x-ray" -> "xray"), runs of
+white space collapsed, ends stripped. Numbers and abbreviations are compared as written. WER and CER are corpus-level: all errors (substitutions + deletions +
 insertions) over all reference words (characters), as jiwer computes over a list; their 95% intervals are
 percentile bootstraps over recordings (`stats.bootstrap_ratio`, 1000 resamples, seed 0).
 
@@ -12,6 +13,7 @@ Data: a folder of recordings, each with its reference beside it as `<stem>.txt`,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,14 @@ from ..rowfile import read_rows
 from ..stats import bootstrap_ratio
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus")
-NORMALISATION = "lower case, punctuation removed, spaces collapsed (jiwer transforms)"
+NORMALISATION = "Google's MedASR fine-tuning notebook: lower case, </s> removed, only [a-z0-9 ] kept, spaces collapsed"
 
 
 def normalise(text: str) -> str:
-    import jiwer
-
-    t = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
-    return str(t(text))
+    """The notebook's normalisation (see the module docstring)."""
+    t = text.lower().replace("</s>", "")
+    t = re.sub(r"[^a-z0-9\s]", "", t)
+    return re.sub(r"\s+", " ", t).strip()
 
 
 @dataclass(frozen=True)
