@@ -84,7 +84,7 @@ def test_long_speech_is_longer_than_one_chunk(audio):
     assert sf.info(str(audio["long"])).duration > 32  # three 20 s chunks at a 16 s step
 
 
-def test_transcribe_equals_the_transformers_pipeline_chunked_as_the_quick_start(cli, asr_dir, audio):
+def test_transcribe_equals_the_transformers_pipeline_chunked_as_the_model_card(cli, asr_dir, audio):
     """The issue's "done when": `transcribe --json` equals the pipeline (chunk_length_s=20, stride_length_s=2)."""
     doc = _transcribe_json(cli, asr_dir, str(audio["long"]))
     want = _pipeline_text(asr_dir, audio["long"], chunk_length_s=20, stride_length_s=2)

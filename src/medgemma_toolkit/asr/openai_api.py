@@ -112,7 +112,7 @@ def parse_request(body: bytes, content_type: str) -> TranscriptionRequest:
     except ValueError:
         raise BadInput("temperature must be a number") from None
     if temperature != 0:
-        raise BadInput("only temperature 0 (greedy CTC decoding, as Google's quick start) is offered")
+        raise BadInput("only temperature 0 (greedy CTC decoding) is offered")
     grans = fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])
     bad = [g for g in grans if g not in ("segment", "word")]
     if bad:

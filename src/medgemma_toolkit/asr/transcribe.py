@@ -4,10 +4,12 @@
 >>> t = Transcriber.load("medasr")                       # or any lasr_ctc checkpoint directory
 >>> t.transcribe(["dictation.wav"])[0].text
 
-Decoding follows Google's MedASR quick start (google-health/medasr, notebooks/quick_start_with_hugging_face.ipynb):
-transformers' `automatic-speech-recognition` pipeline, greedy CTC (argmax per frame), with
-`chunk_length_s=20, stride_length_s=2`. The notebook also shows an optional 6-gram KenLM beam search (pyctcdecode,
-beam 8); that needs the LM file from the hub and is not done here. Chunking, batching and the model call are the
+Decoding follows Google's MedASR usage: transformers' `automatic-speech-recognition` pipeline, greedy CTC (argmax
+per frame), `pipe(audio, chunk_length_s=20, stride_length_s=2)`. That call is the google/medasr model card's
+snippet as many projects quote it; the quick-start notebook (Google-Health/medasr@f19ff2c,
+notebooks/quick_start_with_hugging_face.ipynb) is stored here mostly as embedded outputs and its code cells could
+not be read in full. Projects that follow it also show an optional 6-gram KenLM beam search (pyctcdecode, beam 8,
+`lm_6.kenlm` from the model repository); that is not done here. Chunking, batching and the model call are the
 pipeline's own; only its post-processing is extended, to keep the per-frame ids for word timestamps (`ctc.py`).
 """
 
@@ -26,7 +28,7 @@ from .audio import MIN_SECONDS, SAMPLE_RATE, Audio, load_audio
 from .ctc import Word, segments_from_words, words_from_frames
 
 DEFAULT_MODEL = "medasr"
-CHUNK_S = 20.0  # Google's quick start: pipe(audio, chunk_length_s=20, stride_length_s=2)
+CHUNK_S = 20.0  # the model card's snippet: pipe(audio, chunk_length_s=20, stride_length_s=2)
 STRIDE_S = 2.0
 MODEL_TYPE = "lasr_ctc"
 

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class AsrOptions:
-    """How recordings are cut and batched (`ask --audio` uses the defaults: Google's quick-start settings)."""
+    """How recordings are cut and batched (`ask --audio` uses the defaults: the model card's 20 s / 2 s)."""
 
     chunk_length: Annotated[
-        float, typer.Option(help="Seconds per chunk of long recordings (Google's quick start: 20); 0 = no chunking")
+        float, typer.Option(help="Seconds per chunk of long recordings (the model card's: 20); 0 = no chunking")
     ] = 20.0
     stride_length: Annotated[
-        float, typer.Option(help="Seconds of overlap on each side of a chunk, dropped after decoding (quick start: 2)")
+        float, typer.Option(help="Seconds of overlap on each side of a chunk, dropped after decoding (model card: 2)")
     ] = 2.0
     batch_size: Annotated[int, typer.Option(help="Chunks per forward pass")] = 1
 
@@ -96,7 +96,7 @@ def _progress(total_seconds: float, quiet: bool) -> Iterator[Any]:
 def transcribe_dictation(
     audio: str, request: str | None, model: str | None, device: str, allow_download: bool
 ) -> dict[str, Any]:
-    """`ask --audio`: decode (before any model loads), transcribe with the quick-start settings, build the user text.
+    """`ask --audio`: decode (before any model loads), transcribe with the default chunking, build the user text.
 
     Returns what `ask --json` shows under "dictation": the transcript, the prompt version and the text sent."""
     from ..asr.dictation import dictation_prompt
