@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the toolkit with its test extras into .venv (scripts/install.sh), check src/ with ruff and mypy, and run
 # the whole test suite (what CI runs), after installing the Debian packages the tests drive for real: Orthanc
-# (DICOMweb) and Chromium.
+# (DICOMweb), Chromium and espeak-ng.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A real DICOMweb server for tests/test_imaging_dicomweb.py (the tests start it themselves on loopback).
@@ -15,11 +15,16 @@ if ! command -v chromium >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-# dicom3tools (dciodvfy: IOD validation of what `deid` and `--sr` write, tests/test_deid_*.py and tests/test_sr.py) and tesseract (OCR of text
-# burned into pixels, `deid --clean-pixels`).
+# dicom3tools (dciodvfy: IOD validation of what `deid` and `--sr` write, tests/test_deid_*.py, tests/test_sr.py)
+# and tesseract (OCR of text burned into pixels, `deid --clean-pixels`).
 if ! command -v dciodvfy >/dev/null 2>&1 || ! command -v tesseract >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dicom3tools tesseract-ocr tesseract-ocr-eng >/dev/null
+fi
+# espeak-ng speaks the test dictations for tests/test_asr.py (MedASR transcription on real speech audio).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
 fi
 bash scripts/install.sh test
 # The docs site must build without a warning (broken links or anchors, a page missing from the nav); the CLI

@@ -72,6 +72,7 @@ from . import reproduce as _reproduce  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
 from . import sr as _sr  # noqa: E402,F401
+from . import asr as _asr  # noqa: E402,F401
 # isort: on
 
 

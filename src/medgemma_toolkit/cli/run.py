@@ -68,6 +68,16 @@ def ask(
     sr_thought: Annotated[
         bool, typer.Option("--sr-thought", help="With --sr: put the model's thought in the report too (default: not)")
     ] = False,
+    audio: Annotated[
+        Optional[str],
+        typer.Option(
+            "--audio",
+            help="A dictation (WAV/FLAC/MP3/OGG): transcribed with MedASR first, then given to the model with the question (default: a structured report)",
+        ),
+    ] = None,
+    asr_model: Annotated[
+        Optional[str], typer.Option("--asr-model", help="With --audio: medasr (default) or a lasr_ctc checkpoint")
+    ] = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
@@ -77,11 +87,21 @@ def ask(
     Example: medgemma ask -m medgemma-1.5-4b-it -i ct/ --show-prompt "Is there a liver lesion?"
     Example: medgemma ask -m medgemma-1.5-4b-it --prior 2024.dcm --current 2025.dcm "Has the effusion changed?"
     Example: medgemma ask -m medgemma-1.5-4b-it -i ct_series/ "Any liver lesion?" --sr answer_sr.dcm
+    Example: medgemma ask -m medgemma-1.5-4b-it --audio dictation.wav -i cxr.dcm "Write the report."
     """
     from ..errors import BadInput
     from ..prompts.presets import LONGITUDINAL
 
     opts = img.options()
+    dictation = None
+    if audio is not None:
+        from .asr import transcribe_dictation
+
+        if prior is not None or current is not None:
+            raise BadInput("--audio does not combine with --prior/--current")
+        check_sources(image)
+        dictation = transcribe_dictation(audio, question, asr_model, mo.device, mo.allow_download)
+        question = dictation["prompt"]
     if prior is not None or current is not None:
         if prior is None or current is None:
             raise BadInput("a comparison needs both --prior and --current")
@@ -157,6 +177,8 @@ def ask(
         out["demo_model"] = mg.is_demo
         if sr is not None:
             out.update(_write_answer_sr(mg, question, ans, evidence, sr, stow, sr_thought))
+        if dictation is not None:
+            out["dictation"] = dictation
         print(json.dumps(out, ensure_ascii=False))
         return
     final = _print_streamed(mg, req, show_thought=think, live=sys.stdout.isatty())

@@ -33,7 +33,7 @@ def list_models() -> list[dict[str, Any]]:
                 "tokens_per_image": v.tokens_per_image,
                 "memory_gib": {p: v.memory_gib(p) for p in ("bf16", "8bit", "4bit")},  # type: ignore[arg-type]
                 # Estimated peak to run, weights + loading + working memory (models.footprint), per backend/precision
-                "peak_gib": variant_needs(v.params_b, v.multimodal, gguf=v.modality != "embedding"),
+                "peak_gib": variant_needs(v.params_b, v.multimodal, gguf=v.modality not in ("embedding", "speech")),
                 "default_preset": v.default_preset,
                 "present": hit is not None,
                 "path": str(hit[0]) if hit else None,

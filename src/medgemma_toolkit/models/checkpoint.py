@@ -25,7 +25,10 @@ def variant_named_in(*texts: str) -> Variant | None:
     for text in texts:
         t = text.lower().replace(" ", "-").replace("_", "-")
         for v in sorted(VARIANTS, key=lambda v: -len(v.name)):  # longest first: 27b-text-it before 27b-it
-            if v.name in t and v.modality != "embedding":  # a MedGemma card may name MedSigLIP, its encoder
+            if v.name in t and v.modality not in (
+                "embedding",
+                "speech",
+            ):  # a MedGemma card may name MedSigLIP, its encoder
                 return v
     return None
 

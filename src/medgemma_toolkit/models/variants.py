@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Modality = Literal["image+text", "text", "embedding"]  # embedding: MedSigLIP (`medgemma embed`)
+Modality = Literal["image+text", "text", "embedding", "speech"]  # embedding: MedSigLIP; speech: MedASR
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     # MedSigLIP: SigLIP image + text towers (~0.4B each), 448 px, 64 text tokens, 1152-d embeddings.
     Variant("medsiglip-448", "google/medsiglip-448", "embedding", False, False, 0.88, "", 448, None),
+    # MedASR: a 105M Conformer CTC speech recogniser (16 kHz mono in, text out; `medgemma transcribe`).
+    Variant("medasr", "google/medasr", "speech", False, False, 0.105, "", None, None),
 )
 
 BY_NAME = {v.name: v for v in VARIANTS}

@@ -1,0 +1,144 @@
+"""`POST /v1/audio/transcriptions` logic (asr/openai_api.py) driven by the official `openai` client.
+
+The server gate (issue #24) is being restructured, so the route is not wired into `serve/` yet. This test mounts the
+pure functions on a minimal FastAPI app the way the route will (read the body under a limit, parse, transcribe,
+answer; `BadInput` -> an OpenAI-format 400), runs it with uvicorn on loopback, and calls it with
+`client.audio.transcriptions.create` in the three formats; bad uploads get 4xx.
+"""
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import soundfile as sf
+
+MAX_BODY = 2 * 1024**2
+
+
+def _app(transcriber):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    from medgemma_toolkit.asr.openai_api import parse_request, response_body, transcribe_request
+    from medgemma_toolkit.errors import BadInput
+
+    app = FastAPI()
+
+    @app.exception_handler(BadInput)
+    async def _bad(_: Request, exc: BadInput) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}}, 400
+        )
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": {"message": "body too large", "type": "invalid_request_error"}}, 413)
+        req = parse_request(body, request.headers.get("content-type", ""))
+        content, media = response_body(transcribe_request(transcriber, req), req)
+        if isinstance(content, str):
+            return PlainTextResponse(content, media_type=media)
+        return JSONResponse(content)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from medgemma_toolkit.asr.transcribe import Transcriber
+    from medgemma_toolkit.serve.launch import free_port
+    from medgemma_toolkit.testing.tiny_asr import build_tiny_asr
+
+    d = build_tiny_asr(tmp_path_factory.mktemp("asr") / "tiny-medasr")
+    t = Transcriber.load(str(d), device="cpu")
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(_app(t), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert th.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", t
+    srv.should_exit = True
+    th.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install -y espeak-ng (scripts/test.sh does)")
+    p = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(p), "No acute cardiopulmonary abnormality."], check=True)
+    return p
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_official_client_json_text_and_verbose(server, speech):
+    url, transcriber = server
+    want = transcriber.transcribe([speech])[0]
+    c = _client(url)
+    with speech.open("rb") as f:
+        r = c.audio.transcriptions.create(model="medasr", file=f)
+    assert r.text == want.text and r.text
+    with speech.open("rb") as f:
+        txt = c.audio.transcriptions.create(model="medasr", file=f, response_format="text")
+    assert str(txt).strip() == want.text
+    with speech.open("rb") as f:
+        v = c.audio.transcriptions.create(
+            model="medasr", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+        )
+    assert v.text == want.text and v.language == "english"
+    assert abs(v.duration - sf.info(str(speech)).duration) < 0.01
+    assert [w.word for w in v.words] == [w.text for w in want.words]
+    assert " ".join(s.text for s in v.segments) == want.text
+
+
+@pytest.mark.parametrize(
+    "files,data,status,needle",
+    [
+        ({"file": ("x.wav", b"definitely not audio" * 50, "audio/wav")}, {"model": "medasr"}, 400, "not a readable"),
+        ({"file": ("x.wav", b"", "audio/wav")}, {"model": "medasr"}, 400, "empty"),
+        ({"file": ("x.wav", b"0" * (MAX_BODY + 10), "audio/wav")}, {"model": "medasr"}, 413, "too large"),
+        (None, {"model": "medasr"}, 400, "multipart"),
+        ({"file": ("x.wav", b"RIFF", "audio/wav")}, {"response_format": "srt"}, 400, "response_format"),
+        ({"file": ("x.wav", b"RIFF", "audio/wav")}, {"language": "fr"}, 400, "English only"),
+    ],
+)
+def test_bad_uploads_are_4xx(server, files, data, status, needle):
+    url, _ = server
+    r = httpx.post(url + "/v1/audio/transcriptions", files=files, data=data, timeout=30)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_truncated_upload_is_400(server, speech):
+    url, _ = server
+    cut = speech.read_bytes()[:3000]
+    r = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("s.wav", cut, "audio/wav")}, timeout=30)
+    assert r.status_code == 400 and "at least 0.25 s" in r.json()["error"]["message"]
+
+
+def test_a_body_cut_mid_part_is_400(server, speech):
+    url, _ = server
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + speech.read_bytes()[:9000]
+    )
+    r = httpx.post(
+        url + "/v1/audio/transcriptions",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=XyZ"},
+        timeout=30,
+    )
+    assert r.status_code == 400
