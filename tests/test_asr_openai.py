@@ -1,10 +1,5 @@
-"""`POST /v1/audio/transcriptions` logic (asr/openai_api.py) driven by the official `openai` client.
-
-The server gate (issue #24) is being restructured, so the route is not wired into `serve/` yet. This test mounts the
-pure functions on a minimal FastAPI app the way the route will (read the body under a limit, parse, transcribe,
-answer; `BadInput` -> an OpenAI-format 400), runs it with uvicorn on loopback, and calls it with
-`client.audio.transcriptions.create` in the three formats; bad uploads get 4xx.
-"""
+"""`POST /v1/audio/transcriptions` on the real `medgemma serve` app (started with a MedASR model), driven by the
+official `openai` client in the three formats; bad uploads get 4xx through the same gate as every other route."""
 
 import shutil
 import subprocess
@@ -20,47 +15,21 @@ import soundfile as sf
 MAX_BODY = 2 * 1024**2
 
 
-def _app(transcriber):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
-
-    from medgemma_toolkit.asr.openai_api import parse_request, response_body, transcribe_request
-    from medgemma_toolkit.errors import BadInput
-
-    app = FastAPI()
-
-    @app.exception_handler(BadInput)
-    async def _bad(_: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}}, 400
-        )
-
-    @app.post("/v1/audio/transcriptions")
-    async def transcriptions(request: Request):
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": {"message": "body too large", "type": "invalid_request_error"}}, 413)
-        req = parse_request(body, request.headers.get("content-type", ""))
-        content, media = response_body(transcribe_request(transcriber, req), req)
-        if isinstance(content, str):
-            return PlainTextResponse(content, media_type=media)
-        return JSONResponse(content)
-
-    return app
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model):
     import uvicorn
 
     from medgemma_toolkit.asr.transcribe import Transcriber
+    from medgemma_toolkit.serve import ServeConfig, create_app
     from medgemma_toolkit.serve.launch import free_port
     from medgemma_toolkit.testing.tiny_asr import build_tiny_asr
 
     d = build_tiny_asr(tmp_path_factory.mktemp("asr") / "tiny-medasr")
     t = Transcriber.load(str(d), device="cpu")
+    app = create_app(tiny_model, ServeConfig(max_body_bytes=MAX_BODY))
+    app.state.transcriber = t
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(_app(t), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     deadline = time.monotonic() + 30
@@ -70,6 +39,16 @@ def server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}", t
     srv.should_exit = True
     th.join(timeout=10)
+
+
+def test_without_a_speech_model_the_route_is_404(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from medgemma_toolkit.serve import ServeConfig, create_app
+
+    with TestClient(create_app(tiny_model, ServeConfig()), base_url="http://127.0.0.1") as c:
+        r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF", "audio/wav")}, data={"model": "x"})
+    assert r.status_code == 404 and "--asr-model" in r.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +89,8 @@ def test_official_client_json_text_and_verbose(server, speech):
     [
         ({"file": ("x.wav", b"definitely not audio" * 50, "audio/wav")}, {"model": "medasr"}, 400, "not a readable"),
         ({"file": ("x.wav", b"", "audio/wav")}, {"model": "medasr"}, 400, "empty"),
-        ({"file": ("x.wav", b"0" * (MAX_BODY + 10), "audio/wav")}, {"model": "medasr"}, 413, "too large"),
-        (None, {"model": "medasr"}, 400, "multipart"),
+        ({"file": ("x.wav", b"0" * (MAX_BODY + 10), "audio/wav")}, {"model": "medasr"}, 413, "at most"),
+        (None, {"model": "medasr"}, 415, "multipart"),  # a urlencoded form: the gate refuses the media type
         ({"file": ("x.wav", b"RIFF", "audio/wav")}, {"response_format": "srt"}, 400, "response_format"),
         ({"file": ("x.wav", b"RIFF", "audio/wav")}, {"language": "fr"}, 400, "English only"),
     ],

@@ -79,12 +79,17 @@ def serve(
             help="Also serve a MedSigLIP (SigLIP) checkpoint: POST /v1/embeddings and /v1/medgemma/zero-shot (name, hub id or directory)"
         ),
     ] = None,
+    asr_model: Annotated[
+        Optional[str],
+        typer.Option(help="Also serve a MedASR (lasr_ctc) checkpoint: POST /v1/audio/transcriptions (e.g. medasr)"),
+    ] = None,
     preset: PresetOpt = None,
 ) -> None:
     """Serve the OpenAI Chat Completions API (text, images, DICOM) and a web page at /.
 
     Example: medgemma serve --model medgemma-4b-it --port 8000 --api-key-file key.txt
     Example: medgemma serve --model medgemma-4b-it --embed-model medsiglip-448
+    Example: medgemma serve --model medgemma-4b-it --asr-model medasr
     """
     from ..serve.config import ServeConfig
     from ..serve.server import check_port_free
@@ -118,5 +123,10 @@ def serve(
         from ..embed import MedSigLIP
 
         embedder = MedSigLIP.load(embed_model, device=mo.device, allow_download=mo.allow_download)
+    transcriber = None
+    if asr_model is not None:
+        from ..asr.transcribe import Transcriber
+
+        transcriber = Transcriber.load(asr_model, device=mo.device, allow_download=mo.allow_download)
     mg = mo.load(preset, max_batch_size=max_batch_size)  # the engine takes the whole batch the batcher forms
-    run(mg, config, embedder)
+    run(mg, config, embedder, transcriber)

@@ -26,7 +26,7 @@ from .config import ServeConfig
 from .errors import APIError
 from .metrics import Metrics
 from .middleware import is_json
-from .schemas import parse_body
+from .schemas import RawBody, parse_body
 
 # The request a gated handler serves (set by `routes.gated_post`), and the event its image work watches: set when
 # that client disconnects, so a DICOMweb fetch or a long decode stops instead of finishing for nobody.
@@ -141,6 +141,8 @@ class Gate:
             raw = await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
         finally:
             self.readers.leave()
+        if schema is RawBody:  # the route parses it (e.g. multipart): counted and capped above all the same
+            return RawBody(data=raw, content_type=ctype)  # type: ignore[return-value]
         # Off the event loop: a large body of tiny parts takes seconds to validate and would stall /health.
         return await run_in_threadpool(parse_body, raw, schema, self.config.max_content_parts)
 

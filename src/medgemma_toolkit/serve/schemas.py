@@ -165,3 +165,11 @@ def parse_body(raw: bytes, model: type[BaseModel], max_parts: int | None = None)
         msg = err.get("msg", "invalid value")
         # pydantic lists every union branch it tried; the first is the one that matters to the client
         raise APIError(400, f"{loc}: {msg}" if loc else msg, "invalid_value", loc or None) from None
+
+
+class RawBody(BaseModel):
+    """A body a route takes as bytes (e.g. a multipart upload): the gate counts, caps and times it like any other,
+    and hands it over unparsed, with the request's Content-Type."""
+
+    data: bytes
+    content_type: str

@@ -72,8 +72,9 @@ def header_timeout_protocol(timeout_s: float) -> type:
     return Protocol
 
 
-def serve(mg: MedGemma, config: ServeConfig, embedder: Any = None) -> None:
-    """Run until interrupted; `embedder` (a `MedSigLIP`) serves /v1/embeddings and /v1/medgemma/zero-shot."""
+def serve(mg: MedGemma, config: ServeConfig, embedder: Any = None, transcriber: Any = None) -> None:
+    """Run until interrupted; `embedder` (a `MedSigLIP`) serves /v1/embeddings and /v1/medgemma/zero-shot,
+    `transcriber` (MedASR) /v1/audio/transcriptions."""
     import uvicorn
 
     from .app import create_app
@@ -81,6 +82,7 @@ def serve(mg: MedGemma, config: ServeConfig, embedder: Any = None) -> None:
     setup_logging()
     app = create_app(mg, config)
     app.state.embedder = embedder
+    app.state.transcriber = transcriber
     log = logging.getLogger("medgemma_toolkit.serve")
     log.info(
         "serving %s on http://%s:%d (api key %s, batch %d, queue %d)",

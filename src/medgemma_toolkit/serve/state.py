@@ -6,6 +6,7 @@ time; they find the model, the operator's limits, the batcher and the gate here.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ class ServerState:
     served: str
     created: int = field(default_factory=lambda: int(time.time()))
     embedder: Any = None  # a `MedSigLIP` when started with --embed-model
+    transcriber: Any = None  # a MedASR `Transcriber` when started with --asr-model
+    # The ASR pipeline is not known to be thread-safe: one transcription at a time (decoder turns allow several).
+    transcribe_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def names(self) -> set[str]:
@@ -56,4 +60,5 @@ def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     # `app.state.embedder` is how `serve()` and tests attach a MedSigLIP after the app is built.
     state.embedder = getattr(request.app.state, "embedder", None) or state.embedder
+    state.transcriber = getattr(request.app.state, "transcriber", None) or state.transcriber
     return state
