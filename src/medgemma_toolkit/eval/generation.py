@@ -116,11 +116,12 @@ class _Progress:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.text import Text
 
         class Rate(TextColumn):
-            def render(self, task):  # items per second over the run so far
+            def render(self, task: Any) -> Text:  # items per second over the run so far
                 speed = task.finished_speed or task.speed
-                return f"{speed:.2f} {label}/s" if speed else f"-- {label}/s"
+                return Text(f"{speed:.2f} {label}/s" if speed else f"-- {label}/s")
 
         self._p = Progress(
             TextColumn("eval"),

@@ -58,7 +58,7 @@ def rouge_l(prediction: str | None, reference: str) -> float:
     return float(_rouge_scorer.score(reference, prediction)["rougeL"].fmeasure)
 
 
-def _need(module: str, what: str):
+def _need(module: str, what: str) -> Any:
     import importlib
 
     try:
@@ -126,7 +126,7 @@ def radgraph_unavailable() -> str | None:
 _radgraph_scorer = None
 
 
-def _radgraph():
+def _radgraph() -> Any:
     global _radgraph_scorer
     if _radgraph_scorer is None:
         from radgraph import F1RadGraph  # optional; its model must already be cached (we never download)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _fig():
+def _fig() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -22,14 +22,21 @@ def _fig():
     return plt
 
 
-def _png(fig) -> str:
+def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     _fig().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _bars_with_ci(ax, labels: Sequence[str], values: Sequence[float | None], lows, highs, colors=None) -> None:
+def _bars_with_ci(
+    ax: Any,
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+    colors: Sequence[str] | None = None,
+) -> None:
     vals = [v or 0.0 for v in values]
     err_lo = [max(0.0, v - (lo if lo is not None else v)) for v, lo in zip(vals, lows)]
     err_hi = [max(0.0, (hi if hi is not None else v) - v) for v, hi in zip(vals, highs)]

@@ -11,17 +11,19 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..backends.base import Completion
+from ..backends.base import Completion, GenerationRequest
+from ..core.messages import Prompt
 from ..errors import BadInput, CapabilityError, MedGemmaError
 from ..imaging.manifest import for_records, image_manifest, prompt_manifest
 from ..prompts.presets import get_preset
 from ..prompts.thinking import split_thought
 from .conventions import DEFAULT_CONVENTION, get_convention
-from .formats import read_items
+from .formats import ReadResult, read_items
 from .generation import Outcome, auto_batch_size, run_batches
 from .items import Unit, dataset_digest, format_options
 from .kinds import expand_units
@@ -29,6 +31,9 @@ from .parsers import PARSER_VERSION, PARSERS
 from .provenance import model_identity
 from .records import RecordLog, ResultCache, default_cache_dir, read_records
 from .spec import TaskSpec, get_task, sample_path
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 Mode = Literal["generate", "loglikelihood"]
 # How log-likelihood scores are computed (recorded in every run's generation settings, and part of the cache key, so
@@ -72,7 +77,7 @@ def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
     return spec.conditions(opt)
 
 
-def eval_preset_name(mg) -> str:
+def eval_preset_name(mg: MedGemma) -> str:
     """Chat checkpoints: no system prompt. A preset that already has none (MedGemma 1.5's: images before the text,
     a volume's instruction/slices/question layout) is kept; others become `plain` (the turn as given). Base
     checkpoints only understand completion prompts."""
@@ -114,7 +119,7 @@ def scoring_model_options(mo: Any) -> Any:
     return dataclasses.replace(mo, **changes) if changes else mo
 
 
-def load_task_data(opts: EvalOptions, quiet: bool = False):
+def load_task_data(opts: EvalOptions, quiet: bool = False) -> tuple[TaskSpec, Path, tuple[str, ...], ReadResult]:
     """Task, data path, conditions and items; cheap, so the CLI calls it before loading a model."""
     spec = get_task(opts.task)
     if opts.mode == "loglikelihood" and not spec.task_kind.loglikelihood:
@@ -141,7 +146,7 @@ def load_task_data(opts: EvalOptions, quiet: bool = False):
     return spec, data_path, conditions, read
 
 
-def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
+def run_eval(mg: MedGemma, opts: EvalOptions) -> dict[str, Any]:
     """Run (or resume) one evaluation and write records, summary and reports under `opts.out`."""
     from .report import write_reports
 
@@ -296,7 +301,7 @@ def run_eval(mg, opts: EvalOptions) -> dict[str, Any]:
 
     letters_of: dict[int, list[str]] = {}  # request id -> its option letters (log-likelihood mode)
 
-    def build(u: Unit):
+    def build(u: Unit) -> GenerationRequest:
         if opts.mode == "loglikelihood":
             text = loglik_text(u.item.question, u.item.options, chat=preset.mode == "chat")
             req = mg.request(text, u.item.images, max_new_tokens=1, preset=preset)
@@ -401,15 +406,16 @@ class _LoglikAdapter:
         self.info = backend.info
         self._letters_of = letters_of
 
-    def generate(self, requests):
-        pairs, spans = [], []
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        pairs: list[tuple[Prompt, str]] = []
+        spans: list[tuple[int, list[str]]] = []
         for r in requests:
             letters = self._letters_of.pop(id(r))
             spans.append((len(pairs), letters))
             pairs.extend((r.prompt, loglik_continuation(x, r.prompt.is_completion)) for x in letters)
         # The run's batch size counts forward-pass rows (pairs), so halving it after out-of-memory really shrinks them.
         scores = self.backend.loglikelihood(pairs, batch_size=len(requests))
-        out = []
+        out: list[Completion] = []
         for start, letters in spans:
             by_letter = dict(zip(letters, scores[start : start + len(letters)]))
             best, tied = pick_option(by_letter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
@@ -118,7 +119,7 @@ def get_task(name: str) -> TaskSpec:
     return tasks[name]
 
 
-def sample_path(spec: TaskSpec):
+def sample_path(spec: TaskSpec) -> Traversable:
     """The shipped sample data file for a task (our own items, for demos and tests)."""
     if not spec.sample:
         raise BadInput(f"task {spec.name!r} ships no sample data; give --data")
