@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.messages import Message, TextPart
 from ..errors import BadInput, MedGemmaError
@@ -25,6 +25,9 @@ from ..prompts import tools as fc
 from ..prompts.thinking import split_thought
 from .sources import CLINICAL_TYPES, FhirSource
 from .tools import PatientTools
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 log = logging.getLogger("medgemma_toolkit.ehr")
 
@@ -79,7 +82,9 @@ def check_model(mg: Any) -> None:
         )
 
 
-def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_new_tokens: int):
+def _complete(
+    mg: MedGemma, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_new_tokens: int
+) -> tuple[list[dict[str, Any]], str | None]:
     """One model turn over OpenAI-format messages: (calls, content)."""
     rendered = fc.render_messages(messages, tools, "auto")
     system = rendered[0]["content"] if rendered and rendered[0]["role"] == "system" else None
