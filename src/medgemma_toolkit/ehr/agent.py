@@ -72,7 +72,7 @@ class Trace:
         return asdict(self)
 
 
-def check_model(mg: Any) -> None:
+def check_model(mg: MedGemma) -> None:
     """Refuse, before any model call, a model whose preset has no multi-turn chat (a base `-pt` model such as the
     demo model): the tool loop's second turn would fail."""
     if getattr(mg.preset, "mode", "chat") == "completion":
@@ -125,7 +125,7 @@ def prepare(source: FhirSource, patient: str) -> tuple[PatientTools, Any]:
 
 
 def run(
-    mg: Any,
+    mg: MedGemma,
     source: FhirSource,
     patient: str,
     question: str,
