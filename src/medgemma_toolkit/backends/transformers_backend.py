@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core.messages import IMAGE_PLACEHOLDER, Prompt
 from ..core.model import ModelHint
@@ -23,6 +23,9 @@ from ..runtime.torch_setup import pick_device_dtype
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
 from .decoding import RowState, TokenStepper
 from .loglik import scored_hidden_states, token_logprobs_fp32
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, BatchFeature
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class TransformersBackend(Backend):
         owner = self.processor if self.processor is not None else self.tokenizer
         return owner.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, prompts: list[Prompt], suffixes: Sequence[str] | None = None):
+    def _encode(self, prompts: list[Prompt], suffixes: Sequence[str] | None = None) -> BatchFeature | BatchEncoding:
         texts = [self.render(p) for p in prompts]
         if suffixes is not None:  # log-likelihood scoring: the continuation follows the rendered prompt
             texts = [t + s for t, s in zip(texts, suffixes)]
@@ -196,7 +199,7 @@ class TransformersBackend(Backend):
     ) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
 
-        def key(i: int):
+        def key(i: int) -> tuple[bool, bool, bool, float, float, int | None, int | None]:
             r = requests[i]
             p = r.params
             return (

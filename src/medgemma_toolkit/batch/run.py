@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
 from ..eval.generation import Outcome, auto_batch_size, run_batches
@@ -23,6 +23,10 @@ from ..eval.rows import ReadContext, RowError, is_blank, options_of, row_images
 from ..prompts.presets import LONGITUDINAL
 from ..prompts.thinking import split_thought
 from ..rowfile import read_rows
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
+    from ..backends.base import GenerationRequest
 
 
 @dataclass
@@ -81,7 +85,7 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
 
 
 def run_batch(
-    mg,
+    mg: MedGemma,
     input_path: Path,
     out_path: Path,
     *,
@@ -98,7 +102,7 @@ def run_batch(
     log = RecordLog(out_path, resume=resume)
     pending = [r for r in rows if r.id not in log.done]
 
-    def build(r: BatchRow):
+    def build(r: BatchRow) -> GenerationRequest:
         return mg.request(
             r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens, preset=r.preset
         )

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import IO, TYPE_CHECKING
 
 from ..core.messages import Message, Part, TextPart
 from ..errors import MedGemmaError
 from ..imaging import ImageOptions
 from ..prompts.presets import LONGITUDINAL, get_preset
 from .input import ReadLine, default_reader
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 HELP = (
     "Alt+Enter: new line; Up/Down: earlier messages; "
@@ -20,12 +23,12 @@ HELP = (
 
 
 def run_repl(
-    mg: Any,
+    mg: MedGemma,
     system: str | None = None,
     think: bool = False,
     max_new_tokens: int | None = None,
-    stdin=None,
-    stdout=None,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
     read: ReadLine | None = None,
 ) -> None:
     from ..api import Answer

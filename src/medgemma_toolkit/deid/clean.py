@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 # Attributes whose words identify a patient, a person or a place wherever else in the file they appear.
 _IDENTIFYING = {
@@ -61,7 +65,7 @@ _PLACE = re.compile(
 _HYPHENATED = re.compile(r"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)+\b")  # "Princeton-Plainsboro", "Smith-Jones"
 
 
-def _values(value) -> list:
+def _values(value: Any) -> list[Any]:
     from pydicom.multival import MultiValue
 
     if value is None:
@@ -76,10 +80,10 @@ class Scrubber:
         self.words = {w.casefold() for w in words if len(w) >= 2}
 
     @classmethod
-    def from_dataset(cls, ds) -> Scrubber:
+    def from_dataset(cls, ds: Dataset) -> Scrubber:
         words: set[str] = set()
 
-        def collect(d) -> None:
+        def collect(d: Dataset) -> None:
             for elem in d:
                 if elem.VR == "SQ":
                     for item in elem.value or []:

@@ -9,25 +9,29 @@ shift), records of files that were not written are dropped, and the records' Typ
 from __future__ import annotations
 
 from io import BytesIO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _NEXT, _LOWER = 0x00041400, 0x00041420
 _FIRST, _LAST = 0x00041200, 0x00041202
 
 
-def is_dicomdir(ds) -> bool:
+def is_dicomdir(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     return (
         str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY and "DirectoryRecordSequence" in ds
     )
 
 
-def record_links(ds) -> dict:
+def record_links(ds: Dataset) -> dict:
     """Links between records by index, from the offsets as read."""
     records = list(ds.DirectoryRecordSequence)
     at = {getattr(r, "seq_item_tell", None): i for i, r in enumerate(records)}
 
-    def index(offset) -> int | None:
+    def index(offset: int | None) -> int | None:
         return None if not offset else at.get(int(offset))
 
     return {
@@ -39,7 +43,7 @@ def record_links(ds) -> dict:
     }
 
 
-def relink(ds, links: dict) -> None:
+def relink(ds: Dataset, links: dict) -> None:
     """Rewrite the offsets of `ds` (de-identified) for the links read before."""
     import pydicom
 
@@ -74,11 +78,11 @@ RECORD_KEYS: dict[str, dict[int, str]] = {
 }
 
 
-def _rtype(rec) -> str:
+def _rtype(rec: Dataset) -> str:
     return str(rec.DirectoryRecordType) if "DirectoryRecordType" in rec else ""
 
 
-def record_patients(ds, links: dict) -> list[str]:
+def record_patients(ds: Dataset, links: dict) -> list[str]:
     """For each record, the PatientID of the PATIENT record above it ('' if none), following the links (not the
     file order, which the standard does not fix)."""
     records = list(ds.DirectoryRecordSequence)
@@ -101,7 +105,7 @@ def record_patients(ds, links: dict) -> list[str]:
     return out
 
 
-def repair_records(ds, pseudonyms: list[str]) -> None:
+def repair_records(ds: Dataset, pseudonyms: list[str]) -> None:
     """Type 1 keys emptied or removed by the profile get dummies (PatientID: `pseudonyms[i]` for record i, one
     per patient), Type 2 keys are kept present (empty)."""
     from pydicom.datadict import dictionary_VR
@@ -124,7 +128,7 @@ def repair_records(ds, pseudonyms: list[str]) -> None:
                 rec.add_new(tag, vr, "")
 
 
-def drop_records(ds, links: dict, drop: set[int]) -> dict:
+def drop_records(ds: Dataset, links: dict, drop: set[int]) -> dict:
     """Remove records `drop` (of files not written) and return the links between the records kept."""
     records = list(ds.DirectoryRecordSequence)
 
@@ -148,7 +152,7 @@ def drop_records(ds, links: dict, drop: set[int]) -> dict:
     }
 
 
-def file_ids(ds) -> list[tuple[str, ...] | None]:
+def file_ids(ds: Dataset) -> list[tuple[str, ...] | None]:
     """Each record's ReferencedFileID as path components (None when it references no file)."""
     out: list[tuple[str, ...] | None] = []
     for rec in ds.DirectoryRecordSequence:

@@ -17,14 +17,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ..imaging.deflate import PIXEL_TAGS
 from .clean import Scrubber, shift_date, shift_datetime
 from .profile import BASIC_CODE, OPTION_CODES, Options, is_curve_group, is_overlay_group, table
 from .safe_private import SafePrivate
 from .un import decode_un
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
 STANDARD_UID_ROOT = "1.2.840.10008."
 KEEP_UIDS = {
@@ -153,7 +158,7 @@ class FileReport:
         }
 
 
-def _name(elem) -> str:
+def _name(elem: DataElement) -> str:
     return elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
 
 
@@ -170,20 +175,20 @@ class _Ctx:
     record_shifts: list[int] | None = None  # DICOMDIR: each record's dates move with its own patient
 
 
-def _is_instance_uid(elem) -> bool:
+def _is_instance_uid(elem: DataElement) -> bool:
     if elem.VR != "UI" or elem.keyword in KEEP_UIDS or elem.value in (None, ""):
         return False
     values = [elem.value] if isinstance(elem.value, str) else list(elem.value)
     return any(not str(v).startswith(STANDARD_UID_ROOT) for v in values)
 
 
-def _remap(value, uids: UIDMap):
+def _remap(value: str | bytes | Iterable[str], uids: UIDMap) -> str | list[str]:
     if isinstance(value, (str, bytes)):
         return uids(cast(str, value))  # typing only: UIDMap.__call__ applies str() itself
     return [uids(v) for v in value]
 
 
-def _set_dummy(ds, elem, ctx: _Ctx) -> None:
+def _set_dummy(ds: Dataset, elem: DataElement, ctx: _Ctx) -> None:
     if elem.VR == "SQ" and int(elem.tag) in TREES and elem.value:  # keep the tree valid: see TREES
         for item in elem.value:
             _walk(item, ctx, top=False)
@@ -206,7 +211,7 @@ def _set_dummy(ds, elem, ctx: _Ctx) -> None:
     ctx.rep.dummied.add(_name(elem))
 
 
-def _clean(ds, elem, ctx: _Ctx, basic: str) -> None:
+def _clean(ds: Dataset, elem: DataElement, ctx: _Ctx, basic: str) -> None:
     """C: dates shifted (Modified Dates), free text scrubbed of the file's identifiers, sequences entered."""
     name = _name(elem)
     if elem.VR == "SQ":
@@ -233,7 +238,7 @@ def _clean(ds, elem, ctx: _Ctx, basic: str) -> None:
         _apply(ds, elem, ctx, basic if "/" not in basic else "X")
 
 
-def _apply(ds, elem, ctx: _Ctx, action: str, basic: str = "X") -> None:
+def _apply(ds: Dataset, elem: DataElement, ctx: _Ctx, action: str, basic: str = "X") -> None:
     name = _name(elem)
     if action == "X":
         del ds[elem.tag]
@@ -269,7 +274,7 @@ def _tag_name(tag: int) -> str:
 _NET_VRS = {"SQ", "PN", "UI", None}  # what the safety nets look at outside the table (None: VR not yet known)
 
 
-def _walk(ds, ctx: _Ctx, top: bool) -> None:
+def _walk(ds: Dataset, ctx: _Ctx, top: bool) -> None:
     # Elements are looked at raw (tag and VR) and decoded only when acted on: most of a header is left as read,
     # and pydicom writes raw elements back as they came.
     tab = table()
@@ -330,7 +335,7 @@ def _walk(ds, ctx: _Ctx, top: bool) -> None:
         _apply(ds, ds[tag], ctx, row.action(ctx.opts, type_), row.basic)
 
 
-def _file_meta(ds, ctx: _Ctx) -> None:
+def _file_meta(ds: Dataset, ctx: _Ctx) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return
@@ -352,7 +357,7 @@ def method_codes(opts: Options) -> list[tuple[str, str]]:
 
 
 def deidentify_dataset(
-    ds,
+    ds: Dataset,
     uids: UIDMap | None = None,
     options: Options | None = None,
     safe_private: SafePrivate | None = None,
@@ -406,7 +411,7 @@ def deidentify_dataset(
     return rep
 
 
-def safe_header(ds, keywords: list[str]) -> dict[str, str]:
+def safe_header(ds: Dataset, keywords: list[str]) -> dict[str, str]:
     """Header values fit for logs, errors, records and exports: read from a de-identified copy of `ds`.
 
     The one way toolkit code may show a DICOM header value. Example: `safe_header(ds, ["Modality", "PatientID"])`

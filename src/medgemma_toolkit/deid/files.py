@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, MedGemmaError, UnsupportedFormat
 from ..provenance import toolkit_version
@@ -29,6 +30,9 @@ from .pixels import CLEAN_PIXEL_CODE, PixelCleaner, PixelCleanError
 from .profile import Options, edition
 from .read import read_checked
 from .safe_private import SafePrivate
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 REPORT_NAME = "deid_report.json"
 TEXT_MODALITIES = {"US", "SC", "XA", "OT"}
@@ -62,7 +66,7 @@ def renamed(rel: Path, uids: UIDMap) -> Path:
     return Path(*out)
 
 
-def burned_in_risk(ds) -> bool:
+def burned_in_risk(ds: Dataset) -> bool:
     """BurnedInAnnotation YES, or absent/unknown in a modality that commonly carries text in its pixels."""
     burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if burned == "YES":
@@ -87,7 +91,7 @@ def quiet_pydicom() -> Iterator[None]:
         log.disabled = disabled
 
 
-def _complete_meta(ds) -> None:
+def _complete_meta(ds: Dataset) -> None:
     """A data set read without a file meta group gets one, so that what we write is a Part 10 file (the
     transfer syntax is the encoding it was read in)."""
     from pydicom.dataset import FileMetaDataset
@@ -117,7 +121,7 @@ def _stale(path: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-def _write_atomic(ds, target: Path) -> None:
+def _write_atomic(ds: Dataset, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     _stale(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -21,9 +21,12 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
 # Fractions of the frame's range above which burned-in text is looked for: white text first, then the grey text
@@ -62,7 +65,7 @@ class Rule:
     columns: int | None
     boxes: tuple[tuple[int, int, int, int], ...]
 
-    def matches(self, ds: Any) -> bool:
+    def matches(self, ds: Dataset) -> bool:
         def same(want: str | None, kw: str) -> bool:
             return want is None or str(ds.get(kw, "") or "").strip().casefold() == want.strip().casefold()
 
@@ -116,7 +119,7 @@ class PixelCleaner:
         self.rules = rules or []
         self.ocr = _tesseract() if ocr else None
 
-    def clean(self, ds: Any) -> list[Region]:
+    def clean(self, ds: Dataset) -> list[Region]:
         """Blank text regions of `ds` in place; the regions, by frame and rectangle. Raises PixelCleanError."""
         import numpy as np
 
@@ -207,7 +210,7 @@ def _blank(frame: Any, regions: list[Region], value: float) -> None:
         frame[max(0, r.y) : r.y + r.height, max(0, r.x) : r.x + r.width] = value
 
 
-def _decode(ds: Any) -> tuple[Any, str]:
+def _decode(ds: Dataset) -> tuple[Any, str]:
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None)
     if ts is not None and not ts.is_little_endian:
@@ -224,7 +227,7 @@ def _decode(ds: Any) -> tuple[Any, str]:
     return arr, photometric
 
 
-def _encode(ds: Any, arr: Any, photometric: str) -> None:
+def _encode(ds: Dataset, arr: Any, photometric: str) -> None:
     from pydicom.uid import RLELossless
 
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, UnsupportedFormat
 from ..imaging.deflate import PIXEL_TAGS, dcmread_file
 from ..imaging.options import DEFAULT_MAX_PIXELS
 from .profile import table
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
 
@@ -30,7 +34,7 @@ def _looks_dicom(path: Path, head: bytes) -> bool:
     return len(head) > 0 and not any(head[:128])  # a zero preamble cut short
 
 
-def read_checked(path: Path):
+def read_checked(path: Path) -> Dataset:
     """The dataset of `path`, complete and checked. UnsupportedFormat: not DICOM; Corrupt: a broken DICOM."""
     from pydicom.errors import InvalidDicomError
 
@@ -64,7 +68,7 @@ def read_checked(path: Path):
         raise Corrupt(f"{path}: corrupt or truncated DICOM ({type(e).__name__})") from None
 
 
-def _check_complete(path: Path, ds, size: int) -> None:
+def _check_complete(path: Path, ds: Dataset, size: int) -> None:
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None)
     if ts is not None and ts.is_deflated:  # positions are in the inflated stream, not the file
@@ -121,7 +125,7 @@ def _tag_name(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _check_native_length(path: Path, ds, pixel: int, have: int) -> None:
+def _check_native_length(path: Path, ds: Dataset, pixel: int, have: int) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 class SafePrivate:
@@ -36,7 +40,7 @@ class SafePrivate:
             entries.add((creator, g, e))
         return cls(entries)
 
-    def keep_set(self, ds) -> set[int]:
+    def keep_set(self, ds: Dataset) -> set[int]:
         """Tags of `ds` (this level) to keep: listed elements and the creator elements that reserve them."""
         keep: set[int] = set()
         if not self.entries:

@@ -9,12 +9,16 @@ unknown, its value is tried as a sequence; what cannot be decoded is removed, ne
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian
 
 
-def raw_vr(ds: Any, tag: int) -> str | None:
+def raw_vr(ds: Dataset, tag: int) -> str | None:
     """The VR as stored (None: implicit VR, decided by the dictionary on access), without decoding the value."""
     return ds.get_item(tag).VR
 
@@ -44,7 +48,7 @@ def _as_sequence(data: bytes, encoding: Any) -> Any:
     return seq
 
 
-def decode_un(ds: Any, tag: int) -> Any:
+def decode_un(ds: Dataset, tag: int) -> DataElement | None:
     """Replace the UN element `tag` of `ds` with its decoded form and return it; None when it cannot be decoded
     (the caller removes it)."""
     from pydicom.datadict import dictionary_VR

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MedGemmaError, UnsupportedFormat
 from .dicomdir import RECORD_KEYS
@@ -28,6 +28,9 @@ from .engine import _DUMMY, META_KEEP
 from .profile import Options, is_curve_group, is_overlay_group, table
 from .read import read_checked
 from .un import decode_un
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 NOT_DUMMY = "present, value not recognised as a dummy"
 _PLACEHOLDERS = {"ANONYMOUS", "ANONYMIZED", "ANONYMISED", "REMOVED", "DUMMY", "UNKNOWN", "NONE", "N/A", "NA"}
@@ -79,7 +82,7 @@ def _name(elem: Any, path: str) -> str:
     return f"{path}{own}"
 
 
-def findings(ds: Any, trust_declared_options: bool = False) -> list[str]:
+def findings(ds: Dataset, trust_declared_options: bool = False) -> list[str]:
     """Attribute paths (names only) that should not be in `ds` under the profile (and, when trusted, the options
     the file declares)."""
     claimed = str(ds.get("PatientIdentityRemoved", "") or "").strip().upper() == "YES"
@@ -98,7 +101,7 @@ def findings(ds: Any, trust_declared_options: bool = False) -> list[str]:
     return out
 
 
-def _creators(ds: Any) -> set[int]:
+def _creators(ds: Dataset) -> set[int]:
     """(group << 8 | block) of every private creator present."""
     return {
         (int(t) >> 16) << 8 | (int(t) & 0xFF) for t in ds.keys() if t.is_private and 0x10 <= (int(t) & 0xFFFF) <= 0xFF
@@ -106,7 +109,7 @@ def _creators(ds: Any) -> set[int]:
 
 
 def _check(
-    ds: Any,
+    ds: Dataset,
     opts: Options,
     claimed: bool,
     path: str,

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.messages import Message, TextPart
 from ..errors import BadInput, MedGemmaError
@@ -25,6 +25,9 @@ from ..prompts import tools as fc
 from ..prompts.thinking import split_thought
 from .sources import CLINICAL_TYPES, FhirSource
 from .tools import PatientTools
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 log = logging.getLogger("medgemma_toolkit.ehr")
 
@@ -69,7 +72,7 @@ class Trace:
         return asdict(self)
 
 
-def check_model(mg: Any) -> None:
+def check_model(mg: MedGemma) -> None:
     """Refuse, before any model call, a model whose preset has no multi-turn chat (a base `-pt` model such as the
     demo model): the tool loop's second turn would fail."""
     if getattr(mg.preset, "mode", "chat") == "completion":
@@ -79,7 +82,9 @@ def check_model(mg: Any) -> None:
         )
 
 
-def _complete(mg: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_new_tokens: int):
+def _complete(
+    mg: MedGemma, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_new_tokens: int
+) -> tuple[list[dict[str, Any]], str | None]:
     """One model turn over OpenAI-format messages: (calls, content)."""
     rendered = fc.render_messages(messages, tools, "auto")
     system = rendered[0]["content"] if rendered and rendered[0]["role"] == "system" else None
@@ -120,7 +125,7 @@ def prepare(source: FhirSource, patient: str) -> tuple[PatientTools, Any]:
 
 
 def run(
-    mg: Any,
+    mg: MedGemma,
     source: FhirSource,
     patient: str,
     question: str,

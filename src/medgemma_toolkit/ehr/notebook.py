@@ -33,12 +33,15 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
 from ..prompts.thinking import split_thought
 from .sources import FhirSource, Query
 from .transport import FhirStatusError
+
+if TYPE_CHECKING:
+    from ..api import MedGemma
 
 log = logging.getLogger("medgemma_toolkit.ehr")
 
@@ -320,7 +323,7 @@ class NotebookRun:
                 codes[rtype], counts[rtype] = manifest_codes(found), len(found)
         return codes, counts
 
-    def run(self, mg: Any, question: str) -> NotebookTrace:
+    def run(self, mg: MedGemma, question: str) -> NotebookTrace:
         """The model's part of the plan (after `prepare`)."""
         if not question.strip():
             raise BadInput("give a question")
@@ -375,7 +378,7 @@ class NotebookRun:
 
 
 def run_notebook(
-    mg: Any, source: FhirSource, patient: str, question: str, *, max_new_tokens: int | None = None
+    mg: MedGemma, source: FhirSource, patient: str, question: str, *, max_new_tokens: int | None = None
 ) -> NotebookTrace:
     """Answer `question` about `patient` with Google's navigator plan (see the module docstring)."""
     return NotebookRun(source, patient, max_new_tokens).prepare().run(mg, question)

@@ -135,7 +135,8 @@ class MedSigLIP:
 
         dev, dt = pick_device_dtype(device, dtype)
         try:
-            m = SiglipModel.from_pretrained(str(resolved.path), dtype=dt).to(dev).eval()
+            # transformers wraps `to` in functools.wraps, which mypy does not bind to the instance: a false alarm.
+            m = SiglipModel.from_pretrained(str(resolved.path), dtype=dt).to(dev).eval()  # type: ignore[arg-type]
         except OSError as e:
             raise ModelNotFound(f"{spec}: checkpoint files are incomplete ({type(e).__name__})") from None
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def rows_for(entries: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [{c: (kind if c == "kind" else e.get(c)) for c in COLUMNS} for e in entries]
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)

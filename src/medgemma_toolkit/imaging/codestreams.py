@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import struct
 import warnings
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, ImageTooLarge
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
 JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
@@ -76,7 +80,7 @@ def rle_segments(data: bytes) -> int | None:
     return struct.unpack_from("<I", data, 0)[0] if len(data) >= 64 else None
 
 
-def check_frame(ds, name: str, index: int, frames: int, rows: int, cols: int, max_pixels: int) -> None:
+def check_frame(ds: Dataset, name: str, index: int, frames: int, rows: int, cols: int, max_pixels: int) -> None:
     """Refuse a compressed frame whose codestream disagrees with Rows/Columns or exceeds the pixel limit."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if syntax not in JPEG | JPEG_LS | J2K and syntax != RLE:

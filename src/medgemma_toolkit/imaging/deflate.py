@@ -11,9 +11,12 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import BadInput, ImageTooLarge
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileDataset
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 HEADER_BYTES = 4 * 1024**2  # the inflated header (everything before the pixel data) may take at most this
@@ -52,7 +55,7 @@ def is_deflated(head: bytes) -> bool:
     return meta_end_and_syntax(head)[1] == DEFLATED
 
 
-def dcmread_file(f: BinaryIO, name: str, max_pixels: int, part10: bool):
+def dcmread_file(f: BinaryIO, name: str, max_pixels: int, part10: bool) -> FileDataset:
     """`pydicom.dcmread` of an open file from its start, except that a deflated Part 10 dataset is inflated under
     `read_deflated`'s bound instead of whole. pydicom's own errors pass through; a bomb is `ImageTooLarge`."""
     import pydicom
@@ -65,7 +68,7 @@ def dcmread_file(f: BinaryIO, name: str, max_pixels: int, part10: bool):
     return pydicom.dcmread(f, force=not part10)
 
 
-def _declared_pixel_bytes(header, name: str, max_pixels: int) -> int:
+def _declared_pixel_bytes(header: Dataset, name: str, max_pixels: int) -> int:
     """Bytes the header's image attributes say the pixel data takes; refuses frames over the pixel limit."""
     try:
         rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
@@ -87,7 +90,7 @@ def _declared_pixel_bytes(header, name: str, max_pixels: int) -> int:
     return total
 
 
-def read_deflated(data: bytes, name: str, max_pixels: int):
+def read_deflated(data: bytes, name: str, max_pixels: int) -> FileDataset:
     """A deflated Part 10 file's bytes -> pydicom `FileDataset`, inflating no more than its header allows."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.filereader import read_dataset

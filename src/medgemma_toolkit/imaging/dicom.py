@@ -13,6 +13,7 @@ values: they may be PHI.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,9 @@ from .cxr import container_grey
 from .deflate import is_deflated, read_deflated
 from .options import DEFAULT_MAX_PIXELS, ImageOptions
 from .square import scale_to_uint8
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileDataset
 
 
 def looks_like_dicom(data: bytes) -> bool:
@@ -40,7 +44,7 @@ def quiet_pydicom() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-def read_dataset(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+def read_dataset(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileDataset:
     """Parse a DICOM file's bytes; any parser failure becomes a one-line `BadInput`. A deflated dataset is
     inflated only as far as its image size needs (`imaging.deflate`), never whole."""
     import pydicom
@@ -57,7 +61,7 @@ def read_dataset(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise BadInput(f"{name}: corrupt or truncated DICOM ({type(e).__name__})") from None
 
 
-def dicom_frame(ds, name: str, options: ImageOptions) -> np.ndarray:
+def dicom_frame(ds: Dataset, name: str, options: ImageOptions) -> np.ndarray:
     """Decode one frame (the middle one unless `options.frame` says otherwise) as a numpy array."""
     from pydicom.pixels import pixel_array
 
@@ -83,7 +87,7 @@ def dicom_frame(ds, name: str, options: ImageOptions) -> np.ndarray:
         raise BadInput(f"{name}: cannot decode DICOM pixel data ({type(e).__name__})") from None
 
 
-def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
+def dicom_to_rgb(ds: Dataset, name: str, options: ImageOptions) -> Image.Image:
     """Apply the grayscale pipeline to one frame and return an RGB image."""
     from pydicom.pixels import apply_modality_lut
 
@@ -119,11 +123,11 @@ def dicom_to_rgb(ds, name: str, options: ImageOptions) -> Image.Image:
     return Image.fromarray(grey, "L").convert("RGB")
 
 
-def _has_window(ds) -> bool:
+def _has_window(ds: Dataset) -> bool:
     return "WindowCenter" in ds and "WindowWidth" in ds and bool(ds.WindowCenter) and bool(ds.WindowWidth)
 
 
-def file_window(values: np.ndarray, ds, name: str) -> np.ndarray:
+def file_window(values: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
     """The file's first WindowCenter/WindowWidth pair, as Google's serving container applied it to CXR before 71a1135.
 
     Clip to [center - width // 2, center + width // 2], map linearly onto 0..255, round half to even. Several
@@ -144,7 +148,7 @@ def file_window(values: np.ndarray, ds, name: str) -> np.ndarray:
     return np.round(np.interp(np.clip(values, lo, hi), (lo, hi), (0, 255)), 0).astype(np.uint8)
 
 
-def _file_voi(values: np.ndarray, ds, name: str) -> np.ndarray:
+def _file_voi(values: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
     from pydicom.pixels import apply_voi_lut
 
     if "VOILUTSequence" not in ds and "WindowCenter" not in ds:

@@ -9,15 +9,18 @@ user's own files; the manifest is shown to the user and written beside their res
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.messages import ImagePart, Part, Prompt, TextPart
 from .order import dataset_key
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 FIELDS = ("source", "instance_number", "sop_instance_uid", "label", "patch")
 
 
-def dicom_info(name: str, ds: Any) -> dict[str, Any]:
+def dicom_info(name: str, ds: Dataset) -> dict[str, Any]:
     """Manifest fields of one DICOM instance."""
     try:
         number: int | None = int(ds.get("InstanceNumber"))

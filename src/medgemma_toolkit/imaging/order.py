@@ -11,9 +11,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .deflate import is_deflated
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 DATE_TAGS = ("StudyDate", "StudyTime", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime")
 
@@ -68,7 +71,7 @@ def bytes_key(data: bytes) -> tuple[str, str] | None:
     return dataset_key(ds)
 
 
-def dataset_key(ds) -> tuple[str, str] | None:
+def dataset_key(ds: Dataset) -> tuple[str, str] | None:
     """(study date-time, acquisition date-time) of a dataset as digit strings that sort in time order, or None."""
     study = _digits(ds.get("StudyDate"))
     study = study + _digits(ds.get("StudyTime")) if study else ""

@@ -40,7 +40,7 @@ from .dicom import quiet_pydicom
 from .options import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileDataset
 
 MAX_SERIES_FILES = 4096  # far above any real CT/MR series (~2,000); a guard against pointing at a whole archive
 MAX_VOLUME_VOXELS = 2048 * 512 * 512
@@ -109,7 +109,7 @@ def series_files(source: str) -> list[Path] | None:
     return None
 
 
-def read_instance(path: Path):
+def read_instance(path: Path) -> FileDataset:
     """Parse one DICOM file; anything unparseable becomes a one-line error naming the file."""
     from pydicom.errors import InvalidDicomError
 
@@ -149,7 +149,7 @@ class _Slice:
     acquisition: int
 
 
-def _num(ds, keyword: str, count: int | None, name: str):
+def _num(ds: Dataset, keyword: str, count: int | None, name: str) -> list[float] | None:
     """A numeric attribute as floats, None when absent; malformed values are an error naming the keyword."""
     from pydicom.multival import MultiValue
 
@@ -171,7 +171,7 @@ def _num(ds, keyword: str, count: int | None, name: str):
     return vals
 
 
-def _describe(name: str, ds) -> _Slice:
+def _describe(name: str, ds: Dataset) -> _Slice:
     if "PixelData" not in ds:
         raise BadInput(f"{name}: DICOM file has no pixel data")
     inst = _num(ds, "InstanceNumber", 1, name)
@@ -356,7 +356,7 @@ def assemble_volume(
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 
 
-def _native_pixels(ds, rows: int, cols: int) -> np.ndarray | None:
+def _native_pixels(ds: Dataset, rows: int, cols: int) -> np.ndarray | None:
     """Uncompressed 16-bit little-endian frames read straight from the buffer (most CT/MR); None otherwise.
 
     pydicom's general decoder costs more than the read itself for such data; it stays the path for everything

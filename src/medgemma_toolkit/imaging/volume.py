@@ -26,6 +26,7 @@ from .square import scale_to_uint8, to_model_image
 from .windows import get_ct_windows, window_lut, windows_to_rgb
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     from pydicom.dataset import Dataset
 
 DEFAULT_MAX_SLICES = 85  # MedGemma 1.5's CT/MR protocol
@@ -81,7 +82,7 @@ def slice_renderer(vol: SeriesVolume, options: ImageOptions) -> Callable[[list[i
             # temporaries per batch cost more in page faults than the lookup itself.
             bufs: dict[str, np.ndarray] = {}
 
-            def reuse(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+            def reuse(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
                 b = bufs.get(name)
                 if b is None or b.shape[0] < shape[0] or b.shape[1:] != shape[1:]:
                     b = bufs[name] = np.empty(shape, dtype=dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,9 @@ from ..core.messages import ImagePart, Part
 from ..errors import BackendUnavailable, BadInput, MedGemmaError
 from .options import ImageOptions
 from .square import to_model_image
+
+if TYPE_CHECKING:
+    from wsidicom import WsiDicom
 
 TARGET_MPP = 1.0  # µm per pixel: about 10X
 PATCH_PX = 896
@@ -107,7 +110,7 @@ class _OpenSlide(_TiffSlide):
 
 
 class _DicomSlide:
-    def __init__(self, source) -> None:
+    def __init__(self, source: WsiDicom) -> None:
         self._w = source
         levels = list(source.levels)
         self._levels = [lv.level for lv in levels]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import BackendUnavailable, BadInput
 from .placement import bf16_note, cuda_index
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,9 @@ def cpu_auto_dtype(flags: frozenset[str], model_width: int | None) -> str:
     return "bfloat16" if flags & BF16_CPU_FLAGS else "float32"
 
 
-def pick_device_dtype(device: str, dtype: str, model_width: int | None = None, inference: bool = False):
+def pick_device_dtype(
+    device: str, dtype: str, model_width: int | None = None, inference: bool = False
+) -> tuple[torch.device, torch.dtype]:
     """bf16 on GPU (MedGemma's native precision). On CPU, `auto` is fp32 for training; for inference
     (`inference=True`) it is `cpu_auto_dtype`'s choice for a model `model_width` wide (its hidden size)."""
     import torch

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 def make_cxr(
@@ -13,7 +18,7 @@ def make_cxr(
     intercept: float | None = None,
     centers: list[float] | None = None,
     widths: list[float] | None = None,
-):
+) -> Dataset:
     """A pydicom Dataset whose stored values span 0..4095 (a bright mediastinum, darker lungs, noise)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian

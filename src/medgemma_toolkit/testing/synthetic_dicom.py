@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -65,7 +69,7 @@ class SeriesSpec:
     reverse_instances: bool = False  # InstanceNumber runs opposite to position (common: numbered head to feet)
 
 
-def make_slice(spec: SeriesSpec, index: int, uid_suffix: str = ""):
+def make_slice(spec: SeriesSpec, index: int, uid_suffix: str = "") -> Dataset:
     """One slice as a pydicom Dataset (Explicit VR Little Endian, uncompressed)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian

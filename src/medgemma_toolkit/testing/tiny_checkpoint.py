@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import GemmaTokenizer, PreTrainedModel
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 CONTROL = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
@@ -35,7 +35,7 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 400):
+def build_tokenizer(vocab_size: int = 400) -> GemmaTokenizer:
     """A Gemma-style BPE tokenizer (byte fallback, "▁" for spaces) with Gemma's special tokens."""
     from tokenizers import Tokenizer, models, normalizers, trainers
     from transformers import GemmaTokenizer
@@ -107,7 +107,8 @@ def build_tiny_medgemma(
     torch.manual_seed(seed)
     tok = build_tokenizer()
     template = gemma3_chat_template() if chat_template else None
-    ids = {t: tok.convert_tokens_to_ids(t) for t in CONTROL}
+    # One token in, one id out (transformers types the result int | list[int] for either kind of input).
+    ids = {t: cast(int, tok.convert_tokens_to_ids(t)) for t in CONTROL}
     text_cfg = Gemma3TextConfig(
         vocab_size=len(tok),
         hidden_size=hidden_size,

@@ -211,7 +211,7 @@ def load_hf_dataset(path: Path, task: str) -> tuple[list[Example], list[Example]
     else:
         train, val_split = ds, None
 
-    def convert(split, name: str) -> list[Example]:
+    def convert(split: datasets.Dataset, name: str) -> list[Example]:
         problems = _Problems(path)
         out = []
         for i, row in enumerate(split):

@@ -10,9 +10,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoints import write_atomic
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 LOG_NAME = "loss_log.jsonl"
 CURVE_NAME = "loss_curve.png"
@@ -108,11 +111,20 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
             self.t_last = time.perf_counter()
             self.step_last = 0
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+        ) -> None:
             self.t_last, self.step_last = time.perf_counter(), state.global_step
             self.cpu_last = time.process_time()
 
-        def on_log(self, args, state, control, logs=None, **kw):
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, float] | None = None,
+            **kw: Any,
+        ) -> None:
             logs = logs or {}
             if "loss" not in logs and "reward" not in logs:
                 return
@@ -143,7 +155,9 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
             self.t0 = 0.0
             self.first = 0
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+        ) -> None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -160,18 +174,27 @@ def make_callbacks(run_dir: Path, quiet: bool = False, desc: str = "finetune") -
             self.bar.start()
             self.t0 = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
             if self.bar is not None:
                 self.bar.update(self.task, completed=state.global_step)
 
-        def on_log(self, args, state, control, logs=None, **kw):
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, float] | None = None,
+            **kw: Any,
+        ) -> None:
             if self.bar is not None and logs:
                 done = max(1, state.global_step - self.first)
                 post = [f"{(time.perf_counter() - self.t0) / done:.2f} s/step"]
                 post += [f"{k} {float(logs[k]):.4f}" for k in ("loss", "reward") if k in logs]
                 self.bar.update(self.task, post=", ".join(post))
 
-        def on_train_end(self, args, state, control, **kw):
+        def on_train_end(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+        ) -> None:
             if self.bar is not None:
                 self.bar.stop()
                 self.bar = None
