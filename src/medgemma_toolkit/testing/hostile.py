@@ -108,6 +108,7 @@ def rle_series_zip(slices: int = 8, rows: int = 8000, cols: int = 8000) -> bytes
     import zipfile
 
     from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
 
     from .synthetic_dicom import SeriesSpec, make_slice
 
@@ -116,7 +117,7 @@ def rle_series_zip(slices: int = 8, rows: int = 8000, cols: int = 8000) -> bytes
         frame = rle_frame(rows, cols)
         for i in range(slices):
             ds = make_slice(SeriesSpec(slices=slices, rows=8, cols=8), i)
-            ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"  # RLE Lossless
+            ds.file_meta.TransferSyntaxUID = RLELossless
             ds.Rows, ds.Columns = rows, cols
             ds.PixelData = encapsulate([frame])
             ds["PixelData"].VR = "OB"
