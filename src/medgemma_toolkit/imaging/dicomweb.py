@@ -20,7 +20,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..core.messages import ImagePart, Part
@@ -30,6 +32,13 @@ from .dicom import dicom_to_rgb, quiet_pydicom
 from .options import ImageOptions, padded
 from .series import MAX_SERIES_FILES
 from .square import to_model_image
+
+if TYPE_CHECKING:  # annotations only: requests, pydicom and dicomweb-client load when a DICOMweb source is read
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom import Dataset
+
+T = TypeVar("T")
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read
 RETRIES = 3
@@ -100,7 +109,7 @@ def _same_origin(url: str, root: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-def _counted(response, limit: int, budget: DecodeBudget | None) -> None:
+def _counted(response: requests.Response, limit: int, budget: DecodeBudget | None) -> None:
     """Make `response` stop at `limit` streamed bytes (a chunked answer declares no length) and when the request
     that wanted it is abandoned: both checked per chunk as it arrives."""
     raw = response.raw
@@ -108,7 +117,7 @@ def _counted(response, limit: int, budget: DecodeBudget | None) -> None:
     if stream is None:
         return
 
-    def counted(*args, **kwargs):
+    def counted(*args: Any, **kwargs: Any) -> Iterator[bytes]:
         total = 0
         try:
             for chunk in stream(*args, **kwargs):
@@ -125,7 +134,7 @@ def _counted(response, limit: int, budget: DecodeBudget | None) -> None:
     raw.stream = counted
 
 
-def _session(ref: DicomWebRef, budget: DecodeBudget | None = None):
+def _session(ref: DicomWebRef, budget: DecodeBudget | None = None) -> requests.Session:
     """A requests session with credentials from the environment (sent to `ref`'s origin only), timeouts, retries,
     a size cap on the bytes each answer streams (the budget's `max_fetch_bytes`, else `MAX_INSTANCE_BYTES`), and
     no redirects."""
@@ -139,13 +148,13 @@ def _session(ref: DicomWebRef, budget: DecodeBudget | None = None):
         def __init__(self, header: str) -> None:
             self.header = header
 
-        def __call__(self, r):
-            if _same_origin(r.url, ref.root):
+        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+            if r.url is not None and _same_origin(r.url, ref.root):
                 r.headers["Authorization"] = self.header
             return r
 
     class _Adapter(HTTPAdapter):
-        def send(self, request, **kw):
+        def send(self, request: requests.PreparedRequest, **kw: Any) -> requests.Response:  # type: ignore[override]
             if kw.get("timeout") is None:
                 kw["timeout"] = TIMEOUT_S
             return super().send(request, **kw)
@@ -174,7 +183,7 @@ def _session(ref: DicomWebRef, budget: DecodeBudget | None = None):
 
     limit = budget.max_fetch_bytes if budget is not None and budget.max_fetch_bytes else MAX_INSTANCE_BYTES
 
-    def _cap(response, *args, **kwargs):
+    def _cap(response: requests.Response, *args: Any, **kwargs: Any) -> None:
         if response.is_redirect or 300 <= response.status_code < 400:  # checked before requests would follow it
             raise DicomWebError(
                 f"DICOMweb server {ref.host} answered with a redirect (HTTP {response.status_code}); "
@@ -189,7 +198,7 @@ def _session(ref: DicomWebRef, budget: DecodeBudget | None = None):
     return s
 
 
-def _client(ref: DicomWebRef, budget: DecodeBudget | None = None):
+def _client(ref: DicomWebRef, budget: DecodeBudget | None = None) -> DICOMwebClient:
     try:
         from dicomweb_client.api import DICOMwebClient
     except ImportError:
@@ -200,7 +209,7 @@ def _client(ref: DicomWebRef, budget: DecodeBudget | None = None):
     return client
 
 
-def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
+def _call(ref: DicomWebRef, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     """Run one client call; every failure becomes a one-line `DicomWebError` naming the host and status."""
     import requests
 
@@ -232,7 +241,7 @@ def _call(ref: DicomWebRef, what: str, fn, *args, **kw):
         raise DicomWebError(f"DICOMweb {what} on {ref.host}: unusable answer ({type(e).__name__})") from None
 
 
-def _value(obj: dict, tag: str):
+def _value(obj: dict[str, Any], tag: str) -> Any:
     vals = (obj.get(tag) or {}).get("Value") or []
     return vals[0] if vals else None
 
@@ -282,7 +291,7 @@ def _retrieve_all(ref: DicomWebRef, series: str, sops: list[str], budget: Decode
     lock = threading.Lock()
     cap = 4 * budget.max_fetch_bytes if budget is not None and budget.max_fetch_bytes else MAX_TOTAL_BYTES
 
-    def one(sop: str):
+    def one(sop: str) -> Dataset:
         nonlocal total
         if not hasattr(local, "client"):
             local.client = _client(ref, budget)
