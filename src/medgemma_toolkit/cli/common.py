@@ -21,6 +21,7 @@ from ..core.options import LoadOptions
 
 if TYPE_CHECKING:
     from ..api import MedGemma
+    from ..imaging import ImageOptions
 
 ModelOpt = Annotated[
     Optional[str],
@@ -164,7 +165,7 @@ class ImageArgs:
     patch_order: PatchOrderOpt = "random"
     pad: PadOpt = None
 
-    def options(self):
+    def options(self) -> ImageOptions:
         """The checked `ImageOptions` (a bad value is one `BadInput` line)."""
         from ..imaging import ImageOptions, parse_window
         from ..imaging.options import check_options

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from ..embed import MedSigLIP
 
 from . import app
 from .common import IMAGE_DEFAULTS, DeviceOpt, DownloadOpt, DTypeOpt, ImageArgs, check_sources, option_groups
@@ -51,7 +54,7 @@ class EmbedModelOptions:
         ),
     ] = "notebook"
 
-    def load(self):
+    def load(self) -> MedSigLIP:
         from ..embed import MedSigLIP
 
         return MedSigLIP.load(

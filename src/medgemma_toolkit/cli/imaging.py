@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from . import app
 
 
-def _flag(help_: str):
+def _flag(help_: str) -> Any:
     return typer.Option(help=help_)
 
 

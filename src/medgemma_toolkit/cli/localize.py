@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..api import MedGemma
+    from ..imaging import ImageOptions
+    from ..localize.run import LocalizeResult
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
@@ -112,14 +119,23 @@ def localize(
         print(f"wrote {output} ({picture.width}x{picture.height}, {len(result.boxes)} boxes)", file=sys.stderr)
 
 
-def _sr_source(image: Path):
+def _sr_source(image: Path) -> Any:
     """The source's DICOM header; a non-DICOM image is a one-line error (an SR must reference an instance)."""
     from ..sr import read_header
 
     return read_header(image)
 
 
-def _write_dicom(mg, source, picture, result, opts, sr: Path | None, sc: Path | None, stow_url: str | None) -> dict:
+def _write_dicom(
+    mg: MedGemma,
+    source: Any,
+    picture: Image.Image,
+    result: LocalizeResult,
+    opts: ImageOptions,
+    sr: Path | None,
+    sc: Path | None,
+    stow_url: str | None,
+) -> dict[str, Any]:
     """The boxes as a TID 1500 report on the frame `load_image` decoded (the middle one unless --frame) and/or as
     a Secondary Capture of the drawn overlay; then STOW-RS of both if asked. Returns the `--json` fields."""
     from ..localize.overlay import draw_boxes

@@ -11,6 +11,7 @@ batcher through `app.state.server` (`serve/state.py`). Every POST route passes t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -39,7 +40,7 @@ def create_app(mg: MedGemma, config: ServeConfig = ServeConfig()) -> FastAPI:
     state = ServerState(mg, config, batcher, metrics, gate, model_id(mg, config))
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         batcher.stop()
 

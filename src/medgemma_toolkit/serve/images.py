@@ -26,7 +26,7 @@ from ..errors import BadInput
 from ..imaging import ImageOptions, decode_image_bytes, load_image, load_parts, to_model_image
 from ..imaging.budget import DecodeBudget
 from ..imaging.dicom import looks_like_dicom
-from ..imaging.options import padded
+from ..imaging.options import Window, padded
 from ..imaging.order import bytes_key
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
@@ -75,7 +75,12 @@ class ImageResolver:
     """Turns one request's image URLs into parts; counts images against the per-request limit."""
 
     def __init__(
-        self, config: ServeConfig, size: int, window=None, ct_windows: str | None = None, pad: bool | None = None
+        self,
+        config: ServeConfig,
+        size: int,
+        window: Window = None,
+        ct_windows: str | None = None,
+        pad: bool | None = None,
     ) -> None:
         self.config = config
         self.size = size

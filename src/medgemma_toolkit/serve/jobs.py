@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..backends.base import Completion
 from .batcher import Cancelled, Delta, Done, Failed, Job, JobEvent
@@ -36,7 +37,7 @@ class EventStream(StreamingResponse):
         super().__init__(*args, **kwargs)
         self.on_close = on_close
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:

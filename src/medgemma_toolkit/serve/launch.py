@@ -7,6 +7,11 @@ server is for checks that must reach into the running app (its backend, its batc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 import os
 import socket
 import subprocess
@@ -27,7 +32,7 @@ class InProcessServer:
     """`with InProcessServer(app) as srv: httpx.post(srv.url + "/v1/chat/completions", ...)`: uvicorn in a daemon
     thread on a free loopback port; leaving the block stops it and the app's batcher."""
 
-    def __init__(self, app, startup_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: FastAPI, startup_timeout_s: float = 30.0) -> None:
         import uvicorn
 
         self.app = app
@@ -125,5 +130,5 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -11,6 +11,11 @@ hangs up before its answer is logged and counted as 499, not as a server error.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.types import Message, Receive, Scope, Send
+
 import hmac
 import json
 import logging
@@ -94,7 +99,7 @@ class ServeMiddleware:
         scheme, _, token = auth.partition(" ")
         return scheme.lower() == "bearer" and key_matches(token, self.api_key)  # exact: no trimmed variants
 
-    def _refusal(self, scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[Message, Message] | None:
         """The response for a request refused before routing, or None."""
         path = scope.get("path", "")
         host = headers.get(b"host", b"").decode("latin-1")
@@ -115,7 +120,7 @@ class ServeMiddleware:
             )
         return None
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -129,7 +134,7 @@ class ServeMiddleware:
         label = route_label(scope.get("path", ""), self.known_paths)
         info = {"status": 500, "out": 0, "in": 0}
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             msg = await receive()
             if msg.get("type") == "http.request":
                 info["in"] += len(msg.get("body", b""))
@@ -137,7 +142,7 @@ class ServeMiddleware:
                 info["gone"] = 1
             return msg
 
-        async def tagged_send(msg):
+        async def tagged_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 info["status"], info["started"] = msg["status"], 1
                 extra = [(b"x-request-id", rid.encode())]
