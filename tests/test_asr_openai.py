@@ -121,3 +121,27 @@ def test_a_body_cut_mid_part_is_400(server, speech):
         timeout=30,
     )
     assert r.status_code == 400
+
+
+def test_no_transcript_text_reaches_the_server_logs(server, speech, caplog):
+    """The transcript is PHI: every log record the server writes while transcribing (access log, errors, our own
+    loggers at DEBUG) is free of it."""
+    import logging
+
+    url, transcriber = server
+    want = transcriber.transcribe([speech])[0].text
+    assert want
+    with caplog.at_level(logging.DEBUG):
+        with speech.open("rb") as f:
+            r = _client(url).audio.transcriptions.create(model="medasr", file=f)
+        assert r.text == want
+        bad = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("x.wav", b"nope" * 100, "audio/wav")})
+        assert bad.status_code == 400
+    ours = [rec for rec in caplog.records if rec.name.startswith(("medgemma_toolkit", "uvicorn"))]
+    # The server's access lines were captured (so the check below looks at what the server really logged)...
+    assert any("path=/v1/audio/transcriptions status=200" in rec.getMessage() for rec in ours)
+    assert any("path=/v1/audio/transcriptions status=400" in rec.getMessage() for rec in ours)
+    # ...and none of them holds a word of the transcript.
+    logged = "\n".join(rec.getMessage() for rec in ours)
+    for word in {w for w in want.split() if len(w) > 3}:
+        assert word not in logged, word
