@@ -38,6 +38,10 @@ class GenerationRequest:
     # Function calling: the prompt already describes the tools (prompts/tools.py); a backend whose engine takes
     # OpenAI tools natively (an upstream server) may send these instead.
     tools: ToolSpec | None = None
+    # Structured output: the answer must be a JSON value valid under this schema ({"type": "object"} for any
+    # object). Local engines enforce it while decoding (backends/constrain.py, llama.cpp's grammar); an upstream
+    # receives it as `response_format`.
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass

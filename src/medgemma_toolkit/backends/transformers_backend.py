@@ -207,6 +207,7 @@ class TransformersBackend(Backend):
                 p.top_p,
                 p.top_k,
                 p.seed,
+                r.json_schema is not None,
             )
 
         order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
@@ -243,11 +244,14 @@ class TransformersBackend(Backend):
             torch.manual_seed(params.seed)
         from .hf_decode import can_prune, decode_pruned  # imports transformers: only once a model is loaded
 
+        schemas = [r.request.json_schema for r in rows]
+        constrain = self._constraint(schemas) if any(s is not None for s in schemas) else None
         with torch.inference_mode():
-            if prune and params.greedy and len(rows) > 1 and can_prune(self.model):
+            # A constrained row's matcher follows its row by position: such batches keep their rows in place.
+            if constrain is None and prune and params.greedy and len(rows) > 1 and can_prune(self.model):
                 decode_pruned(self.model, dict(inputs), gen, stepper)
             else:
-                self._decode_static(dict(inputs), gen, stepper)
+                self._decode_static(dict(inputs), gen, stepper, constrain)
         return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
 
     def _generation_config(self, rows: list[RowState]) -> Any:
@@ -268,9 +272,16 @@ class TransformersBackend(Backend):
             gen.temperature, gen.top_p, gen.top_k = None, None, None
         return gen
 
-    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper) -> None:
+    def _constraint(self, schemas: list[dict[str, Any] | None]) -> Any:
+        """The logits processor that keeps each row to its JSON schema (llguidance, imported only here)."""
+        from .constrain import JsonSchemaLogits
+
+        n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        return JsonSchemaLogits(self.tokenizer, n_vocab, self.stop_ids, schemas)
+
+    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, constrain: Any = None) -> None:
         """Every row stays in the batch until the last one stops (finished rows decode padding)."""
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from .hf_decode import Track
 
@@ -284,7 +295,10 @@ class TransformersBackend(Backend):
             or len({r.request.params.max_new_tokens for r in rows}) > 1
         )
         hook = [Track(stepper, list(range(len(rows))), None)] if per_step else []
-        out = self.model.generate(**inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook))
+        extra = {"logits_processor": LogitsProcessorList([constrain])} if constrain is not None else {}
+        out = self.model.generate(
+            **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook), **extra
+        )
         stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
