@@ -71,3 +71,42 @@ def test_twenty_answers_validate_llamacpp(tmp_path_factory, tiny_model_dir):
     done = model.backend.generate(_requests(model, 20))
     assert all(c.finish_reason == "stop" for c in done), [c.finish_reason for c in done]
     _check_all([c.text for c in done])
+
+
+def _two_page_pdf(path: Path) -> Path:
+    """A real 2-page PDF written by Pillow's PDF writer: a red portrait page, then a blue landscape one."""
+    from PIL import Image
+
+    pages = [Image.new("RGB", (200, 300), (255, 0, 0)), Image.new("RGB", (300, 200), (0, 0, 255))]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    return path
+
+
+def test_pdf_pages_in_order_with_page_numbers(tmp_path):
+    from medgemma_toolkit.imaging import ImageOptions, load_parts
+    from medgemma_toolkit.imaging.manifest import image_manifest
+
+    pdf = _two_page_pdf(tmp_path / "report.pdf")
+    parts = load_parts(pdf, ImageOptions(), 64)
+    assert [p.image.size for p in parts] == [(64, 64), (64, 64)]
+    assert parts[0].image.getpixel((32, 32))[0] > 200 and parts[1].image.getpixel((32, 32))[2] > 200
+    manifest = image_manifest(parts)
+    assert [e["page"] for e in manifest] == [1, 2]
+    assert all(e["source"] == str(pdf) for e in manifest)
+
+
+def test_pdf_budget_and_limits_refuse(tmp_path):
+    from medgemma_toolkit.errors import ImageTooLarge
+    from medgemma_toolkit.imaging import ImageOptions, load_parts
+    from medgemma_toolkit.imaging.budget import DecodeBudget
+
+    pdf = _two_page_pdf(tmp_path / "report.pdf")
+    # Each page renders to 43 x 64 = 2,752 pixels (before padding): a 4,000-pixel budget holds one page, not two.
+    with pytest.raises(ImageTooLarge, match="page 2"):
+        load_parts(pdf, ImageOptions(budget=DecodeBudget(max_pixels=4000)), 64)
+    with pytest.raises(ImageTooLarge, match="page 1"):
+        load_parts(pdf, ImageOptions(max_pixels=1000), 64)
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\nnot really")
+    with pytest.raises(BadInput, match="cannot read the PDF"):
+        load_parts(broken, ImageOptions(), 64)
