@@ -110,3 +110,27 @@ def test_pdf_budget_and_limits_refuse(tmp_path):
     broken.write_bytes(b"%PDF-1.4\nnot really")
     with pytest.raises(BadInput, match="cannot read the PDF"):
         load_parts(broken, ImageOptions(), 64)
+
+
+def test_extract_cli_two_page_pdf(tiny_model_dir, tmp_path, cli):
+    pdf = _two_page_pdf(tmp_path / "two_pages.pdf")
+    schema = Path(__file__).parent / "data" / "structured" / "nested.json"
+    r = cli("extract", "--model", str(tiny_model_dir), "--schema", str(schema), "--image", str(pdf), "--json")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.strip().splitlines()
+    trace = json.loads(line)
+    assert trace["error"] is None and trace["finish_reason"] == "stop"
+    jsonschema.validate(trace["object"], SCHEMA)
+    assert json.loads(trace["raw"]) == trace["object"]
+    assert [p["page"] for p in trace["pages"]] == [1, 2]
+
+
+def test_extract_cli_refuses_bad_input_before_loading(tmp_path, cli):
+    pdf = _two_page_pdf(tmp_path / "doc.pdf")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "object", "if": {"required": ["a"]}}')
+    r = cli("extract", "--model", "/nonexistent-model", "--schema", str(bad), "-i", str(pdf))
+    assert r.returncode != 0 and "if" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("extract", "--model", "/nonexistent-model", "--schema", str(bad), "-i", str(tmp_path / "missing.pdf"))
+    assert r.returncode != 0 and "file not found" in r.stderr

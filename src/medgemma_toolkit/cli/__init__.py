@@ -71,6 +71,7 @@ from . import eval as _eval  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
+from . import extract as _extract  # noqa: E402,F401
 # isort: on
 
 
