@@ -1,0 +1,131 @@
+"""`serve` with `response_format`: the official client's `parse` gets schema-valid objects from the tiny random
+checkpoint, and every parameter the server cannot honour is a 400 naming it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from typing import Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from medgemma_toolkit.serve.launch import ServerProcess
+
+KEY = "test-key-structured-0123"
+MODEL = "tiny-medgemma"
+
+
+class LabTest(BaseModel):
+    name: Literal["hemoglobin", "glucose", "sodium", "creatinine"]
+    value: float = Field(ge=0, le=1000, multiple_of=0.5)
+    flag: Literal["low", "normal", "high"]
+
+
+class LabReport(BaseModel):
+    patient_sex: Literal["female", "male", "unknown"]
+    tests: list[LabTest] = Field(min_length=1, max_length=3)
+    abnormal_count: int = Field(ge=0, le=20)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-structured") / "server.log"
+    srv = ServerProcess(tiny_model_dir, log, "--api-key", KEY, "--served-model-name", MODEL, "--max-batch-size", "4")
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def post(server, body: dict) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def test_parse_twenty_answers_validate(client):
+    def one(i: int) -> LabReport | None:
+        r = client.chat.completions.parse(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Extract lab report {i} as JSON."}],
+            response_format=LabReport,
+            max_tokens=512,
+            temperature=0.0 if i % 2 else 1.0,
+            seed=i,
+        )
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), LabReport.model_json_schema())
+        return r.choices[0].message.parsed
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        parsed = list(pool.map(one, range(20)))
+    assert all(isinstance(p, LabReport) for p in parsed)
+
+
+def test_json_object_mode(client):
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Answer in JSON."}],
+        response_format={"type": "json_object"},
+        max_tokens=256,
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_unsupported_schema_feature_is_a_400_naming_it(server):
+    schema = {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}
+    r = post(
+        server,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        },
+    )
+    assert r.status_code == 400, r.text
+    assert '"if"' in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        {"logprobs": True},
+        {"top_logprobs": 3},
+        {"logit_bias": {"5": 10}},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 1.0},
+        {"modalities": ["text", "audio"]},
+    ],
+)
+def test_unsupported_parameters_are_400_naming_them(server, param):
+    (name,) = param
+    r = post(server, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **param})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == name and name in err["message"]
+
+
+def test_neutral_values_of_unsupported_parameters_pass(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    r = post(server, {**body, "logprobs": False, "presence_penalty": 0, "user": "someone"})
+    assert r.status_code == 200, r.text
+
+
+def test_thinking_with_schema_is_a_400(server):
+    r = post(
+        server,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"},
+            "medgemma": {"think": True},
+        },
+    )
+    assert r.status_code == 400 and "thinking" in r.json()["error"]["message"]
