@@ -129,3 +129,30 @@ def test_thinking_with_schema_is_a_400(server):
         },
     )
     assert r.status_code == 400 and "thinking" in r.json()["error"]["message"]
+
+
+def _pdf_data_uri(pages: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    images = [Image.new("RGB", (200, 300), (40 * k, 0, 0)) for k in range(pages)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="PDF", save_all=True, append_images=images[1:])
+    return "data:application/pdf;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_pdf_data_uri_pages_are_images(server):
+    content = [
+        {"type": "image_url", "image_url": {"url": _pdf_data_uri(2)}},
+        {"type": "text", "text": "Summarise."},
+    ]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 2 * 16  # two pages, 16 soft tokens each on the tiny model
+    broken = "data:application/pdf;base64,JVBERi0xLjQKbm90IGEgcGRm"  # "%PDF-1.4\nnot a pdf"
+    content[0] = {"type": "image_url", "image_url": {"url": broken}}
+    r = post(server, body)
+    assert r.status_code == 400 and "cannot read the PDF" in r.json()["error"]["message"], r.text
