@@ -156,3 +156,24 @@ def test_pdf_data_uri_pages_are_images(server):
     content[0] = {"type": "image_url", "image_url": {"url": broken}}
     r = post(server, body)
     assert r.status_code == 400 and "cannot read the PDF" in r.json()["error"]["message"], r.text
+
+
+def test_completions_create_whole_and_streamed(client):
+    r = client.completions.create(model=MODEL, prompt="Question: what is sepsis?\nAnswer:", max_tokens=6)
+    assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens > 0
+    chunks = list(
+        client.completions.create(model=MODEL, prompt="Question: what is sepsis?\nAnswer:", max_tokens=6, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text  # greedy: the same text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+@pytest.mark.parametrize("param", [{"suffix": "x"}, {"best_of": 2}, {"echo": True}, {"logprobs": 2}, {"n": 2}])
+def test_completions_unsupported_parameters_are_400(server, param):
+    (name,) = param
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, **param}
+    r = httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 400, r.text
+    assert name in r.json()["error"]["message"]

@@ -122,7 +122,17 @@ def check_gated(app: FastAPI) -> None:
 
 
 # One module per endpoint (`info` holds the GET routes: page, health, models, metrics); each exposes `router`.
-ROUTE_MODULES = ("info", "chat", "preview", "model_input", "localize", "embeddings", "zero_shot", "predict")
+ROUTE_MODULES = (
+    "info",
+    "chat",
+    "completions",
+    "preview",
+    "model_input",
+    "localize",
+    "embeddings",
+    "zero_shot",
+    "predict",
+)
 
 
 def include_routes(app: FastAPI) -> None:
