@@ -96,8 +96,7 @@ def test_unsupported_schema_feature_is_a_400_naming_it(server):
 @pytest.mark.parametrize(
     "param",
     [
-        {"logprobs": True},
-        {"top_logprobs": 3},
+        {"top_logprobs": 3},  # without logprobs: true
         {"logit_bias": {"5": 10}},
         {"presence_penalty": 0.5},
         {"frequency_penalty": 1.0},
@@ -110,6 +109,20 @@ def test_unsupported_parameters_are_400_naming_them(server, param):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == name and name in err["message"]
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens > 0
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    assert "".join(t.token for t in content) == r.choices[0].message.content
 
 
 def test_neutral_values_of_unsupported_parameters_pass(server):

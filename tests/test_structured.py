@@ -134,3 +134,24 @@ def test_extract_cli_refuses_bad_input_before_loading(tmp_path, cli):
     assert len(r.stderr.strip().splitlines()) == 1
     r = cli("extract", "--model", "/nonexistent-model", "--schema", str(bad), "-i", str(tmp_path / "missing.pdf"))
     assert r.returncode != 0 and "file not found" in r.stderr
+
+
+def test_logprobs_match_a_direct_forward_pass(tiny_model):
+    import torch
+
+    backend = tiny_model.backend
+    req = tiny_model.request("What is sepsis?", max_new_tokens=8)
+    req.logprobs = 3
+    c = backend.generate([req])[0]
+    assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens > 0
+    # Greedy decoding by hand, one full forward pass per token: each step's fp32 log-softmax of the argmax token.
+    ids = backend._encode([req.prompt])["input_ids"]
+    for k, entry in enumerate(c.logprobs):
+        with torch.inference_mode():
+            logits = backend.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
+        lp = torch.log_softmax(logits, dim=-1)
+        token = int(lp.argmax())
+        assert abs(entry["logprob"] - float(lp[token])) < 1e-3, (k, entry["logprob"], float(lp[token]))
+        assert len(entry["top_logprobs"]) == 3
+        assert abs(entry["top_logprobs"][0]["logprob"] - float(lp[token])) < 1e-3
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)

@@ -42,6 +42,9 @@ class GenerationRequest:
     # object). Local engines enforce it while decoding (backends/constrain.py, llama.cpp's grammar); an upstream
     # receives it as `response_format`.
     json_schema: dict[str, Any] | None = None
+    # Log-probabilities of the generated tokens (backends with `Capabilities.logprobs`): None = not wanted, else
+    # how many alternatives to report per token (0 = the chosen token only).
+    logprobs: int | None = None
 
 
 @dataclass
@@ -55,6 +58,10 @@ class Completion:
     # OpenAI-format tool calls when the engine parsed them itself (an upstream with native tools); else None and
     # callers parse `text` (prompts.tools.parse).
     tool_calls: list[dict[str, Any]] | None = None
+    # One entry per generated token when the request asked for logprobs: {"token", "logprob", "top_logprobs":
+    # [{"token", "logprob"}, ...]} (OpenAI's shape), log-softmax of the model's fp32 logits before any sampling
+    # transform or schema mask.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Capabilities:
     streaming: bool = True  # `on_delta` receives text as it is decoded, not only at the end
     context_length: int | None = None  # tokens the model attends over; None when unknown
     continuous: bool = False  # `session()` admits requests into the running batch between decoding steps
+    logprobs: bool = False  # `GenerationRequest.logprobs` is honoured (`Completion.logprobs`)
 
 
 class DecodeSession(Protocol):

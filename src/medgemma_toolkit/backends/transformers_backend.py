@@ -115,6 +115,7 @@ class TransformersBackend(Backend):
             images=self.multimodal,
             streaming=True,
             context_length=self._context_length(),
+            logprobs=True,
         )
 
     def _stop_token_ids(self) -> list[int]:
@@ -208,6 +209,7 @@ class TransformersBackend(Backend):
                 p.top_k,
                 p.seed,
                 r.json_schema is not None,
+                r.logprobs is not None,
             )
 
         order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
@@ -248,11 +250,23 @@ class TransformersBackend(Backend):
         constrain = self._constraint(schemas) if any(s is not None for s in schemas) else None
         with torch.inference_mode():
             # A constrained row's matcher follows its row by position: such batches keep their rows in place.
-            if constrain is None and prune and params.greedy and len(rows) > 1 and can_prune(self.model):
+            wants_logprobs = any(r.request.logprobs is not None for r in rows)
+            if (
+                constrain is None
+                and not wants_logprobs
+                and prune
+                and params.greedy
+                and len(rows) > 1
+                and can_prune(self.model)
+            ):
                 decode_pruned(self.model, dict(inputs), gen, stepper)
             else:
                 self._decode_static(dict(inputs), gen, stepper, constrain)
-        return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
+        done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
+        for c, r in zip(done, rows):
+            if r.request.logprobs is not None:
+                c.logprobs = r.logprobs or []
+        return done
 
     def _generation_config(self, rows: list[RowState]) -> Any:
         from transformers import GenerationConfig
@@ -295,11 +309,38 @@ class TransformersBackend(Backend):
             or len({r.request.params.max_new_tokens for r in rows}) > 1
         )
         hook = [Track(stepper, list(range(len(rows))), None)] if per_step else []
-        extra = {"logits_processor": LogitsProcessorList([constrain])} if constrain is not None else {}
+        extra: dict[str, Any] = {"logits_processor": LogitsProcessorList([constrain])} if constrain is not None else {}
+        wants = [r.request.logprobs for r in rows]
+        if any(w is not None for w in wants):  # the raw logits of every step, to report log-probabilities
+            extra.update(output_logits=True, return_dict_in_generate=True)
         out = self.model.generate(
             **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook), **extra
         )
-        stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        new = seqs[:, prompt_len:]
+        stepper.finish(new.tolist())  # tokens the criteria did not see, rows still open
+        if hasattr(out, "logits") and out.logits is not None:
+            for i, (row, top) in enumerate(zip(rows, wants)):
+                if top is not None:
+                    row.logprobs = self._token_logprobs(out.logits, new[i], row.tokens, i, top)
+
+    def _token_logprobs(self, logits: Any, tokens: Any, n: int, row: int, top: int) -> list[dict[str, Any]]:
+        """OpenAI-shaped log-probabilities of row `row`'s first `n` generated tokens (fp32 log-softmax)."""
+        torch = self.torch
+        out: list[dict[str, Any]] = []
+        for k in range(min(n, len(logits))):
+            lp = torch.log_softmax(logits[k][row].float(), dim=-1)
+            t = int(tokens[k])
+            entry: dict[str, Any] = {"token": self._decode([t]), "logprob": float(lp[t])}
+            if top:
+                vals, ids = lp.topk(top)
+                entry["top_logprobs"] = [
+                    {"token": self._decode([int(j)]), "logprob": float(v)} for v, j in zip(vals.tolist(), ids.tolist())
+                ]
+            else:
+                entry["top_logprobs"] = []
+            out.append(entry)
+        return out
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).

@@ -131,6 +131,24 @@ def response_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
     return fmt.json_schema.schema_
 
 
+def logprobs_wanted(mg: MedGemma, body: ChatCompletionRequest) -> int | None:
+    """`GenerationRequest.logprobs` for `logprobs`/`top_logprobs`: a 400 where the backend cannot compute them."""
+    if not body.logprobs:
+        if body.top_logprobs is not None:
+            raise APIError(400, "top_logprobs: needs logprobs: true", "invalid_value", "top_logprobs")
+        return None
+    if not mg.backend.capabilities.logprobs:
+        raise APIError(
+            400,
+            f"logprobs: not supported by the {mg.backend.info.backend} backend",
+            "unsupported_parameter",
+            "logprobs",
+        )
+    if body.stream:
+        raise APIError(400, "logprobs: not available when streaming yet", "unsupported_parameter", "logprobs")
+    return body.top_logprobs or 0
+
+
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
     if body.n != 1:
         raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
@@ -210,6 +228,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         preset=preset,
         json_schema=response_schema(body),
     )
+    req.logprobs = logprobs_wanted(mg, body)
     check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     pre = get_preset(preset) if preset else mg.preset

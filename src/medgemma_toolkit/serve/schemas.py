@@ -2,7 +2,7 @@
 
 Unknown top-level fields that change nothing (e.g. `user`, `store`, `logprobs: false`) are ignored as
 OpenAI-compatible servers do; anything we would have to silently get wrong (n > 1, an unknown content part, a wrong
-type, a sampling parameter we do not implement such as `logprobs: true` or a non-zero `presence_penalty`) is a 400
+type, a sampling parameter we do not implement such as a non-zero `presence_penalty`) is a 400
 with the field named.
 MedGemma's extension lives under `medgemma` (the `openai` client sends it via `extra_body`).
 """
@@ -90,8 +90,6 @@ class ResponseFormat(_Strict):
 # Parameters that would change the answer if honoured: a request that sets them (to anything but their neutral
 # value) is refused with the parameter named, never silently answered without them.
 UNSUPPORTED_PARAMETERS: dict[str, object] = {
-    "logprobs": False,
-    "top_logprobs": None,
     "logit_bias": None,
     "presence_penalty": 0,
     "frequency_penalty": 0,
@@ -141,6 +139,8 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool = False  # per generated token, on backends that can compute them (transformers)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @property
     def stop_list(self) -> list[str]:

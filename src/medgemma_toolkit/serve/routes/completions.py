@@ -46,7 +46,7 @@ class CompletionRequest(BaseModel):
     def refuse_unsupported_parameters(cls, data: Any) -> Any:
         data = refuse_unsupported(data)
         if isinstance(data, dict):
-            for name, neutral in (("suffix", None), ("best_of", 1)):
+            for name, neutral in (("suffix", None), ("best_of", 1), ("logprobs", None)):
                 if data.get(name) is not None and data.get(name) != neutral:
                     raise APIError(400, f"{name}: not supported by this server", "unsupported_parameter", name)
         return data
