@@ -155,3 +155,12 @@ def test_logprobs_match_a_direct_forward_pass(tiny_model):
         assert len(entry["top_logprobs"]) == 3
         assert abs(entry["top_logprobs"][0]["logprob"] - float(lp[token])) < 1e-3
         ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+
+
+def test_ask_json_schema(tiny_model_dir, tmp_path, cli):
+    schema = Path(__file__).parent / "data" / "structured" / "nested.json"
+    r = cli("ask", "--model", str(tiny_model_dir), "--schema", str(schema), "--max-new-tokens", "512", "Report?")
+    assert r.returncode == 0, r.stderr
+    jsonschema.validate(json.loads(r.stdout), SCHEMA)
+    r = cli("ask", "--model", str(tiny_model_dir), "--schema", str(tmp_path / "none.json"), "Report?")
+    assert r.returncode != 0 and "--schema" in r.stderr

@@ -62,6 +62,10 @@ def ask(
     ] = None,
     img: ImageArgs = IMAGE_DEFAULTS,
     preset: PresetOpt = None,
+    json_schema: Annotated[
+        Optional[str],
+        typer.Option("--schema", help="JSON schema file: the answer is decoded under it (constrained decoding)"),
+    ] = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
@@ -92,6 +96,11 @@ def ask(
             print(ordered.notice, file=sys.stderr)
     question = question or ""
     check_sources(image)  # before the model loads (and before the demo notice)
+    schema = None
+    if json_schema is not None:
+        from ..extract import read_schema
+
+        schema = read_schema(json_schema, "--schema")
     if show_prompt and not (mo.upstream or mo.backend not in ("auto", "transformers")):
         from .show_prompt import show_prompt_offline
 
@@ -122,6 +131,7 @@ def ask(
         seed=seed,
         image_options=opts,
         instruction=instruction,
+        json_schema=schema,
     )
     if show_prompt:
         from ..prompts.render import render_for_backend

@@ -38,8 +38,9 @@ class Extraction:
         return asdict(self)
 
 
-def read_schema(path: str | Path) -> dict[str, Any]:
-    """A JSON schema file, checked as a schema (jsonschema's meta-schema) and for constrained decoding."""
+def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
+    """A JSON schema file, checked as a schema (jsonschema's meta-schema) and for constrained decoding; errors
+    name `flag`."""
     import jsonschema
 
     from ..backends.constrain import check_schema
@@ -48,19 +49,19 @@ def read_schema(path: str | Path) -> dict[str, Any]:
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise BadInput(f"--schema {p}: cannot read ({e.strerror})") from None
+        raise BadInput(f"{flag} {p}: cannot read ({e.strerror})") from None
     if len(data) > MAX_SCHEMA_BYTES:
-        raise BadInput(f"--schema {p}: over {MAX_SCHEMA_BYTES:,} bytes")
+        raise BadInput(f"{flag} {p}: over {MAX_SCHEMA_BYTES:,} bytes")
     try:
         schema = loads_bounded(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(f"--schema {p}: not JSON ({str(e).splitlines()[0][:120]})") from None
+        raise BadInput(f"{flag} {p}: not JSON ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(schema, dict):
-        raise BadInput(f"--schema {p}: a JSON schema is an object")
+        raise BadInput(f"{flag} {p}: a JSON schema is an object")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
-        raise BadInput(f"--schema {p}: not a valid JSON schema ({e.message[:160]})") from None
+        raise BadInput(f"{flag} {p}: not a valid JSON schema ({e.message[:160]})") from None
     return check_schema(schema)
 
 
