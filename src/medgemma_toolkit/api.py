@@ -144,11 +144,21 @@ class MedGemma:
         image_options: ImageOptions = ImageOptions(),
         preset: str | PromptPreset | None = None,
         instruction: str | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> GenerationRequest:
         """Build one request: images through `imaging`, text through the preset (this call's, else the model's).
 
         `instruction`: text before a CT/MR volume's or slide's images, the question after them (see the preset).
+        `json_schema`: the answer must be JSON valid under it (constrained decoding); checked here, before any
+        image is read, so an unsupported feature fails fast.
         """
+        if json_schema is not None:
+            if think:
+                # The thought would have to stay free text before the constrained answer: not built yet.
+                raise BadInput("thinking cannot be combined with a JSON schema yet; drop one of them")
+            from .backends.constrain import check_schema
+
+            json_schema = check_schema(json_schema)
         pre = (get_preset(preset) if isinstance(preset, str) else preset) if preset else self.preset
         if image_options.pad is None:  # the preset's choice (the longitudinal notebook sends its images unpadded)
             image_options = replace(image_options, pad=pre.pad_images)
@@ -165,7 +175,7 @@ class MedGemma:
         )
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise BadInput("--max-new-tokens must be positive")
-        return GenerationRequest(prompt, params)
+        return GenerationRequest(prompt, params, json_schema=json_schema)
 
     def _answer(self, c: Completion, gen_seconds: float) -> Answer:
         s = split_thought(c.text)

@@ -38,6 +38,13 @@ class GenerationRequest:
     # Function calling: the prompt already describes the tools (prompts/tools.py); a backend whose engine takes
     # OpenAI tools natively (an upstream server) may send these instead.
     tools: ToolSpec | None = None
+    # Structured output: the answer must be a JSON value valid under this schema ({"type": "object"} for any
+    # object). Local engines enforce it while decoding (backends/constrain.py, llama.cpp's grammar); an upstream
+    # receives it as `response_format`.
+    json_schema: dict[str, Any] | None = None
+    # Log-probabilities of the generated tokens (backends with `Capabilities.logprobs`): None = not wanted, else
+    # how many alternatives to report per token (0 = the chosen token only).
+    logprobs: int | None = None
 
 
 @dataclass
@@ -51,6 +58,10 @@ class Completion:
     # OpenAI-format tool calls when the engine parsed them itself (an upstream with native tools); else None and
     # callers parse `text` (prompts.tools.parse).
     tool_calls: list[dict[str, Any]] | None = None
+    # One entry per generated token when the request asked for logprobs: {"token", "logprob", "top_logprobs":
+    # [{"token", "logprob"}, ...]} (OpenAI's shape), log-softmax of the model's fp32 logits before any sampling
+    # transform or schema mask.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Capabilities:
     streaming: bool = True  # `on_delta` receives text as it is decoded, not only at the end
     context_length: int | None = None  # tokens the model attends over; None when unknown
     continuous: bool = False  # `session()` admits requests into the running batch between decoding steps
+    logprobs: bool = False  # `GenerationRequest.logprobs` is honoured (`Completion.logprobs`)
 
 
 class DecodeSession(Protocol):

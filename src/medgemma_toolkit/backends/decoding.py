@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..prompts.gemma_format import strip_control
 from .base import DeltaCallback, FinishReason, GenerationRequest
@@ -20,6 +21,7 @@ class RowState:
     emitted: int = 0  # characters of `text` already reported as deltas
     tokens: int = 0
     finish: FinishReason | None = None
+    logprobs: list[dict[str, Any]] | None = None  # per generated token, when the request asked (OpenAI's shape)
 
 
 @dataclass

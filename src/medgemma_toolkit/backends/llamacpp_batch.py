@@ -76,6 +76,7 @@ class _Seq:
     sampler: Any = None  # llama_sampler* chain; None = greedy (argmax over the logits)
     logits_at: int = -1  # row of the current batch whose logits belong to this sequence
     fed: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id's cells (a text prompt's cache)
+    constraint: Any = None  # constrain.RowConstraint when the answer must follow a JSON schema
 
 
 class BatchEngine:
@@ -117,6 +118,8 @@ class BatchEngine:
         self.n_parallel = n_parallel
         self.n_batch = n_batch
         self._memory = lc.llama_get_memory(self.ctx)
+        self._ll_tokenizer: Any = None  # llguidance's view of the vocabulary, built at the first JSON schema
+        self._eog: list[int] = []  # end-of-generation tokens, found with it
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
@@ -247,6 +250,8 @@ class BatchEngine:
             self._active.append(s)
             s.sampler = self._make_sampler(s.row.request)
             try:
+                if s.row.request.json_schema is not None:
+                    s.constraint = self._constraint(s.row.request.json_schema)
                 if s.prepared.chunks is not None:
                     self._prefill_multimodal(s)
                 else:
@@ -407,10 +412,31 @@ class BatchEngine:
         return members
 
     def _sample(self, s: _Seq) -> int:
-        if s.sampler is not None:
-            return int(self._lc.llama_sampler_sample(s.sampler, self.ctx, s.logits_at))
         ptr = self._lc.llama_get_logits_ith(self.ctx, s.logits_at)
-        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+        if s.constraint is not None:
+            # Masked in place: the sampler chain reads the same buffer.
+            logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            logits[~s.constraint.allowed(self.n_vocab)] = -np.inf
+        if s.sampler is not None:
+            token = int(self._lc.llama_sampler_sample(s.sampler, self.ctx, s.logits_at))
+        else:
+            token = int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+        if s.constraint is not None:
+            s.constraint.accept(token)
+        return token
+
+    def _constraint(self, schema: dict[str, Any]) -> Any:
+        """The same engine (llguidance) as the transformers backend, over llama.cpp's vocabulary: one schema
+        coverage everywhere. (llama-cpp-python's own schema-to-GBNF converter silently drops `minimum`/`maximum`.)"""
+        from .constrain import RowConstraint
+
+        lc = self._lc
+        if self._ll_tokenizer is None:
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            self._eog = [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
+            self._ll_tokenizer = lltokenizer_from_vocab(self._vocab, eos_token=self._eog)
+        return RowConstraint(self._ll_tokenizer, schema, self._eog)
 
     def _advance(self, s: _Seq, token: int) -> None:
         row, tracker = s.row, s.tracker

@@ -228,6 +228,11 @@ class OpenAIBackend(Backend):
             body["extra_body"] = {"top_k": p.top_k}  # vLLM, SGLang and llama.cpp accept it as an extension
         if p.stop:
             body["stop"] = list(p.stop[:MAX_STOP])
+        if request.json_schema is not None:  # the upstream constrains its own decoding (vLLM, llama-server, serve)
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
+            }
         prompt = request.prompt
         if prompt.is_completion:
             if prompt.images:

@@ -118,6 +118,7 @@ class TransformersBackend(Backend):
             images=self.multimodal,
             streaming=True,
             context_length=self._context_length(),
+            logprobs=True,
         )
 
     def _stop_token_ids(self) -> list[int]:
@@ -199,7 +200,7 @@ class TransformersBackend(Backend):
     ) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
 
-        def key(i: int) -> tuple[bool, bool, bool, float, float, int | None, int | None]:
+        def key(i: int) -> tuple[bool, bool, bool, float, float, int | None, int | None, bool, bool]:
             r = requests[i]
             p = r.params
             return (
@@ -210,6 +211,8 @@ class TransformersBackend(Backend):
                 p.top_p,
                 p.top_k,
                 p.seed,
+                r.json_schema is not None,
+                r.logprobs is not None,
             )
 
         order = sorted(range(len(requests)), key=lambda i: (repr(key(i)), i))
@@ -246,12 +249,27 @@ class TransformersBackend(Backend):
             torch.manual_seed(params.seed)
         from .hf_decode import can_prune, decode_pruned  # imports transformers: only once a model is loaded
 
+        schemas = [r.request.json_schema for r in rows]
+        constrain = self._constraint(schemas) if any(s is not None for s in schemas) else None
         with torch.inference_mode():
-            if prune and params.greedy and len(rows) > 1 and can_prune(self.model):
+            # A constrained row's matcher follows its row by position: such batches keep their rows in place.
+            wants_logprobs = any(r.request.logprobs is not None for r in rows)
+            if (
+                constrain is None
+                and not wants_logprobs
+                and prune
+                and params.greedy
+                and len(rows) > 1
+                and can_prune(self.model)
+            ):
                 decode_pruned(self.model, dict(inputs), gen, stepper)
             else:
-                self._decode_static(dict(inputs), gen, stepper)
-        return [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
+                self._decode_static(dict(inputs), gen, stepper, constrain)
+        done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
+        for c, r in zip(done, rows):
+            if r.request.logprobs is not None:
+                c.logprobs = r.logprobs or []
+        return done
 
     def _generation_config(self, rows: list[RowState]) -> Any:
         from transformers import GenerationConfig
@@ -271,9 +289,16 @@ class TransformersBackend(Backend):
             gen.temperature, gen.top_p, gen.top_k = None, None, None
         return gen
 
-    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper) -> None:
+    def _constraint(self, schemas: list[dict[str, Any] | None]) -> Any:
+        """The logits processor that keeps each row to its JSON schema (llguidance, imported only here)."""
+        from .constrain import JsonSchemaLogits
+
+        n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        return JsonSchemaLogits(self.tokenizer, n_vocab, self.stop_ids, schemas)
+
+    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, constrain: Any = None) -> None:
         """Every row stays in the batch until the last one stops (finished rows decode padding)."""
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from .hf_decode import Track
 
@@ -287,8 +312,38 @@ class TransformersBackend(Backend):
             or len({r.request.params.max_new_tokens for r in rows}) > 1
         )
         hook = [Track(stepper, list(range(len(rows))), None)] if per_step else []
-        out = self.model.generate(**inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook))
-        stepper.finish(out[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
+        extra: dict[str, Any] = {"logits_processor": LogitsProcessorList([constrain])} if constrain is not None else {}
+        wants = [r.request.logprobs for r in rows]
+        if any(w is not None for w in wants):  # the raw logits of every step, to report log-probabilities
+            extra.update(output_logits=True, return_dict_in_generate=True)
+        out = self.model.generate(
+            **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook), **extra
+        )
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        new = seqs[:, prompt_len:]
+        stepper.finish(new.tolist())  # tokens the criteria did not see, rows still open
+        if hasattr(out, "logits") and out.logits is not None:
+            for i, (row, top) in enumerate(zip(rows, wants)):
+                if top is not None:
+                    row.logprobs = self._token_logprobs(out.logits, new[i], row.tokens, i, top)
+
+    def _token_logprobs(self, logits: Any, tokens: Any, n: int, row: int, top: int) -> list[dict[str, Any]]:
+        """OpenAI-shaped log-probabilities of row `row`'s first `n` generated tokens (fp32 log-softmax)."""
+        torch = self.torch
+        out: list[dict[str, Any]] = []
+        for k in range(min(n, len(logits))):
+            lp = torch.log_softmax(logits[k][row].float(), dim=-1)
+            t = int(tokens[k])
+            entry: dict[str, Any] = {"token": self._decode([t]), "logprob": float(lp[t])}
+            if top:
+                vals, ids = lp.topk(top)
+                entry["top_logprobs"] = [
+                    {"token": self._decode([int(j)]), "logprob": float(v)} for v, j in zip(vals.tolist(), ids.tolist())
+                ]
+            else:
+                entry["top_logprobs"] = []
+            out.append(entry)
+        return out
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).

@@ -73,6 +73,7 @@ from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
 from . import sr as _sr  # noqa: E402,F401
 from . import asr as _asr  # noqa: E402,F401
+from . import extract as _extract  # noqa: E402,F401
 # isort: on
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from ..api import Answer, MedGemma
+    from ..backends.base import GenerationRequest
 
 from . import app
 from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, PresetOpt, check_sources, option_groups
@@ -78,6 +82,10 @@ def ask(
     asr_model: Annotated[
         Optional[str], typer.Option("--asr-model", help="With --audio: medasr (default) or a lasr_ctc checkpoint")
     ] = None,
+    json_schema: Annotated[
+        Optional[str],
+        typer.Option("--schema", help="JSON schema file: the answer is decoded under it (constrained decoding)"),
+    ] = None,
 ) -> None:
     """Ask one question, optionally about images; prints the answer (streamed on a terminal).
 
@@ -93,6 +101,11 @@ def ask(
     from ..prompts.presets import LONGITUDINAL
 
     opts = img.options()
+    schema = None
+    if json_schema is not None:  # checked before any audio is transcribed or a model loads
+        from ..extract import read_schema
+
+        schema = read_schema(json_schema, "--schema")
     dictation = None
     if audio is not None:
         from .asr import transcribe_dictation
@@ -157,6 +170,7 @@ def ask(
         seed=seed,
         image_options=opts,
         instruction=instruction,
+        json_schema=schema,
     )
     if show_prompt:
         from ..prompts.render import render_for_backend
@@ -164,7 +178,7 @@ def ask(
         print(render_for_backend(mg, req.prompt))
         return
     # The SR's evidence before generating: a file changed since it was read fails before the model's time is spent.
-    evidence = _sr_evidence(req, image or []) if sr is not None else None
+    evidence = _sr_evidence(req, image or []) if sr is not None else []
     if as_json:
         from ..api import Answer
 
@@ -186,7 +200,7 @@ def ask(
         _write_answer_sr(mg, question, final, evidence, sr, stow, sr_thought)
 
 
-def _sr_evidence(req, sources: list[str]) -> list:
+def _sr_evidence(req: GenerationRequest, sources: list[str]) -> list[Any]:
     """The headers of exactly the instances in the prompt (a series' sampled slices), read again from disk or
     from the DICOMweb server they came from."""
     from ..imaging.manifest import prompt_manifest
@@ -195,7 +209,9 @@ def _sr_evidence(req, sources: list[str]) -> list:
     return evidence_for(prompt_manifest(req.prompt), sources)
 
 
-def _write_answer_sr(mg, question: str, ans, evidence, path: Path, stow_url: str | None, thought: bool) -> dict:
+def _write_answer_sr(
+    mg: MedGemma, question: str, ans: Answer, evidence: list[Any], path: Path, stow_url: str | None, thought: bool
+) -> dict[str, Any]:
     from ..sr import algorithm_of, sr_from_answer
     from .sr import write_and_store
 
@@ -204,7 +220,7 @@ def _write_answer_sr(mg, question: str, ans, evidence, path: Path, stow_url: str
     return write_and_store(report, path, stow_url, f"Comprehensive SR, {n} source instance{'s' if n != 1 else ''}")
 
 
-def _warn_if_no_thinking(mg, think: bool) -> None:
+def _warn_if_no_thinking(mg: MedGemma, think: bool) -> None:
     """--think on a model that was not trained to think would be silently ignored by the model: say so."""
     if think and not mg.backend.info.thinking:
         print(
@@ -214,7 +230,7 @@ def _warn_if_no_thinking(mg, think: bool) -> None:
         )
 
 
-def _print_streamed(mg, req, show_thought: bool, live: bool):
+def _print_streamed(mg: MedGemma, req: GenerationRequest, show_thought: bool, live: bool) -> Answer:
     """Stream the answer to stdout; the thought (only when asked for) goes to stderr, dimmed on a terminal."""
     from ..api import Answer
 

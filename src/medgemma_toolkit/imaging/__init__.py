@@ -5,6 +5,7 @@ from __future__ import annotations
 from .dicomweb import read_dicomweb_source
 from .inputs import decode_image_bytes, load_image, load_parts, register_reader
 from .options import DEFAULT_IMAGE_SIZE, ImageOptions, parse_window
+from .pdf import read_pdf_source
 from .square import pad_to_square, to_model_image
 from .volume import read_series_source
 from .wsi import read_slide_source
@@ -14,6 +15,7 @@ from .wsi import read_slide_source
 register_reader(read_series_source)
 register_reader(read_slide_source)
 register_reader(read_dicomweb_source)
+register_reader(read_pdf_source)  # PDF documents: one image per page
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

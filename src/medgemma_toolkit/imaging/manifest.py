@@ -60,6 +60,8 @@ def image_manifest(parts: list[Part]) -> list[dict[str, Any]]:
         label = nxt.text if isinstance(nxt, TextPart) and nxt.text.startswith("SLICE ") else None
         entry = {f: info.get(f) for f in FIELDS}
         entry["label"] = label
+        if info.get("page") is not None:  # a PDF page (imaging/pdf.py): its 1-based page number
+            entry["page"] = info["page"]
         entries.append(entry)
     return entries
 

@@ -7,6 +7,7 @@ and developer messages become the system prompt, replacing the preset's, as `--s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..api import MedGemma
 from ..backends.base import Backend, GenerationRequest
@@ -113,6 +114,41 @@ def check_chars(backend: Backend, chars: int) -> None:
         )
 
 
+def response_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The JSON schema `response_format` asks for (None: free text); `MedGemma.request` checks it (a 400 naming
+    unsupported keywords)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        from ..backends.constrain import ANY_OBJECT
+
+        return dict(ANY_OBJECT)
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise APIError(
+            400, "response_format.json_schema.schema: required", "invalid_value", "response_format.json_schema"
+        )
+    return fmt.json_schema.schema_
+
+
+def logprobs_wanted(mg: MedGemma, body: ChatCompletionRequest) -> int | None:
+    """`GenerationRequest.logprobs` for `logprobs`/`top_logprobs`: a 400 where the backend cannot compute them."""
+    if not body.logprobs:
+        if body.top_logprobs is not None:
+            raise APIError(400, "top_logprobs: needs logprobs: true", "invalid_value", "top_logprobs")
+        return None
+    if not mg.backend.capabilities.logprobs:
+        raise APIError(
+            400,
+            f"logprobs: not supported by the {mg.backend.info.backend} backend",
+            "unsupported_parameter",
+            "logprobs",
+        )
+    if body.stream:
+        raise APIError(400, "logprobs: not available when streaming yet", "unsupported_parameter", "logprobs")
+    return body.top_logprobs or 0
+
+
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
     if body.n != 1:
         raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
@@ -190,7 +226,9 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         seed=body.seed,
         stop=body.stop_list,
         preset=preset,
+        json_schema=response_schema(body),
     )
+    req.logprobs = logprobs_wanted(mg, body)
     check_fits(mg.backend, req)
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     pre = get_preset(preset) if preset else mg.preset

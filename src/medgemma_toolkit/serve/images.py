@@ -28,6 +28,7 @@ from ..imaging.budget import DecodeBudget
 from ..imaging.dicom import looks_like_dicom
 from ..imaging.options import Window, padded
 from ..imaging.order import bytes_key
+from ..imaging.pdf import pdf_pages
 from ..imaging.series import series_files
 from ..imaging.volume import load_series_bytes
 from .config import ServeConfig
@@ -43,6 +44,7 @@ DATA_MIME = {
     "image/tiff": ".tif",
     "image/bmp": ".bmp",
     "application/dicom": ".dcm",
+    "application/pdf": ".pdf",  # a document: one image per page (imaging/pdf.py)
     "image/dicom": ".dcm",
     "application/octet-stream": "",
     "application/zip": ".zip",  # a DICOM series, one file per instance (`serve/uploads.py`)
@@ -130,6 +132,8 @@ class ImageResolver:
             data, name = decode_data_uri(url, label)
             if name.endswith(".zip"):
                 return self._series(data, label)
+            if name.endswith(".pdf"):
+                return pdf_pages(data, label, self.options, self.size)
             img = decode_image_bytes(data, name, self.options)
             # The decoded size lets clients map boxes given in original pixels onto the padded square.
             model_image = to_model_image(img, self.size, padded(self.options))

@@ -36,7 +36,14 @@ def completion_body(meta: dict[str, Any], c: Completion) -> dict[str, Any]:
         "object": "chat.completion",
         "created": meta["created"],
         "model": meta["model"],
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(c), "logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason(c),
+                "logprobs": None if c.logprobs is None else {"content": c.logprobs},
+            }
+        ],
         "usage": usage(c),
         "medgemma": {"preset": meta["preset"], "thought": s.thought, "demo_model": meta["demo_model"]},
     }

@@ -1,7 +1,9 @@
 """The subset of OpenAI's Chat Completions request the server accepts, validated by pydantic.
 
-Unknown top-level fields (e.g. `user`, `logprobs: false`) are ignored as OpenAI-compatible servers do; anything
-we would have to silently get wrong (n > 1, an unknown content part, a wrong type) is a 400 with the field named.
+Unknown top-level fields that change nothing (e.g. `user`, `store`, `logprobs: false`) are ignored as
+OpenAI-compatible servers do; anything we would have to silently get wrong (n > 1, an unknown content part, a wrong
+type, a sampling parameter we do not implement such as a non-zero `presence_penalty`) is a 400
+with the field named.
 MedGemma's extension lives under `medgemma` (the `openai` client sends it via `extra_body`).
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..imaging.options import WindowName
 from ..jsondepth import MAX_DEPTH, too_deep
@@ -70,8 +72,56 @@ class MedGemmaOptions(_Strict):
     pad: bool | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # `description`
+
+    name: str = Field(default="answer", max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the answer is always held to the schema (constrained decoding)
+
+
+class ResponseFormat(_Strict):
+    """`{"type": "json_object"}`: any JSON object; `{"type": "json_schema", "json_schema": {...}}`: valid under it."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+# Parameters that would change the answer if honoured: a request that sets them (to anything but their neutral
+# value) is refused with the parameter named, never silently answered without them.
+UNSUPPORTED_PARAMETERS: dict[str, object] = {
+    "logit_bias": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "functions": None,
+    "function_call": None,
+    "audio": None,
+    "prediction": None,
+    "web_search_options": None,
+    "reasoning_effort": None,
+}
+
+
+def refuse_unsupported(data: Any) -> Any:
+    """A 400 naming the first parameter in `UNSUPPORTED_PARAMETERS` set to a non-neutral value."""
+    if isinstance(data, dict):
+        for name, neutral in UNSUPPORTED_PARAMETERS.items():
+            value = data.get(name)
+            if value is not None and value != neutral and value != {}:
+                raise APIError(400, f"{name}: not supported by this server", "unsupported_parameter", name)
+        modalities = data.get("modalities")
+        if modalities is not None and modalities != ["text"]:
+            raise APIError(400, "modalities: only text output is supported", "unsupported_parameter", "modalities")
+    return data
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_unsupported_parameters(cls, data: Any) -> Any:
+        return refuse_unsupported(data)
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -88,6 +138,9 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False  # per generated token, on backends that can compute them (transformers)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @property
     def stop_list(self) -> list[str]:

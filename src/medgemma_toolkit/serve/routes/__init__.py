@@ -125,6 +125,7 @@ def check_gated(app: FastAPI) -> None:
 ROUTE_MODULES = (
     "info",
     "chat",
+    "completions",
     "preview",
     "model_input",
     "localize",

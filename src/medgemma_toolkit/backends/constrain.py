@@ -1,0 +1,119 @@
+"""JSON-schema-constrained decoding for the transformers backend, on llguidance.
+
+Why llguidance (not xgrammar or outlines): a single Rust wheel with no Python dependencies (xgrammar pins torch and
+builds kernels; outlines pulls a model-integration stack), a mask per step in tens of microseconds whatever the
+vocabulary (it walks the token trie lazily instead of precompiling per-state masks), and the widest JSON-schema
+coverage of the three (it is what llama.cpp and vLLM use for `%llguidance`/`guidance` grammars). A feature it does
+not implement is reported by name when the schema is compiled, so callers refuse it before any decoding.
+
+The answer is compact JSON (no free whitespace): a random or weak model otherwise can emit whitespace forever.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from ..errors import BadInput
+
+# Compact separators, no free whitespace: every allowed token makes progress through the schema.
+_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+# {"type": "json_object"}: any JSON object.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def grammar_for(schema: dict[str, Any]) -> str:
+    """The llguidance grammar of `schema`; `BadInput` naming what the engine cannot honour (a 400 in `serve`)."""
+    import llguidance
+
+    if not isinstance(schema, dict):
+        raise BadInput("JSON schema must be an object")
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=_OPTIONS)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"JSON schema not accepted: {str(e).splitlines()[0][:300]}") from None
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise BadInput(f"JSON schema not supported: {_short(error)}")
+    return grammar
+
+
+def check_schema(schema: Any) -> dict[str, Any]:
+    """`schema` if constrained decoding can honour it; else `BadInput` naming the unsupported feature."""
+    grammar_for(schema)
+    return dict(schema)
+
+
+def _short(error: str) -> str:
+    """The engine's message without its grammar dump: the first line, bounded."""
+    line = error.strip().splitlines()[0] if error.strip() else "invalid schema"
+    return line[:300]
+
+
+@lru_cache(maxsize=4)
+def _ll_tokenizer(tokenizer: Any, n_vocab: int, eos: tuple[int, ...]) -> Any:
+    """Building the token trie costs ~1 s for Gemma's 262k vocabulary: once per loaded tokenizer."""
+    import llguidance.hf
+
+    return llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=list(eos))
+
+
+class RowConstraint:
+    """One answer's matcher: which tokens may come next, and the tokens that came. Engine-neutral (numpy).
+
+    Once the JSON is complete (the matcher stopped) or the matcher failed, only an end of turn (`stop_ids`) may
+    follow, and the matcher is not fed again (a finished row of a static batch then decodes padding)."""
+
+    def __init__(self, ll_tokenizer: Any, schema: dict[str, Any], stop_ids: list[int]) -> None:
+        import llguidance
+
+        self.matcher = llguidance.LLMatcher(ll_tokenizer, grammar_for(schema), log_level=0)
+        self.stop_ids = list(stop_ids)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.matcher.is_stopped() or self.matcher.is_error())
+
+    def allowed(self, n: int) -> Any:
+        """A boolean array over `n` logits: the tokens that keep the answer valid."""
+        import numpy as np
+
+        if self.done:
+            mask = np.zeros(n, dtype=bool)
+            mask[[t for t in self.stop_ids if t < n]] = True
+            return mask
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[:n].astype(bool)
+        if len(allowed) < n:  # logits wider than the vocabulary (padded output layers): the extras never fit
+            allowed = np.concatenate([allowed, np.zeros(n - len(allowed), dtype=bool)])
+        return allowed
+
+    def accept(self, token: int) -> None:
+        if not self.done:
+            self.matcher.consume_token(token)
+
+
+class JsonSchemaLogits:
+    """A transformers logits processor: row i's scores are masked to the tokens its schema allows next.
+
+    Rows with no schema (`None`) are left alone. Feeds each row's newest token to its matcher, so the batch must
+    keep its rows in place (no pruning)."""
+
+    def __init__(self, tokenizer: Any, n_vocab: int, stop_ids: list[int], schemas: list[dict[str, Any] | None]):
+        tok = _ll_tokenizer(tokenizer, n_vocab, tuple(stop_ids))
+        self.rows = [None if s is None else RowConstraint(tok, s, stop_ids) for s in schemas]
+        self.started = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for i, row in enumerate(self.rows):
+            if row is None:
+                continue
+            if self.started:
+                row.accept(int(input_ids[i, -1]))
+            mask = torch.from_numpy(~row.allowed(scores.shape[1])).to(scores.device)
+            scores[i] = scores[i].masked_fill(mask, float("-inf"))
+        self.started = True
+        return scores

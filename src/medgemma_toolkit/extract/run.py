@@ -1,0 +1,107 @@
+"""Structured extraction: each document's pages go to the model with the schema, the answer is decoded under the
+schema (constrained decoding, `backends/constrain.py`) and validated again with `jsonschema` before it is returned.
+
+Validation after decoding is not redundant: a row cut at its token limit is valid JSON's prefix, not JSON, and an
+upstream server may ignore `response_format`. Each document succeeds or fails on its own (`Extraction.error`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api import MedGemma
+from ..errors import BadInput, MedGemmaError
+from ..imaging import ImageOptions
+from ..imaging.manifest import prompt_manifest
+from ..jsondepth import loads_bounded
+
+DEFAULT_INSTRUCTION = "Extract the information in this document as one JSON object that follows this JSON schema:"
+MAX_SCHEMA_BYTES = 256 * 1024
+
+
+@dataclass
+class Extraction:
+    """One document's result: `object` (valid under the schema) or `error`; `raw` is the model's answer text."""
+
+    source: str
+    object: Any = None
+    error: str | None = None
+    raw: str | None = None
+    finish_reason: str | None = None
+    pages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
+    """A JSON schema file, checked as a schema (jsonschema's meta-schema) and for constrained decoding; errors
+    name `flag`."""
+    import jsonschema
+
+    from ..backends.constrain import check_schema
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise BadInput(f"{flag} {p}: cannot read ({e.strerror})") from None
+    if len(data) > MAX_SCHEMA_BYTES:
+        raise BadInput(f"{flag} {p}: over {MAX_SCHEMA_BYTES:,} bytes")
+    try:
+        schema = loads_bounded(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput(f"{flag} {p}: not JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(schema, dict):
+        raise BadInput(f"{flag} {p}: a JSON schema is an object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise BadInput(f"{flag} {p}: not a valid JSON schema ({e.message[:160]})") from None
+    return check_schema(schema)
+
+
+def extract_documents(
+    model: MedGemma,
+    schema: dict[str, Any],
+    documents: Sequence[str],
+    *,
+    instruction: str = DEFAULT_INSTRUCTION,
+    max_new_tokens: int = 1024,
+    image_options: ImageOptions = ImageOptions(),
+) -> Iterator[Extraction]:
+    """One `Extraction` per document, in order; a document that fails yields its error and the run goes on."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    question = f"{instruction}\n{json.dumps(schema, separators=(',', ':'))}"
+    for doc in documents:
+        result = Extraction(source=doc)
+        try:
+            req = model.request(
+                question, [doc], max_new_tokens=max_new_tokens, image_options=image_options, json_schema=schema
+            )
+            result.pages = prompt_manifest(req.prompt)
+            answer = model.backend.generate([req])[0]
+        except MedGemmaError as e:
+            result.error = str(e)
+            yield result
+            continue
+        result.raw, result.finish_reason = answer.text, answer.finish_reason
+        try:
+            value = json.loads(answer.text)
+        except ValueError:
+            why = "the answer was cut at the token limit" if answer.finish_reason == "length" else "not JSON"
+            result.error = f"{why}; raise --max-new-tokens or bound the schema (maxLength, maxItems)"
+            yield result
+            continue
+        problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        if problems:
+            result.error = f"answer does not validate: {problems[0].message[:200]}"
+        else:
+            result.object = value
+        yield result

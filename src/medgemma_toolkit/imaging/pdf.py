@@ -1,0 +1,82 @@
+"""PDF documents (lab reports, referral letters) as images: one model-ready square per page, in page order.
+
+Pages are rendered with pypdfium2 (PDFium, the renderer of Chromium) straight at the model's input size, so a page
+costs what any image costs, whatever its declared size. The page count is capped and every page is charged to the
+request's decode budget before it renders, so a large document is refused up front rather than half-read. Each
+page's manifest entry names its page number (1-based).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.messages import ImagePart, Part
+from ..errors import BadInput, ImageTooLarge
+from .inputs import read_file_bytes
+from .options import ImageOptions, padded
+from .square import to_model_image
+
+MAX_PAGES = 16  # pages read from one document; more is refused (send the pages that matter)
+MAX_ASPECT = 20.0  # a page 20x longer than wide renders as a sliver: refused rather than sent as noise
+PDF_MAGIC = b"%PDF-"
+
+
+def is_pdf(source: str) -> bool:
+    """A local file that starts like a PDF (the suffix alone is not trusted, and is not needed)."""
+    p = Path(source)
+    try:
+        if not p.is_file():
+            return False
+        with p.open("rb") as f:
+            return f.read(len(PDF_MAGIC)) == PDF_MAGIC
+    except (OSError, ValueError):
+        return False
+
+
+def pdf_pages(data: bytes, name: str, options: ImageOptions, size: int) -> list[Part]:
+    """Each page of the PDF in `data` as an `ImagePart` (page number in its manifest info), in order."""
+    import pypdfium2 as pdfium
+
+    try:
+        doc = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        raise BadInput(f"{name}: cannot read the PDF ({str(e).splitlines()[0][:120]})") from None
+    try:
+        n = len(doc)
+        if n == 0:
+            raise BadInput(f"{name}: the PDF has no pages")
+        if n > MAX_PAGES:
+            raise BadInput(f"{name}: the PDF has {n} pages; at most {MAX_PAGES} are read (split the document)")
+        return [_page(doc[i], i + 1, name, options, size) for i in range(n)]
+    finally:
+        doc.close()
+
+
+def _page(page: Any, number: int, name: str, options: ImageOptions, size: int) -> ImagePart:
+    import pypdfium2 as pdfium
+
+    w, h = page.get_size()  # points (1/72 inch)
+    if w <= 0 or h <= 0 or max(w, h) / min(w, h) > MAX_ASPECT:
+        raise BadInput(f"{name}: page {number} has an unusable shape ({w:.0f} x {h:.0f} points)")
+    scale = size / max(w, h)
+    pixels = max(1, round(w * scale)) * max(1, round(h * scale))
+    if pixels > options.max_pixels:
+        raise ImageTooLarge(f"{name}: page {number} would render to {pixels:,} pixels (limit {options.max_pixels:,})")
+    if options.budget is not None:
+        options.budget.charge(pixels, f"{name} page {number}")
+    try:
+        image = page.render(scale=scale).to_pil().convert("RGB")
+    except pdfium.PdfiumError:
+        raise BadInput(f"{name}: cannot render page {number}") from None
+    finally:
+        page.close()
+    info = {"source": name, "instance_number": None, "sop_instance_uid": None, "patch": None, "page": number}
+    return ImagePart(to_model_image(image, size, padded(options)), label=f"page {number}", info=info)
+
+
+def read_pdf_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:
+    """`load_parts` reader for PDF files (None for anything else)."""
+    if not is_pdf(source):
+        return None
+    return pdf_pages(read_file_bytes(source), source, options, size)
