@@ -71,7 +71,9 @@ from . import eval as _eval  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import ehr as _ehr  # noqa: E402,F401
-from . import sr as _sr  # noqa: E402,F401
+from .sr import stow as _stow  # noqa: E402 - registered here: run and localize import cli/sr for its options
+
+app.command()(_stow)
 from . import asr as _asr  # noqa: E402,F401
 from . import extract as _extract  # noqa: E402,F401
 # isort: on

@@ -9,8 +9,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import app
-
 SrOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -104,7 +102,6 @@ def _fail_if_refused(results: list) -> None:
         raise DicomWebError(f"{len(refused)} of {len(results)} instances were not stored on {refused[0].host}")
 
 
-@app.command()
 def stow(
     files: Annotated[list[Path], typer.Argument(help="DICOM files to store (SRs, Secondary Captures, any instance)")],
     to: Annotated[str, typer.Option("--to", help="The DICOMweb root, e.g. https://pacs/dicom-web")],
