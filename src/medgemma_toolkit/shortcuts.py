@@ -13,7 +13,6 @@ its capability only when called. Embeddings: `MedSigLIP.load(...).embed_images(.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,18 +42,18 @@ def evaluate(
         model: a loaded `MedGemma`.
         task: a task name (`medgemma eval list`) or a task `.yaml` file.
         data: the release's data file; default the task's shipped sample.
-        out: the run folder (records, summary, report); default `eval-runs/TASK-<UTC time>`.
+        out: the run folder (records, summary, report); default a new `eval-runs/TASK-<UTC time>` (with
+            `resume`, the task's latest), as `medgemma eval` picks it.
         limit: score only the first N items.
         options: further `EvalOptions` fields (batch_size, mode, conditions, image_root, ids, n_boot, ...).
     """
-    from .eval.runner import EvalOptions, run_eval
+    from .eval.runner import EvalOptions, default_run_dir, run_eval
+    from .eval.spec import get_task
 
-    if out is None:
-        out = Path("eval-runs") / f"{Path(task).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     opts = EvalOptions(
         task=task,
         data=data,
-        out=Path(out),
+        out=Path(out) if out is not None else default_run_dir(get_task(task).name, resume),
         limit=limit,
         split=split,
         max_new_tokens=max_new_tokens,

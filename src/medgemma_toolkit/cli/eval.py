@@ -109,7 +109,7 @@ def eval_run(
         return
     from ..eval.conventions import get_convention
     from ..eval.generation import AUTO_BATCH_CEILING
-    from ..eval.runner import EvalOptions, load_task_data, run_eval, scoring_model_options
+    from ..eval.runner import EvalOptions, default_run_dir, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
 
     if task is None:
@@ -166,30 +166,6 @@ def eval_run(
     print(f"wrote {opts.out}/summary.json, report.md, report.html")
     for note in summary["notes"]:  # e.g. RadGraph F1 skipped, demo model
         print(f"note: {note}", file=sys.stderr)
-
-
-RUNS = Path("eval-runs")
-
-
-def default_run_dir(task: str, resume: bool, root: Path = RUNS) -> Path:
-    """A new timestamped run folder per run (as lm-eval does), so re-running never collides with an earlier run;
-    with --resume, the task's latest run folder (names sort by time)."""
-    from datetime import datetime, timezone
-
-    if resume:
-        runs = sorted(p for p in root.glob(f"{task}-*") if (p / "records.jsonl").is_file())
-        legacy = root / task  # the one folder per task that earlier versions used
-        if runs:
-            return runs[-1]
-        if (legacy / "records.jsonl").is_file():
-            return legacy
-        raise BadInput(f"--resume: no earlier run of {task} under {root}/; give --out RUN_DIR")
-    base = root / f"{task}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    out, n = base, 1
-    while out.exists():  # two runs started in the same second
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
 
 
 @eval_app.command("list")

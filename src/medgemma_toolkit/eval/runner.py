@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +68,28 @@ class EvalOptions:
     n_boot: int = 1000
     progress: bool = True
     metric_convention: str = DEFAULT_CONVENTION  # VQA scoring rules (eval/conventions.py)
+
+
+RUNS = Path("eval-runs")
+
+
+def default_run_dir(task: str, resume: bool, root: Path = RUNS) -> Path:
+    """A new timestamped run folder per run (as lm-eval does), so re-running never collides with an earlier run;
+    with --resume, the task's latest run folder (names sort by time)."""
+    if resume:
+        runs = sorted(p for p in root.glob(f"{task}-*") if (p / "records.jsonl").is_file())
+        legacy = root / task  # the one folder per task that earlier versions used
+        if runs:
+            return runs[-1]
+        if (legacy / "records.jsonl").is_file():
+            return legacy
+        raise BadInput(f"--resume: no earlier run of {task} under {root}/; give --out RUN_DIR")
+    base = root / f"{task}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out, n = base, 1
+    while out.exists():  # two runs started in the same second
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _conditions(spec: TaskSpec, opt: str | None) -> tuple[str, ...]:
