@@ -465,3 +465,37 @@ def test_a_refused_instance_is_reported_with_the_standards_reason():
     out = _outcome("a.dcm", ref, response)
     assert not out.ok and out.line() == "not stored: a.dcm on 127.0.0.1 (data set does not match SOP class)"
     assert _outcome("b.dcm", ref, Dataset()).line() == "stored b.dcm on 127.0.0.1"
+
+
+def test_localize_sr_on_dicomweb_references_the_fetched_instance(
+    pacs, pacs_creds, box_model_dir, tmp_path, cli, request
+):
+    """`localize --image` takes a DICOMweb instance (or a study/series holding one): the SR cites that instance."""
+    import requests
+
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = CXR_STUDY + ".9", CXR_SERIES + ".9"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = CXR_SERIES + ".9.1"
+    ds.save_as(tmp_path / "remote.dcm", enforce_file_format=True)
+    r = requests.post(f"{pacs}/instances", data=(tmp_path / "remote.dcm").read_bytes(), auth=(USER, PASSWORD))
+    r.raise_for_status()
+    ct_first = pydicom.dcmread(sorted((request.getfixturevalue("series_dir") / "ct").glob("*.dcm"))[0])
+    cases = [
+        (uri(pacs, "studies", ds.StudyInstanceUID), ds.SOPInstanceUID),  # a study holding one instance
+        (
+            uri(pacs, "studies", STUDY, "series", CT_SERIES, "instances", ct_first.SOPInstanceUID),
+            ct_first.SOPInstanceUID,
+        ),
+    ]
+    for source, sop in cases:
+        out = tmp_path / "sr.dcm"
+        res = cli("localize", "-m", str(box_model_dir), "-i", source, "right lung", "--sr", str(out), "--json")
+        assert res.returncode == 0, res.stderr
+        assert dciodvfy_errors(out) == []
+        (group,) = hd.sr.srread(out).content.get_planar_roi_measurement_groups()
+        assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sop
+    # A series of several instances: one line, before the model (which does not exist) would load.
+    res = cli("localize", "-m", str(tmp_path / "no-such-model"), "-i", uri(pacs, "studies", STUDY, "series", CT_SERIES),
+              "heart", "--sr", str(tmp_path / "x.dcm"))  # fmt: skip
+    assert res.returncode != 0 and "holds more than one instance" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.dcm").exists()
