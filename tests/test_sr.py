@@ -499,3 +499,40 @@ def test_localize_sr_on_dicomweb_references_the_fetched_instance(
               "heart", "--sr", str(tmp_path / "x.dcm"))  # fmt: skip
     assert res.returncode != 0 and "holds more than one instance" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.dcm").exists()
+
+
+def test_sr_of_a_comparison_belongs_to_the_current_study_and_cites_both(tiny_model_dir, tmp_path, cli):
+    """--prior/--current: both instances are cited (in the order the model saw them: prior, then current); the SR
+    is filed in the current study, the prior's listed as Pertinent Other Evidence."""
+    prior = pydicom.dcmread(write_cxr(tmp_path / "prior.dcm"))
+    prior.StudyInstanceUID, prior.SeriesInstanceUID = CXR_STUDY + ".1", CXR_SERIES + ".1"
+    prior.SOPInstanceUID = prior.file_meta.MediaStorageSOPInstanceUID = CXR_SERIES + ".1.1"
+    prior.StudyDate = prior.ContentDate = prior.AcquisitionDate = "20230101"
+    prior.save_as(tmp_path / "prior.dcm", enforce_file_format=True)
+    current = read_header(write_cxr(tmp_path / "current.dcm"))
+    out = tmp_path / "cmp.dcm"
+    res = cli("ask", "-m", str(tiny_model_dir), "--prior", str(tmp_path / "prior.dcm"), "--current",
+              str(tmp_path / "current.dcm"), "--max-new-tokens", "2", "--sr", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert dciodvfy_errors(out) == []
+    sr = hd.sr.srread(out)
+    assert _image_refs(sr) == [prior.SOPInstanceUID, current.SOPInstanceUID]
+    assert sr.StudyInstanceUID == current.StudyInstanceUID
+    (other,) = sr.PertinentOtherEvidenceSequence
+    assert other.StudyInstanceUID == prior.StudyInstanceUID
+    (home,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert home.StudyInstanceUID == current.StudyInstanceUID
+
+
+def test_sr_of_a_whole_slide_image_is_refused_in_one_line(tmp_path, cli):
+    """A DICOM WSI folder with --sr: refused before any model loads (see docs/guides/dicom-results.md)."""
+    (tmp_path / "slide").mkdir()
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.save_as(tmp_path / "slide" / "level0.dcm", enforce_file_format=True)
+    res = cli("ask", "-m", str(tmp_path / "no-such-model"), "-i", str(tmp_path / "slide"), "Q?", "--sr",
+              str(tmp_path / "o.dcm"))  # fmt: skip
+    assert res.returncode != 0 and "whole-slide patches is not supported" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(BadInput, match="whole-slide patch"):
+        evidence_for([{"source": "slide", "sop_instance_uid": None, "patch": [0, 0, 1]}])
