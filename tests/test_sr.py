@@ -536,3 +536,57 @@ def test_sr_of_a_whole_slide_image_is_refused_in_one_line(tmp_path, cli):
     assert len(res.stderr.strip().splitlines()) == 1
     with pytest.raises(BadInput, match="whole-slide patch"):
         evidence_for([{"source": "slide", "sop_instance_uid": None, "patch": [0, 0, 1]}])
+
+
+def _findings(path: Path) -> list[list[str]]:
+    """The instances each Finding of an SR cites, one list per answer."""
+    sr = hd.sr.srread(path)
+    return [
+        [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in c.ContentSequence if i.ValueType == "IMAGE"]
+        for c in sr.ContentSequence
+        if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+    ]
+
+
+def test_batch_sr_one_report_per_study_resumable(tiny_model_dir, tmp_path, cli):
+    """Rows grouped by study: a CT series asked twice and a CXR give two SRs; a PNG row is a note, not a crash;
+    --resume skips complete SRs and rewrites a study that gained a row."""
+    from medgemma_toolkit.batch.sr import sr_path
+
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16))
+    write_cxr(tmp_path / "cxr.dcm")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    slices = [f"ct/{f.name}" for f in files]  # rows name files (a series' slices given one by one)
+    rows = [
+        {"id": "a", "question": "Any nodule?", "images": slices},
+        {"id": "b", "question": "Where is the CXR?", "image": "cxr.dcm"},
+        {"id": "c", "question": "Any mass?", "images": slices[:2]},
+        {"id": "d", "question": "A photo?", "image": "x.png"},
+    ]
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    srs, out = tmp_path / "srs", tmp_path / "out.jsonl"
+    base = ["batch", "-m", str(tiny_model_dir), "--input", str(inp), "-o", str(out), "--max-new-tokens", "2",
+            "--sr", str(srs)]  # fmt: skip
+    res = cli(*base)
+    assert res.returncode == 0, res.stderr
+    assert "wrote 2 SRs" in res.stdout and "no SR for this row" in res.stderr and "an SR needs a DICOM" in res.stderr
+    assert len(out.read_text().splitlines()) == 4  # the PNG row is answered all the same
+    ct_uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    ct_sr, cxr_sr = sr_path(srs, str(pydicom.dcmread(files[0]).StudyInstanceUID)), sr_path(srs, CXR_STUDY)
+    assert sorted(srs.iterdir()) == sorted([ct_sr, cxr_sr])
+    got = _findings(ct_sr)
+    assert len(got) == 2 and sorted(got[0]) == sorted(ct_uids) and sorted(got[1]) == sorted(ct_uids[:2])
+    assert _findings(cxr_sr) == [[read_header(tmp_path / "cxr.dcm").SOPInstanceUID]]
+    assert hd.sr.srread(cxr_sr).StudyInstanceUID == CXR_STUDY
+    assert dciodvfy_errors(ct_sr) == [] and dciodvfy_errors(cxr_sr) == []
+    for value in FAKE_PHI.values():
+        assert value not in res.stdout + res.stderr
+
+    before = ct_sr.read_bytes()
+    inp.write_text(inp.read_text() + json.dumps({"id": "e", "question": "Again?", "image": "cxr.dcm"}) + "\n")
+    res = cli(*base, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "wrote 1 SRs" in res.stdout and "(1 studies already complete)" in res.stdout
+    assert ct_sr.read_bytes() == before  # complete: untouched
+    assert len(_findings(cxr_sr)) == 2  # the study that gained a row is written again, whole
