@@ -230,3 +230,16 @@ def test_localize_sr_of_a_file_under_the_root_and_refusals(server, root, tmp_pat
     r = localize(server, png_uri(), sr=False)  # without the field: a PNG is fine, and no SR comes back
     assert r.status_code == 200 and "medgemma" not in r.json()
     assert json.dumps(r.json())  # plain JSON
+
+
+def test_inline_headers_of_a_deflated_file_are_read_under_the_bound():
+    """Client bytes in the deflated transfer syntax go through imaging's bounded inflater, and the pixels are not
+    kept (the headers live until the answer is done)."""
+    from medgemma_toolkit.sr.inline import headers_from_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(cxr_bytes()))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    (header,) = headers_from_bytes([buf.getvalue(), b"not dicom"]).values()
+    assert header.SOPInstanceUID == ds.SOPInstanceUID and "PixelData" not in header

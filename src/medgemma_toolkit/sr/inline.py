@@ -16,7 +16,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..errors import BadInput
+from ..errors import BadInput, MedGemmaError
 from .algorithm import AlgorithmInfo
 from .evidence import NEEDS_DICOM
 
@@ -29,14 +29,22 @@ def headers_from_bytes(blobs: Iterable[bytes]) -> dict[str, Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from ..imaging.deflate import is_deflated, read_deflated
     from ..imaging.dicom import quiet_pydicom
+    from ..imaging.options import DEFAULT_MAX_PIXELS
 
     quiet_pydicom()
     headers: dict[str, Any] = {}
     for blob in blobs:
         try:
-            ds = pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError):
+            if is_deflated(blob[: 64 * 1024]):  # a deflated header could inflate without bound: imaging's reader
+                ds = read_deflated(blob, "image", DEFAULT_MAX_PIXELS)
+                for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                    if key in ds:
+                        del ds[key]
+            else:
+                ds = pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, MedGemmaError):
             continue  # not DICOM: any image of the manifest it stands for is reported by `evidence_from_bytes`
         uid = str(ds.get("SOPInstanceUID", "") or "")
         if uid:
