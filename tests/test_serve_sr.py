@@ -243,3 +243,14 @@ def test_inline_headers_of_a_deflated_file_are_read_under_the_bound():
     ds.save_as(buf, enforce_file_format=True)
     (header,) = headers_from_bytes([buf.getvalue(), b"not dicom"]).values()
     assert header.SOPInstanceUID == ds.SOPInstanceUID and "PixelData" not in header
+
+
+def test_localize_sr_of_a_dicomweb_instance(server, orthanc, series_dir, tmp_path):
+    """An allow-listed DICOMweb instance: the region references it; a series of several is a 400 in one line."""
+    first = pydicom.dcmread(sorted((series_dir / "ct").glob("*.dcm"))[0])
+    r = localize(server, uri(orthanc, "studies", STUDY, "series", CT_SERIES, "instances", first.SOPInstanceUID))
+    assert r.status_code == 200, r.text
+    (group,) = read_sr(r.json()["medgemma"]["sr"], tmp_path).content.get_planar_roi_measurement_groups()
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    r = localize(server, uri(orthanc, "studies", STUDY, "series", CT_SERIES))
+    assert r.status_code == 400 and "holds more than one instance" in r.json()["error"]["message"], r.text

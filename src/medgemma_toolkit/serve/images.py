@@ -160,14 +160,14 @@ class ImageResolver:
         raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")
 
     def original(self, url: str) -> Image.Image:
-        """One 2D image (data: URI, allow-listed URL or file under the image root) as RGB at its own size, not
-        yet padded: for answers given in the image's pixels (`/v1/medgemma/localize`)."""
+        """One 2D image (data: URI, allow-listed URL or DICOMweb instance, or file under the image root) as RGB at
+        its own size, not yet padded: for answers given in the image's pixels (`/v1/medgemma/localize`)."""
         self.urls += 1
         label = f"image {self.urls}"
         scheme = urlsplit(url).scheme.lower() if ":" in url[:20] else ""
         if scheme in ("dicomweb", "dicomweb+http") or (scheme in ("http", "https") and "/studies/" in url):
-            raise APIError(400, f"{label}: this endpoint takes one 2D image, not a DICOMweb study", "invalid_image_url")
-        if scheme == "data":
+            img = self._dicomweb_instance(url, label)
+        elif scheme == "data":
             data, name = decode_data_uri(url, label)
             if name.endswith(".zip"):
                 raise APIError(400, f"{label}: this endpoint takes one 2D image, not a series", "invalid_image_url")
@@ -301,6 +301,29 @@ class ImageResolver:
             raise APIError(
                 e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else "invalid_image"
             ) from None
+
+    def _dicomweb_instance(self, url: str, label: str) -> Image.Image:
+        """One DICOMweb instance (or a study/series holding one) for `original`, under the same allow-list."""
+        from ..imaging.dicom import dicom_to_rgb
+        from ..imaging.dicomweb import fetch_one_instance, parse_dicomweb_uri
+
+        if not self._host_allowed(url):
+            raise self._refuse_host(url, label)
+        try:
+            ref = parse_dicomweb_uri(url)
+            assert ref is not None  # the caller saw a DICOMweb URL
+            ds = fetch_one_instance(ref, self.options.budget)
+            img = dicom_to_rgb(ds, label, self.options)
+        except BadInput as e:  # imaging's messages name the host and status, never UIDs or header values
+            raise APIError(
+                e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else "invalid_image"
+            ) from None
+        if self.keep_dicom:
+            for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if key in ds:
+                    del ds[key]
+            self.original_header = ds
+        return img
 
     def _fetch(self, url: str, label: str) -> bytes:
         if not self._host_allowed(url):
