@@ -233,7 +233,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     )
     req.logprobs = logprobs_wanted(mg, body)
     check_fits(mg.backend, req)
-    sr = chat_context(resolver, req, question, body.stream) if want_sr else None
+    sr = chat_context(resolver, req, question, body.stream, body.n) if want_sr else None
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     pre = get_preset(preset) if preset else mg.preset
     return Converted(

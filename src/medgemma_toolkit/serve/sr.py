@@ -45,13 +45,15 @@ class SrContext:
         return sr_field(self.question, split_thought(c.text).answer, self.evidence, algorithm_of(mg, preset))
 
 
-def chat_context(resolver: ImageResolver, req: GenerationRequest, question: str, stream: bool) -> SrContext:
+def chat_context(resolver: ImageResolver, req: GenerationRequest, question: str, stream: bool, n: int = 1) -> SrContext:
     """Before generation: the evidence of every image in the prompt, or a 400 saying why there is none."""
     from ..imaging.manifest import prompt_manifest
     from ..sr.evidence import evidence_for
 
     if stream:
         raise refuse("not available with stream: true (the report is built from the whole answer)")
+    if n != 1:
+        raise refuse("one report per answer: send n=1")
     manifest = prompt_manifest(req.prompt)
     if not manifest:
         raise refuse("the request has no image; an SR needs a DICOM image to report on")
