@@ -590,3 +590,25 @@ def test_batch_sr_one_report_per_study_resumable(tiny_model_dir, tmp_path, cli):
     assert "wrote 1 SRs" in res.stdout and "(1 studies already complete)" in res.stdout
     assert ct_sr.read_bytes() == before  # complete: untouched
     assert len(_findings(cxr_sr)) == 2  # the study that gained a row is written again, whole
+
+
+def test_batch_sr_stow_stores_the_written_reports(pacs, pacs_creds, tiny_model_dir, tmp_path, cli):
+    from dicomweb_client.api import DICOMwebClient
+
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.StudyInstanceUID = CXR_STUDY + ".77"
+    ds.save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "a", "question": "Q?", "image": "cxr.dcm"}) + "\n")
+    res = cli("batch", "-m", str(tiny_model_dir), "--input", str(tmp_path / "rows.jsonl"), "-o",
+              str(tmp_path / "out.jsonl"), "--max-new-tokens", "2", "--sr", str(tmp_path / "srs"),
+              "--stow", f"{pacs}/dicom-web")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (written,) = (tmp_path / "srs").iterdir()
+    assert f"stored {written} on 127.0.0.1" in res.stderr
+    client = DICOMwebClient(f"{pacs}/dicom-web")
+    client._session.auth = (USER, PASSWORD)
+    found = client.search_for_instances(ds.StudyInstanceUID, fields=["00080018"], search_filters={"Modality": "SR"})
+    assert [f["00080018"]["Value"][0] for f in found] == [pydicom.dcmread(written).SOPInstanceUID]
+    res = cli("batch", "-m", str(tmp_path / "nope"), "--input", str(tmp_path / "rows.jsonl"), "-o",
+              str(tmp_path / "o2.jsonl"), "--stow", f"{pacs}/dicom-web")  # fmt: skip
+    assert res.returncode != 0 and "give --sr DIR too" in res.stderr
