@@ -465,3 +465,150 @@ def test_a_refused_instance_is_reported_with_the_standards_reason():
     out = _outcome("a.dcm", ref, response)
     assert not out.ok and out.line() == "not stored: a.dcm on 127.0.0.1 (data set does not match SOP class)"
     assert _outcome("b.dcm", ref, Dataset()).line() == "stored b.dcm on 127.0.0.1"
+
+
+def test_localize_sr_on_dicomweb_references_the_fetched_instance(
+    pacs, pacs_creds, box_model_dir, tmp_path, cli, request
+):
+    """`localize --image` takes a DICOMweb instance (or a study/series holding one): the SR cites that instance."""
+    import requests
+
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = CXR_STUDY + ".9", CXR_SERIES + ".9"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = CXR_SERIES + ".9.1"
+    ds.save_as(tmp_path / "remote.dcm", enforce_file_format=True)
+    r = requests.post(f"{pacs}/instances", data=(tmp_path / "remote.dcm").read_bytes(), auth=(USER, PASSWORD))
+    r.raise_for_status()
+    ct_first = pydicom.dcmread(sorted((request.getfixturevalue("series_dir") / "ct").glob("*.dcm"))[0])
+    cases = [
+        (uri(pacs, "studies", ds.StudyInstanceUID), ds.SOPInstanceUID),  # a study holding one instance
+        (
+            uri(pacs, "studies", STUDY, "series", CT_SERIES, "instances", ct_first.SOPInstanceUID),
+            ct_first.SOPInstanceUID,
+        ),
+    ]
+    for source, sop in cases:
+        out = tmp_path / "sr.dcm"
+        res = cli("localize", "-m", str(box_model_dir), "-i", source, "right lung", "--sr", str(out), "--json")
+        assert res.returncode == 0, res.stderr
+        assert dciodvfy_errors(out) == []
+        (group,) = hd.sr.srread(out).content.get_planar_roi_measurement_groups()
+        assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sop
+    # A series of several instances: one line, before the model (which does not exist) would load.
+    res = cli("localize", "-m", str(tmp_path / "no-such-model"), "-i", uri(pacs, "studies", STUDY, "series", CT_SERIES),
+              "heart", "--sr", str(tmp_path / "x.dcm"))  # fmt: skip
+    assert res.returncode != 0 and "holds more than one instance" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.dcm").exists()
+
+
+def test_sr_of_a_comparison_belongs_to_the_current_study_and_cites_both(tiny_model_dir, tmp_path, cli):
+    """--prior/--current: both instances are cited (in the order the model saw them: prior, then current); the SR
+    is filed in the current study, the prior's listed as Pertinent Other Evidence."""
+    prior = pydicom.dcmread(write_cxr(tmp_path / "prior.dcm"))
+    prior.StudyInstanceUID, prior.SeriesInstanceUID = CXR_STUDY + ".1", CXR_SERIES + ".1"
+    prior.SOPInstanceUID = prior.file_meta.MediaStorageSOPInstanceUID = CXR_SERIES + ".1.1"
+    prior.StudyDate = prior.ContentDate = prior.AcquisitionDate = "20230101"
+    prior.save_as(tmp_path / "prior.dcm", enforce_file_format=True)
+    current = read_header(write_cxr(tmp_path / "current.dcm"))
+    out = tmp_path / "cmp.dcm"
+    res = cli("ask", "-m", str(tiny_model_dir), "--prior", str(tmp_path / "prior.dcm"), "--current",
+              str(tmp_path / "current.dcm"), "--max-new-tokens", "2", "--sr", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert dciodvfy_errors(out) == []
+    sr = hd.sr.srread(out)
+    assert _image_refs(sr) == [prior.SOPInstanceUID, current.SOPInstanceUID]
+    assert sr.StudyInstanceUID == current.StudyInstanceUID
+    (other,) = sr.PertinentOtherEvidenceSequence
+    assert other.StudyInstanceUID == prior.StudyInstanceUID
+    (home,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert home.StudyInstanceUID == current.StudyInstanceUID
+
+
+def test_sr_of_a_whole_slide_image_is_refused_in_one_line(tmp_path, cli):
+    """A DICOM WSI folder with --sr: refused before any model loads (see docs/guides/dicom-results.md)."""
+    (tmp_path / "slide").mkdir()
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.save_as(tmp_path / "slide" / "level0.dcm", enforce_file_format=True)
+    res = cli("ask", "-m", str(tmp_path / "no-such-model"), "-i", str(tmp_path / "slide"), "Q?", "--sr",
+              str(tmp_path / "o.dcm"))  # fmt: skip
+    assert res.returncode != 0 and "whole-slide patches is not supported" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(BadInput, match="whole-slide patch"):
+        evidence_for([{"source": "slide", "sop_instance_uid": None, "patch": [0, 0, 1]}])
+
+
+def _findings(path: Path) -> list[list[str]]:
+    """The instances each Finding of an SR cites, one list per answer."""
+    sr = hd.sr.srread(path)
+    return [
+        [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in c.ContentSequence if i.ValueType == "IMAGE"]
+        for c in sr.ContentSequence
+        if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+    ]
+
+
+def test_batch_sr_one_report_per_study_resumable(tiny_model_dir, tmp_path, cli):
+    """Rows grouped by study: a CT series asked twice and a CXR give two SRs; a PNG row is a note, not a crash;
+    --resume skips complete SRs and rewrites a study that gained a row."""
+    from medgemma_toolkit.batch.sr import sr_path
+
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16))
+    write_cxr(tmp_path / "cxr.dcm")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    slices = [f"ct/{f.name}" for f in files]  # rows name files (a series' slices given one by one)
+    rows = [
+        {"id": "a", "question": "Any nodule?", "images": slices},
+        {"id": "b", "question": "Where is the CXR?", "image": "cxr.dcm"},
+        {"id": "c", "question": "Any mass?", "images": slices[:2]},
+        {"id": "d", "question": "A photo?", "image": "x.png"},
+    ]
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    srs, out = tmp_path / "srs", tmp_path / "out.jsonl"
+    base = ["batch", "-m", str(tiny_model_dir), "--input", str(inp), "-o", str(out), "--max-new-tokens", "2",
+            "--sr", str(srs)]  # fmt: skip
+    res = cli(*base)
+    assert res.returncode == 0, res.stderr
+    assert "wrote 2 SRs" in res.stdout and "no SR for this row" in res.stderr and "an SR needs a DICOM" in res.stderr
+    assert len(out.read_text().splitlines()) == 4  # the PNG row is answered all the same
+    ct_uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    ct_sr, cxr_sr = sr_path(srs, str(pydicom.dcmread(files[0]).StudyInstanceUID)), sr_path(srs, CXR_STUDY)
+    assert sorted(srs.iterdir()) == sorted([ct_sr, cxr_sr])
+    got = _findings(ct_sr)
+    assert len(got) == 2 and sorted(got[0]) == sorted(ct_uids) and sorted(got[1]) == sorted(ct_uids[:2])
+    assert _findings(cxr_sr) == [[read_header(tmp_path / "cxr.dcm").SOPInstanceUID]]
+    assert hd.sr.srread(cxr_sr).StudyInstanceUID == CXR_STUDY
+    assert dciodvfy_errors(ct_sr) == [] and dciodvfy_errors(cxr_sr) == []
+    for value in FAKE_PHI.values():
+        assert value not in res.stdout + res.stderr
+
+    before = ct_sr.read_bytes()
+    inp.write_text(inp.read_text() + json.dumps({"id": "e", "question": "Again?", "image": "cxr.dcm"}) + "\n")
+    res = cli(*base, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "wrote 1 SRs" in res.stdout and "(1 studies already complete)" in res.stdout
+    assert ct_sr.read_bytes() == before  # complete: untouched
+    assert len(_findings(cxr_sr)) == 2  # the study that gained a row is written again, whole
+
+
+def test_batch_sr_stow_stores_the_written_reports(pacs, pacs_creds, tiny_model_dir, tmp_path, cli):
+    from dicomweb_client.api import DICOMwebClient
+
+    ds = pydicom.dcmread(write_cxr(tmp_path / "cxr.dcm"))
+    ds.StudyInstanceUID = CXR_STUDY + ".77"
+    ds.save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "a", "question": "Q?", "image": "cxr.dcm"}) + "\n")
+    res = cli("batch", "-m", str(tiny_model_dir), "--input", str(tmp_path / "rows.jsonl"), "-o",
+              str(tmp_path / "out.jsonl"), "--max-new-tokens", "2", "--sr", str(tmp_path / "srs"),
+              "--stow", f"{pacs}/dicom-web")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (written,) = (tmp_path / "srs").iterdir()
+    assert f"stored {written} on 127.0.0.1" in res.stderr
+    client = DICOMwebClient(f"{pacs}/dicom-web")
+    client._session.auth = (USER, PASSWORD)
+    found = client.search_for_instances(ds.StudyInstanceUID, fields=["00080018"], search_filters={"Modality": "SR"})
+    assert [f["00080018"]["Value"][0] for f in found] == [pydicom.dcmread(written).SOPInstanceUID]
+    res = cli("batch", "-m", str(tmp_path / "nope"), "--input", str(tmp_path / "rows.jsonl"), "-o",
+              str(tmp_path / "o2.jsonl"), "--stow", f"{pacs}/dicom-web")  # fmt: skip
+    assert res.returncode != 0 and "give --sr DIR too" in res.stderr

@@ -12,6 +12,7 @@ import typer
 from ..errors import BadInput
 from . import app
 from .common import MODEL_DEFAULTS, ModelOptions, option_groups
+from .sr import StowOpt
 
 eval_app = typer.Typer(invoke_without_command=True)  # help: eval_run's docstring
 app.add_typer(eval_app, name="eval")
@@ -234,17 +235,27 @@ def batch(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
     on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
+    sr: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--sr", help="Also write one DICOM SR per study into this folder (rows over DICOM images; resumable)"
+        ),
+    ] = None,
+    stow: StowOpt = None,
 ) -> None:
     """Answer every row of a JSONL file (no scoring), resumable, batched.
 
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
+    Example: medgemma batch -m medgemma-1.5-4b-it --input ct_rows.jsonl -o answers.jsonl --sr srs/ --stow https://pacs/dicom-web
     """
     from ..batch.run import read_batch_rows, run_batch
     from ..eval.generation import AUTO_BATCH_CEILING
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
-    read_batch_rows(input, on_error)  # report a bad file before loading a model
+    rows = read_batch_rows(input, on_error)  # report a bad file before loading a model
+    if sr is not None or stow is not None:
+        _check_batch_sr(rows, sr, stow)
     mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING, workload="throughput")
     stats = run_batch(
         mg,
@@ -257,3 +268,40 @@ def batch(
         on_error=on_error,
     )
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
+    if sr is not None:
+        _write_batch_srs(mg, rows, out, sr, stow, think, max_new_tokens)
+
+
+def _check_batch_sr(rows: list, sr: Path | None, stow_url: str | None) -> None:
+    """Before the model loads: the folder, the STOW URL, and which rows cannot have an SR (said, not fatal)."""
+    from ..batch.sr import group_rows
+    from .sr import require_highdicom
+
+    if sr is None:
+        raise BadInput("--stow stores what --sr writes; give --sr DIR too")
+    if sr.exists() and not sr.is_dir():
+        raise BadInput(f"--sr {sr}: is a file; give a folder (one SR per study is written into it)")
+    if stow_url is not None:
+        from ..sr.stow import parse_stow_url
+
+        parse_stow_url(stow_url)
+    require_highdicom()
+    groups, errors = group_rows(rows)
+    for line in errors:
+        print(f"note: {line}", file=sys.stderr)
+    if not groups:
+        raise BadInput("--sr: no row has DICOM images; an SR needs a DICOM source")
+
+
+def _write_batch_srs(
+    mg: Any, rows: list, out: Path, sr: Path, stow_url: str | None, think: bool, max_new_tokens: int | None
+) -> None:
+    from ..batch.sr import write_study_reports
+    from .sr import store
+
+    done = write_study_reports(mg, rows, out, sr, think, max_new_tokens)
+    for line in done.errors:
+        print(f"note: {line}", file=sys.stderr)
+    print(f"wrote {len(done.written)} SRs into {sr} ({done.skipped} studies already complete)")
+    if stow_url is not None and done.written:
+        store(done.written, stow_url)

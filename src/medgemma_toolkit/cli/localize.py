@@ -29,7 +29,13 @@ def localize(
     ] = None,
     mo: ModelOptions = MODEL_DEFAULTS,
     image: Annotated[
-        Optional[Path], typer.Option("--image", "-i", help="One 2D image: PNG, JPEG, TIFF, BMP, WebP or DICOM file")
+        Optional[str],
+        typer.Option(
+            "--image",
+            "-i",
+            help="One 2D image: PNG, JPEG, TIFF, BMP, WebP or DICOM file, or a DICOMweb instance "
+            "(dicomweb://host/path/studies/S/series/R/instances/I; a study or series holding one instance)",
+        ),
     ] = None,
     batch: Annotated[
         Optional[Path],
@@ -62,9 +68,11 @@ def localize(
     Example: medgemma localize --upstream http://gpu:8000 --image wide.png "right lung" --json
     Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" -o overlays/ > boxes.jsonl
     Example: medgemma localize -m medgemma-1.5-4b-it -i cxr.dcm "right lung" --sr boxes_sr.dcm --stow https://pacs/dicom-web
+    Example: medgemma localize -m medgemma-1.5-4b-it -i dicomweb://pacs/dicom-web/studies/S/series/R/instances/I "heart" --sr sr.dcm
     """
     from ..errors import BadInput
     from ..imaging import load_image
+    from ..imaging.dicomweb import parse_dicomweb_uri
     from ..localize.overlay import save_overlay
     from ..localize.run import check_objects
     from ..localize.run import localize as run_localize
@@ -91,8 +99,12 @@ def localize(
     assert image is not None
     names = check_objects(objects or [])
     dicom_out = sr is not None or sc is not None
-    source = _sr_source(image) if dicom_out else None  # a PNG with --sr fails before the model loads
-    picture = load_image(image, opts)  # before loading a model: a bad image fails fast
+    remote = parse_dicomweb_uri(image)
+    if remote is not None:  # fetched before the model loads: a wrong reference or a refused login fails fast
+        source, picture = _remote_image(remote, opts)
+    else:
+        source = _sr_source(Path(image)) if dicom_out else None  # a PNG with --sr fails before the model loads
+        picture = load_image(image, opts)  # before loading a model: a bad image fails fast
     mg = mo.load()
     result = run_localize(mg, picture, names, max_new_tokens)
     sr_fields: dict = {}
@@ -117,6 +129,16 @@ def localize(
         print("no boxes found in the answer", file=sys.stderr)
     if output is not None:
         print(f"wrote {output} ({picture.width}x{picture.height}, {len(result.boxes)} boxes)", file=sys.stderr)
+
+
+def _remote_image(ref: Any, opts: ImageOptions) -> tuple[Any, Image.Image]:
+    """A DICOMweb instance (credentials, origin and redirect rules of `imaging/dicomweb.py`, as `ask` reads them):
+    its dataset, whose header the SR cites, and its frame as RGB at its own size."""
+    from ..imaging.dicom import dicom_to_rgb
+    from ..imaging.dicomweb import fetch_one_instance
+
+    ds = fetch_one_instance(ref, opts.budget)
+    return ds, dicom_to_rgb(ds, f"DICOMweb instance on {ref.host}", opts)
 
 
 def _sr_source(image: Path) -> Any:

@@ -280,6 +280,32 @@ def fetch_datasets(ref: DicomWebRef, budget: DecodeBudget | None = None) -> list
     return _retrieve_all(ref, series, sops, budget)
 
 
+def fetch_one_instance(ref: DicomWebRef, budget: DecodeBudget | None = None) -> Any:
+    """The one instance `ref` names, or the only instance of its series or study (a QIDO-RS search of at most two
+    answers first): for commands that take one 2D image (`localize`). A reference to several instances is a one-line
+    error before anything is retrieved."""
+    if len(ref.instances) > 1:
+        raise BadInput(f"DICOMweb reference on {ref.host} names {len(ref.instances)} instances; give one")
+    if not ref.instance:
+        client = _client(ref, budget)
+        found = _call(
+            ref, "search", client.search_for_instances, ref.study, ref.series,
+            fields=["0020000E", "00080018"], limit=2,
+        )  # fmt: skip
+        what = "series" if ref.series else "study"
+        if len(found) != 1:
+            held = "no instance" if not found else "more than one instance"
+            raise BadInput(
+                f"DICOMweb {what} on {ref.host} holds {held}; one image is needed: give "
+                ".../series/<SeriesInstanceUID>/instances/<SOPInstanceUID>"
+            )
+        series, sop = _value(found[0], "0020000E") or ref.series, _value(found[0], "00080018")
+        if not series or not sop:
+            raise DicomWebError(f"DICOMweb search on {ref.host}: instance without its UIDs")
+        ref = DicomWebRef(ref.root, ref.host, ref.study, str(series), str(sop))
+    return fetch_datasets(ref, budget)[0]
+
+
 def _retrieve_all(ref: DicomWebRef, series: str, sops: list[str], budget: DecodeBudget | None = None) -> list:
     """WADO-RS retrieve of each instance, `PARALLEL` at a time (one session per worker), in search order. With a
     budget's byte cap, the whole series may hold at most 4x that cap (a server holds it all before decoding)."""

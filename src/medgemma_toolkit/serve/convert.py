@@ -18,6 +18,7 @@ from .config import ServeConfig
 from .errors import APIError
 from .images import ImageResolver
 from .schemas import ChatCompletionRequest, ChatMessage, TextContent
+from .sr import SrContext, chat_context
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Converted:
     prompt_text_chars: int
     preset: str = ""  # "name@version" when the request chose its own (medgemma.longitudinal), else the model's
     notice: str | None = None  # how the question's DICOM images were ordered (never their dates)
+    sr: SrContext | None = None  # `medgemma.sr`: the question and the instances to cite (`serve/sr.py`)
 
 
 def _parts(msg: ChatMessage, resolver: ImageResolver, notices: list[str] | None = None) -> list[tuple[Part, bool]]:
@@ -162,8 +164,9 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     pad = opts.pad if opts and opts.pad is not None else None
     if pad is None and opts and opts.longitudinal:  # images load before the preset applies: its choice, here
         pad = get_preset(LONGITUDINAL).pad_images
+    want_sr = bool(opts and opts.sr)
     resolver = ImageResolver(
-        config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None, pad
+        config, mg.image_size, opts.window if opts else None, opts.ct_windows if opts else None, pad, want_sr
     )
     system_texts: list[str] = []
     history: list[Message] = []
@@ -230,6 +233,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
     )
     req.logprobs = logprobs_wanted(mg, body)
     check_fits(mg.backend, req)
+    sr = chat_context(resolver, req, question, body.stream, body.n) if want_sr else None
     chars = sum(len(p.text) for m in req.prompt.messages for p in m.parts if isinstance(p, TextPart))
     pre = get_preset(preset) if preset else mg.preset
     return Converted(
@@ -239,4 +243,5 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         chars + len(req.prompt.text or ""),
         f"{pre.name}@{pre.version}",
         notices[0] if notices else None,
+        sr,
     )

@@ -17,6 +17,7 @@ import binascii
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image
@@ -83,6 +84,7 @@ class ImageResolver:
         window: Window = None,
         ct_windows: str | None = None,
         pad: bool | None = None,
+        keep_dicom: bool = False,
     ) -> None:
         self.config = config
         self.size = size
@@ -98,6 +100,11 @@ class ImageResolver:
         )
         self.count = 0  # images so far (a series counts each slice)
         self.urls = 0
+        # For `medgemma.sr` only (`serve/sr.py`): what an SR needs to cite the instances the model saw.
+        self.keep_dicom = keep_dicom
+        self.dicom_headers: dict[str, Any] = {}  # SOPInstanceUID -> header of DICOM bytes sent inline
+        self.dicomweb_sources: list[str] = []  # DICOMweb references accepted under the allow-list
+        self.original_header: Any = None  # the DICOM header of the image `original` decoded, if any
 
     def parts(self, url: str) -> list[Part]:
         self.urls += 1
@@ -140,6 +147,9 @@ class ImageResolver:
             info: dict = {"original_size": list(img.size)}
             if looks_like_dicom(data[:132]):  # its date orders it among the message's images (`order_groups`)
                 info["acquired"] = bytes_key(data)
+                kept = self._keep([data]) if self.keep_dicom else {}
+                if kept:
+                    info["sop_instance_uid"] = kept["sop_instance_uid"]
             return [ImagePart(model_image, info=info)]
         if scheme in ("http", "https"):
             data = self._fetch(url, label)
@@ -150,18 +160,20 @@ class ImageResolver:
         raise APIError(400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url")
 
     def original(self, url: str) -> Image.Image:
-        """One 2D image (data: URI, allow-listed URL or file under the image root) as RGB at its own size, not
-        yet padded: for answers given in the image's pixels (`/v1/medgemma/localize`)."""
+        """One 2D image (data: URI, allow-listed URL or DICOMweb instance, or file under the image root) as RGB at
+        its own size, not yet padded: for answers given in the image's pixels (`/v1/medgemma/localize`)."""
         self.urls += 1
         label = f"image {self.urls}"
         scheme = urlsplit(url).scheme.lower() if ":" in url[:20] else ""
         if scheme in ("dicomweb", "dicomweb+http") or (scheme in ("http", "https") and "/studies/" in url):
-            raise APIError(400, f"{label}: this endpoint takes one 2D image, not a DICOMweb study", "invalid_image_url")
-        if scheme == "data":
+            img = self._dicomweb_instance(url, label)
+        elif scheme == "data":
             data, name = decode_data_uri(url, label)
             if name.endswith(".zip"):
                 raise APIError(400, f"{label}: this endpoint takes one 2D image, not a series", "invalid_image_url")
             img = decode_image_bytes(data, name, self.options)
+            if self.keep_dicom:
+                self.original_header = self._keep([data]).get("header")
         elif scheme in ("http", "https"):
             img = decode_image_bytes(self._fetch(url, label), label, self.options)
         elif scheme in ("file", ""):
@@ -173,12 +185,36 @@ class ImageResolver:
             except BadInput as e:
                 msg = re.sub(re.escape(str(path)) + r"[^\s:]*", lambda _m: raw, str(e))
                 raise APIError(e.http_status, f"{label}: {msg}", "invalid_image") from None
+            if self.keep_dicom:
+                self.original_header = self._header_of(path)
         else:
             raise APIError(
                 400, f"{label}: unsupported URL scheme {scheme[:20]!r}; send a data: URI", "invalid_image_url"
             )
         self.count += 1
         return img
+
+    def _keep(self, blobs: list[bytes]) -> dict[str, Any]:
+        """Remember the headers of DICOM `blobs` for the SR; returns `{"sop_instance_uid", "header"}` of the last
+        one (the manifest of a single inline image then names its instance)."""
+        from ..sr.inline import headers_from_bytes
+
+        headers = headers_from_bytes(blobs)
+        self.dicom_headers.update(headers)
+        if not headers:
+            return {}
+        uid, header = list(headers.items())[-1]
+        return {"sop_instance_uid": uid, "header": header}
+
+    @staticmethod
+    def _header_of(path: Path) -> Any:
+        """A local file's DICOM header, or None when it is not DICOM (the SR's route then says so)."""
+        from ..sr.evidence import read_header
+
+        try:
+            return read_header(path)
+        except BadInput:
+            return None
 
     def _local(self, url: str, label: str, is_file_url: bool) -> list[Part]:
         path, raw = self._local_path(url, label, is_file_url)
@@ -219,6 +255,8 @@ class ImageResolver:
     def _series(self, data: bytes, label: str) -> list[Part]:
         """An uploaded series (a ZIP of its DICOM files), through the same imaging path as a series folder."""
         items = unzip_series(data, label, self.config.max_body_bytes)
+        if self.keep_dicom:
+            self._keep([blob for _, blob in items])
         if self.count + min(len(items), self.options.max_slices) > self.config.max_images:
             raise self._too_many()
         try:
@@ -255,12 +293,37 @@ class ImageResolver:
         """A DICOMweb study/series/instance, read by the imaging layer; the same host allow-list applies."""
         if not self._host_allowed(url):
             raise self._refuse_host(url, label)
+        if self.keep_dicom:
+            self.dicomweb_sources.append(url)
         try:
             return load_parts(url, self.options, self.size)
         except BadInput as e:  # imaging's messages name the host and status, never UIDs or header values
             raise APIError(
                 e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else "invalid_image"
             ) from None
+
+    def _dicomweb_instance(self, url: str, label: str) -> Image.Image:
+        """One DICOMweb instance (or a study/series holding one) for `original`, under the same allow-list."""
+        from ..imaging.dicom import dicom_to_rgb
+        from ..imaging.dicomweb import fetch_one_instance, parse_dicomweb_uri
+
+        if not self._host_allowed(url):
+            raise self._refuse_host(url, label)
+        try:
+            ref = parse_dicomweb_uri(url)
+            assert ref is not None  # the caller saw a DICOMweb URL
+            ds = fetch_one_instance(ref, self.options.budget)
+            img = dicom_to_rgb(ds, label, self.options)
+        except BadInput as e:  # imaging's messages name the host and status, never UIDs or header values
+            raise APIError(
+                e.http_status, f"{label}: {e}", e.code if e.code != "invalid_request_error" else "invalid_image"
+            ) from None
+        if self.keep_dicom:
+            for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if key in ds:
+                    del ds[key]
+            self.original_header = ds
+        return img
 
     def _fetch(self, url: str, label: str) -> bytes:
         if not self._host_allowed(url):

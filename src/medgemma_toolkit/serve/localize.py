@@ -4,6 +4,7 @@ response (boxes in the model's frame and in the original image's pixels)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..api import MedGemma
 from ..backends.base import GenerationRequest
@@ -14,6 +15,7 @@ from .convert import check_fits
 from .errors import APIError
 from .images import ImageResolver
 from .schemas import LocalizeRequest
+from .sr import localize_source
 
 
 @dataclass
@@ -21,6 +23,7 @@ class LocalizePlan:
     size: tuple[int, int]  # the original image's (width, height): the frame of `xyxy`
     objects: list[str]
     requests: list[GenerationRequest]
+    sr_source: Any = None  # `medgemma.sr`: the DICOM header of the image, whose instance the regions reference
 
 
 def plan_localize(mg: MedGemma, body: LocalizeRequest, config: ServeConfig) -> LocalizePlan:
@@ -35,7 +38,10 @@ def plan_localize(mg: MedGemma, body: LocalizeRequest, config: ServeConfig) -> L
         )
     if not mg.backend.info.multimodal:
         raise APIError(400, f"model {mg.backend.info.name!r} is text-only and cannot take images", "invalid_value")
-    image = ImageResolver(config, mg.image_size, body.window).original(body.image)
+    want_sr = bool(body.medgemma and body.medgemma.sr)
+    resolver = ImageResolver(config, mg.image_size, body.window, keep_dicom=want_sr)
+    image = resolver.original(body.image)
+    source = localize_source(resolver) if want_sr else None  # a PNG with sr: a 400 before any model call
     requests = build_requests(mg, image, names, body.max_tokens)
     check_fits(mg.backend, requests[0])  # every object's prompt is the same length but for the name
-    return LocalizePlan(image.size, names, requests)
+    return LocalizePlan(image.size, names, requests, source)

@@ -70,6 +70,14 @@ class MedGemmaOptions(_Strict):
     # 2D images padded to a square (True) or stretched (False); None: the preset's choice (longitudinal: unpadded,
     # as the notebook sends them; everything else padded)
     pad: bool | None = None
+    # The answer also as a DICOM Comprehensive SR citing the request's DICOM instances (`serve/sr.py`)
+    sr: bool = False
+
+
+class LocalizeOptions(_Strict):
+    """`/v1/medgemma/localize`'s extension: `{"sr": true}` adds the boxes as a TID 1500 DICOM SR."""
+
+    sr: bool = False
 
 
 class JsonSchemaFormat(BaseModel):
@@ -165,6 +173,7 @@ class LocalizeRequest(_Strict):
     objects: list[str] = Field(min_length=1, max_length=16)
     window: tuple[float, float] | WindowName | None = None
     max_tokens: int | None = Field(default=None, ge=1)
+    medgemma: LocalizeOptions | None = None
 
 
 def count_parts(data: dict) -> int:

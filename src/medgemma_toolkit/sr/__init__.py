@@ -8,7 +8,7 @@ the same origin, credential and redirect rules as reading over DICOMweb).
 from __future__ import annotations
 
 from .algorithm import AlgorithmInfo, algorithm_of
-from .answer import answer_report, sr_from_answer
+from .answer import answer_report, sr_from_answer, study_report
 from .document import AI_MARKER, write_sr
 from .evidence import check_dicom_sources, evidence_for, read_header
 from .regions import Region, measurement_report
@@ -24,5 +24,6 @@ __all__ = [
     "measurement_report",
     "read_header",
     "sr_from_answer",
+    "study_report",
     "write_sr",
 ]

@@ -37,29 +37,11 @@ def answer_report(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    rel = hd.sr.RelationshipTypeValues
-    images = [
-        hd.sr.ImageContentItem(
-            name=codes.DCM.SourceOfMeasurement,
-            referenced_sop_class_uid=ds.SOPClassUID,
-            referenced_sop_instance_uid=ds.SOPInstanceUID,
-            relationship_type=rel.INFERRED_FROM,
-        )
-        for ds in evidence
-    ]
-    finding = hd.sr.TextContentItem(
-        name=codes.DCM.Finding, value=clip_text(answer or "(no answer)"), relationship_type=rel.CONTAINS
-    )
-    finding.ContentSequence = hd.sr.ContentSequence(images)
     items: list[Any] = []
     items.extend(algo.observer())
     items.extend(algo.template())
-    items.append(
-        hd.sr.TextContentItem(
-            name=codes.DCM.Request, value=clip_text(question or "(no question)"), relationship_type=rel.CONTAINS
-        )
-    )
-    items.append(finding)
+    items.extend(qa_items(question, answer, evidence))
+    rel = hd.sr.RelationshipTypeValues
     if thought:
         items.append(
             hd.sr.TextContentItem(
@@ -71,6 +53,55 @@ def answer_report(
     root.ContentSequence = hd.sr.ContentSequence(items)
     with quiet_highdicom():
         return hd.sr.ComprehensiveSR(content=root, **sop_arguments(algo, evidence, "Answer"))
+
+
+def qa_items(question: str, answer: str, evidence: Sequence[Any]) -> list[Any]:
+    """Request (the question) and Finding (the answer), the Finding INFERRED FROM each instance in `evidence`."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    rel = hd.sr.RelationshipTypeValues
+    images = [
+        hd.sr.ImageContentItem(
+            name=codes.DCM.SourceOfMeasurement,
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            relationship_type=rel.INFERRED_FROM,
+        )
+        for ds in evidence
+    ]
+    finding = hd.sr.TextContentItem(
+        name=codes.DCM.Finding, value=clip_text(answer, "(no answer)"), relationship_type=rel.CONTAINS
+    )
+    finding.ContentSequence = hd.sr.ContentSequence(images)
+    request = hd.sr.TextContentItem(
+        name=codes.DCM.Request, value=clip_text(question, "(no question)"), relationship_type=rel.CONTAINS
+    )
+    return [request, finding]
+
+
+def study_report(answers: Sequence[tuple[str, str, Sequence[Any]]], algo: AlgorithmInfo) -> Any:
+    """Several answers about one study (`batch --sr`) as one Comprehensive SR: a Request/Finding pair per
+    (question, answer, evidence), in order; the header lists every instance cited once."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    rel = hd.sr.RelationshipTypeValues
+    items: list[Any] = [*algo.observer(), *algo.template()]
+    evidence: dict[str, Any] = {}
+    for question, answer, cited in answers:
+        items.extend(qa_items(question, answer, cited))
+        for ds in cited:
+            evidence.setdefault(str(ds.SOPInstanceUID), ds)
+    items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=marker_text(algo), relationship_type=rel.CONTAINS))
+    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept(*TITLE))
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    # highdicom files the SR in the study of the last instance given (`home_first`): the group's own study, which
+    # is the study of every answer's last image (a comparison's current)
+    home = str(answers[-1][2][-1].SOPInstanceUID)
+    cited = [ds for uid, ds in evidence.items() if uid != home] + [evidence[home]]
+    with quiet_highdicom():
+        return hd.sr.ComprehensiveSR(content=root, **sop_arguments(algo, cited, "Answers"))
 
 
 def sr_from_answer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,7 +65,17 @@ def sop_arguments(algo: AlgorithmInfo, evidence: Sequence[Any], what: str) -> di
     )
 
 
-def clip_text(text: str) -> str:
+# Control characters the text VRs (UT, LT, ST) do not allow: all of C0 but TAB, LF, FF, CR and ESC, and DEL.
+# A model can emit them (a random checkpoint does); dciodvfy rejects an SR that holds one.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def clip_text(text: str, empty: str = "(empty)") -> str:
+    """`text` as a TEXT content item can hold it: disallowed control characters dropped, at most MAX_TEXT, and
+    `empty` in place of nothing (TextValue is type 1)."""
+    text = _NOT_TEXT.sub("", text or "")
+    if not text.strip():
+        return empty
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 

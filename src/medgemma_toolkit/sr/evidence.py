@@ -9,7 +9,7 @@ carries exactly what the source carried, no more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from ..imaging.dicomweb import parse_dicomweb_uri
 _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID")
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 NEEDS_DICOM = "an SR needs a DICOM source (a DICOM file or series directory)"
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+# Refused rather than half-done: a patch is a region of one pyramid level, which an SR would have to cite as a
+# spatial coordinate on the right tile instance; citing the whole level would claim the model saw all of it.
+NO_WSI = "an SR of whole-slide patches is not supported (it would have to cite each patch's region of the slide)"
 
 
 def read_header(path: str | Path) -> Any:
@@ -51,11 +55,18 @@ def check_dicom_sources(sources: Sequence[str]) -> None:
         if parse_dicomweb_uri(src) is not None:
             continue
         files = series_files(src)
-        read_header(files[0] if files else src)
+        ds = read_header(files[0] if files else src)
+        if str(ds.SOPClassUID) == WSI_SOP_CLASS:
+            raise BadInput(f"--sr: {src}: {NO_WSI}")
 
 
-def evidence_for(entries: Sequence[dict[str, Any]], sources: Sequence[str] = ()) -> list[Any]:
+def evidence_for(
+    entries: Sequence[dict[str, Any]], sources: Sequence[str] = (), known: Mapping[str, Any] | None = None
+) -> list[Any]:
     """The header of each image the model saw (manifest `entries`), once per instance, in manifest order.
+
+    `known` maps SOPInstanceUIDs to headers already in hand (the server's DICOM bytes sent inline): those are used
+    as they are, since there is no file or server to read them again from.
 
     A local file is read again and must still hold the SOPInstanceUID the manifest recorded; an instance that came
     over DICOMweb (one of the `sources` URIs) is looked up there by its SOPInstanceUID and its metadata fetched
@@ -67,6 +78,17 @@ def evidence_for(entries: Sequence[dict[str, Any]], sources: Sequence[str] = ())
     seen: set[str] = set()
     for k, e in enumerate(entries):
         uid, src = e.get("sop_instance_uid"), e.get("source")
+        if e.get("patch") is not None:
+            raise BadInput(f"image {k + 1} of the prompt is a whole-slide patch; {NO_WSI}")
+        if uid and known is not None and str(uid) in known:
+            ds = known[str(uid)]
+            missing = [key for key in _REQUIRED if not ds.get(key)]
+            if missing:
+                raise BadInput(f"image {k + 1}: DICOM without {', '.join(missing)}; an SR cannot reference it")
+            if uid not in seen:
+                seen.add(uid)
+                out.append(ds)
+            continue
         if not uid or not src:
             raise BadInput(f"image {k + 1} of the prompt is not a DICOM instance; {NEEDS_DICOM}")
         if uid in seen:

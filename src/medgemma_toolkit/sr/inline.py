@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..errors import BadInput
+from ..errors import BadInput, MedGemmaError
 from .algorithm import AlgorithmInfo
 from .evidence import NEEDS_DICOM
 
@@ -24,23 +24,40 @@ MEDIA_TYPE = "application/dicom"
 MAX_SR_BYTES = 16 * 1024**2  # an SR of text and references is kilobytes; a larger one means a bug, not a report
 
 
+def headers_from_bytes(blobs: Iterable[bytes]) -> dict[str, Any]:
+    """SOPInstanceUID -> header (no pixel data) of each DICOM file among `blobs`; anything else is skipped."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from ..imaging.deflate import is_deflated, read_deflated
+    from ..imaging.dicom import quiet_pydicom
+    from ..imaging.options import DEFAULT_MAX_PIXELS
+
+    quiet_pydicom()
+    headers: dict[str, Any] = {}
+    for blob in blobs:
+        try:
+            if is_deflated(blob[: 64 * 1024]):  # a deflated header could inflate without bound: imaging's reader
+                ds = read_deflated(blob, "image", DEFAULT_MAX_PIXELS)
+                for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                    if key in ds:
+                        del ds[key]
+            else:
+                ds = pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, MedGemmaError):
+            continue  # not DICOM: any image of the manifest it stands for is reported by `evidence_from_bytes`
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if uid:
+            headers[uid] = ds
+    return headers
+
+
 def evidence_from_bytes(blobs: Sequence[bytes], manifest: Sequence[dict[str, Any]]) -> list[Any]:
     """The headers among `blobs` (DICOM files as sent) of exactly the instances in `manifest`, in its order.
 
     A manifest image without a SOPInstanceUID (a PNG), or one whose instance is not among `blobs`, is a `BadInput`
     (the server's 400): an SR must cite every image the model saw."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    headers: dict[str, Any] = {}
-    for blob in blobs:
-        try:
-            ds = pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue  # not DICOM: any image of the manifest it stands for is reported below
-        uid = str(ds.get("SOPInstanceUID", "") or "")
-        if uid:
-            headers[uid] = ds
+    headers = headers_from_bytes(blobs)
     out, seen = [], set()
     for k, entry in enumerate(manifest):
         uid = str(entry.get("sop_instance_uid") or "")

@@ -81,7 +81,10 @@ async def chat(request: Request, body: ChatCompletionRequest, state: ServerState
         request.state.status_override = 499
         return Response(status_code=499)
     log_done(state, rid, conv, job, c)
-    return JSONResponse(tool_body(tool_ctx, meta, c))
+    out = tool_body(tool_ctx, meta, c)
+    if conv.sr is not None:  # `medgemma.sr`: built in memory, returned, never stored or logged
+        out["medgemma"]["sr"] = await state.gate.offload(conv.sr.field, mg, c, meta["preset"])
+    return JSONResponse(out)
 
 
 def log_done(state: ServerState, rid: str, conv: Converted, job: Job, c: Completion) -> None:

@@ -12,6 +12,7 @@ from ...localize.run import assemble
 from ..jobs import ClientGone, collect
 from ..localize import plan_localize
 from ..schemas import LocalizeRequest
+from ..sr import regions_part
 from ..state import ServerState
 from . import gated_post
 
@@ -42,4 +43,8 @@ async def localize(request: Request, body: LocalizeRequest, state: ServerState) 
         len(result.unparsed),
         sum(c.completion_tokens for c in done),
     )
-    return JSONResponse(result.to_dict())
+    out = result.to_dict()
+    if plan.sr_source is not None:  # `medgemma.sr`: built in memory, returned, never stored or logged
+        boxes = [(b.label, b.xyxy) for b in result.boxes]
+        out["medgemma"] = {"sr": await state.gate.offload(regions_part, state.mg, plan.sr_source, boxes, result.preset)}
+    return JSONResponse(out)
