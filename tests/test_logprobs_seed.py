@@ -37,7 +37,8 @@ def test_streamed_logprobs_reach_the_sink_in_order(tiny_model):
     c = tiny_model.backend.generate([req], on_delta=lambda _i, _d: None)[0]
     assert c.logprobs == got[: len(c.logprobs)] and len(c.logprobs) == c.completion_tokens > 0
     shape = legacy(c.logprobs)
-    assert "".join(shape["tokens"]) == c.text and len(shape["top_logprobs"][0]) == 2
+    assert len(shape["tokens"]) == c.completion_tokens and len(shape["top_logprobs"][0]) == 2
+    assert shape["text_offset"][0] == 0
 
 
 def test_log_softmax_np_matches_torch():
@@ -75,7 +76,8 @@ def test_llamacpp_logprobs_match_a_direct_forward_pass(gguf_model):
         assert abs(entry["logprob"] - float(lp[token])) < 1e-3, (k, entry["logprob"], float(lp[token]))
         assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(sorted(lp)[::-1][:3], abs=1e-3)
         ids.append(token)
-    assert "".join(e["token"] for e in c.logprobs) == c.text
+    # Each entry's `bytes` are its token's own: joined, they spell the answer (pieces of a UTF-8 character included).
+    assert bytes(b for e in c.logprobs for b in e["bytes"]).decode("utf-8", errors="replace") == c.text
 
 
 @pytest.mark.slow
@@ -85,3 +87,27 @@ def test_llamacpp_seed_is_honoured(gguf_model):
     b = backend.generate([sampled(gguf_model, 7), sampled(gguf_model, 8)])
     assert b[0].text == a  # the same seed, batched with another row: the same text
     assert len({backend.generate([sampled(gguf_model, s)])[0].text for s in range(5)}) > 1
+
+
+@pytest.mark.slow
+def test_llamacpp_server_streams_logprobs_and_n_choices(gguf_model, tmp_path):
+    """Through the continuous batcher: streamed chunks carry their entries and choice index; seeded choices repeat."""
+    import openai
+
+    from medgemma_toolkit.serve.launch import ServerProcess
+
+    path = gguf_model.backend.info.path
+    with ServerProcess(path, tmp_path / "server.log", "--served-model-name", "g", "--threads", "2") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        ask = {"model": "g", "messages": [{"role": "user", "content": "Describe the heart."}], "max_tokens": 6}
+        whole = client.chat.completions.create(**ask, logprobs=True, top_logprobs=2, temperature=0)
+        want = [(t.token, round(t.logprob, 4)) for t in whole.choices[0].logprobs.content]
+        got = []
+        for chunk in client.chat.completions.create(**ask, logprobs=True, top_logprobs=2, temperature=0, stream=True):
+            for c in chunk.choices:
+                got += [(t.token, round(t.logprob, 4)) for t in (c.logprobs.content if c.logprobs else None) or []]
+        assert got == want and len(got) == whole.usage.completion_tokens
+        hot = {"temperature": 2.0, "seed": 4, "n": 3}
+        first = [c.message.content for c in client.chat.completions.create(**ask, **hot).choices]
+        assert len(set(first)) > 1
+        assert [c.message.content for c in client.chat.completions.create(**ask, **hot).choices] == first

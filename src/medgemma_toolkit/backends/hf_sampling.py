@@ -57,12 +57,14 @@ class StepProcessor:
         sample: bool = False,
         device: torch.device | None = None,
         stop_ids: frozenset[int] = frozenset(),
+        raw: Callable[[int], bytes | None] | None = None,
     ) -> None:
         self.rows = rows
         self.decode = decode
         self.constrain = constrain
         self.sample = sample
         self.stop_ids = stop_ids  # an end of turn is not a generated token: it gets no entry
+        self.raw = raw  # a token's own bytes where its text is U+FFFD (byte-fallback pieces)
         self.tops = [r.request.logprobs for r in rows]
         self.wants_logprobs = any(t is not None for t in self.tops)
         dev = device or torch.device("cpu")
@@ -90,7 +92,7 @@ class StepProcessor:
             if top is None or row.finish is not None or chosen[i] in self.stop_ids:
                 continue
             vals, ids = lp[i].topk(top) if top else (lp[i][:0], lp[i][:0].long())
-            e = entry(self.decode, chosen[i], float(lp[i, chosen[i]]), ids.tolist(), vals.tolist())
+            e = entry(self.decode, chosen[i], float(lp[i, chosen[i]]), ids.tolist(), vals.tolist(), self.raw)
             if row.logprobs is None:
                 row.logprobs = []
             row.logprobs.append(e)

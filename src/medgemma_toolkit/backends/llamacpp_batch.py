@@ -430,7 +430,7 @@ class BatchEngine:
             s.constraint.accept(token)
         if lp is not None and top is not None:
             ids, values = top_np(lp, top)
-            s.step_logprobs = entry(self._text, token, float(lp[token]), ids, values)
+            s.step_logprobs = entry(self._text, token, float(lp[token]), ids, values, self._piece)
         return token
 
     def _text(self, token: int) -> str:

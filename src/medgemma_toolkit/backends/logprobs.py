@@ -14,16 +14,27 @@ Entry = dict[str, Any]  # {"token", "logprob", "bytes", "top_logprobs": [{"token
 LogprobSink = Callable[[list[Entry]], None]
 
 
-def _one(text: str, logprob: float) -> Entry:
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+def _one(text: str, logprob: float, raw: bytes | None) -> Entry:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8") if raw is None else raw)}
 
 
 def entry(
-    decode: Callable[[int], str], token: int, logprob: float, top_ids: Sequence[int], top_values: Sequence[float]
+    decode: Callable[[int], str],
+    token: int,
+    logprob: float,
+    top_ids: Sequence[int],
+    top_values: Sequence[float],
+    raw: Callable[[int], bytes | None] | None = None,
 ) -> Entry:
-    """One generated token's entry: its text, log-probability and the `top_ids` alternatives (most likely first)."""
-    out = _one(decode(token), logprob)
-    out["top_logprobs"] = [_one(decode(int(t)), float(v)) for t, v in zip(top_ids, top_values)]
+    """One generated token's entry: its text, log-probability and the `top_ids` alternatives (most likely first).
+    `raw`: a token's own bytes where its text cannot hold them (a piece of a UTF-8 character decodes as U+FFFD;
+    OpenAI's `bytes` field lets a client join such pieces again)."""
+
+    def one(t: int, v: float) -> Entry:
+        return _one(decode(t), v, None if raw is None else raw(t))
+
+    out = one(token, logprob)
+    out["top_logprobs"] = [one(int(t), float(v)) for t, v in zip(top_ids, top_values)]
     return out
 
 

@@ -132,6 +132,12 @@ class TransformersBackend(Backend):
             ids.add(eot)
         return sorted(ids)
 
+    def _byte(self, token: int) -> bytes | None:
+        """The byte a byte-fallback piece ("<0xE2>") stands for; None for other tokens (their text is their bytes)."""
+        if token not in self.byte_token_ids:
+            return None
+        return bytes([int(self.tokenizer.convert_ids_to_tokens(token)[3:5], 16)])
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -257,7 +263,7 @@ class TransformersBackend(Backend):
             # A constrained row's matcher follows its row by position: such batches keep their rows in place.
             stops = frozenset(self.stop_ids)
             step = StepProcessor(
-                rows, lambda t: self._decode([t]), constrain, not params.greedy, self.input_device, stops
+                rows, lambda t: self._decode([t]), constrain, not params.greedy, self.input_device, stops, self._byte
             )
         with self.torch.inference_mode():
             if step is None and prune and len(rows) > 1 and can_prune(self.model):
