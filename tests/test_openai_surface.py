@@ -4,7 +4,9 @@ that receives `response_format` and hands back log-probabilities."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections import defaultdict
 from typing import Literal
 
@@ -198,3 +200,47 @@ def test_upstream_receives_response_format_and_returns_logprobs(front, client):
     legacy = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     lc = legacy.completions.create(model=MODEL, prompt="Findings:", max_tokens=4, logprobs=1, temperature=0)
     assert joins(lc.choices[0].logprobs.tokens, lc.choices[0].text)
+
+
+class _DropLogprobs(http.server.BaseHTTPRequestHandler):
+    """An upstream that ignores `logprobs` (as some OpenAI-compatible servers do): forwards to `target` without it."""
+
+    target = ""
+
+    def do_GET(self):
+        self._forward(None)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body.pop("logprobs", None)
+        body.pop("top_logprobs", None)
+        self._forward(json.dumps(body).encode())
+
+    def _forward(self, data: bytes | None) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+        with httpx.stream(self.command, self.target + self.path, content=data, headers=headers, timeout=120) as r:
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
+            self.end_headers()
+            for chunk in r.iter_raw():
+                self.wfile.write(chunk)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_upstream_without_logprobs_is_a_400_naming_it(server, tmp_path):
+    handler = type("H", (_DropLogprobs,), {"target": server.url})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        env = {"MEDGEMMA_UPSTREAM_API_KEY": KEY}
+        with ServerProcess(MODEL, tmp_path / "f.log", "--backend", "openai", "--upstream", url, env=env) as f:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            ok = httpx.post(f.url + "/v1/chat/completions", json=body, timeout=120)
+            assert ok.status_code == 200, ok.text
+            r = httpx.post(f.url + "/v1/chat/completions", json={**body, "logprobs": True}, timeout=120)
+            assert r.status_code == 400 and "logprobs" in r.json()["error"]["message"], r.text
+    finally:
+        proxy.shutdown()
