@@ -108,14 +108,16 @@ def test_n_over_the_batch_size_is_a_400(server):
 def test_streamed_chat_logprobs_equal_the_whole_answers(client):
     whole = chat(client, logprobs=True, top_logprobs=2, temperature=0, max_tokens=10)
     want = [(t.token, round(t.logprob, 4)) for t in whole.choices[0].logprobs.content]
-    got, text = [], ""
+    got, text, paired = [], "", 0
     for chunk in chat(client, logprobs=True, top_logprobs=2, temperature=0, max_tokens=10, stream=True):
         for c in chunk.choices:
             text += c.delta.content or ""
             if c.logprobs is not None and c.logprobs.content:
                 got += [(t.token, round(t.logprob, 4)) for t in c.logprobs.content]
                 assert all(len(t.top_logprobs) == 2 for t in c.logprobs.content)
+                paired += bool(c.delta.content)
     assert got == want and len(got) == whole.usage.completion_tokens
+    assert paired > 1  # entries travel with their text as it streams, not all at the end
     assert text.strip() == whole.choices[0].message.content  # the whole answer is stripped
 
 
@@ -128,14 +130,14 @@ def test_sampled_logprobs_are_of_the_raw_distribution(client):
 
 
 def test_completions_legacy_logprobs(client):
-    prompt = "Question: what is sepsis?\nAnswer:"
+    prompt = "Findings:"  # the tiny checkpoint answers it with plain words first (no byte-fallback run)
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, logprobs=2, temperature=0)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == r.usage.completion_tokens
     assert joins(lp.tokens, r.choices[0].text)
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
     assert all(len(alts) <= 2 and max(alts.values()) >= v - 1e-6 for alts, v in zip(lp.top_logprobs, lp.token_logprobs))
-    tokens, values, text = [], [], ""
+    tokens, values, text, paired = [], [], "", 0
     stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, logprobs=2, temperature=0, stream=True)
     for chunk in stream:
         c = chunk.choices[0]
@@ -143,7 +145,8 @@ def test_completions_legacy_logprobs(client):
         if c.logprobs is not None:
             tokens += c.logprobs.tokens
             values += c.logprobs.token_logprobs
-    assert text == r.choices[0].text and tokens == lp.tokens
+            paired += bool(c.text and c.logprobs.tokens)
+    assert text == r.choices[0].text and tokens == lp.tokens and paired > 1
     assert values == pytest.approx(lp.token_logprobs, abs=1e-5)
 
 
