@@ -423,7 +423,7 @@ def bad_requests() -> list[tuple[str, dict | None, bytes | None, int, str]]:
             400,
             "messages",
         ),
-        ("n > 1", {**ok, "n": 2, "messages": user(text("hi"))}, None, 400, "n=1"),
+        ("n over the batch size", {**ok, "n": 5, "messages": user(text("hi"))}, None, 400, "at most 4 choices"),
         ("last not user", {**ok, "messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "last message"),
         ("unknown model", {"model": "gpt-4o", "messages": user(text("hi"))}, None, 404, "not found"),
         (

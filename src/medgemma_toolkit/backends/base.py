@@ -45,6 +45,9 @@ class GenerationRequest:
     # Log-probabilities of the generated tokens (backends with `Capabilities.logprobs`): None = not wanted, else
     # how many alternatives to report per token (0 = the chosen token only).
     logprobs: int | None = None
+    # Streaming log-probabilities: called from the decoding thread with each token's entries as they are known,
+    # before the text delta that contains the token (a server attaches them to its next chunk).
+    on_logprobs: Callable[[list[dict[str, Any]]], None] | None = None
 
 
 @dataclass

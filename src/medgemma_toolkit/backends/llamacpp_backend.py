@@ -162,6 +162,7 @@ class LlamaCppBackend(Backend):
             streaming=True,
             context_length=self.engine.n_ctx,
             continuous=True,
+            logprobs=True,  # computed per step from the logits buffer (llamacpp_batch.BatchEngine._sample)
         )
 
     # -- setup ----------------------------------------------------------------------------------------------------

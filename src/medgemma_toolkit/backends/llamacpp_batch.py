@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import BadInput, MedGemmaError
 from .base import Completion, GenerationRequest
 from .decoding import RowState, RowTracker
+from .logprobs import entry, log_softmax_np, top_np
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class _Seq:
     logits_at: int = -1  # row of the current batch whose logits belong to this sequence
     fed: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id's cells (a text prompt's cache)
     constraint: Any = None  # constrain.RowConstraint when the answer must follow a JSON schema
+    step_logprobs: dict[str, Any] | None = None  # the sampled token's log-probability entry, until it is counted
 
 
 class BatchEngine:
@@ -413,6 +415,9 @@ class BatchEngine:
 
     def _sample(self, s: _Seq) -> int:
         ptr = self._lc.llama_get_logits_ith(self.ctx, s.logits_at)
+        top = s.row.request.logprobs
+        # Log-probabilities of the raw logits, read before the schema mask and the sampler chain touch the buffer.
+        lp = None if top is None else log_softmax_np(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
         if s.constraint is not None:
             # Masked in place: the sampler chain reads the same buffer.
             logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
@@ -423,7 +428,13 @@ class BatchEngine:
             token = int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
         if s.constraint is not None:
             s.constraint.accept(token)
+        if lp is not None and top is not None:
+            ids, values = top_np(lp, top)
+            s.step_logprobs = entry(self._text, token, float(lp[token]), ids, values, self._piece)
         return token
+
+    def _text(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", errors="replace")
 
     def _constraint(self, schema: dict[str, Any]) -> Any:
         """The same engine (llguidance) as the transformers backend, over llama.cpp's vocabulary: one schema
@@ -444,6 +455,13 @@ class BatchEngine:
             tracker.update(row, s.out.decode("utf-8", errors="replace"), s.n, True)
         else:
             s.n += 1
+            if s.step_logprobs is not None:  # counted tokens only: the end of turn has no entry, as on transformers
+                if row.logprobs is None:
+                    row.logprobs = []
+                row.logprobs.append(s.step_logprobs)
+                if row.request.on_logprobs is not None:
+                    row.request.on_logprobs([s.step_logprobs])
+                s.step_logprobs = None
             s.out += self._piece(token)
             text = s.out.decode("utf-8", errors="replace")
             tracker.update(row, text, s.n, False)
@@ -470,7 +488,10 @@ class BatchEngine:
         if error is not None:
             s.on_done(error)
         else:
-            s.on_done(Completion(s.row.text, s.row.finish or "length", s.prepared.n_prompt, s.n))
+            c = Completion(s.row.text, s.row.finish or "length", s.prepared.n_prompt, s.n)
+            if s.row.request.logprobs is not None:
+                c.logprobs = s.row.logprobs or []
+            s.on_done(c)
 
     def _piece(self, token: int) -> bytes:
         """Raw bytes of one token, special tokens spelled out (thinking markers must survive decoding)."""

@@ -164,7 +164,10 @@ class OpenAIBackend(Backend):
         )
         self.native_tools = True  # offer OpenAI `tools` upstream until it refuses them once
         # Requests in flight at once; the upstream batches them itself. No log-likelihoods over the chat API.
-        self.capabilities = Capabilities(max_batch_size=self.settings.concurrency, images=not text_only, remote=True)
+        # `logprobs` are asked of the upstream and passed through; one that returns none fails the request.
+        self.capabilities = Capabilities(
+            max_batch_size=self.settings.concurrency, images=not text_only, remote=True, logprobs=True
+        )
 
     # -- errors ---------------------------------------------------------------------------------------------
     def _list_models(self) -> dict[str, dict[str, Any]]:
@@ -234,6 +237,13 @@ class OpenAIBackend(Backend):
                 "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
             }
         prompt = request.prompt
+        if request.logprobs is not None:  # chat: a flag plus a count; legacy completions: the count
+            if prompt.is_completion:
+                body["logprobs"] = request.logprobs
+            else:
+                body["logprobs"] = True
+                if request.logprobs:
+                    body["top_logprobs"] = request.logprobs
         if prompt.is_completion:
             if prompt.images:
                 raise CapabilityError("the openai backend cannot send images with a completion (base-model) prompt")
@@ -269,6 +279,7 @@ class OpenAIBackend(Backend):
         create = self.client.chat.completions.create if chat else self.client.completions.create
         text, n_prompt, n_out, n_deltas, finish = "", 0, 0, 0, None
         calls: dict[int, dict[str, Any]] = {}
+        lps: list[dict[str, Any]] | None = None if row.request.logprobs is None else []
         try:
             with self._errors():
                 stream = create(**body)
@@ -286,6 +297,11 @@ class OpenAIBackend(Backend):
                     n_prompt = int(event.usage.prompt_tokens or n_prompt)
                     n_out = int(event.usage.completion_tokens or n_out)
                 for choice in event.choices or []:
+                    if lps is not None and choice.logprobs is not None:
+                        new = _entries(choice.logprobs, chat)
+                        lps += new
+                        if new and row.request.on_logprobs is not None:
+                            row.request.on_logprobs(new)
                     piece = choice.text if chat is False else choice.delta.content  # completions carry text
                     if piece:
                         text += piece
@@ -302,10 +318,32 @@ class OpenAIBackend(Backend):
                 tracker.update(row, text, max(n_out, row.request.params.max_new_tokens), False)
             else:
                 tracker.update(row, text, n_out, True)
-        return Completion(row.text, row.finish or "stop", n_prompt, n_out, [calls[i] for i in sorted(calls)] or None)
+        if lps is not None and not lps and n_out:
+            raise BadInput("logprobs: the upstream server did not return log-probabilities")
+        return Completion(
+            row.text, row.finish or "stop", n_prompt, n_out, [calls[i] for i in sorted(calls)] or None, lps
+        )
 
     def close(self) -> None:
         self.client.close()
+
+
+def _entries(logprobs: Any, chat: bool) -> list[dict[str, Any]]:
+    """An upstream chunk's log-probabilities as our entries (OpenAI's chat shape), from either API's shape."""
+    if chat:
+        return [e.model_dump(exclude_none=True) for e in (logprobs.content or [])]
+    tops = logprobs.top_logprobs or []
+    out = []
+    for k, (token, value) in enumerate(zip(logprobs.tokens or [], logprobs.token_logprobs or [])):
+        alts = tops[k] if k < len(tops) and tops[k] else {}
+        out.append(
+            {
+                "token": token,
+                "logprob": value,
+                "top_logprobs": [{"token": t, "logprob": v} for t, v in alts.items()],
+            }
+        )
+    return out
 
 
 def _add_call_delta(calls: dict[int, dict[str, Any]], tc: Any) -> None:

@@ -132,6 +132,12 @@ class TransformersBackend(Backend):
             ids.add(eot)
         return sorted(ids)
 
+    def _byte(self, token: int) -> bytes | None:
+        """The byte a byte-fallback piece ("<0xE2>") stands for; None for other tokens (their text is their bytes)."""
+        if token not in self.byte_token_ids:
+            return None
+        return bytes([int(self.tokenizer.convert_ids_to_tokens(token)[3:5], 16)])
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -200,7 +206,9 @@ class TransformersBackend(Backend):
     ) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
 
-        def key(i: int) -> tuple[bool, bool, bool, float, float, int | None, int | None, bool, bool]:
+        # Seeds are per row (`hf_sampling.StepProcessor`), so rows with different seeds (the `n` choices of one
+        # request) share a batch.
+        def key(i: int) -> tuple[bool, bool, bool, float, float, int | None, bool, bool]:
             r = requests[i]
             p = r.params
             return (
@@ -210,7 +218,6 @@ class TransformersBackend(Backend):
                 p.temperature,
                 p.top_p,
                 p.top_k,
-                p.seed,
                 r.json_schema is not None,
                 r.logprobs is not None,
             )
@@ -235,9 +242,9 @@ class TransformersBackend(Backend):
         self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True
     ) -> list[Completion]:
         """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
-        plain static batch, for benchmarks); sampled ones keep the static batch, so seeded results stay as they were
-        (a smaller batch draws its random numbers in another order)."""
-        torch = self.torch
+        plain static batch, for benchmarks); sampled, constrained or log-probability batches keep the static batch,
+        with one `hf_sampling.StepProcessor` choosing each row's token (a seeded row samples the same text whatever
+        its batch-mates)."""
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -245,48 +252,40 @@ class TransformersBackend(Backend):
         params = rows[0].request.params
         stepper = TokenStepper(rows, on_delta, self._decode, set(self.stop_ids), self.byte_token_ids)
         gen = self._generation_config(rows)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         from .hf_decode import can_prune, decode_pruned  # imports transformers: only once a model is loaded
+        from .hf_sampling import StepProcessor
 
         schemas = [r.request.json_schema for r in rows]
         constrain = self._constraint(schemas) if any(s is not None for s in schemas) else None
-        with torch.inference_mode():
+        wants_logprobs = any(r.request.logprobs is not None for r in rows)
+        step = None
+        if constrain is not None or wants_logprobs or not params.greedy:
             # A constrained row's matcher follows its row by position: such batches keep their rows in place.
-            wants_logprobs = any(r.request.logprobs is not None for r in rows)
-            if (
-                constrain is None
-                and not wants_logprobs
-                and prune
-                and params.greedy
-                and len(rows) > 1
-                and can_prune(self.model)
-            ):
+            stops = frozenset(self.stop_ids)
+            step = StepProcessor(
+                rows, lambda t: self._decode([t]), constrain, not params.greedy, self.input_device, stops, self._byte
+            )
+        with self.torch.inference_mode():
+            if step is None and prune and len(rows) > 1 and can_prune(self.model):
                 decode_pruned(self.model, dict(inputs), gen, stepper)
             else:
-                self._decode_static(dict(inputs), gen, stepper, constrain)
+                self._decode_static(dict(inputs), gen, stepper, step)
         done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
         for c, r in zip(done, rows):
-            if r.request.logprobs is not None:
-                c.logprobs = r.logprobs or []
+            if r.request.logprobs is not None:  # entries past the last counted token (end of turn, padding) go
+                c.logprobs = (r.logprobs or [])[: r.tokens]
         return done
 
     def _generation_config(self, rows: list[RowState]) -> Any:
         from transformers import GenerationConfig
 
-        params = rows[0].request.params
         gen = GenerationConfig(
             max_new_tokens=max(r.request.params.max_new_tokens for r in rows),
-            do_sample=not params.greedy,
+            do_sample=False,  # sampled rows are drawn by `hf_sampling.StepProcessor`; generate takes its argmax
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        if not params.greedy:
-            gen.temperature = params.temperature
-            gen.top_p = params.top_p
-            gen.top_k = params.top_k if params.top_k is not None else 0
-        else:
-            gen.temperature, gen.top_p, gen.top_k = None, None, None
+        gen.temperature, gen.top_p, gen.top_k = None, None, None
         return gen
 
     def _constraint(self, schemas: list[dict[str, Any] | None]) -> Any:
@@ -296,8 +295,9 @@ class TransformersBackend(Backend):
         n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
         return JsonSchemaLogits(self.tokenizer, n_vocab, self.stop_ids, schemas)
 
-    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, constrain: Any = None) -> None:
-        """Every row stays in the batch until the last one stops (finished rows decode padding)."""
+    def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, step: Any = None) -> None:
+        """Every row stays in the batch until the last one stops (finished rows decode padding). `step`: the
+        `StepProcessor` that masks, samples and records log-probabilities, if any."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from .hf_decode import Track
@@ -312,38 +312,12 @@ class TransformersBackend(Backend):
             or len({r.request.params.max_new_tokens for r in rows}) > 1
         )
         hook = [Track(stepper, list(range(len(rows))), None)] if per_step else []
-        extra: dict[str, Any] = {"logits_processor": LogitsProcessorList([constrain])} if constrain is not None else {}
-        wants = [r.request.logprobs for r in rows]
-        if any(w is not None for w in wants):  # the raw logits of every step, to report log-probabilities
-            extra.update(output_logits=True, return_dict_in_generate=True)
+        extra: dict[str, Any] = {"logits_processor": LogitsProcessorList([step])} if step is not None else {}
         out = self.model.generate(
             **inputs, generation_config=gen, stopping_criteria=StoppingCriteriaList(hook), **extra
         )
         seqs = out.sequences if hasattr(out, "sequences") else out
-        new = seqs[:, prompt_len:]
-        stepper.finish(new.tolist())  # tokens the criteria did not see, rows still open
-        if hasattr(out, "logits") and out.logits is not None:
-            for i, (row, top) in enumerate(zip(rows, wants)):
-                if top is not None:
-                    row.logprobs = self._token_logprobs(out.logits, new[i], row.tokens, i, top)
-
-    def _token_logprobs(self, logits: Any, tokens: Any, n: int, row: int, top: int) -> list[dict[str, Any]]:
-        """OpenAI-shaped log-probabilities of row `row`'s first `n` generated tokens (fp32 log-softmax)."""
-        torch = self.torch
-        out: list[dict[str, Any]] = []
-        for k in range(min(n, len(logits))):
-            lp = torch.log_softmax(logits[k][row].float(), dim=-1)
-            t = int(tokens[k])
-            entry: dict[str, Any] = {"token": self._decode([t]), "logprob": float(lp[t])}
-            if top:
-                vals, ids = lp.topk(top)
-                entry["top_logprobs"] = [
-                    {"token": self._decode([int(j)]), "logprob": float(v)} for v, j in zip(vals.tolist(), ids.tolist())
-                ]
-            else:
-                entry["top_logprobs"] = []
-            out.append(entry)
-        return out
+        stepper.finish(seqs[:, prompt_len:].tolist())  # tokens the criteria did not see, rows still open
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], batch_size: int | None = None) -> list[float]:
         """Sum of log-probabilities of each continuation given its prompt (lm-eval's way of scoring MCQ).

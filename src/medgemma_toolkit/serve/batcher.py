@@ -34,9 +34,11 @@ log = logging.getLogger("medgemma_toolkit.serve")
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of streamed text."""
+    """A piece of streamed text, with the log-probability entries of tokens decoded since the last piece (when the
+    request asked for them; entries may run ahead of held-back text)."""
 
     text: str
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ class Job:
     stream: bool = True  # False: only the final result is wanted, so no per-token events cross threads
     sent_chars: int = 0  # streamed text its client already has; a retried row resumes after it
     produced_chars: int = 0  # streamed text the current attempt has produced
+    lp_attempt: list[dict[str, Any]] = field(default_factory=list)  # log-probability entries of this attempt
+    lp_sent: int = 0  # entries its client already has; a retry replays silently up to them
+
+    def take_logprobs(self) -> list[dict[str, Any]] | None:
+        """Entries produced since the last Delta (worker thread), or None when the request wants none."""
+        if self.request.logprobs is None:
+            return None
+        new = self.lp_attempt[self.lp_sent :]
+        self.lp_sent = max(self.lp_sent, len(self.lp_attempt))
+        return new
 
     @property
     def resumable(self) -> bool:
@@ -137,6 +149,8 @@ class Batcher:
     def submit(self, request: GenerationRequest, timeout_s: float, announced: bool = True, stream: bool = True) -> Job:
         job = Job(request, asyncio.get_running_loop(), time.monotonic() + timeout_s, stream=stream)
         request.cancelled = job.is_cancelled
+        if stream and request.logprobs is not None:  # streamed with their text (`Delta.logprobs`)
+            request.on_logprobs = job.lp_attempt.extend
         with self._cond:
             if announced:
                 self._arriving = max(0, self._arriving - 1)
@@ -235,7 +249,7 @@ class Batcher:
 
         def on_delta(text: str) -> None:
             if job.stream:
-                job.post(Delta(text))
+                job.post(Delta(text, job.take_logprobs()))
 
         def on_done(result: Completion | BaseException) -> None:
             live.discard(key)
@@ -316,11 +330,12 @@ class Batcher:
             job.produced_chars += len(text)
             new = job.produced_chars - job.sent_chars  # a retry replays silently up to what was already sent
             if new > 0:
-                job.post(Delta(text[-new:]))
+                job.post(Delta(text[-new:], job.take_logprobs()))
                 job.sent_chars = job.produced_chars
 
         for j in jobs:
             j.produced_chars = 0
+            j.lp_attempt.clear()  # the same list object: the request's `on_logprobs` extends it
         try:
             streaming = any(j.stream for j in jobs)
             return self.backend.generate([j.request for j in jobs], on_delta=on_delta if streaming else None), None

@@ -6,6 +6,7 @@ and developer messages become the system prompt, replacing the preset's, as `--s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,14 +147,33 @@ def logprobs_wanted(mg: MedGemma, body: ChatCompletionRequest) -> int | None:
             "unsupported_parameter",
             "logprobs",
         )
-    if body.stream:
-        raise APIError(400, "logprobs: not available when streaming yet", "unsupported_parameter", "logprobs")
     return body.top_logprobs or 0
 
 
+def check_n(n: int, config: ServeConfig) -> None:
+    """`n` choices decode as `n` rows of one batch: at most `max_batch_size` of them."""
+    if n > config.max_batch_size:
+        raise APIError(
+            400, f"n: at most {config.max_batch_size} choices on this server (--max-batch-size)", "invalid_value", "n"
+        )
+
+
+def choices(req: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """`req` and its `n - 1` siblings, one per choice. Choice i samples with `seed + i`, so a seeded request gives the
+    same n answers every time and its choices still differ (greedy choices are all equal, as OpenAI's are)."""
+    out = [req]
+    for i in range(1, n):
+        seed = None if req.params.seed is None else req.params.seed + i
+        out.append(
+            dataclasses.replace(
+                req, params=dataclasses.replace(req.params, seed=seed), cancelled=None, on_logprobs=None
+            )
+        )
+    return out
+
+
 def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: ServeConfig) -> Converted:
-    if body.n != 1:
-        raise APIError(400, "n: only n=1 is supported", "unsupported_value", "n")
+    check_n(body.n, config)
     check_chars(mg.backend, text_chars(body))
     *earlier, last = body.messages
     if last.role != "user":

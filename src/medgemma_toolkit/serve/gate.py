@@ -61,7 +61,19 @@ class Ticket:
     def __init__(self, admission: Counter) -> None:
         self._admission = admission
         self._held = True
+        self._extra = 0  # further slots held (a request's `n` choices each hold one)
         self.handed_off = False
+
+    def extend(self, k: int, busy: Callable[[], Exception]) -> None:
+        """Hold `k` more slots, or none and raise `busy()` (a 429) when the server cannot admit that many."""
+        taken = 0
+        while taken < k and self._admission.try_enter():
+            taken += 1
+        if taken < k:
+            for _ in range(taken):
+                self._admission.leave()
+            raise busy()
+        self._extra += k
 
     def hand_off(self) -> Callable[[], None]:
         """For a streaming response: the release to call when it closes."""
@@ -71,7 +83,8 @@ class Ticket:
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._admission.leave()
+            for _ in range(1 + self._extra):
+                self._admission.leave()
 
 
 async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> bytes:

@@ -26,6 +26,13 @@ def usage(c: Completion) -> dict[str, int]:
     }
 
 
+def usage_of(completions: list[Completion]) -> dict[str, int]:
+    """Usage of a request's `n` choices: the prompt counted once (as OpenAI does), the completions summed."""
+    prompt = completions[0].prompt_tokens if completions else 0
+    out = sum(c.completion_tokens for c in completions)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
 def completion_body(meta: dict[str, Any], c: Completion) -> dict[str, Any]:
     s = split_thought(c.text)
     message: dict[str, Any] = {"role": "assistant", "content": s.answer}

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, Response
 
 from ...backends.base import Completion
 from ..batcher import Job
-from ..convert import Converted, to_generation_request
+from ..convert import Converted, choices, to_generation_request
 from ..jobs import ClientGone, EventStream, collect, sse_events
+from ..responses import usage_of
 from ..schemas import ChatCompletionRequest, ImageContent
 from ..state import ServerState
 from ..tools import body as tool_body
@@ -43,8 +44,13 @@ async def chat(request: Request, body: ChatCompletionRequest, state: ServerState
         if config.log_prompts:  # operator opt-in; never images or DICOM headers
             msgs = conv.request.prompt.messages
             log.info("request_id=%s prompt_text=%r", rid, msgs[-1].text if msgs else conv.request.prompt.text)
-        job = batcher.submit(conv.request, config.request_timeout_s, stream=body.stream)
+        if body.n > 1:  # each extra choice holds an admission slot, as a request of its own would
+            request.state.ticket.extend(body.n - 1, state.gate.busy)
+        reqs = choices(conv.request, body.n)
+        jobs = [batcher.submit(conv.request, config.request_timeout_s, stream=body.stream)]
         announced = False
+        # The other choices join the same queue at once, so the batcher decodes them with the first (n rows).
+        jobs += [batcher.submit(r, config.request_timeout_s, announced=False, stream=body.stream) for r in reqs[1:]]
     finally:
         if announced:
             batcher.unexpect()
@@ -63,27 +69,37 @@ async def chat(request: Request, body: ChatCompletionRequest, state: ServerState
         def close() -> None:  # runs however the response ends, even if the stream never started
             if not progress["finished"]:  # client went away: stop decoding for it
                 progress["finished"] = True
-                job.cancel()
+                for job in jobs:
+                    job.cancel()
                 state.metrics.count_cancelled()
             release()
 
+        def done(cs: list[Completion]) -> None:
+            for job, c in zip(jobs, cs):
+                log_done(state, rid, conv, job, c)
+
         return EventStream(
-            sse_events(
-                job, state, meta, include_usage, lambda c: log_done(state, rid, conv, job, c), progress, tool_ctx
-            ),
+            sse_events(jobs, state, meta, include_usage, done, progress, tool_ctx),
             on_close=close,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     try:
-        c = await collect(job, request, state)
+        cs = [await collect(job, request, state) for job in jobs]
     except ClientGone:
         request.state.status_override = 499
         return Response(status_code=499)
-    log_done(state, rid, conv, job, c)
-    out = tool_body(tool_ctx, meta, c)
-    if conv.sr is not None:  # `medgemma.sr`: built in memory, returned, never stored or logged
-        out["medgemma"]["sr"] = await state.gate.offload(conv.sr.field, mg, c, meta["preset"])
+    finally:
+        for job in jobs:  # after a failure or a client gone, the other choices stop too (no-op once finished)
+            job.cancel()
+    for job, c in zip(jobs, cs):
+        log_done(state, rid, conv, job, c)
+    out = tool_body(tool_ctx, meta, cs[0])
+    for i, c in enumerate(cs[1:], start=1):
+        out["choices"].append({**tool_body(tool_ctx, meta, c)["choices"][0], "index": i})
+    out["usage"] = usage_of(cs)
+    if conv.sr is not None:  # `medgemma.sr`: built in memory, returned, never stored or logged (n is 1 here)
+        out["medgemma"]["sr"] = await state.gate.offload(conv.sr.field, mg, cs[0], meta["preset"])
     return JSONResponse(out)
 
 

@@ -41,6 +41,8 @@ def _error(e: BaseException) -> JSONResponse:
 
 
 async def _one(chat: Any, request: Request, state: ServerState) -> dict[str, Any]:
+    if chat.n != 1:  # one prediction per instance: several choices would be silently dropped
+        raise APIError(400, "n: one answer per instance on /predict", "unsupported_value", "n")
     conv = await state.gate.decode(to_generation_request, state.mg, chat, state.config)
     job = state.batcher.submit(conv.request, state.config.request_timeout_s, announced=False, stream=False)
     try:
