@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,10 +18,26 @@ from .common import MODEL_DEFAULTS, ModelOptions, check_sources, option_groups
 def extract(
     schema: Annotated[str, typer.Option("--schema", help="JSON schema file every answer must follow")],
     image: Annotated[
-        list[str],
-        typer.Option("--image", "-i", help="Document: a PDF (one image per page) or an image file; repeat for several"),
-    ],
+        Optional[list[str]],
+        typer.Option(
+            "--image",
+            "-i",
+            help="Document: a PDF (one image per page), an image file, or a folder of them; repeat for several",
+        ),
+    ] = None,
     mo: ModelOptions = MODEL_DEFAULTS,
+    rows: Annotated[
+        Optional[Path],
+        typer.Option("--input", help="CSV/TSV/JSONL rows, one document each (see --column); an 'id' column keys it"),
+    ] = None,
+    column: Annotated[
+        str, typer.Option(help="--input's column holding the document's path, relative to the rows file's folder")
+    ] = "document",
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Results JSONL, one trace per document, appended and flushed as each ends"),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip documents already in --out")] = False,
     instruction: Annotated[
         Optional[str], typer.Option(help="Text before the schema in the prompt; default: a plain extraction request")
     ] = None,
@@ -38,23 +55,37 @@ def extract(
     """Extract one JSON object per document, decoded under the schema and validated against it.
 
     Without --json each document's object is printed as one JSON line (errors go to stderr); the exit code is 1 if
-    any document failed. Thinking is not combined with a schema.
+    any document failed. With --out every document's trace is also appended to that file as it finishes, so a
+    killed run continues with --resume and never repeats or duplicates a document.
 
     Example: medgemma extract --model medgemma-1.5-4b-it --schema lab.json -i report.pdf
     Example: medgemma extract -m medgemma-4b-it --schema lab.json -i a.pdf -i b.png --json
+    Example: medgemma extract -m medgemma-4b-it --schema lab.json -i reports/ -o fields.jsonl --resume
+    Example: medgemma extract -m medgemma-4b-it --schema lab.json --input reports.csv --column path -o fields.jsonl
     """
     from ..errors import BadInput
     from ..extract import DEFAULT_INSTRUCTION, extract_documents, read_schema
+    from ..extract.documents import collect_documents
+    from ..extract.run import extract_to_file, failed_keys
 
     if max_new_tokens <= 0:
         raise BadInput("--max-new-tokens must be positive")
+    if resume and out is None:
+        raise BadInput("--resume continues an --out file; give -o")
     check_sources(image)
-    parsed = read_schema(schema)  # both before the model loads
+    parsed = read_schema(schema)  # all before the model loads
+    docs = collect_documents(list(image or []), rows, column)
+    if out is not None and out.exists() and out.stat().st_size > 0 and not resume:
+        raise BadInput(f"{out}: exists; pass --resume to continue it, or choose another --out")
     mg = mo.load()
+    text = instruction or DEFAULT_INSTRUCTION
+    results = (
+        extract_documents(mg, parsed, docs, instruction=text, max_new_tokens=max_new_tokens)
+        if out is None
+        else extract_to_file(mg, parsed, docs, out, resume=resume, instruction=text, max_new_tokens=max_new_tokens)
+    )
     failed = 0
-    for result in extract_documents(
-        mg, parsed, image, instruction=instruction or DEFAULT_INSTRUCTION, max_new_tokens=max_new_tokens
-    ):
+    for result in results:
         failed += result.error is not None
         if as_json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
@@ -62,5 +93,8 @@ def extract(
             print(json.dumps(result.object, ensure_ascii=False), flush=True)
         else:
             print(f"{result.source}: {result.error}", file=sys.stderr, flush=True)
+    if out is not None:
+        failed = len(failed_keys(out, docs))
+        print(f"{len(docs) - failed} of {len(docs)} documents extracted; wrote {out}", file=sys.stderr)
     if failed:
         raise typer.Exit(1)

@@ -15,9 +15,11 @@ from typing import Any
 
 from ..api import MedGemma
 from ..errors import BadInput, MedGemmaError
+from ..eval.records import RecordLog, read_records
 from ..imaging import ImageOptions
 from ..imaging.manifest import prompt_manifest
 from ..jsondepth import loads_bounded
+from .documents import Document
 
 DEFAULT_INSTRUCTION = "Extract the information in this document as one JSON object that follows this JSON schema:"
 MAX_SCHEMA_BYTES = 256 * 1024
@@ -68,7 +70,7 @@ def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
 def extract_documents(
     model: MedGemma,
     schema: dict[str, Any],
-    documents: Sequence[str],
+    documents: Sequence[str | Document],
     *,
     instruction: str = DEFAULT_INSTRUCTION,
     max_new_tokens: int = 1024,
@@ -79,11 +81,16 @@ def extract_documents(
 
     validator = jsonschema.validators.validator_for(schema)(schema)
     question = f"{instruction}\n{json.dumps(schema, separators=(',', ':'))}"
-    for doc in documents:
-        result = Extraction(source=doc)
+    for item in documents:
+        doc = item if isinstance(item, Document) else Document(item, item)
+        result = Extraction(source=doc.source)
+        if doc.error is not None:
+            result.error = doc.error
+            yield result
+            continue
         try:
             req = model.request(
-                question, [doc], max_new_tokens=max_new_tokens, image_options=image_options, json_schema=schema
+                question, [doc.source], max_new_tokens=max_new_tokens, image_options=image_options, json_schema=schema
             )
             result.pages = prompt_manifest(req.prompt)
             answer = model.backend.generate([req])[0]
@@ -105,3 +112,45 @@ def extract_documents(
         else:
             result.object = value
         yield result
+
+
+def extract_to_file(
+    model: MedGemma,
+    schema: dict[str, Any],
+    documents: Sequence[Document],
+    out: Path,
+    *,
+    resume: bool = False,
+    instruction: str = DEFAULT_INSTRUCTION,
+    max_new_tokens: int = 1024,
+    image_options: ImageOptions = ImageOptions(),
+) -> Iterator[Extraction]:
+    """`extract_documents` over the documents `out` does not hold yet, each result appended to `out` as one JSON
+    line ({"key", "source", "object", "error", "raw", "finish_reason", "pages"}) and fsync'd before the next
+    document starts: `batch`'s record log, so a kill leaves at most a torn last line, which `--resume` drops. A
+    failed document is a result too: a re-run does not retry it (delete its line to)."""
+    if out.exists() and out.stat().st_size > 0 and not resume:
+        raise BadInput(f"{out}: exists; pass --resume to continue it, or choose another --out")
+    log = RecordLog(out, resume=resume)
+    try:
+        pending = [d for d in documents if d.key not in log.done]
+        keys = iter(pending)
+        results = extract_documents(
+            model,
+            schema,
+            pending,
+            instruction=instruction,
+            max_new_tokens=max_new_tokens,
+            image_options=image_options,
+        )
+        for result in results:
+            log.append([{"key": next(keys).key, **result.to_dict()}])
+            yield result
+    finally:
+        log.close()
+
+
+def failed_keys(out: Path, documents: Sequence[Document]) -> list[str]:
+    """The keys of `documents` whose recorded result in `out` is an error (this run's and earlier runs')."""
+    wanted = {d.key for d in documents}
+    return [r["key"] for r in read_records(out)[0] if r.get("key") in wanted and r.get("error") is not None]
