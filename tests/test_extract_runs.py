@@ -118,3 +118,34 @@ def test_killed_run_resumes_without_duplicates(tiny_model_dir, tmp_path):
     keys = [x["key"] for x in _records(out)]
     assert sorted(keys) == sorted(str(d) for d in docs) and len(keys) == len(set(keys)) == len(docs)
     assert len(r.stdout.splitlines()) == len(docs) - before  # only the documents not done before were run
+
+
+def test_batch_schema_every_row_validates_or_says_why(tiny_model_dir, tmp_path, cli):
+    nested = Path(__file__).parent / "data" / "structured" / "nested.json"
+    schema = json.loads(nested.read_text())
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"Lab report {i} as JSON."}) + "\n" for i in range(2))
+    )
+    out = tmp_path / "answers.jsonl"
+    args = ["batch", "-m", str(tiny_model_dir), "--input", str(rows), "--schema", str(nested)]
+    r = cli(*args, "-o", str(out), "--max-new-tokens", "512")
+    assert r.returncode == 0, r.stderr
+    recs = _records(out)
+    assert sorted(x["id"] for x in recs) == ["q0", "q1"]
+    for rec in recs:
+        assert "error" not in rec, rec
+        jsonschema.validate(rec["object"], schema)
+        assert json.loads(rec["answer"]) == rec["object"]
+    # Cut at 3 tokens no answer can be whole JSON: each row says so, and the run still ends.
+    cut = tmp_path / "cut.jsonl"
+    r = cli(*args, "-o", str(cut), "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    for rec in _records(cut):
+        assert "cut at the token limit" in rec["error"] and "object" not in rec and rec["answer"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "object", "if": {"required": ["a"]}}')
+    r = cli(
+        "batch", "-m", "/nonexistent-model", "--input", str(rows), "-o", str(tmp_path / "x.jsonl"), "--schema", str(bad)
+    )
+    assert r.returncode != 0 and "--schema" in r.stderr and len(r.stderr.strip().splitlines()) == 1

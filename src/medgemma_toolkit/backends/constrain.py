@@ -45,6 +45,23 @@ def check_schema(schema: Any) -> dict[str, Any]:
     return dict(schema)
 
 
+def validate_answer(text: str, schema: dict[str, Any], finish_reason: str | None) -> tuple[Any, str | None]:
+    """(value, None) when `text` is JSON valid under `schema`, else (None, why). Run after constrained decoding
+    too: an answer cut at its token limit is a prefix of JSON, not JSON, and an upstream may ignore the schema."""
+    import jsonschema
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        why = "the answer was cut at the token limit" if finish_reason == "length" else "not JSON"
+        return None, f"{why}; raise --max-new-tokens or bound the schema (maxLength, maxItems)"
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+    if problems:
+        return None, f"answer does not validate: {problems[0].message[:200]}"
+    return value, None
+
+
 def _short(error: str) -> str:
     """The engine's message without its grammar dump: the first line, bounded."""
     line = error.strip().splitlines()[0] if error.strip() else "invalid schema"

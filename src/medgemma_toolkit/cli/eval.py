@@ -234,16 +234,26 @@ def batch(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
     think: Annotated[bool, typer.Option("--think", help="Ask thinking-capable models to reason first")] = False,
     on_error: Annotated[str, typer.Option(help="skip or fail on a malformed row")] = "fail",
+    schema: Annotated[
+        Optional[Path],
+        typer.Option("--schema", help="JSON schema every answer must follow (decoded under it, validated, 'object')"),
+    ] = None,
 ) -> None:
     """Answer every row of a JSONL file (no scoring), resumable, batched.
 
+    With --schema each answer is decoded under the JSON schema and validated again: a valid one is also written as
+    "object", one that is not (cut at the token limit) gets an "error" and the run goes on.
+
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
+    Example: medgemma batch -m medgemma-4b-it --input rows.jsonl -o answers.jsonl --schema lab.json
     """
     from ..batch.run import read_batch_rows, run_batch
     from ..eval.generation import AUTO_BATCH_CEILING
+    from ..extract import read_schema
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
+    parsed = read_schema(schema) if schema is not None else None
     read_batch_rows(input, on_error)  # report a bad file before loading a model
     mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING, workload="throughput")
     stats = run_batch(
@@ -255,5 +265,6 @@ def batch(
         max_new_tokens=max_new_tokens,
         think=think,
         on_error=on_error,
+        schema=parsed,
     )
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")

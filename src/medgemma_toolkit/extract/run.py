@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import MedGemma
+from ..backends.constrain import validate_answer
 from ..errors import BadInput, MedGemmaError
 from ..eval.records import RecordLog, read_records
 from ..imaging import ImageOptions
@@ -64,7 +65,10 @@ def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         raise BadInput(f"{flag} {p}: not a valid JSON schema ({e.message[:160]})") from None
-    return check_schema(schema)
+    try:
+        return check_schema(schema)
+    except BadInput as e:
+        raise BadInput(f"{flag} {p}: {e}") from None
 
 
 def extract_documents(
@@ -77,9 +81,6 @@ def extract_documents(
     image_options: ImageOptions = ImageOptions(),
 ) -> Iterator[Extraction]:
     """One `Extraction` per document, in order; a document that fails yields its error and the run goes on."""
-    import jsonschema
-
-    validator = jsonschema.validators.validator_for(schema)(schema)
     question = f"{instruction}\n{json.dumps(schema, separators=(',', ':'))}"
     for item in documents:
         doc = item if isinstance(item, Document) else Document(item, item)
@@ -99,18 +100,7 @@ def extract_documents(
             yield result
             continue
         result.raw, result.finish_reason = answer.text, answer.finish_reason
-        try:
-            value = json.loads(answer.text)
-        except ValueError:
-            why = "the answer was cut at the token limit" if answer.finish_reason == "length" else "not JSON"
-            result.error = f"{why}; raise --max-new-tokens or bound the schema (maxLength, maxItems)"
-            yield result
-            continue
-        problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
-        if problems:
-            result.error = f"answer does not validate: {problems[0].message[:200]}"
-        else:
-            result.object = value
+        result.object, result.error = validate_answer(answer.text, schema, answer.finish_reason)
         yield result
 
 
