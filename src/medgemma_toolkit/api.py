@@ -111,7 +111,12 @@ class MedGemma:
 
     # -- inputs -------------------------------------------------------------------------------------------------
     def media(self, images: Sequence[Any], options: ImageOptions = ImageOptions()) -> list[Part]:
-        """Load image sources (paths, PIL images or parts) into model-ready parts."""
+        """Load image sources (paths, PIL images or parts) into model-ready parts.
+
+        A text-only model reads a PDF's text layer (`ImageOptions.pdf_text` None means so): it cannot take the
+        page images, and the text is all of a born-digital report that it could use."""
+        if options.pdf_text is None and not self.backend.info.multimodal:
+            options = replace(options, pdf_text=True)
         parts: list[Part] = []
         for im in images:
             if isinstance(im, (ImagePart, TextPart)):

@@ -20,6 +20,7 @@ from ..eval.records import RecordLog, read_records
 from ..imaging import ImageOptions
 from ..imaging.manifest import prompt_manifest
 from ..jsondepth import loads_bounded
+from ..prompts.thinking import split_thought
 from .documents import Document
 
 DEFAULT_INSTRUCTION = "Extract the information in this document as one JSON object that follows this JSON schema:"
@@ -71,16 +72,27 @@ def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
         raise BadInput(f"{flag} {p}: {e}") from None
 
 
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How each document is asked: the text before the schema, the answer's token limit, how files are read
+    (`image_options.pdf_text`: PDFs' text layer instead of page images), and thinking (`think`: a free thought
+    before the constrained answer, closed after `max_thought_tokens` where given)."""
+
+    instruction: str = DEFAULT_INSTRUCTION
+    max_new_tokens: int = 1024
+    image_options: ImageOptions = ImageOptions()
+    think: bool = False
+    max_thought_tokens: int | None = None
+
+
 def extract_documents(
     model: MedGemma,
     schema: dict[str, Any],
     documents: Sequence[str | Document],
-    *,
-    instruction: str = DEFAULT_INSTRUCTION,
-    max_new_tokens: int = 1024,
-    image_options: ImageOptions = ImageOptions(),
+    settings: ExtractSettings = ExtractSettings(),
 ) -> Iterator[Extraction]:
     """One `Extraction` per document, in order; a document that fails yields its error and the run goes on."""
+    instruction = settings.instruction
     question = f"{instruction}\n{json.dumps(schema, separators=(',', ':'))}"
     for item in documents:
         doc = item if isinstance(item, Document) else Document(item, item)
@@ -91,7 +103,13 @@ def extract_documents(
             continue
         try:
             req = model.request(
-                question, [doc.source], max_new_tokens=max_new_tokens, image_options=image_options, json_schema=schema
+                question,
+                [doc.source],
+                max_new_tokens=settings.max_new_tokens,
+                image_options=settings.image_options,
+                json_schema=schema,
+                think=settings.think,
+                max_thought_tokens=settings.max_thought_tokens,
             )
             result.pages = prompt_manifest(req.prompt)
             answer = model.backend.generate([req])[0]
@@ -100,7 +118,8 @@ def extract_documents(
             yield result
             continue
         result.raw, result.finish_reason = answer.text, answer.finish_reason
-        result.object, result.error = validate_answer(answer.text, schema, answer.finish_reason)
+        reply = split_thought(answer.text).answer  # `raw` keeps the thought; the answer alone is the JSON
+        result.object, result.error = validate_answer(reply, schema, answer.finish_reason)
         yield result
 
 
@@ -109,11 +128,9 @@ def extract_to_file(
     schema: dict[str, Any],
     documents: Sequence[Document],
     out: Path,
+    settings: ExtractSettings = ExtractSettings(),
     *,
     resume: bool = False,
-    instruction: str = DEFAULT_INSTRUCTION,
-    max_new_tokens: int = 1024,
-    image_options: ImageOptions = ImageOptions(),
 ) -> Iterator[Extraction]:
     """`extract_documents` over the documents `out` does not hold yet, each result appended to `out` as one JSON
     line ({"key", "source", "object", "error", "raw", "finish_reason", "pages"}) and fsync'd before the next
@@ -125,15 +142,7 @@ def extract_to_file(
     try:
         pending = [d for d in documents if d.key not in log.done]
         keys = iter(pending)
-        results = extract_documents(
-            model,
-            schema,
-            pending,
-            instruction=instruction,
-            max_new_tokens=max_new_tokens,
-            image_options=image_options,
-        )
-        for result in results:
+        for result in extract_documents(model, schema, pending, settings):
             log.append([{"key": next(keys).key, **result.to_dict()}])
             yield result
     finally:
