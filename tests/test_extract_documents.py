@@ -107,3 +107,18 @@ def test_text_only_model_reads_the_text_layer(tiny_text_model_dir, tmp_path):
     parts = [p for m in req.prompt.messages for p in m.parts]
     assert not any(isinstance(p, ImagePart) for p in parts)
     assert any(isinstance(p, TextPart) and "[page 2 of 3]" in p.text and "Potassium" in p.text for p in parts)
+
+
+def test_eval_row_image_may_be_a_pdf(tiny_model_dir, tmp_path, cli, monkeypatch):
+    """An eval row's image column naming a PDF: its pages are the row's images, page numbers in the manifest."""
+    monkeypatch.setenv("MEDGEMMA_EVAL_CACHE", str(tmp_path / "cache"))
+    _text_pdf(tmp_path / "report.pdf")
+    row = {"id": "r1", "question": "Is potassium high?", "options": {"A": "yes", "B": "no"}, "answer": "A"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps({**row, "image": "report.pdf"}) + "\n")
+    out = tmp_path / "run"
+    args = ["eval", "-m", str(tiny_model_dir), "--task", "image_mcq", "--data", str(tmp_path / "rows.jsonl")]
+    r = cli(*args, "--max-new-tokens", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    (rec,) = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [e["page"] for e in rec["images"]] == [1, 2, 3]
+    assert all(e["source"].endswith("report.pdf") for e in rec["images"])
