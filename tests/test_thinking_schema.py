@@ -51,3 +51,23 @@ def test_refused_where_the_backend_cannot(tiny_model, monkeypatch):
         tiny_model.request("Hello", think=True, json_schema=SCHEMA)
     with pytest.raises(BadInput, match="needs --think"):
         tiny_model.request("Hello", max_thought_tokens=4)
+
+
+@pytest.mark.slow
+def test_llamacpp_thought_free_answer_valid(tmp_path_factory, tiny_model_dir):
+    """The same hook on llama.cpp (the tiny checkpoint's GGUF): thought budget, then the schema holds."""
+    from conftest import exported
+
+    from medgemma_toolkit import MedGemma
+
+    gguf = exported(tmp_path_factory, tiny_model_dir, "tiny") / "tiny-f32.gguf"
+    model = MedGemma.load(str(gguf), threads=2, parallel=2)
+    assert model.backend.capabilities.thinking_schema
+    reqs = [
+        model.request(f"Report {i}", think=True, json_schema=SCHEMA, max_thought_tokens=5, max_new_tokens=400)
+        for i in range(2)
+    ]
+    for c in model.backend.generate(reqs):
+        assert c.text.startswith(THOUGHT_OPEN) and THOUGHT_CLOSE in c.text, c.text[:80]
+        assert c.finish_reason == "stop"
+        jsonschema.validate(json.loads(split_thought(c.text).answer), SCHEMA)
