@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -131,17 +132,28 @@ def test_neutral_values_of_unsupported_parameters_pass(server):
     assert r.status_code == 200, r.text
 
 
-def test_thinking_with_schema_is_a_400(server):
+def test_thinking_with_schema_thought_apart_answer_valid(server):
+    """The thought comes back free in reasoning_content; the content is valid under the schema."""
+    # additionalProperties false: a random model otherwise may invent keys until max_tokens
+    schema = json.loads((Path(__file__).parent / "data" / "structured" / "nested.json").read_text())
     r = post(
         server,
         {
             "model": MODEL,
             "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_object"},
-            "medgemma": {"think": True},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "lab", "schema": schema}},
+            "max_tokens": 400,
+            "medgemma": {"think": True, "max_thought_tokens": 6},
         },
     )
-    assert r.status_code == 400 and "thinking" in r.json()["error"]["message"]
+    assert r.status_code == 200, r.text
+    message = r.json()["choices"][0]["message"]
+    assert message["reasoning_content"]
+    jsonschema.validate(json.loads(message["content"]), schema)
+    r = post(
+        server, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "medgemma": {"max_thought_tokens": 0}}
+    )
+    assert r.status_code == 400 and "max_thought_tokens" in r.text
 
 
 def _pdf_data_uri(pages: int) -> str:

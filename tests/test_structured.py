@@ -59,11 +59,6 @@ def test_unsupported_schema_feature_is_named():
         check_schema({"type": "object", "if": {"required": ["a"]}, "then": {}})
 
 
-def test_thinking_with_schema_is_refused(tiny_model):
-    with pytest.raises(BadInput, match="thinking"):
-        tiny_model.request("Hello", think=True, json_schema=SCHEMA)
-
-
 @pytest.mark.slow
 def test_twenty_answers_validate_llamacpp(tmp_path_factory, tiny_model_dir):
     gguf = exported(tmp_path_factory, tiny_model_dir, "tiny") / "tiny-f32.gguf"

@@ -111,7 +111,12 @@ class MedGemma:
 
     # -- inputs -------------------------------------------------------------------------------------------------
     def media(self, images: Sequence[Any], options: ImageOptions = ImageOptions()) -> list[Part]:
-        """Load image sources (paths, PIL images or parts) into model-ready parts."""
+        """Load image sources (paths, PIL images or parts) into model-ready parts.
+
+        A text-only model reads a PDF's text layer (`ImageOptions.pdf_text` None means so): it cannot take the
+        page images, and the text is all of a born-digital report that it could use."""
+        if options.pdf_text is None and not self.backend.info.multimodal:
+            options = replace(options, pdf_text=True)
         parts: list[Part] = []
         for im in images:
             if isinstance(im, (ImagePart, TextPart)):
@@ -145,17 +150,25 @@ class MedGemma:
         preset: str | PromptPreset | None = None,
         instruction: str | None = None,
         json_schema: dict[str, Any] | None = None,
+        max_thought_tokens: int | None = None,
     ) -> GenerationRequest:
         """Build one request: images through `imaging`, text through the preset (this call's, else the model's).
 
         `instruction`: text before a CT/MR volume's or slide's images, the question after them (see the preset).
         `json_schema`: the answer must be JSON valid under it (constrained decoding); checked here, before any
-        image is read, so an unsupported feature fails fast.
+        image is read, so an unsupported feature fails fast. With `think` the thought stays free text and only the
+        answer is constrained (backends with `capabilities.thinking_schema`); `max_thought_tokens` closes a thought
+        that long (the answer then starts), where the backend can.
         """
+        caps = self.backend.capabilities
+        if max_thought_tokens is not None and (max_thought_tokens <= 0 or not think):
+            raise BadInput("--max-thought-tokens must be positive, and needs --think")
+        if think and (json_schema is not None or max_thought_tokens is not None) and not caps.thinking_schema:
+            what = "a JSON schema" if json_schema is not None else "a thought budget"
+            raise BadInput(
+                f"the {self.backend.info.backend} backend cannot combine thinking with {what}; drop one of them"
+            )
         if json_schema is not None:
-            if think:
-                # The thought would have to stay free text before the constrained answer: not built yet.
-                raise BadInput("thinking cannot be combined with a JSON schema yet; drop one of them")
             from .backends.constrain import check_schema
 
             json_schema = check_schema(json_schema)
@@ -175,7 +188,9 @@ class MedGemma:
         )
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise BadInput("--max-new-tokens must be positive")
-        return GenerationRequest(prompt, params, json_schema=json_schema)
+        return GenerationRequest(
+            prompt, params, json_schema=json_schema, think=think, max_thought_tokens=max_thought_tokens
+        )
 
     def _answer(self, c: Completion, gen_seconds: float) -> Answer:
         s = split_thought(c.text)

@@ -42,6 +42,11 @@ class GenerationRequest:
     # object). Local engines enforce it while decoding (backends/constrain.py, llama.cpp's grammar); an upstream
     # receives it as `response_format`.
     json_schema: dict[str, Any] | None = None
+    # The prompt asks a thinking model to think first: with `json_schema`, the thought decodes free and the schema
+    # starts after its close marker (backends with `Capabilities.thinking_schema`). `max_thought_tokens` closes a
+    # thought that reached that many tokens (None: the model closes it, or the token limit ends it).
+    think: bool = False
+    max_thought_tokens: int | None = None
     # Log-probabilities of the generated tokens (backends with `Capabilities.logprobs`): None = not wanted, else
     # how many alternatives to report per token (0 = the chosen token only).
     logprobs: int | None = None
@@ -79,6 +84,9 @@ class Capabilities:
     context_length: int | None = None  # tokens the model attends over; None when unknown
     continuous: bool = False  # `session()` admits requests into the running batch between decoding steps
     logprobs: bool = False  # `GenerationRequest.logprobs` is honoured (`Completion.logprobs`)
+    # A thinking request with a JSON schema decodes a free thought, then the constrained answer; and
+    # `GenerationRequest.max_thought_tokens` is honoured.
+    thinking_schema: bool = False
 
 
 class DecodeSession(Protocol):

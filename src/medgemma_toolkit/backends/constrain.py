@@ -45,6 +45,23 @@ def check_schema(schema: Any) -> dict[str, Any]:
     return dict(schema)
 
 
+def validate_answer(text: str, schema: dict[str, Any], finish_reason: str | None) -> tuple[Any, str | None]:
+    """(value, None) when `text` is JSON valid under `schema`, else (None, why). Run after constrained decoding
+    too: an answer cut at its token limit is a prefix of JSON, not JSON, and an upstream may ignore the schema."""
+    import jsonschema
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        why = "the answer was cut at the token limit" if finish_reason == "length" else "not JSON"
+        return None, f"{why}; raise --max-new-tokens or bound the schema (maxLength, maxItems)"
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+    if problems:
+        return None, f"answer does not validate: {problems[0].message[:200]}"
+    return value, None
+
+
 def _short(error: str) -> str:
     """The engine's message without its grammar dump: the first line, bounded."""
     line = error.strip().splitlines()[0] if error.strip() else "invalid schema"
@@ -94,15 +111,96 @@ class RowConstraint:
             self.matcher.consume_token(token)
 
 
+class ThinkingConstraint:
+    """A thinking row: the thought decodes free, the answer under its schema (`answer`, or free when None).
+
+    Asked to think under a schema, the model is put in its thought at once (its open marker is the only first
+    token): the answer's start is then unambiguous, the one token after the close marker, and a model that has
+    nothing to think about closes the thought straight away. Without a schema the model may skip the thought.
+    Inside the thought the end of turn is masked (the answer must still come) and so is a second open marker; after
+    `max_thought_tokens` thought tokens only the close marker may come: a budget that a random or looping model
+    cannot overrun, and the only way such a model ever reaches its answer."""
+
+    def __init__(
+        self,
+        answer: RowConstraint | None,
+        markers: tuple[int, int],
+        stop_ids: list[int],
+        max_thought_tokens: int | None = None,
+    ) -> None:
+        self.answer = answer
+        self.open_id, self.close_id = markers
+        self.stop_ids = list(stop_ids)
+        self.max_thought_tokens = max_thought_tokens
+        self.phase = "start"  # start -> thought -> answer
+        self.thought_tokens = 0
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "answer" and (self.answer is None or self.answer.done)
+
+    def allowed(self, n: int) -> Any:
+        import numpy as np
+
+        if self.phase == "answer":
+            return self.answer.allowed(n) if self.answer is not None else np.ones(n, dtype=bool)
+        if self.phase == "start" and self.answer is not None:
+            return self._only(n, self.open_id)
+        if self.phase == "thought" and self.max_thought_tokens is not None:
+            if self.thought_tokens >= self.max_thought_tokens:
+                return self._only(n, self.close_id)
+        mask = np.ones(n, dtype=bool)
+        if self.phase == "thought":
+            mask[[t for t in [*self.stop_ids, self.open_id] if t < n]] = False
+        return mask
+
+    def accept(self, token: int) -> None:
+        if self.phase == "start":
+            self.phase = "thought" if token == self.open_id else "answer"
+            if self.phase == "answer" and self.answer is not None:
+                self.answer.accept(token)
+        elif self.phase == "thought":
+            if token == self.close_id:
+                self.phase = "answer"
+            else:
+                self.thought_tokens += 1
+        elif self.answer is not None:
+            self.answer.accept(token)
+
+    @staticmethod
+    def _only(n: int, token: int) -> Any:
+        import numpy as np
+
+        mask = np.zeros(n, dtype=bool)
+        mask[token] = True
+        return mask
+
+
 class JsonSchemaLogits:
     """A transformers logits processor: row i's scores are masked to the tokens its schema allows next.
 
-    Rows with no schema (`None`) are left alone. Feeds each row's newest token to its matcher, so the batch must
-    keep its rows in place (no pruning)."""
+    Rows with no schema (`None`) are left alone, unless they think under a thought budget. `thoughts[i]`: None for
+    a row that does not think, else its thought budget (0 = none), the thought then decoding free before the
+    constrained answer (`ThinkingConstraint`, which needs the thought `markers`). Feeds each row's newest token to
+    its matcher, so the batch must keep its rows in place (no pruning)."""
 
-    def __init__(self, tokenizer: Any, n_vocab: int, stop_ids: list[int], schemas: list[dict[str, Any] | None]):
+    def __init__(
+        self,
+        tokenizer: Any,
+        n_vocab: int,
+        stop_ids: list[int],
+        schemas: list[dict[str, Any] | None],
+        thoughts: list[int | None] | None = None,
+        markers: tuple[int, int] | None = None,
+    ):
         tok = _ll_tokenizer(tokenizer, n_vocab, tuple(stop_ids))
-        self.rows = [None if s is None else RowConstraint(tok, s, stop_ids) for s in schemas]
+        self.rows: list[RowConstraint | ThinkingConstraint | None] = []
+        for schema, budget in zip(schemas, thoughts or [None] * len(schemas)):
+            answer = None if schema is None else RowConstraint(tok, schema, stop_ids)
+            if budget is None or markers is None or (answer is None and budget == 0):
+                self.rows.append(answer)
+            else:
+                self.rows.append(ThinkingConstraint(answer, markers, stop_ids, budget or None))
         self.started = False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:

@@ -137,6 +137,7 @@ class LlamaCppBackend(Backend):
             mtmd=self._mtmd,
             mtmd_cpp=getattr(self, "_mtmd_cpp", None),
         )
+        self.engine.thought_markers = self._thought_marker_ids()
         # A GGUF of a known variant keeps its conventions (1.5: no system prompt), named in its file or metadata.
         hint = ModelHint.of(info_hint).with_variant(
             variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", "")))
@@ -163,7 +164,16 @@ class LlamaCppBackend(Backend):
             context_length=self.engine.n_ctx,
             continuous=True,
             logprobs=True,  # computed per step from the logits buffer (llamacpp_batch.BatchEngine._sample)
+            thinking_schema=self.engine.thought_markers is not None,
         )
+
+    def _thought_marker_ids(self) -> tuple[int, int] | None:
+        """The single tokens of `<unused94>`/`<unused95>` in this GGUF's vocabulary (None if either is several
+        tokens: a thought could not be told from its answer while decoding)."""
+        from ..prompts.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
+
+        ids = [self.llama.tokenize(m.encode(), add_bos=False, special=True) for m in (THOUGHT_OPEN, THOUGHT_CLOSE)]
+        return (ids[0][0], ids[1][0]) if all(len(i) == 1 for i in ids) else None
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def _init_vision(self, threads: int) -> tuple[int | None, int | None]:

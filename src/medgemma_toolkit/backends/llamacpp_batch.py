@@ -122,6 +122,7 @@ class BatchEngine:
         self._memory = lc.llama_get_memory(self.ctx)
         self._ll_tokenizer: Any = None  # llguidance's view of the vocabulary, built at the first JSON schema
         self._eog: list[int] = []  # end-of-generation tokens, found with it
+        self.thought_markers: tuple[int, int] | None = None  # set by the backend: thinking with a schema
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
@@ -252,8 +253,9 @@ class BatchEngine:
             self._active.append(s)
             s.sampler = self._make_sampler(s.row.request)
             try:
-                if s.row.request.json_schema is not None:
-                    s.constraint = self._constraint(s.row.request.json_schema)
+                req = s.row.request
+                if req.json_schema is not None or (req.think and req.max_thought_tokens):
+                    s.constraint = self._constraint(req)
                 if s.prepared.chunks is not None:
                     self._prefill_multimodal(s)
                 else:
@@ -436,10 +438,11 @@ class BatchEngine:
     def _text(self, token: int) -> str:
         return self._piece(token).decode("utf-8", errors="replace")
 
-    def _constraint(self, schema: dict[str, Any]) -> Any:
+    def _constraint(self, request: GenerationRequest) -> Any:
         """The same engine (llguidance) as the transformers backend, over llama.cpp's vocabulary: one schema
-        coverage everywhere. (llama-cpp-python's own schema-to-GBNF converter silently drops `minimum`/`maximum`.)"""
-        from .constrain import RowConstraint
+        coverage everywhere. (llama-cpp-python's own schema-to-GBNF converter silently drops `minimum`/`maximum`.)
+        A thinking request's schema starts after its thought (`constrain.ThinkingConstraint`)."""
+        from .constrain import RowConstraint, ThinkingConstraint
 
         lc = self._lc
         if self._ll_tokenizer is None:
@@ -447,7 +450,11 @@ class BatchEngine:
 
             self._eog = [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
             self._ll_tokenizer = lltokenizer_from_vocab(self._vocab, eos_token=self._eog)
-        return RowConstraint(self._ll_tokenizer, schema, self._eog)
+        schema = request.json_schema
+        answer = None if schema is None else RowConstraint(self._ll_tokenizer, schema, self._eog)
+        if request.think and self.thought_markers is not None:
+            return ThinkingConstraint(answer, self.thought_markers, self._eog, request.max_thought_tokens)
+        return answer
 
     def _advance(self, s: _Seq, token: int) -> None:
         row, tracker = s.row, s.tracker

@@ -92,6 +92,7 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"
         self.template = template
         self.stop_ids = self._stop_token_ids()
+        self.thought_markers = self._thought_marker_ids()
         # SentencePiece byte-fallback pieces ("<0x41>"): a run of them decodes as a group, so it is unstable.
         self.byte_token_ids = frozenset(
             i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
@@ -119,7 +120,18 @@ class TransformersBackend(Backend):
             streaming=True,
             context_length=self._context_length(),
             logprobs=True,
+            thinking_schema=self.thought_markers is not None,
         )
+
+    def _thought_marker_ids(self) -> tuple[int, int] | None:
+        """The single tokens that open and close a thought (`<unused94>`, `<unused95>`), or None when the
+        vocabulary has no such tokens (then a thought cannot be told from its answer while decoding)."""
+        from ..prompts.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
+
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (THOUGHT_OPEN, THOUGHT_CLOSE)]
+        if any(not isinstance(i, int) or i == self.tokenizer.unk_token_id for i in ids):
+            return None
+        return ids[0], ids[1]
 
     def _stop_token_ids(self) -> list[int]:
         ids = set()
@@ -256,7 +268,11 @@ class TransformersBackend(Backend):
         from .hf_sampling import StepProcessor
 
         schemas = [r.request.json_schema for r in rows]
-        constrain = self._constraint(schemas) if any(s is not None for s in schemas) else None
+        thoughts = [
+            (r.request.max_thought_tokens or 0) if r.request.think and self.thought_markers else None for r in rows
+        ]
+        needs = any(s is not None for s in schemas) or any(t for t in thoughts)  # a schema, or a thought budget
+        constrain = self._constraint(schemas, thoughts) if needs else None
         wants_logprobs = any(r.request.logprobs is not None for r in rows)
         step = None
         if constrain is not None or wants_logprobs or not params.greedy:
@@ -288,12 +304,13 @@ class TransformersBackend(Backend):
         gen.temperature, gen.top_p, gen.top_k = None, None, None
         return gen
 
-    def _constraint(self, schemas: list[dict[str, Any] | None]) -> Any:
-        """The logits processor that keeps each row to its JSON schema (llguidance, imported only here)."""
+    def _constraint(self, schemas: list[dict[str, Any] | None], thoughts: list[int | None]) -> Any:
+        """The logits processor that keeps each row to its JSON schema (llguidance, imported only here), a
+        thinking row's schema starting after its thought (`thoughts[i]`: its budget, 0 = none; None: no thought)."""
         from .constrain import JsonSchemaLogits
 
         n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        return JsonSchemaLogits(self.tokenizer, n_vocab, self.stop_ids, schemas)
+        return JsonSchemaLogits(self.tokenizer, n_vocab, self.stop_ids, schemas, thoughts, self.thought_markers)
 
     def _decode_static(self, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, step: Any = None) -> None:
         """Every row stays in the batch until the last one stops (finished rows decode padding). `step`: the

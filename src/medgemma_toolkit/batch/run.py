@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backends.constrain import validate_answer
 from ..errors import BadInput
 from ..eval.generation import Outcome, auto_batch_size, run_batches
 from ..eval.items import format_options
@@ -95,7 +96,10 @@ def run_batch(
     think: bool = False,
     on_error: str = "fail",
     progress: bool = True,
+    schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`schema`: every answer is decoded under it and validated again; a row whose answer does not validate keeps
+    its answer text and gets an "error" (the run goes on); one that does gets its value as "object"."""
     rows = read_batch_rows(input_path, on_error)
     if out_path.exists() and out_path.stat().st_size > 0 and not resume:
         raise BadInput(f"{out_path}: exists; pass --resume to continue it, or choose another --out")
@@ -104,7 +108,13 @@ def run_batch(
 
     def build(r: BatchRow) -> GenerationRequest:
         return mg.request(
-            r.question, r.images, system=r.system, think=think, max_new_tokens=max_new_tokens, preset=r.preset
+            r.question,
+            r.images,
+            system=r.system,
+            think=think,
+            max_new_tokens=max_new_tokens,
+            preset=r.preset,
+            json_schema=schema,
         )
 
     def on_batch(outs: list[Outcome[BatchRow]]) -> None:
@@ -116,8 +126,13 @@ def run_batch(
                 recs.append({"key": o.job.id, "id": o.job.id, "error": o.error})
                 continue
             s = split_thought(o.completion.text)
+            rec: dict[str, Any] = {}
+            if schema is not None:
+                value, error = validate_answer(s.answer, schema, o.completion.finish_reason)
+                rec = {"object": value} if error is None else {"error": error}
             recs.append(
-                {
+                rec
+                | {
                     "key": o.job.id,
                     "id": o.job.id,
                     "answer": s.answer,

@@ -242,17 +242,27 @@ def batch(
         ),
     ] = None,
     stow: StowOpt = None,
+    schema: Annotated[
+        Optional[Path],
+        typer.Option("--schema", help="JSON schema every answer must follow (decoded under it, validated, 'object')"),
+    ] = None,
 ) -> None:
     """Answer every row of a JSONL file (no scoring), resumable, batched.
 
+    With --schema each answer is decoded under the JSON schema and validated again: a valid one is also written as
+    "object", one that is not (cut at the token limit) gets an "error" and the run goes on.
+
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
     Example: medgemma batch -m medgemma-1.5-4b-it --input ct_rows.jsonl -o answers.jsonl --sr srs/ --stow https://pacs/dicom-web
+    Example: medgemma batch -m medgemma-4b-it --input rows.jsonl -o answers.jsonl --schema lab.json
     """
     from ..batch.run import read_batch_rows, run_batch
     from ..eval.generation import AUTO_BATCH_CEILING
+    from ..extract import read_schema
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
+    parsed = read_schema(schema) if schema is not None else None
     rows = read_batch_rows(input, on_error)  # report a bad file before loading a model
     if sr is not None or stow is not None:
         _check_batch_sr(rows, sr, stow)
@@ -266,6 +276,7 @@ def batch(
         max_new_tokens=max_new_tokens,
         think=think,
         on_error=on_error,
+        schema=parsed,
     )
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
     if sr is not None:

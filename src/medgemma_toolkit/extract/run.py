@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..api import MedGemma
+from ..backends.constrain import validate_answer
 from ..errors import BadInput, MedGemmaError
+from ..eval.records import RecordLog, read_records
 from ..imaging import ImageOptions
 from ..imaging.manifest import prompt_manifest
 from ..jsondepth import loads_bounded
+from ..prompts.thinking import split_thought
+from .documents import Document
 
 DEFAULT_INSTRUCTION = "Extract the information in this document as one JSON object that follows this JSON schema:"
 MAX_SCHEMA_BYTES = 256 * 1024
@@ -62,28 +66,50 @@ def read_schema(path: str | Path, flag: str = "--schema") -> dict[str, Any]:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         raise BadInput(f"{flag} {p}: not a valid JSON schema ({e.message[:160]})") from None
-    return check_schema(schema)
+    try:
+        return check_schema(schema)
+    except BadInput as e:
+        raise BadInput(f"{flag} {p}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How each document is asked: the text before the schema, the answer's token limit, how files are read
+    (`image_options.pdf_text`: PDFs' text layer instead of page images), and thinking (`think`: a free thought
+    before the constrained answer, closed after `max_thought_tokens` where given)."""
+
+    instruction: str = DEFAULT_INSTRUCTION
+    max_new_tokens: int = 1024
+    image_options: ImageOptions = ImageOptions()
+    think: bool = False
+    max_thought_tokens: int | None = None
 
 
 def extract_documents(
     model: MedGemma,
     schema: dict[str, Any],
-    documents: Sequence[str],
-    *,
-    instruction: str = DEFAULT_INSTRUCTION,
-    max_new_tokens: int = 1024,
-    image_options: ImageOptions = ImageOptions(),
+    documents: Sequence[str | Document],
+    settings: ExtractSettings = ExtractSettings(),
 ) -> Iterator[Extraction]:
     """One `Extraction` per document, in order; a document that fails yields its error and the run goes on."""
-    import jsonschema
-
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    instruction = settings.instruction
     question = f"{instruction}\n{json.dumps(schema, separators=(',', ':'))}"
-    for doc in documents:
-        result = Extraction(source=doc)
+    for item in documents:
+        doc = item if isinstance(item, Document) else Document(item, item)
+        result = Extraction(source=doc.source)
+        if doc.error is not None:
+            result.error = doc.error
+            yield result
+            continue
         try:
             req = model.request(
-                question, [doc], max_new_tokens=max_new_tokens, image_options=image_options, json_schema=schema
+                question,
+                [doc.source],
+                max_new_tokens=settings.max_new_tokens,
+                image_options=settings.image_options,
+                json_schema=schema,
+                think=settings.think,
+                max_thought_tokens=settings.max_thought_tokens,
             )
             result.pages = prompt_manifest(req.prompt)
             answer = model.backend.generate([req])[0]
@@ -92,16 +118,38 @@ def extract_documents(
             yield result
             continue
         result.raw, result.finish_reason = answer.text, answer.finish_reason
-        try:
-            value = json.loads(answer.text)
-        except ValueError:
-            why = "the answer was cut at the token limit" if answer.finish_reason == "length" else "not JSON"
-            result.error = f"{why}; raise --max-new-tokens or bound the schema (maxLength, maxItems)"
-            yield result
-            continue
-        problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
-        if problems:
-            result.error = f"answer does not validate: {problems[0].message[:200]}"
-        else:
-            result.object = value
+        reply = split_thought(answer.text).answer  # `raw` keeps the thought; the answer alone is the JSON
+        result.object, result.error = validate_answer(reply, schema, answer.finish_reason)
         yield result
+
+
+def extract_to_file(
+    model: MedGemma,
+    schema: dict[str, Any],
+    documents: Sequence[Document],
+    out: Path,
+    settings: ExtractSettings = ExtractSettings(),
+    *,
+    resume: bool = False,
+) -> Iterator[Extraction]:
+    """`extract_documents` over the documents `out` does not hold yet, each result appended to `out` as one JSON
+    line ({"key", "source", "object", "error", "raw", "finish_reason", "pages"}) and fsync'd before the next
+    document starts: `batch`'s record log, so a kill leaves at most a torn last line, which `--resume` drops. A
+    failed document is a result too: a re-run does not retry it (delete its line to)."""
+    if out.exists() and out.stat().st_size > 0 and not resume:
+        raise BadInput(f"{out}: exists; pass --resume to continue it, or choose another --out")
+    log = RecordLog(out, resume=resume)
+    try:
+        pending = [d for d in documents if d.key not in log.done]
+        keys = iter(pending)
+        for result in extract_documents(model, schema, pending, settings):
+            log.append([{"key": next(keys).key, **result.to_dict()}])
+            yield result
+    finally:
+        log.close()
+
+
+def failed_keys(out: Path, documents: Sequence[Document]) -> list[str]:
+    """The keys of `documents` whose recorded result in `out` is an error (this run's and earlier runs')."""
+    wanted = {d.key for d in documents}
+    return [r["key"] for r in read_records(out)[0] if r.get("key") in wanted and r.get("error") is not None]

@@ -31,6 +31,9 @@ class DecodeBudget:
     max_cpu_s: float | None = None
     used_pixels: int = 0
     max_fetch_bytes: int | None = None
+    # Characters of document text layers (PDF `pdf_text`), summed over the request; None: no request-wide cap
+    max_text_chars: int | None = None
+    used_text_chars: int = 0
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
     _cpu_start: float | None = field(default=None, repr=False)
 
@@ -53,3 +56,12 @@ class DecodeBudget:
                 f"{name}: this request's images add up to over {self.max_pixels:,} pixels; send fewer or smaller images"
             )
         self.used_pixels += pixels
+
+    def charge_text(self, chars: int, name: str) -> None:
+        """Text read from documents counts against the request like pixels do: refused before it is kept."""
+        self.check_stop()
+        if self.max_text_chars is not None and self.used_text_chars + chars > self.max_text_chars:
+            raise ImageTooLarge(
+                f"{name}: this request's documents add up to over {self.max_text_chars:,} characters of text"
+            )
+        self.used_text_chars += chars

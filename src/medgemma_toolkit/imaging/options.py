@@ -40,6 +40,9 @@ class ImageOptions:
         processor does (False); None = the prompt preset's choice (padded, except `cxr-longitudinal`, which follows
         Google's longitudinal notebook: `preprocess_image = False`). `padded(options)` reads it.
     budget: pixels and CPU seconds shared by every image read with these options (`imaging.budget`); None = none.
+    pdf_text: PDFs: each page's text layer as text parts with page markers (True) or each page as an image
+        (False); None = images for a model with a vision tower, text for a text-only model (`MedGemma.media`).
+    max_text_chars: PDF text layers: characters one document may contribute; more is refused, not cut.
     """
 
     window: Window = None
@@ -54,6 +57,8 @@ class ImageOptions:
     patch_order: Literal["random", "spatial"] = "random"
     pad: bool | None = None
     budget: DecodeBudget | None = field(default=None, compare=False)
+    pdf_text: bool | None = None
+    max_text_chars: int = 200_000
 
 
 def padded(options: ImageOptions) -> bool:

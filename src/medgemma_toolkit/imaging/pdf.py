@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.messages import ImagePart, Part
+from ..core.messages import ImagePart, Part, TextPart
 from ..errors import BadInput, ImageTooLarge
 from .inputs import read_file_bytes
 from .options import ImageOptions, padded
@@ -75,8 +75,57 @@ def _page(page: Any, number: int, name: str, options: ImageOptions, size: int) -
     return ImagePart(to_model_image(image, size, padded(options)), label=f"page {number}", info=info)
 
 
+def pdf_text(data: bytes, name: str, options: ImageOptions) -> list[Part]:
+    """The PDF's text layer, one `TextPart` per page opening with its page marker ("[page 1 of 2]"), for models
+    without a vision tower, or for born-digital reports whose text is exact where a 896-px page image is not.
+
+    pypdfium2's text API (PDFium's own extraction, the text in reading order as the PDF stores it). The characters
+    are counted before any is kept: over `options.max_text_chars` (and the request budget's, where it has one) the
+    document is refused rather than cut, since a cut lab report would be extracted as if it were whole. A page with
+    no text layer (a scan) contributes its marker and "(no text layer)", so the model knows a page is missing."""
+    import pypdfium2 as pdfium
+
+    try:
+        doc = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        raise BadInput(f"{name}: cannot read the PDF ({str(e).splitlines()[0][:120]})") from None
+    try:
+        n = len(doc)
+        if n == 0:
+            raise BadInput(f"{name}: the PDF has no pages")
+        if n > MAX_PAGES:
+            raise BadInput(f"{name}: the PDF has {n} pages; at most {MAX_PAGES} are read (split the document)")
+        parts: list[Part] = []
+        used = 0
+        for i in range(n):
+            page = doc[i]
+            try:
+                textpage = page.get_textpage()
+                try:
+                    count = textpage.count_chars()
+                    used += max(0, count)
+                    if used > options.max_text_chars:
+                        raise ImageTooLarge(
+                            f"{name}: the text layer is over {options.max_text_chars:,} characters by page {i + 1}"
+                        )
+                    if options.budget is not None:
+                        options.budget.charge_text(max(0, count), f"{name} page {i + 1}")
+                    text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n").strip()
+                finally:
+                    textpage.close()
+            finally:
+                page.close()
+            parts.append(TextPart(f"[page {i + 1} of {n}]\n{text or '(no text layer)'}"))
+        return parts
+    finally:
+        doc.close()
+
+
 def read_pdf_source(source: str, options: ImageOptions, size: int) -> list[Part] | None:
-    """`load_parts` reader for PDF files (None for anything else)."""
+    """`load_parts` reader for PDF files (None for anything else): page images, or with `options.pdf_text` the
+    pages' text layer."""
     if not is_pdf(source):
         return None
+    if options.pdf_text:
+        return pdf_text(read_file_bytes(source), source, options)
     return pdf_pages(read_file_bytes(source), source, options, size)

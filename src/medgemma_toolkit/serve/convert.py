@@ -250,6 +250,7 @@ def to_generation_request(mg: MedGemma, body: ChatCompletionRequest, config: Ser
         stop=body.stop_list,
         preset=preset,
         json_schema=response_schema(body),
+        max_thought_tokens=opts.max_thought_tokens if opts else None,
     )
     req.logprobs = logprobs_wanted(mg, body)
     check_fits(mg.backend, req)

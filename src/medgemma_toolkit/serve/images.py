@@ -93,6 +93,7 @@ class ImageResolver:
             config.max_request_pixels,
             config.decode_budget_s,
             max_fetch_bytes=config.max_fetch_bytes,  # also each DICOMweb answer, counted as it streams
+            max_text_chars=ImageOptions().max_text_chars,  # PDF text layers: one document's cap, for all of them
             stop=CLIENT_GONE.get(),  # set by the gate when the client disconnects
         )
         self.options = ImageOptions(

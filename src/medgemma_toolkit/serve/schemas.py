@@ -62,6 +62,8 @@ class MedGemmaOptions(_Strict):
     comes back apart (`message.reasoning_content`, `delta.reasoning_content` when streaming)."""
 
     think: bool = False
+    # Closes a thought that reached this many tokens, so the answer (constrained by `response_format`) still comes
+    max_thought_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     window: tuple[float, float] | WindowName | None = None  # DICOM window; None: "container"
     ct_windows: Literal["notebook", "server"] | None = None  # CT volumes' RGB window preset; None: "notebook"
     # Google's longitudinal notebook: the last message's two images are the prior then the current (in that order);
