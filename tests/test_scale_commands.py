@@ -171,3 +171,24 @@ def test_scale_flags_checked_before_any_model_loads(tmp_path, pngs):
     for args, needle in cases:
         r = run_cli(*args)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+
+
+@pytest.mark.slow
+def test_embed_and_batch_on_a_two_node_ray_cluster(ray_cluster, siglip_dir, pngs, tmp_path):
+    """The issue's tests: `embed --ray` equals one process's vectors; `batch --ray` through a scripted upstream
+    gives one process's answers, and a re-run skips what is done. Actors on both nodes (one CPU each)."""
+    one = _embed(siglip_dir, pngs)
+    on_ray = _embed(siglip_dir, pngs, "--ray", ray_cluster.address, "--workers", "2")
+    _same_embeddings(one, on_ray)
+
+    inp = _rows(tmp_path / "rows.jsonl", 9)
+    with ScriptedUpstream(_echo) as up:
+        base = ["batch", "--upstream", up.url, "--input", str(inp), "--batch-size", "2"]
+        single = run_cli(*base, "--out", str(tmp_path / "one.jsonl"))
+        ray = run_cli(*base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--workers", "2")
+        assert single.returncode == 0 and ray.returncode == 0, (single.stderr, ray.stderr)
+        assert _answers(tmp_path / "one.jsonl") == _answers(tmp_path / "ray.jsonl")
+        n = len(up.requests)
+        again = run_cli(*base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--resume")
+        assert again.returncode == 0 and "0 rows answered, 9 already done" in again.stdout, again.stderr
+        assert len(up.requests) == n

@@ -45,6 +45,8 @@ def scatter_for(plan: ScalePlan, device: str, quiet: bool, what: str) -> Scatter
     gpus = num_gpus_for(device) if plan.ray_address is not None else 0.0
 
     def scatter(units: Sequence[Any], make_worker: MakeWorker, on_done: Callable[[Any, Any], None]) -> None:
+        if not units:  # a re-run with everything done starts no workers (and loads no model)
+            return
         run(units, make_worker, plan, on_done, quiet=quiet, what=what, num_gpus=gpus, batch_size=1)
 
     return scatter
