@@ -74,6 +74,12 @@ class RayCluster:
         kill_session(self.nodes[index].pid)
         self.nodes[index].wait(timeout=30)
 
+    def replace_node(self, index: int) -> None:
+        """Start a new worker node in place of the lost node `index` (as KubeRay replaces a pod) and wait for it."""
+        self.nodes.pop(index)
+        self.add_node()
+        self.wait_nodes(len(self.nodes))
+
     def alive_nodes(self) -> int:
         """Nodes the cluster counts as alive, asked from a separate driver process."""
         code = "import ray; ray.init(address=%r, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
