@@ -44,11 +44,11 @@ def pngs(tmp_path_factory) -> list[Path]:
     return out
 
 
-def _embed(siglip_dir: Path, pngs: list[Path], *extra: str) -> dict:
+def _embed(siglip_dir: Path, pngs: list[Path], *extra: str, env: dict[str, str] | None = None) -> dict:
     args = ["embed", "-m", str(siglip_dir), "--batch-size", "3", "--text", "edema", "--text", "normal"]
     for p in pngs:
         args += ["-i", str(p)]
-    r = run_cli(*args, "--json", *extra)
+    r = run_cli(*args, "--json", *extra, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -186,18 +186,21 @@ def test_ray_actors_reserve_a_gpu_only_for_a_model_on_a_gpu():
 def test_embed_and_batch_on_a_two_node_ray_cluster(ray_cluster, siglip_dir, pngs, tmp_path):
     """The issue's tests: `embed --ray` equals one process's vectors; `batch --ray` through a scripted upstream
     gives one process's answers, and a re-run skips what is done. Actors on both nodes (one CPU each)."""
+    env = {"PYTHONPATH": ray_cluster.env["PYTHONPATH"]}  # the driver imports the tree the nodes import
     one = _embed(siglip_dir, pngs)
-    on_ray = _embed(siglip_dir, pngs, "--ray", ray_cluster.address, "--workers", "2")
+    on_ray = _embed(siglip_dir, pngs, "--ray", ray_cluster.address, "--workers", "2", env=env)
     _same_embeddings(one, on_ray)
 
     inp = _rows(tmp_path / "rows.jsonl", 9)
     with ScriptedUpstream(_echo) as up:
         base = ["batch", "--upstream", up.url, "--input", str(inp), "--batch-size", "2"]
         single = run_cli(*base, "--out", str(tmp_path / "one.jsonl"))
-        ray = run_cli(*base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--workers", "2")
+        ray = run_cli(
+            *base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--workers", "2", env=env
+        )
         assert single.returncode == 0 and ray.returncode == 0, (single.stderr, ray.stderr)
         assert _answers(tmp_path / "one.jsonl") == _answers(tmp_path / "ray.jsonl")
         n = len(up.requests)
-        again = run_cli(*base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--resume")
+        again = run_cli(*base, "--out", str(tmp_path / "ray.jsonl"), "--ray", ray_cluster.address, "--resume", env=env)
         assert again.returncode == 0 and "0 rows answered, 9 already done" in again.stdout, again.stderr
         assert len(up.requests) == n
