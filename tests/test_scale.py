@@ -144,3 +144,9 @@ def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, tmp_path, cli):
     r = cli("deid", "--ray", "auto", str(tmp_path / "in"), str(tmp_path / "out"))
     assert r.returncode == 2 and "--ray needs Ray Data: pip install 'medgemma-toolkit[ray]'" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_nothing_to_do_starts_no_worker():
+    calls = []
+    stats = run([], functools.partial(make_failing, "value"), ScalePlan(workers=2), lambda u, r: calls.append(u))
+    assert stats.units == stats.workers == 0 and not calls

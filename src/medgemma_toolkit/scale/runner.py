@@ -80,6 +80,8 @@ def run(
     if plan.ray_address is not None:
         require_ray()
     n = len(units)
+    if n == 0:  # e.g. a resumed run with nothing left: no worker is started, no model loaded
+        return RunStats(0, 0)
     with progress(n, quiet, what) as tick:
 
         def done(i: int, result: Any) -> None:
@@ -94,7 +96,7 @@ def run(
         if plan.ray_address is None:
             from .local import run_pool
 
-            workers = min(plan.workers, max(n, 1))
+            workers = min(plan.workers, n)
             run_pool(enumerate(units), make_worker, workers, max(1, min(batch_size, n // (workers * 4) or 1)), done)
             return RunStats(n, workers)
         from .ray_data import run_ray
