@@ -122,3 +122,31 @@ def test_ray_worker_errors_are_one_line(ray_cluster):
     with pytest.raises(WorkerFailed) as e:
         run(list(range(6)), functools.partial(make_failing, "value"), plan, lambda u, r: None)
     assert "Doe" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gpus_per_actor_follow_the_device():
+    from medgemma_toolkit.scale import gpus_for_device
+
+    assert [gpus_for_device(d) for d in ("cuda", "cuda:1", "cpu", "mps", "auto")] == [1.0, 1.0, 0.0, 0.0, None]
+
+
+def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, tmp_path, cli):
+    """Where Ray is not installed (an import that fails, as on a machine without the extra)."""
+    import sys
+
+    from medgemma_toolkit.errors import BackendUnavailable
+    from medgemma_toolkit.scale import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(BackendUnavailable, match=r"pip install 'medgemma-toolkit\[ray\]'"):
+        require_ray()
+    (tmp_path / "in").mkdir()
+    r = cli("deid", "--ray", "auto", str(tmp_path / "in"), str(tmp_path / "out"))
+    assert r.returncode == 2 and "--ray needs Ray Data: pip install 'medgemma-toolkit[ray]'" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_nothing_to_do_starts_no_worker():
+    calls = []
+    stats = run([], functools.partial(make_failing, "value"), ScalePlan(workers=2), lambda u, r: calls.append(u))
+    assert stats.units == stats.workers == 0 and not calls

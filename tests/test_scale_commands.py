@@ -173,15 +173,6 @@ def test_scale_flags_checked_before_any_model_loads(tmp_path, pngs):
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
 
 
-def test_ray_actors_reserve_a_gpu_only_for_a_model_on_a_gpu():
-    import torch
-
-    from medgemma_toolkit.cli.scaling import num_gpus_for
-
-    assert [num_gpus_for(d) for d in ("cuda", "cuda:1", "cpu", "mps")] == [1.0, 1.0, 0.0, 0.0]
-    assert num_gpus_for("auto") == (1.0 if torch.cuda.is_available() else 0.0)
-
-
 @pytest.mark.slow
 def test_embed_and_batch_on_a_two_node_ray_cluster(ray_cluster, siglip_dir, pngs, tmp_path):
     """The issue's tests: `embed --ray` equals one process's vectors; `batch --ray` through a scripted upstream

@@ -254,7 +254,10 @@ def batch(
         raise BadInput("--on-error must be 'skip' or 'fail'")
     plan = sc.plan()
     read_batch_rows(input, on_error)  # report a bad file before loading a model
-    load_extra: dict[str, Any] = {"max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING, "workload": "throughput"}
+    load_extra: dict[str, Any] = {
+        "max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING,
+        "workload": "throughput",
+    }
     if plan.parallel:
         from ..batch.scaled import run_batch_scattered
         from .scaling import model_loader, scatter_for

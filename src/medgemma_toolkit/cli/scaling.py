@@ -21,28 +21,16 @@ if TYPE_CHECKING:
     from .common import ModelOptions
 
 
-def num_gpus_for(device: str) -> float:
-    """GPUs each Ray actor reserves: 1 for a model on a GPU (`--device cuda[:N]`, or `auto` on a driver that sees
-    one), 0 on the CPU. A CPU-only head node sending work to GPU nodes says `--device cuda`."""
-    if device.startswith("cuda"):
-        return 1.0
-    if device == "auto":
-        try:
-            import torch
-        except ImportError:
-            return 0.0
-        return 1.0 if torch.cuda.is_available() else 0.0
-    return 0.0
-
-
 def scatter_for(plan: ScalePlan, device: str, quiet: bool, what: str) -> Scatter | None:
     """The `Scatter` of `plan` (None for the unchanged single-process path). Units are already batches where
     batching matters, so each message to a worker carries one unit."""
     if not plan.parallel:
         return None
-    from ..scale import run
+    from ..scale import gpus_for_device, run
 
-    gpus = num_gpus_for(device) if plan.ray_address is not None else 0.0
+    # Ray actors: 1 GPU each for `--device cuda[:N]`, 0 for cpu/mps, and for auto one each where the cluster has
+    # GPUs (decided once connected). A local pool reserves nothing: its processes share this machine's devices.
+    gpus = gpus_for_device(device) if plan.ray_address is not None else 0.0
 
     def scatter(units: Sequence[Any], make_worker: MakeWorker, on_done: Callable[[Any, Any], None]) -> None:
         if not units:  # a re-run with everything done starts no workers (and loads no model)

@@ -7,7 +7,7 @@ Commands pass callables in; this package never imports a model, a backend or the
 from .errors import WorkerFailed
 from .journal import Journal, write_bytes_atomic
 from .order import InOrder
-from .plan import RAY_EXTRA, ScalePlan, check_address, require_ray
+from .plan import RAY_EXTRA, ScalePlan, check_address, gpus_for_device, require_ray
 from .runner import RunStats, progress, run
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ScalePlan",
     "WorkerFailed",
     "check_address",
+    "gpus_for_device",
     "progress",
     "require_ray",
     "run",

@@ -70,3 +70,14 @@ def require_ray() -> None:
         import ray.data  # noqa: F401
     except ImportError:
         raise BackendUnavailable(f"--ray needs Ray Data: {RAY_EXTRA}") from None
+
+
+def gpus_for_device(device: str) -> float | None:
+    """GPUs each Ray actor reserves for a model on `device` (the commands' `--device`): 1 for "cuda"/"cuda:N",
+    0 for "cpu" and "mps" (no Ray GPU resource), None for "auto": one per actor when the cluster has GPUs."""
+    d = device.strip().lower()
+    if d.startswith("cuda"):
+        return 1.0
+    if d == "auto":
+        return None
+    return 0.0

@@ -97,7 +97,7 @@ def run_ray(
     plan: ScalePlan,
     on_done: Callable[[int, Any], None],
     num_cpus: float,
-    num_gpus: float,
+    num_gpus: float | None,
     batch_size: int,
 ) -> None:
     """Apply the worker to every unit on the Ray cluster of `plan`; `on_done(index, result)` in the driver."""
@@ -115,6 +115,8 @@ def run_ray(
         ctx.execution_options.preserve_order = False
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its "Full stack trace" would quote messages
+        if num_gpus is None:  # --device auto: a GPU per actor where the cluster has GPUs
+            num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         n = actors(plan.workers, num_cpus, num_gpus)
         rows = [{"i": i, "unit": pickle.dumps(u, protocol=pickle.HIGHEST_PROTOCOL)} for i, u in enumerate(units)]
         blocks = max(1, min(len(rows), -(-len(rows) // batch_size)))

@@ -58,7 +58,7 @@ def run(
     quiet: bool = False,
     what: str = "units",
     num_cpus: float = 1.0,
-    num_gpus: float = 0.0,
+    num_gpus: float | None = 0.0,
     batch_size: int = 8,
 ) -> RunStats:
     """Apply `make_worker()` to every unit; `on_result(unit, result)` runs in this process, in completion order.
@@ -66,7 +66,8 @@ def run(
     - `plan.parallel` False: here, in this process (the worker built once) and in input order: the default path.
     - `plan.workers` > 1 without Ray: a `spawn` process pool (`local.py`).
     - `plan.ray_address`: Ray Data actors (`ray_data.py`), `num_cpus`/`num_gpus` reserved by each (derive
-      `num_gpus` from `--device`: 1 for a model on a GPU, 0 on CPU).
+      `num_gpus` from `--device` with `gpus_for_device`: 1 for a model on a GPU, 0 on CPU, None for "auto":
+      one each when the cluster has GPUs).
 
     `make_worker` and the units must pickle (a module-level function or a `functools.partial` of one with plain
     arguments), as must the results. Workers must be idempotent: Ray re-runs a batch whose actor was lost, and a
@@ -79,6 +80,8 @@ def run(
     if plan.ray_address is not None:
         require_ray()
     n = len(units)
+    if n == 0:  # e.g. a resumed run with nothing left: no worker is started, no model loaded
+        return RunStats(0, 0)
     with progress(n, quiet, what) as tick:
 
         def done(i: int, result: Any) -> None:
@@ -93,7 +96,7 @@ def run(
         if plan.ray_address is None:
             from .local import run_pool
 
-            workers = min(plan.workers, max(n, 1))
+            workers = min(plan.workers, n)
             run_pool(enumerate(units), make_worker, workers, max(1, min(batch_size, n // (workers * 4) or 1)), done)
             return RunStats(n, workers)
         from .ray_data import run_ray

@@ -104,8 +104,8 @@ class RayCluster:
                 pass
 
 
-def start_cluster(temp_dir: Path, source_root: Path | None = None, nodes: int = 2) -> RayCluster:
-    """A head node plus `nodes - 1` worker nodes, 1 CPU each, on 127.0.0.1; `source_root` first on the workers'
+def start_cluster(temp_dir: Path, source_root: Path | None = None, nodes: int = 2, head_cpus: int = 1) -> RayCluster:
+    """A head node (`head_cpus` CPUs) plus `nodes - 1` worker nodes of 1 CPU, on 127.0.0.1; `source_root` first on the workers'
     PYTHONPATH (so they import the toolkit under test, not an installed copy)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -113,7 +113,7 @@ def start_cluster(temp_dir: Path, source_root: Path | None = None, nodes: int = 
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source_root), os.environ.get("PYTHONPATH", "")) if p)
     port = _free_port()
     cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, env)
-    cmd = [_ray_bin(), "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
+    cmd = [_ray_bin(), "start", "--head", "--port", str(port), "--num-cpus", str(head_cpus), "--include-dashboard=false",
            "--temp-dir", str(temp_dir), "--node-ip-address", "127.0.0.1", "--object-store-memory",
            str(OBJECT_STORE_BYTES), "--disable-usage-stats", "--block"]  # fmt: skip
     log = open(temp_dir / "head.log", "wb")
