@@ -177,7 +177,7 @@ def test_scale_flags_checked_before_any_model_loads(tmp_path, pngs):
 def test_embed_and_batch_on_a_two_node_ray_cluster(ray_cluster, siglip_dir, pngs, tmp_path):
     """The issue's tests: `embed --ray` equals one process's vectors; `batch --ray` through a scripted upstream
     gives one process's answers, and a re-run skips what is done. Actors on both nodes (one CPU each)."""
-    env = {"PYTHONPATH": ray_cluster.env["PYTHONPATH"]}  # the driver imports the tree the nodes import
+    env = ray_cluster.env  # the driver imports the tree the nodes import, and joins as they do
     one = _embed(siglip_dir, pngs)
     on_ray = _embed(siglip_dir, pngs, "--ray", ray_cluster.address, "--workers", "2", env=env)
     _same_embeddings(one, on_ray)

@@ -108,7 +108,9 @@ def start_cluster(temp_dir: Path, source_root: Path | None = None, nodes: int = 
     """A head node (`head_cpus` CPUs) plus `nodes - 1` worker nodes of 1 CPU, on 127.0.0.1; `source_root` first on the workers'
     PYTHONPATH (so they import the toolkit under test, not an installed copy)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A private loopback cluster: no token auth (Ray 2.60 turns it on when a ~/.ray/auth_token exists, which the
+    # worker nodes then fail to present), so several test runs on one machine do not depend on that shared file.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     if source_root is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source_root), os.environ.get("PYTHONPATH", "")) if p)
     port = _free_port()
