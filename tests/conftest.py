@@ -148,6 +148,25 @@ SMALL_SERIES = "1.2.826.0.1.3680043.8.498.5"
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on loopback (a head and one worker node, 1 CPU each, each its own `ray start`
+    process session) whose workers import this source tree; torn down by killing exactly those sessions (never
+    `ray stop`, which would stop every Ray of this user on the machine). About 30 s to start: mark users slow."""
+    import tempfile
+
+    import medgemma_toolkit
+    from medgemma_toolkit.testing.ray_cluster import start_cluster
+
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    cluster = start_cluster(temp, Path(medgemma_toolkit.__file__).resolve().parents[1])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

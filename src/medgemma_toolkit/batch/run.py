@@ -85,6 +85,62 @@ def read_batch_rows(path: Path, on_error: str) -> list[BatchRow]:
     return rows
 
 
+def row_request(
+    mg: MedGemma, r: BatchRow, think: bool, max_new_tokens: int | None, schema: dict[str, Any] | None = None
+) -> GenerationRequest:
+    """The request one row makes (in this process, or in a worker of `batch --workers/--ray`)."""
+    return mg.request(
+        r.question,
+        r.images,
+        system=r.system,
+        think=think,
+        max_new_tokens=max_new_tokens,
+        preset=r.preset,
+        json_schema=schema,
+    )
+
+
+def records_of(
+    outs: list[Outcome[BatchRow]], on_error: str, schema: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The output rows of one finished batch (written by the driver, whichever process generated them). `schema`:
+    an answer that validates gets its value as "object"; one that does not keeps its text and gets an "error"."""
+    recs: list[dict[str, Any]] = []
+    for o in outs:
+        if o.completion is None:
+            if on_error == "fail":
+                raise BadInput(f"{o.job.location}: {o.error}")
+            recs.append({"key": o.job.id, "id": o.job.id, "error": o.error})
+            continue
+        s = split_thought(o.completion.text)
+        rec: dict[str, Any] = {}
+        if schema is not None:
+            value, error = validate_answer(s.answer, schema, o.completion.finish_reason)
+            rec = {"object": value} if error is None else {"error": error}
+        recs.append(
+            rec
+            | {
+                "key": o.job.id,
+                "id": o.job.id,
+                "answer": s.answer,
+                "thought": s.thought,
+                "finish_reason": o.completion.finish_reason,
+                "prompt_tokens": o.completion.prompt_tokens,
+                "completion_tokens": o.completion.completion_tokens,
+                "seconds": round(o.seconds, 4),
+            }
+        )
+    return recs
+
+
+def open_log(input_path: Path, out_path: Path, resume: bool, on_error: str) -> tuple[list[BatchRow], RecordLog]:
+    """The rows and the output log (refusing to overwrite a finished file without --resume)."""
+    rows = read_batch_rows(input_path, on_error)
+    if out_path.exists() and out_path.stat().st_size > 0 and not resume:
+        raise BadInput(f"{out_path}: exists; pass --resume to continue it, or choose another --out")
+    return rows, RecordLog(out_path, resume=resume)
+
+
 def run_batch(
     mg: MedGemma,
     input_path: Path,
@@ -100,50 +156,14 @@ def run_batch(
 ) -> dict[str, Any]:
     """`schema`: every answer is decoded under it and validated again; a row whose answer does not validate keeps
     its answer text and gets an "error" (the run goes on); one that does gets its value as "object"."""
-    rows = read_batch_rows(input_path, on_error)
-    if out_path.exists() and out_path.stat().st_size > 0 and not resume:
-        raise BadInput(f"{out_path}: exists; pass --resume to continue it, or choose another --out")
-    log = RecordLog(out_path, resume=resume)
+    rows, log = open_log(input_path, out_path, resume, on_error)
     pending = [r for r in rows if r.id not in log.done]
 
     def build(r: BatchRow) -> GenerationRequest:
-        return mg.request(
-            r.question,
-            r.images,
-            system=r.system,
-            think=think,
-            max_new_tokens=max_new_tokens,
-            preset=r.preset,
-            json_schema=schema,
-        )
+        return row_request(mg, r, think, max_new_tokens, schema)
 
     def on_batch(outs: list[Outcome[BatchRow]]) -> None:
-        recs: list[dict[str, Any]] = []
-        for o in outs:
-            if o.completion is None:
-                if on_error == "fail":
-                    raise BadInput(f"{o.job.location}: {o.error}")
-                recs.append({"key": o.job.id, "id": o.job.id, "error": o.error})
-                continue
-            s = split_thought(o.completion.text)
-            rec: dict[str, Any] = {}
-            if schema is not None:
-                value, error = validate_answer(s.answer, schema, o.completion.finish_reason)
-                rec = {"object": value} if error is None else {"error": error}
-            recs.append(
-                rec
-                | {
-                    "key": o.job.id,
-                    "id": o.job.id,
-                    "answer": s.answer,
-                    "thought": s.thought,
-                    "finish_reason": o.completion.finish_reason,
-                    "prompt_tokens": o.completion.prompt_tokens,
-                    "completion_tokens": o.completion.completion_tokens,
-                    "seconds": round(o.seconds, 4),
-                }
-            )
-        log.append(recs)
+        log.append(records_of(outs, on_error, schema))
 
     size = batch_size or auto_batch_size(mg.backend, images=any(r.images for r in pending))
     try:

@@ -22,6 +22,7 @@ from ..core.options import LoadOptions
 if TYPE_CHECKING:
     from ..api import MedGemma
     from ..imaging import ImageOptions
+    from ..scale import ScalePlan
 
 ModelOpt = Annotated[
     Optional[str],
@@ -225,3 +226,42 @@ def option_groups(**groups: type) -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return wrap
+
+
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        metavar="N",
+        help="Worker processes on this machine (default 1: this process); with --ray, Ray actors (default: one per CPU of the cluster)",
+    ),
+]
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run on a Ray cluster: 'auto' (the one this machine joined), HOST:PORT of its head, or 'local'; needs the ray extra",
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleArgs:
+    """Where batch work runs: `--workers N` (a local process pool) and `--ray ADDRESS` (Ray Data actors)."""
+
+    workers: WorkersOpt = None
+    ray: RayOpt = None
+
+    def plan(self) -> ScalePlan:
+        """The checked `ScalePlan` (a bad value, or --ray without Ray installed, is one line)."""
+        from ..scale import ScalePlan, require_ray
+
+        default = 0 if self.ray is not None else 1
+        plan = ScalePlan(workers=default if self.workers is None else self.workers, ray_address=self.ray)
+        if plan.ray_address is not None:
+            require_ray()
+        return plan
+
+
+SCALE_DEFAULTS = ScaleArgs()

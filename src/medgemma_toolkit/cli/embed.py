@@ -16,7 +16,17 @@ if TYPE_CHECKING:
     from ..embed import MedSigLIP
 
 from . import app
-from .common import IMAGE_DEFAULTS, DeviceOpt, DownloadOpt, DTypeOpt, ImageArgs, check_sources, option_groups
+from .common import (
+    IMAGE_DEFAULTS,
+    SCALE_DEFAULTS,
+    DeviceOpt,
+    DownloadOpt,
+    DTypeOpt,
+    ImageArgs,
+    ScaleArgs,
+    check_sources,
+    option_groups,
+)
 
 ImagesOpt = Annotated[
     Optional[list[str]],
@@ -44,8 +54,9 @@ class EmbedModelOptions:
     dtype: DTypeOpt = "auto"
     allow_download: DownloadOpt = False
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16
-    workers: Annotated[
-        Optional[int], typer.Option(help="Threads decoding images ahead of the model (default: up to 4)")
+    decode_threads: Annotated[
+        Optional[int],
+        typer.Option("--decode-threads", help="Threads decoding images ahead of the model (default: up to 4)"),
     ] = None
     resize: Annotated[
         str,
@@ -64,7 +75,7 @@ class EmbedModelOptions:
             allow_download=self.allow_download,
             resize=self.resize,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            workers=self.workers,
+            workers=self.decode_threads,
         )
 
 
@@ -103,7 +114,7 @@ def _need_images(image: list[str] | None) -> list[str]:
 
 
 @app.command()
-@option_groups(eo=EmbedModelOptions, img=ImageArgs)
+@option_groups(eo=EmbedModelOptions, img=ImageArgs, sc=ScaleArgs)
 def embed(
     eo: EmbedModelOptions = EMBED_DEFAULTS,
     image: ImagesOpt = None,
@@ -114,10 +125,12 @@ def embed(
     ] = None,
     as_json: JsonOpt = False,
     img: ImageArgs = IMAGE_DEFAULTS,
+    sc: ScaleArgs = SCALE_DEFAULTS,
 ) -> None:
     """Image and text embeddings (unit vectors) from MedSigLIP; one per model input image, with its manifest.
 
     Example: medgemma embed --image cxr.dcm --image ct_series/ --text "pleural effusion" --out emb.parquet
+    Example: medgemma embed --image a.dcm --image b.dcm --out emb.parquet --workers 2
     """
     import numpy as np
 
@@ -128,21 +141,35 @@ def embed(
         raise BadInput("give --image and/or --text")
     check_sources(image)
     opts = img.options()
-    ms = eo.load()
-    with progress_bar(len(image or []), as_json) as prog:
-        ims = ms.embed_images(image or [], opts, prog)
-    txs = ms.embed_texts(text) if text else None
+    plan = sc.plan()
+    if plan.parallel:
+        import functools
+
+        from ..embed.scaled import EmbedWorker, embed_scattered
+        from .scaling import scatter_for
+
+        scatter = scatter_for(plan, eo.device, quiet=as_json, what="image groups")
+        assert scatter is not None
+        worker = EmbedWorker(functools.partial(EmbedModelOptions.load, eo), opts)
+        ims, txs, info = embed_scattered(scatter, worker, image or [], text, eo.batch_size)
+    else:
+        ms = eo.load()
+        with progress_bar(len(image or []), as_json) as prog:
+            ims = ms.embed_images(image or [], opts, prog)
+        txs = ms.embed_texts(text) if text else None
+        info = ms.info()
     rows = rows_for(ims.entries, "image") + (rows_for(txs.entries, "text") if txs else [])
     vecs = np.concatenate([ims.vectors] + ([txs.vectors] if txs else []))
     written = write_embeddings(out, rows, vecs) if out is not None else []
     if as_json:
         items = [{**r, "embedding": [float(v) for v in vec]} for r, vec in zip(rows, vecs)]
-        print(json.dumps({**ms.info(), "items": items, "files": [str(p) for p in written]}, ensure_ascii=False))
+        print(json.dumps({**info, "items": items, "files": [str(p) for p in written]}, ensure_ascii=False))
         return
     for r, vec in zip(rows, vecs):
         what = r["text"] if r["kind"] == "text" else _describe(r)
         print(f"{r['kind']:5} {what}: [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...]")
-    print(f"{len(rows)} embedding(s) of size {ms.dim} from {ms.name}" + (f"; wrote {written[0]}" if written else ""))
+    done = f"{len(rows)} embedding(s) of size {info['dim']} from {info['model']}"
+    print(done + (f"; wrote {written[0]}" if written else ""))
 
 
 def _describe(r: dict[str, Any]) -> str:

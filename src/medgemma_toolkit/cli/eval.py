@@ -11,7 +11,7 @@ import typer
 
 from ..errors import BadInput
 from . import app
-from .common import MODEL_DEFAULTS, ModelOptions, option_groups
+from .common import MODEL_DEFAULTS, SCALE_DEFAULTS, ModelOptions, ScaleArgs, option_groups
 from .sr import StowOpt
 
 eval_app = typer.Typer(invoke_without_command=True)  # help: eval_run's docstring
@@ -31,10 +31,11 @@ def _batch_size(value: str) -> int | None:
 
 
 @eval_app.callback()
-@option_groups(mo=ModelOptions)
+@option_groups(mo=ModelOptions, sc=ScaleArgs)
 def eval_run(
     ctx: typer.Context,
     mo: ModelOptions = MODEL_DEFAULTS,
+    sc: ScaleArgs = SCALE_DEFAULTS,
     task: Annotated[
         Optional[str], typer.Option("--task", help="Task name (see `medgemma eval list`) or a task .yaml file")
     ] = None,
@@ -104,14 +105,17 @@ def eval_run(
 
     Example: medgemma eval --task medqa --limit 5
     Example: medgemma eval --model medgemma-4b-it --task medqa --data medqa_test.jsonl --out runs/medqa
+    Example: medgemma eval --model medgemma-4b-it --task medqa --data medqa_test.jsonl --workers 2
     Example: medgemma eval list
     """
     if ctx.invoked_subcommand is not None:
         return
+    plan = sc.plan()
     from ..eval.conventions import get_convention
     from ..eval.generation import AUTO_BATCH_CEILING
     from ..eval.runner import EvalOptions, default_run_dir, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
+    from .scaling import model_loader, scatter_for
 
     if task is None:
         raise BadInput("--task is required (see `medgemma eval list`)")
@@ -146,8 +150,10 @@ def eval_run(
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     if mode == "loglikelihood":
         mo = scoring_model_options(mo)
-    mg = mo.load(max_batch_size=opts.batch_size or AUTO_BATCH_CEILING, workload="throughput")
-    summary = run_eval(mg, opts)
+    load_extra: dict[str, Any] = {"max_batch_size": opts.batch_size or AUTO_BATCH_CEILING, "workload": "throughput"}
+    mg = mo.load(**load_extra)
+    scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
+    summary = run_eval(mg, opts, scatter, model_loader(mo, notice=False, **load_extra) if scatter else None)
     m = summary["metrics"][spec.primary_metric]
     ci = (
         ""
@@ -225,11 +231,12 @@ def eval_compare(
 
 
 @app.command()
-@option_groups(mo=ModelOptions)
+@option_groups(mo=ModelOptions, sc=ScaleArgs)
 def batch(
     input: Annotated[Path, typer.Option("--input", help="JSONL rows: {id, question, images?, system?}")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results JSONL (appended per batch)")],
     mo: ModelOptions = MODEL_DEFAULTS,
+    sc: ScaleArgs = SCALE_DEFAULTS,
     resume: Annotated[bool, typer.Option("--resume", help="Skip rows already in --out")] = False,
     batch_size: Annotated[str, typer.Option(help="Prompts per batch, or 'auto'")] = "auto",
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the preset's")] = None,
@@ -255,6 +262,7 @@ def batch(
     Example: medgemma batch --model medgemma-4b-it --input rows.jsonl --out answers.jsonl
     Example: medgemma batch -m medgemma-1.5-4b-it --input ct_rows.jsonl -o answers.jsonl --sr srs/ --stow https://pacs/dicom-web
     Example: medgemma batch -m medgemma-4b-it --input rows.jsonl -o answers.jsonl --schema lab.json
+    Example: medgemma batch --upstream http://gpu:8000/v1 --input rows.jsonl --out answers.jsonl --workers 4
     """
     from ..batch.run import read_batch_rows, run_batch
     from ..eval.generation import AUTO_BATCH_CEILING
@@ -262,11 +270,38 @@ def batch(
 
     if on_error not in ("skip", "fail"):
         raise BadInput("--on-error must be 'skip' or 'fail'")
+    plan = sc.plan()
     parsed = read_schema(schema) if schema is not None else None
     rows = read_batch_rows(input, on_error)  # report a bad file before loading a model
     if sr is not None or stow is not None:
         _check_batch_sr(rows, sr, stow)
-    mg = mo.load(max_batch_size=_batch_size(batch_size) or AUTO_BATCH_CEILING, workload="throughput")
+    load_extra: dict[str, Any] = {
+        "max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING,
+        "workload": "throughput",
+    }
+    if plan.parallel:
+        from ..batch.scaled import run_batch_scattered
+        from .scaling import model_loader, scatter_for
+
+        scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
+        assert scatter is not None
+        stats = run_batch_scattered(
+            scatter,
+            model_loader(mo, **load_extra),
+            input,
+            out,
+            resume=resume,
+            batch_size=_batch_size(batch_size),
+            max_new_tokens=max_new_tokens,
+            think=think,
+            on_error=on_error,
+            schema=parsed,
+        )
+        print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
+        if sr is not None:
+            _write_batch_srs(model_loader(mo, **load_extra)(), rows, out, sr, stow, think, max_new_tokens)
+        return
+    mg = mo.load(**load_extra)
     stats = run_batch(
         mg,
         input,

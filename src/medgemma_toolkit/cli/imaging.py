@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import app
+from .common import SCALE_DEFAULTS, ScaleArgs, option_groups
 
 
 def _flag(help_: str) -> Any:
@@ -15,6 +16,7 @@ def _flag(help_: str) -> Any:
 
 
 @app.command()
+@option_groups(sc=ScaleArgs)
 def deid(
     src: Annotated[
         Optional[Path], typer.Argument(metavar="IN", help="DICOM file or directory (searched recursively)")
@@ -108,6 +110,15 @@ def deid(
     clean_descriptors: Annotated[
         bool, _flag("Clean Descriptors option: keep descriptions with the file's identifiers taken out")
     ] = False,
+    sc: ScaleArgs = SCALE_DEFAULTS,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish an interrupted run into the same OUT: skip the files it journaled as done (needs --uid-key and the same options)",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """De-identify DICOM with the PS3.15 Annex E Basic Profile (Table E.1-1, every row, at every depth) and options.
 
@@ -115,8 +126,12 @@ def deid(
     warning is printed when BurnedInAnnotation is YES or unknown). Exit code 2 when any DICOM file failed (nothing
     is written for it).
 
+    --workers N spreads a directory over N processes; --ray ADDRESS over a Ray cluster (every node must read IN and
+    write OUT: shared storage). Both give the same files and report as one process.
+
     Examples: medgemma deid study/ study_deid/ ; medgemma deid a.dcm out/ ; medgemma deid --clean-pixels us/ us_deid/ ;
-    medgemma deid --verify study_deid/
+    medgemma deid --verify study_deid/ ; medgemma deid --workers 8 archive/ archive_deid/ ;
+    medgemma deid --ray auto --uid-key key.bin /shared/archive /shared/archive_deid
     """
     import sys
 
@@ -130,6 +145,9 @@ def deid(
         return
     if src is None or dst is None:
         raise BadInput("give IN and OUT (or --verify DIR)")
+    plan = sc.plan()
+    if (plan.parallel or resume) and src.is_file():
+        raise BadInput("--workers, --ray and --resume take a directory IN")
     try:
         opts = Options(
             retain_safe_private=retain_safe_private is not None,
@@ -169,6 +187,9 @@ def deid(
         reject_burned_in=reject_burned_in,
         pixel_cleaner=cleaner,
         rename_files=rename_files,
+        plan=plan,
+        resume=resume,
+        quiet=quiet,
     )
     print(
         f"de-identified {rep['files_written']} file(s) into {dst}; skipped {rep['files_skipped']} (not DICOM); "

@@ -17,12 +17,12 @@ if TYPE_CHECKING:
     from ..localize.run import LocalizeResult
 
 from . import app
-from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, ImageArgs, ModelOptions, option_groups
+from .common import IMAGE_DEFAULTS, MODEL_DEFAULTS, SCALE_DEFAULTS, ImageArgs, ModelOptions, ScaleArgs, option_groups
 from .sr import ScOpt, SrOpt, StowOpt, check_sr_options
 
 
 @app.command()
-@option_groups(mo=ModelOptions, img=ImageArgs)
+@option_groups(mo=ModelOptions, img=ImageArgs, scl=ScaleArgs)
 def localize(
     objects: Annotated[
         Optional[list[str]], typer.Argument(help='What to find, e.g. "right lung" "left clavicle" (one answer each)')
@@ -61,12 +61,14 @@ def localize(
     sr: SrOpt = None,
     sc: ScOpt = None,
     stow: StowOpt = None,
+    scl: ScaleArgs = SCALE_DEFAULTS,
 ) -> None:
     """Find anatomy in a chest X-ray with Google's localisation prompt; boxes in the original image's pixels.
 
     Example: medgemma localize -m medgemma-1.5-4b-it --image cxr.dcm "right lung" "left clavicle" -o boxes.png
     Example: medgemma localize --upstream http://gpu:8000 --image wide.png "right lung" --json
     Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" -o overlays/ > boxes.jsonl
+    Example: medgemma localize -m medgemma-1.5-4b-it --batch images.csv "heart" --workers 2 > boxes.jsonl
     Example: medgemma localize -m medgemma-1.5-4b-it -i cxr.dcm "right lung" --sr boxes_sr.dcm --stow https://pacs/dicom-web
     Example: medgemma localize -m medgemma-1.5-4b-it -i dicomweb://pacs/dicom-web/studies/S/series/R/instances/I "heart" --sr sr.dcm
     """
@@ -83,16 +85,27 @@ def localize(
     check_sr_options(sr, stow, sc)
     if (sr is not None or sc is not None) and batch is not None:
         raise BadInput("--sr and --sc write one file for one image; use them with --image, not --batch")
+    plan = scl.plan()
+    if plan.parallel and batch is None:
+        raise BadInput("--workers and --ray spread the rows of --batch FILE; one --image runs in this process")
     if batch is not None:
         from ..localize.table import run_table
 
         default = check_objects(objects) if objects else []
-        mg = mo.load()
 
         def write(rec: dict) -> None:
             print(json.dumps(rec, ensure_ascii=False), flush=True)
 
-        rows, failed = run_table(mg, batch, default, opts, write, output, max_new_tokens)
+        if plan.parallel:
+            from ..localize.scaled import LocalizeWorker, run_table_scattered
+            from .scaling import model_loader, scatter_for
+
+            scatter = scatter_for(plan, mo.device, quiet=False, what="rows")
+            assert scatter is not None
+            worker = LocalizeWorker(model_loader(mo), opts, output, max_new_tokens)
+            rows, failed = run_table_scattered(scatter, worker, batch, default, write)
+        else:
+            rows, failed = run_table(mo.load(), batch, default, opts, write, output, max_new_tokens)
         if failed:
             print(f"note: {failed} of {rows} rows failed (see their 'error')", file=sys.stderr)
         return

@@ -34,6 +34,8 @@ from .safe_private import SafePrivate
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from ..scale import ScalePlan
+
 REPORT_NAME = "deid_report.json"
 TEXT_MODALITIES = {"US", "SC", "XA", "OT"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -180,6 +182,26 @@ def _targets(src_p: Path, dst: str, overwrite: bool) -> tuple[Path, Path, bool]:
     return dst_p, dst_p / REPORT_NAME, False
 
 
+def report_head(opts: Options, keyed: bool, rename: bool, cleans_pixels: bool) -> dict:
+    """The report's settings part (the same for a run in one process, a pool or on Ray)."""
+    return {
+        "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
+        "table": edition(),
+        "options": opts.selected(),
+        "method_codes": [
+            {"CodeValue": v, "CodingSchemeDesignator": "DCM", "CodeMeaning": m} for v, m in method_codes(opts)
+        ],
+        "private_tags": "kept when on the safe list" if opts.retain_safe_private else "removed",
+        "uids": "kept"
+        if opts.retain_uids
+        else "replaced (2.25 form, "
+        + ("the same across runs with the same key)" if keyed else "consistent within this run)"),
+        "file_names": "replaced (keyed stand-ins)" if rename else "kept",
+        "pixels": "burned-in text blanked (OCR and rules)" if cleans_pixels else "unchanged",
+        "toolkit_version": toolkit_version(),
+    }
+
+
 def deidentify_path(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -191,8 +213,15 @@ def deidentify_path(
     reject_burned_in: bool = False,
     pixel_cleaner: PixelCleaner | None = None,
     rename_files: bool | None = None,
+    plan: ScalePlan | None = None,
+    resume: bool = False,
+    quiet: bool = False,
 ) -> dict:
     """De-identify `src` (file or directory) into `dst`; write the report and return its summary.
+
+    `plan` (`--workers N`, `--ray ADDRESS`) or `resume` (skip what an interrupted run finished, by its journal):
+    a directory is done by `parallel.deidentify_tree`, with the same outputs and report; otherwise, this one
+    process, streaming.
 
     `pixel_cleaner`: Clean Pixel Data (burned-in text blanked, see `pixels.py`) for every image.
     `rename_files` (default: on for a directory input): every folder and file name of the output tree is replaced
@@ -211,25 +240,18 @@ def deidentify_path(
     opts = options or Options()
     if opts.retain_safe_private and safe_private is None:
         raise BadInput("Retain Safe Private needs a list of safe private elements (--safe-private FILE)")
+    if (plan is not None and plan.parallel) or resume:
+        from ..scale import ScalePlan as _Plan
+        from .parallel import deidentify_tree
+
+        return deidentify_tree(src_p, os.fspath(dst), plan or _Plan(), overwrite=overwrite, resume=resume,
+                               report_path=report_path, uid_key=uid_key, options=opts, safe_private=safe_private,
+                               reject_burned_in=reject_burned_in, pixel_cleaner=pixel_cleaner,
+                               rename_files=rename_files, quiet=quiet)  # fmt: skip
     out, default_report, single = _targets(src_p, os.fspath(dst), overwrite)
     uids = UIDMap(salt=uid_key)
     rename = not single if rename_files is None else rename_files and not single
-    head = {
-        "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
-        "table": edition(),
-        "options": opts.selected(),
-        "method_codes": [
-            {"CodeValue": v, "CodingSchemeDesignator": "DCM", "CodeMeaning": m} for v, m in method_codes(opts)
-        ],
-        "private_tags": "kept when on the safe list" if opts.retain_safe_private else "removed",
-        "uids": "kept"
-        if opts.retain_uids
-        else "replaced (2.25 form, "
-        + ("the same across runs with the same key)" if uid_key else "consistent within this run)"),
-        "file_names": "replaced (keyed stand-ins)" if rename else "kept",
-        "pixels": "burned-in text blanked (OCR and rules)" if pixel_cleaner is not None else "unchanged",
-        "toolkit_version": toolkit_version(),
-    }
+    head = report_head(opts, uid_key is not None, rename, pixel_cleaner is not None)
     try:
         report = _Report(Path(report_path) if report_path else default_report, head)
     except OSError as e:  # a read-only or missing output location

@@ -49,6 +49,31 @@ def read_table(path: Path, default_objects: Sequence[str]) -> Iterator[BatchRow]
         yield BatchRow(r.where, image, p if p.is_absolute() else path.parent / p, objects)
 
 
+def localize_row(
+    mg: MedGemma,
+    n: int,
+    row: BatchRow,
+    options: ImageOptions,
+    overlays: Path | None = None,
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
+    """The record of the `n`-th row (1-based; it names the overlay file): its boxes, or its "error"."""
+    rec: dict[str, Any] = {"row": row.where, "image": row.image}
+    try:
+        if row.error is not None or row.path is None:
+            raise BadInput(row.error or "no image")
+        img = load_image(row.path, options)
+        result = localize(mg, img, check_objects(row.objects), max_new_tokens)
+        rec.update(result.to_dict())
+        if overlays is not None:
+            out = overlays / f"{n:05d}-{row.path.stem}.png"
+            save_overlay(img, [(b.label, b.xyxy) for b in result.boxes], out)
+            rec["overlay"] = str(out)
+    except MedGemmaError as e:
+        rec["error"] = str(e)
+    return rec
+
+
 def run_table(
     mg: MedGemma,
     path: Path,
@@ -62,20 +87,8 @@ def run_table(
     rows = failed = 0
     for row in read_table(path, default_objects):
         rows += 1
-        rec: dict[str, Any] = {"row": row.where, "image": row.image}
-        try:
-            if row.error is not None or row.path is None:
-                raise BadInput(row.error or "no image")
-            img = load_image(row.path, options)
-            result = localize(mg, img, check_objects(row.objects), max_new_tokens)
-            rec.update(result.to_dict())
-            if overlays is not None:
-                out = overlays / f"{rows:05d}-{row.path.stem}.png"
-                save_overlay(img, [(b.label, b.xyxy) for b in result.boxes], out)
-                rec["overlay"] = str(out)
-        except MedGemmaError as e:
-            failed += 1
-            rec["error"] = str(e)
+        rec = localize_row(mg, rows, row, options, overlays, max_new_tokens)
+        failed += "error" in rec
         write(rec)
     if rows == 0:
         raise BadInput(f"{path}: no rows")
