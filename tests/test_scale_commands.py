@@ -109,6 +109,34 @@ def test_batch_workers_through_one_upstream_same_answers_and_resume(tmp_path):
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 12
 
 
+def _json_answer(body: dict) -> str:
+    """A schema-following answer for even rows, a non-validating one for odd rows (the driver must tell them apart)."""
+    text = body["messages"][-1]["content"]
+    text = text if isinstance(text, str) else " ".join(p.get("text", "") for p in text if isinstance(p, dict))
+    n = int(re.search(r"(\d+)", text).group(1))
+    return json.dumps({"n": n}) if n % 2 == 0 else json.dumps({"n": "odd"})
+
+
+def test_batch_workers_with_schema_validate_in_the_driver_as_one_process(tmp_path):
+    """`batch --workers 2 --schema`: the schema reaches the upstream (as response_format) from every worker, and the
+    rows written say "object" or "error" exactly as one process writes them."""
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}))
+    inp = _rows(tmp_path / "rows.jsonl", 6)
+    with ScriptedUpstream(_json_answer) as up:
+        base = ["batch", "--upstream", up.url, "--input", str(inp), "--batch-size", "2", "--schema", str(schema)]
+        one = run_cli(*base, "--out", str(tmp_path / "one.jsonl"))
+        two = run_cli(*base, "--out", str(tmp_path / "two.jsonl"), "--workers", "2")
+        assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+        assert all(r.get("response_format", {}).get("type") == "json_schema" for r in up.requests)
+    rows = {}
+    for name in ("one", "two"):
+        recs = {r["id"]: r for r in map(json.loads, (tmp_path / f"{name}.jsonl").read_text().splitlines())}
+        rows[name] = {k: (r.get("object"), "error" in r) for k, r in recs.items()}
+    assert rows["one"] == rows["two"]
+    assert rows["two"]["r0"] == ({"n": 0}, False) and rows["two"]["r1"] == (None, True)
+
+
 def test_eval_workers_same_records_and_metrics(tiny_model_dir, tmp_path):
     base = ["eval", "--model", str(tiny_model_dir), "--task", "medqa", "--limit", "6", "--max-new-tokens", "4"]
     base += ["--batch-size", "2", "--bootstrap", "50", "--no-cache"]
