@@ -121,6 +121,7 @@ def main() -> None:
 
             cluster = start_cluster(work / "ray", ROOT / "src", nodes=1, head_cpus=2)
             contenders["ray 2"] = (2, cluster.address)
+            env = {**cluster.env, "PYTHONPATH": env["PYTHONPATH"]}  # the cluster's auth token
         best: dict[str, dict] = {}
         peaks: dict[str, dict[str, float]] = {name: {} for name in contenders}
         reference = None

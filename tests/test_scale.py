@@ -105,7 +105,8 @@ def test_write_bytes_atomic_leaves_no_temporary(tmp_path):
 
 @pytest.mark.slow
 def test_ray_runs_every_unit_on_both_nodes_one_build_per_actor(ray_cluster, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", ray_cluster.env["PYTHONPATH"])
+    for name in ("PYTHONPATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, ray_cluster.env[name])
     got: dict[int, tuple[int, int, str]] = {}
     plan = ScalePlan(workers=2, ray_address=ray_cluster.address)
     run(list(range(300)), functools.partial(make_square, 0.02), plan, got.__setitem__, batch_size=4)
@@ -115,7 +116,9 @@ def test_ray_runs_every_unit_on_both_nodes_one_build_per_actor(ray_cluster, monk
 
 
 @pytest.mark.slow
-def test_ray_worker_errors_are_one_line(ray_cluster):
+def test_ray_worker_errors_are_one_line(ray_cluster, monkeypatch):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, ray_cluster.env[name])
     plan = ScalePlan(workers=1, ray_address=ray_cluster.address)
     with pytest.raises(BadInput, match="unit 3 is not usable"):
         run(list(range(6)), functools.partial(make_failing, "bad_input"), plan, lambda u, r: None)

@@ -108,9 +108,14 @@ def start_cluster(temp_dir: Path, source_root: Path | None = None, nodes: int = 
     """A head node (`head_cpus` CPUs) plus `nodes - 1` worker nodes of 1 CPU, on 127.0.0.1; `source_root` first on the workers'
     PYTHONPATH (so they import the toolkit under test, not an installed copy)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    # A private loopback cluster: no token auth (Ray 2.60 turns it on when a ~/.ray/auth_token exists, which the
-    # worker nodes then fail to present), so several test runs on one machine do not depend on that shared file.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # Token authentication with a token of this cluster's own: independent of any ~/.ray/auth_token on the machine
+    # (a cluster started while one exists requires it). Drivers must run with `cluster.env`.
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+    }
     if source_root is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source_root), os.environ.get("PYTHONPATH", "")) if p)
     port = _free_port()
