@@ -129,6 +129,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
             "end_to_end_s": round(e2e, 2),
             "new_tokens": n,
             "decode_tok_s": round((n - 1) / (e2e - ttft), 2) if n > 1 and e2e > ttft else None,
+            "answer": ans.raw,  # greedy on the random checkpoint: the same text from run to run, build to build
             "timings": ans.timings,
         }
     out["peak_rss_gib"] = round(peak_rss_gb(), 2)
