@@ -190,5 +190,6 @@ def test_cli_refuses_a_gguf_larger_than_memory(tmp_path):
     r = run_cli("ask", "--model", str(gguf), "Hi")
     assert (
         r.returncode == 2
-        and f"needs about {4096 * 1.25 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB" in r.stderr.strip().splitlines()[-1]
+        and f"needs about {4096 * 1.25 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB"
+        in r.stderr.strip().splitlines()[-1]
     )
