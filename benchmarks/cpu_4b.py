@@ -72,8 +72,13 @@ def image_file(cache: Path) -> Path:
 
 
 def peak_rss_gb() -> float:
-    """Peak resident set (GiB), mapped weight files included."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak resident set (GiB) of this process, mapped weight files included. VmHWM, not ru_maxrss: a child's
+    ru_maxrss starts from its forking parent's (this script's parent imports torch to build the checkpoint)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict[str, object]:
@@ -129,6 +134,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
             "end_to_end_s": round(e2e, 2),
             "new_tokens": n,
             "decode_tok_s": round((n - 1) / (e2e - ttft), 2) if n > 1 and e2e > ttft else None,
+            "answer": ans.raw,  # greedy on the random checkpoint: the same text from run to run, build to build
             "timings": ans.timings,
         }
     out["peak_rss_gib"] = round(peak_rss_gb(), 2)

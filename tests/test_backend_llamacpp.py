@@ -16,6 +16,7 @@ pytest.importorskip("llama_cpp", reason="llamacpp extra: pip install 'medgemma-t
 from conftest import exported
 
 from medgemma_toolkit import MedGemma
+from medgemma_toolkit.backends.llamacpp_backend import JOB_CAP, JOB_STEP, PER_SEQUENCE_CONTEXT
 from medgemma_toolkit.errors import CapabilityError
 
 pytestmark = pytest.mark.slow  # converts the tiny checkpoint to GGUF and runs the real llama.cpp engine
@@ -249,7 +250,38 @@ def test_prompt_token_count_matches_what_llamacpp_evaluates(gguf_model, xray):
         req = gguf_model.request(QUESTION, [str(p) for p in images], max_new_tokens=1)
         fed = gguf_model.backend.generate([req])[0].prompt_tokens
         assert gguf_model.backend.count_prompt_tokens(req.prompt) == fed
-    assert gguf_model.backend.context_length() == 8192  # max(8192, 4 sequences x 2048)
+    assert gguf_model.backend.context_length() == JOB_CAP  # a job-sized pool grows to what it is handed
+
+
+def test_the_kv_pool_follows_the_job(gguf_dir, gguf_model, xray):
+    """`ask` gets one slot and a pool of its prompt plus answer budget (rounded up to JOB_STEP cells), a batch as many
+    slots as it has requests, `serve --parallel 4` four slots of PER_SEQUENCE_CONTEXT cells; the answers are those
+    of the fixed 4-slot pool the module's model runs with."""
+    path = str(gguf_dir / "tiny-f32.gguf")
+    mg = MedGemma.load(path, threads=2)  # no --parallel: slots follow the job
+    try:
+        eng = mg.backend.engine
+        got = mg.ask(QUESTION, images=[str(xray)], max_new_tokens=12)
+        assert (eng.n_parallel, eng.n_ctx) == (1, JOB_STEP)
+        assert got.raw == gguf_model.ask(QUESTION, images=[str(xray)], max_new_tokens=12).raw
+        mg.ask(QUESTION, max_new_tokens=JOB_STEP + 100)  # a longer answer budget: the pool grows, by steps
+        assert (eng.n_parallel, eng.n_ctx) == (1, 2 * JOB_STEP)
+        answers = mg.ask_batch([QUESTION, "Is there cardiomegaly?", "Is there an effusion?"], max_new_tokens=8)
+        assert eng.n_parallel == 3 and eng.n_ctx == 2 * JOB_STEP  # never shrinks (a chat keeps its cache)
+        assert [a.raw for a in answers] == [
+            gguf_model.ask(q, max_new_tokens=8).raw
+            for q in (QUESTION, "Is there cardiomegaly?", "Is there an effusion?")
+        ]
+    finally:
+        mg.backend.close()
+    served = MedGemma.load(path, threads=2, parallel=4)
+    try:
+        assert served.backend.engine.n_parallel == 4
+        served.backend.session()
+        assert (served.backend.engine.n_parallel, served.backend.engine.n_ctx) == (4, 4 * PER_SEQUENCE_CONTEXT)
+        assert served.backend.context_length() == 4 * PER_SEQUENCE_CONTEXT
+    finally:
+        served.backend.close()
 
 
 def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_error(

@@ -122,7 +122,23 @@ def test_gguf_need_is_the_files_plus_runtime(tmp_path):
     mmproj.write_bytes(b"\0" * 500)
     assert gguf_need(model).weights == 1000
     assert gguf_need(model, mmproj).weights == 1500
-    assert gguf_need(model, mmproj).peak == int(1500 + footprint.RUNTIME_GIB["llamacpp"] * GIB + 150)
+    # not real GGUFs: no KV shape to read, so no KV term
+    assert gguf_need(model, mmproj).peak == int(1500 + footprint.RUNTIME_GIB["llamacpp"] * GIB + 0.25 * 1500)
+
+
+def test_kv_term_follows_the_job_and_the_sliding_window():
+    """Gemma 3 4B: 34 layers, 5 of them global; f16 K+V of 4 heads x 256 = 4 KiB a cell and layer. One question
+    (1024 cells) costs 136 MiB; serve --parallel 8 (16,384 cells) 2.2 GiB with a full-size sliding-window cache, but
+    its 29 local layers keep 8 x 1024 + 512 cells each with a windowed one."""
+    kv = footprint.GEMMA3_4B_KV
+    cell = 2 * 4 * 512  # bytes per cell and layer
+    assert kv.bytes(1024) == 34 * cell * 1024
+    full = footprint.KvShape(kv.layers, kv.kv_dim).bytes(16384, 8)
+    assert full == 34 * cell * 16384
+    assert kv.bytes(16384, 8) == 5 * cell * 16384 + 29 * cell * (8 * 1024 + 512)
+    assert full - kv.bytes(16384, 8) > 0.8 * GIB  # 0.85 GiB less
+    q4 = variant_needs(4.3, True)["llamacpp q4_k_m"]
+    assert q4 <= 4.5  # the issue's goal for one image question through the 4B Q4_K_M export
 
 
 def test_refusal_line_and_available_memory(tmp_path):
@@ -174,5 +190,6 @@ def test_cli_refuses_a_gguf_larger_than_memory(tmp_path):
     r = run_cli("ask", "--model", str(gguf), "Hi")
     assert (
         r.returncode == 2
-        and f"needs about {4096 * 1.1 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB" in r.stderr.strip().splitlines()[-1]
+        and f"needs about {4096 * 1.25 + footprint.RUNTIME_GIB['llamacpp']:.1f} GiB"
+        in r.stderr.strip().splitlines()[-1]
     )

@@ -95,12 +95,16 @@ def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> 
     """(estimated need, the hint for a refusal) of loading `resolved` into host memory with `backend`; None when
     it is not host memory that the weights fill (a GPU, a remote server) or nothing can be estimated."""
     if backend == "llamacpp" and resolved.format == "gguf":
-        from .backends.llamacpp_backend import find_mmproj
+        from .backends.llamacpp_backend import PER_SEQUENCE_CONTEXT, find_mmproj
 
         mmproj = Path(options.mmproj) if options.mmproj else find_mmproj(resolved.path)
-        return gguf_need(
-            resolved.path, mmproj
-        ), "try a smaller quantisation (medgemma export gguf --outtype q4_k_m) or more memory"
+        # The pool it starts with: --context-length, else --parallel slots as serve sizes them, else one question
+        slots = options.parallel or 1
+        cells = options.context_length or (PER_SEQUENCE_CONTEXT * slots if options.parallel else None)
+        return (
+            gguf_need(resolved.path, mmproj, cells, slots),
+            "try a smaller quantisation (medgemma export gguf --outtype q4_k_m), a smaller --context-length or --parallel, or more memory",
+        )
     if backend != "transformers" or resolved.format != "hf" or not options.device.startswith(("auto", "cpu")):
         return None
     dtype = options.dtype

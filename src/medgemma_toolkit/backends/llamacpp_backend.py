@@ -30,8 +30,12 @@ from .llamacpp_logging import llama_log_callback, route_llama_logs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTEXT = 8192  # Gemma 3 trains on 128k; 8k covers MedGemma's protocols (a CT volume is ~22k: raise it)
-PER_SEQUENCE_CONTEXT = 2048  # the default pool grows to this many tokens per parallel sequence
+# The KV pool is sized to the job unless `--context-length` fixes it: `generate` (ask, batch, eval) grows it to the
+# prompts it is handed plus their answer budgets, in steps of JOB_STEP cells, never past JOB_CAP (or the longest
+# prompt); `serve` gives each of its `--parallel` sequences PER_SEQUENCE_CONTEXT cells.
+JOB_STEP = 1024
+JOB_CAP = 32768  # a CT volume (85 slices x 256 tokens, ~22k) and its answer fit; larger answers stop at the pool
+PER_SEQUENCE_CONTEXT = 2048  # serve: cells per parallel sequence (a protocol-length prompt and answer)
 GGUF_MAGIC = b"GGUF"
 
 
@@ -104,6 +108,10 @@ class LlamaCppBackend(Backend):
                 n_batch=32,
                 n_threads=threads,
                 n_threads_batch=threads,
+                # Read, not mapped: llama.cpp repacks most CPU weights into its interleaved layout (faster
+                # kernels), and a mapping kept every page it copied them from resident too: two copies of
+                # the weights (benchmarks/cpu_4b.py). Read, each tensor is held once, repacked or not.
+                use_mmap=False,
                 verbose=False,
             )
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
@@ -120,24 +128,28 @@ class LlamaCppBackend(Backend):
         image_size = tokens_per_image = None
         if self.mmproj_path is not None:
             image_size, tokens_per_image = self._init_vision(threads)
-        parallel = options.parallel
-        if parallel is None:
-            parallel = auto_parallel(physical_cores(), options.context_length or 1 << 30)
-        if parallel < 1:
+        if options.parallel is not None and options.parallel < 1:
             raise BadInput("--parallel must be at least 1")
-        # One KV pool shared by the sequences (llama-server's automatic mode); default size: 8192 tokens, or 2048
-        # per sequence when that is more, so `--parallel` answers of protocol length fit at once.
-        n_ctx = options.context_length or max(DEFAULT_CONTEXT, PER_SEQUENCE_CONTEXT * parallel)
+        if options.context_length is not None and options.context_length < 1:
+            raise BadInput("--context-length must be at least 1")
+        # Slots: `--parallel`, else as many as the job has requests, up to the automatic count (cores, pool).
+        self._fixed_parallel = options.parallel
+        self._fixed_ctx = options.context_length
+        parallel = options.parallel or auto_parallel(physical_cores(), options.context_length or 1 << 30)
+        self._max_parallel = parallel
+        # One KV pool shared by the sequences (llama-server's automatic mode), created small here and grown to the
+        # first job (`_size_to_job`, `session`): memory follows what is asked, not a fixed 8-slot pool.
         self.engine = BatchEngine(
             llama_cpp,
             self.llama.model,
-            n_ctx=n_ctx,
-            n_parallel=parallel,
+            n_ctx=options.context_length or JOB_STEP,
+            n_parallel=options.parallel or 1,
             threads=threads,
             mtmd=self._mtmd,
             mtmd_cpp=getattr(self, "_mtmd_cpp", None),
         )
         self.engine.thought_markers = self._thought_marker_ids()
+        self._serving = False  # `session()` was opened: the pool is serve's and stays its size
         # A GGUF of a known variant keeps its conventions (1.5: no system prompt), named in its file or metadata.
         hint = ModelHint.of(info_hint).with_variant(
             variant_named_in(self.path.name, str(self.llama.metadata.get("general.name", "")))
@@ -151,8 +163,8 @@ class LlamaCppBackend(Backend):
             has_chat_template=bool(self.template),
             extra={
                 "threads": str(threads),
-                "n_ctx": str(self.engine.n_ctx),
-                "parallel": str(parallel),
+                "n_ctx": str(self._fixed_ctx or "job"),  # "job": sized to each job (`_size_to_job`, `session`)
+                "parallel": str(self._fixed_parallel or f"up to {parallel}"),
                 "mmproj": str(self.mmproj_path) if self.mmproj_path else "",
             },
         )
@@ -161,7 +173,7 @@ class LlamaCppBackend(Backend):
             loglikelihood=False,
             images=self._mtmd is not None,
             streaming=True,
-            context_length=self.engine.n_ctx,
+            context_length=self._fixed_ctx or JOB_CAP,
             continuous=True,
             logprobs=True,  # computed per step from the logits buffer (llamacpp_batch.BatchEngine._sample)
             thinking_schema=self.engine.thought_markers is not None,
@@ -251,6 +263,7 @@ class LlamaCppBackend(Backend):
             try:
                 for r in requests:
                     prepared.append(self._prepare(r.prompt))
+                self._size_to_job([p.n_prompt for p in prepared], [max(1, r.params.max_new_tokens) for r in requests])
             except BaseException:
                 for p in prepared:
                     if p.free:
@@ -271,8 +284,35 @@ class LlamaCppBackend(Backend):
         return [c for c in results if isinstance(c, Completion)]
 
     def session(self) -> LlamaSession:
-        """Continuous batching for `serve`: requests join and leave the running batch between decoding steps."""
+        """Continuous batching for `serve`: requests join and leave the running batch between decoding steps. The
+        pool becomes serve's: `--parallel` slots (default: automatic) of PER_SEQUENCE_CONTEXT cells each, or
+        `--context-length` cells."""
+        with self._lock:
+            slots = self._fixed_parallel or self._max_parallel
+            if not self.engine.busy:
+                self.engine.resize(self._fixed_ctx or PER_SEQUENCE_CONTEXT * slots, slots)
+            self._serving = True
         return LlamaSession(self)
+
+    def context_length(self) -> int | None:
+        """Tokens one sequence may span: the pool, once fixed (`--context-length`, `serve`); else what a job-sized
+        pool may grow to."""
+        return self.engine.n_ctx if self._fixed_ctx or self._serving else JOB_CAP
+
+    def _size_to_job(self, prompts: Sequence[int], budgets: Sequence[int]) -> None:
+        """Grow the idle engine's pool and slots to this job: as many slots as requests (at most the automatic count
+        or exactly `--parallel`), and room for the largest of them to run at once, prompt plus answer budget,
+        rounded up to JOB_STEP cells. Never shrinks (a chat's next turn keeps its prompt cache)."""
+        eng = self.engine
+        if eng.busy or self._serving or not prompts:
+            return
+        slots = self._fixed_parallel or min(self._max_parallel, len(prompts))
+        cells = eng.n_ctx
+        if not self._fixed_ctx:
+            need = sum(sorted((p + b for p, b in zip(prompts, budgets)), reverse=True)[:slots])
+            cap = max(JOB_CAP, max(prompts) + 1)  # an answer budget beyond the cap stops where the pool ends
+            cells = max(cells, -(-min(need, cap) // JOB_STEP) * JOB_STEP)
+        eng.resize(cells, max(slots, eng.n_parallel))
 
     def _prepare(self, prompt: Prompt) -> Prepared:
         """Render and tokenize a prompt (images through libmtmd, evaluated later into the sequence's KV cells)."""
@@ -333,7 +373,9 @@ class LlamaCppBackend(Backend):
     def prompt_logits(self, prompt: Prompt) -> Any:
         """Next-token logits after `prompt`, decoded alone (to check this engine against another one)."""
         with self._lock:
-            return self.engine.logits_after(self._prepare(prompt))
+            prepared = self._prepare(prompt)
+            self._size_to_job([prepared.n_prompt], [1])
+            return self.engine.logits_after(prepared)
 
     def close(self) -> None:
         engine = getattr(self, "engine", None)

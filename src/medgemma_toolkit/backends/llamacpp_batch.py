@@ -96,30 +96,21 @@ class BatchEngine:
         mtmd: Any = None,
         mtmd_cpp: Any = None,
         unified: bool = True,
+        swa_full: bool = False,
     ) -> None:
         self._lc = lc
-        params = lc.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = n_parallel
-        params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = unified
-        # Full-size sliding-window KV (llama.cpp's default, set here because the prompt cache depends on it): with a
-        # windowed SWA cache, cells that slid out are gone, so dropping a sequence's tail (`seq_rm(seq, p0, -1)`)
-        # would leave Gemma 3's local layers without the window the kept prefix needs.
-        params.swa_full = True
-        # As llama-cpp-python's `Llama` (the one-at-a-time reference): the same kernels give the same answers.
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.no_perf = True
-        self.ctx = lc.llama_init_from_model(model, params)
-        if not self.ctx:
-            raise BadInput(f"llama.cpp could not create a context of {n_ctx} tokens for {n_parallel} sequences")
+        self._model = model
+        self._threads = threads
+        self._unified = unified
+        # Sliding-window layers keep only their window (plus one ubatch) per sequence unless `swa_full`: Gemma 3's
+        # local layers (5 of 6) then cost ~1k cells per sequence instead of the whole pool. Cells that slid out are
+        # gone, so a cached prefix is reused only while it still holds the window the next token needs (`_take_id`).
+        self._swa_full = swa_full
+        self._n_swa = int(lc.llama_model_n_swa(model))
+        self.n_batch = n_batch
+        self.ctx: Any = None
         self._vocab = lc.llama_model_get_vocab(model)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
-        self.n_ctx = int(lc.llama_n_ctx(self.ctx))
-        self.n_parallel = n_parallel
-        self.n_batch = n_batch
-        self._memory = lc.llama_get_memory(self.ctx)
         self._ll_tokenizer: Any = None  # llguidance's view of the vocabulary, built at the first JSON schema
         self._eog: list[int] = []  # end-of-generation tokens, found with it
         self.thought_markers: tuple[int, int] | None = None  # set by the backend: thinking with a schema
@@ -130,16 +121,49 @@ class BatchEngine:
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
         self._nseq[:] = 1
         self._mtmd, self._m = mtmd, mtmd_cpp
-        self._free_ids = list(range(n_parallel - 1, -1, -1))
         self._waiting: deque[_Seq] = deque()
         self._active: list[_Seq] = []
         self._reserved = 0
         self._buf = ctypes.create_string_buffer(256)
         self.reuse_prefix = True  # keep finished text sequences' KV as a prompt cache per seq id
+        self.cached_prompt_tokens = 0  # prompt tokens served from the cache instead of prefilled (total)
+        self._open(n_ctx, n_parallel)
+
+    def _open(self, n_ctx: int, n_parallel: int) -> None:
+        """A llama.cpp context whose KV pool of `n_ctx` cells is shared by `n_parallel` sequences (seq ids)."""
+        lc = self._lc
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = n_parallel
+        params.n_threads = params.n_threads_batch = self._threads
+        params.kv_unified = self._unified
+        params.swa_full = self._swa_full
+        # As llama-cpp-python's `Llama` (the one-at-a-time reference): the same kernels give the same answers.
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        self.ctx = lc.llama_init_from_model(self._model, params)
+        if not self.ctx:
+            raise BadInput(f"llama.cpp could not create a context of {n_ctx} tokens for {n_parallel} sequences")
+        self.n_ctx = int(lc.llama_n_ctx(self.ctx))
+        self.n_parallel = n_parallel
+        self._memory = lc.llama_get_memory(self.ctx)
+        self._free_ids = list(range(n_parallel - 1, -1, -1))
         # free seq id -> tokens whose KV its cells still hold; in the order they were written, so the first is the
         # least recently used (a taken id leaves the map, and re-enters it at the end when it finishes)
         self._cache: dict[int, list[int]] = {}
-        self.cached_prompt_tokens = 0  # prompt tokens served from the cache instead of prefilled (total)
+
+    def resize(self, n_ctx: int, n_parallel: int) -> None:
+        """Re-create the context with another KV pool and slot count, when idle (prompt caches are dropped): the
+        backend sizes the pool to the job it is handed, so memory follows what is asked of it."""
+        if self.busy:
+            raise RuntimeError("cannot resize a running llama.cpp engine")
+        if (n_ctx, n_parallel) == (self.n_ctx, self.n_parallel):
+            return
+        log.debug("llama.cpp context: %d KV cells for %d sequences", n_ctx, n_parallel)
+        self._lc.llama_free(self.ctx)
+        self.ctx = None
+        self._open(n_ctx, n_parallel)
 
     # -- public ---------------------------------------------------------------------------------------------------
     @property
@@ -302,6 +326,13 @@ class BatchEngine:
         cached = self._cache.pop(seq_id, None)
         if cached is None:
             return 0
+        if reuse > 0 and not self._swa_full and self._n_swa > 0:
+            # A windowed SWA cache keeps only the last n_swa positions the sequence reached; the token after the
+            # kept prefix needs the n_swa before it. llama-server's test (tools/server/server-context.cpp):
+            # usable when pos_min == 0 or pos_min < n_past - n_swa; else prefill from scratch.
+            pos_min = self._lc.llama_memory_seq_pos_min(self._memory, seq_id)
+            if pos_min != 0 and pos_min >= reuse - self._n_swa:
+                reuse = 0
         if reuse > 0 and self._lc.llama_memory_seq_rm(self._memory, seq_id, reuse, -1):
             return reuse
         self._lc.llama_memory_seq_rm(self._memory, seq_id, -1, -1)

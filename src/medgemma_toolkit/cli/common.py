@@ -99,7 +99,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(help="llama.cpp: CPU threads 
 ParallelOpt = Annotated[
     Optional[int],
     typer.Option(
-        help="llama.cpp: sequences decoded together in one batch (default: 4 per physical core, at most 16); they share one KV pool of max(8192, 2048 x N) tokens"
+        help="llama.cpp: sequences decoded together in one batch (default: as many as the job has, up to 4 per physical core and 16); serve gives them one KV pool of 2048 x N tokens"
     ),
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .footprint import SHOWN, variant_needs
+from .footprint import DEFAULT_JOB_CELLS, SHOWN, llamacpp_breakdown, variant_needs
 from .local import registered
 from .resolve import locate_variant
 from .variants import BY_NAME, VARIANTS
@@ -34,6 +34,10 @@ def list_models() -> list[dict[str, Any]]:
                 "memory_gib": {p: v.memory_gib(p) for p in ("bf16", "8bit", "4bit")},  # type: ignore[arg-type]
                 # Estimated peak to run, weights + loading + working memory (models.footprint), per backend/precision
                 "peak_gib": variant_needs(v.params_b, v.multimodal, gguf=v.modality not in ("embedding", "speech")),
+                # The GGUF Q4_K_M figure's parts, for one question in one sequence (the default llama.cpp job)
+                "llamacpp_q4_k_m_gib": llamacpp_breakdown(v.params_b, v.multimodal)
+                if v.modality not in ("embedding", "speech")
+                else None,
                 "default_preset": v.default_preset,
                 "present": hit is not None,
                 "path": str(hit[0]) if hit else None,
@@ -69,6 +73,13 @@ def print_models(rows: list[dict[str, Any]]) -> None:
         "bf16/fp32: transformers on CPU (GPU: bf16 weights, `--quantize 4bit` ~0.55 byte/param); GGUF: llama.cpp "
         "(`medgemma export gguf`). Loading refuses, in one line, what will not fit (`--no-memory-check` overrides)."
     )
+    parts = next((r["llamacpp_q4_k_m_gib"] for r in rows if r.get("llamacpp_q4_k_m_gib")), None)
+    if parts:
+        print(
+            f"GGUF figures are for one question in one sequence ({DEFAULT_JOB_CELLS}-cell KV pool, sliding-window "
+            f"layers at their window): e.g. {rows[0]['name']} Q4_K_M = weights {parts['weights']} + KV {parts['kv']} + "
+            f"runtime {parts['runtime']} GiB. `serve --parallel N` adds KV for N sequences of 2048 cells."
+        )
     print(
         "MedGemma images: 896x896 -> 256 tokens; MedSigLIP (embedding): 448x448, use `medgemma embed`. "
         "Get weights: see `medgemma ask --model NAME` for instructions."
