@@ -100,8 +100,9 @@ def test_auto_picks_openvino_on_cpu_bf16_and_torch_for_fp32(vision_model_dir, cx
     bf16 = load(vision_model_dir, "auto", "bfloat16")
     assert bf16.backend.vision.runtime == "openvino"
     assert bf16.backend.info.extra["vision_tower"] == "openvino"
-    bf16.ask("What is shown?", images=[str(cxr_png)], max_new_tokens=2)
+    answer = bf16.ask("What is shown?", images=[str(cxr_png)], max_new_tokens=2)
     assert bf16.backend.vision.images == 1
+    assert answer.timings["vision_tower"] == "openvino"  # what --json shows
     fp32 = load(vision_model_dir, "auto", "float32")
     assert fp32.backend.vision.runtime == "torch"
     assert fp32.backend.info.extra["vision_tower"] == "torch"

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,7 +236,9 @@ class _OpenVinoTower:
         try:
             # Outside inference mode: export cannot trace tensors created under it (the first image arrives inside
             # `generate`'s inference mode).
-            with torch.inference_mode(False), torch.no_grad():
+            # warnings: torch.export's pytree deprecation notes mean nothing to a user asking a question.
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 example = torch.zeros(self.shape, dtype=torch.float32)
                 exported = torch.export.export(_tower_graph(self.tower, self.reference, self.dtype), (example,))
                 graph = ov.convert_model(exported)
