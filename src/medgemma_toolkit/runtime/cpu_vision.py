@@ -3,7 +3,7 @@
 Why: at 896 px the tower is 4,096 tokens x 27 layers and its attention has heads of 72. torch's CPU attention kernels
 run that shape at 25-50 GFLOP/s, a fraction of the cores' bf16 matmul rate, so the tower was most of an image
 question's time on a CPU. OpenVINO's CPU plugin fuses the attention and runs it in bf16 where the CPU has bf16
-instructions (measured in benchmarks/cpu_4b.py; the table is in docs/guides/cpu.md).
+instructions (measured in benchmarks/cpu_4b.py; the table is in docs/guides/ask.md, "CPUs: the image tower").
 
 How: the tower (not the projector, which is a small matmul) is exported once per set of weights with
 `torch.export`, converted with `openvino.convert_model` and saved as OpenVINO IR in the user's cache, keyed by a
@@ -49,9 +49,6 @@ class VisionPath:
     fallbacks: int = 0  # calls the OpenVINO tower handed to torch (unsupported arguments)
     cache_dir: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def describe(self) -> str:
-        return f"{self.runtime} ({self.reason})"
 
 
 def cache_base() -> Path:
