@@ -223,7 +223,7 @@ class _OpenVinoTower:
         if xml.is_file():
             return xml
         print(
-            "note: converting the vision tower for OpenVINO once (about a minute for MedGemma 4B); cached in "
+            "note: converting the vision tower for OpenVINO once (under a minute for MedGemma 4B); cached in "
             + str(base),
             file=sys.stderr,
             flush=True,
