@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONFIGS = ("transformers:bfloat16", "llamacpp:q4_k_m")
+# transformers:DTYPE[:VISION]: VISION is --vision-runtime (default auto: OpenVINO's tower on a bf16 CPU); the
+# `:torch` row is the transformers tower, so the default path and its reference run side by side.
+CONFIGS = ("transformers:bfloat16:torch", "transformers:bfloat16", "llamacpp:q4_k_m")
 QUESTION = "Describe the typical findings of lobar pneumonia on a chest X-ray."
 IMAGE_QUESTION = "Describe this chest X-ray."
 
@@ -87,7 +89,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
 
     cache = cache_root()
     ckpt, text_gguf, mmproj = build(cache)
-    backend, dtype = config.split(":")
+    backend, dtype, vision = (config.split(":") + ["auto"])[:3]
     model = str(text_gguf if backend == "llamacpp" else ckpt)
     t0 = time.perf_counter()
     mg = MedGemma.load(
@@ -96,6 +98,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
         dtype=dtype if backend == "transformers" else "auto",
         mmproj=str(mmproj) if backend == "llamacpp" else None,
         preset="medgemma-v1",
+        **({"vision_runtime": vision} if backend == "transformers" else {}),
     )
     out: dict[str, object] = {
         "config": config,
@@ -107,8 +110,15 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
         from llamacpp_build import build_label  # benchmarks/: which llama-cpp-python build, compiled for what
 
         out["llama_cpp"] = build_label()
-    # Warm-up: first-call allocations, thread pools, and the weights' pages (transformers maps them lazily).
+    if backend == "transformers":
+        random_projector(mg)
+    # Warm-up: first-call allocations, thread pools, the weights' pages (transformers maps them lazily) and, for the
+    # OpenVINO tower, its one-time conversion (cached: a second run only compiles).
+    t = time.perf_counter()
     mg.ask("Hello.", images=[str(image_file(cache))] if "image" in kinds else [], max_new_tokens=1)
+    out["warmup_s"] = round(time.perf_counter() - t, 1)
+    if backend == "transformers" and "image" in kinds:
+        out["tower"] = tower_check(mg, image_file(cache))
     for n_case, kind in enumerate(kinds):
         images = [str(image_file(cache))] if kind == "image" else []
         # A different first word per call: llama.cpp would otherwise reuse the previous call's prompt from its cache.
@@ -136,9 +146,66 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
             "decode_tok_s": round((n - 1) / (e2e - ttft), 2) if n > 1 and e2e > ttft else None,
             "answer": ans.raw,  # greedy on the random checkpoint: the same text from run to run, build to build
             "timings": ans.timings,
+            "text": ans.text,
         }
     out["peak_rss_gib"] = round(peak_rss_gb(), 2)
+    if backend == "transformers":
+        v = mg.backend.vision
+        out["vision_tower"] = {"runtime": v.runtime, "reason": v.reason, "images": v.images, "fallbacks": v.fallbacks}
     return out
+
+
+def random_projector(mg: object) -> None:
+    """The random checkpoint's projector is all zeros (a fresh Gemma 3 projector is), so every tower would give the
+    same zero image features and the same answer. Seeded non-zero weights, the same in every configuration, make
+    "same greedy tokens" a real check of the tower."""
+    import torch
+
+    proj = mg.backend.model.model.multi_modal_projector  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        w = proj.mm_input_projection_weight
+        w.copy_(torch.randn(w.shape, generator=gen) * w.shape[0] ** -0.5)
+        proj.mm_soft_emb_norm.weight.copy_(torch.randn(proj.mm_soft_emb_norm.weight.shape, generator=gen) * 0.1)
+
+
+def tower_check(mg: object, image: Path) -> dict[str, object]:
+    """The vision tower alone on the benchmark image: the backend's tower (OpenVINO on the default path) against
+    the transformers tower on the same pixels, seconds and cosine of the hidden states and projected features."""
+    import torch
+
+    from medgemma_toolkit.core.messages import ImagePart
+
+    backend = mg.backend  # type: ignore[attr-defined]
+    part = next(p for p in mg.media([str(image)]) if isinstance(p, ImagePart))  # type: ignore[attr-defined]
+    px = backend.processor.image_processor(part.image, return_tensors="pt")["pixel_values"]
+    px = px.to(backend.model.dtype)
+    tower = backend.model.model.vision_tower
+    proj = backend.model.model.multi_modal_projector
+    res: dict[str, object] = {}
+    with torch.inference_mode():
+        t = time.perf_counter()
+        used = tower(pixel_values=px).last_hidden_state
+        res["tower_s"] = round(time.perf_counter() - t, 2)
+        if backend.vision.runtime != "torch":
+            t = time.perf_counter()
+            ref = type(tower).forward(tower, pixel_values=px).last_hidden_state
+            res["torch_tower_s"] = round(time.perf_counter() - t, 2)
+            res["cos_hidden"] = round(cosine(used, ref), 6)
+            res["cos_features"] = round(cosine(proj(used), proj(ref)), 6)
+    # The image question's first greedy tokens through this configuration's tower (ids: see main()).
+    req = mg.request(IMAGE_QUESTION, images=[str(image)])  # type: ignore[attr-defined]
+    inputs = backend._encode([req.prompt]).to(backend.input_device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(backend.model.dtype)
+    with torch.inference_mode():
+        out = backend.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    res["greedy_ids"] = out[0, inputs["input_ids"].shape[1] :].tolist()
+    return res
+
+
+def cosine(a: object, b: object) -> float:
+    x, y = a.float().flatten(), b.float().flatten()  # type: ignore[attr-defined]
+    return float(x @ y / (x.norm() * y.norm()))
 
 
 def main() -> None:
@@ -184,6 +251,24 @@ def main() -> None:
                     f"{r['config']:24} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
                     f"{k['ttft_s']:7} {k['end_to_end_s']:7} {k['decode_tok_s'] or '-':>7}"
                 )
+    tower_rows = [r for r in results if isinstance(r.get("tower"), dict)]
+    if tower_rows:
+        print()
+        print(f"{'config':30} {'vision tower':12} {'tower s':>8} {'torch s':>8} {'cos hidden':>11} {'cos feat':>9}")
+        for r in tower_rows:
+            t = r["tower"]
+            print(
+                f"{r['config']:30} {r['vision_tower']['runtime']:12} {t['tower_s']:8} {t.get('torch_tower_s', '-'):>8} "
+                f"{t.get('cos_hidden', '-'):>11} {t.get('cos_features', '-'):>9}"
+            )
+    # Same greedy tokens from every transformers configuration (the towers differ; the projector is seeded non-zero).
+    # Token ids, not text: the random model's tokens mostly lie outside the small test tokenizer and decode to "".
+    ids = {r["config"]: r["tower"].get("greedy_ids") for r in tower_rows}
+    if len(ids) > 1:
+        same = len({json.dumps(v) for v in ids.values()}) == 1
+        print(
+            f"image: same greedy token ids across {', '.join(ids)}: {'yes' if same else 'NO'} {next(iter(ids.values()))}"
+        )
 
 
 if __name__ == "__main__":

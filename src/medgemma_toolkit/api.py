@@ -210,8 +210,15 @@ class MedGemma:
                 "tokens_per_s": round(tps, 2),
                 "backend": self.backend.info.backend,
                 "dtype": self.backend.info.extra.get("dtype") or _gguf_type(self.backend.info.path),
+                **self._vision_timing(),
             },
         )
+
+    def _vision_timing(self) -> dict[str, Any]:
+        """Which runtime ran the image tower (transformers backend, multimodal models): OpenVINO or torch."""
+        vision = getattr(self.backend, "vision", None)
+        runtime = getattr(vision, "runtime", None)
+        return {"vision_tower": runtime} if runtime and self.backend.info.multimodal else {}
 
     # -- generation -------------------------------------------------------------------------------------------
     def ask(

@@ -17,6 +17,8 @@ from ..core.options import LoadOptions
 from ..errors import BadInput, CapabilityError
 from ..models.checkpoint import check_quantize, load_hf_model, load_processing, quantization_config
 from ..prompts.gemma_format import render_gemma_chat
+from ..runtime.cpu_vision import VisionPath, check_vision_runtime
+from ..runtime.cpu_vision import install as install_vision
 from ..runtime.memory import call_or_oom, release_memory
 from ..runtime.placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
 from ..runtime.torch_setup import pick_device_dtype
@@ -55,6 +57,7 @@ class TransformersBackend(Backend):
         width = getattr(config.get_text_config(), "hidden_size", None)
         self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype, width, inference=True)
         quantize = check_quantize(self.options.quantize)
+        check_vision_runtime(self.options.vision_runtime)  # a bad name fails before the weights load
         dtype_name = str(self.dtype).replace("torch.", "")
         weights = None if gguf_file else model_bytes(checkpoint_params(self.path), dtype_name, quantize)
         # Free memory matters only when choosing between one GPU and several ("cuda" without an index).
@@ -89,6 +92,12 @@ class TransformersBackend(Backend):
         self.model.eval()
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
+        # The SigLIP tower through OpenVINO on CPUs (converted at the first image, cached per weights).
+        self.vision: VisionPath = (
+            install_vision(self.model, self.input_device, self.dtype, self.options.vision_runtime)
+            if self.multimodal
+            else VisionPath("torch", "text-only model")
+        )
         self.tokenizer.padding_side = "left"
         self.template = template
         self.stop_ids = self._stop_token_ids()
@@ -111,6 +120,7 @@ class TransformersBackend(Backend):
                 "dtype": dtype_name,
                 **({"quantize": quantize} if quantize != "none" else {}),
                 **({"device_map": "auto"} if self.placement.device_map == "auto" else {}),
+                **({"vision_tower": self.vision.runtime} if self.multimodal else {}),
             },
         )
         self.capabilities = Capabilities(

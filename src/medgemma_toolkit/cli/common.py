@@ -102,6 +102,12 @@ ParallelOpt = Annotated[
         help="llama.cpp: sequences decoded together in one batch (default: as many as the job has, up to 4 per physical core and 16); serve gives them one KV pool of 2048 x N tokens"
     ),
 ]
+VisionRuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="transformers: who runs the image tower: auto (OpenVINO on a CPU with bf16 weights, else torch), openvino, torch"
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,7 @@ class ModelOptions:
     threads: ThreadsOpt = None
     memory_check: MemoryCheckOpt = True
     parallel: ParallelOpt = None
+    vision_runtime: VisionRuntimeOpt = "auto"
 
     def load_options(self, **extra: Any) -> LoadOptions:
         """These options as the one `LoadOptions` every engine reads; `extra` sets the fields a command decides
@@ -134,6 +141,7 @@ class ModelOptions:
             threads=self.threads,
             memory_check=self.memory_check,
             parallel=self.parallel,
+            vision_runtime=self.vision_runtime,
         ).with_overrides(**extra)
 
     def load(self, preset: str | None = None, quiet: bool = False, **extra: Any) -> MedGemma:

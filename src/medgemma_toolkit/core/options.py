@@ -37,6 +37,9 @@ class LoadOptions:
     # What the model is loaded for: "interactive" (ask, chat, serve: load time and latency count) or "throughput"
     # (eval, batch: items per second count). `--backend auto` may pick another backend for the demo model.
     workload: str = "interactive"
+    # transformers backend: who runs the SigLIP vision tower. "auto": OpenVINO on a CPU with bf16 weights (measured
+    # faster, runtime/cpu_vision.py), torch elsewhere; "openvino" or "torch" to choose.
+    vision_runtime: str = "auto"
 
     def with_overrides(self, **overrides: Any) -> LoadOptions:
         """A copy with `overrides` (field names of this class) applied; an unknown name is a one-line `BadInput`."""
