@@ -156,3 +156,33 @@ def test_cli_rejects_a_bad_vision_runtime(cli, vision_model_dir, cxr_png):
     assert r.returncode != 0
     assert "--vision-runtime must be one of" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+_PROBE = """
+import sys
+if sys.argv[1] == "guarded":
+    from medgemma_toolkit.runtime.cpu_vision import import_openvino
+    import_openvino()
+import openvino.tools.ovc as ovc
+print("consent", bool(ovc.telemetry.consent))
+"""
+
+
+@pytest.mark.parametrize("mode,consent", [("plain", True), ("guarded", False)])
+def test_openvino_telemetry_is_declined_before_import(tmp_path, mode, consent):
+    """OpenVINO sends a usage event at import unless a consent file says no (oracle: the plain import in a fresh
+    home consents). Through `import_openvino` nothing consents and nothing is written under the home folder."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"consent {consent}" in out.stdout
+    if not consent:
+        assert list(home.iterdir()) == []  # no consent or client-id file written for us

@@ -51,6 +51,26 @@ class VisionPath:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
+def import_openvino() -> Any:
+    """`openvino`, imported with its usage telemetry declined for this process.
+
+    Importing `openvino` imports its model converter, which sends a Google Analytics event at import (and on each
+    conversion) unless a consent file in the user's home says no: by default it phones home. Nothing in this toolkit
+    may, so before the first import the consent check of `openvino_telemetry` answers "declined" for this process —
+    nothing is sent and nothing is written under the user's home. The user's own consent file is left untouched.
+    """
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:  # a build without the telemetry package has nothing to decline
+        pass
+    else:
+        declined = opt_in_checker.ConsentCheckResult.DECLINED
+        opt_in_checker.OptInChecker.check = lambda self, *a, **k: declined  # type: ignore[method-assign]
+    import openvino
+
+    return openvino
+
+
 def cache_base() -> Path:
     """Where converted towers live: beside the demo conversion, in the user's cache."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -111,7 +131,7 @@ def install(model: Any, device: torch.device, dtype: torch.dtype, choice: str) -
     if choice == "auto" and dtype != torch.bfloat16:
         return VisionPath("torch", "float32 weights (the OpenVINO tower is measured faster in bfloat16)")
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         if choice == "openvino":
             raise BackendUnavailable("--vision-runtime openvino needs OpenVINO: pip install openvino") from None
@@ -187,7 +207,7 @@ class _OpenVinoTower:
         return self.compiled is not None
 
     def _compile(self) -> Any:
-        import openvino as ov
+        ov = import_openvino()
 
         xml = self._converted()
         self.path.cache_dir = str(xml.parent)
@@ -201,7 +221,7 @@ class _OpenVinoTower:
 
     def _converted(self) -> Path:
         """The tower's OpenVINO IR, converted once per weights/dtype/versions and saved atomically."""
-        import openvino as ov
+        ov = import_openvino()
         import torch
         import transformers
 
