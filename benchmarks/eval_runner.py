@@ -7,6 +7,11 @@ length-sorted batches through `Backend.generate`, parsing, flushed records and t
 
     python benchmarks/eval_runner.py                      # the demo model (Gemma 3 270M, through transformers)
     python benchmarks/eval_runner.py --model PATH --batch-size 16 --max-new-tokens 32
+
+The ceiling: a large square matmul in the model's dtype on the same threads (`matmul_peak_gflops`), the best this
+machine does. The fraction: the model's useful work in the runner's generate time (every real prompt and generated
+token through every linear layer, attention over real positions, the output layer for generated tokens only, as
+`generate` computes it; padding and dead rows count as waste) over that ceiling.
 """
 
 from __future__ import annotations
@@ -41,6 +46,44 @@ def make_items(path: Path, n: int, seed: int = 0) -> None:
                 )
                 + "\n"
             )
+
+
+def matmul_peak_gflops(dtype: object, n: int = 2048, reps: int = 3) -> float:
+    """GFLOP/s of the best of `reps` (n x n) @ (n x n) matmuls in `dtype` on torch's threads: the compute ceiling."""
+    import torch
+
+    a = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
+    b = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def useful_flops(model: object, records: list[dict[str, object]]) -> float:
+    """FLOPs a padding-free, dead-row-free run must do for `records` (prompt and completion token counts): 2 per
+    parameter of each linear layer per token, the output layer only for generated tokens (prefill keeps the last
+    position's logits), causal attention (QK^T and AV) over the real positions, sliding layers over their window."""
+    cfg = model.config.get_text_config()  # type: ignore[attr-defined]
+    head = model.get_output_embeddings().weight.numel()  # type: ignore[attr-defined]
+    body = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()  # type: ignore[attr-defined]
+        if type(m).__name__ == "Linear" and "lm_head" not in name and "vision" not in name
+    )
+    width = cfg.num_attention_heads * cfg.head_dim  # query heads x head size
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    window = getattr(cfg, "sliding_window", None) or 1 << 30
+    total = 0.0
+    for r in records:
+        p, c = int(r["prompt_tokens"]), int(r["completion_tokens"])  # type: ignore[call-overload]
+        total += 2 * body * (p + c) + 2 * head * c
+        for t in range(1, p + c + 1):  # token t attends to min(t, window) positions: 4 FLOPs per position and width
+            total += sum(4 * width * min(t, window if kind == "sliding_attention" else t) for kind in types)
+    return total
 
 
 def main() -> None:
@@ -115,7 +158,7 @@ def main() -> None:
     )
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
-    ours_wall = ours_gen = base_wall = 0.0
+    ours_wall = ours_gen = base_wall = ours_flops = 0.0
     ours_tokens = base_tokens = 0
     ours_text: dict[str, str] = {}
     base_text: dict[str, str] = {}
@@ -140,6 +183,7 @@ def main() -> None:
         ours_wall += time.perf_counter() - t0
         ours_gen += summary["timing"]["generate_seconds"]
         recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
+        ours_flops += useful_flops(mg.backend.model, recs) if mg.backend.info.backend == "transformers" else 0.0
         ours_tokens += sum(r["completion_tokens"] for r in recs)
         ours_text.update({r["item_id"]: (r["raw"] or "").strip() for r in recs})
 
@@ -179,6 +223,8 @@ def main() -> None:
         )
 
     n = args.items
+    peak = matmul_peak_gflops(be.model.dtype)
+    reached = ours_flops / ours_gen / 1e9
     result = {
         "model": mg.backend.info.name,
         "device": mg.backend.info.extra.get("device"),
@@ -196,11 +242,18 @@ def main() -> None:
         "runner_backend": mg.backend.info.backend,
         "pipeline_dtype": be.info.extra.get("dtype"),
         "same_answers": sum(ours_text.get(i) == a for i, a in base_text.items()),
+        "peak_gflops": round(peak, 1),
+        "runner_useful_gflops": round(reached, 1),
+        "fraction_of_peak": round(reached / peak, 3),
     }
     print(json.dumps(result, indent=2))
     print(
         f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
         f"items/s: {base_wall / ours_wall:.2f}x"
+    )
+    print(
+        f"ceiling {peak:.0f} GFLOP/s ({str(be.model.dtype).replace('torch.', '')} matmul); runner's generate time "
+        f"does {reached:.0f} GFLOP/s of useful work: {100 * reached / peak:.0f}% of peak"
     )
 
 

@@ -232,11 +232,12 @@ class TransformersBackend(Backend):
         return [r for r in results if r is not None]
 
     def _generate_batch(
-        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True
+        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True, bucket: bool = True
     ) -> list[Completion]:
         """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
-        plain static batch, for benchmarks); sampled ones keep the static batch, so seeded results stay as they were
-        (a smaller batch draws its random numbers in another order)."""
+        plain static batch, for benchmarks) and prefill in length buckets (`bucket=False`: the batch whole, padded
+        to its longest prompt); sampled ones keep the static batch, so seeded results stay as they were (a smaller
+        batch draws its random numbers in another order)."""
         torch = self.torch
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
@@ -262,7 +263,8 @@ class TransformersBackend(Backend):
                 and len(rows) > 1
                 and can_prune(self.model)
             ):
-                decode_pruned(self.model, dict(inputs), gen, stepper)
+                per_row = [len(r.request.prompt.all_images()) for r in rows]
+                decode_pruned(self.model, dict(inputs), gen, stepper, images_per_row=per_row, bucket=bucket)
             else:
                 self._decode_static(dict(inputs), gen, stepper, constrain)
         done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
