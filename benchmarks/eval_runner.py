@@ -109,6 +109,12 @@ def main() -> None:
         "The baseline is always a transformers pipeline: the same model object when the runner uses "
         "transformers, else the same weights loaded through transformers (dequantised, --dtype)",
     )
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the runner with each batch prefilled whole (no length buckets), alternating with the default",
+    )
+    ap.add_argument("--no-pipeline", action="store_true", help="skip the one-call-per-item pipeline baseline")
     args = ap.parse_args()
 
     from medgemma_toolkit import MedGemma
@@ -158,7 +164,8 @@ def main() -> None:
     )
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
-    ours_wall = ours_gen = base_wall = ours_flops = 0.0
+    ours_wall = ours_gen = base_wall = ours_flops = whole_gen = whole_flops = 0.0
+    whole_text: dict[str, str] = {}
     ours_tokens = base_tokens = 0
     ours_text: dict[str, str] = {}
     base_text: dict[str, str] = {}
@@ -167,25 +174,39 @@ def main() -> None:
         part = work / f"items{k}.jsonl"
         part.write_text("\n".join(chunk) + "\n")
         # -- ours: the full runner (reading, batches, parsing, flushed records, summary with CIs, report) -----
-        t0 = time.perf_counter()
-        summary = run_eval(
-            mg,
-            EvalOptions(
-                task="medqa",
-                data=str(part),
-                out=work / f"run{k}",
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens,
-                use_cache=False,
-                progress=False,
-            ),
-        )
-        ours_wall += time.perf_counter() - t0
-        ours_gen += summary["timing"]["generate_seconds"]
-        recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
-        ours_flops += useful_flops(mg.backend.model, recs) if mg.backend.info.backend == "transformers" else 0.0
-        ours_tokens += sum(r["completion_tokens"] for r in recs)
-        ours_text.update({r["item_id"]: (r["raw"] or "").strip() for r in recs})
+        sides = [("", True), ("-whole", False)] if args.compare else [("", True)]
+        for tag, bucket in sides if k % 2 == 0 else sides[::-1]:
+            if hasattr(mg.backend, "bucket_prefill"):
+                mg.backend.bucket_prefill = bucket
+            t0 = time.perf_counter()
+            summary = run_eval(
+                mg,
+                EvalOptions(
+                    task="medqa",
+                    data=str(part),
+                    out=work / f"run{k}{tag}",
+                    batch_size=args.batch_size,
+                    max_new_tokens=args.max_new_tokens,
+                    use_cache=False,
+                    progress=False,
+                ),
+            )
+            wall = time.perf_counter() - t0
+            recs = [json.loads(x) for x in (work / f"run{k}{tag}" / "records.jsonl").read_text().splitlines()]
+            flops = useful_flops(mg.backend.model, recs) if mg.backend.info.backend == "transformers" else 0.0
+            texts = {r["item_id"]: (r["raw"] or "").strip() for r in recs}
+            if tag:
+                whole_gen += summary["timing"]["generate_seconds"]
+                whole_flops += flops
+                whole_text.update(texts)
+                continue
+            ours_wall += wall
+            ours_gen += summary["timing"]["generate_seconds"]
+            ours_flops += flops
+            ours_tokens += sum(r["completion_tokens"] for r in recs)
+            ours_text.update(texts)
+        if args.no_pipeline:
+            continue
 
         # -- baseline: a transformers pipeline, one call per item, the same rendered prompts ------------------
         user_preset, base.preset = base.preset, eval_preset
@@ -234,11 +255,20 @@ def main() -> None:
         "batch_size": args.batch_size,
         "rounds": len(chunks),
         "runner_items_per_s": round(n / ours_wall, 3),
+        **(
+            {
+                "whole_batch_generate_only_items_per_s": round(n / whole_gen, 3),
+                "whole_batch_fraction_of_peak": round(whole_flops / whole_gen / 1e9 / peak, 3),
+                "same_answers_bucketed_vs_whole": sum(ours_text.get(i) == a for i, a in whole_text.items()),
+            }
+            if args.compare
+            else {}
+        ),
         "runner_generate_only_items_per_s": round(n / ours_gen, 3),
-        "pipeline_items_per_s": round(n / base_wall, 3),
+        "pipeline_items_per_s": round(n / base_wall, 3) if base_wall else None,
         "runner_tokens": ours_tokens,
         "pipeline_tokens": base_tokens,
-        "speedup": round(base_wall / ours_wall, 2),
+        "speedup": round(base_wall / ours_wall, 2) if base_wall else None,
         "runner_backend": mg.backend.info.backend,
         "pipeline_dtype": be.info.extra.get("dtype"),
         "same_answers": sum(ours_text.get(i) == a for i, a in base_text.items()),
@@ -247,10 +277,11 @@ def main() -> None:
         "fraction_of_peak": round(reached / peak, 3),
     }
     print(json.dumps(result, indent=2))
-    print(
-        f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
-        f"items/s: {base_wall / ours_wall:.2f}x"
-    )
+    if base_wall:
+        print(
+            f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline "
+            f"{n / base_wall:.2f} items/s: {base_wall / ours_wall:.2f}x"
+        )
     print(
         f"ceiling {peak:.0f} GFLOP/s ({str(be.model.dtype).replace('torch.', '')} matmul); runner's generate time "
         f"does {reached:.0f} GFLOP/s of useful work: {100 * reached / peak:.0f}% of peak"

@@ -96,6 +96,9 @@ class TransformersBackend(Backend):
         self.byte_token_ids = frozenset(
             i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
         )
+        # Greedy batches prefill in length buckets (backends/hf_buckets.py); False prefills each batch whole, padded
+        # to its longest prompt (benchmarks/eval_runner.py --compare measures one against the other).
+        self.bucket_prefill = True
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
         self.info = ModelHint.of(info_hint).model_info(
@@ -232,11 +235,11 @@ class TransformersBackend(Backend):
         return [r for r in results if r is not None]
 
     def _generate_batch(
-        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True, bucket: bool = True
+        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True, bucket: bool | None = None
     ) -> list[Completion]:
         """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
         plain static batch, for benchmarks) and prefill in length buckets (`bucket=False`: the batch whole, padded
-        to its longest prompt); sampled ones keep the static batch, so seeded results stay as they were (a smaller
+        to its longest prompt; None: `self.bucket_prefill`); sampled ones keep the static batch, so seeded results stay as they were (a smaller
         batch draws its random numbers in another order)."""
         torch = self.torch
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
@@ -264,7 +267,14 @@ class TransformersBackend(Backend):
                 and can_prune(self.model)
             ):
                 per_row = [len(r.request.prompt.all_images()) for r in rows]
-                decode_pruned(self.model, dict(inputs), gen, stepper, images_per_row=per_row, bucket=bucket)
+                decode_pruned(
+                    self.model,
+                    dict(inputs),
+                    gen,
+                    stepper,
+                    images_per_row=per_row,
+                    bucket=self.bucket_prefill if bucket is None else bucket,
+                )
             else:
                 self._decode_static(dict(inputs), gen, stepper, constrain)
         done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
