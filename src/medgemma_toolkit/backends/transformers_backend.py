@@ -18,6 +18,7 @@ from ..errors import BadInput, CapabilityError
 from ..models.checkpoint import check_quantize, load_hf_model, load_processing, quantization_config
 from ..prompts.gemma_format import render_gemma_chat
 from ..runtime.memory import call_or_oom, release_memory
+from ..runtime.norms import fuse_rms_norms
 from ..runtime.placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
 from ..runtime.torch_setup import pick_device_dtype
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
@@ -87,6 +88,8 @@ class TransformersBackend(Backend):
         if self.options.adapter:
             self.model = _with_adapter(self.model, self.options.adapter, merge=quantize == "none")
         self.model.eval()
+        if self.device.type == "cpu":  # one kernel instead of seven element-wise passes per norm (runtime/norms.py)
+            fuse_rms_norms(self.model)
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
         self.tokenizer.padding_side = "left"
