@@ -7,6 +7,11 @@ length-sorted batches through `Backend.generate`, parsing, flushed records and t
 
     python benchmarks/eval_runner.py                      # the demo model (Gemma 3 270M, through transformers)
     python benchmarks/eval_runner.py --model PATH --batch-size 16 --max-new-tokens 32
+
+The ceiling: a large square matmul in the model's dtype on the same threads (`matmul_peak_gflops`), the best this
+machine does. The fraction: the model's useful work in the runner's generate time (every real prompt and generated
+token through every linear layer, attention over real positions, the output layer for generated tokens only, as
+`generate` computes it; padding and dead rows count as waste) over that ceiling.
 """
 
 from __future__ import annotations
@@ -43,6 +48,44 @@ def make_items(path: Path, n: int, seed: int = 0) -> None:
             )
 
 
+def matmul_peak_gflops(dtype: object, n: int = 2048, reps: int = 3) -> float:
+    """GFLOP/s of the best of `reps` (n x n) @ (n x n) matmuls in `dtype` on torch's threads: the compute ceiling."""
+    import torch
+
+    a = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
+    b = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def useful_flops(model: object, records: list[dict[str, object]]) -> float:
+    """FLOPs a padding-free, dead-row-free run must do for `records` (prompt and completion token counts): 2 per
+    parameter of each linear layer per token, the output layer only for generated tokens (prefill keeps the last
+    position's logits), causal attention (QK^T and AV) over the real positions, sliding layers over their window."""
+    cfg = model.config.get_text_config()  # type: ignore[attr-defined]
+    head = model.get_output_embeddings().weight.numel()  # type: ignore[attr-defined]
+    body = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()  # type: ignore[attr-defined]
+        if type(m).__name__ == "Linear" and "lm_head" not in name and "vision" not in name
+    )
+    width = cfg.num_attention_heads * cfg.head_dim  # query heads x head size
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    window = getattr(cfg, "sliding_window", None) or 1 << 30
+    total = 0.0
+    for r in records:
+        p, c = int(r["prompt_tokens"]), int(r["completion_tokens"])  # type: ignore[call-overload]
+        total += 2 * body * (p + c) + 2 * head * c
+        for t in range(1, p + c + 1):  # token t attends to min(t, window) positions: 4 FLOPs per position and width
+            total += sum(4 * width * min(t, window if kind == "sliding_attention" else t) for kind in types)
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -66,6 +109,13 @@ def main() -> None:
         "The baseline is always a transformers pipeline: the same model object when the runner uses "
         "transformers, else the same weights loaded through transformers (dequantised, --dtype)",
     )
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the runner as it was before issue 35 (each batch prefilled whole, no length buckets, and "
+        "transformers' own RMSNorm), alternating with the default; reports both and their agreement",
+    )
+    ap.add_argument("--no-pipeline", action="store_true", help="skip the one-call-per-item pipeline baseline")
     args = ap.parse_args()
 
     from medgemma_toolkit import MedGemma
@@ -102,6 +152,7 @@ def main() -> None:
     from medgemma_toolkit.eval.runner import eval_preset_name
     from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset
+    from medgemma_toolkit.runtime.norms import fuse_rms_norms
 
     base = (
         mg
@@ -115,33 +166,69 @@ def main() -> None:
     )
     pipe = pipeline("text-generation", model=be.model, tokenizer=be.tokenizer, device=be.model.device)
     eval_preset = get_preset(eval_preset_name(mg))  # the preset the runner uses: same prompts, same stop strings
-    ours_wall = ours_gen = base_wall = 0.0
+    ours_wall = ours_gen = base_wall = ours_flops = whole_gen = whole_flops = 0.0
+    whole_text: dict[str, str] = {}
     ours_tokens = base_tokens = 0
     ours_text: dict[str, str] = {}
     base_text: dict[str, str] = {}
+    # Warm-up, untimed: the first calls of a process pay for oneDNN kernel set-up and lazy imports.
+    warm = work / "warm.jsonl"
+    warm.write_text("\n".join(rows[:4]) + "\n")
+    for bucket in (True, False) if args.compare else (True,):
+        if hasattr(mg.backend, "bucket_prefill"):
+            mg.backend.bucket_prefill = bucket
+            fuse_rms_norms(mg.backend.model, on=bucket)
+        run_eval(
+            mg,
+            EvalOptions(
+                task="medqa",
+                data=str(warm),
+                out=work / f"warm-{bucket}",
+                batch_size=4,
+                max_new_tokens=4,
+                use_cache=False,
+                progress=False,
+            ),
+        )
     # Rounds alternate between the two sides, so a change in the (shared) machine's load hits both alike.
     for k, chunk in enumerate(chunks):
         part = work / f"items{k}.jsonl"
         part.write_text("\n".join(chunk) + "\n")
         # -- ours: the full runner (reading, batches, parsing, flushed records, summary with CIs, report) -----
-        t0 = time.perf_counter()
-        summary = run_eval(
-            mg,
-            EvalOptions(
-                task="medqa",
-                data=str(part),
-                out=work / f"run{k}",
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens,
-                use_cache=False,
-                progress=False,
-            ),
-        )
-        ours_wall += time.perf_counter() - t0
-        ours_gen += summary["timing"]["generate_seconds"]
-        recs = [json.loads(x) for x in (work / f"run{k}" / "records.jsonl").read_text().splitlines()]
-        ours_tokens += sum(r["completion_tokens"] for r in recs)
-        ours_text.update({r["item_id"]: (r["raw"] or "").strip() for r in recs})
+        sides = [("", True), ("-whole", False)] if args.compare else [("", True)]
+        for tag, bucket in sides if k % 2 == 0 else sides[::-1]:
+            if hasattr(mg.backend, "bucket_prefill"):
+                mg.backend.bucket_prefill = bucket
+                fuse_rms_norms(mg.backend.model, on=bucket)
+            t0 = time.perf_counter()
+            summary = run_eval(
+                mg,
+                EvalOptions(
+                    task="medqa",
+                    data=str(part),
+                    out=work / f"run{k}{tag}",
+                    batch_size=args.batch_size,
+                    max_new_tokens=args.max_new_tokens,
+                    use_cache=False,
+                    progress=False,
+                ),
+            )
+            wall = time.perf_counter() - t0
+            recs = [json.loads(x) for x in (work / f"run{k}{tag}" / "records.jsonl").read_text().splitlines()]
+            flops = useful_flops(mg.backend.model, recs) if mg.backend.info.backend == "transformers" else 0.0
+            texts = {r["item_id"]: (r["raw"] or "").strip() for r in recs}
+            if tag:
+                whole_gen += summary["timing"]["generate_seconds"]
+                whole_flops += flops
+                whole_text.update(texts)
+                continue
+            ours_wall += wall
+            ours_gen += summary["timing"]["generate_seconds"]
+            ours_flops += flops
+            ours_tokens += sum(r["completion_tokens"] for r in recs)
+            ours_text.update(texts)
+        if args.no_pipeline:
+            continue
 
         # -- baseline: a transformers pipeline, one call per item, the same rendered prompts ------------------
         user_preset, base.preset = base.preset, eval_preset
@@ -179,6 +266,8 @@ def main() -> None:
         )
 
     n = args.items
+    peak = matmul_peak_gflops(be.model.dtype)
+    reached = ours_flops / ours_gen / 1e9
     result = {
         "model": mg.backend.info.name,
         "device": mg.backend.info.extra.get("device"),
@@ -188,19 +277,36 @@ def main() -> None:
         "batch_size": args.batch_size,
         "rounds": len(chunks),
         "runner_items_per_s": round(n / ours_wall, 3),
+        **(
+            {
+                "before_generate_only_items_per_s": round(n / whole_gen, 3),
+                "before_fraction_of_peak": round(whole_flops / whole_gen / 1e9 / peak, 3),
+                "same_answers_as_before": sum(ours_text.get(i) == a for i, a in whole_text.items()),
+            }
+            if args.compare
+            else {}
+        ),
         "runner_generate_only_items_per_s": round(n / ours_gen, 3),
-        "pipeline_items_per_s": round(n / base_wall, 3),
+        "pipeline_items_per_s": round(n / base_wall, 3) if base_wall else None,
         "runner_tokens": ours_tokens,
         "pipeline_tokens": base_tokens,
-        "speedup": round(base_wall / ours_wall, 2),
+        "speedup": round(base_wall / ours_wall, 2) if base_wall else None,
         "runner_backend": mg.backend.info.backend,
         "pipeline_dtype": be.info.extra.get("dtype"),
         "same_answers": sum(ours_text.get(i) == a for i, a in base_text.items()),
+        "peak_gflops": round(peak, 1),
+        "runner_useful_gflops": round(reached, 1),
+        "fraction_of_peak": round(reached / peak, 3),
     }
     print(json.dumps(result, indent=2))
+    if base_wall:
+        print(
+            f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline "
+            f"{n / base_wall:.2f} items/s: {base_wall / ours_wall:.2f}x"
+        )
     print(
-        f"runner {n / ours_wall:.2f} items/s (whole run incl. records and report) vs pipeline {n / base_wall:.2f} "
-        f"items/s: {base_wall / ours_wall:.2f}x"
+        f"ceiling {peak:.0f} GFLOP/s ({str(be.model.dtype).replace('torch.', '')} matmul); runner's generate time "
+        f"does {reached:.0f} GFLOP/s of useful work: {100 * reached / peak:.0f}% of peak"
     )
 
 

@@ -16,6 +16,7 @@ from conftest import run_cli
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from medgemma_toolkit.embed.preprocess import notebook_resize
 from medgemma_toolkit.testing.tiny_siglip import build_tiny_siglip
 
 
@@ -311,3 +312,26 @@ def test_bare_siglipmodel_folder_embeds_images_and_says_why_not_texts(tmp_path, 
     )
     assert r2.returncode == 0, r2.stderr
     np.testing.assert_allclose(np.array(json.loads(r2.stdout)["items"][0]["embedding"]), ref, atol=1e-5)
+
+
+def test_auto_dtype_is_bf16_only_for_wide_towers_on_bf16_cpus(ms, siglip_dir, files, tmp_path):
+    """`dtype="auto"` follows MedGemma's CPU inference rule (bf16 where the CPU has bf16 matrix instructions and the
+    tower is >= 512 wide); fp32 vectors are the notebook path's within 1e-6, bf16 ones within cosine 0.999."""
+    from medgemma_toolkit import MedSigLIP
+    from medgemma_toolkit.runtime.torch_setup import cpu_auto_dtype, cpu_flags
+
+    assert ms.info()["dtype"] == "float32"  # the 32-wide fixture: too narrow to gain from bf16
+    wide = build_tiny_siglip(tmp_path / "wide", hidden_size=768, layers=1)
+    paths = [str(files / f"im{k}.png") for k in range(3)]
+    auto = MedSigLIP.load(str(wide))
+    assert auto.info()["dtype"] == cpu_auto_dtype(cpu_flags(), 768)
+    fp32 = MedSigLIP.load(str(wide), dtype="float32")
+    assert fp32.info()["dtype"] == "float32"
+    from transformers import SiglipModel
+
+    model = SiglipModel.from_pretrained(str(wide)).eval()
+    px = fp32.processor(images=[notebook_resize(Image.open(p), fp32.pre.size) for p in paths], return_tensors="pt")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.vision_model(**px).pooler_output, dim=-1).numpy()
+    np.testing.assert_allclose(fp32.embed_images(paths).vectors, want, atol=1e-6)
+    assert np.min(np.sum(auto.embed_images(paths).vectors * want, axis=1)) >= 0.999

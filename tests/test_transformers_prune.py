@@ -14,6 +14,7 @@ from PIL import Image
 from medgemma_toolkit import MedGemma
 from medgemma_toolkit.backends.base import GenerationRequest
 from medgemma_toolkit.backends.decoding import RowState, TokenStepper
+from medgemma_toolkit.backends.hf_buckets import plan_buckets
 from medgemma_toolkit.backends.hf_decode import decode_pruned
 from medgemma_toolkit.testing.bf16_agreement import compare, greedy_with_logits
 
@@ -99,7 +100,10 @@ def spy_batch_sizes(mg: MedGemma, monkeypatch) -> list[int]:
     return sizes
 
 
-def pruned_ids(mg: MedGemma, reqs: list[GenerationRequest]) -> tuple[list[list[int]], list[RowState]]:
+def pruned_ids(
+    mg: MedGemma, reqs: list[GenerationRequest], bucket: bool = False
+) -> tuple[list[list[int]], list[RowState]]:
+    """Each row's new tokens through `decode_pruned` (by default prefilled whole, as the pruning tests count it)."""
     be = mg.backend
     rows = [RowState(i, r) for i, r in enumerate(reqs)]
     stepper = TokenStepper(rows, None, be._decode, set(be.stop_ids), be.byte_token_ids)
@@ -107,7 +111,10 @@ def pruned_ids(mg: MedGemma, reqs: list[GenerationRequest]) -> tuple[list[list[i
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(be.model.dtype)
     with torch.inference_mode():
-        decode_pruned(be.model, dict(inputs), be._generation_config(rows), stepper)
+        per_row = [len(r.prompt.all_images()) for r in reqs]
+        decode_pruned(
+            be.model, dict(inputs), be._generation_config(rows), stepper, images_per_row=per_row, bucket=bucket
+        )
     return [d.ids for d in stepper.dets], rows
 
 
@@ -224,3 +231,59 @@ def test_bf16_differs_from_the_static_batch_only_at_near_ties(text_dir):
     diverged = compare(static, ids, logits)
     assert all(d.within_tolerance for d in diverged), diverged
     assert len(diverged) <= 1
+
+
+# -- length-bucketed prefill (backends/hf_buckets.py) ----------------------------------------------------------------
+
+
+def test_plan_buckets_groups_like_lengths_and_covers_every_row():
+    lengths = [200, 40, 210, 45, 205, 50, 120]
+    plan = plan_buckets(lengths, overhead=20)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in b) for b in plan] == [[40, 45, 50], [120], [200, 205, 210]]
+    assert plan_buckets(lengths, overhead=10_000) == [[1, 3, 5, 6, 0, 4, 2]]  # a call costs more than padding
+    assert plan_buckets([7, 7, 7], overhead=0) == [[0, 1, 2]]  # equal lengths: nothing to gain
+    assert plan_buckets([]) == []
+
+
+def test_bucketed_text_rows_match_hf_generate_alone(text_fp32, monkeypatch):
+    """Rows of 20-90 tokens (one beyond the 64-token sliding window) prefill in buckets, then decode joined; every
+    row's tokens are those of HF `generate` on the row alone."""
+    reqs, _ = text_requests(text_fp32)
+    lengths = [text_fp32.backend.count_prompt_tokens(r.prompt) for r in reqs]
+    assert max(lengths) > 64 > min(lengths)
+    sizes = spy_batch_sizes(text_fp32, monkeypatch)
+    ids, _ = pruned_ids(text_fp32, reqs, bucket=True)
+    sizes = sizes[:]
+    n_buckets = len(plan_buckets([n + 0 for n in lengths]))
+    assert n_buckets > 1
+    assert sum(sizes[:n_buckets]) == len(reqs) and sizes[n_buckets] <= len(reqs), sizes  # buckets, then joined
+    assert ids == [expect(text_fp32, r) for r in reqs]
+
+
+def test_bucketed_image_rows_match_hf_generate_alone(mm_fp32, monkeypatch):
+    """Image rows keep their own images in their bucket (`pixel_values` follow the rows)."""
+    imgs = [Image.new("RGB", (40 + 9 * i, 30), (i * 50, 20, 200 - i * 40)) for i in range(4)]
+    qs = [QUESTIONS[1], QUESTIONS[2], QUESTIONS[1] + " " + QUESTIONS[3], QUESTIONS[4]]
+    reqs = [mm_fp32.request(q, [im], max_new_tokens=n) for q, im, n in zip(qs, imgs, [3, 16, 9, 12])]
+    sizes = spy_batch_sizes(mm_fp32, monkeypatch)
+    ids, _ = pruned_ids(mm_fp32, reqs, bucket=True)
+    sizes = sizes[:]
+    assert len(sizes) > 1 and sizes[0] < len(reqs), sizes  # prefilled in more than one bucket
+    assert ids == [expect(mm_fp32, r) for r in reqs]
+
+
+def test_backend_bucketed_results_keep_order_and_equal_unbucketed(text_fp32):
+    """Through `Backend.generate`'s batch: text, finish reasons and token counts, in the callers' order, are those
+    of the batch prefilled whole."""
+    be = text_fp32.backend
+    reqs, _ = text_requests(text_fp32)
+    reqs = reqs + reqs[::-1]  # longer and shorter rows interleaved
+
+    def run(bucket: bool):
+        done = be._generate_batch([RowState(i, r) for i, r in enumerate(reqs)], None, bucket=bucket)
+        return [(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in done]
+
+    whole, bucketed = run(False), run(True)
+    assert bucketed == whole
+    assert [c[2] for c in bucketed] == [be.count_prompt_tokens(r.prompt) for r in reqs]

@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .decoding import TokenStepper
+from .hf_buckets import bucket_inputs, join_caches, join_rows, joinable, plan_buckets
 
 # End a segment once this share of its rows has finished. A cut costs one `generate` call's set-up and a copy of the
 # surviving rows' cache (measured by benchmarks/prune_decode.py); it is repaid by the first few smaller steps.
@@ -53,23 +54,37 @@ def can_prune(model: Any) -> bool:
 
 
 def decode_pruned(
-    model: Any, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, fraction: float | None = None
+    model: Any,
+    inputs: dict[str, Any],
+    gen: Any,
+    stepper: TokenStepper,
+    fraction: float | None = None,
+    images_per_row: list[int] | None = None,
+    bucket: bool = True,
 ) -> None:
     """Greedy decoding of `inputs` (one row per `stepper` row) in segments, dropping finished rows between them.
 
     `gen` is the batch's GenerationConfig (greedy; `max_new_tokens` the largest row limit); it is not changed.
-    `fraction`: the share of a segment's rows whose finishing ends it (default `PRUNE_FRACTION`)."""
+    `fraction`: the share of a segment's rows whose finishing ends it (default `PRUNE_FRACTION`). With `bucket`,
+    rows of unlike prompt lengths are prefilled in length buckets and join for the decode (backends/hf_buckets.py);
+    `images_per_row` says which `pixel_values` belong to which row (default: none)."""
     fraction = PRUNE_FRACTION if fraction is None else fraction
     rows = stepper.rows
-    ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-    first: dict[str, Any] = inputs  # pixel_values, token_type_ids: read by the prefill only
     gen = copy.deepcopy(gen)
     gen.return_dict_in_generate = True  # hands back the cache, to continue from
-    live = list(range(len(rows)))
-    made = 0  # tokens generated so far by every live row (they advance together)
+    start = _bucketed_prefill(model, inputs, gen, stepper, images_per_row) if bucket else None
+    if start is None:
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        first: dict[str, Any] = inputs  # pixel_values, token_type_ids: read by the prefill only
+        live, made = list(range(len(rows))), 0
+    else:
+        ids, mask, cache, live = start
+        first, made = {"cache": cache}, 1
     while live:
         end_at = max(1, math.ceil(len(live) * fraction)) if len(live) > 1 else None
         gen.max_new_tokens = max(rows[i].request.params.max_new_tokens for i in live) - made
+        if gen.max_new_tokens <= 0:
+            break
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -94,3 +109,43 @@ def decode_pruned(
         ids, live = seq, [live[k] for k in keep]
         first = {"cache": cache}
     stepper.finish([[] for _ in rows])  # closes any row still open as "length" (its tokens were all seen)
+
+
+def _bucketed_prefill(
+    model: Any, inputs: dict[str, Any], gen: Any, stepper: TokenStepper, images_per_row: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor, DynamicCache, list[int]] | None:
+    """Prefill (and the first token) bucket by bucket, then (ids, mask, joined cache, live rows) of the rows still
+    open, in bucket order; None when one bucket would do (or this model's cache cannot be joined): the caller
+    prefills the batch whole."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    plan = plan_buckets(lengths)
+    if len(plan) < 2 or not joinable(model):
+        return None
+    per_row = images_per_row or [0] * len(lengths)
+    parts = [bucket_inputs(inputs, b, per_row) for b in plan]
+    if any(p is None for p in parts):
+        return None
+    one = copy.deepcopy(gen)
+    one.max_new_tokens = 1
+    seqs, masks, caches, keep = [], [], [], []
+    for bucket, part in zip(plan, parts):
+        assert part is not None
+        ids, mask = part.pop("input_ids"), part.pop("attention_mask")
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=one,
+            stopping_criteria=StoppingCriteriaList([Track(stepper, bucket, None)]),
+            **part,
+        )
+        if not isinstance(out.cache, DynamicCache):
+            raise RuntimeError(f"cannot join a {type(out.cache).__name__}")
+        seqs.append(out.sequences)
+        masks.append(torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1))
+        caches.append(out.cache)
+        keep.append([k for k, i in enumerate(bucket) if stepper.rows[i].finish is None])
+    live = [bucket[k] for bucket, ks in zip(plan, keep) for k in ks]
+    if not live:
+        return torch.empty(0), torch.empty(0), caches[0], []
+    ids, mask = join_rows(seqs, masks, keep, int(gen.pad_token_id or 0))
+    return ids, mask, join_caches(caches, keep), live

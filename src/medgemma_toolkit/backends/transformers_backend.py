@@ -20,6 +20,7 @@ from ..prompts.gemma_format import render_gemma_chat
 from ..runtime.cpu_vision import VisionPath, check_vision_runtime
 from ..runtime.cpu_vision import install as install_vision
 from ..runtime.memory import call_or_oom, release_memory
+from ..runtime.norms import fuse_rms_norms
 from ..runtime.placement import checkpoint_params, inference_placement, model_bytes, visible_gpus
 from ..runtime.torch_setup import pick_device_dtype
 from .base import Backend, Capabilities, Completion, DeltaCallback, GenerationRequest
@@ -90,6 +91,8 @@ class TransformersBackend(Backend):
         if self.options.adapter:
             self.model = _with_adapter(self.model, self.options.adapter, merge=quantize == "none")
         self.model.eval()
+        if self.device.type == "cpu":  # one kernel instead of seven element-wise passes per norm (runtime/norms.py)
+            fuse_rms_norms(self.model)
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
         # The SigLIP tower through OpenVINO on CPUs (converted at the first image, cached per weights).
@@ -106,6 +109,9 @@ class TransformersBackend(Backend):
         self.byte_token_ids = frozenset(
             i for t, i in self.tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
         )
+        # Greedy batches prefill in length buckets (backends/hf_buckets.py); False prefills each batch whole, padded
+        # to its longest prompt (benchmarks/eval_runner.py --compare measures one against the other).
+        self.bucket_prefill = True
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
         self.info = ModelHint.of(info_hint).model_info(
@@ -261,12 +267,13 @@ class TransformersBackend(Backend):
         return [r for r in results if r is not None]
 
     def _generate_batch(
-        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True
+        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True, bucket: bool | None = None
     ) -> list[Completion]:
         """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
-        plain static batch, for benchmarks); sampled, constrained or log-probability batches keep the static batch,
-        with one `hf_sampling.StepProcessor` choosing each row's token (a seeded row samples the same text whatever
-        its batch-mates)."""
+        plain static batch, for benchmarks) and prefill in length buckets (`bucket=False`: the batch whole, padded
+        to its longest prompt; None: `self.bucket_prefill`); sampled, constrained or log-probability batches keep the
+        static batch, with one `hf_sampling.StepProcessor` choosing each row's token (a seeded row samples the same
+        text whatever its batch-mates)."""
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -293,7 +300,15 @@ class TransformersBackend(Backend):
             )
         with self.torch.inference_mode():
             if step is None and prune and len(rows) > 1 and can_prune(self.model):
-                decode_pruned(self.model, dict(inputs), gen, stepper)
+                per_row = [len(r.request.prompt.all_images()) for r in rows]
+                decode_pruned(
+                    self.model,
+                    dict(inputs),
+                    gen,
+                    stepper,
+                    images_per_row=per_row,
+                    bucket=self.bucket_prefill if bucket is None else bucket,
+                )
             else:
                 self._decode_static(dict(inputs), gen, stepper, step)
         done = [Completion(r.text, r.finish or "length", int(n), r.tokens) for r, n in zip(rows, prompt_tokens)]
