@@ -279,40 +279,27 @@ def batch(
         "max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING,
         "workload": "throughput",
     }
+    run_args: dict[str, Any] = {
+        "resume": resume,
+        "batch_size": _batch_size(batch_size),
+        "max_new_tokens": max_new_tokens,
+        "think": think,
+        "on_error": on_error,
+        "schema": parsed,
+    }
     if plan.parallel:
         from ..batch.scaled import run_batch_scattered
         from .scaling import model_loader, scatter_for
 
         scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
         assert scatter is not None
-        stats = run_batch_scattered(
-            scatter,
-            model_loader(mo, **load_extra),
-            input,
-            out,
-            resume=resume,
-            batch_size=_batch_size(batch_size),
-            max_new_tokens=max_new_tokens,
-            think=think,
-            on_error=on_error,
-            schema=parsed,
-        )
+        stats = run_batch_scattered(scatter, model_loader(mo, **load_extra), input, out, **run_args)
         print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
-        if sr is not None:
+        if sr is not None:  # the SRs re-read each row's request: a model here too
             _write_batch_srs(model_loader(mo, **load_extra)(), rows, out, sr, stow, think, max_new_tokens)
         return
     mg = mo.load(**load_extra)
-    stats = run_batch(
-        mg,
-        input,
-        out,
-        resume=resume,
-        batch_size=_batch_size(batch_size),
-        max_new_tokens=max_new_tokens,
-        think=think,
-        on_error=on_error,
-        schema=parsed,
-    )
+    stats = run_batch(mg, input, out, **run_args)
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
     if sr is not None:
         _write_batch_srs(mg, rows, out, sr, stow, think, max_new_tokens)

@@ -34,20 +34,28 @@ def is_pdf(source: str) -> bool:
         return False
 
 
-def pdf_pages(data: bytes, name: str, options: ImageOptions, size: int) -> list[Part]:
-    """Each page of the PDF in `data` as an `ImagePart` (page number in its manifest info), in order."""
+def _open(data: bytes, name: str) -> tuple[Any, int]:
+    """The PDF document and its page count, refused in one line when unreadable, empty or over `MAX_PAGES`; the
+    caller closes the document."""
     import pypdfium2 as pdfium
 
     try:
         doc = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as e:
         raise BadInput(f"{name}: cannot read the PDF ({str(e).splitlines()[0][:120]})") from None
-    try:
-        n = len(doc)
+    n = len(doc)
+    if n == 0 or n > MAX_PAGES:
+        doc.close()
         if n == 0:
             raise BadInput(f"{name}: the PDF has no pages")
-        if n > MAX_PAGES:
-            raise BadInput(f"{name}: the PDF has {n} pages; at most {MAX_PAGES} are read (split the document)")
+        raise BadInput(f"{name}: the PDF has {n} pages; at most {MAX_PAGES} are read (split the document)")
+    return doc, n
+
+
+def pdf_pages(data: bytes, name: str, options: ImageOptions, size: int) -> list[Part]:
+    """Each page of the PDF in `data` as an `ImagePart` (page number in its manifest info), in order."""
+    doc, n = _open(data, name)
+    try:
         return [_page(doc[i], i + 1, name, options, size) for i in range(n)]
     finally:
         doc.close()
@@ -83,18 +91,8 @@ def pdf_text(data: bytes, name: str, options: ImageOptions) -> list[Part]:
     are counted before any is kept: over `options.max_text_chars` (and the request budget's, where it has one) the
     document is refused rather than cut, since a cut lab report would be extracted as if it were whole. A page with
     no text layer (a scan) contributes its marker and "(no text layer)", so the model knows a page is missing."""
-    import pypdfium2 as pdfium
-
+    doc, n = _open(data, name)
     try:
-        doc = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as e:
-        raise BadInput(f"{name}: cannot read the PDF ({str(e).splitlines()[0][:120]})") from None
-    try:
-        n = len(doc)
-        if n == 0:
-            raise BadInput(f"{name}: the PDF has no pages")
-        if n > MAX_PAGES:
-            raise BadInput(f"{name}: the PDF has {n} pages; at most {MAX_PAGES} are read (split the document)")
         parts: list[Part] = []
         used = 0
         for i in range(n):
