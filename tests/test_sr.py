@@ -111,6 +111,25 @@ def test_measurement_report_round_trip(tmp_path):
     assert "AI generated, not reviewed" in back.SeriesDescription
 
 
+def test_answer_in_any_script_is_written_as_utf8(tmp_path):
+    """A model answers in any script (a random one emits any token): the SR declares UTF-8 and keeps the text exactly,
+    where the source's character set (none: ASCII) could not encode it."""
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=3, rows=16, cols=16))
+    answer = "Épanchement pleural — 胸水 ✓ 🫁"
+    sr = answer_report("Any effusion?", answer, [read_header(files[0])], ALGO, thought=None)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    back = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert answer in [getattr(i, "TextValue", None) for i in _walk(back.ContentSequence)]
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        yield from _walk(getattr(item, "ContentSequence", []))
+
+
 def test_answer_report_on_de_identified_series(tmp_path):
     """No patient attributes at all in the source (as after `deid`): the SR has them empty, and is still valid."""
     files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16, phi={}))

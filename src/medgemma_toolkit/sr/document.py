@@ -46,7 +46,9 @@ def marker_text(algo: AlgorithmInfo) -> str:
 
 
 def sop_arguments(algo: AlgorithmInfo, evidence: Sequence[Any], what: str) -> dict[str, Any]:
-    """The keyword arguments every highdicom SR constructor takes here (new UIDs each call)."""
+    """The keyword arguments every highdicom SR constructor takes here (new UIDs each call). The character set is
+    UTF-8 (ISO_IR 192) whatever the source's: the answer is free model text in any script, and highdicom would
+    otherwise take the first source's set (often none, i.e. ASCII/Latin-1), which cannot encode it."""
     import highdicom as hd
 
     from .evidence import for_sr, home_first
@@ -62,6 +64,7 @@ def sop_arguments(algo: AlgorithmInfo, evidence: Sequence[Any], what: str) -> di
         is_final=False,
         is_verified=False,
         series_description=series_description(algo, what),
+        specific_character_set="ISO_IR 192",
     )
 
 
