@@ -43,8 +43,8 @@ def main() -> None:
     from medgemma_toolkit import MedGemma
     from medgemma_toolkit.backends import hf_decode
     from medgemma_toolkit.backends.decoding import RowState
+    from medgemma_toolkit.eval.facts import eval_preset_name
     from medgemma_toolkit.eval.items import format_options
-    from medgemma_toolkit.eval.runner import eval_preset_name
     from medgemma_toolkit.eval.spec import get_task
 
     mg = MedGemma.load(args.model, backend="transformers", dtype=args.dtype, max_batch_size=args.items)

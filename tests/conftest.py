@@ -264,3 +264,66 @@ def exported(tmp_path_factory, checkpoint: Path, key: str, *extra: str) -> Path:
         )
         assert r.returncode == 0, r.stderr
     return out
+
+
+# Prompts of unlike lengths (a word to a paragraph) and answer limits, one per row: the batched greedy decoders
+# (pruning, buckets, the preallocated cache) are checked row by row against `generate_alone` on them.
+DECODE_QUESTIONS = [
+    "Is there an effusion?",
+    "Describe the heart size in this radiograph, the mediastinum, both lungs, the pleural spaces, the bones and "
+    "the soft tissues, and say which of these findings needs follow-up and how soon it should be done.",
+    "Edema?",
+    "What is sepsis and how is it treated in the first hour?",
+    "x",
+]
+DECODE_LIMITS = [5, 24, 11, 18, 30]
+
+
+def generate_alone(mg, req, drop_stop: bool = False) -> list[int]:
+    """New tokens of plain `model.generate` on one request alone: the oracle the batched decoders are held to (same
+    greedy tokens row by row). `drop_stop` drops a final stop token, as our decoders report it."""
+    import torch
+
+    be = mg.backend
+    text = be.render(req.prompt)
+    images = req.prompt.all_images()
+    if images:
+        inputs = be.processor(text=[text], images=[images], return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(be.model.dtype)
+    else:
+        inputs = be.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    stop = {"stop_strings": list(req.params.stop), "tokenizer": be.tokenizer} if req.params.stop else {}
+    with torch.inference_mode():
+        out = be.model.generate(
+            **inputs,
+            max_new_tokens=req.params.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=be.stop_ids,
+            pad_token_id=be.tokenizer.pad_token_id,
+            **stop,
+        )
+    ids = out[0, inputs["input_ids"].shape[1] :].tolist()
+    return ids[:-1] if drop_stop and ids and ids[-1] in be.stop_ids else ids
+
+
+def sr_batch_rows(tmp_path: Path, write_cxr) -> tuple[Path, list[Path]]:
+    """A `batch --sr` input: a 5-slice CT series asked twice (all slices, then two), a CXR (written by `write_cxr`)
+    and a PNG, as rows.jsonl naming the files one by one. Returns (rows file, the CT slices)."""
+    from PIL import Image
+
+    files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16))
+    write_cxr(tmp_path / "cxr.dcm")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    slices = [f"ct/{f.name}" for f in files]  # rows name files (a series' slices given one by one)
+    rows = [
+        {"id": "a", "question": "Any nodule?", "images": slices},
+        {"id": "b", "question": "Where is the CXR?", "image": "cxr.dcm"},
+        {"id": "c", "question": "Any mass?", "images": slices[:2]},
+        {"id": "d", "question": "A photo?", "image": "x.png"},
+    ]
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return inp, files

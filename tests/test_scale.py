@@ -1,9 +1,11 @@
-"""The generic scale-out core (`scale/`): plans, the in-process path, the local spawn pool, ordering, journals."""
+"""The generic scale-out core (`scale/`): plans, the in-process path, the local process pool (fork or spawn), ordering, journals."""
 
 from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -52,6 +54,38 @@ def test_local_pool_builds_one_worker_per_process_and_returns_everything():
     builds = {(r[1], r[2]) for r in got.values()}
     pids = {pid for pid, _ in builds}
     assert len(builds) == len(pids) == stats.workers == 2  # one build per process, two processes did work
+
+
+def test_pool_forks_a_single_threaded_driver_and_spawns_otherwise(monkeypatch):
+    """Forked workers start with the driver's modules and globals (no second import); MEDGEMMA_POOL_START picks."""
+    from medgemma_toolkit.scale import local
+    from medgemma_toolkit.testing import scale_workers
+
+    monkeypatch.setattr(scale_workers, "DRIVER_MARK", "set in the driver")
+    got: dict[int, str] = {}
+    for method, seen in (("fork", "set in the driver"), ("spawn", "")):
+        monkeypatch.setenv(local.START_ENV, method)
+        got.clear()
+        run(list(range(8)), scale_workers.make_marked, ScalePlan(workers=2), got.__setitem__)
+        assert set(got.values()) == {seen}, method
+    monkeypatch.setenv(local.START_ENV, "thread")
+    with pytest.raises(BadInput, match="give fork or spawn"):
+        run(list(range(8)), scale_workers.make_marked, ScalePlan(workers=2), got.__setitem__)
+
+
+@pytest.mark.parametrize(
+    ("setup", "method"),
+    [
+        ("import medgemma_toolkit.deid", "fork"),  # numpy (OpenBLAS threads) loaded: still fork
+        ("import threading; threading.Thread(target=threading.Event().wait, daemon=True).start()", "spawn"),
+        ("import torch", "spawn"),
+    ],
+)
+def test_start_method_is_fork_only_where_safe(setup, method, monkeypatch):
+    monkeypatch.delenv("MEDGEMMA_POOL_START", raising=False)
+    code = f"{setup}\nfrom medgemma_toolkit.scale.local import start_method\nprint(start_method())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == method
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -116,6 +150,31 @@ def test_ray_runs_every_unit_on_both_nodes_one_build_per_actor(ray_cluster, monk
 
 
 @pytest.mark.slow
+def test_ray_actor_lost_mid_run_its_chunks_go_to_the_other(ray_cluster, monkeypatch):
+    """The second node is SIGKILLed (raylet, object store, actor) after 20 results of 200 (~5 s of work): the
+    chunks its actor held are handed to the actor on the head node, and every unit comes back exactly once."""
+    for name in ("PYTHONPATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, ray_cluster.env[name])
+    got: dict[int, tuple[int, int, str]] = {}
+    seen: list[int] = []
+
+    def on_result(unit: int, result: tuple[int, int, str]) -> None:
+        assert unit not in got, "a unit came back twice"
+        got[unit] = result
+        seen.append(unit)
+        if len(seen) == 20:
+            ray_cluster.kill_node(1)
+
+    try:
+        plan = ScalePlan(workers=2, ray_address=ray_cluster.address)
+        run(list(range(200)), functools.partial(make_square, 0.05), plan, on_result, batch_size=4)
+    finally:
+        ray_cluster.replace_node(1)  # later tests get their two nodes back
+    assert sorted(got) == list(range(200)) and all(r[0] == u * u for u, r in got.items())
+    assert len({r[1] for r in got.values()}) == 2  # both actors worked before the loss
+
+
+@pytest.mark.slow
 def test_ray_worker_errors_are_one_line(ray_cluster, monkeypatch):
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         monkeypatch.setenv(name, ray_cluster.env[name])
@@ -145,7 +204,7 @@ def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, tmp_path, cli):
         require_ray()
     (tmp_path / "in").mkdir()
     r = cli("deid", "--ray", "auto", str(tmp_path / "in"), str(tmp_path / "out"))
-    assert r.returncode == 2 and "--ray needs Ray Data: pip install 'medgemma-toolkit[ray]'" in r.stderr
+    assert r.returncode == 2 and "--ray needs Ray: pip install 'medgemma-toolkit[ray]'" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import CT_SERIES, PASSWORD, SCRIPT, STUDY, USER, run_cli, uri
+from conftest import CT_SERIES, PASSWORD, SCRIPT, STUDY, USER, run_cli, sr_batch_rows, uri
 from PIL import Image
 
 from medgemma_toolkit.errors import BadInput
@@ -572,18 +572,7 @@ def test_batch_sr_one_report_per_study_resumable(tiny_model_dir, tmp_path, cli):
     --resume skips complete SRs and rewrites a study that gained a row."""
     from medgemma_toolkit.batch.sr import sr_path
 
-    files = write_series(tmp_path / "ct", SeriesSpec(slices=5, rows=16, cols=16))
-    write_cxr(tmp_path / "cxr.dcm")
-    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    slices = [f"ct/{f.name}" for f in files]  # rows name files (a series' slices given one by one)
-    rows = [
-        {"id": "a", "question": "Any nodule?", "images": slices},
-        {"id": "b", "question": "Where is the CXR?", "image": "cxr.dcm"},
-        {"id": "c", "question": "Any mass?", "images": slices[:2]},
-        {"id": "d", "question": "A photo?", "image": "x.png"},
-    ]
-    inp = tmp_path / "rows.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    inp, files = sr_batch_rows(tmp_path, write_cxr)
     srs, out = tmp_path / "srs", tmp_path / "out.jsonl"
     base = ["batch", "-m", str(tiny_model_dir), "--input", str(inp), "-o", str(out), "--max-new-tokens", "2",
             "--sr", str(srs)]  # fmt: skip

@@ -21,6 +21,7 @@ from ..eval.generation import Outcome, auto_batch_size, run_batches
 from ..eval.items import format_options
 from ..eval.records import RecordLog
 from ..eval.rows import ReadContext, RowError, is_blank, options_of, row_images
+from ..imaging.manifest import prompt_manifest
 from ..prompts.presets import LONGITUDINAL
 from ..prompts.thinking import split_thought
 from ..rowfile import read_rows
@@ -153,14 +154,19 @@ def run_batch(
     on_error: str = "fail",
     progress: bool = True,
     schema: dict[str, Any] | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`schema`: every answer is decoded under it and validated again; a row whose answer does not validate keeps
-    its answer text and gets an "error" (the run goes on); one that does gets its value as "object"."""
+    its answer text and gets an "error" (the run goes on); one that does gets its value as "object". `seen`
+    (`batch --sr`): filled with each asked row's manifest (`batch.sr.Seen`), so its SR needs no second decode."""
     rows, log = open_log(input_path, out_path, resume, on_error)
     pending = [r for r in rows if r.id not in log.done]
 
     def build(r: BatchRow) -> GenerationRequest:
-        return row_request(mg, r, think, max_new_tokens, schema)
+        req = row_request(mg, r, think, max_new_tokens, schema)
+        if seen is not None:
+            seen[r.id] = prompt_manifest(req.prompt)
+        return req
 
     def on_batch(outs: list[Outcome[BatchRow]]) -> None:
         log.append(records_of(outs, on_error, schema))

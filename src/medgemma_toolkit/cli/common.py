@@ -256,7 +256,7 @@ RayOpt = Annotated[
 
 @dataclasses.dataclass(frozen=True)
 class ScaleArgs:
-    """Where batch work runs: `--workers N` (a local process pool) and `--ray ADDRESS` (Ray Data actors)."""
+    """Where batch work runs: `--workers N` (a local process pool) and `--ray ADDRESS` (Ray actors)."""
 
     workers: WorkersOpt = None
     ray: RayOpt = None

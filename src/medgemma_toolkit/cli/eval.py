@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, cast
 
 import typer
 
@@ -13,6 +13,9 @@ from ..errors import BadInput
 from . import app
 from .common import MODEL_DEFAULTS, SCALE_DEFAULTS, ModelOptions, ScaleArgs, option_groups
 from .sr import StowOpt
+
+if TYPE_CHECKING:
+    from ..batch.sr import Evidence
 
 eval_app = typer.Typer(invoke_without_command=True)  # help: eval_run's docstring
 app.add_typer(eval_app, name="eval")
@@ -151,9 +154,11 @@ def eval_run(
     if mode == "loglikelihood":
         mo = scoring_model_options(mo)
     load_extra: dict[str, Any] = {"max_batch_size": opts.batch_size or AUTO_BATCH_CEILING, "workload": "throughput"}
-    mg = mo.load(**load_extra)
     scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
-    summary = run_eval(mg, opts, scatter, model_loader(mo, notice=False, **load_extra) if scatter else None)
+    if scatter is not None:  # the workers load the model and send back what the run records: none here
+        summary = run_eval(None, opts, scatter, model_loader(mo, **load_extra))
+    else:
+        summary = run_eval(mo.load(**load_extra), opts)
     m = summary["metrics"][spec.primary_metric]
     ci = (
         ""
@@ -273,8 +278,7 @@ def batch(
     plan = sc.plan()
     parsed = read_schema(schema) if schema is not None else None
     rows = read_batch_rows(input, on_error)  # report a bad file before loading a model
-    if sr is not None or stow is not None:
-        _check_batch_sr(rows, sr, stow)
+    evidence = _check_batch_sr(rows, sr, stow) if sr is not None or stow is not None else None
     load_extra: dict[str, Any] = {
         "max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING,
         "workload": "throughput",
@@ -287,27 +291,30 @@ def batch(
         "on_error": on_error,
         "schema": parsed,
     }
-    if plan.parallel:
+    if plan.parallel:  # the workers answer and send back what the SRs cite: no model here
         from ..batch.scaled import run_batch_scattered
         from .scaling import model_loader, scatter_for
 
         scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
         assert scatter is not None
-        stats = run_batch_scattered(scatter, model_loader(mo, **load_extra), input, out, **run_args)
-        print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
-        if sr is not None:  # the SRs re-read each row's request: a model here too
-            _write_batch_srs(model_loader(mo, **load_extra)(), rows, out, sr, stow, think, max_new_tokens)
-        return
-    mg = mo.load(**load_extra)
-    stats = run_batch(mg, input, out, **run_args)
+        stats = run_batch_scattered(scatter, model_loader(mo, **load_extra), input, out, evidence=evidence, **run_args)
+    else:
+        mg = mo.load(**load_extra)
+        stats = run_batch(mg, input, out, seen=evidence.seen if evidence else None, **run_args)
+        if evidence is not None:  # rows answered by an earlier run, in a study whose SR is written again
+            from ..batch.sr import describe_rows
+            from ..sr import algorithm_of
+
+            evidence.seen.update(describe_rows(mg, evidence.to_describe(out), think, max_new_tokens))
+            evidence.algorithm = algorithm_of(mg)
     print(f"{stats['generated']} rows answered, {stats['resumed']} already done; wrote {out}")
-    if sr is not None:
-        _write_batch_srs(mg, rows, out, sr, stow, think, max_new_tokens)
+    if evidence is not None:
+        _write_batch_srs(evidence, out, stow)
 
 
-def _check_batch_sr(rows: list, sr: Path | None, stow_url: str | None) -> None:
+def _check_batch_sr(rows: list, sr: Path | None, stow_url: str | None) -> Evidence:
     """Before the model loads: the folder, the STOW URL, and which rows cannot have an SR (said, not fatal)."""
-    from ..batch.sr import group_rows
+    from ..batch.sr import Evidence, group_rows
     from .sr import require_highdicom
 
     if sr is None:
@@ -324,17 +331,16 @@ def _check_batch_sr(rows: list, sr: Path | None, stow_url: str | None) -> None:
         print(f"note: {line}", file=sys.stderr)
     if not groups:
         raise BadInput("--sr: no row has DICOM images; an SR needs a DICOM source")
+    return Evidence(groups, sr, errors=errors)
 
 
-def _write_batch_srs(
-    mg: Any, rows: list, out: Path, sr: Path, stow_url: str | None, think: bool, max_new_tokens: int | None
-) -> None:
+def _write_batch_srs(evidence: Evidence, out: Path, stow_url: str | None) -> None:
     from ..batch.sr import write_study_reports
     from .sr import store
 
-    done = write_study_reports(mg, rows, out, sr, think, max_new_tokens)
+    done = write_study_reports(evidence, out)
     for line in done.errors:
         print(f"note: {line}", file=sys.stderr)
-    print(f"wrote {len(done.written)} SRs into {sr} ({done.skipped} studies already complete)")
+    print(f"wrote {len(done.written)} SRs into {evidence.sr_dir} ({done.skipped} studies already complete)")
     if stow_url is not None and done.written:
         store(done.written, stow_url)

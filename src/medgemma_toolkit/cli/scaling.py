@@ -1,6 +1,6 @@
 """`--workers N` / `--ray ADDRESS` for `embed`, `batch`, `eval` and `localize --batch`: the glue between a
 command's units of work (`embed/scaled.py`, `batch/scaled.py`, `eval/scaled.py`, `localize/scaled.py`) and where
-they run (`scale.run`: a local process pool or Ray Data actors).
+they run (`scale.run`: a local process pool or Ray actors).
 
 Each worker loads its own model through a picklable loader built here (a `functools.partial` of the command's
 options' `load`), so a worker process or Ray actor loads the model once and keeps it; with `--upstream` every
@@ -9,6 +9,7 @@ worker talks to the one shared server instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -35,7 +36,14 @@ def scatter_for(plan: ScalePlan, device: str, quiet: bool, what: str) -> Scatter
     def scatter(units: Sequence[Any], make_worker: MakeWorker, on_done: Callable[[Any, Any], None]) -> None:
         if not units:  # a re-run with everything done starts no workers (and loads no model)
             return
-        run(units, make_worker, plan, on_done, quiet=quiet, what=what, num_gpus=gpus, batch_size=1)
+        sized = plan
+        if plan.ray_address is not None:
+            # No more actors than units: the Ray runner starts every actor it is given, and each loads a model (one unit,
+            # e.g. `eval`'s describing worker, gets one actor even where --ray's default is one per CPU). A local
+            # pool is sized by `scale.run` itself, and must stay a pool (1 worker there means this process).
+            n = 1 if len(units) == 1 else (min(plan.workers, len(units)) if plan.workers else 0)
+            sized = dataclasses.replace(plan, workers=n)
+        run(units, make_worker, sized, on_done, quiet=quiet, what=what, num_gpus=gpus, batch_size=1)
 
     return scatter
 

@@ -6,6 +6,7 @@ batch, eval, localize) takes one and passes it to `scale.run`.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from ..errors import BackendUnavailable, BadInput
 RAY_EXTRA = "pip install 'medgemma-toolkit[ray]'"
 # "auto": the cluster this machine belongs to (RAY_ADDRESS or the one `ray start` left a record of); "local": a
 # private one-machine Ray instance for this run; HOST:PORT: the head node's GCS address (`ray start --head --port`).
+# Overrides how a local pool starts its workers (scale/local.py's `start_method`): "fork" or "spawn".
+START_ENV = "MEDGEMMA_POOL_START"
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))?:(\d{1,5})$")
 
 
@@ -38,6 +41,8 @@ class ScalePlan:
             if self.workers < 0:
                 raise BadInput(f"--workers {self.workers}: give 0 (the whole cluster) or more with --ray")
             check_address(self.ray_address)
+        elif self.workers > 1:
+            forced_start()  # a bad override is said now, before the command creates any output
 
     @property
     def parallel(self) -> bool:
@@ -53,6 +58,15 @@ class ScalePlan:
         return "1 process" if self.workers == 1 else f"{self.workers} local workers"
 
 
+def forced_start() -> str | None:
+    """`MEDGEMMA_POOL_START`'s start method ("fork" or "spawn"), None when unset; anything else is one `BadInput`
+    line. Read when the plan is checked, so `deid --workers 2` with a typo fails before it writes its journal."""
+    forced = os.environ.get(START_ENV, "").strip().lower()
+    if forced and forced not in ("fork", "spawn"):
+        raise BadInput(f"{START_ENV}={forced[:20]}: give fork or spawn")
+    return forced or None
+
+
 def check_address(address: str) -> str:
     """`address` if it is "auto", "local" or HOST:PORT (port 1-65535), else one `BadInput` line."""
     if address in ("auto", "local"):
@@ -66,10 +80,9 @@ def check_address(address: str) -> str:
 def require_ray() -> None:
     """Fail in one line when Ray is not installed (before any work starts)."""
     try:
-        import ray
-        import ray.data  # noqa: F401
+        import ray  # noqa: F401
     except ImportError:
-        raise BackendUnavailable(f"--ray needs Ray Data: {RAY_EXTRA}") from None
+        raise BackendUnavailable(f"--ray needs Ray: {RAY_EXTRA}") from None
 
 
 def gpus_for_device(device: str) -> float | None:

@@ -64,8 +64,8 @@ def run(
     """Apply `make_worker()` to every unit; `on_result(unit, result)` runs in this process, in completion order.
 
     - `plan.parallel` False: here, in this process (the worker built once) and in input order: the default path.
-    - `plan.workers` > 1 without Ray: a `spawn` process pool (`local.py`).
-    - `plan.ray_address`: Ray Data actors (`ray_data.py`), `num_cpus`/`num_gpus` reserved by each (derive
+    - `plan.workers` > 1 without Ray: a process pool (`local.py`; forked where that is safe, else spawned).
+    - `plan.ray_address`: Ray actors fed chunks by this process (`ray_actors.py`), `num_cpus`/`num_gpus` reserved by each (derive
       `num_gpus` from `--device` with `gpus_for_device`: 1 for a model on a GPU, 0 on CPU, None for "auto":
       one each when the cluster has GPUs).
 
@@ -82,6 +82,17 @@ def run(
     n = len(units)
     if n == 0:  # e.g. a resumed run with nothing left: no worker is started, no model loaded
         return RunStats(0, 0)
+    if plan.parallel and plan.ray_address is None:
+        from .local import LocalPool
+
+        workers = min(plan.workers, n)
+        chunk = max(1, min(batch_size, n // (workers * 4) or 1))
+        # The pool first: it may fork its workers, which must happen before the progress bar starts a thread.
+        with LocalPool(make_worker, workers) as pool, progress(n, quiet, what) as tick:
+            for i, result in pool.imap(enumerate(units), chunk):
+                on_result(units[i], result)
+                tick()
+        return RunStats(n, workers)
     with progress(n, quiet, what) as tick:
 
         def done(i: int, result: Any) -> None:
@@ -93,13 +104,7 @@ def run(
             for i, unit in enumerate(units):
                 done(i, worker(unit))
             return RunStats(n, 1)
-        if plan.ray_address is None:
-            from .local import run_pool
-
-            workers = min(plan.workers, n)
-            run_pool(enumerate(units), make_worker, workers, max(1, min(batch_size, n // (workers * 4) or 1)), done)
-            return RunStats(n, workers)
-        from .ray_data import run_ray
+        from .ray_actors import run_ray
 
         run_ray(units, make_worker, plan, done, num_cpus, num_gpus, batch_size)
         return RunStats(n, plan.workers)

@@ -33,3 +33,11 @@ def make_failing(kind: str) -> Callable[[int], int]:
         return x
 
     return fail
+
+
+DRIVER_MARK = ""  # set by a test in the driver: a forked worker sees the driver's value, a spawned one the default
+
+
+def make_marked() -> Callable[[int], str]:
+    """A worker that returns `DRIVER_MARK` as its process sees it (tells a forked pool from a spawned one)."""
+    return lambda x: DRIVER_MARK
