@@ -49,17 +49,26 @@ def make_items(path: Path, n: int, seed: int = 0) -> None:
 
 
 def matmul_peak_gflops(dtype: object, n: int = 2048, reps: int = 3) -> float:
-    """GFLOP/s of the best of `reps` (n x n) @ (n x n) matmuls in `dtype` on torch's threads: the compute ceiling."""
+    """GFLOP/s of the best of `reps` (n x n) @ (n x n) matmuls in `dtype` on torch's threads: the compute ceiling.
+    For bf16 on a CPU, also through a oneDNN-packed weight (what the runner's linear layers use,
+    runtime/packed_linear.py), and the faster of the two counts."""
     import torch
+
+    from medgemma_toolkit.runtime.packed_linear import can_pack
 
     a = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
     b = torch.randn(n, n).to(dtype)  # type: ignore[arg-type]
-    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    calls = [lambda: torch.mm(a, b)]
+    if dtype == torch.bfloat16 and can_pack():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
+        calls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
+    for call in calls:
+        call()  # warm-up (oneDNN picks its kernel)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
 
@@ -86,6 +95,36 @@ def useful_flops(model: object, records: list[dict[str, object]]) -> float:
     return total
 
 
+# What each side of --compare switches on: (length buckets, fused RMSNorm, preallocated KV cache, packed linears,
+# our own greedy steps, batches refilled as rows finish).
+NOW = (True, True, True, True, True, True)
+BEFORE = {
+    "original": (False,) * 6,
+    "buckets": (True, True, False, False, False, False),
+    "decode": (True, True, True, True, True, False),
+}
+
+
+BEFORE_BATCH = 32  # the automatic CPU text batch before issue 35's third step (now 64 where memory allows)
+
+
+def set_path(backend: object, path: tuple[bool, ...]) -> None:
+    """Switch the transformers backend's throughput features on or off (nothing for other backends)."""
+    from medgemma_toolkit.runtime.norms import fuse_rms_norms
+    from medgemma_toolkit.runtime.packed_linear import pack_linears
+
+    if not hasattr(backend, "bucket_prefill"):
+        return
+    bucket, norms, cache, packed, steps, refill = path
+    backend.bucket_prefill = bucket
+    backend.refill_batches = refill
+    backend.preallocate_cache = cache
+    backend.greedy_steps = steps
+    fuse_rms_norms(backend.model, on=norms)  # type: ignore[attr-defined]
+    if getattr(backend, "packed_linears", 0):  # only where the load packed them (enough memory, bf16 CPU)
+        pack_linears(backend.model, on=packed)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -93,9 +132,11 @@ def main() -> None:
         default="demo",
         help="demo, a checkpoint directory, a .gguf, or 'tiny' (random 4-layer, 256-wide MedGemma-architecture text model)",
     )
-    ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--items", type=int, default=256)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--batch-size", type=int, default=0, help="rows decoded at once; 0 (default): what `medgemma eval` picks"
+    )
     ap.add_argument("--rounds", type=int, default=2, help="alternate runner and pipeline over this many item chunks")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -112,8 +153,17 @@ def main() -> None:
     ap.add_argument(
         "--compare",
         action="store_true",
-        help="also run the runner as it was before issue 35 (each batch prefilled whole, no length buckets, and "
-        "transformers' own RMSNorm), alternating with the default; reports both and their agreement",
+        help="also run the runner as it was before (see --before), alternating with the default; reports both and "
+        "their agreement",
+    )
+    ap.add_argument(
+        "--before",
+        choices=sorted(BEFORE),
+        default="original",
+        help="what --compare runs: 'original' = before issue 35 (each batch prefilled whole, transformers' own "
+        "RMSNorm, DynamicCache, plain F.linear, a generate call per segment); 'buckets' = issue 35's first round "
+        "(length buckets and fused norms only); 'decode' = its second (all but refilled batches: one batch after "
+        "another)",
     )
     ap.add_argument("--no-pipeline", action="store_true", help="skip the one-call-per-item pipeline baseline")
     args = ap.parse_args()
@@ -148,11 +198,10 @@ def main() -> None:
     )
     from transformers import pipeline
 
+    from medgemma_toolkit.eval.facts import eval_preset_name
     from medgemma_toolkit.eval.items import format_options
-    from medgemma_toolkit.eval.runner import eval_preset_name
     from medgemma_toolkit.eval.spec import get_task
     from medgemma_toolkit.prompts.presets import get_preset
-    from medgemma_toolkit.runtime.norms import fuse_rms_norms
 
     base = (
         mg
@@ -174,10 +223,9 @@ def main() -> None:
     # Warm-up, untimed: the first calls of a process pay for oneDNN kernel set-up and lazy imports.
     warm = work / "warm.jsonl"
     warm.write_text("\n".join(rows[:4]) + "\n")
-    for bucket in (True, False) if args.compare else (True,):
-        if hasattr(mg.backend, "bucket_prefill"):
-            mg.backend.bucket_prefill = bucket
-            fuse_rms_norms(mg.backend.model, on=bucket)
+    before = BEFORE[args.before]
+    for bucket, path in ((True, NOW), (False, before)) if args.compare else ((True, NOW),):
+        set_path(mg.backend, path)
         run_eval(
             mg,
             EvalOptions(
@@ -195,11 +243,9 @@ def main() -> None:
         part = work / f"items{k}.jsonl"
         part.write_text("\n".join(chunk) + "\n")
         # -- ours: the full runner (reading, batches, parsing, flushed records, summary with CIs, report) -----
-        sides = [("", True), ("-whole", False)] if args.compare else [("", True)]
-        for tag, bucket in sides if k % 2 == 0 else sides[::-1]:
-            if hasattr(mg.backend, "bucket_prefill"):
-                mg.backend.bucket_prefill = bucket
-                fuse_rms_norms(mg.backend.model, on=bucket)
+        sides = [("", NOW), ("-before", before)] if args.compare else [("", NOW)]
+        for tag, path in sides if k % 2 == 0 else sides[::-1]:
+            set_path(mg.backend, path)
             t0 = time.perf_counter()
             summary = run_eval(
                 mg,
@@ -207,7 +253,8 @@ def main() -> None:
                     task="medqa",
                     data=str(part),
                     out=work / f"run{k}{tag}",
-                    batch_size=args.batch_size,
+                    # The earlier paths ran batches of 32 where the batch was automatic (`BEFORE_BATCH`).
+                    batch_size=args.batch_size or (BEFORE_BATCH if tag else None),
                     max_new_tokens=args.max_new_tokens,
                     use_cache=False,
                     progress=False,
@@ -274,11 +321,12 @@ def main() -> None:
         "dtype": mg.backend.info.extra.get("dtype"),
         "items": n,
         "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or f"auto ({mg.backend.capabilities.max_batch_size})",
         "rounds": len(chunks),
         "runner_items_per_s": round(n / ours_wall, 3),
         **(
             {
+                "before": args.before,
                 "before_generate_only_items_per_s": round(n / whole_gen, 3),
                 "before_fraction_of_peak": round(whole_flops / whole_gen / 1e9 / peak, 3),
                 "same_answers_as_before": sum(ours_text.get(i) == a for i, a in whole_text.items()),

@@ -479,14 +479,17 @@ def test_report_generation_names_missing_radgraph(tiny_model_dir, tmp_path, caps
 
 
 def test_auto_batch_size_by_device_and_input(tiny_model_dir):
-    """CPU: 32 text prompts per batch (finished rows leave greedy batches), 8 with images; llama.cpp: 4 rounds of
-    its parallel sequences (tests/test_llamacpp_batch.py)."""
+    """CPU: the transformers backend's own text batch (loaded with `AUTO_BATCH`: 64 rows where their KV cache fits a
+    quarter of the free memory, as for this tiny model; tests/test_hf_cache.py checks the memory rule), at most the
+    batch it was loaded for, 8 with images; llama.cpp: 4 rounds of its parallel sequences
+    (tests/test_llamacpp_batch.py)."""
     import torch
 
     from medgemma_toolkit import MedGemma
-    from medgemma_toolkit.eval.generation import auto_batch_size
+    from medgemma_toolkit.eval.generation import AUTO_BATCH, auto_batch_size
 
-    be = MedGemma.load(str(tiny_model_dir), device="cpu").backend
-    assert auto_batch_size(be) == 32 and auto_batch_size(be, images=True) == 8
+    be = MedGemma.load(str(tiny_model_dir), device="cpu", max_batch_size=AUTO_BATCH).backend
+    assert auto_batch_size(be) == be.capabilities.max_batch_size == 64 and auto_batch_size(be, images=True) == 8
+    assert auto_batch_size(MedGemma.load(str(tiny_model_dir), device="cpu").backend) == 8  # loaded for 8
     if torch.cuda.is_available():
         assert auto_batch_size(MedGemma.load(str(tiny_model_dir), device="cuda").backend, images=True) == 32

@@ -7,8 +7,13 @@ The oracle is transformers' own `generate` run on each row alone (its stop strin
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from conftest import DECODE_LIMITS as LIMITS
+from conftest import DECODE_QUESTIONS as QUESTIONS
+from conftest import generate_alone
 from PIL import Image
 
 from medgemma_toolkit import MedGemma
@@ -17,16 +22,6 @@ from medgemma_toolkit.backends.decoding import RowState, TokenStepper
 from medgemma_toolkit.backends.hf_buckets import plan_buckets
 from medgemma_toolkit.backends.hf_decode import decode_pruned
 from medgemma_toolkit.testing.bf16_agreement import compare, greedy_with_logits
-
-QUESTIONS = [
-    "Is there an effusion?",
-    "Describe the heart size in this radiograph, the mediastinum, both lungs, the pleural spaces, the bones and "
-    "the soft tissues, and say which of these findings needs follow-up and how soon it should be done.",
-    "Edema?",
-    "What is sepsis and how is it treated in the first hour?",
-    "x",
-]
-LIMITS = [5, 24, 11, 18, 30]
 
 
 @pytest.fixture(scope="module")
@@ -49,28 +44,7 @@ def mm_fp32(tiny_model_dir):
 
 def hf_alone(mg: MedGemma, req: GenerationRequest) -> list[int]:
     """New tokens from plain `model.generate` on this row alone (stop token kept, as generate returns it)."""
-    be = mg.backend
-    text = be.render(req.prompt)
-    images = req.prompt.all_images()
-    if images:
-        inputs = be.processor(text=[text], images=[images], return_tensors="pt")
-        inputs["pixel_values"] = inputs["pixel_values"].to(be.model.dtype)
-    else:
-        inputs = be.tokenizer([text], return_tensors="pt", add_special_tokens=False)
-    stop = {"stop_strings": list(req.params.stop), "tokenizer": be.tokenizer} if req.params.stop else {}
-    with torch.inference_mode():
-        out = be.model.generate(
-            **inputs,
-            max_new_tokens=req.params.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=be.stop_ids,
-            pad_token_id=be.tokenizer.pad_token_id,
-            **stop,
-        )
-    return out[0, inputs["input_ids"].shape[1] :].tolist()
+    return generate_alone(mg, req)
 
 
 def stop_string_for(mg: MedGemma, question: str, limit: int) -> str | None:
@@ -88,16 +62,23 @@ def stop_string_for(mg: MedGemma, question: str, limit: int) -> str | None:
 
 
 def spy_batch_sizes(mg: MedGemma, monkeypatch) -> list[int]:
-    """Record the batch size of every `generate` call the backend makes (the real call still runs)."""
+    """Record the batch size of every forward pass the backend makes (the real pass still runs): prefills and
+    decode steps, whether `generate` or `hf_decode.greedy_steps` makes them."""
     sizes: list[int] = []
-    real = mg.backend.model.generate
+    real = mg.backend.model.forward
 
+    @functools.wraps(real)  # generate checks its arguments against the forward's signature
     def spy(*args, **kwargs):
         sizes.append(kwargs["input_ids"].shape[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mg.backend.model, "generate", spy)
+    monkeypatch.setattr(mg.backend.model, "forward", spy)
     return sizes
+
+
+def runs(sizes: list[int]) -> list[int]:
+    """Batch sizes with consecutive repeats collapsed: the sizes a batch goes through as rows leave."""
+    return [s for k, s in enumerate(sizes) if k == 0 or sizes[k - 1] != s]
 
 
 def pruned_ids(
@@ -152,7 +133,7 @@ def test_image_rows_leave_early_and_match_hf_generate_alone(mm_fp32, monkeypatch
     ids, _ = pruned_ids(mm_fp32, reqs)
     sizes = sizes[:]
     assert ids == [expect(mm_fp32, r) for r in reqs]
-    assert sizes == [4, 3, 2, 1], sizes
+    assert runs(sizes) == [4, 3, 2, 1], sizes
 
 
 def test_stop_token_rows_leave_early_and_match_hf_generate_alone(scripted_model_dir, monkeypatch):
@@ -216,7 +197,7 @@ def test_sampled_batches_keep_one_static_generate(text_fp32, monkeypatch):
     sizes = spy_batch_sizes(text_fp32, monkeypatch)
     reqs = [text_fp32.request(q, max_new_tokens=n, temperature=1.0, seed=3) for q, n in zip(QUESTIONS, LIMITS)]
     first = [c.text for c in text_fp32.backend.generate(reqs)]
-    assert sizes == [len(reqs)]
+    assert set(sizes) == {len(reqs)}
     assert [c.text for c in text_fp32.backend.generate(reqs)] == first
 
 
@@ -287,3 +268,84 @@ def test_backend_bucketed_results_keep_order_and_equal_unbucketed(text_fp32):
     whole, bucketed = run(False), run(True)
     assert bucketed == whole
     assert [c[2] for c in bucketed] == [be.count_prompt_tokens(r.prompt) for r in reqs]
+
+
+def test_backend_refills_batches_with_the_results_of_one_batch_after_another(text_fp32, monkeypatch):
+    """`Backend.generate` handed more greedy text requests than a batch holds: at most `max_batch_size` rows in any
+    forward pass, waiting rows joining running ones, and text, finish reasons and token counts (in the callers'
+    order) those of one batch after another; `run_batches` hands such a backend several batches of text per call."""
+    import dataclasses
+    import functools
+
+    from medgemma_toolkit.eval import generation
+
+    be = text_fp32.backend
+    assert be.capabilities.refills
+    monkeypatch.setattr(be, "capabilities", dataclasses.replace(be.capabilities, max_batch_size=3))
+    reqs, _ = text_requests(text_fp32)
+    reqs = reqs + reqs[::-1] + reqs[1::2] + reqs  # 17
+    widths: list[int] = []
+    real = be.model.forward
+
+    @functools.wraps(real)
+    def spy(*args, **kwargs):
+        widths.append(int(kwargs["input_ids"].shape[0]))
+        return real(*args, **kwargs)
+
+    def run(refill: bool) -> list[tuple]:
+        monkeypatch.setattr(be, "refill_batches", refill)
+        widths.clear()
+        monkeypatch.setattr(be.model, "forward", spy)
+        try:
+            done = be.generate(reqs)
+        finally:
+            monkeypatch.delattr(be.model, "forward")
+        return [(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in done]
+
+    apart = run(False)
+    apart_passes = len(widths)
+    refilled = run(True)
+    assert refilled == apart
+    assert max(widths) == 3 and len(widths) < apart_passes
+
+    calls: list[int] = []
+    real_generate = be.generate
+
+    def counted(requests, on_delta=None):
+        calls.append(len(requests))
+        return real_generate(requests, on_delta)
+
+    monkeypatch.setattr(be, "generate", counted)
+    jobs = list(range(len(reqs)))
+    got: list = []
+    generation.run_batches(be, jobs, lambda j: reqs[j], got.extend, 3, lambda j: 0, progress=False)
+    assert calls == [12, len(reqs) - 12] and len(got) == len(reqs)  # 4 batches of 3 per call
+
+
+def test_run_batches_hands_a_refilling_backend_text_only_beyond_one_batch(mm_fp32, monkeypatch):
+    """Image rows stay in batches of the run's size (a CPU's image batch is small for memory); the text rows after
+    them go to the backend several batches at once."""
+    import dataclasses
+
+    from medgemma_toolkit.eval import generation
+
+    be = mm_fp32.backend
+    monkeypatch.setattr(be, "capabilities", dataclasses.replace(be.capabilities, max_batch_size=3))
+    img = Image.new("RGB", (40, 30), (90, 20, 160))
+    jobs = [("img", 0), ("img", 1), *(("txt", i) for i in range(10))]
+
+    def build(job):
+        kind, i = job
+        return mm_fp32.request(QUESTIONS[i % len(QUESTIONS)], [img] if kind == "img" else [], max_new_tokens=3)
+
+    calls: list[list[str]] = []
+    real_generate = be.generate
+
+    def counted(requests, on_delta=None):
+        calls.append(["img" if r.prompt.all_images() else "txt" for r in requests])
+        return real_generate(requests, on_delta)
+
+    monkeypatch.setattr(be, "generate", counted)
+    got: list = []
+    generation.run_batches(be, jobs, build, got.extend, 3, lambda j: (j[0] == "img", -j[1]), progress=False)
+    assert calls == [["img", "img", "txt"], ["txt"] * 9] and len(got) == len(jobs)

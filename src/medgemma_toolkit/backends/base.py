@@ -83,6 +83,9 @@ class Capabilities:
     streaming: bool = True  # `on_delta` receives text as it is decoded, not only at the end
     context_length: int | None = None  # tokens the model attends over; None when unknown
     continuous: bool = False  # `session()` admits requests into the running batch between decoding steps
+    # A greedy text `generate` call of more than `max_batch_size` requests keeps that many rows decoding and starts
+    # the waiting ones as rows finish (so callers may hand it several batches' worth at once).
+    refills: bool = False
     logprobs: bool = False  # `GenerationRequest.logprobs` is honoured (`Completion.logprobs`)
     # A thinking request with a JSON schema decodes a free thought, then the constrained answer; and
     # `GenerationRequest.max_thought_tokens` is honoured.

@@ -120,3 +120,28 @@ def join_rows(seqs: list[torch.Tensor], masks: list[torch.Tensor], keep: list[li
     ids = [_left_pad(s[rows], width, pad_id) for s, rows in zip(seqs, keep) if rows]
     mask = [_left_pad(m[rows], width, 0) for m, rows in zip(masks, keep) if rows]
     return torch.cat(ids), torch.cat(mask)
+
+
+def trim_left(ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the leading positions no row attends to (every row's mask 0 there: the left padding of rows that have
+    since left the batch) from `ids`, `mask` and every cache layer, once there are at least `at` of them; returns
+    the (ids, mask) to continue with. The same batch as one joined with less padding (`join_caches`): full layers
+    lose those positions, sliding-window layers only the ones beyond the new length (they hold the last
+    `window - 1`), and report the new length as their position count."""
+    used = mask.any(dim=0).nonzero()
+    lead = int(used[0]) if used.numel() else 0
+    if lead < at:
+        return ids, mask
+    # The cache holds every position but the newest token's (which the next step feeds), so it is one shorter.
+    total = mask.shape[1] - 1 - lead
+    layers: list[Any] = list(cache.layers)  # `joinable` checked they are DynamicLayer / DynamicSlidingWindowLayer
+    for layer in layers:
+        keys, values = layer.keys, layer.values
+        if keys is None or keys.dim() != 4:
+            continue
+        cut = keys.shape[-2] - min(keys.shape[-2], total)
+        if cut:
+            layer.keys, layer.values = keys[:, :, cut:], values[:, :, cut:]
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = total
+    return ids[:, lead:], mask[:, lead:]

@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Automatic batch sizes (`LoadOptions.max_batch_size` 0, `_auto_batch`): rows decoded at once on an accelerator, on a
+# CPU where memory allows, and the positions per row the CPU's memory check assumes (an MCQ prompt and its answer).
+GPU_BATCH = 32
+CPU_BATCH = 64
+AUTO_ROW_TOKENS = 1024
+
 
 class TransformersBackend(Backend):
     """Loads once; `generate` batches requests that share sampling settings."""
@@ -93,6 +99,8 @@ class TransformersBackend(Backend):
         self.model.eval()
         if self.device.type == "cpu":  # one kernel instead of seven element-wise passes per norm (runtime/norms.py)
             fuse_rms_norms(self.model)
+        # Eval and batch on a bf16 CPU model: linear layers through oneDNN-packed weights (runtime/packed_linear.py).
+        self.packed_linears = self._pack_linears() if self.options.workload == "throughput" else 0
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
         # The SigLIP tower through OpenVINO on CPUs (converted at the first image, cached per weights).
@@ -112,6 +120,16 @@ class TransformersBackend(Backend):
         # Greedy batches prefill in length buckets (backends/hf_buckets.py); False prefills each batch whole, padded
         # to its longest prompt (benchmarks/eval_runner.py --compare measures one against the other).
         self.bucket_prefill = True
+        # Greedy batches write their KV cache into preallocated buffers (backends/hf_cache.py); False: transformers'
+        # DynamicCache, grown by concatenation (for the same comparison).
+        self.preallocate_cache = True
+        # ... and continue with `hf_decode.greedy_steps` (no float32 logits copy, no `generate` call per segment);
+        # False: a `generate` call per segment, as before.
+        self.greedy_steps = True
+        # A greedy text-only `generate` call of more requests than a batch decodes at most `max_batch_size` rows at
+        # once and starts waiting rows as others finish (`hf_decode.decode_pruned(live_limit=...)`); False: one
+        # batch after another (the same comparison).
+        self.refill_batches = True
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
         self.info = ModelHint.of(info_hint).model_info(
@@ -127,17 +145,49 @@ class TransformersBackend(Backend):
                 **({"quantize": quantize} if quantize != "none" else {}),
                 **({"device_map": "auto"} if self.placement.device_map == "auto" else {}),
                 **({"vision_tower": self.vision.runtime} if self.multimodal else {}),
+                **({"packed_linears": str(self.packed_linears)} if self.packed_linears else {}),
             },
         )
         self.capabilities = Capabilities(
-            max_batch_size=max(1, self.options.max_batch_size),
+            max_batch_size=max(1, self.options.max_batch_size or self._auto_batch()),
             loglikelihood=True,
             images=self.multimodal,
             streaming=True,
             context_length=self._context_length(),
             logprobs=True,
             thinking_schema=self.thought_markers is not None,
+            refills=self._can_refill(),
         )
+
+    def _auto_batch(self) -> int:
+        """Rows decoded at once when the caller leaves it to the backend (`max_batch_size` 0): `GPU_BATCH` on an
+        accelerator; on a CPU `CPU_BATCH` when that many rows of `AUTO_ROW_TOKENS` positions keep their KV cache in a
+        quarter of the memory free now (the demo: 1.2 GB; MedGemma 4B in bf16: 9 GB, so 32 on a 16-24 GB machine),
+        else `GPU_BATCH`. A decode step's fixed cost per layer (small matmuls, norms, Python) is shared by more rows:
+        demo eval on 2 cores, 11.1 items/s at 64 vs 9.4 at 32 (benchmarks/eval_runner.py)."""
+        from ..models.footprint import available_bytes
+        from .hf_cache import kv_bytes
+
+        if self.device.type != "cpu":
+            return GPU_BATCH
+        need = kv_bytes(self.model.config, CPU_BATCH, AUTO_ROW_TOKENS, self.dtype.itemsize)
+        free = available_bytes()
+        return CPU_BATCH if free is not None and need * 4 <= free else GPU_BATCH
+
+    def _pack_linears(self) -> int:
+        """Pack a bf16 CPU model's linear layers for oneDNN when the extra copy of their weights takes at most a
+        quarter of the memory free now (the demo: 0.5 GB; MedGemma 4B: about 7.8 GB, so on a 16-24 GB machine it is not
+        packed: its batches and image tower need that memory); returns how many were packed (0: not, logged)."""
+        from ..models.footprint import available_bytes
+        from ..runtime.packed_linear import can_pack, pack_linears, packed_bytes
+
+        if self.device.type != "cpu" or self.dtype != self.torch.bfloat16 or not can_pack():
+            return 0
+        need, free = packed_bytes(self.model), available_bytes()
+        if free is None or need * 4 > free:
+            log.info("linear layers not packed: %d MiB more needed, %s free", need >> 20, free and free >> 20)
+            return 0
+        return pack_linears(self.model)
 
     def _thought_marker_ids(self) -> tuple[int, int] | None:
         """The single tokens that open and close a thought (`<unused94>`, `<unused95>`), or None when the
@@ -254,26 +304,50 @@ class TransformersBackend(Backend):
         for _, group in itertools.groupby(order, key=key):
             idx = list(group)
             size = self.capabilities.max_batch_size
-            for start in range(0, len(idx), size):
-                chunk = idx[start : start + size]
+            live = size if len(idx) > size and self._refills(requests[idx[0]]) else None
+            step = len(idx) if live else size  # refilled: one call, `size` rows decoding at a time
+            for start in range(0, len(idx), step):
+                chunk = idx[start : start + step]
                 rows = [RowState(i, requests[i]) for i in chunk]
                 done = call_or_oom(
                     # cast: mypy cannot infer a lambda with default arguments in a Callable[[], T] context
-                    cast("Callable[[], list[Completion]]", lambda rows=rows: self._generate_batch(rows, on_delta)),
+                    cast(
+                        "Callable[[], list[Completion]]",
+                        lambda rows=rows, live=live: self._generate_batch(rows, on_delta, live=live),
+                    ),
                     f"out of memory on {self.input_device} generating for {len(rows)} requests",
                 )
                 for i, c in zip(chunk, done):
                     results[i] = c
         return [r for r in results if r is not None]
 
+    def _can_refill(self) -> bool:
+        from .hf_decode import can_refill  # imports transformers: only once a model is loaded
+
+        return can_refill(self.model)
+
+    def _refills(self, r: GenerationRequest) -> bool:
+        """Whether a group of requests like `r` (greedy, plain text, no schema, thought budget or log-probabilities)
+        is decoded with a refilled batch (`self.refill_batches`, and a model whose caches join)."""
+        plain = r.params.greedy and r.json_schema is None and r.logprobs is None and not r.prompt.all_images()
+        budget = r.think and self.thought_markers is not None and bool(r.max_thought_tokens)
+        on = self.refill_batches and self.bucket_prefill and self.greedy_steps
+        return bool(plain and not budget and on and self.capabilities.refills)
+
     def _generate_batch(
-        self, rows: list[RowState], on_delta: DeltaCallback | None, prune: bool = True, bucket: bool | None = None
+        self,
+        rows: list[RowState],
+        on_delta: DeltaCallback | None,
+        prune: bool = True,
+        bucket: bool | None = None,
+        live: int | None = None,
     ) -> list[Completion]:
         """One batch through `generate`. Greedy batches drop rows that have finished as they go (`prune=False`: the
         plain static batch, for benchmarks) and prefill in length buckets (`bucket=False`: the batch whole, padded
         to its longest prompt; None: `self.bucket_prefill`); sampled, constrained or log-probability batches keep the
         static batch, with one `hf_sampling.StepProcessor` choosing each row's token (a seeded row samples the same
-        text whatever its batch-mates)."""
+        text whatever its batch-mates). `live`: decode at most this many rows at once, refilling from the rest
+        (`_refills` said yes for these rows)."""
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -308,6 +382,9 @@ class TransformersBackend(Backend):
                     stepper,
                     images_per_row=per_row,
                     bucket=self.bucket_prefill if bucket is None else bucket,
+                    preallocate=self.preallocate_cache,
+                    steps=self.greedy_steps,
+                    live_limit=live,
                 )
             else:
                 self._decode_static(dict(inputs), gen, stepper, step)

@@ -115,7 +115,7 @@ def eval_run(
         return
     plan = sc.plan()
     from ..eval.conventions import get_convention
-    from ..eval.generation import AUTO_BATCH_CEILING
+    from ..eval.generation import AUTO_BATCH
     from ..eval.runner import EvalOptions, default_run_dir, load_task_data, run_eval, scoring_model_options
     from ..eval.spec import get_task
     from .scaling import model_loader, scatter_for
@@ -153,7 +153,7 @@ def eval_run(
     load_task_data(opts, quiet=True)  # a bad data file fails before the model loads
     if mode == "loglikelihood":
         mo = scoring_model_options(mo)
-    load_extra: dict[str, Any] = {"max_batch_size": opts.batch_size or AUTO_BATCH_CEILING, "workload": "throughput"}
+    load_extra: dict[str, Any] = {"max_batch_size": opts.batch_size or AUTO_BATCH, "workload": "throughput"}
     scatter = scatter_for(plan, mo.device, quiet=False, what="batches")
     if scatter is not None:  # the workers load the model and send back what the run records: none here
         summary = run_eval(None, opts, scatter, model_loader(mo, **load_extra))
@@ -270,7 +270,7 @@ def batch(
     Example: medgemma batch --upstream http://gpu:8000/v1 --input rows.jsonl --out answers.jsonl --workers 4
     """
     from ..batch.run import read_batch_rows, run_batch
-    from ..eval.generation import AUTO_BATCH_CEILING
+    from ..eval.generation import AUTO_BATCH
     from ..extract import read_schema
 
     if on_error not in ("skip", "fail"):
@@ -280,7 +280,7 @@ def batch(
     rows = read_batch_rows(input, on_error)  # report a bad file before loading a model
     evidence = _check_batch_sr(rows, sr, stow) if sr is not None or stow is not None else None
     load_extra: dict[str, Any] = {
-        "max_batch_size": _batch_size(batch_size) or AUTO_BATCH_CEILING,
+        "max_batch_size": _batch_size(batch_size) or AUTO_BATCH,
         "workload": "throughput",
     }
     run_args: dict[str, Any] = {

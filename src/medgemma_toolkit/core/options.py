@@ -22,7 +22,7 @@ class LoadOptions:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
-    max_batch_size: int = 8
+    max_batch_size: int = 8  # 0: the backend picks (transformers: by device and memory, `AUTO_BATCH` in eval)
     # Read by the non-torch backends only (llamacpp, openai); torch backends ignore them.
     threads: int | None = None  # llama.cpp CPU threads (default: physical cores)
     mmproj: str | None = None  # llama.cpp vision projector GGUF (default: an mmproj*.gguf beside the model)

@@ -55,7 +55,7 @@ def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method:
     was trained against, adapter kept unmerged (see `LoadOptions.adapter`)."""
     from ..backends.transformers_backend import TransformersBackend
     from ..core.options import LoadOptions
-    from ..eval.generation import AUTO_BATCH_CEILING
+    from ..eval.generation import AUTO_BATCH
 
     quantize = "4bit" if method == "qlora" else "none"
     return TransformersBackend(
@@ -64,7 +64,7 @@ def load_backend(model_dir: Path, adapter_dir: Path | None, device: str, method:
         LoadOptions(
             device=device,
             quantize=quantize,
-            max_batch_size=AUTO_BATCH_CEILING,
+            max_batch_size=AUTO_BATCH,
             adapter=str(adapter_dir) if adapter_dir is not None else None,
         ),
     )
