@@ -2,7 +2,8 @@
 
 Builds once, into a cache (`$MEDGEMMA_BENCH_CACHE`, default ~/.cache/medgemma-toolkit/bench):
   * the random full-size checkpoint, as `benchmarks/gpu/medgemma4b_check.py` builds it (bf16 safetensors, ~8.6 GB);
-  * its GGUF export through `medgemma export gguf --outtype q4_k_m` (Q4_K_M text + f16 mmproj).
+  * its GGUF export through `medgemma export gguf --outtype q4_k_m` (Q4_K_M text + the default mmproj type; other
+    mmproj types and a Q8_0 text GGUF are exported on first use by the configurations that name them).
 Then, each configuration in its own process (so its peak RSS is its own), loads the model and asks a text question
 and an image question (a 2048x2048 synthetic chest X-ray DICOM), printing load time, peak RSS, time to first token,
 decode tok/s and the image question's end-to-end time. Decode speed and memory do not depend on weight values.
@@ -33,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # transformers:DTYPE[:VISION]: VISION is --vision-runtime (default auto: OpenVINO's tower on a bf16 CPU); the
 # `:torch` row is the transformers tower, so the default path and its reference run side by side.
+# llamacpp:QUANT[:MMPROJ]: QUANT is the text GGUF's type (q4_k_m: the export's; q8_0: exported on first use), MMPROJ
+# the projector's weight type (default: the exporter's default, `--mmproj-outtype`).
 CONFIGS = ("transformers:bfloat16:torch", "transformers:bfloat16", "llamacpp:q4_k_m")
 QUESTION = "Describe the typical findings of lobar pneumonia on a chest X-ray."
 IMAGE_QUESTION = "Describe this chest X-ray."
@@ -53,7 +56,11 @@ def build(cache: Path) -> tuple[Path, Path, Path]:
     print(f"checkpoint: {ckpt} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     gguf_dir = cache / "gguf"
     text = gguf_dir / "medgemma-4b-random-q4_k_m.gguf"
-    mmproj = gguf_dir / "mmproj-medgemma-4b-random-f16.gguf"
+    from medgemma_toolkit.export.gguf_export import DEFAULT_MMPROJ_TYPE
+
+    # A cache built before bf16 became the default holds the f16 mmproj: either counts as built.
+    found = [gguf_dir / f"mmproj-medgemma-4b-random-{t}.gguf" for t in (DEFAULT_MMPROJ_TYPE, "f16")]
+    mmproj = next((p for p in found if p.is_file()), found[0])
     if not (text.is_file() and mmproj.is_file()):
         from medgemma_toolkit.export import export_gguf
 
@@ -61,6 +68,56 @@ def build(cache: Path) -> tuple[Path, Path, Path]:
         export_gguf(ckpt, gguf_dir, outtype="q4_k_m")
         print(f"gguf export: {gguf_dir} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return ckpt, text, mmproj
+
+
+def vision_only_checkpoint(src: Path, dst: Path, seed_projector: bool = False) -> Path:
+    """A checkpoint holding only `src`'s vision tower and projector (and its config and tokenizer): what the mmproj
+    export reads, without staging the 8.6 GB text weights again. `seed_projector`: the projector drawn as
+    `random_projector` draws it (the random checkpoint's own projector is all zeros)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if (dst / "model.safetensors").is_file():
+        return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    with safe_open(str(src / "model.safetensors"), "pt") as sf:
+        tensors = {k: sf.get_tensor(k) for k in sf.keys() if k.startswith(("vision_tower.", "multi_modal_projector."))}
+    if seed_projector:  # the same draws, in the same order, as random_projector (there: copied into the model)
+        gen = torch.Generator().manual_seed(0)
+        key = "multi_modal_projector.mm_input_projection_weight"
+        w = tensors[key]
+        tensors[key] = (torch.randn(w.shape, generator=gen) * w.shape[0] ** -0.5).to(w.dtype)
+        key = "multi_modal_projector.mm_soft_emb_norm.weight"
+        tensors[key] = (torch.randn(tensors[key].shape, generator=gen) * 0.1).to(tensors[key].dtype)
+    for f in ("config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (src / f).is_file():
+            (dst / f).write_bytes((src / f).read_bytes())
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def mmproj_file(cache: Path, outtype: str) -> Path:
+    """The 4B export's mmproj in `outtype` (the one `build` wrote, or exported from the vision tensors)."""
+    path = cache / "gguf" / f"mmproj-medgemma-4b-random-{outtype}.gguf"
+    if not path.is_file():
+        from medgemma_toolkit.export.gguf_export import export_mmproj
+
+        ckpt = vision_only_checkpoint(cache / "medgemma-4b-random", cache / "vision-only")
+        export_mmproj(ckpt, path, outtype)  # type: ignore[arg-type]
+    return path
+
+
+def quant_gguf(cache: Path, quant: str) -> Path:
+    """The 4B export's text GGUF in `quant` (q4_k_m: the one `build` wrote; q8_0 exported text-only on first use)."""
+    path = cache / "gguf" / f"medgemma-4b-random-{quant}.gguf"
+    if not path.is_file():
+        from medgemma_toolkit.export import export_gguf
+
+        tmp = cache / f"gguf-{quant}"
+        r = export_gguf(cache / "medgemma-4b-random", tmp, name="medgemma-4b-random", outtype=quant, vision=False)  # type: ignore[arg-type]
+        r.model.rename(path)
+    return path
 
 
 def image_file(cache: Path) -> Path:
@@ -90,6 +147,11 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
     cache = cache_root()
     ckpt, text_gguf, mmproj = build(cache)
     backend, dtype, vision = (config.split(":") + ["auto"])[:3]
+    if backend == "llamacpp":
+        from medgemma_toolkit.export.gguf_export import DEFAULT_MMPROJ_TYPE
+
+        vision = DEFAULT_MMPROJ_TYPE if vision == "auto" else vision
+        text_gguf, mmproj = quant_gguf(cache, dtype), mmproj_file(cache, vision)
     model = str(text_gguf if backend == "llamacpp" else ckpt)
     t0 = time.perf_counter()
     mg = MedGemma.load(
@@ -110,6 +172,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
         from llamacpp_build import build_label  # benchmarks/: which llama-cpp-python build, compiled for what
 
         out["llama_cpp"] = build_label()
+        out["vision_tower"] = {"runtime": f"libmtmd {vision}"}
     if backend == "transformers":
         random_projector(mg)
     # Warm-up: first-call allocations, thread pools, the weights' pages (transformers maps them lazily) and, for the
@@ -119,6 +182,8 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
     out["warmup_s"] = round(time.perf_counter() - t, 1)
     if backend == "transformers" and "image" in kinds:
         out["tower"] = tower_check(mg, image_file(cache))
+    if backend == "llamacpp" and "image" in kinds:
+        out["tower"] = llama_tower_check(mg, image_file(cache))
     for n_case, kind in enumerate(kinds):
         images = [str(image_file(cache))] if kind == "image" else []
         # A different first word per call: llama.cpp would otherwise reuse the previous call's prompt from its cache.
@@ -203,6 +268,27 @@ def tower_check(mg: object, image: Path) -> dict[str, object]:
     return res
 
 
+def llama_tower_check(mg: object, image: Path) -> dict[str, object]:
+    """libmtmd's tower alone on the benchmark image, in the backend's own mtmd context (its mmproj type and
+    attention kernel): the seconds of one `mtmd_encode_chunk`, without the language model's prefill."""
+    backend = mg.backend  # type: ignore[attr-defined]
+    m = backend._mtmd_cpp
+    prepared = backend._prepare(mg.request(IMAGE_QUESTION, images=[str(image)]).prompt)  # type: ignore[attr-defined]
+    try:
+        chunks = prepared.chunks
+        chunk = next(
+            c
+            for c in (m.mtmd_input_chunks_get(chunks, i) for i in range(m.mtmd_input_chunks_size(chunks)))
+            if m.mtmd_input_chunk_get_type(c) == m.MTMD_INPUT_CHUNK_TYPE_IMAGE
+        )
+        t = time.perf_counter()
+        rc = m.mtmd_encode_chunk(backend._mtmd, chunk)
+        secs = time.perf_counter() - t
+    finally:
+        prepared.free()
+    return {"tower_s": round(secs, 2), "rc": rc}
+
+
 def cosine(a: object, b: object) -> float:
     x, y = a.float().flatten(), b.float().flatten()  # type: ignore[attr-defined]
     return float(x @ y / (x.norm() * y.norm()))
@@ -263,7 +349,7 @@ def main() -> None:
             )
     # Same greedy tokens from every transformers configuration (the towers differ; the projector is seeded non-zero).
     # Token ids, not text: the random model's tokens mostly lie outside the small test tokenizer and decode to "".
-    ids = {r["config"]: r["tower"].get("greedy_ids") for r in tower_rows}
+    ids = {r["config"]: r["tower"]["greedy_ids"] for r in tower_rows if "greedy_ids" in r["tower"]}
     if len(ids) > 1:
         same = len({json.dumps(v) for v in ids.values()}) == 1
         print(

@@ -312,3 +312,28 @@ def test_capabilities_are_declared_and_unsupported_operations_raise_a_typed_erro
         str(tmp_path / "ll"),
     )
     assert r.returncode == 2 and "cannot score log-likelihoods" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_default_mmproj_type_with_flash_attention_answers_like_f32(gguf_dir, tiny_model_dir, xray, tmp_path, caplog):
+    """The exporter's default projector type, run with the tower attention the backend sets (flash, as libmtmd's
+    own log line confirms): the logits after an image prompt stay within bf16 tolerance of the f32 projector's."""
+    import logging
+
+    import numpy as np
+
+    from medgemma_toolkit.export.gguf_export import DEFAULT_MMPROJ_TYPE, export_mmproj
+
+    mmproj = export_mmproj(tiny_model_dir, tmp_path / f"mmproj-tiny-{DEFAULT_MMPROJ_TYPE}.gguf")
+    assert mmproj.name.endswith(f"-{DEFAULT_MMPROJ_TYPE}.gguf")
+    caplog.set_level(logging.DEBUG, logger="medgemma_toolkit.backends.llamacpp_backend")
+    logits = {}
+    for name, path in (("f32", gguf_dir / "mmproj-tiny-f32.gguf"), ("default", mmproj)):
+        mg = MedGemma.load(str(gguf_dir / "tiny-f32.gguf"), mmproj=str(path), threads=2)
+        assert mg.backend.info.extra["tower_attention"] == "flash"
+        logits[name] = mg.backend.prompt_logits(mg.request(QUESTION, [str(xray)]).prompt)
+        mg.backend.close()
+    assert any("flash attention is enabled" in r.getMessage() for r in caplog.records)
+    want, got = logits["f32"], logits["default"]
+    diff = float(np.abs(got - want).max())
+    cos = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert cos > 0.9999 and diff < 0.05, (cos, diff)

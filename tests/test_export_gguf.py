@@ -189,3 +189,25 @@ def test_q4_k_m_text_only_export_answers(tmp_path_factory, tiny_text_model_dir):
     mg = MedGemma.load(str(out / "t-q4_k_m.gguf"), threads=2)
     assert not mg.backend.info.multimodal
     assert mg.ask("Is there cardiomegaly?", max_new_tokens=6).completion_tokens > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["bf16", "q8_0"])
+def test_mmproj_outtype_sets_the_tower_weight_type(tiny_model_dir, tmp_path, outtype):
+    """`--mmproj-outtype` reaches the tower's matrices (read back from the file), while the converter keeps the
+    embeddings f32 and the projector f16 as llama.cpp wants them; libmtmd loads the result."""
+    from gguf import GGUFReader
+
+    from medgemma_toolkit.export.gguf_export import export_mmproj
+
+    path = export_mmproj(tiny_model_dir, tmp_path / f"mmproj-{outtype}.gguf", outtype)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    matrices = [n for n in types if n.startswith("v.blk.") and n.endswith(".weight") and ".ln" not in n]
+    assert matrices and {types[n] for n in matrices} == {outtype.upper()}
+    assert types["v.position_embd.weight"] == "F32" and types["mm.input_projection.weight"] == "F16"
+
+
+def test_bad_mmproj_outtype_is_one_line(tiny_model_dir, tmp_path):
+    r = run_cli("export", "gguf", str(tiny_model_dir), "-o", str(tmp_path), "--mmproj-outtype", "q4_0")
+    assert r.returncode == 2 and "--mmproj-outtype must be one of f32, f16, bf16, q8_0" in r.stderr
+    assert r.stderr.strip().count("\n") == 0

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # prompts it is handed plus their answer budgets, in steps of JOB_STEP cells, never past JOB_CAP (or the longest
 # prompt); `serve` gives each of its `--parallel` sequences PER_SEQUENCE_CONTEXT cells.
 JOB_STEP = 1024
+# libmtmd's attention kernel for the image tower (llama.cpp's enum llama_flash_attn_type: -1 auto, 0 off, 1 on).
+# On: at 896 px (4,096 patches x 27 layers) ggml's fused kernel was 1.4-2.1x faster than the plain
+# matmul + softmax graph on a 2-core AVX512 CPU, for f16, bf16 and q8_0 projectors alike (benchmarks/mmproj_tower.py,
+# docs/guides/llamacpp.md). Stated, not left to "auto", so a different automatic choice cannot slow images down.
+TOWER_FLASH_ATTN = 1
 JOB_CAP = 32768  # a CT volume (85 slices x 256 tokens, ~22k) and its answer fit; larger answers stop at the pool
 PER_SEQUENCE_CONTEXT = 2048  # serve: cells per parallel sequence (a protocol-length prompt and answer)
 GGUF_MAGIC = b"GGUF"
@@ -166,6 +171,7 @@ class LlamaCppBackend(Backend):
                 "n_ctx": str(self._fixed_ctx or "job"),  # "job": sized to each job (`_size_to_job`, `session`)
                 "parallel": str(self._fixed_parallel or f"up to {parallel}"),
                 "mmproj": str(self.mmproj_path) if self.mmproj_path else "",
+                "tower_attention": {1: "flash", 0: "plain"}.get(TOWER_FLASH_ATTN, "auto") if self._mtmd else "",
             },
         )
         self.capabilities = Capabilities(
@@ -205,6 +211,7 @@ class LlamaCppBackend(Backend):
             params.print_timings = False
             params.n_threads = threads
             params.warmup = False
+            params.flash_attn_type = TOWER_FLASH_ATTN
             ctx = mtmd_cpp.mtmd_init_from_file(str(self.mmproj_path).encode(), self.llama.model, params)
         if not ctx:
             raise UnsupportedFormat(f"{self.mmproj_path}: llama.cpp cannot load this projector for this model")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import BadInput
+from ..export.gguf_export import DEFAULT_MMPROJ_TYPE
 from . import app
 
 export_app = typer.Typer(invoke_without_command=True, no_args_is_help=True)  # help: export's docstring
@@ -60,7 +61,13 @@ def export_gguf_cmd(
     outtype: Annotated[
         str, typer.Option(help="Text model weights: f32, f16, bf16, q8_0 or q4_k_m (q4_k_m needs llama-cpp-python)")
     ] = "f16",
-    mmproj_outtype: Annotated[str, typer.Option(help="Vision projector weights: f16 or f32")] = "f16",
+    mmproj_outtype: Annotated[
+        str,
+        typer.Option(
+            help="Vision projector weights: f32, f16, bf16 or q8_0 (default: the fastest exact one on CPUs, "
+            "measured in docs/guides/llamacpp.md)"
+        ),
+    ] = DEFAULT_MMPROJ_TYPE,
     name: Annotated[Optional[str], typer.Option(help="File name stem (default: the checkpoint folder's name)")] = None,
     text_only: Annotated[bool, typer.Option("--text-only", help="Skip the vision projector (mmproj)")] = False,
     llama_cpp_source: Annotated[

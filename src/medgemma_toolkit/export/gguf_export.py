@@ -27,6 +27,11 @@ from .prepare import read_config, stage_checkpoint
 
 OutType = Literal["f32", "f16", "bf16", "q8_0", "q4_k_m"]
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
+MmprojType = Literal["f32", "f16", "bf16", "q8_0"]
+MMPROJ_TYPES: tuple[MmprojType, ...] = ("f32", "f16", "bf16", "q8_0")
+# The projector's default weight type, chosen by measurement (benchmarks/mmproj_tower.py, docs/guides/llamacpp.md):
+# libmtmd's SigLIP tower is most of an image question's first token on a CPU, and its speed follows the weight type.
+DEFAULT_MMPROJ_TYPE: MmprojType = "bf16"
 # Post-conversion quantisation through llama.cpp's own quantizer (llama_model_quantize).
 LLAMA_QUANT_TYPES = {"q4_k_m": 15}  # LLAMA_FTYPE_MOSTLY_Q4_K_M
 
@@ -59,13 +64,13 @@ def export_gguf(
     *,
     name: str | None = None,
     outtype: OutType = "f16",
-    mmproj_outtype: Literal["f32", "f16"] = "f16",
+    mmproj_outtype: MmprojType = DEFAULT_MMPROJ_TYPE,
     llama_cpp_source: str | Path | None = None,
     vision: bool = True,
 ) -> GGUFExport:
     """Convert `checkpoint` (a directory with config.json + safetensors) into GGUF files in `out_dir`.
 
-    Example: export_gguf("runs/merged", "gguf/") -> gguf/merged-f16.gguf, gguf/mmproj-merged-f16.gguf, gguf/Modelfile
+    Example: export_gguf("runs/merged", "gguf/") -> gguf/merged-f16.gguf, gguf/mmproj-merged-bf16.gguf, gguf/Modelfile
     """
     t0 = time.perf_counter()
     src = Path(checkpoint).expanduser()
@@ -75,8 +80,7 @@ def export_gguf(
     src = src.resolve()
     if outtype not in (*CONVERTER_TYPES, *LLAMA_QUANT_TYPES):
         raise BadInput(f"--outtype must be one of {', '.join((*CONVERTER_TYPES, *LLAMA_QUANT_TYPES))}; got {outtype!r}")
-    if mmproj_outtype not in ("f32", "f16"):
-        raise BadInput(f"--mmproj-outtype must be f32 or f16; got {mmproj_outtype!r}")
+    _check_mmproj_type(mmproj_outtype)
     cfg = read_config(src)
     multimodal = cfg.get("vision_config") is not None
     out = Path(out_dir).expanduser().resolve()
@@ -105,6 +109,37 @@ def export_gguf(
     }
     (out / "export.json").write_text(json.dumps(provenance, indent=2))
     return result
+
+
+def export_mmproj(
+    checkpoint: str | Path,
+    outfile: str | Path,
+    outtype: MmprojType = DEFAULT_MMPROJ_TYPE,
+    *,
+    llama_cpp_source: str | Path | None = None,
+) -> Path:
+    """Only the vision projector (SigLIP tower + Gemma 3 projector) of `checkpoint` as one mmproj GGUF.
+
+    For re-exporting the projector in another weight type without converting the text model again.
+    Example: export_mmproj("runs/merged", "gguf/mmproj-merged-q8_0.gguf", "q8_0")
+    """
+    _check_mmproj_type(outtype)
+    src = Path(checkpoint).expanduser().resolve()
+    if read_config(src).get("vision_config") is None:
+        raise BadInput(f"{checkpoint}: a text-only checkpoint has no vision projector to export")
+    out = Path(outfile).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    script = converter_script(llama_cpp_source)
+    with tempfile.TemporaryDirectory(prefix="medgemma-mmproj-", dir=out.parent) as tmp:
+        staging = Path(tmp) / src.name
+        stage_checkpoint(src, staging)
+        _run_converter(script, staging, out, outtype, mmproj=True)
+    return out
+
+
+def _check_mmproj_type(outtype: str) -> None:
+    if outtype not in MMPROJ_TYPES:
+        raise BadInput(f"--mmproj-outtype must be one of {', '.join(MMPROJ_TYPES)}; got {outtype!r}")
 
 
 def _resolve(spec: str) -> Path:

@@ -54,7 +54,7 @@ def print_models(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="MedGemma variants: estimated peak memory to run them (GiB; GGUF with its f16 mmproj)")
+    t = Table(title="MedGemma variants: estimated peak memory to run them (GiB; GGUF with its 16-bit mmproj)")
     keys = [f"{b} {q}" for b, q in SHOWN]
     for col in ("name", "modality", "tuned", "thinking", *(PEAK_TITLES[k] for k in keys), "local"):
         t.add_column(col)
