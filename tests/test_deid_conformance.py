@@ -10,6 +10,7 @@ anywhere in the output bytes, and the pixels must be byte-identical.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pydicom
@@ -157,7 +158,14 @@ def planted_ct(tmp_path: Path, name: str = "planted.dcm", patient: str | None = 
     return path, c, pixels
 
 
+NEW_UID = re.compile(rb"2\.25\.\d{1,39}")
+
+
 def leaked(data: bytes, canaries: Canaries) -> list[str]:
+    """Where the canaries found in `data` were planted. The UIDs de-identification made ("2.25." and 128 random-keyed
+    bits in decimal) are blanked first: an 8-digit date canary turns up inside one by chance (the planted CT gets
+    119 new UIDs: about 1 file in 250)."""
+    data = NEW_UID.sub(b"2.25.", data)
     return sorted(where for needle, where in canaries.text.items() if needle in data)
 
 
