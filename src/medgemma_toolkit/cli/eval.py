@@ -70,7 +70,10 @@ def eval_run(
         ),
     ] = None,
     batch_size: Annotated[
-        str, typer.Option(help="Prompts per batch, or 'auto' (32; 8 for images on a CPU; llama.cpp: 4 x --parallel)")
+        str,
+        typer.Option(
+            help="Prompts per batch, or 'auto' (a GPU: 32; a CPU: 64 text rows where memory allows, else 32, and 8 with images; llama.cpp: 4 x --parallel)"
+        ),
     ] = "auto",
     resume: Annotated[
         bool,
