@@ -192,7 +192,7 @@ def test_kv_bytes_is_what_the_dynamic_cache_holds(text_fp32, tokens):
     cache = DynamicCache(config=model.config)
     ids = torch.randint(5, 200, (3, tokens))
     with torch.inference_mode():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
     held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert kv_bytes(model.config, 3, tokens, 4) == held
 
