@@ -333,8 +333,10 @@ def test_run_batches_hands_a_refilling_backend_text_only_beyond_one_batch(mm_fp3
     monkeypatch.setattr(be, "capabilities", dataclasses.replace(be.capabilities, max_batch_size=3))
     img = Image.new("RGB", (40, 30), (90, 20, 160))
     jobs = [("img", 0), ("img", 1), *(("txt", i) for i in range(10))]
+    built: list = []
 
     def build(job):
+        built.append(job)
         kind, i = job
         return mm_fp32.request(QUESTIONS[i % len(QUESTIONS)], [img] if kind == "img" else [], max_new_tokens=3)
 
@@ -349,3 +351,10 @@ def test_run_batches_hands_a_refilling_backend_text_only_beyond_one_batch(mm_fp3
     got: list = []
     generation.run_batches(be, jobs, build, got.extend, 3, lambda j: (j[0] == "img", -j[1]), progress=False)
     assert calls == [["img", "img", "txt"], ["txt"] * 9] and len(got) == len(jobs)
+    assert sorted(built) == sorted(jobs)  # each request built once
+
+    # Text first, then an image job: it ends the refilled chunk and starts the next, built once all the same.
+    built.clear()
+    calls.clear()
+    generation.run_batches(be, jobs, build, got.extend, 3, lambda j: (j[0] == "txt", -j[1]), progress=False)
+    assert calls == [["txt"] * 10, ["img", "img"]] and sorted(built) == sorted(jobs)

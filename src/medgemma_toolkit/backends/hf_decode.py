@@ -135,13 +135,20 @@ def decode_pruned(
         if not isinstance(cache, DynamicCache):
             raise RuntimeError(f"cannot drop finished rows from a {type(cache).__name__}")
         if len(keep) < len(live):
-            # A CPU index works for cache layers on any device (several GPUs under device_map="auto").
-            index = torch.tensor(keep)
-            cache.batch_select_indices(index)
-            seq, mask = seq[index.to(seq.device)], mask[index.to(mask.device)]
+            seq, mask = _keep_rows(seq, mask, cache, keep)
         ids, live = seq, [live[k] for k in keep]
         first = {"cache": cache}
     stepper.finish([[] for _ in rows])  # closes any row still open as "length" (its tokens were all seen)
+
+
+def _keep_rows(
+    ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, keep: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the `keep` rows (batch positions) of the cache, in place, and of `ids` and `mask`, returned."""
+    # A CPU index works for cache layers on any device (several GPUs under device_map="auto").
+    index = torch.tensor(keep)
+    cache.batch_select_indices(index)
+    return ids[index.to(ids.device)], mask[index.to(mask.device)]
 
 
 def can_refill(model: Any) -> bool:
@@ -187,7 +194,7 @@ def _decode_refilled(
             new_ids, new_mask, new_cache, new_live = start
             if not new_live:
                 continue
-            if cache is None or not live:
+            if cache is None:  # no row running (`live` is empty exactly when there is no cache)
                 ids, mask, cache, live = new_ids, new_mask, new_cache, new_live
             else:
                 both = [list(range(len(live))), list(range(len(new_live)))]
@@ -206,11 +213,8 @@ def _decode_refilled(
             live, cache = [], None
             continue
         if len(keep) < len(live):
-            index = torch.tensor(keep)
-            cache.batch_select_indices(index)
-            ids, mask = ids[index.to(ids.device)], mask[index.to(mask.device)]
+            ids, mask = trim_left(*_keep_rows(ids, mask, cache, keep), cache, TRIM_AT)
             live = [live[k] for k in keep]
-            ids, mask = trim_left(ids, mask, cache, TRIM_AT)
     stepper.finish([[] for _ in rows])
 
 

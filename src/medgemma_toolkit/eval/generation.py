@@ -79,19 +79,24 @@ def run_batches(
     size = max(1, batch_size)
     caps = getattr(backend, "capabilities", None)
     refills = bool(caps is not None and caps.refills)  # given up after an out-of-memory error
+    carry: tuple[J, GenerationRequest] | None = None  # the image job that ended the last refill chunk, built
     while pos < len(order):
         chunk = list(order[pos : pos + size])
         ready: list[tuple[J, GenerationRequest]] = []
         failed: list[Outcome[J]] = []
-        for job in chunk:
-            _build_into(job, build, ready, failed)
+        for k, job in enumerate(chunk):
+            if k == 0 and carry is not None:  # it is `order[pos]`: not built twice
+                ready.append(carry)
+                carry = None
+            else:
+                _build_into(job, build, ready, failed)
         if refills and caps is not None and size >= caps.max_batch_size > 1 and ready and not _images(ready):
             # A backend that refills its batch gets more text rows at once, up to the first one with images.
             for job in order[pos + size : pos + size * REFILL_ROUNDS]:
                 built = len(ready)
                 _build_into(job, build, ready, failed)
                 if len(ready) > built and _images(ready[-1:]):
-                    ready.pop()
+                    carry = ready.pop()  # it starts the next chunk, with images
                     break
                 chunk.append(job)
         t0 = time.perf_counter()
@@ -104,7 +109,7 @@ def run_batches(
             ready.clear()
             release_memory()
             size //= 2
-            refills = False
+            refills, carry = False, None
             print(f"note: out of memory; batch size lowered to {size}", file=sys.stderr)
             continue
         secs = time.perf_counter() - t0
