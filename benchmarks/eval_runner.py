@@ -121,7 +121,8 @@ def set_path(backend: object, path: tuple[bool, ...]) -> None:
     backend.preallocate_cache = cache
     backend.greedy_steps = steps
     fuse_rms_norms(backend.model, on=norms)  # type: ignore[attr-defined]
-    if getattr(backend, "packed_linears", 0):  # only where the load packed them (enough memory, bf16 CPU)
+    # Only where the load packed a copy (enough memory, bf16 CPU); weights packed in place have no plain path.
+    if str(getattr(backend, "packed_linears", "")).isdigit():
         pack_linears(backend.model, on=packed)  # type: ignore[attr-defined]
 
 

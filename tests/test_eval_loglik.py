@@ -46,7 +46,10 @@ def test_bf16_model_vs_an_fp32_pass_of_the_same_weights(tiny_text_model_dir):
 
     from medgemma_toolkit import MedGemma
 
-    mg = MedGemma.load(str(tiny_text_model_dir), dtype="bfloat16")
+    # The float32 copy reads the bf16 weights, which a CPU load otherwise packs for inference (packed_linear.py).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDGEMMA_PACK_LINEARS", "0")
+        mg = MedGemma.load(str(tiny_text_model_dir), dtype="bfloat16")
     be = mg.backend
     assert be.model.dtype == torch.bfloat16
     fp32 = copy.deepcopy(be.model).float()

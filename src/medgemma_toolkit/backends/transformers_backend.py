@@ -99,8 +99,9 @@ class TransformersBackend(Backend):
         self.model.eval()
         if self.device.type == "cpu":  # one kernel instead of seven element-wise passes per norm (runtime/norms.py)
             fuse_rms_norms(self.model)
-        # Eval and batch on a bf16 CPU model: linear layers through oneDNN-packed weights (runtime/packed_linear.py).
-        self.packed_linears = self._pack_linears() if self.options.workload == "throughput" else 0
+        # A bf16 CPU model: linear layers through oneDNN-packed weights (runtime/packed_linear.py): a copy beside the
+        # weights for eval and batch where memory allows, else the weights replaced by their packed copies.
+        self.packed_linears = self._pack_linears()
         # Inputs go where the embeddings are: the first shard of a model spread over several GPUs.
         self.input_device = self.model.get_input_embeddings().weight.device
         # The SigLIP tower through OpenVINO on CPUs (converted at the first image, cached per weights).
@@ -174,20 +175,26 @@ class TransformersBackend(Backend):
         free = available_bytes()
         return CPU_BATCH if free is not None and need * 4 <= free else GPU_BATCH
 
-    def _pack_linears(self) -> int:
-        """Pack a bf16 CPU model's linear layers for oneDNN when the extra copy of their weights takes at most a
-        quarter of the memory free now (the demo: 0.5 GB; MedGemma 4B: about 7.8 GB, so on a 16-24 GB machine it is not
-        packed: its batches and image tower need that memory); returns how many were packed (0: not, logged)."""
+    def _pack_linears(self) -> str:
+        """Route a bf16 CPU model's linear layers through oneDNN-packed weights; returns what was done for the load
+        info ("" nothing, "N" layers packed beside their weights, "N in place"). Throughput work (eval, batch) packs a
+        copy, the tied output layer included, when it takes at most a quarter of the memory free now (the demo:
+        0.5 GB; MedGemma 4B: about 7.8 GB, so not on a 16-24 GB machine, whose batches and image tower need that
+        memory). Every other bf16 CPU load packs in place, which adds no memory and is what makes one question's
+        decode faster (`pack_linears_in_place`). `MEDGEMMA_PACK_LINEARS=0` keeps the plain layers (for side-by-side
+        benchmarks)."""
         from ..models.footprint import available_bytes
-        from ..runtime.packed_linear import can_pack, pack_linears, packed_bytes
+        from ..runtime.packed_linear import can_pack, pack_linears, pack_linears_in_place, packed_bytes, packing_on
 
-        if self.device.type != "cpu" or self.dtype != self.torch.bfloat16 or not can_pack():
-            return 0
-        need, free = packed_bytes(self.model), available_bytes()
-        if free is None or need * 4 > free:
-            log.info("linear layers not packed: %d MiB more needed, %s free", need >> 20, free and free >> 20)
-            return 0
-        return pack_linears(self.model)
+        if self.device.type != "cpu" or self.dtype != self.torch.bfloat16 or not packing_on() or not can_pack():
+            return ""
+        if self.options.workload == "throughput":
+            need, free = packed_bytes(self.model), available_bytes()
+            if free is not None and need * 4 <= free:
+                return str(pack_linears(self.model))
+            log.info("linear layers packed in place: a copy needs %d MiB, %s free", need >> 20, free and free >> 20)
+        n = pack_linears_in_place(self.model)
+        return f"{n} in place" if n else ""
 
     def _thought_marker_ids(self) -> tuple[int, int] | None:
         """The single tokens that open and close a thought (`<unused94>`, `<unused95>`), or None when the
