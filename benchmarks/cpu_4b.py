@@ -32,11 +32,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# transformers:DTYPE[:VISION]: VISION is --vision-runtime (default auto: OpenVINO's tower on a bf16 CPU); the
-# `:torch` row is the transformers tower, so the default path and its reference run side by side.
+# transformers:DTYPE[:VISION[:plain]]: VISION is --vision-runtime (default auto: OpenVINO's tower on a bf16 CPU); the
+# `:torch` row is the transformers tower, so the default path and its reference run side by side. `:plain` loads with
+# MEDGEMMA_PACK_LINEARS=0 (F.linear on the plain weights instead of oneDNN-packed ones, runtime/packed_linear.py).
 # llamacpp:QUANT[:MMPROJ]: QUANT is the text GGUF's type (q4_k_m: the export's; q8_0: exported on first use), MMPROJ
 # the projector's weight type (default: the exporter's default, `--mmproj-outtype`).
-CONFIGS = ("transformers:bfloat16:torch", "transformers:bfloat16", "llamacpp:q4_k_m")
+CONFIGS = (
+    "transformers:bfloat16:torch",
+    "transformers:bfloat16:auto:plain",
+    "transformers:bfloat16",
+    "llamacpp:q4_k_m",
+)
 QUESTION = "Describe the typical findings of lobar pneumonia on a chest X-ray."
 IMAGE_QUESTION = "Describe this chest X-ray."
 
@@ -146,7 +152,7 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
 
     cache = cache_root()
     ckpt, text_gguf, mmproj = build(cache)
-    backend, dtype, vision = (config.split(":") + ["auto"])[:3]
+    backend, dtype, vision = (config.split(":") + ["auto"])[:3]  # a 4th field (`plain`) is read by main()
     if backend == "llamacpp":
         from medgemma_toolkit.export.gguf_export import DEFAULT_MMPROJ_TYPE
 
@@ -318,7 +324,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", config, "--kinds", args.kinds, "--new-tokens", str(args.new_tokens)]
         if args.profile:
             cmd.append("--profile")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if config.split(":")[3:4] == ["plain"]:
+            env["MEDGEMMA_PACK_LINEARS"] = "0"
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         sys.stderr.write(proc.stderr[-6000:] if args.profile else "")
         if proc.returncode != 0:
             print(f"{config}: failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -327,14 +336,14 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     print()
     print(
-        f"{'config':24} {'kind':6} {'load s':>7} {'peak GiB':>8} {'prompt':>7} {'TTFT s':>7} {'e2e s':>7} {'tok/s':>7}"
+        f"{'config':32} {'kind':6} {'load s':>7} {'peak GiB':>8} {'prompt':>7} {'TTFT s':>7} {'e2e s':>7} {'tok/s':>7}"
     )
     for r in results:
         for kind in kinds:
             k = r.get(kind)
             if isinstance(k, dict):
                 print(
-                    f"{r['config']:24} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
+                    f"{r['config']:32} {kind:6} {r['load_s']:7} {r['peak_rss_gib']:8} {k['prompt_tokens']:7} "
                     f"{k['ttft_s']:7} {k['end_to_end_s']:7} {k['decode_tok_s'] or '-':>7}"
                 )
     tower_rows = [r for r in results if isinstance(r.get("tower"), dict)]
