@@ -380,7 +380,7 @@ class TransformersBackend(Backend):
                 rows, lambda t: self._decode([t]), constrain, not params.greedy, self.input_device, stops, self._byte
             )
         with self.torch.inference_mode():
-            if step is None and prune and len(rows) > 1 and can_prune(self.model):
+            if step is None and prune and can_prune(self.model):
                 per_row = [len(r.request.prompt.all_images()) for r in rows]
                 decode_pruned(
                     self.model,
