@@ -116,6 +116,34 @@ def text_requests(mg: MedGemma) -> tuple[list[GenerationRequest], int]:
     raise AssertionError("no answer meets a usable stop string")
 
 
+def test_a_single_greedy_row_takes_the_steps_path_with_generate_s_answer(text_fp32, monkeypatch):
+    """One row alone (ask, chat) decodes with `greedy_steps` after the prefill; its text, token count and finish
+    reason are those of the static path, where HF `generate` makes every token (a stop string included)."""
+    from medgemma_toolkit.backends import hf_decode
+
+    be = text_fp32.backend
+    calls: list[int] = []
+    real = hf_decode.greedy_steps
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_decode, "greedy_steps", counted)
+    reqs, _ = text_requests(text_fp32)
+    for req in reqs:
+        calls.clear()
+        (steps,) = be._generate_batch([RowState(0, req)], None)
+        made = len(calls)
+        (static,) = be._generate_batch([RowState(0, req)], None, prune=False)
+        assert made >= 1 or steps.completion_tokens <= 1  # one token: the prefill made it, no steps needed
+        assert (steps.text, steps.completion_tokens, steps.finish_reason) == (
+            static.text,
+            static.completion_tokens,
+            static.finish_reason,
+        )
+
+
 def test_text_rows_leave_early_and_match_hf_generate_alone(text_fp32, monkeypatch):
     reqs, stopped = text_requests(text_fp32)
     sizes = spy_batch_sizes(text_fp32, monkeypatch)
