@@ -156,7 +156,9 @@ def _packed_only_forward(self: Any, x: Any) -> Any:
 def release_pages(t: Any) -> int:
     """Drop the pages of `t` that lie in a file mapping (weights that transformers maps straight from the
     safetensors file) from this process's resident memory, and return how many bytes: the file keeps them, and a
-    later read would page them in again from it, so this never changes a value. Memory that is not file-backed is
+    later read would page them in again from it. A page written since it was mapped (a private mapping's own copy,
+    e.g. an adapter merged into the weight) would read back as the file's bytes instead, so callers release only a
+    tensor they will not read again (`pack_linears_in_place` has packed it first). Memory that is not file-backed is
     left alone (it is freed when the tensor is). Only whole pages inside the tensor's own bytes are touched. Linux
     only; elsewhere 0."""
     start = int(t.data_ptr())
