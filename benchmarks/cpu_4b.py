@@ -43,6 +43,13 @@ CONFIGS = (
     "transformers:bfloat16",
     "llamacpp:q4_k_m",
 )
+# On a CPU without bf16 instructions (AVX2 only) bf16 is emulated there: `auto` is the default path (float32 where it
+# fits the memory, else bf16 weights with float32 arithmetic, runtime/bf16_weights.py); plain bf16 for comparison.
+CONFIGS_NO_BF16 = (
+    "transformers:auto",
+    "transformers:bfloat16",
+    "llamacpp:q4_k_m",
+)
 QUESTION = "Describe the typical findings of lobar pneumonia on a chest X-ray."
 IMAGE_QUESTION = "Describe this chest X-ray."
 
@@ -52,8 +59,15 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def build(cache: Path) -> tuple[Path, Path, Path]:
-    """(checkpoint dir, text GGUF, mmproj GGUF), built once."""
+def default_configs() -> tuple[str, ...]:
+    from medgemma_toolkit.runtime.torch_setup import BF16_CPU_FLAGS, cpu_flags
+
+    return CONFIGS if cpu_flags() & BF16_CPU_FLAGS else CONFIGS_NO_BF16
+
+
+def build(cache: Path, gguf: bool = True) -> tuple[Path, Path, Path]:
+    """(checkpoint dir, text GGUF, mmproj GGUF), built once; `gguf=False`: the checkpoint only (the GGUF paths are
+    returned as they will be named)."""
     from medgemma4b_check import build_checkpoint
 
     ckpt = cache / "medgemma-4b-random"
@@ -67,7 +81,7 @@ def build(cache: Path) -> tuple[Path, Path, Path]:
     # A cache built before bf16 became the default holds the f16 mmproj: either counts as built.
     found = [gguf_dir / f"mmproj-medgemma-4b-random-{t}.gguf" for t in (DEFAULT_MMPROJ_TYPE, "f16")]
     mmproj = next((p for p in found if p.is_file()), found[0])
-    if not (text.is_file() and mmproj.is_file()):
+    if gguf and not (text.is_file() and mmproj.is_file()):
         from medgemma_toolkit.export import export_gguf
 
         t0 = time.perf_counter()
@@ -151,8 +165,8 @@ def child(config: str, kinds: list[str], new_tokens: int, profile: bool) -> dict
     from medgemma_toolkit import MedGemma
 
     cache = cache_root()
-    ckpt, text_gguf, mmproj = build(cache)
     backend, dtype, vision = (config.split(":") + ["auto"])[:3]  # a 4th field (`plain`) is read by main()
+    ckpt, text_gguf, mmproj = build(cache, gguf=backend == "llamacpp")
     if backend == "llamacpp":
         from medgemma_toolkit.export.gguf_export import DEFAULT_MMPROJ_TYPE
 
@@ -250,7 +264,7 @@ def tower_check(mg: object, image: Path) -> dict[str, object]:
     backend = mg.backend  # type: ignore[attr-defined]
     part = next(p for p in mg.media([str(image)]) if isinstance(p, ImagePart))  # type: ignore[attr-defined]
     px = backend.processor.image_processor(part.image, return_tensors="pt")["pixel_values"]
-    px = px.to(backend.model.dtype)
+    px = px.to(backend.dtype)
     tower = backend.model.model.vision_tower
     proj = backend.model.model.multi_modal_projector
     res: dict[str, object] = {}
@@ -267,7 +281,7 @@ def tower_check(mg: object, image: Path) -> dict[str, object]:
     # The image question's first greedy tokens through this configuration's tower (ids: see main()).
     req = mg.request(IMAGE_QUESTION, images=[str(image)])  # type: ignore[attr-defined]
     inputs = backend._encode([req.prompt]).to(backend.input_device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(backend.model.dtype)
+    inputs["pixel_values"] = inputs["pixel_values"].to(backend.dtype)
     with torch.inference_mode():
         out = backend.model.generate(**inputs, max_new_tokens=8, do_sample=False)
     res["greedy_ids"] = out[0, inputs["input_ids"].shape[1] :].tolist()
@@ -302,7 +316,12 @@ def cosine(a: object, b: object) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="backend:dtype list (llamacpp:q4_k_m = the export)")
+    ap.add_argument(
+        "--configs",
+        default=",".join(default_configs()),
+        help="backend:dtype list (llamacpp:q4_k_m = the export); default: CONFIGS, or CONFIGS_NO_BF16 on a CPU "
+        "without bf16 instructions",
+    )
     ap.add_argument("--kinds", default="text,image")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--build-only", action="store_true")
@@ -313,12 +332,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, kinds, args.new_tokens, args.profile)))
         return
-    build(cache_root())
+    configs = [c for c in args.configs.split(",") if c]
+    build(cache_root(), gguf=args.build_only or any(c.startswith("llamacpp") for c in configs))
     image_file(cache_root())
     if args.build_only:
         return
     results = []
-    for config in [c for c in args.configs.split(",") if c]:
+    for config in configs:
         if config.endswith("float32"):
             sys.exit("fp32 at 4B peaks near 24 GB: not run by this script")
         cmd = [sys.executable, __file__, "--child", config, "--kinds", args.kinds, "--new-tokens", str(args.new_tokens)]

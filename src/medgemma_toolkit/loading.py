@@ -19,6 +19,7 @@ from .models.demo import DEMO_WIDTH, demo_checkpoint_dir
 from .models.footprint import Need, available_bytes, checkpoint_need, gguf_need, refusal
 from .models.resolve import ResolvedModel, resolve_model
 from .models.variants import find_variant
+from .runtime.bf16_weights import MODE as BF16_WEIGHTS
 from .runtime.torch_setup import BF16_CPU_FLAGS, cpu_auto_dtype, cpu_flags
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,48 @@ def load_backend(
         # transformers reads a GGUF in Python on every load (~1 min); the demo's converted folder loads in ~2 s
         resolved = dataclasses.replace(resolved, path=demo_checkpoint_dir(), format="hf")
     if opts.memory_check:
+        opts = fit_cpu_dtype(resolved, name, opts)
         check_memory(resolved, name, opts)
     cls = backend_class(name)
     t0 = time.perf_counter()
     be = cls.from_options(resolved.path, info_hint(resolved), opts)
     return be, resolved, time.perf_counter() - t0
+
+
+def fit_cpu_dtype(
+    resolved: ResolvedModel, backend: str, options: LoadOptions, available: int | None = None
+) -> LoadOptions:
+    """`--dtype auto` where it means float32 on a CPU (no bf16 instructions) for a checkpoint whose float32 load
+    would not fit the memory available (`available`, default: now) but whose bf16 weights would: keep the weights in
+    bf16 and compute in float32 (`--dtype bfloat16-weights`, runtime/bf16_weights.py), rather than refusing the
+    load. MedGemma 4B on a 16-24 GB AVX2 machine: ~24 GiB in float32, ~10 GiB so. Other options come back as given."""
+    if backend != "transformers" or resolved.format != "hf" or options.dtype != "auto":
+        return options
+    if not options.device.startswith(("auto", "cpu")) or _gpu_present(options.device):
+        return options
+    if cpu_auto_dtype(cpu_flags(), _hidden_size(resolved.path)) != "float32":
+        return options
+    full, half = checkpoint_need(resolved.path, "float32"), checkpoint_need(resolved.path, "bfloat16")
+    free = available_bytes() if available is None else available
+    if full is None or half is None or free is None or full.peak <= free or half.peak > free:
+        return options
+    log.warning(
+        "%s in float32 needs about %.1f GiB, %.1f GiB is available: weights kept in bf16, arithmetic in float32 "
+        "(--dtype %s)",
+        resolved.name,
+        full.peak_gib,
+        free / 1024**3,
+        BF16_WEIGHTS,
+    )
+    return dataclasses.replace(options, dtype=BF16_WEIGHTS)
+
+
+def _gpu_present(device: str) -> bool:
+    if device != "auto":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> tuple[Need, str] | None:
@@ -107,7 +145,7 @@ def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> 
         )
     if backend != "transformers" or resolved.format != "hf" or not options.device.startswith(("auto", "cpu")):
         return None
-    dtype = options.dtype
+    dtype = "bfloat16" if options.dtype == BF16_WEIGHTS else options.dtype  # what the weights are held in
     if dtype == "auto" or options.device == "auto":
         import torch
 

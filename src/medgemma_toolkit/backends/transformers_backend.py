@@ -17,6 +17,8 @@ from ..core.options import LoadOptions
 from ..errors import BadInput, CapabilityError
 from ..models.checkpoint import check_quantize, load_hf_model, load_processing, quantization_config
 from ..prompts.gemma_format import render_gemma_chat
+from ..runtime.bf16_weights import MODE as BF16_WEIGHTS
+from ..runtime.bf16_weights import keep_bf16_weights
 from ..runtime.cpu_vision import VisionPath, check_vision_runtime
 from ..runtime.cpu_vision import install as install_vision
 from ..runtime.memory import call_or_oom, release_memory
@@ -62,17 +64,28 @@ class TransformersBackend(Backend):
             else AutoConfig.from_pretrained(load_dir)
         )
         width = getattr(config.get_text_config(), "hidden_size", None)
-        self.device, self.dtype = pick_device_dtype(self.options.device, self.options.dtype, width, inference=True)
+        # --dtype bfloat16-weights: float32 arithmetic on bf16 weights, for CPUs without bf16 instructions
+        # (runtime/bf16_weights.py); `self.dtype` is the arithmetic's, `weights_dtype` what the weights are held in.
+        self.bf16_weights = self.options.dtype == BF16_WEIGHTS
+        compute = "float32" if self.bf16_weights else self.options.dtype
+        self.device, self.dtype = pick_device_dtype(self.options.device, compute, width, inference=True)
         quantize = check_quantize(self.options.quantize)
+        if self.bf16_weights and (self.device.type != "cpu" or quantize != "none"):
+            raise BadInput(
+                f"--dtype {BF16_WEIGHTS} is for CPUs without bf16 instructions (unquantised); "
+                f"on {self.device.type} use --dtype bfloat16"
+            )
+        weights_dtype = torch.bfloat16 if self.bf16_weights else self.dtype
         check_vision_runtime(self.options.vision_runtime)  # a bad name fails before the weights load
-        dtype_name = str(self.dtype).replace("torch.", "")
-        weights = None if gguf_file else model_bytes(checkpoint_params(self.path), dtype_name, quantize)
+        dtype_name = BF16_WEIGHTS if self.bf16_weights else str(self.dtype).replace("torch.", "")
+        weights_name = str(weights_dtype).replace("torch.", "")
+        weights = None if gguf_file else model_bytes(checkpoint_params(self.path), weights_name, quantize)
         # Free memory matters only when choosing between one GPU and several ("cuda" without an index).
         gpus = visible_gpus(measure=self.device.index is None) if self.device.type == "cuda" else []
         self.placement = inference_placement(str(self.device), quantize, gpus, weights)
         if self.placement.note:
             log.warning(self.placement.note)
-        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        kwargs: dict[str, Any] = {"dtype": weights_dtype}
         quant = quantization_config(quantize, self.device)
         if quant is not None:
             kwargs["quantization_config"] = quant
@@ -97,6 +110,8 @@ class TransformersBackend(Backend):
         if self.options.adapter:
             self.model = _with_adapter(self.model, self.options.adapter, merge=quantize == "none")
         self.model.eval()
+        if self.bf16_weights:
+            keep_bf16_weights(self.model)
         if self.device.type == "cpu":  # one kernel instead of seven element-wise passes per norm (runtime/norms.py)
             fuse_rms_norms(self.model)
         # A bf16 CPU model: linear layers through oneDNN-packed weights (runtime/packed_linear.py): a copy beside the
@@ -357,7 +372,7 @@ class TransformersBackend(Backend):
         (`_refills` said yes for these rows)."""
         inputs = self._encode([r.request.prompt for r in rows]).to(self.input_device)
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         params = rows[0].request.params
         stepper = TokenStepper(rows, on_delta, self._decode, set(self.stop_ids), self.byte_token_ids)
@@ -479,7 +494,7 @@ class TransformersBackend(Backend):
         torch = self.torch
         inputs = self._encode([p for p, _ in chunk], [c for _, c in chunk]).to(self.input_device)
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         keep = min(max(ks) + 1, inputs["input_ids"].shape[1])
         with torch.inference_mode():
             # The output layer, soft-capping and log-softmax in float32 whatever the model's dtype (backends/loglik.py).

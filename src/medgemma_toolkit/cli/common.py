@@ -36,7 +36,10 @@ BackendOpt = Annotated[str, typer.Option(help="auto, transformers, or another re
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 DTypeOpt = Annotated[
     str,
-    typer.Option(help="auto (bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32), float32, bfloat16 or float16"),
+    typer.Option(
+        help="auto (bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32, or bfloat16-weights where fp32 does not "
+        "fit), float32, bfloat16, float16, or bfloat16-weights (CPU: bf16 weights, fp32 arithmetic)"
+    ),
 ]
 QuantizeOpt = Annotated[str, typer.Option(help="none, 8bit or 4bit (CUDA only)")]
 DownloadOpt = Annotated[bool, typer.Option("--allow-download", help="Allow fetching weights from the Hugging Face Hub")]

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+DType = Literal["auto", "float32", "bfloat16", "float16", "bfloat16-weights"]  # the last: runtime/bf16_weights.py
 Quantize = Literal["none", "8bit", "4bit"]
 
 
