@@ -18,7 +18,8 @@ from conftest import SCRIPT
 
 from medgemma_toolkit import MedGemma
 from medgemma_toolkit.core.options import LoadOptions
-from medgemma_toolkit.loading import fit_cpu_dtype, load_backend
+from medgemma_toolkit.errors import BackendUnavailable
+from medgemma_toolkit.loading import check_memory, fit_cpu_dtype, load_backend
 from medgemma_toolkit.models.footprint import checkpoint_need
 from medgemma_toolkit.models.resolve import resolve_model
 from medgemma_toolkit.runtime.bf16_weights import MODE, UPCAST_ELEMENTS, UPCAST_ROWS, keep_bf16_weights, weight_bytes
@@ -151,7 +152,13 @@ def test_auto_keeps_bf16_weights_only_where_float32_does_not_fit(tiny_model_dir,
     between = (full.peak + half.peak) // 2
     assert fit_cpu_dtype(resolved, "transformers", auto, available=between).dtype == MODE
     assert fit_cpu_dtype(resolved, "transformers", auto, available=full.peak).dtype == "auto"  # float32 fits
-    assert fit_cpu_dtype(resolved, "transformers", auto, available=half.peak - 1).dtype == "auto"  # nothing fits
+    # Nothing fits: the refusal names the smaller need (and a GGUF export, not a dtype that would not fit either).
+    assert fit_cpu_dtype(resolved, "transformers", auto, available=half.peak - 1).dtype == MODE
+    with pytest.raises(BackendUnavailable, match="GGUF export") as e:
+        check_memory(
+            resolved, "transformers", fit_cpu_dtype(resolved, "transformers", auto, half.peak - 1), half.peak - 1
+        )
+    assert f"{half.peak / 1024**3:.1f} GiB" in str(e.value) and "--dtype" not in str(e.value).split("(", 1)[1]
     for other in (dataclasses.replace(auto, dtype="float32"), dataclasses.replace(auto, dtype="bfloat16")):
         assert fit_cpu_dtype(resolved, "transformers", other, available=between) is other  # the user's choice
     assert fit_cpu_dtype(resolved, "llamacpp", auto, available=between) is auto
@@ -164,3 +171,18 @@ def test_the_choice_reaches_the_backend_and_the_cli(tiny_model_dir, cli):
     assert r.returncode == 0, r.stderr
     r = cli("ask", "Effusion?", "--model", str(tiny_model_dir), "--dtype", "bfloat16-weight", "--max-new-tokens", "4")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--dtype" in r.stderr
+
+
+def test_the_openvino_tower_converts_from_bf16_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """`--vision-runtime openvino` exports the tower through these layers: torch.export sees `F.linear` on the upcast
+    weights (oneDNN's op has no OpenVINO conversion), and the answer is the torch tower's."""
+    from PIL import Image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a fresh conversion, not one cached by another test
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    ov = MedGemma.load(str(tiny_model_dir), dtype=MODE, vision_runtime="openvino")
+    got = ov.ask("Describe the image.", [image], max_new_tokens=6)
+    assert ov.backend.vision.runtime == "openvino" and ov.backend.vision.images == 1, ov.backend.vision
+    assert ov.backend.vision.fallbacks == 0
+    ref = MedGemma.load(str(tiny_model_dir), dtype=MODE, vision_runtime="torch")
+    assert got.raw == ref.ask("Describe the image.", [image], max_new_tokens=6).raw

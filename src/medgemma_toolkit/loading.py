@@ -99,7 +99,8 @@ def fit_cpu_dtype(
     """`--dtype auto` where it means float32 on a CPU (no bf16 instructions) for a checkpoint whose float32 load
     would not fit the memory available (`available`, default: now) but whose bf16 weights would: keep the weights in
     bf16 and compute in float32 (`--dtype bfloat16-weights`, runtime/bf16_weights.py), rather than refusing the
-    load. MedGemma 4B on a 16-24 GB AVX2 machine: ~24 GiB in float32, ~10 GiB so. Other options come back as given."""
+    load. MedGemma 4B on a 16-24 GB AVX2 machine: ~26 GiB in float32, ~10 GiB so. Where neither fits, the same
+    (so that `check_memory`'s refusal states the smaller need). Other options come back as given."""
     if backend != "transformers" or resolved.format != "hf" or options.dtype != "auto":
         return options
     if not options.device.startswith(("auto", "cpu")) or _gpu_present(options.device):
@@ -108,8 +109,10 @@ def fit_cpu_dtype(
         return options
     full, half = checkpoint_need(resolved.path, "float32"), checkpoint_need(resolved.path, "bfloat16")
     free = available_bytes() if available is None else available
-    if full is None or half is None or free is None or full.peak <= free or half.peak > free:
+    if full is None or half is None or free is None or full.peak <= free:
         return options
+    if half.peak > free:  # neither fits: the refusal that follows states the smaller need
+        return dataclasses.replace(options, dtype=BF16_WEIGHTS)
     log.warning(
         "%s in float32 needs about %.1f GiB, %.1f GiB is available: weights kept in bf16, arithmetic in float32 "
         "(--dtype %s)",
@@ -156,7 +159,9 @@ def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> 
     need = checkpoint_need(resolved.path, dtype)
     if need is None:
         return None
-    hint = "try --dtype bfloat16 or a GGUF export (medgemma export gguf --outtype q4_k_m)"
+    # bf16 arithmetic is emulated without bf16 instructions: there, bf16 weights with fp32 arithmetic are faster
+    half = "bfloat16" if cpu_flags() & BF16_CPU_FLAGS else BF16_WEIGHTS
+    hint = f"try --dtype {half} or a GGUF export (medgemma export gguf --outtype q4_k_m)"
     return need, hint if dtype == "float32" else "try a GGUF export (medgemma export gguf --outtype q4_k_m)"
 
 

@@ -71,8 +71,10 @@ def pick_device_dtype(
         else:
             dtype = cpu_auto_dtype(cpu_flags(), model_width) if inference else "float32"
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "bfloat16-weights":  # the transformers backend resolves it before calling here
+        raise BadInput("--dtype bfloat16-weights is for MedGemma models through transformers on a CPU: use bfloat16")
     if dtype not in table:
-        raise BadInput(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+        raise BadInput(f"--dtype must be one of auto, {', '.join(table)}, bfloat16-weights (CPU); got {dtype!r}")
     if device.startswith("cuda") and dtype == "bfloat16":
         idx = cuda_index(device) or 0
         if idx < torch.cuda.device_count():
