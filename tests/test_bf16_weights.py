@@ -78,16 +78,19 @@ def test_gemma_s_embedding_scale_is_the_float32_one():
     assert torch.equal(emb(ids), ref(ids))
 
 
-def _float32_twin(path: Path, multimodal: bool = True):
-    """The float32 model with every floating parameter rounded through bf16, as the bf16 load holds them."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
+def _round_through_bf16(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 model's floating parameters rounded through bf16, as the bf16 load holds them (in place)."""
     with torch.no_grad():
         for p in model.parameters():
             p.data = p.data.to(torch.bfloat16).float()
     return model
+
+
+def _float32_twin(path: Path):
+    """The multimodal float32 model of `path` with the bf16 load's weights."""
+    from transformers import AutoModelForImageTextToText
+
+    return _round_through_bf16(AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32).eval())
 
 
 def test_a_prefill_gives_the_logits_of_a_float32_model_with_the_same_weights(tiny_model_dir):
@@ -122,9 +125,7 @@ def test_answers_scores_and_batches_match_a_float32_load(scripted_model_dir, tin
     # Log-likelihood reads the output layer's (bf16) weight in float32 chunks: the float32 twin's numbers.
     mg = MedGemma.load(str(tiny_text_model_dir), dtype=MODE)
     ref = MedGemma.load(str(tiny_text_model_dir), dtype="float32")
-    with torch.no_grad():
-        for p in ref.backend.model.parameters():
-            p.data = p.data.to(torch.bfloat16).float()
+    _round_through_bf16(ref.backend.model)
     pairs = [(mg.request(q).prompt, c) for q, c in [("Sepsis?", " yes"), ("Edema of the legs?", " no"), ("x", " 4")]]
     assert mg.backend.loglikelihood(pairs, batch_size=2) == pytest.approx(ref.backend.loglikelihood(pairs), abs=1e-4)
     one = [mg.ask(q, max_new_tokens=6).completion_tokens for q in ("Edema?", "What is sepsis?")]
@@ -171,6 +172,8 @@ def test_the_choice_reaches_the_backend_and_the_cli(tiny_model_dir, cli):
     assert r.returncode == 0, r.stderr
     r = cli("ask", "Effusion?", "--model", str(tiny_model_dir), "--dtype", "bfloat16-weight", "--max-new-tokens", "4")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--dtype" in r.stderr
+    r = cli("ask", "Effusion?", "--model", str(tiny_model_dir), "--dtype", MODE, "--quantize", "4bit")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--quantize 4bit" in r.stderr
 
 
 def test_the_openvino_tower_converts_from_bf16_weights(tiny_model_dir, tmp_path, monkeypatch):

@@ -45,11 +45,8 @@ def choose_backend(resolved: ResolvedModel, backend: str, options: LoadOptions |
 
 def _torch_fast(options: LoadOptions) -> bool:
     """Would torch run the demo on a GPU, or in bf16 on a CPU with bf16 matrix instructions?"""
-    import torch
-
     device, dtype = options.device, options.dtype
-    gpu_present = torch.cuda.is_available() or torch.backends.mps.is_available()
-    if not device.startswith(("auto", "cpu")) or (device == "auto" and gpu_present):
+    if not device.startswith(("auto", "cpu")) or _gpu_present(device):
         return dtype in ("auto", "bfloat16", "float16")
     flags = cpu_flags()
     if dtype == "auto":
@@ -125,6 +122,7 @@ def fit_cpu_dtype(
 
 
 def _gpu_present(device: str) -> bool:
+    """Would `--device auto` put the model on a GPU (CUDA or MPS)? False for any named device."""
     if device != "auto":
         return False
     import torch
@@ -149,13 +147,10 @@ def memory_need(resolved: ResolvedModel, backend: str, options: LoadOptions) -> 
     if backend != "transformers" or resolved.format != "hf" or not options.device.startswith(("auto", "cpu")):
         return None
     dtype = "bfloat16" if options.dtype == BF16_WEIGHTS else options.dtype  # what the weights are held in
-    if dtype == "auto" or options.device == "auto":
-        import torch
-
-        if options.device == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
-            return None  # GPU placement checks its own memory
-        if dtype == "auto":
-            dtype = cpu_auto_dtype(cpu_flags(), _hidden_size(resolved.path))
+    if _gpu_present(options.device):
+        return None  # GPU placement checks its own memory
+    if dtype == "auto":
+        dtype = cpu_auto_dtype(cpu_flags(), _hidden_size(resolved.path))
     need = checkpoint_need(resolved.path, dtype)
     if need is None:
         return None

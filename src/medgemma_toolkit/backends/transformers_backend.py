@@ -70,10 +70,11 @@ class TransformersBackend(Backend):
         compute = "float32" if self.bf16_weights else self.options.dtype
         self.device, self.dtype = pick_device_dtype(self.options.device, compute, width, inference=True)
         quantize = check_quantize(self.options.quantize)
-        if self.bf16_weights and (self.device.type != "cpu" or quantize != "none"):
+        if self.bf16_weights and self.device.type != "cpu":
+            raise BadInput(f"--dtype {BF16_WEIGHTS} runs on a CPU; on {self.device.type} use --dtype bfloat16")
+        if self.bf16_weights and quantize != "none":
             raise BadInput(
-                f"--dtype {BF16_WEIGHTS} is for CPUs without bf16 instructions (unquantised); "
-                f"on {self.device.type} use --dtype bfloat16"
+                f"--dtype {BF16_WEIGHTS} keeps the stored bf16 weights: it cannot take --quantize {quantize}"
             )
         weights_dtype = torch.bfloat16 if self.bf16_weights else self.dtype
         check_vision_runtime(self.options.vision_runtime)  # a bad name fails before the weights load

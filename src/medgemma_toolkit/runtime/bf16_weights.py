@@ -22,6 +22,7 @@ half of fp32's weight memory. Whole-model figures: docs/guides/ask.md, "CPUs wit
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -101,6 +102,7 @@ def _upcast_linear() -> Any:
 UPCAST_KERNEL = "onednn"
 
 
+@functools.cache  # asked on every upcast matmul; the answer is the build's and the machine's
 def _has_onednn() -> bool:
     import platform
 
