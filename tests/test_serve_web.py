@@ -62,6 +62,7 @@ def page(tmp_path):
         try:
             pg = ctx.new_page()
             pg.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)  # a loaded CI machine renders slower than expect's 5 s default
             yield pg
         finally:
             ctx.close()

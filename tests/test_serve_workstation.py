@@ -111,6 +111,7 @@ def page(tmp_path):
         try:
             pg = ctx.new_page()
             pg.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)  # a loaded CI machine renders slower than expect's 5 s default
             yield pg
         finally:
             ctx.close()
@@ -170,6 +171,30 @@ def drop(page, slot: str, name: str, data: bytes) -> None:
         [name, base64.b64encode(data).decode()],
     )
     page.dispatch_event(f".dropzone[data-slot={slot}]", "drop", {"dataTransfer": handle})
+
+
+# Wraps the page's fetch: a model-input answer for centre 100 with a width other than 300 reaches the page only after
+# the answer for (100, 300) has; then the flag is set.
+HOLD_STALE_WINDOW = """() => {
+  const real = window.fetch;
+  let newest = null;
+  window.fetch = async (url, init) => {
+    const body = String((init && init.body) || "");
+    const resp = await real(url, init);
+    if (!String(url).includes("/model-input")) return resp;
+    if (body.includes('"window":[100,300]')) { newest = resp; return resp; }
+    if (!body.includes('"window":[100,')) return resp;
+    while (!newest) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 300)); // after the page has shown the newest answer
+    setTimeout(() => (window.__staleWindowDelivered = true), 300);
+    return resp;
+  };
+}"""
+
+
+def settled(page) -> None:
+    """Every window change made so far is applied (the page marks `#window-controls` busy until its newest is)."""
+    expect(page.locator("#window-controls")).not_to_have_attribute("aria-busy", "true")
 
 
 def connect(page, server) -> None:
@@ -259,12 +284,19 @@ def test_dicom_window_level_prior_current(server, page, tmp_path):
     own = page.get_attribute(".viewer[data-slot=current] .model-input", "src")
     page.select_option("#window-preset", "-600,1500")
     expect(page.locator(".viewer[data-slot=current] .model-input")).not_to_have_attribute("src", own)
+    settled(page)
     lung = page.get_attribute(".viewer[data-slot=current] .model-input", "src")
     page.select_option("#window-preset", "custom")
+    # Two changes in a row whose answers arrive out of order: the first (centre 100, the old width) is held back
+    # in the page until after the second (100, 300) has been shown. The panes must end at the newest window.
+    page.evaluate(HOLD_STALE_WINDOW)
     page.fill("#window-center", "100")
+    page.press("#window-center", "Enter")
     page.fill("#window-width", "300")
     page.press("#window-width", "Enter")
     page.locator("#window-width").blur()
+    page.wait_for_function("() => window.__staleWindowDelivered === true")
+    settled(page)
     expect(page.locator(".viewer[data-slot=current] .model-input")).not_to_have_attribute("src", lung)
     custom = page.get_attribute(".viewer[data-slot=current] .model-input", "src")
     ask(page, "Compare the prior and current images.", 0)

@@ -15,6 +15,9 @@ const state = {
   messages: [], // the conversation sent so far (OpenAI messages)
   imagesSent: false,
   controller: null,
+  windowing: null, // the window change being applied (a promise), so a question waits for the panes to match
+  windowGen: 0, // bumped by each window change: an older one's late results are dropped, never shown
+  windowAll: false, // a pending change refetches the PNGs too (padding), not only DICOM (window)
 };
 
 function headers() {
@@ -134,12 +137,22 @@ function windowOptions() {
   return opts;
 }
 
-async function fetchModelInput(source) {
+async function modelInputOf(source, options) {
   const resp = await fetch("/v1/medgemma/model-input", {
-    method: "POST", headers: headers(), body: JSON.stringify({ image_url: { url: source.dataUri }, ...windowOptions() }),
+    method: "POST", headers: headers(), body: JSON.stringify({ image_url: { url: source.dataUri }, ...options }),
   });
   if (!resp.ok) throw new Error(source.name + ": " + (await errorText(resp)));
-  source.input = await resp.json();
+  return await resp.json();
+}
+
+// A new source's model input, in the window the controls show once it arrives: a window changed meanwhile (its
+// rewindow did not see this source yet) is fetched again rather than left showing the old one.
+async function fetchModelInput(source) {
+  for (;;) {
+    const options = windowOptions();
+    source.input = await modelInputOf(source, options);
+    if (JSON.stringify(options) === JSON.stringify(windowOptions())) return;
+  }
 }
 
 function render() {
@@ -179,15 +192,38 @@ async function addFiles(slot, files) {
   }
 }
 
-async function rewindow(everything = false) {
+// Each change of the window or padding refetches the panes' model inputs. Changes come faster than the server
+// answers (typing a centre, then a width), and answers can arrive out of order: only the newest change's results are
+// shown, so the panes never keep an older window than the one a question sends. `#window-controls` carries
+// aria-busy while a change is being applied, and `ask` waits for it.
+function rewindow(everything = false) {
+  const gen = ++state.windowGen;
+  state.windowAll = state.windowAll || everything; // a padding change dropped as stale still reaches the PNGs
+  $("window-controls").setAttribute("aria-busy", "true");
+  const done = applyWindow(gen, state.windowAll).finally(() => {
+    if (gen === state.windowGen) {
+      $("window-controls").removeAttribute("aria-busy");
+      state.windowing = null;
+      state.windowAll = false;
+    }
+  });
+  state.windowing = done;
+  return done;
+}
+
+async function applyWindow(gen, everything) {
   render();
   const all = [...state.studies.prior.sources, ...state.studies.current.sources].filter(
     (s) => everything || s.kind !== "image", // a window changes DICOM only; padding changes every 2D image
   );
   if (!all.length) return;
   setStatus("Applying the window...", false);
+  const options = windowOptions();
   try {
-    for (const s of all) await fetchModelInput(s);
+    const inputs = [];
+    for (const s of all) inputs.push(await modelInputOf(s, options));
+    if (gen !== state.windowGen) return; // a newer change is being applied: these are stale
+    all.forEach((s, k) => (s.input = inputs[k]));
     render();
     setStatus("Window applied: the panes show the new model input.", false);
     if (state.messages.length) {
@@ -195,7 +231,7 @@ async function rewindow(everything = false) {
       setStatus("Window applied; the images changed, so a new conversation starts.", false);
     }
   } catch (e) {
-    setStatus(e.message, true);
+    if (gen === state.windowGen) setStatus(e.message, true);
   }
 }
 
@@ -323,6 +359,7 @@ function longitudinalPair() {
 async function ask() {
   if (state.controller) return;
   if (!state.modelId && !(await connect())) return;
+  while (state.windowing) await state.windowing; // the panes first show the window this question sends
   const question = $("question").value.trim();
   const longitudinal = longitudinalPair();
   if (!question && !longitudinal) {
