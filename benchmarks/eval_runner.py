@@ -121,9 +121,9 @@ def set_path(backend: object, path: tuple[bool, ...]) -> None:
     backend.preallocate_cache = cache
     backend.greedy_steps = steps
     fuse_rms_norms(backend.model, on=norms)  # type: ignore[attr-defined]
-    # Only where the load packed a copy (enough memory, bf16 CPU); weights packed in place have no plain path.
+    # Only where the load packed a copy (enough memory; bf16, or fp32 on AMD); in-place packing has no plain path.
     if str(getattr(backend, "packed_linears", "")).isdigit():
-        pack_linears(backend.model, on=packed)  # type: ignore[attr-defined]
+        pack_linears(backend.model, on=packed, dtype=backend.dtype)  # type: ignore[attr-defined]
 
 
 def main() -> None:

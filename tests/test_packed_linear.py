@@ -1,5 +1,6 @@
 """bf16 linear layers through oneDNN-packed weights (runtime/packed_linear.py): the same numbers as `F.linear`,
-a copy for eval's throughput load of a bf16 CPU model, in place for every other bf16 CPU load.
+a copy for eval's throughput load of a bf16 CPU model (and of an fp32 one on AMD CPUs), in place for every other
+bf16 CPU load.
 
 The oracle is torch's own `F.linear` on the same weights, compared bit for bit, and a model's logits and greedy
 tokens with the packing switched off.
@@ -97,6 +98,41 @@ def test_interactive_load_packs_in_place_with_the_same_logits_and_tokens(text_di
     x = torch.randn(2, layers[0].in_features, dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(RuntimeError, match="packed for inference"):
         layers[0](x)
+
+
+def test_fp32_throughput_load_packs_on_amd_only_and_keeps_tokens(text_dir, monkeypatch):
+    """float32 is packed for throughput work (eval, batch) where `fp32_packing_pays` (AMD x86 CPUs: MKL's fp32
+    kernels are slow there at a few rows); the oracle is the same model through `F.linear`. Not bit-identical (MKL's
+    summation order is not oneDNN's): logits within fp32 rounding, greedy tokens equal. Interactive loads, other
+    CPUs and bf16 weights with fp32 arithmetic keep the plain layers."""
+    from medgemma_toolkit.runtime import packed_linear
+
+    pays = packed_linear.fp32_packing_pays()
+    mg = MedGemma.load(str(text_dir), dtype="float32", device="cpu", workload="throughput")
+    be = mg.backend
+    if not pays:
+        assert "packed_linears" not in be.info.extra
+        pytest.skip("float32 layers are packed on AMD x86 CPUs only")
+    layers = packable(be.model, torch.float32)
+    assert int(be.info.extra["packed_linears"]) == len(layers) > 0
+    assert all("forward" in m.__dict__ for m in layers)
+    qs = ["Is there an effusion?", "Describe the heart size and the lungs in detail.", "x"]
+    reqs = [mg.request(q, max_new_tokens=12) for q in qs]
+    inputs = dict(be._encode([r.prompt for r in reqs]))
+    with torch.inference_mode():
+        packed_logits = be.model(**inputs).logits
+        packed = [c.text for c in be.generate(reqs)]
+        assert pack_linears(be.model, on=False, dtype=torch.float32) == len(layers)
+        plain_logits = be.model(**inputs).logits
+        plain = [c.text for c in be.generate(reqs)]
+    assert torch.allclose(packed_logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert packed == plain
+    assert "packed_linears" not in MedGemma.load(str(text_dir), dtype="float32", device="cpu").backend.info.extra
+    weights = MedGemma.load(str(text_dir), dtype="bfloat16-weights", device="cpu", workload="throughput")
+    assert "packed_linears" not in weights.backend.info.extra
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: False)  # an Intel CPU: MKL's own kernels
+    other = MedGemma.load(str(text_dir), dtype="float32", device="cpu", workload="throughput")
+    assert "packed_linears" not in other.backend.info.extra
 
 
 def test_packing_switch_is_checked(text_dir, monkeypatch):

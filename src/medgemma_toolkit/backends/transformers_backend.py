@@ -198,11 +198,30 @@ class TransformersBackend(Backend):
         0.5 GB; MedGemma 4B: about 7.8 GB, so not on a 16-24 GB machine, whose batches and image tower need that
         memory). Every other bf16 CPU load packs in place, which adds no memory and is what makes one question's
         decode faster (`pack_linears_in_place`). `MEDGEMMA_PACK_LINEARS=0` keeps the plain layers (for side-by-side
-        benchmarks)."""
+        benchmarks). A float32 model is packed for throughput work only, as a copy, on AMD CPUs
+        (`fp32_packing_pays`: MKL's float32 kernels are slow there at a decode batch's rows); bf16 weights with
+        float32 arithmetic (`bfloat16-weights`) have their own layers and are left alone."""
         from ..models.footprint import available_bytes
-        from ..runtime.packed_linear import can_pack, pack_linears, pack_linears_in_place, packed_bytes, packing_on
+        from ..runtime.packed_linear import (
+            can_pack,
+            fp32_packing_pays,
+            pack_linears,
+            pack_linears_in_place,
+            packed_bytes,
+            packing_on,
+        )
 
-        if self.device.type != "cpu" or self.dtype != self.torch.bfloat16 or not packing_on() or not can_pack():
+        torch = self.torch
+        if self.device.type != "cpu" or not packing_on():
+            return ""
+        if self.dtype == torch.float32 and not self.bf16_weights:
+            if self.options.workload != "throughput" or not fp32_packing_pays():
+                return ""
+            need, free = packed_bytes(self.model, torch.float32), available_bytes()
+            if free is None or need * 4 > free:
+                return ""
+            return str(pack_linears(self.model, dtype=torch.float32))
+        if self.dtype != torch.bfloat16 or not can_pack():
             return ""
         if self.options.workload == "throughput":
             need, free = packed_bytes(self.model), available_bytes()

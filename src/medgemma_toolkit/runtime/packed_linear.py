@@ -19,6 +19,12 @@ The result is the same oneDNN kernel's: bit-identical outputs on every shape we 
   10240x2560 layer 2.37 ms plain vs 1.53 ms packed (22 vs 34 GB/s). The layer's `weight` becomes a `meta` tensor
   of the same shape and dtype: anything that would read the original values fails loudly instead of reading the
   packed layout as a matrix.
+
+float32 too, for throughput loads on AMD x86 CPUs (`fp32_packing_pays`): there `F.linear` goes to MKL, whose
+float32 kernels are slow at a decode batch's few rows on AMD. On the 2-core AVX2 EPYC a 10240x2560 layer took
+50.1 ms through MKL and 11.5 ms packed at 8 rows, 104 vs 51 ms at 64, 277 vs 223 at 290; the demo's `eval` went from
+39 to 59 GFLOP/s of useful work, 56% to 77% of the fp32 matmul peak (`python benchmarks/eval_runner.py`). The two
+differ in fp32 summation order only (not bit-identical: MKL's kernel is not oneDNN's).
 """
 
 from __future__ import annotations
@@ -31,6 +37,23 @@ import types
 from typing import Any
 
 PACK_ROWS_HINT = 32  # the batch oneDNN lays the weights out for (any row count works, this one best)
+
+
+def fp32_packing_pays() -> bool:
+    """Whether float32 layers run faster packed: an x86 CPU from AMD with oneDNN in this torch, where MKL's float32
+    kernels (what `F.linear` calls) were measured 1.2-4x slower than oneDNN's at 8-290 rows. Intel CPUs (MKL's own)
+    and others keep `F.linear`: not measured there."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        return False
 
 
 def can_pack() -> bool:
@@ -57,33 +80,35 @@ def packing_on() -> bool:
     return value == "1"
 
 
-def packable(model: Any) -> list[Any]:
-    """The bf16 `nn.Linear` modules of `model` on the CPU, vision tower excluded (OpenVINO may run it)."""
+def packable(model: Any, dtype: Any = None) -> list[Any]:
+    """The `nn.Linear` modules of `model` on the CPU whose weights are in `dtype` (default bf16), vision tower
+    excluded (OpenVINO may run it)."""
     import torch
 
+    dtype = torch.bfloat16 if dtype is None else dtype
     return [
         m
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear)
         and "vision" not in name
-        and m.weight.dtype == torch.bfloat16
+        and m.weight.dtype == dtype
         and m.weight.device.type == "cpu"
     ]
 
 
-def packed_bytes(model: Any) -> int:
+def packed_bytes(model: Any, dtype: Any = None) -> int:
     """Memory `pack_linears` would add: one more copy of each packable layer's weight."""
-    return sum(m.weight.numel() * m.weight.element_size() for m in packable(model))
+    return sum(m.weight.numel() * m.weight.element_size() for m in packable(model, dtype))
 
 
-def pack_linears(model: Any, on: bool = True, rows: int = PACK_ROWS_HINT) -> int:
+def pack_linears(model: Any, on: bool = True, rows: int = PACK_ROWS_HINT, dtype: Any = None) -> int:
     """Route every packable linear layer of `model` through a oneDNN-packed copy of its weight (inference only;
     repacked if the weight changes), or back to `F.linear` (`on=False`, for side-by-side benchmarks); returns how
-    many layers were changed."""
+    many layers were changed. `dtype`: the layers' weight dtype (default bf16; float32 where `fp32_packing_pays`)."""
     import torch
 
     n = 0
-    for module in packable(model):
+    for module in packable(model, dtype):
         if on:
             module.__dict__["_pack_rows"] = rows
             with torch.no_grad():  # packed now, so the memory is taken at load and not in the first batch
