@@ -61,17 +61,23 @@ def test_throughput_load_packs_and_changes_no_logit_or_token(text_dir):
     be = mg.backend
     assert int(be.info.extra["packed_linears"]) == len(packable(be.model)) > 0
     assert "forward" in be.model.get_output_embeddings().__dict__  # the output layer too
+    (packed_logits, packed), (plain_logits, plain) = packed_then_plain(mg, torch.bfloat16)
+    assert torch.equal(packed_logits, plain_logits)
+    assert packed == plain
+
+
+def packed_then_plain(mg, dtype) -> list[tuple[torch.Tensor, list[str]]]:
+    """Logits and greedy answers of three questions through the packed layers, then again with packing off."""
+    be = mg.backend
     qs = ["Is there an effusion?", "Describe the heart size and the lungs in detail.", "x"]
     reqs = [mg.request(q, max_new_tokens=12) for q in qs]
     inputs = dict(be._encode([r.prompt for r in reqs]))
+    out = []
     with torch.inference_mode():
-        packed_logits = be.model(**inputs).logits
-        packed = [c.text for c in be.generate(reqs)]
-        pack_linears(be.model, on=False)
-        plain_logits = be.model(**inputs).logits
-        plain = [c.text for c in be.generate(reqs)]
-    assert torch.equal(packed_logits, plain_logits)
-    assert packed == plain
+        for on in (True, False):
+            pack_linears(be.model, on=on, dtype=dtype)
+            out.append((be.model(**inputs).logits, [c.text for c in be.generate(reqs)]))
+    return out
 
 
 @needs_bf16
@@ -116,15 +122,8 @@ def test_fp32_throughput_load_packs_on_amd_only_and_keeps_tokens(text_dir, monke
     layers = packable(be.model, torch.float32)
     assert int(be.info.extra["packed_linears"]) == len(layers) > 0
     assert all("forward" in m.__dict__ for m in layers)
-    qs = ["Is there an effusion?", "Describe the heart size and the lungs in detail.", "x"]
-    reqs = [mg.request(q, max_new_tokens=12) for q in qs]
-    inputs = dict(be._encode([r.prompt for r in reqs]))
-    with torch.inference_mode():
-        packed_logits = be.model(**inputs).logits
-        packed = [c.text for c in be.generate(reqs)]
-        assert pack_linears(be.model, on=False, dtype=torch.float32) == len(layers)
-        plain_logits = be.model(**inputs).logits
-        plain = [c.text for c in be.generate(reqs)]
+    (packed_logits, packed), (plain_logits, plain) = packed_then_plain(mg, torch.float32)
+    assert all("forward" not in m.__dict__ for m in layers)  # switched off: F.linear again
     assert torch.allclose(packed_logits, plain_logits, rtol=1e-5, atol=1e-5)
     assert packed == plain
     assert "packed_linears" not in MedGemma.load(str(text_dir), dtype="float32", device="cpu").backend.info.extra
