@@ -214,19 +214,18 @@ class TransformersBackend(Backend):
         torch = self.torch
         if self.device.type != "cpu" or not packing_on():
             return ""
-        if self.dtype == torch.float32 and not self.bf16_weights:
+        fp32 = self.dtype == torch.float32 and not self.bf16_weights
+        if fp32:
             if self.options.workload != "throughput" or not fp32_packing_pays():
                 return ""
-            need, free = packed_bytes(self.model, torch.float32), available_bytes()
-            if free is None or need * 4 > free:
-                return ""
-            return str(pack_linears(self.model, dtype=torch.float32))
-        if self.dtype != torch.bfloat16 or not can_pack():
+        elif self.dtype != torch.bfloat16 or not can_pack():
             return ""
         if self.options.workload == "throughput":
-            need, free = packed_bytes(self.model), available_bytes()
+            need, free = packed_bytes(self.model, self.dtype), available_bytes()
             if free is not None and need * 4 <= free:
-                return str(pack_linears(self.model))
+                return str(pack_linears(self.model, dtype=self.dtype))
+            if fp32:  # a copy or nothing: in-place fp32 packing is not measured for one question's decode
+                return ""
             log.info("linear layers packed in place: a copy needs %d MiB, %s free", need >> 20, free and free >> 20)
         n = pack_linears_in_place(self.model)
         return f"{n} in place" if n else ""

@@ -22,9 +22,10 @@ half of fp32's weight memory. Whole-model figures: docs/guides/ask.md, "CPUs wit
 
 from __future__ import annotations
 
-import functools
 import types
 from typing import Any
+
+from .torch_setup import has_onednn
 
 # Fewer rows than this multiply in bf16 (decode); more through an upcast float32 copy of the weight (prefill). On
 # the 2-core AVX2 EPYC, MedGemma 4B's layer shapes with oneDNN upcasting: bf16 faster at 8 rows (136 vs 167 ms a
@@ -93,22 +94,13 @@ def _upcast_linear() -> Any:
     (`benchmarks/bf16_weights.py --kernel linear` gives MKL's); the two differ only in fp32 summation order."""
     import torch
 
-    if UPCAST_KERNEL != "onednn" or not _has_onednn():
+    if UPCAST_KERNEL != "onednn" or not has_onednn():
         return torch.nn.functional.linear
     return _onednn_linear
 
 
 # "onednn" (default where available) or "linear" (`F.linear`, for side-by-side benchmarks).
 UPCAST_KERNEL = "onednn"
-
-
-@functools.cache  # asked on every upcast matmul; the answer is the build's and the machine's
-def _has_onednn() -> bool:
-    import platform
-
-    import torch
-
-    return platform.machine().lower() in ("x86_64", "amd64") and bool(torch.backends.mkldnn.is_available())
 
 
 def _onednn_linear(x: Any, w: Any, bias: Any) -> Any:

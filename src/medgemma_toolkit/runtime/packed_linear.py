@@ -23,7 +23,7 @@ The result is the same oneDNN kernel's: bit-identical outputs on every shape we 
 float32 too, for throughput loads on AMD x86 CPUs (`fp32_packing_pays`): there `F.linear` goes to MKL, whose
 float32 kernels are slow at a decode batch's few rows on AMD. On the 2-core AVX2 EPYC a 10240x2560 layer took
 50.1 ms through MKL and 11.5 ms packed at 8 rows, 104 vs 51 ms at 64, 277 vs 223 at 290; the demo's `eval` went from
-39 to 59 GFLOP/s of useful work, 56% to 77% of the fp32 matmul peak (`python benchmarks/eval_runner.py`). The two
+39 to 56 GFLOP/s of useful work, 56% to 78% of the fp32 matmul peak (`python benchmarks/eval_runner.py`). The two
 differ in fp32 summation order only (not bit-identical: MKL's kernel is not oneDNN's).
 """
 
@@ -43,17 +43,9 @@ def fp32_packing_pays() -> bool:
     """Whether float32 layers run faster packed: an x86 CPU from AMD with oneDNN in this torch, where MKL's float32
     kernels (what `F.linear` calls) were measured 1.2-4x slower than oneDNN's at 8-290 rows. Intel CPUs (MKL's own)
     and others keep `F.linear`: not measured there."""
-    import platform
+    from .torch_setup import cpu_field, has_onednn
 
-    import torch
-
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
-    except OSError:
-        return False
+    return has_onednn() and cpu_field("vendor_id") == "AuthenticAMD"
 
 
 def can_pack() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Literal
 
@@ -28,19 +29,34 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 MIN_BF16_WIDTH = 512
 
 
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo's first `flags` line (Linux); empty where there is none."""
+def cpu_field(name: str, cpuinfo: str | None = None) -> str:
+    """The value of /proc/cpuinfo's first `name` line (Linux); "" where there is none."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
                 cpuinfo = f.read()
         except OSError:
-            return frozenset()
+            return ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo's first `flags` line (Linux); empty where there is none."""
+    return frozenset(cpu_field("flags", cpuinfo).split())
+
+
+@functools.cache  # asked on every upcast matmul of bf16 weights; the answer is the build's and the machine's
+def has_onednn() -> bool:
+    """Whether torch runs oneDNN's x86 kernels here (an x86 CPU, a torch built with oneDNN)."""
+    import platform
+
+    import torch
+
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(torch.backends.mkldnn.is_available())
 
 
 def cpu_auto_dtype(flags: frozenset[str], model_width: int | None) -> str:
